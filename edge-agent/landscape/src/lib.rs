@@ -1,0 +1,1 @@
+//! Response landscapes (data files + a pure evaluator) shared by the virtual lab and the optimizer benchmark.

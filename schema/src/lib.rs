@@ -1,0 +1,1 @@
+//! Shared vocabulary of MAOSIC: instruction language, agent wire protocol, capability descriptors, units.

@@ -1,0 +1,1 @@
+//! MAOSIC cloud server: GraphQL API, storage, agent gateway.

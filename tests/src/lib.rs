@@ -1,0 +1,1 @@
+//! End-to-end tests: the real server, real agents and the virtual lab.
