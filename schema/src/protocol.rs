@@ -1,0 +1,291 @@
+//! The agent wire protocol: JSON-RPC 2.0 messages exchanged over the agent's WebSocket.
+//!
+//! Both sides speak JSON-RPC 2.0 (<https://www.jsonrpc.org/specification>) in both directions.
+//! The agent calls the cloud (`hello`) and notifies it (`heartbeat`, `goodbye`); the cloud calls
+//! the agent (`program.run`, `device.call`, `estop`, ...) and notifies it (`ping`).
+//! This module holds only the message shapes and method names; transports live in the crates
+//! that own sockets.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version string every message carries.
+pub const JSONRPC_VERSION: &str = "2.0";
+
+/// Method names of the agent protocol.
+pub mod method {
+    /// Agent → cloud request sent once after the WebSocket opens; answered with [`super::HelloResult`].
+    pub const HELLO: &str = "hello";
+    /// Agent → cloud notification sent every heartbeat period.
+    pub const HEARTBEAT: &str = "heartbeat";
+    /// Cloud → agent notification sent every heartbeat period (pings both ways).
+    pub const PING: &str = "ping";
+    /// Agent → cloud notification on a clean shutdown; the cloud marks the lab offline at once.
+    pub const GOODBYE: &str = "goodbye";
+}
+
+/// Standard JSON-RPC error codes and the protocol's own.
+pub mod error_code {
+    /// Invalid JSON was received.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The JSON sent is not a valid request object.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// The method does not exist or is not available.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Invalid method parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal error on the answering side.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A request arrived before `hello` completed.
+    pub const NOT_READY: i64 = -32001;
+}
+
+/// A JSON-RPC request or notification id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Id {
+    /// Numeric id.
+    Number(i64),
+    /// String id.
+    String(String),
+}
+
+/// One JSON-RPC 2.0 message: a request (with id), a notification (without) or a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Message {
+    /// A call that expects a response.
+    Request(Request),
+    /// A response to an earlier request.
+    Response(Response),
+    /// A call without id; no response is sent.
+    Notification(Notification),
+}
+
+/// A JSON-RPC request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Correlates the response.
+    pub id: Id,
+    /// Method name, e.g. `hello` or `H.set_temperature`.
+    pub method: String,
+    /// Parameters (object or array); `null` when absent.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// A JSON-RPC notification (no id, no response).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Method name.
+    pub method: String,
+    /// Parameters; `null` when absent.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// A JSON-RPC response: exactly one of `result` and `error` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The id of the request answered (null when the request could not be parsed).
+    pub id: Option<Id>,
+    /// The result on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("JSON-RPC error {code}: {message}")]
+pub struct RpcError {
+    /// Error code (see [`error_code`]).
+    pub code: i64,
+    /// Short human-readable message.
+    pub message: String,
+    /// Optional structured detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Errors decoding a protocol message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The text is not a JSON-RPC 2.0 message.
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The `jsonrpc` member is not `"2.0"`.
+    #[error("unsupported JSON-RPC version {0:?}")]
+    Version(String),
+    /// A response carried both or neither of `result` and `error`.
+    #[error("a response must carry exactly one of result and error")]
+    AmbiguousResponse,
+}
+
+impl Message {
+    /// Parses one message from its JSON text, checking the version and response shape.
+    pub fn parse(text: &str) -> Result<Self, ProtocolError> {
+        let message: Message = serde_json::from_str(text)?;
+        let version = match &message {
+            Message::Request(r) => &r.jsonrpc,
+            Message::Response(r) => &r.jsonrpc,
+            Message::Notification(n) => &n.jsonrpc,
+        };
+        if version != JSONRPC_VERSION {
+            return Err(ProtocolError::Version(version.clone()));
+        }
+        if let Message::Response(r) = &message {
+            if r.result.is_some() == r.error.is_some() {
+                return Err(ProtocolError::AmbiguousResponse);
+            }
+        }
+        Ok(message)
+    }
+
+    /// Serialises the message to JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain trees of strings and JSON values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A request with typed parameters.
+    pub fn request(id: Id, method: &str, params: impl Serialize) -> Self {
+        Message::Request(Request {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            method: method.to_owned(),
+            params: serde_json::to_value(params).unwrap_or(Value::Null),
+        })
+    }
+
+    /// A notification with typed parameters.
+    pub fn notification(method: &str, params: impl Serialize) -> Self {
+        Message::Notification(Notification {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            method: method.to_owned(),
+            params: serde_json::to_value(params).unwrap_or(Value::Null),
+        })
+    }
+
+    /// A success response.
+    pub fn result(id: Id, result: impl Serialize) -> Self {
+        Message::Response(Response {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id: Some(id),
+            result: Some(serde_json::to_value(result).unwrap_or(Value::Null)),
+            error: None,
+        })
+    }
+
+    /// An error response.
+    pub fn error(id: Option<Id>, code: i64, message: impl Into<String>) -> Self {
+        Message::Response(Response {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            result: None,
+            error: Some(RpcError {
+                code,
+                message: message.into(),
+                data: None,
+            }),
+        })
+    }
+}
+
+/// One device as announced in `hello`: enough for presence and listings. The full capability
+/// descriptor travels beside it in [`HelloParams::descriptor`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    /// The device's symbol in the instruction language (e.g. `H`, `P1`).
+    pub name: String,
+    /// The device kind (e.g. `heater`, `pump`).
+    pub kind: String,
+}
+
+/// Parameters of the agent's `hello` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloParams {
+    /// The agent's software version.
+    pub agent_version: String,
+    /// The devices the lab has.
+    pub devices: Vec<DeviceSummary>,
+    /// The lab's full capability descriptor (JSON form of the lab descriptor), if known.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub descriptor: Value,
+}
+
+/// The cloud's answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloResult {
+    /// The lab this agent's credential belongs to.
+    pub lab_id: String,
+    /// The connection generation the cloud assigned to this connection (rule 4).
+    pub generation: i64,
+    /// The heartbeat period both sides use, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// Parameters of `heartbeat` and `ping` notifications.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatParams {
+    /// Sender's clock in milliseconds since the Unix epoch (informational).
+    pub time_ms: i64,
+}
+
+/// Parameters of `goodbye`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoodbyeParams {
+    /// Why the agent is leaving.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_and_is_told_apart_from_notification() {
+        let hello = Message::request(
+            Id::Number(1),
+            method::HELLO,
+            HelloParams {
+                agent_version: "0.1.0".into(),
+                devices: vec![DeviceSummary {
+                    name: "H".into(),
+                    kind: "heater".into(),
+                }],
+                descriptor: Value::Null,
+            },
+        );
+        let text = hello.to_json();
+        assert_eq!(Message::parse(&text).unwrap(), hello);
+        let note = Message::notification(method::HEARTBEAT, HeartbeatParams { time_ms: 5 });
+        assert!(matches!(
+            Message::parse(&note.to_json()).unwrap(),
+            Message::Notification(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_and_wrong_version_messages_are_rejected() {
+        assert!(Message::parse("{").is_err());
+        assert!(Message::parse(r#"{"jsonrpc":"1.0","method":"x"}"#).is_err());
+        assert!(Message::parse(r#"{"jsonrpc":"2.0","id":1}"#).is_err());
+        assert!(
+            Message::parse(r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"x"}}"#)
+                .is_err()
+        );
+        assert!(Message::parse(r#"{"jsonrpc":"2.0","id":1,"result":null}"#).is_err());
+    }
+}
