@@ -1,1 +1,5 @@
 //! Shared vocabulary of MAOSIC: instruction language, agent wire protocol, capability descriptors, units.
+
+pub mod capability;
+pub mod units;
+pub mod protocol;
