@@ -1,0 +1,1010 @@
+//! Multi-peak fitting: N line shapes plus a polynomial baseline, solved by Levenberg–Marquardt
+//! (`levenberg-marquardt` crate) with box bounds, automatic initial guesses, fit statistics,
+//! standard errors from the covariance matrix and BIC-based choice of the number of peaks.
+
+use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt};
+use nalgebra::storage::Owned;
+use nalgebra::{DMatrix, DVector, Dyn};
+use thiserror::Error;
+
+use crate::lineshape::{self, LineShape, GAUSS_FWHM_PER_SIGMA};
+use crate::peaks::{self, PeakOptions};
+use crate::preprocess::{self, PreprocessError};
+use crate::spectrum::{Spectrum, SpectrumError};
+
+/// Most peaks a single fit may hold.
+pub const MAX_PEAKS: usize = 12;
+
+/// How many peaks to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeakCount {
+    /// Fit 1..=max peaks and keep the model with the lowest BIC.
+    Auto { max: usize },
+    /// Fit exactly this many peaks.
+    Fixed(usize),
+}
+
+/// Baseline term fitted together with the peaks: a polynomial in the wavelength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    None,
+    Constant,
+    Linear,
+    Quadratic,
+}
+
+impl Baseline {
+    fn n_params(self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Constant => 1,
+            Self::Linear => 2,
+            Self::Quadratic => 3,
+        }
+    }
+}
+
+/// Settings for [`fit_peaks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSettings {
+    pub shape: LineShape,
+    pub peaks: PeakCount,
+    pub baseline: Baseline,
+    /// Fit only this wavelength window (nm), if set.
+    pub window_nm: Option<(f64, f64)>,
+    /// Allow negative peak heights (e.g. bisignate CD bands). Absorption peaks are positive.
+    pub allow_negative: bool,
+    /// Smallest and largest FWHM (nm) a peak may take; `None` = 2 sample steps / window width.
+    pub fwhm_bounds_nm: Option<(f64, f64)>,
+    /// Minimal prominence for detected peaks, in multiples of the estimated noise.
+    pub min_prominence_noise: f64,
+    /// Levenberg–Marquardt evaluation budget, per parameter (`patience` of the solver).
+    pub patience: usize,
+}
+
+impl Default for FitSettings {
+    fn default() -> Self {
+        Self {
+            shape: LineShape::Gaussian,
+            peaks: PeakCount::Auto { max: 4 },
+            baseline: Baseline::Linear,
+            window_nm: None,
+            allow_negative: false,
+            fwhm_bounds_nm: None,
+            min_prominence_noise: 5.0,
+            patience: 200,
+        }
+    }
+}
+
+/// An initial guess for one peak.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeakGuess {
+    pub center_nm: f64,
+    pub height: f64,
+    pub fwhm_nm: f64,
+}
+
+/// Why a fit failed. Failures are reported, never returned as NaN.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Spectrum(#[from] SpectrumError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error("invalid fit settings: {0}")]
+    InvalidSettings(String),
+    #[error("no peak stands out of the noise (noise ≈ {noise:.3e}, signal span {span:.3e})")]
+    NoPeaksFound { noise: f64, span: f64 },
+    #[error("{points} points cannot determine {parameters} parameters")]
+    TooFewPoints { points: usize, parameters: usize },
+    #[error("the fit did not converge after {evaluations} evaluations: {reason}")]
+    NotConverged { reason: String, evaluations: usize },
+    #[error("numerical failure in the fit: {0}")]
+    Numerical(String),
+}
+
+/// One fitted parameter with its standard error (from the covariance matrix scaled by the reduced
+/// χ², as lmfit does). `stderr` is `None` when the covariance matrix is singular.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parameter {
+    pub name: &'static str,
+    pub value: f64,
+    pub stderr: Option<f64>,
+    pub lower: f64,
+    pub upper: f64,
+    /// The value sits on (or within 1e-6 of the range of) a bound: its stderr is not meaningful.
+    pub at_bound: bool,
+}
+
+/// One fitted peak in physical terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedPeak {
+    pub center_nm: f64,
+    pub center_stderr_nm: Option<f64>,
+    /// Peak height above the fitted baseline.
+    pub amplitude: f64,
+    pub amplitude_stderr: Option<f64>,
+    pub fwhm_nm: f64,
+    pub fwhm_stderr_nm: Option<f64>,
+    pub area: f64,
+    pub area_stderr: Option<f64>,
+    /// The raw line-shape parameters (see [`lineshape::eval_with_grad`] for the layout).
+    pub params: Vec<Parameter>,
+}
+
+/// Goodness of fit. Definitions follow lmfit: χ² = Σ r², χ²_ν = χ²/(N − k),
+/// AIC = N ln(χ²/N) + 2k, BIC = N ln(χ²/N) + k ln N.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitStatistics {
+    pub n_points: usize,
+    pub n_params: usize,
+    pub chi_square: f64,
+    pub reduced_chi_square: f64,
+    pub r_squared: f64,
+    pub aic: f64,
+    pub bic: f64,
+    pub evaluations: usize,
+    /// Why the solver stopped (always a successful reason in a returned fit).
+    pub termination: String,
+    /// Whether the covariance matrix could be inverted (standard errors available).
+    pub covariance_ok: bool,
+}
+
+/// One model tried while choosing the number of peaks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCandidate {
+    pub n_peaks: usize,
+    /// `None` if that fit failed; then `error` says why.
+    pub bic: Option<f64>,
+    pub aic: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// A converged multi-peak fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeakFit {
+    pub shape: LineShape,
+    /// Peaks ordered by increasing center wavelength.
+    pub peaks: Vec<FittedPeak>,
+    pub baseline_kind: Baseline,
+    /// Baseline polynomial coefficients in the normalised coordinate t = (λ − mid) / half_range.
+    pub baseline: Vec<Parameter>,
+    pub statistics: FitStatistics,
+    /// Models compared when the number of peaks was automatic (empty for a fixed count).
+    pub model_selection: Vec<ModelCandidate>,
+    /// Wavelength range that was fitted.
+    pub window_nm: (f64, f64),
+    axis_mid: f64,
+    axis_half: f64,
+}
+
+impl PeakFit {
+    /// Baseline value at `wavelength_nm`.
+    pub fn baseline_at(&self, wavelength_nm: f64) -> f64 {
+        let t = (wavelength_nm - self.axis_mid) / self.axis_half;
+        self.baseline
+            .iter()
+            .enumerate()
+            .map(|(k, p)| p.value * t.powi(k as i32))
+            .sum()
+    }
+
+    /// Value of peak `index` alone (without baseline) at `wavelength_nm`; 0 for a bad index.
+    pub fn peak_at(&self, index: usize, wavelength_nm: f64) -> f64 {
+        self.peaks.get(index).map_or(0.0, |p| {
+            let v: Vec<f64> = p.params.iter().map(|q| q.value).collect();
+            lineshape::eval(self.shape, &v, wavelength_nm)
+        })
+    }
+
+    /// Full model (baseline + all peaks) at `wavelength_nm`.
+    pub fn model_at(&self, wavelength_nm: f64) -> f64 {
+        self.baseline_at(wavelength_nm)
+            + (0..self.peaks.len())
+                .map(|i| self.peak_at(i, wavelength_nm))
+                .sum::<f64>()
+    }
+}
+
+/// Box bound; infinite ends allowed. Mapping follows MINUIT/lmfit (sin for two-sided, sqrt for
+/// one-sided) so the solver works on an unbounded internal parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bound {
+    lo: f64,
+    hi: f64,
+}
+
+impl Bound {
+    const FREE: Bound = Bound {
+        lo: f64::NEG_INFINITY,
+        hi: f64::INFINITY,
+    };
+
+    fn to_internal(self, x: f64) -> f64 {
+        match (self.lo.is_finite(), self.hi.is_finite()) {
+            (true, true) => {
+                let v = (2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0).clamp(-1.0, 1.0);
+                v.asin()
+            }
+            (true, false) => ((x - self.lo + 1.0).max(1.0).powi(2) - 1.0).sqrt(),
+            (false, true) => ((self.hi - x + 1.0).max(1.0).powi(2) - 1.0).sqrt(),
+            (false, false) => x,
+        }
+    }
+
+    /// External value and d(external)/d(internal).
+    fn to_external(self, u: f64) -> (f64, f64) {
+        match (self.lo.is_finite(), self.hi.is_finite()) {
+            (true, true) => {
+                let half = 0.5 * (self.hi - self.lo);
+                (self.lo + (u.sin() + 1.0) * half, u.cos() * half)
+            }
+            (true, false) => {
+                let r = (u * u + 1.0).sqrt();
+                (self.lo - 1.0 + r, u / r)
+            }
+            (false, true) => {
+                let r = (u * u + 1.0).sqrt();
+                (self.hi + 1.0 - r, -u / r)
+            }
+            (false, false) => (u, 1.0),
+        }
+    }
+
+    fn pin(self, x: f64) -> f64 {
+        // Start strictly inside: the sin/sqrt maps have zero slope on the bound itself.
+        let (lo, hi) = (self.lo, self.hi);
+        let span = if lo.is_finite() && hi.is_finite() {
+            hi - lo
+        } else {
+            1.0
+        };
+        let eps = 1e-3 * span;
+        let mut v = x;
+        if lo.is_finite() && v < lo + eps {
+            v = lo + eps;
+        }
+        if hi.is_finite() && v > hi - eps {
+            v = hi - eps;
+        }
+        v
+    }
+
+    fn touches(self, x: f64) -> bool {
+        let tol = |b: f64| 1e-6 * b.abs().max(1e-3);
+        (self.lo.is_finite() && (x - self.lo).abs() <= tol(self.lo).max(1e-9))
+            || (self.hi.is_finite() && (self.hi - x).abs() <= tol(self.hi).max(1e-9))
+    }
+}
+
+/// The least-squares problem: data scaled to unit magnitude, parameters in internal (unbounded)
+/// coordinates.
+struct Problem<'a> {
+    x: &'a [f64],
+    t: &'a [f64],
+    y: &'a [f64],
+    shape: LineShape,
+    n_peaks: usize,
+    n_base: usize,
+    bounds: Vec<Bound>,
+    internal: DVector<f64>,
+    external: Vec<f64>,
+    slopes: Vec<f64>,
+}
+
+impl Problem<'_> {
+    fn set_internal(&mut self, u: &DVector<f64>) {
+        self.internal.copy_from(u);
+        for (k, b) in self.bounds.iter().enumerate() {
+            let (x, d) = b.to_external(u[k]);
+            self.external[k] = x;
+            self.slopes[k] = d;
+        }
+    }
+
+    fn model(&self, p: &[f64], i: usize, grad: Option<&mut [f64]>) -> f64 {
+        let np = self.shape.n_params();
+        let mut scratch = [0.0; 4];
+        let mut total = 0.0;
+        match grad {
+            Some(g) => {
+                for j in 0..self.n_peaks {
+                    let pp = &p[j * np..(j + 1) * np];
+                    total += lineshape::eval_with_grad(
+                        self.shape,
+                        pp,
+                        self.x[i],
+                        &mut g[j * np..(j + 1) * np],
+                    );
+                }
+                let off = self.n_peaks * np;
+                let mut tp = 1.0;
+                for k in 0..self.n_base {
+                    g[off + k] = tp;
+                    total += p[off + k] * tp;
+                    tp *= self.t[i];
+                }
+            }
+            None => {
+                for j in 0..self.n_peaks {
+                    let pp = &p[j * np..(j + 1) * np];
+                    total +=
+                        lineshape::eval_with_grad(self.shape, pp, self.x[i], &mut scratch[..np]);
+                }
+                let off = self.n_peaks * np;
+                let mut tp = 1.0;
+                for k in 0..self.n_base {
+                    total += p[off + k] * tp;
+                    tp *= self.t[i];
+                }
+            }
+        }
+        total
+    }
+
+    /// Jacobian with respect to the external parameters.
+    fn external_jacobian(&self) -> DMatrix<f64> {
+        let n = self.external.len();
+        let mut j = DMatrix::zeros(self.x.len(), n);
+        let mut g = vec![0.0; n];
+        for i in 0..self.x.len() {
+            self.model(&self.external, i, Some(&mut g));
+            for k in 0..n {
+                j[(i, k)] = g[k];
+            }
+        }
+        j
+    }
+}
+
+impl LeastSquaresProblem<f64, Dyn, Dyn> for Problem<'_> {
+    type ResidualStorage = Owned<f64, Dyn>;
+    type JacobianStorage = Owned<f64, Dyn, Dyn>;
+    type ParameterStorage = Owned<f64, Dyn>;
+
+    fn set_params(&mut self, x: &DVector<f64>) {
+        self.set_internal(x);
+    }
+
+    fn params(&self) -> DVector<f64> {
+        self.internal.clone()
+    }
+
+    fn residuals(&self) -> Option<DVector<f64>> {
+        let r = DVector::from_fn(self.x.len(), |i, _| {
+            self.model(&self.external, i, None) - self.y[i]
+        });
+        r.iter().all(|v| v.is_finite()).then_some(r)
+    }
+
+    fn jacobian(&self) -> Option<DMatrix<f64>> {
+        let mut j = self.external_jacobian();
+        for (k, s) in self.slopes.iter().enumerate() {
+            j.column_mut(k).scale_mut(*s);
+        }
+        j.iter().all(|v| v.is_finite()).then_some(j)
+    }
+}
+
+fn param_names(shape: LineShape) -> &'static [&'static str] {
+    match shape {
+        LineShape::Gaussian | LineShape::Lorentzian => &["height", "center", "fwhm"],
+        LineShape::PseudoVoigt => &["height", "center", "fwhm", "eta"],
+        LineShape::Voigt => &["height", "center", "sigma", "gamma"],
+    }
+}
+
+const BASE_NAMES: [&str; 3] = ["baseline_c0", "baseline_c1", "baseline_c2"];
+
+fn validate(settings: &FitSettings) -> Result<(), FitError> {
+    let n = match settings.peaks {
+        PeakCount::Auto { max } | PeakCount::Fixed(max) => max,
+    };
+    if n == 0 || n > MAX_PEAKS {
+        return Err(FitError::InvalidSettings(format!(
+            "number of peaks must be 1..={MAX_PEAKS}, got {n}"
+        )));
+    }
+    if let Some((a, b)) = settings.window_nm {
+        if !(a.is_finite() && b.is_finite() && b > a) {
+            return Err(FitError::InvalidSettings(format!(
+                "fit window {a}..{b} nm is not an increasing finite range"
+            )));
+        }
+    }
+    if let Some((a, b)) = settings.fwhm_bounds_nm {
+        if !(a.is_finite() && b.is_finite() && a > 0.0 && b > a) {
+            return Err(FitError::InvalidSettings(format!(
+                "FWHM bounds {a}..{b} nm must satisfy 0 < min < max"
+            )));
+        }
+    }
+    if !(settings.min_prominence_noise.is_finite() && settings.min_prominence_noise >= 0.0) {
+        return Err(FitError::InvalidSettings(
+            "min_prominence_noise must be finite and >= 0".into(),
+        ));
+    }
+    if settings.patience == 0 {
+        return Err(FitError::InvalidSettings("patience must be > 0".into()));
+    }
+    Ok(())
+}
+
+/// Data prepared once for all fits of a spectrum.
+struct Prepared {
+    x: Vec<f64>,
+    y: Vec<f64>,
+    t: Vec<f64>,
+    scale: f64,
+    offset: f64,
+    mid: f64,
+    half: f64,
+    step: f64,
+    window: (f64, f64),
+}
+
+fn prepare(spectrum: &Spectrum, settings: &FitSettings) -> Result<(Spectrum, Prepared), FitError> {
+    let s = match settings.window_nm {
+        Some((a, b)) => preprocess::crop(spectrum, a, b)?,
+        None => spectrum.clone(),
+    };
+    let x = s.wavelength_nm().to_vec();
+    let (lo, hi) = s.range_nm();
+    let mid = 0.5 * (lo + hi);
+    let half = 0.5 * (hi - lo);
+    let t = x.iter().map(|v| (v - mid) / half).collect();
+    // Work on y' = (y − offset)/scale so heights are O(1) whatever the units.
+    let raw = s.values();
+    // Without a baseline term the model has no room for an offset, so none is removed.
+    let offset = if settings.baseline == Baseline::None {
+        0.0
+    } else {
+        raw.iter().sum::<f64>() / raw.len() as f64
+    };
+    let scale = raw
+        .iter()
+        .map(|v| (v - offset).abs())
+        .fold(0.0_f64, f64::max);
+    let scale = if scale > 0.0 && scale.is_finite() {
+        scale
+    } else {
+        1.0
+    };
+    let y = raw.iter().map(|v| (v - offset) / scale).collect();
+    let step = s.mean_step_nm();
+    Ok((
+        s,
+        Prepared {
+            x,
+            y,
+            t,
+            scale,
+            offset,
+            mid,
+            half,
+            step,
+            window: (lo, hi),
+        },
+    ))
+}
+
+fn odd(n: usize) -> usize {
+    if n & 1 == 0 {
+        n + 1
+    } else {
+        n
+    }
+}
+
+/// Automatic initial guesses: a modpoly baseline under the peaks, scipy-style peak detection on the
+/// smoothed remainder, then second-derivative bands for shoulders, strongest first.
+/// Returns at most `max` guesses in the spectrum's units, and the noise estimate.
+pub fn guess_peaks(
+    spectrum: &Spectrum,
+    settings: &FitSettings,
+    max: usize,
+) -> Result<(Vec<PeakGuess>, f64), FitError> {
+    let uniform = if spectrum.is_uniform() {
+        spectrum.clone()
+    } else {
+        preprocess::resample_uniform(spectrum)?
+    };
+    let n = uniform.len();
+    let base_deg = settings.baseline.n_params().saturating_sub(1);
+    let base = if settings.baseline == Baseline::None {
+        uniform.with_values(vec![0.0; n])?
+    } else {
+        preprocess::polynomial_baseline(&uniform, base_deg, 100)?
+    };
+    let mut resid = preprocess::subtract(&uniform, &base)?;
+    let noise = peaks::estimate_noise(uniform.values());
+    let span = uniform
+        .values()
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+        - uniform
+            .values()
+            .iter()
+            .fold(f64::INFINITY, |a, &b| a.min(b));
+    let max_abs = uniform.values().iter().fold(0.0_f64, |a, b| a.max(b.abs()));
+    let tiny = 1e-9 * max_abs.max(f64::MIN_POSITIVE);
+    if span.is_nan() || span <= tiny {
+        return Err(FitError::NoPeaksFound { noise, span });
+    }
+    let window = odd((n / 60).clamp(5, 51)).min(if n % 2 == 1 { n } else { n - 1 });
+    let smooth_ok = window >= 5 && window <= n;
+    if smooth_ok {
+        resid = preprocess::smooth(&resid, window, 3)?;
+    }
+    let signs: &[f64] = if settings.allow_negative {
+        &[1.0, -1.0]
+    } else {
+        &[1.0]
+    };
+    let step = uniform.mean_step_nm();
+    let (lo, hi) = uniform.range_nm();
+    let min_prom = (settings.min_prominence_noise * noise)
+        .max(1e-3 * span)
+        .max(tiny);
+    let mut guesses: Vec<(f64, PeakGuess)> = Vec::new();
+    for &sign in signs {
+        let v: Vec<f64> = resid.values().iter().map(|a| sign * a).collect();
+        let sig = uniform.with_values(v)?;
+        let found = peaks::find_peaks(
+            &sig,
+            &PeakOptions {
+                prominence: Some(min_prom),
+                ..PeakOptions::default()
+            },
+        );
+        for p in &found {
+            guesses.push((
+                p.prominence,
+                PeakGuess {
+                    center_nm: p.wavelength_nm,
+                    height: sign * p.value.max(p.prominence),
+                    fwhm_nm: p.width_nm.max(2.0 * step),
+                },
+            ));
+        }
+        if smooth_ok {
+            let bands = peaks::curvature_bands(&sig, window, 0.05)?;
+            for b in bands.iter().filter(|b| b.is_shoulder) {
+                let val = sig.values()[b.index];
+                if val < min_prom {
+                    continue;
+                }
+                let fwhm = b
+                    .inflection_width_nm
+                    .map_or(10.0 * step, |w| 0.5 * w * GAUSS_FWHM_PER_SIGMA);
+                // Rank shoulders after clear maxima of similar size.
+                guesses.push((
+                    0.5 * val,
+                    PeakGuess {
+                        center_nm: b.wavelength_nm,
+                        height: sign * val,
+                        fwhm_nm: fwhm.max(2.0 * step),
+                    },
+                ));
+            }
+        }
+    }
+    guesses.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut out: Vec<PeakGuess> = guesses.into_iter().map(|g| g.1).take(max).collect();
+    if out.is_empty() {
+        return Err(FitError::NoPeaksFound { noise, span });
+    }
+    // Fill with greedy residual maxima if fewer candidates than requested.
+    let mut remainder: Vec<f64> = resid.values().to_vec();
+    for g in &out {
+        for (i, x) in uniform.wavelength_nm().iter().enumerate() {
+            remainder[i] -=
+                lineshape::eval(LineShape::Gaussian, &[g.height, g.center_nm, g.fwhm_nm], *x);
+        }
+    }
+    while out.len() < max {
+        let (i, &v) = remainder
+            .iter()
+            .enumerate()
+            .max_by(|a, b| {
+                let ka = if settings.allow_negative {
+                    a.1.abs()
+                } else {
+                    *a.1
+                };
+                let kb = if settings.allow_negative {
+                    b.1.abs()
+                } else {
+                    *b.1
+                };
+                ka.total_cmp(&kb)
+            })
+            .unwrap_or((0, &0.0));
+        let height = if settings.allow_negative {
+            v
+        } else {
+            v.max(noise.max(1e-6 * span.abs()))
+        };
+        let fw = out
+            .iter()
+            .map(|g| g.fwhm_nm)
+            .fold(0.0_f64, f64::max)
+            .max(10.0 * step);
+        let g = PeakGuess {
+            center_nm: uniform.wavelength_nm()[i],
+            height,
+            fwhm_nm: fw.min(hi - lo),
+        };
+        for (k, x) in uniform.wavelength_nm().iter().enumerate() {
+            remainder[k] -=
+                lineshape::eval(LineShape::Gaussian, &[g.height, g.center_nm, g.fwhm_nm], *x);
+        }
+        out.push(g);
+    }
+    Ok((out, noise))
+}
+
+/// Fits peaks to a spectrum: guesses, then one Levenberg–Marquardt fit per candidate peak count.
+pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit, FitError> {
+    validate(settings)?;
+    let (cropped, prep) = prepare(spectrum, settings)?;
+    match settings.peaks {
+        PeakCount::Fixed(n) => {
+            let (guesses, _) = guess_peaks(&cropped, settings, n)?;
+            fit_prepared(&prep, settings, &guesses)
+        }
+        PeakCount::Auto { max } => {
+            let (guesses, _) = guess_peaks(&cropped, settings, max)?;
+            let mut best: Option<PeakFit> = None;
+            let mut candidates = Vec::new();
+            let mut last_err = None;
+            for n in 1..=guesses.len() {
+                match fit_prepared(&prep, settings, &guesses[..n]) {
+                    Ok(fit) => {
+                        candidates.push(ModelCandidate {
+                            n_peaks: n,
+                            bic: Some(fit.statistics.bic),
+                            aic: Some(fit.statistics.aic),
+                            error: None,
+                        });
+                        if best
+                            .as_ref()
+                            .is_none_or(|b| fit.statistics.bic < b.statistics.bic)
+                        {
+                            best = Some(fit);
+                        }
+                    }
+                    Err(e) => {
+                        candidates.push(ModelCandidate {
+                            n_peaks: n,
+                            bic: None,
+                            aic: None,
+                            error: Some(e.to_string()),
+                        });
+                        last_err = Some(e);
+                    }
+                }
+            }
+            match best {
+                Some(mut fit) => {
+                    fit.model_selection = candidates;
+                    Ok(fit)
+                }
+                None => Err(last_err.unwrap_or(FitError::NoPeaksFound {
+                    noise: 0.0,
+                    span: 0.0,
+                })),
+            }
+        }
+    }
+}
+
+/// Fits with caller-supplied initial guesses (one per peak), skipping detection.
+pub fn fit_peaks_with_guesses(
+    spectrum: &Spectrum,
+    settings: &FitSettings,
+    guesses: &[PeakGuess],
+) -> Result<PeakFit, FitError> {
+    validate(settings)?;
+    if guesses.is_empty() || guesses.len() > MAX_PEAKS {
+        return Err(FitError::InvalidSettings(format!(
+            "between 1 and {MAX_PEAKS} guesses are needed, got {}",
+            guesses.len()
+        )));
+    }
+    if guesses
+        .iter()
+        .any(|g| !(g.center_nm.is_finite() && g.height.is_finite() && g.fwhm_nm.is_finite()))
+    {
+        return Err(FitError::InvalidSettings("guesses must be finite".into()));
+    }
+    let (_, prep) = prepare(spectrum, settings)?;
+    fit_prepared(&prep, settings, guesses)
+}
+
+fn initial_baseline(
+    prep: &Prepared,
+    shape: LineShape,
+    peak_params: &[f64],
+    n_peaks: usize,
+    n_base: usize,
+) -> Vec<f64> {
+    if n_base == 0 {
+        return Vec::new();
+    }
+    let np = shape.n_params();
+    let m = prep.x.len();
+    let rest = DVector::from_fn(m, |i, _| {
+        let peaks: f64 = (0..n_peaks)
+            .map(|j| lineshape::eval(shape, &peak_params[j * np..(j + 1) * np], prep.x[i]))
+            .sum();
+        prep.y[i] - peaks
+    });
+    let a = DMatrix::from_fn(m, n_base, |i, k| prep.t[i].powi(k as i32));
+    a.svd(true, true)
+        .solve(&rest, 1e-12)
+        .map(|c| c.iter().copied().collect::<Vec<f64>>())
+        .ok()
+        .filter(|c| c.iter().all(|v| v.is_finite()))
+        .unwrap_or_else(|| vec![0.0; n_base])
+}
+
+fn fit_prepared(
+    prep: &Prepared,
+    settings: &FitSettings,
+    guesses: &[PeakGuess],
+) -> Result<PeakFit, FitError> {
+    let shape = settings.shape;
+    let np = shape.n_params();
+    let n_base = settings.baseline.n_params();
+    let k = guesses.len() * np + n_base;
+    let m = prep.x.len();
+    if m <= k {
+        return Err(FitError::TooFewPoints {
+            points: m,
+            parameters: k,
+        });
+    }
+    let (lo, hi) = prep.window;
+    let range = hi - lo;
+    let (wmin, wmax) = settings.fwhm_bounds_nm.unwrap_or((2.0 * prep.step, range));
+    let height_bound = if settings.allow_negative {
+        Bound::FREE
+    } else {
+        Bound {
+            lo: 0.0,
+            hi: f64::INFINITY,
+        }
+    };
+    let mut bounds = Vec::with_capacity(k);
+    let mut start = Vec::with_capacity(k);
+    for g in guesses {
+        let h = g.height / prep.scale;
+        let fw = g.fwhm_nm.clamp(wmin, wmax);
+        let c_b = Bound { lo, hi };
+        let w_b = Bound { lo: wmin, hi: wmax };
+        match shape {
+            LineShape::Gaussian | LineShape::Lorentzian => {
+                bounds.extend([height_bound, c_b, w_b]);
+                start.extend([h, g.center_nm, fw]);
+            }
+            LineShape::PseudoVoigt => {
+                bounds.extend([height_bound, c_b, w_b, Bound { lo: 0.0, hi: 1.0 }]);
+                start.extend([h, g.center_nm, fw, 0.5]);
+            }
+            LineShape::Voigt => {
+                let s_b = Bound {
+                    lo: wmin / GAUSS_FWHM_PER_SIGMA,
+                    hi: wmax / GAUSS_FWHM_PER_SIGMA,
+                };
+                let g_b = Bound {
+                    lo: 0.0,
+                    hi: 0.5 * wmax,
+                };
+                bounds.extend([height_bound, c_b, s_b, g_b]);
+                // Split the guessed width between the Gaussian and Lorentzian parts.
+                start.extend([h, g.center_nm, 0.7 * fw / GAUSS_FWHM_PER_SIGMA, 0.25 * fw]);
+            }
+        }
+    }
+    // Baseline starts as the least-squares polynomial under the guessed peaks.
+    let base_start = initial_baseline(prep, shape, &start, guesses.len(), n_base);
+    for b in 0..n_base {
+        bounds.push(Bound::FREE);
+        start.push(base_start.get(b).copied().unwrap_or(0.0));
+    }
+    let internal: Vec<f64> = bounds
+        .iter()
+        .zip(&start)
+        .map(|(b, x)| b.to_internal(b.pin(*x)))
+        .collect();
+    let mut problem = Problem {
+        x: &prep.x,
+        t: &prep.t,
+        y: &prep.y,
+        shape,
+        n_peaks: guesses.len(),
+        n_base,
+        bounds: bounds.clone(),
+        internal: DVector::zeros(k),
+        external: vec![0.0; k],
+        slopes: vec![0.0; k],
+    };
+    problem.set_internal(&DVector::from_vec(internal));
+    let solver = LevenbergMarquardt::new().with_patience(settings.patience);
+    let (problem, report) = solver.minimize(problem);
+    if !report.termination.was_successful() {
+        return Err(FitError::NotConverged {
+            reason: format!("{:?}", report.termination),
+            evaluations: report.number_of_evaluations,
+        });
+    }
+    let p_scaled = problem.external.clone();
+    if p_scaled.iter().any(|v| !v.is_finite()) {
+        return Err(FitError::Numerical(
+            "non-finite parameter after the fit".into(),
+        ));
+    }
+    // Statistics in the original units.
+    let resid = problem
+        .residuals()
+        .ok_or_else(|| FitError::Numerical("non-finite residuals at the solution".into()))?;
+    let chi_scaled: f64 = resid.iter().map(|r| r * r).sum();
+    let chi = chi_scaled * prep.scale * prep.scale;
+    let mean_y = prep.y.iter().sum::<f64>() / m as f64;
+    let ss_tot_scaled: f64 = prep.y.iter().map(|v| (v - mean_y).powi(2)).sum();
+    let r_squared = if ss_tot_scaled > 0.0 {
+        1.0 - chi_scaled / ss_tot_scaled
+    } else {
+        0.0
+    };
+    let mf = m as f64;
+    let kf = k as f64;
+    let redchi = chi / (mf - kf);
+    let lnl = mf * (chi / mf).max(f64::MIN_POSITIVE).ln();
+    let aic = lnl + 2.0 * kf;
+    let bic = lnl + kf * mf.ln();
+    // Covariance in scaled units: (JᵀJ)⁻¹ χ²_ν.
+    let jac = problem.external_jacobian();
+    let jtj = jac.transpose() * &jac;
+    let redchi_scaled = chi_scaled / (mf - kf);
+    let cov_scaled = jtj
+        .clone()
+        .cholesky()
+        .map(|c| c.inverse() * redchi_scaled)
+        .filter(|c| c.iter().all(|v| v.is_finite()));
+    let covariance_ok = cov_scaled.is_some();
+    // Unit conversion per parameter: heights and baseline coefficients carry `scale`.
+    let unit: Vec<f64> = (0..k)
+        .map(|i| {
+            if i >= guesses.len() * np || i % np == 0 {
+                prep.scale
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut p = p_scaled.clone();
+    for i in 0..k {
+        p[i] *= unit[i];
+    }
+    // The offset removed in `prepare` goes back into the constant baseline term (with no baseline
+    // term `prepare` removed none).
+    if n_base > 0 {
+        p[guesses.len() * np] += prep.offset;
+    }
+    let cov = cov_scaled.map(|c| DMatrix::from_fn(k, k, |i, j| c[(i, j)] * unit[i] * unit[j]));
+    let stderr = |i: usize| -> Option<f64> {
+        cov.as_ref()
+            .map(|c| c[(i, i)])
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(f64::sqrt)
+    };
+    let derived_se = |j: usize, f: &dyn Fn(&[f64]) -> f64| -> Option<f64> {
+        let c = cov.as_ref()?;
+        let base = &p[j * np..(j + 1) * np];
+        let mut grad = vec![0.0; np];
+        for (a, g) in grad.iter_mut().enumerate() {
+            let h = 1e-6 * base[a].abs().max(1e-6);
+            let mut q = base.to_vec();
+            q[a] += h;
+            let fp = f(&q);
+            q[a] -= 2.0 * h;
+            let fm = f(&q);
+            *g = (fp - fm) / (2.0 * h);
+        }
+        let mut var = 0.0;
+        for a in 0..np {
+            for b in 0..np {
+                var += grad[a] * grad[b] * c[(j * np + a, j * np + b)];
+            }
+        }
+        (var.is_finite() && var >= 0.0).then(|| var.sqrt())
+    };
+    let names = param_names(shape);
+    let mut peaks_out = Vec::with_capacity(guesses.len());
+    for j in 0..guesses.len() {
+        let pp = &p[j * np..(j + 1) * np];
+        let params: Vec<Parameter> = (0..np)
+            .map(|a| {
+                let i = j * np + a;
+                let b = bounds[i];
+                let (blo, bhi) = (b.lo * unit[i], b.hi * unit[i]);
+                Parameter {
+                    name: names[a],
+                    value: p[i],
+                    stderr: stderr(i),
+                    lower: blo,
+                    upper: bhi,
+                    at_bound: b.touches(p_scaled[i]),
+                }
+            })
+            .collect();
+        let fwhm = lineshape::fwhm(shape, pp);
+        let area = lineshape::area(shape, pp);
+        let fwhm_se = match shape {
+            LineShape::Voigt => derived_se(j, &|q| lineshape::fwhm(shape, q)),
+            _ => stderr(j * np + 2),
+        };
+        peaks_out.push(FittedPeak {
+            center_nm: pp[1],
+            center_stderr_nm: stderr(j * np + 1),
+            amplitude: pp[0],
+            amplitude_stderr: stderr(j * np),
+            fwhm_nm: fwhm,
+            fwhm_stderr_nm: fwhm_se,
+            area,
+            area_stderr: derived_se(j, &|q| lineshape::area(shape, q)),
+            params,
+        });
+    }
+    peaks_out.sort_by(|a, b| a.center_nm.total_cmp(&b.center_nm));
+    let baseline = (0..n_base)
+        .map(|b| {
+            let i = guesses.len() * np + b;
+            Parameter {
+                name: BASE_NAMES[b],
+                value: p[i],
+                stderr: stderr(i),
+                lower: f64::NEG_INFINITY,
+                upper: f64::INFINITY,
+                at_bound: false,
+            }
+        })
+        .collect();
+    let all_finite = peaks_out.iter().all(|pk| {
+        [pk.center_nm, pk.amplitude, pk.fwhm_nm, pk.area]
+            .iter()
+            .all(|v| v.is_finite())
+    }) && [chi, redchi, r_squared, aic, bic]
+        .iter()
+        .all(|v| v.is_finite());
+    if !all_finite {
+        return Err(FitError::Numerical(
+            "non-finite value in the fit results".into(),
+        ));
+    }
+    Ok(PeakFit {
+        shape,
+        peaks: peaks_out,
+        baseline_kind: settings.baseline,
+        baseline,
+        statistics: FitStatistics {
+            n_points: m,
+            n_params: k,
+            chi_square: chi,
+            reduced_chi_square: redchi,
+            r_squared,
+            aic,
+            bic,
+            evaluations: report.number_of_evaluations,
+            termination: format!("{:?}", report.termination),
+            covariance_ok,
+        },
+        model_selection: Vec::new(),
+        window_nm: prep.window,
+        axis_mid: prep.mid,
+        axis_half: prep.half,
+    })
+}
