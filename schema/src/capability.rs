@@ -49,6 +49,16 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// What a chemist calls it ("CD spectrometer", "robot arm", ...).
+    pub fn noun(self) -> &'static str {
+        match self {
+            DeviceKind::Cd => "CD spectrometer",
+            DeviceKind::Arm => "robot arm",
+            DeviceKind::Other => "device",
+            k => k.as_str(),
+        }
+    }
+
     /// Lowercase name, as in serialized form.
     pub fn as_str(self) -> &'static str {
         match self {

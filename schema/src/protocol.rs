@@ -98,8 +98,12 @@ pub struct Response {
     pub jsonrpc: String,
     /// The id of the request answered (null when the request could not be parsed).
     pub id: Option<Id>,
-    /// The result on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The result on success (`Some(Value::Null)` for an explicit `"result": null`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub result: Option<Value>,
     /// The error on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,11 @@ pub enum ProtocolError {
     /// A response carried both or neither of `result` and `error`.
     #[error("a response must carry exactly one of result and error")]
     AmbiguousResponse,
+}
+
+/// Deserialises a member that is present (even when `null`) as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl Message {
@@ -250,6 +259,44 @@ pub struct GoodbyeParams {
     pub reason: String,
 }
 
+/// The agent's credential file: which lab it is and the secret it authenticates with.
+/// Written once (by enrollment or `maosic-server admin create-lab`), read by `maosic-agent`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCredentialFile {
+    /// The lab the credential belongs to.
+    pub lab_id: String,
+    /// Public id of the credential.
+    pub credential_id: String,
+    /// The secret half; never logged.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AgentCredentialFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCredentialFile")
+            .field("lab_id", &self.lab_id)
+            .field("credential_id", &self.credential_id)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+impl AgentCredentialFile {
+    /// The bearer token the agent presents: `<credential_id>.<secret>`.
+    pub fn bearer_token(&self) -> String {
+        format!("{}.{}", self.credential_id, self.secret)
+    }
+
+    /// Splits a bearer token into credential id and secret.
+    pub fn split_token(token: &str) -> Option<(&str, &str)> {
+        let (id, secret) = token.split_once('.')?;
+        (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
+    }
+}
+
+/// The WebSocket path of the agent gateway.
+pub const AGENT_WS_PATH: &str = "/agent/v1/ws";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,10 +329,16 @@ mod tests {
         assert!(Message::parse("{").is_err());
         assert!(Message::parse(r#"{"jsonrpc":"1.0","method":"x"}"#).is_err());
         assert!(Message::parse(r#"{"jsonrpc":"2.0","id":1}"#).is_err());
-        assert!(
-            Message::parse(r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"x"}}"#)
-                .is_err()
-        );
-        assert!(Message::parse(r#"{"jsonrpc":"2.0","id":1,"result":null}"#).is_err());
+        assert!(Message::parse(
+            r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"x"}}"#
+        )
+        .is_err());
+        assert!(matches!(
+            Message::parse(r#"{"jsonrpc":"2.0","id":1,"result":null}"#).unwrap(),
+            Message::Response(Response {
+                result: Some(Value::Null),
+                ..
+            })
+        ));
     }
 }

@@ -86,6 +86,27 @@ impl Dim {
         format!("a quantity in {}", parts.join("·"))
     }
 
+    /// Units of this dimension a chemist may write, for hints.
+    pub fn unit_examples(self) -> &'static str {
+        [
+            (Dim::LENGTH, "nm, um, mm"),
+            (Dim::TIME, "ms, s, min, h"),
+            (Dim::TEMPERATURE, "°C or K"),
+            (Dim::VOLUME, "uL, mL"),
+            (Dim::FLOW, "uL/min, mL/min, mL/h"),
+            (Dim::CONCENTRATION, "mmol/ml, M, mM"),
+            (Dim::POWER, "mW, W"),
+            (Dim::FREQUENCY, "Hz, kHz"),
+            (Dim::AMOUNT, "umol, mmol"),
+            (Dim::MASS, "mg, g"),
+            (Dim::NONE, "a plain number or %"),
+        ]
+        .iter()
+        .find(|(d, _)| *d == self)
+        .map(|(_, u)| *u)
+        .unwrap_or("SI units")
+    }
+
     /// A typical unit to suggest for this dimension.
     pub fn example_unit(self) -> Option<&'static str> {
         [

@@ -46,11 +46,15 @@ pub struct Output {
 pub fn analyze(src: &str, lab: &LabDescriptor, bindings: &Bindings, mode: Mode) -> Output {
     let parsed = parse(src);
     let mut diagnostics = parsed.diagnostics;
-    let Some(file) = parsed.file else {
-        return Output {
-            program: None,
-            diagnostics,
-        };
+    let file = match parsed.file {
+        Some(f) if !has_errors(&diagnostics) => f,
+        // A text with lexical errors has a doubtful tree: report those first.
+        _ => {
+            return Output {
+                program: None,
+                diagnostics,
+            }
+        }
     };
     let mut cx = Ctx::new(src, lab);
     cx.header(&file, bindings, mode);
@@ -559,7 +563,7 @@ impl<'a> Ctx<'a> {
     fn describe(&self, f: &Formula) -> String {
         match f {
             Formula::Module(m) => match self.lab.device(&m.symbol) {
-                Some(d) => format!("`{}` (the {})", m.symbol, d.kind.as_str()),
+                Some(d) => format!("`{}` (the {})", m.symbol, d.kind.noun()),
                 None => format!("`{}`", m.symbol),
             },
             Formula::Binary {
@@ -661,7 +665,7 @@ impl<'a> Ctx<'a> {
                                             Diagnostic::error(
                                                 Code::FlowIntoNonFlow,
                                                 m.span,
-                                                format!("a stream cannot flow through `{}` (the {})", m.symbol, d.kind.as_str()),
+                                                format!("a stream cannot flow through `{}` (the {})", m.symbol, d.kind.noun()),
                                             )
                                             .with_hint(format!(
                                                 "use `.` to run `{}` after the stream has been collected, e.g. `... -> S . ARM . {}`",
@@ -760,7 +764,7 @@ impl<'a> Ctx<'a> {
                     let mut d = Diagnostic::error(
                         Code::UnknownMethod,
                         *span,
-                        format!("`{}` (the {}) cannot `{name}`", m.symbol, dev.kind.as_str()),
+                        format!("`{}` (the {}) cannot `{name}`", m.symbol, dev.kind.noun()),
                     );
                     d = match suggestion(name, names.clone()) {
                         Some(s) => d.with_hint(s),
@@ -847,11 +851,23 @@ impl<'a> Ctx<'a> {
                 None => {}
             }
         }
-        if !missing.is_empty() {
+        let misnamed = m
+            .args
+            .iter()
+            .flatten()
+            .any(|a| method.param(&a.name).is_none());
+        if !missing.is_empty() && !misnamed {
             let names: Vec<String> = missing.iter().map(|p| format!("`{}`", p.name)).collect();
-            let example: Vec<String> = missing
+            let example: Vec<String> = m
+                .args
                 .iter()
-                .map(|p| format!("{} = {}", p.name, with_unit((p.min + p.max) / 2.0, &p.unit)))
+                .flatten()
+                .map(|a| format!("{} = {}", a.name, super::format::expr(&a.value)))
+                .chain(
+                    missing
+                        .iter()
+                        .map(|p| format!("{} = {}", p.name, with_unit(example_value(p), &p.unit))),
+                )
                 .collect();
             let what: Vec<String> = missing.iter().map(|p| describe_param(p)).collect();
             self.push(
@@ -903,7 +919,7 @@ impl<'a> Ctx<'a> {
                     .with_hint(format!(
                         "write e.g. `{} = {}`",
                         p.name,
-                        with_unit((p.min + p.max) / 2.0, &p.unit)
+                        with_unit(example_value(p), &p.unit)
                     )),
                 );
             } else {
@@ -912,18 +928,7 @@ impl<'a> Ctx<'a> {
                 } else {
                     format!("{} ({})", punit.dim.describe(), p.unit)
                 };
-                let hint = match punit.dim.example_unit() {
-                    Some(u) => format!(
-                        "give `{}` in {} or a unit convertible to it (e.g. {u})",
-                        p.name,
-                        if p.unit.is_empty() {
-                            "no unit"
-                        } else {
-                            &p.unit
-                        }
-                    ),
-                    None => format!("give `{}` as a plain number", p.name),
-                };
+                let hint = format!("give `{}` in {}", p.name, punit.dim.unit_examples());
                 self.push(
                     Diagnostic::error(
                         Code::UnitMismatch,
@@ -1004,7 +1009,7 @@ impl<'a> Ctx<'a> {
                         "`{pname}` = {} is rounded to {} (the {}'s grid is {})",
                         with_unit(v, &p.unit),
                         with_unit(r, &p.unit),
-                        dev.kind.as_str(),
+                        dev.kind.noun(),
                         with_unit(res, &p.unit)
                     ),
                 )
@@ -1042,7 +1047,7 @@ impl<'a> Ctx<'a> {
                         e.span(),
                         format!(
                             "rounding `{pname}` to the {}'s {} grid changes it by {}, more than half of what one step of ${} ({}) changes it ({})",
-                            dev.kind.as_str(),
+                            dev.kind.noun(),
                             with_unit(res, &p.unit),
                             with_unit(changed, &p.unit),
                             var.name,
@@ -1053,7 +1058,7 @@ impl<'a> Ctx<'a> {
                     .with_hint(format!(
                         "neighbouring campaign points may run the same experiment; coarsen the step of ${} or use a finer {}",
                         var.name,
-                        dev.kind.as_str()
+                        dev.kind.noun()
                     ));
                     self.push(d);
                 }
@@ -1118,6 +1123,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn unused(&mut self) {
+        if self.diags.iter().any(|d| d.code == Code::UndefinedVariable) {
+            return; // the misspelt name probably meant one of them
+        }
         let unused: Vec<(String, Span)> = self
             .vars
             .iter()
@@ -1228,6 +1236,21 @@ fn union(a: Frag, b: Frag) -> Frag {
     let mut tails = a.tails;
     tails.extend(b.tails);
     Frag { heads, tails }
+}
+
+/// A round value inside the parameter's range, for examples in hints.
+fn example_value(p: &ParamDescriptor) -> f64 {
+    if let Some(d) = p.default {
+        return d;
+    }
+    let mid = (p.min + p.max) / 2.0;
+    let mag = 10f64.powf(mid.abs().max(1e-9).log10().floor());
+    let v = (mid / mag).round() * mag;
+    if v >= p.min && v <= p.max {
+        v
+    } else {
+        mid
+    }
 }
 
 fn describe_param(p: &ParamDescriptor) -> String {
