@@ -1,0 +1,338 @@
+//! The agent's lab configuration (TOML): the lab's name, each device (symbol, kind, driver, port,
+//! local limits), the safety kernel's settings and, for a virtual lab, the twin's settings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::{DeviceKind, HeaterLimits, PumpLimits};
+use crate::drivers::SerialTiming;
+
+/// The port value that asks the virtual lab to serve the device on a fresh pseudo-terminal.
+pub const VIRTUAL_PORT: &str = "virtual";
+
+/// Whole lab configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    pub lab: LabSection,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+    /// Present when any device is virtual.
+    #[serde(default, rename = "virtual")]
+    pub twin: TwinConfig,
+    #[serde(default, rename = "devices")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSection {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// What to do with a running program when the cloud link is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkLossPolicy {
+    /// Keep running within the local limits (data is spooled).
+    #[default]
+    Continue,
+    /// Stop dosing (pumps stop), keep the heater at its setpoint, start no new step until the link is back.
+    Hold,
+    /// Cancel the program and go to the safe state (pumps stopped, heater off).
+    SafeStop,
+}
+
+/// Safety kernel settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetyConfig {
+    /// Kernel control period, s of lab time.
+    pub control_period_s: f64,
+    /// Shortest real time between two kernel cycles, ms (keeps high speed factors sane).
+    pub min_real_period_ms: u64,
+    /// Heater output lease, s of lab time.
+    pub lease_s: f64,
+    /// Watchdog period, ms of wall time: a stalled runtime for this long triggers the safe state.
+    pub watchdog_ms: u64,
+    /// Runaway: less than `runaway_min_rise_c` rise over `runaway_window_s` while heating hard.
+    pub runaway_min_rise_c: f64,
+    pub runaway_window_s: f64,
+    /// Runaway: more than `below_target_c` below target for `below_target_s` once at target.
+    pub below_target_c: f64,
+    pub below_target_s: f64,
+    /// Default link-loss policy for programs that do not say.
+    pub link_loss: LinkLossPolicy,
+    /// Stability band and hold time for `set_temperature`, °C and s.
+    pub settle_band_c: f64,
+    pub settle_hold_s: f64,
+    /// Give up waiting for the temperature after this long, s.
+    pub settle_timeout_s: f64,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self {
+            control_period_s: 1.0,
+            min_real_period_ms: 5,
+            lease_s: 3.0,
+            watchdog_ms: 1000,
+            runaway_min_rise_c: 2.0,
+            runaway_window_s: 20.0,
+            below_target_c: 4.0,
+            below_target_s: 40.0,
+            link_loss: LinkLossPolicy::Continue,
+            settle_band_c: 1.0,
+            settle_hold_s: 20.0,
+            settle_timeout_s: 1200.0,
+        }
+    }
+}
+
+/// Virtual lab (digital twin) settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinConfig {
+    /// Lab-time speed factor (1 = real time).
+    pub speed: f64,
+    pub seed: u64,
+    /// `paper` or a path to a landscape TOML file.
+    pub landscape: String,
+    /// Reactor coil volume, µL.
+    pub reactor_volume_ul: f64,
+    /// CD scan speed, nm/min.
+    pub cd_scan_rate_nm_per_min: f64,
+    /// Robot arm move time, s.
+    pub arm_move_s: f64,
+    /// Sampler slots.
+    pub sampler_slots: u32,
+}
+
+impl Default for TwinConfig {
+    fn default() -> Self {
+        Self {
+            speed: 1.0,
+            seed: 1,
+            landscape: "paper".into(),
+            reactor_volume_ul: 100.0,
+            cd_scan_rate_nm_per_min: 100.0,
+            arm_move_s: 20.0,
+            sampler_slots: 12,
+        }
+    }
+}
+
+/// Which driver talks to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriverKind {
+    /// NE-1000-family pump over RS-232.
+    Ne1000,
+    /// PID temperature controller over Modbus RTU.
+    ModbusPid,
+    /// A virtual instrument of the twin (no serial protocol).
+    Virtual,
+}
+
+/// One device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Instruction symbol (`P1`, `H`, `UV` …).
+    pub symbol: String,
+    pub kind: DeviceKind,
+    pub driver: DriverKind,
+    /// Serial port path, or `virtual` to serve it from the twin on a pseudo-terminal.
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Pump address (0–99) or Modbus slave id.
+    #[serde(default)]
+    pub address: u8,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub timing: SerialTiming,
+    /// Pumps: syringe inside diameter, mm.
+    #[serde(default)]
+    pub diameter_mm: Option<f64>,
+    /// Pumps: start refilling when less than this is left, µL.
+    #[serde(default)]
+    pub refill_below_ul: Option<f64>,
+    /// Virtual pumps: Cs+ content of the reagent, mmol/ml.
+    #[serde(default)]
+    pub cs_mmol_per_ml: Option<f64>,
+    /// Local limits (keys depend on the kind).
+    #[serde(default)]
+    pub limits: BTreeMap<String, f64>,
+}
+
+fn default_baud() -> u32 {
+    19200
+}
+
+/// Why a configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("lab configuration is not valid TOML: {0}")]
+    Toml(String),
+    #[error("lab configuration is inconsistent: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl LabConfig {
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        let c: LabConfig = toml::from_str(s).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&s)
+    }
+
+    /// Every problem found (unique symbols, drivers fitting kinds, ports present, limits sane).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        if !(self.twin.speed.is_finite() && self.twin.speed > 0.0) {
+            p.push(format!("virtual.speed must be positive, got {}", self.twin.speed));
+        }
+        for d in &self.devices {
+            if !seen.insert(d.symbol.clone()) {
+                p.push(format!("device symbol {} is declared twice", d.symbol));
+            }
+            let ok = matches!(
+                (d.kind, d.driver),
+                (DeviceKind::SyringePump, DriverKind::Ne1000)
+                    | (DeviceKind::TemperatureController, DriverKind::ModbusPid)
+                    | (
+                        DeviceKind::AbsorptionSpectrometer
+                            | DeviceKind::CdSpectrometer
+                            | DeviceKind::RotationSampler
+                            | DeviceKind::RobotArm
+                            | DeviceKind::Laser,
+                        DriverKind::Virtual
+                    )
+            );
+            if !ok {
+                p.push(format!("{}: driver {:?} cannot drive a {:?}", d.symbol, d.driver, d.kind));
+            }
+            if d.driver != DriverKind::Virtual && d.port.is_none() {
+                p.push(format!("{}: a serial driver needs `port` (a path or \"virtual\")", d.symbol));
+            }
+            for (k, v) in &d.limits {
+                if !v.is_finite() {
+                    p.push(format!("{}: limit {k} is not finite", d.symbol));
+                }
+            }
+            match d.kind {
+                DeviceKind::SyringePump => {
+                    if let Err(e) = d.pump_limits() {
+                        p.push(e);
+                    }
+                }
+                DeviceKind::TemperatureController => {
+                    if let Err(e) = d.heater_limits() {
+                        p.push(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    /// Is any device served by the twin?
+    pub fn needs_twin(&self) -> bool {
+        self.devices
+            .iter()
+            .any(|d| d.driver == DriverKind::Virtual || d.port.as_deref() == Some(VIRTUAL_PORT))
+    }
+}
+
+impl DeviceConfig {
+    fn limits_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let table: toml::Table = self
+            .limits
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::Float(*v)))
+            .collect();
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| format!("{}: limits: {e}", self.symbol))
+    }
+
+    pub fn pump_limits(&self) -> Result<PumpLimits, String> {
+        let l: PumpLimits = self.limits_as()?;
+        if l.max_rate_ul_min <= 0.0 || l.syringe_volume_ul <= 0.0 || l.min_diameter_mm > l.max_diameter_mm {
+            return Err(format!("{}: pump limits are not sane: {l:?}", self.symbol));
+        }
+        Ok(l)
+    }
+
+    pub fn heater_limits(&self) -> Result<HeaterLimits, String> {
+        let l: HeaterLimits = self.limits_as()?;
+        if l.min_temperature_c >= l.max_temperature_c {
+            return Err(format!("{}: heater limits are not sane: {l:?}", self.symbol));
+        }
+        Ok(l)
+    }
+
+    /// A named limit, if given.
+    pub fn limit(&self, key: &str) -> Option<f64> {
+        self.limits.get(key).copied()
+    }
+}
+
+/// The built-in virtual paper lab (used by `virtual-lab probe` and tests).
+pub const PAPER_VIRTUAL_TOML: &str = include_str!("../../../examples/agent-lab-virtual.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_virtual_lab_parses() {
+        let c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
+        assert_eq!(c.devices.len(), 9);
+        assert!(c.needs_twin());
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let bad = r#"
+            [lab]
+            name = "x"
+            [[devices]]
+            symbol = "P1"
+            kind = "syringe_pump"
+            driver = "modbus-pid"
+            [[devices]]
+            symbol = "P1"
+            kind = "temperature_controller"
+            driver = "modbus-pid"
+            port = "virtual"
+            limits = { min_temperature_c = 100.0, max_temperature_c = 50.0 }
+        "#;
+        let e = LabConfig::from_toml_str(bad).unwrap_err().to_string();
+        for n in ["declared twice", "cannot drive", "needs `port`", "not sane"] {
+            assert!(e.contains(n), "{n} missing in {e}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Program executor: checks a compiled program against the lab (methods, parameter ranges) before
+//! anything moves, then runs its DAG — each step once its dependencies completed, independent
+//! steps concurrently — turning results into records; stops safely on failure, cancel or trip.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use maosic_schema::program::Program;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LinkLossPolicy;
+use crate::error::DeviceError;
+use crate::lab::{CallOutput, Lab};
+use crate::record::{unix_ms, Outcome, Record, RecordBody};
+
+/// Options for one run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Id for the records (the link's command id).
+    pub program_id: Option<String>,
+    /// Link-loss policy; `None` = the lab's default.
+    pub link_loss: Option<LinkLossPolicy>,
+}
+
+/// Summary of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramReport {
+    pub outcome: Outcome,
+    pub steps_succeeded: u32,
+    pub steps_total: u32,
+    pub lab_duration_s: f64,
+    /// First error, if any.
+    pub error: Option<String>,
+}
+
+struct Ctx<'a> {
+    lab: &'a Lab,
+    sink: mpsc::Sender<Record>,
+    program_id: Option<String>,
+}
+
+impl Ctx<'_> {
+    async fn emit(&self, step: Option<u32>, method: Option<&str>, body: RecordBody) {
+        let r = Record {
+            program: self.program_id.clone(),
+            step,
+            method: method.map(str::to_string),
+            lab_time_s: self.lab.clock.now_s(),
+            unix_ms: unix_ms(),
+            body,
+        };
+        // A closed sink means nobody listens; the run still completes safely.
+        let _ = self.sink.send(r).await;
+    }
+
+    async fn safety_events(&self) {
+        for e in self.lab.kernel().drain_events() {
+            self.emit(None, None, RecordBody::Safety { event: e.event, detail: e.detail }).await;
+        }
+    }
+}
+
+/// Run `program` on `lab`.
+pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: mpsc::Sender<Record>, cancel: CancellationToken) -> ProgramReport {
+    let ctx = Ctx {
+        lab,
+        sink,
+        program_id: opts.program_id.clone(),
+    };
+    let total = program.steps.len() as u32;
+    let t0 = lab.clock.now_s();
+    let refuse = |msg: String| ProgramReport {
+        outcome: Outcome::Refused,
+        steps_succeeded: 0,
+        steps_total: total,
+        lab_duration_s: 0.0,
+        error: Some(msg),
+    };
+    // 1. the whole program is checked before anything moves
+    if let Err(e) = program.validate() {
+        let r = refuse(e.to_string());
+        ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+        return r;
+    }
+    let desc = lab.descriptor();
+    for s in &program.steps {
+        if let Err(e) = lab.check_params(&desc, &s.request.method, &s.request.params) {
+            let msg = format!("step {} ({}): {e}", s.id, s.request.method);
+            ctx.emit(Some(s.id), Some(&s.request.method), RecordBody::StepFailed { code: e.code().into(), message: msg.clone() }).await;
+            ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+            return refuse(msg);
+        }
+    }
+    if let Err(e) = lab.kernel().check_call("program.run") {
+        ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+        return refuse(e.to_string());
+    }
+    let policy = opts.link_loss.unwrap_or(lab.config.safety.link_loss);
+    let run_cancel = cancel.child_token();
+    lab.kernel().program_started(policy, run_cancel.clone());
+    let trip = lab.kernel().trip_token();
+    ctx.emit(None, None, RecordBody::ProgramStarted { steps: total }).await;
+
+    // 2. the DAG
+    let mut remaining: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for s in &program.steps {
+        remaining.insert(s.id, s.after.len());
+        for d in &s.after {
+            dependents.entry(*d).or_default().push(s.id);
+        }
+    }
+    let by_id: BTreeMap<u32, &maosic_schema::program::Step> = program.steps.iter().map(|s| (s.id, s)).collect();
+    let mut ready: Vec<u32> = remaining.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
+    let mut running = FuturesUnordered::new();
+    let mut succeeded = 0u32;
+    let mut error: Option<String> = None;
+    let mut outcome = Outcome::Succeeded;
+    loop {
+        if error.is_none() && !run_cancel.is_cancelled() && !trip.is_cancelled() {
+            lab.kernel().wait_not_held().await;
+            for id in ready.drain(..) {
+                let Some(step) = by_id.get(&id).copied() else { continue };
+                let method = step.request.method.clone();
+                ctx.emit(Some(id), Some(&method), RecordBody::StepStarted).await;
+                let timeout = Duration::from_millis(step.duration_ms.saturating_mul(3).max(step.duration_ms + 600_000));
+                let fut = async move {
+                    let t = lab.clock.now_s();
+                    let r = tokio::time::timeout(lab.clock.to_real(timeout), lab.call(&method, &step.request.params)).await;
+                    let r: Result<CallOutput, DeviceError> = match r {
+                        Ok(r) => r,
+                        Err(_) => Err(DeviceError::Timeout { device: method.clone(), timeout, attempts: 1 }),
+                    };
+                    (id, method, lab.clock.now_s() - t, r)
+                };
+                running.push(fut);
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((id, method, dt, r)) = running.next() => {
+                match r {
+                    Ok(out) => {
+                        for (name, m) in out.measurements {
+                            ctx.emit(Some(id), Some(&method), RecordBody::Measurement { name, measurement: m }).await;
+                        }
+                        ctx.emit(Some(id), Some(&method), RecordBody::StepSucceeded { result: out.result, lab_duration_s: dt }).await;
+                        succeeded += 1;
+                        for d in dependents.get(&id).cloned().unwrap_or_default() {
+                            if let Some(n) = remaining.get_mut(&d) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    ready.push(d);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        ctx.emit(Some(id), Some(&method), RecordBody::StepFailed { code: e.code().into(), message: e.to_string() }).await;
+                        if error.is_none() {
+                            error = Some(format!("step {id} ({method}): {e}"));
+                            outcome = Outcome::Failed;
+                        }
+                        break;
+                    }
+                }
+            }
+            _ = run_cancel.cancelled(), if outcome == Outcome::Succeeded => {
+                outcome = Outcome::Canceled;
+                error = Some("canceled".into());
+                break;
+            }
+            _ = trip.cancelled(), if outcome == Outcome::Succeeded => {
+                outcome = Outcome::Failed;
+                error = Some(format!("safety kernel tripped: {:?}", lab.kernel().faults().first().map(|f| f.detail.clone())));
+                break;
+            }
+        }
+    }
+    drop(running);
+    if outcome != Outcome::Succeeded {
+        // stop what the program started; the kernel has already acted on a trip
+        lab.kernel().safe_state().await;
+    }
+    ctx.safety_events().await;
+    lab.kernel().program_finished();
+    let dt = lab.clock.now_s() - t0;
+    ctx.emit(None, None, RecordBody::ProgramFinished { outcome, steps_succeeded: succeeded, lab_duration_s: dt }).await;
+    ProgramReport {
+        outcome,
+        steps_succeeded: succeeded,
+        steps_total: total,
+        lab_duration_s: dt,
+        error,
+    }
+}

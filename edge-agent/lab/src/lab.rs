@@ -1,0 +1,743 @@
+//! The `Lab` handle: builds a lab from its configuration (virtual twin, real serial ports, or a
+//! mix), describes it as a capability descriptor, dispatches `"<SYMBOL>.<method>"` calls through
+//! the safety kernel to the device traits, runs programs, and owns e-stop and link-loss hooks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maosic_schema::capability::{DeviceDescriptor, DeviceKind as SchemaKind, LabDescriptor, MethodDescriptor, ParamDescriptor};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{DeviceConfig, DriverKind, LabConfig, VIRTUAL_PORT};
+use crate::devices::*;
+use crate::drivers::ne1000_pump::Ne1000Pump;
+use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
+use crate::error::DeviceError;
+use crate::record::Measurement;
+use crate::safety::{EmergencyWrite, SafeStateReport, SafetyKernel};
+use crate::sim::instruments::{Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualUv};
+use crate::sim::pump::PumpSim;
+use crate::sim::thermal::ThermalParams;
+use crate::sim::twin::{TwinHandle, TwinPortKind};
+use crate::sim::world::{Chemistry, World};
+
+/// A device of the lab.
+#[derive(Clone)]
+pub enum Device {
+    Pump(Arc<dyn SyringePump>),
+    Heater(Arc<dyn TemperatureController>),
+    Uv(Arc<dyn AbsorptionSpectrometer>),
+    Cd(Arc<dyn CdSpectrometer>),
+    Sampler(Arc<dyn RotationSampler>),
+    Arm(Arc<dyn RobotArm>),
+    Laser(Arc<dyn Laser>),
+}
+
+/// What a call returned: a JSON result and the measurements it yielded.
+#[derive(Debug, Clone, Default)]
+pub struct CallOutput {
+    pub result: serde_json::Value,
+    pub measurements: Vec<(String, Measurement)>,
+}
+
+/// Why a lab could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Twin(#[from] crate::sim::twin::TwinError),
+    #[error("landscape: {0}")]
+    Landscape(String),
+}
+
+struct PumpBook {
+    diameter_mm: f64,
+    refill_below_ul: f64,
+    /// Liquid in the syringe as the agent believes, µL.
+    content_ul: f64,
+    initialised: bool,
+}
+
+/// A built lab.
+pub struct Lab {
+    pub config: LabConfig,
+    pub clock: Clock,
+    devices: BTreeMap<String, (DeviceConfig, Device)>,
+    twin: Option<TwinHandle>,
+    kernel: Arc<SafetyKernel>,
+    kernel_task: Option<tokio::task::JoinHandle<()>>,
+    books: tokio::sync::Mutex<BTreeMap<String, PumpBook>>,
+    /// Concrete pump drivers (for byte counters in tests).
+    pub ne1000: BTreeMap<String, Arc<Ne1000Pump>>,
+    pub pid: Option<Arc<PidModbus>>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("name", &self.config.lab.name).finish()
+    }
+}
+
+fn load_landscape(spec: &str) -> Result<maosic_landscape::Landscape, LabError> {
+    if let Ok(l) = maosic_landscape::Landscape::builtin(spec) {
+        return Ok(l);
+    }
+    let text = std::fs::read_to_string(spec).map_err(|e| LabError::Landscape(format!("cannot read {spec}: {e}")))?;
+    maosic_landscape::Landscape::from_toml_str(&text).map_err(|e| LabError::Landscape(e.to_string()))
+}
+
+impl Lab {
+    /// Build the lab described by `config` and start its safety kernel. Must run inside a tokio runtime.
+    pub async fn build(config: LabConfig) -> Result<Lab, LabError> {
+        config.validate()?;
+        let needs_twin = config.needs_twin();
+        let clock = if needs_twin { Clock::new(config.twin.speed).map_err(|e| LabError::Landscape(e.to_string()))? } else { Clock::real_time() };
+        let twin = if needs_twin {
+            let landscape = load_landscape(&config.twin.landscape)?;
+            let mut chem = Chemistry {
+                cs_mmol_per_ml: BTreeMap::new(),
+                reactor_volume_ul: config.twin.reactor_volume_ul,
+            };
+            let params = ThermalParams {
+                lease_s: config.safety.lease_s,
+                ..ThermalParams::default()
+            };
+            let mut world = World::new(landscape, chem.clone(), params, config.twin.seed);
+            // keep the lease meaningful at high speed factors: never shorter than 50 ms of wall time
+            world.heater.lease_floor_s = 0.05 * config.twin.speed;
+            let mut ports = Vec::new();
+            for d in &config.devices {
+                if d.port.as_deref() != Some(VIRTUAL_PORT) {
+                    continue;
+                }
+                match d.driver {
+                    DriverKind::Ne1000 => {
+                        let cap = d.pump_limits().map_err(|e| LabError::Landscape(e))?.syringe_volume_ul;
+                        world.pumps.insert(d.symbol.clone(), PumpSim::new(d.address, cap));
+                        chem.cs_mmol_per_ml.insert(d.symbol.clone(), d.cs_mmol_per_ml.unwrap_or(0.0));
+                        ports.push((d.symbol.clone(), TwinPortKind::Pump));
+                    }
+                    DriverKind::ModbusPid => ports.push((d.symbol.clone(), TwinPortKind::Pid { slave: d.address })),
+                    DriverKind::Virtual => {}
+                }
+            }
+            world.chemistry = chem;
+            let world = Arc::new(Mutex::new(world));
+            Some(TwinHandle::start(world, clock.clone(), ports)?)
+        } else {
+            None
+        };
+
+        let mut devices = BTreeMap::new();
+        let mut books = BTreeMap::new();
+        let mut ne1000 = BTreeMap::new();
+        let mut pid = None;
+        let mut emergency = Vec::new();
+        let mut heater: Option<Arc<dyn TemperatureController>> = None;
+        let mut pumps: Vec<Arc<dyn SyringePump>> = Vec::new();
+        let mut lasers: Vec<Arc<dyn Laser>> = Vec::new();
+        for d in &config.devices {
+            let path = match (&d.port, &twin) {
+                (Some(p), Some(t)) if p == VIRTUAL_PORT => t.path(&d.symbol).map(str::to_string),
+                (Some(p), _) => Some(p.clone()),
+                (None, _) => None,
+            };
+            let dev = match (d.kind, d.driver) {
+                (DeviceKind::SyringePump, DriverKind::Ne1000) => {
+                    let path = path.unwrap_or_default();
+                    let limits = d.pump_limits().map_err(LabError::Landscape)?;
+                    let cap = limits.syringe_volume_ul;
+                    let p = Arc::new(Ne1000Pump::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?);
+                    emergency.push(EmergencyWrite {
+                        path: path.clone(),
+                        baud: d.baud,
+                        bytes: crate::ne1000::encode(d.address, &crate::ne1000::Command::Stop).unwrap_or_default(),
+                    });
+                    books.insert(
+                        d.symbol.clone(),
+                        PumpBook {
+                            diameter_mm: d.diameter_mm.unwrap_or(3.26),
+                            refill_below_ul: d.refill_below_ul.unwrap_or(0.8 * cap),
+                            content_ul: cap,
+                            initialised: false,
+                        },
+                    );
+                    ne1000.insert(d.symbol.clone(), p.clone());
+                    pumps.push(p.clone());
+                    Device::Pump(p)
+                }
+                (DeviceKind::TemperatureController, DriverKind::ModbusPid) => {
+                    let path = path.unwrap_or_default();
+                    let limits = d.heater_limits().map_err(LabError::Landscape)?;
+                    let h = Arc::new(PidModbus::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?);
+                    emergency.push(EmergencyWrite {
+                        path,
+                        baud: d.baud,
+                        bytes: emergency_off_frame(d.address),
+                    });
+                    heater = Some(h.clone());
+                    pid = Some(h.clone());
+                    Device::Heater(h)
+                }
+                (kind, DriverKind::Virtual) => {
+                    let Some(t) = &twin else {
+                        return Err(LabError::Landscape("virtual device without a twin".into()));
+                    };
+                    let twin = Twin {
+                        world: t.world.clone(),
+                        clock: clock.clone(),
+                    };
+                    let name = d.symbol.clone();
+                    match kind {
+                        DeviceKind::AbsorptionSpectrometer => Device::Uv(Arc::new(VirtualUv { name, twin })),
+                        DeviceKind::CdSpectrometer => Device::Cd(Arc::new(VirtualCd {
+                            name,
+                            twin,
+                            scan_rate_nm_per_min: config.twin.cd_scan_rate_nm_per_min,
+                        })),
+                        DeviceKind::RotationSampler => Device::Sampler(Arc::new(VirtualSampler {
+                            name,
+                            twin,
+                            slots: config.twin.sampler_slots.max(1),
+                        })),
+                        DeviceKind::RobotArm => Device::Arm(Arc::new(VirtualArm {
+                            name,
+                            twin,
+                            move_s: config.twin.arm_move_s,
+                        })),
+                        DeviceKind::Laser => {
+                            let l: Arc<dyn Laser> = Arc::new(VirtualLaser { name, twin });
+                            lasers.push(l.clone());
+                            Device::Laser(l)
+                        }
+                        _ => return Err(LabError::Landscape(format!("{}: no virtual implementation", d.symbol))),
+                    }
+                }
+                _ => return Err(LabError::Landscape(format!("{}: unsupported driver", d.symbol))),
+            };
+            devices.insert(d.symbol.clone(), (d.clone(), dev));
+        }
+        let kernel = SafetyKernel::new(config.safety.clone(), clock.clone(), heater.clone(), pumps, lasers, emergency);
+        if let Some(h) = &heater {
+            h.set_high_alarm(h.limits().max_temperature_c).await?;
+        }
+        let kernel_task = Some(kernel.spawn());
+        Ok(Lab {
+            config,
+            clock,
+            devices,
+            twin,
+            kernel,
+            kernel_task,
+            books: tokio::sync::Mutex::new(books),
+            ne1000,
+            pid,
+        })
+    }
+
+    /// Build from a TOML file.
+    pub async fn from_file(path: &std::path::Path) -> Result<Lab, LabError> {
+        Self::build(LabConfig::from_file(path)?).await
+    }
+
+    /// The safety kernel.
+    pub fn kernel(&self) -> &Arc<SafetyKernel> {
+        &self.kernel
+    }
+
+    /// The twin, when the lab is (partly) virtual.
+    pub fn twin(&self) -> Option<&TwinHandle> {
+        self.twin.as_ref()
+    }
+
+    /// Symbols and kinds.
+    pub fn device_list(&self) -> Vec<(String, DeviceKind, DriverKind, Option<String>)> {
+        self.devices
+            .iter()
+            .map(|(s, (c, _))| {
+                let port = match (&c.port, &self.twin) {
+                    (Some(p), Some(t)) if p == VIRTUAL_PORT => t.path(s).map(|x| format!("virtual ({x})")),
+                    (p, _) => p.clone(),
+                };
+                (s.clone(), c.kind, c.driver, port)
+            })
+            .collect()
+    }
+
+    /// E-stop: latch, heater off, pumps stopped, laser off.
+    pub async fn estop(&self) -> SafeStateReport {
+        self.kernel.estop("e-stop requested").await
+    }
+
+    /// Hook for the link: the cloud link is lost / back.
+    pub async fn link_lost(&self) -> Option<crate::config::LinkLossPolicy> {
+        self.kernel.link_lost().await
+    }
+    pub fn link_restored(&self) {
+        self.kernel.link_restored()
+    }
+
+    /// Run a compiled program (see [`crate::executor`]).
+    pub async fn run_program(
+        &self,
+        program: &maosic_schema::program::Program,
+        opts: crate::executor::ExecOptions,
+        sink: tokio::sync::mpsc::Sender<crate::record::Record>,
+        cancel: CancellationToken,
+    ) -> crate::executor::ProgramReport {
+        crate::executor::run_program(self, program, opts, sink, cancel).await
+    }
+
+    /// Ping every device: a harmless query each.
+    pub async fn ping(&self) -> Vec<(String, Result<String, DeviceError>)> {
+        let mut out = Vec::new();
+        for (s, (_, d)) in &self.devices {
+            let r = match d {
+                Device::Pump(p) => p.version().await,
+                Device::Heater(h) => h.read().await.map(|r| format!("PV {:?} °C, SP {:.1} °C, output {:.1} %", r.pv_c, r.sp_c, r.output_pct)),
+                Device::Uv(u) => Ok(format!("{} (virtual absorption spectrometer)", u.name())),
+                Device::Cd(u) => Ok(format!("{} (virtual CD spectrometer)", u.name())),
+                Device::Sampler(u) => Ok(format!("{} (virtual rotation sampler)", u.name())),
+                Device::Arm(u) => Ok(format!("{} (virtual robot arm)", u.name())),
+                Device::Laser(u) => Ok(format!("{} (virtual laser)", u.name())),
+            };
+            out.push((s.clone(), r));
+        }
+        out
+    }
+
+    /// Safe state and stop the kernel (call before dropping on shutdown).
+    pub async fn shutdown(&mut self) -> SafeStateReport {
+        let r = self.kernel.safe_state().await;
+        self.kernel.shutdown();
+        if let Some(t) = self.kernel_task.take() {
+            t.abort();
+        }
+        r
+    }
+
+    /// The capability descriptor this lab reports (limits from the configuration).
+    pub fn descriptor(&self) -> LabDescriptor {
+        let p = |name: &str, unit: &str, min: f64, max: f64, res: Option<f64>, required: bool, default: Option<f64>| ParamDescriptor {
+            name: name.into(),
+            unit: unit.into(),
+            min,
+            max,
+            resolution: res,
+            required,
+            default,
+        };
+        let m = |name: &str, desc: &str, duration_ms: u64, params: Vec<ParamDescriptor>, yields: &[&str]| MethodDescriptor {
+            name: name.into(),
+            description: desc.into(),
+            params,
+            duration_ms,
+            duration_param: None,
+            setpoint: false,
+            yields: yields.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut devices = Vec::new();
+        for (sym, (c, d)) in &self.devices {
+            let (kind, stream, flow, methods) = match d {
+                Device::Pump(pump) => {
+                    let l = pump.limits();
+                    (
+                        SchemaKind::Pump,
+                        true,
+                        false,
+                        vec![
+                            m(
+                                "set_rate",
+                                "Start infusing at a constant rate (refills the syringe first when low)",
+                                1000,
+                                vec![
+                                    p("rate", "uL/min", 0.0, l.max_rate_ul_min, Some(0.1), true, None),
+                                    p("volume", "uL", 1.0, l.syringe_volume_ul, Some(0.1), false, Some(l.syringe_volume_ul)),
+                                ],
+                                &[],
+                            ),
+                            m("stop", "Stop infusing", 200, vec![], &[]),
+                            m("refill", "Refill the syringe from the reservoir", 30000, vec![], &[]),
+                        ],
+                    )
+                }
+                Device::Heater(h) => {
+                    let l = h.limits();
+                    let mut set = m(
+                        "set_temperature",
+                        "Set the reaction temperature and wait until it is stable (±1 °C)",
+                        120_000,
+                        vec![p("T", "°C", l.min_temperature_c, l.max_temperature_c, Some(0.1), true, None)],
+                        &["temperature"],
+                    );
+                    set.setpoint = true;
+                    (SchemaKind::Heater, false, true, vec![set, m("off", "Heater off", 200, vec![], &[]), m("read", "Read the controller", 200, vec![], &["temperature"])])
+                }
+                Device::Uv(_) => (
+                    SchemaKind::Spectrometer,
+                    false,
+                    true,
+                    vec![m(
+                        "acquire",
+                        "Record an absorption spectrum of the stream (2,048 pixels, 200-1100 nm)",
+                        5000,
+                        vec![
+                            p("from", "nm", 200.0, 1000.0, Some(1.0), false, Some(350.0)),
+                            p("to", "nm", 200.0, 1000.0, Some(1.0), false, Some(600.0)),
+                            p("integration", "ms", 1.0, 10000.0, Some(1.0), false, Some(100.0)),
+                            p("averages", "", 1.0, 100.0, Some(1.0), false, Some(10.0)),
+                        ],
+                        &["absorption_spectrum"],
+                    )],
+                ),
+                Device::Sampler(_) => (
+                    SchemaKind::Sampler,
+                    false,
+                    true,
+                    vec![m(
+                        "collect",
+                        "Collect a volume of the stream into the cuvette in a slot",
+                        60000,
+                        vec![
+                            p("volume", "uL", 10.0, 3000.0, Some(10.0), false, Some(400.0)),
+                            p("slot", "", 1.0, f64::from(self.config.twin.sampler_slots.max(1)), Some(1.0), false, Some(1.0)),
+                        ],
+                        &[],
+                    )],
+                ),
+                Device::Arm(_) => (
+                    SchemaKind::Arm,
+                    false,
+                    false,
+                    vec![
+                        m("to_cd", "Move the cuvette from a sampler slot into the CD spectrometer", 30000, vec![p("slot", "", 1.0, f64::from(self.config.twin.sampler_slots.max(1)), Some(1.0), false, Some(1.0))], &[]),
+                        m("to_laser", "Move the cuvette from the CD spectrometer to the laser stage", 20000, vec![], &[]),
+                        m("from_laser", "Move the cuvette from the laser stage back into the CD spectrometer", 20000, vec![], &[]),
+                        m("discard", "Put the cuvette into the waste rack", 15000, vec![], &[]),
+                    ],
+                ),
+                Device::Cd(_) => (
+                    SchemaKind::Cd,
+                    false,
+                    false,
+                    vec![m(
+                        "scan",
+                        "Record a CD spectrum of the cuvette",
+                        180000,
+                        vec![
+                            p("from", "nm", 190.0, 900.0, Some(1.0), false, Some(350.0)),
+                            p("to", "nm", 190.0, 900.0, Some(1.0), false, Some(600.0)),
+                            p("step", "nm", 0.1, 5.0, Some(0.1), false, Some(1.0)),
+                            p("averages", "", 1.0, 20.0, Some(1.0), false, Some(1.0)),
+                        ],
+                        &["cd_spectrum"],
+                    )],
+                ),
+                Device::Laser(_) => {
+                    let mut irr = m(
+                        "irradiate",
+                        "Irradiate the cuvette on the laser stage",
+                        2000,
+                        vec![
+                            p("wavelength", "nm", 300.0, 1000.0, Some(1.0), true, None),
+                            p("duration", "s", 1.0, 3600.0, Some(1.0), true, None),
+                            p("power", "mW", 1.0, 2000.0, Some(1.0), false, Some(500.0)),
+                            p("rep_rate", "Hz", 1000.0, 1000.0, None, false, Some(1000.0)),
+                        ],
+                        &[],
+                    );
+                    irr.duration_param = Some("duration".into());
+                    (SchemaKind::Laser, false, false, vec![irr])
+                }
+            };
+            let default_method = methods.first().map(|x| x.name.clone());
+            devices.push(DeviceDescriptor {
+                symbol: sym.clone(),
+                kind,
+                description: c.description.clone(),
+                stream,
+                flow,
+                default_method,
+                methods,
+            });
+        }
+        LabDescriptor {
+            name: self.config.lab.name.clone(),
+            description: self.config.lab.description.clone(),
+            devices,
+        }
+    }
+
+    /// Check a call against the lab's declared methods and ranges (the program pre-check).
+    pub fn check_params(&self, desc: &LabDescriptor, method: &str, params: &BTreeMap<String, f64>) -> Result<(), DeviceError> {
+        let (_, md) = desc.method(method).ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+        for (k, v) in params {
+            let pd = md.param(k).ok_or_else(|| DeviceError::BadParameter {
+                device: method.to_string(),
+                message: format!("unknown parameter {k}"),
+            })?;
+            crate::error::check_range(method, k, *v, pd.min, pd.max)?;
+        }
+        for pd in &md.params {
+            if pd.required && pd.default.is_none() && !params.contains_key(&pd.name) {
+                return Err(DeviceError::BadParameter {
+                    device: method.to_string(),
+                    message: format!("missing required parameter {}", pd.name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Call `"<SYMBOL>.<method>"` with named numeric parameters (manual control and the executor).
+    pub async fn call(&self, method: &str, params: &BTreeMap<String, f64>) -> Result<CallOutput, DeviceError> {
+        self.kernel.check_call(method)?;
+        let (sym, name) = method.split_once('.').ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+        let (_, dev) = self.devices.get(sym).ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+        let get = |k: &str, d: f64| params.get(k).copied().unwrap_or(d);
+        let need = |k: &str| {
+            params.get(k).copied().ok_or_else(|| DeviceError::BadParameter {
+                device: sym.to_string(),
+                message: format!("{method} needs parameter {k}"),
+            })
+        };
+        let unknown = || DeviceError::UnknownMethod(method.to_string());
+        let out = match (dev, name) {
+            (Device::Pump(p), "set_rate") => {
+                let rate = need("rate")?;
+                let volume = get("volume", p.limits().syringe_volume_ul);
+                crate::error::check_range(sym, "rate_ul_min", rate, 0.0, p.limits().max_rate_ul_min)?;
+                crate::error::check_range(sym, "volume_ul", volume, 0.0, p.limits().syringe_volume_ul)?;
+                self.pump_set_rate(sym, p.as_ref(), rate, volume).await?
+            }
+            (Device::Pump(p), "stop") => {
+                p.stop().await?;
+                CallOutput { result: json!({"stopped": true}), ..Default::default() }
+            }
+            (Device::Pump(p), "refill") => {
+                let v = self.pump_refill(sym, p.as_ref()).await?;
+                CallOutput { result: json!({"content_ul": v}), ..Default::default() }
+            }
+            (Device::Pump(p), "status") => CallOutput {
+                result: serde_json::to_value(p.status().await?).unwrap_or_default(),
+                ..Default::default()
+            },
+            (Device::Heater(h), "set_temperature") => self.set_temperature(h.as_ref(), need("T")?).await?,
+            (Device::Heater(h), "off") => {
+                h.set_enabled(false).await?;
+                self.kernel.heater_target(None);
+                CallOutput { result: json!({"enabled": false}), ..Default::default() }
+            }
+            (Device::Heater(h), "read") => {
+                let r = h.read().await?;
+                CallOutput {
+                    result: serde_json::to_value(&r).unwrap_or_default(),
+                    measurements: vec![(
+                        "temperature".into(),
+                        Measurement::Temperature { setpoint_c: r.sp_c, pv_c: r.pv_c, output_pct: r.output_pct, settle_s: 0.0 },
+                    )],
+                }
+            }
+            (Device::Uv(u), "acquire") => {
+                let integration = get("integration", 100.0);
+                let averages = get("averages", 10.0);
+                crate::error::check_range(sym, "averages", averages, 1.0, 100.0)?;
+                let s = u.acquire(integration, averages.round() as u32).await?;
+                let peak = s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                CallOutput {
+                    result: json!({"pixels": s.values.len(), "max_absorbance": peak}),
+                    measurements: vec![(
+                        "absorption_spectrum".into(),
+                        Measurement::AbsorptionSpectrum {
+                            wavelength_nm: s.wavelength_nm,
+                            absorbance: s.values,
+                            integration_ms: integration,
+                            averages: averages.round() as u32,
+                            window_nm: [get("from", 350.0), get("to", 600.0)],
+                        },
+                    )],
+                }
+            }
+            (Device::Cd(c), "scan") => {
+                let step = get("step", 1.0);
+                let scan = CdScan {
+                    start_nm: get("from", 350.0),
+                    end_nm: get("to", 600.0),
+                    step_nm: step,
+                    rate_nm_per_min: self.config.twin.cd_scan_rate_nm_per_min,
+                };
+                let s = c.scan(scan).await?;
+                CallOutput {
+                    result: json!({"points": s.values.len()}),
+                    measurements: vec![("cd_spectrum".into(), Measurement::CdSpectrum { wavelength_nm: s.wavelength_nm, cd_mdeg: s.values, step_nm: step })],
+                }
+            }
+            (Device::Sampler(s), "collect") => {
+                let volume = get("volume", 400.0);
+                let slot = s.collect(volume).await?;
+                CallOutput { result: json!({"slot": slot, "volume_ul": volume}), ..Default::default() }
+            }
+            (Device::Sampler(s), "rotate") => {
+                s.rotate(need("slot")?.round() as u32).await?;
+                CallOutput { result: json!({}), ..Default::default() }
+            }
+            (Device::Arm(a), "to_cd") => {
+                let slot = get("slot", 1.0).round() as u32;
+                // a cuvette left in the CD holder goes to waste first
+                let _ = a.transfer("cd", "waste").await;
+                a.transfer(&format!("slot{slot}"), "cd").await?;
+                CallOutput { result: json!({"moved": format!("slot{slot} -> cd")}), ..Default::default() }
+            }
+            (Device::Arm(a), "to_laser") => {
+                a.transfer("cd", "laser").await?;
+                CallOutput { result: json!({"moved": "cd -> laser"}), ..Default::default() }
+            }
+            (Device::Arm(a), "from_laser") => {
+                a.transfer("laser", "cd").await?;
+                CallOutput { result: json!({"moved": "laser -> cd"}), ..Default::default() }
+            }
+            (Device::Arm(a), "discard") => {
+                a.transfer("cd", "waste").await?;
+                CallOutput { result: json!({"moved": "cd -> waste"}), ..Default::default() }
+            }
+            (Device::Laser(l), "irradiate") => {
+                let wl = need("wavelength")?;
+                let d = need("duration")?;
+                l.irradiate(wl, d).await?;
+                CallOutput { result: json!({"wavelength_nm": wl, "duration_s": d}), ..Default::default() }
+            }
+            _ => return Err(unknown()),
+        };
+        Ok(out)
+    }
+
+    async fn pump_refill(&self, sym: &str, p: &dyn SyringePump) -> Result<f64, DeviceError> {
+        let mut books = self.books.lock().await;
+        let cap = p.limits().syringe_volume_ul;
+        let rate = p.limits().max_rate_ul_min;
+        let Some(b) = books.get_mut(sym) else { return Ok(cap) };
+        let need = cap - b.content_ul;
+        if need > 0.5 {
+            p.stop().await?;
+            p.set_direction(Direction::Withdraw).await?;
+            p.set_rate(rate).await?;
+            p.set_volume(need.min(cap)).await?;
+            p.run().await?;
+            self.clock.sleep(Duration::from_secs_f64(need / rate * 60.0)).await;
+            // wait until the pump reports it stopped
+            for _ in 0..50 {
+                let st = p.status().await?;
+                if st.state != PumpState::Withdrawing {
+                    break;
+                }
+                self.clock.sleep(Duration::from_secs(1)).await;
+            }
+            p.set_direction(Direction::Infuse).await?;
+            b.content_ul = cap;
+        }
+        Ok(b.content_ul)
+    }
+
+    async fn pump_set_rate(&self, sym: &str, p: &dyn SyringePump, rate: f64, volume: f64) -> Result<CallOutput, DeviceError> {
+        // book-keeping from the pump's own dispensed counters
+        {
+            let mut books = self.books.lock().await;
+            if let Some(b) = books.get_mut(sym) {
+                if !b.initialised {
+                    p.stop().await?;
+                    p.set_diameter(b.diameter_mm).await?;
+                    p.clear_dispensed().await?;
+                    b.initialised = true;
+                } else {
+                    let st = p.status().await?;
+                    if st.alarm.is_none() {
+                        b.content_ul = (b.content_ul - st.infused_ul + st.withdrawn_ul).clamp(0.0, p.limits().syringe_volume_ul);
+                        p.clear_dispensed().await?;
+                    }
+                }
+            }
+        }
+        p.stop().await?;
+        if rate <= 0.0 {
+            return Ok(CallOutput { result: json!({"rate_ul_min": 0.0, "running": false}), ..Default::default() });
+        }
+        let low = {
+            let books = self.books.lock().await;
+            books.get(sym).map(|b| b.content_ul < b.refill_below_ul.min(volume)).unwrap_or(false)
+        };
+        let mut refilled = false;
+        if low {
+            self.pump_refill(sym, p).await?;
+            refilled = true;
+        }
+        let content = self.books.lock().await.get(sym).map(|b| b.content_ul).unwrap_or(volume);
+        let vol = volume.min(content).max(0.0);
+        p.set_direction(Direction::Infuse).await?;
+        p.set_rate(rate).await?;
+        p.set_volume(vol).await?;
+        p.run().await?;
+        Ok(CallOutput {
+            result: json!({"rate_ul_min": rate, "volume_ul": vol, "refilled": refilled, "running": true}),
+            ..Default::default()
+        })
+    }
+
+    async fn set_temperature(&self, h: &dyn TemperatureController, t: f64) -> Result<CallOutput, DeviceError> {
+        let l = h.limits();
+        crate::error::check_range(h.name(), "T", t, l.min_temperature_c, l.max_temperature_c)?;
+        let cfg = self.kernel.config().clone();
+        h.set_setpoint(t).await?;
+        self.kernel.heater_target(Some(t));
+        h.refresh_lease().await?;
+        h.set_enabled(true).await?;
+        let t0 = self.clock.now_s();
+        let mut stable_since: Option<f64> = None;
+        let trip = self.kernel.trip_token();
+        loop {
+            if trip.is_cancelled() {
+                return Err(DeviceError::Interlock("safety kernel tripped while settling".into()));
+            }
+            let r = h.read().await?;
+            let now = self.clock.now_s();
+            match r.pv_c {
+                Some(pv) if (pv - t).abs() <= cfg.settle_band_c => {
+                    let since = *stable_since.get_or_insert(now);
+                    if now - since >= cfg.settle_hold_s {
+                        return Ok(CallOutput {
+                            result: json!({"T_set": t, "T_pv": pv, "settle_s": now - t0}),
+                            measurements: vec![(
+                                "temperature".into(),
+                                Measurement::Temperature { setpoint_c: t, pv_c: Some(pv), output_pct: r.output_pct, settle_s: now - t0 },
+                            )],
+                        });
+                    }
+                }
+                _ => stable_since = None,
+            }
+            if now - t0 > cfg.settle_timeout_s {
+                return Err(DeviceError::Fault {
+                    device: h.name().to_string(),
+                    detail: format!("temperature not stable at {t:.1} °C within {:.0} s (PV {:?})", cfg.settle_timeout_s, r.pv_c),
+                });
+            }
+            self.clock.sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kernel.shutdown();
+        if let Some(t) = self.kernel_task.take() {
+            t.abort();
+        }
+        // Safe state without a runtime (shutdown or unwinding panic): raw frames to the ports.
+        self.kernel.emergency_all();
+    }
+}

@@ -1,0 +1,484 @@
+//! Safety kernel, independent of the cloud link: a periodic loop that reads the heater, detects
+//! over-temperature, sensor break and thermal runaway, refreshes the heater output lease, latches
+//! faults (a reset clears the latch but restarts nothing), puts the lab in its safe state (pumps
+//! stopped, heater off, laser off) on a fault, an e-stop or shutdown, and a wall-clock watchdog
+//! thread that writes the safe-state frames straight to the serial ports if the runtime stalls.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{LinkLossPolicy, SafetyConfig};
+use crate::devices::{Laser, SyringePump, TemperatureController};
+use crate::error::DeviceError;
+
+/// Kinds of latched faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    OverTemperature,
+    SensorBreak,
+    Runaway,
+    DeviceLost,
+    Watchdog,
+    EStop,
+}
+
+/// A latched fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub detail: String,
+    pub lab_time_s: f64,
+}
+
+/// A safety event for the record stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SafetyEvent {
+    pub event: String,
+    pub detail: String,
+    pub lab_time_s: f64,
+}
+
+/// Raw bytes the watchdog writes to a serial port to make a device safe.
+#[derive(Debug, Clone)]
+pub struct EmergencyWrite {
+    pub path: String,
+    pub baud: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Report of reaching the safe state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SafeStateReport {
+    /// Lab time taken, s.
+    pub lab_s: f64,
+    /// Wall time taken, ms.
+    pub wall_ms: f64,
+    /// Devices that did not acknowledge (their own lease/limits still protect them).
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    latched: Vec<Fault>,
+    target_c: Option<f64>,
+    history: VecDeque<(f64, f64)>,
+    at_target: bool,
+    below_since: Option<f64>,
+    heater_errors: u32,
+    program_policy: Option<LinkLossPolicy>,
+    program_cancel: Option<CancellationToken>,
+    hold: bool,
+    events: Vec<SafetyEvent>,
+}
+
+/// The kernel. Create with [`SafetyKernel::new`], then [`SafetyKernel::spawn`] its loop.
+pub struct SafetyKernel {
+    cfg: SafetyConfig,
+    clock: Clock,
+    heater: Option<Arc<dyn TemperatureController>>,
+    pumps: Vec<Arc<dyn SyringePump>>,
+    lasers: Vec<Arc<dyn Laser>>,
+    state: Mutex<State>,
+    trip: Mutex<CancellationToken>,
+    heartbeat_ms: Arc<AtomicU64>,
+    origin: Instant,
+    watchdog_fired: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    emergency: Vec<EmergencyWrite>,
+    hold_changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for SafetyKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetyKernel").field("cfg", &self.cfg).finish()
+    }
+}
+
+fn lock_state(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl SafetyKernel {
+    pub fn new(
+        cfg: SafetyConfig,
+        clock: Clock,
+        heater: Option<Arc<dyn TemperatureController>>,
+        pumps: Vec<Arc<dyn SyringePump>>,
+        lasers: Vec<Arc<dyn Laser>>,
+        emergency: Vec<EmergencyWrite>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            clock,
+            heater,
+            pumps,
+            lasers,
+            state: Mutex::new(State::default()),
+            trip: Mutex::new(CancellationToken::new()),
+            heartbeat_ms: Arc::new(AtomicU64::new(0)),
+            origin: Instant::now(),
+            watchdog_fired: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            emergency,
+            hold_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SafetyConfig {
+        &self.cfg
+    }
+
+    /// Real period of one kernel cycle.
+    pub fn real_period(&self) -> Duration {
+        self.clock
+            .to_real(Duration::from_secs_f64(self.cfg.control_period_s))
+            .max(Duration::from_millis(self.cfg.min_real_period_ms))
+    }
+
+    fn beat(&self) {
+        self.heartbeat_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Start the kernel loop on the current runtime and the watchdog thread.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.beat();
+        self.spawn_watchdog();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.real_period());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if me.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                me.beat();
+                if me.watchdog_fired.swap(false, Ordering::SeqCst) {
+                    me.trip(FaultKind::Watchdog, "agent runtime stalled; watchdog forced the safe state").await;
+                }
+                me.cycle().await;
+            }
+        })
+    }
+
+    fn spawn_watchdog(self: &Arc<Self>) {
+        let hb = self.heartbeat_ms.clone();
+        let fired = self.watchdog_fired.clone();
+        let stop = self.stop.clone();
+        let origin = self.origin;
+        let limit = self.cfg.watchdog_ms;
+        let writes = self.emergency.clone();
+        let _ = std::thread::Builder::new().name("safety-watchdog".into()).spawn(move || {
+            let mut armed = true;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis((limit / 10).max(1)));
+                let now = origin.elapsed().as_millis() as u64;
+                let last = hb.load(Ordering::Relaxed);
+                if now.saturating_sub(last) > limit {
+                    if armed {
+                        armed = false;
+                        for w in &writes {
+                            emergency_write(w);
+                        }
+                        fired.store(true, Ordering::SeqCst);
+                    }
+                } else {
+                    armed = true;
+                }
+            }
+        });
+    }
+
+    /// Write every device's safe-state frame with blocking I/O (no runtime needed).
+    pub fn emergency_all(&self) -> usize {
+        self.emergency.iter().filter(|w| emergency_write(w)).count()
+    }
+
+    /// Stop the loop and the watchdog (does not touch devices; see [`Self::safe_state`]).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A token cancelled when a fault trips (replaced by a fresh one on reset).
+    pub fn trip_token(&self) -> CancellationToken {
+        match self.trip.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Latched faults.
+    pub fn faults(&self) -> Vec<Fault> {
+        lock_state(&self.state).latched.clone()
+    }
+
+    /// Safety events since the last call.
+    pub fn drain_events(&self) -> Vec<SafetyEvent> {
+        std::mem::take(&mut lock_state(&self.state).events)
+    }
+
+    fn event(&self, event: &str, detail: String) {
+        lock_state(&self.state).events.push(SafetyEvent {
+            event: event.into(),
+            detail,
+            lab_time_s: self.clock.now_s(),
+        });
+    }
+
+    /// Refuse device calls while a fault is latched.
+    pub fn check_call(&self, method: &str) -> Result<(), DeviceError> {
+        let st = lock_state(&self.state);
+        if let Some(f) = st.latched.first() {
+            return Err(DeviceError::Interlock(format!(
+                "{method} refused: fault {:?} latched ({}); an operator must reset",
+                f.kind, f.detail
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tell the kernel the heater target changed (runaway detection restarts).
+    pub fn heater_target(&self, target: Option<f64>) {
+        let mut st = lock_state(&self.state);
+        st.target_c = target;
+        st.history.clear();
+        st.at_target = false;
+        st.below_since = None;
+    }
+
+    /// Operator reset: clears latched faults. Restarts nothing.
+    pub async fn reset(&self) -> Result<(), DeviceError> {
+        if let Some(h) = &self.heater {
+            h.reset_alarms().await?;
+        }
+        let mut st = lock_state(&self.state);
+        st.latched.clear();
+        st.heater_errors = 0;
+        drop(st);
+        match self.trip.lock() {
+            Ok(mut g) => *g = CancellationToken::new(),
+            Err(p) => *p.into_inner() = CancellationToken::new(),
+        }
+        self.event("reset", "faults cleared by operator".into());
+        Ok(())
+    }
+
+    /// One kernel cycle: read, check, protect, refresh the lease.
+    pub async fn cycle(&self) {
+        let Some(h) = &self.heater else { return };
+        let r = match h.read().await {
+            Ok(r) => {
+                lock_state(&self.state).heater_errors = 0;
+                r
+            }
+            Err(e) => {
+                let n = {
+                    let mut st = lock_state(&self.state);
+                    st.heater_errors += 1;
+                    st.heater_errors
+                };
+                if n >= 3 {
+                    self.trip(FaultKind::DeviceLost, format!("heater controller not answering: {e}")).await;
+                }
+                return;
+            }
+        };
+        let now = self.clock.now_s();
+        let max = h.limits().max_temperature_c;
+        let Some(pv) = r.pv_c else {
+            self.trip(FaultKind::SensorBreak, "thermocouple open").await;
+            return;
+        };
+        if r.alarms.sensor_break {
+            self.trip(FaultKind::SensorBreak, "controller reports sensor break").await;
+            return;
+        }
+        if pv > max || r.alarms.high_temperature {
+            self.trip(FaultKind::OverTemperature, format!("process value {pv:.1} °C above the limit {max:.1} °C")).await;
+            return;
+        }
+        let verdict = {
+            let mut st = lock_state(&self.state);
+            let mut verdict = None;
+            if let (Some(target), true) = (st.target_c, r.enabled) {
+                st.history.push_back((now, pv));
+                let horizon = self.cfg.runaway_window_s.max(self.cfg.below_target_s) + 5.0;
+                while st.history.front().is_some_and(|(t, _)| now - t > horizon) {
+                    st.history.pop_front();
+                }
+                // heating hard: far below target for the whole window and too little rise
+                let window = self.cfg.runaway_window_s;
+                if let Some(&(t0, pv0)) = st.history.iter().find(|(t, _)| now - t <= window) {
+                    let covered = now - t0 >= window - self.cfg.control_period_s;
+                    let all_far = st.history.iter().filter(|(t, _)| now - t <= window).all(|(_, p)| target - p > 10.0);
+                    if covered && all_far && pv - pv0 < self.cfg.runaway_min_rise_c {
+                        verdict = Some(format!(
+                            "only {:.1} °C rise in {window:.0} s while heating towards {target:.1} °C",
+                            pv - pv0
+                        ));
+                    }
+                }
+                if (pv - target).abs() <= self.cfg.settle_band_c {
+                    st.at_target = true;
+                }
+                if st.at_target && target - pv > self.cfg.below_target_c {
+                    let since = *st.below_since.get_or_insert(now);
+                    if now - since >= self.cfg.below_target_s {
+                        verdict = Some(format!(
+                            "{:.1} °C below target for {:.0} s after reaching it",
+                            target - pv,
+                            now - since
+                        ));
+                    }
+                } else {
+                    st.below_since = None;
+                }
+            }
+            verdict
+        };
+        if let Some(v) = verdict {
+            self.trip(FaultKind::Runaway, v).await;
+            return;
+        }
+        if r.enabled {
+            let _ = h.refresh_lease().await;
+        }
+    }
+
+    /// Latch a fault and go to the safe state.
+    pub async fn trip(&self, kind: FaultKind, detail: impl Into<String>) -> SafeStateReport {
+        let detail = detail.into();
+        {
+            let mut st = lock_state(&self.state);
+            st.latched.push(Fault {
+                kind,
+                detail: detail.clone(),
+                lab_time_s: self.clock.now_s(),
+            });
+        }
+        self.event("fault", format!("{kind:?}: {detail}"));
+        self.trip_token().cancel();
+        self.safe_state().await
+    }
+
+    /// Heater off, pumps stopped, laser off. Each device is tried even if another fails.
+    pub async fn safe_state(&self) -> SafeStateReport {
+        let t0 = self.clock.now_s();
+        let w0 = Instant::now();
+        let mut failures = Vec::new();
+        let heater = async {
+            if let Some(h) = &self.heater {
+                if let Err(e) = h.set_enabled(false).await {
+                    return Some(format!("{}: {e}", h.name()));
+                }
+            }
+            None
+        };
+        let pumps = futures_util::future::join_all(self.pumps.iter().map(|p| async move {
+            p.stop().await.err().map(|e| format!("{}: {e}", p.name()))
+        }));
+        let lasers = futures_util::future::join_all(self.lasers.iter().map(|l| async move {
+            l.off().await.err().map(|e| format!("{}: {e}", l.name()))
+        }));
+        let (h, p, l) = tokio::join!(heater, pumps, lasers);
+        failures.extend(h);
+        failures.extend(p.into_iter().flatten());
+        failures.extend(l.into_iter().flatten());
+        self.heater_target(None);
+        SafeStateReport {
+            lab_s: self.clock.now_s() - t0,
+            wall_ms: w0.elapsed().as_secs_f64() * 1000.0,
+            failures,
+        }
+    }
+
+    /// Operator / cloud e-stop: latch and reach the safe state now.
+    pub async fn estop(&self, reason: &str) -> SafeStateReport {
+        self.trip(FaultKind::EStop, reason.to_string()).await
+    }
+
+    /// The executor registers the running program's link-loss policy and cancel token.
+    pub fn program_started(&self, policy: LinkLossPolicy, cancel: CancellationToken) {
+        let mut st = lock_state(&self.state);
+        st.program_policy = Some(policy);
+        st.program_cancel = Some(cancel);
+    }
+
+    pub fn program_finished(&self) {
+        let mut st = lock_state(&self.state);
+        st.program_policy = None;
+        st.program_cancel = None;
+        st.hold = false;
+        drop(st);
+        self.hold_changed.notify_waiters();
+    }
+
+    /// The link calls this when the cloud link is lost. Returns the policy applied.
+    pub async fn link_lost(&self) -> Option<LinkLossPolicy> {
+        let (policy, cancel) = {
+            let st = lock_state(&self.state);
+            (st.program_policy, st.program_cancel.clone())
+        };
+        let policy = policy?;
+        self.event("link_lost", format!("policy {policy:?}"));
+        match policy {
+            LinkLossPolicy::Continue => {}
+            LinkLossPolicy::Hold => {
+                lock_state(&self.state).hold = true;
+                for p in &self.pumps {
+                    let _ = p.stop().await;
+                }
+            }
+            LinkLossPolicy::SafeStop => {
+                if let Some(c) = cancel {
+                    c.cancel();
+                }
+                self.safe_state().await;
+            }
+        }
+        Some(policy)
+    }
+
+    /// The link calls this when the cloud link is back.
+    pub fn link_restored(&self) {
+        lock_state(&self.state).hold = false;
+        self.event("link_restored", String::new());
+        self.hold_changed.notify_waiters();
+    }
+
+    /// Wait while a link-loss hold is in force.
+    pub async fn wait_not_held(&self) {
+        loop {
+            let notified = self.hold_changed.notified();
+            if !lock_state(&self.state).hold {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for SafetyKernel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Write raw safe-state bytes to a port with blocking I/O (no runtime needed).
+pub fn emergency_write(w: &EmergencyWrite) -> bool {
+    match tokio_serial::new(&w.path, w.baud).timeout(Duration::from_millis(200)).open() {
+        Ok(mut port) => port.write_all(&w.bytes).and_then(|()| port.flush()).is_ok(),
+        Err(_) => false,
+    }
+}

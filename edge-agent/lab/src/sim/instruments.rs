@@ -1,0 +1,232 @@
+//! Virtual instruments without a serial protocol: inline absorption spectrometer, CD
+//! spectrometer, rotation sampler, robot arm and femtosecond laser, acting on the shared world and
+//! taking their time on the lab clock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::optics;
+use super::servers::lock;
+use super::world::World;
+use crate::clock::Clock;
+use crate::devices::{AbsorptionSpectrometer, CdScan, CdSpectrometer, Laser, RobotArm, RotationSampler, Spectrum};
+use crate::error::{check_range, DeviceError};
+
+/// Shared handle the virtual instruments hold.
+#[derive(Clone, Debug)]
+pub struct Twin {
+    pub world: Arc<Mutex<World>>,
+    pub clock: Clock,
+}
+
+impl Twin {
+    fn with<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        let mut w = lock(&self.world);
+        w.advance_to(self.clock.now_s());
+        f(&mut w)
+    }
+    async fn spend(&self, s: f64) {
+        if s.is_finite() && s > 0.0 {
+            self.clock.sleep(Duration::from_secs_f64(s)).await;
+        }
+    }
+}
+
+fn fault(device: &str, detail: &str) -> DeviceError {
+    DeviceError::Fault {
+        device: device.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Inline UV-Vis at the reactor outlet.
+#[derive(Debug)]
+pub struct VirtualUv {
+    pub name: String,
+    pub twin: Twin,
+}
+
+#[async_trait]
+impl AbsorptionSpectrometer for VirtualUv {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn acquire(&self, integration_ms: f64, averages: u32) -> Result<Spectrum, DeviceError> {
+        check_range(&self.name, "integration_ms", integration_ms, 1.0, 10_000.0)?;
+        check_range(&self.name, "averages", f64::from(averages), 1.0, 100.0)?;
+        self.twin.spend(integration_ms * f64::from(averages) / 1000.0).await;
+        let (wl, a) = self.twin.with(|w| {
+            let s = w.stream();
+            optics::absorption_spectrum(&s, averages, &mut w.rng.spectra)
+        });
+        Ok(Spectrum {
+            wavelength_nm: wl,
+            values: a,
+            quantity: "absorbance".into(),
+        })
+    }
+}
+
+/// CD spectrometer with one cuvette holder.
+#[derive(Debug)]
+pub struct VirtualCd {
+    pub name: String,
+    pub twin: Twin,
+    /// Scan speed, nm/min.
+    pub scan_rate_nm_per_min: f64,
+}
+
+#[async_trait]
+impl CdSpectrometer for VirtualCd {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn scan(&self, scan: CdScan) -> Result<Spectrum, DeviceError> {
+        check_range(&self.name, "from_nm", scan.start_nm, 190.0, 900.0)?;
+        check_range(&self.name, "to_nm", scan.end_nm, 190.0, 900.0)?;
+        check_range(&self.name, "step_nm", scan.step_nm, 0.05, 10.0)?;
+        check_range(&self.name, "rate_nm_per_min", scan.rate_nm_per_min, 1.0, 10_000.0)?;
+        if !self.twin.with(|w| w.places.contains_key("cd")) {
+            return Err(fault(&self.name, "no cuvette in the sample holder"));
+        }
+        let averages = 1;
+        self.twin.spend((scan.end_nm - scan.start_nm).abs() / scan.rate_nm_per_min * 60.0).await;
+        let r = self.twin.with(|w| {
+            let s = w.places.get("cd").cloned()?;
+            Some(optics::cd_spectrum(&w.landscape, &s, scan.start_nm, scan.end_nm, scan.step_nm, averages, &mut w.rng.spectra))
+        });
+        let (wl, v) = r.ok_or_else(|| fault(&self.name, "cuvette removed during the scan"))?;
+        Ok(Spectrum {
+            wavelength_nm: wl,
+            values: v,
+            quantity: "cd_mdeg".into(),
+        })
+    }
+}
+
+/// Rotation sampler at the reactor outlet.
+#[derive(Debug)]
+pub struct VirtualSampler {
+    pub name: String,
+    pub twin: Twin,
+    pub slots: u32,
+}
+
+#[async_trait]
+impl RotationSampler for VirtualSampler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn collect(&self, volume_ul: f64) -> Result<u32, DeviceError> {
+        check_range(&self.name, "volume_ul", volume_ul, 1.0, 5000.0)?;
+        let (flow, slot) = self.twin.with(|w| {
+            let free = (1..=self.slots).find(|s| !w.slots.contains_key(s));
+            (w.flow_ul_min(), free)
+        });
+        let slot = slot.ok_or_else(|| fault(&self.name, "all slots hold a cuvette"))?;
+        if flow <= 0.0 {
+            return Err(fault(&self.name, "no flow at the outlet to collect"));
+        }
+        self.collect_into(slot, volume_ul, flow).await?;
+        Ok(slot)
+    }
+    async fn rotate(&self, slot: u32) -> Result<(), DeviceError> {
+        check_range(&self.name, "slot", f64::from(slot), 1.0, f64::from(self.slots))?;
+        self.twin.spend(2.0).await;
+        Ok(())
+    }
+}
+
+impl VirtualSampler {
+    /// Collect into a given slot (replacing a cuvette left there).
+    pub async fn collect_into(&self, slot: u32, volume_ul: f64, flow_ul_min: f64) -> Result<(), DeviceError> {
+        check_range(&self.name, "slot", f64::from(slot), 1.0, f64::from(self.slots))?;
+        self.twin.spend(volume_ul / flow_ul_min * 60.0).await;
+        self.twin.with(|w| {
+            let s = w.synthesise_outlet();
+            w.slots.insert(slot, s);
+        });
+        Ok(())
+    }
+}
+
+/// Robot arm moving cuvettes.
+#[derive(Debug)]
+pub struct VirtualArm {
+    pub name: String,
+    pub twin: Twin,
+    /// Time of one move, s.
+    pub move_s: f64,
+}
+
+#[async_trait]
+impl RobotArm for VirtualArm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn transfer(&self, from: &str, to: &str) -> Result<(), DeviceError> {
+        let take = |w: &mut World, place: &str| -> Option<optics::Sample> {
+            if let Some(n) = place.strip_prefix("slot") {
+                let n: u32 = n.parse().ok()?;
+                w.slots.remove(&n)
+            } else {
+                w.places.remove(place)
+            }
+        };
+        let ok = self.twin.with(|w| {
+            if to != "waste" && w.places.contains_key(to) {
+                return Err(format!("{to} already holds a cuvette"));
+            }
+            match take(w, from) {
+                Some(s) => {
+                    if to != "waste" {
+                        w.places.insert(to.to_string(), s);
+                    }
+                    Ok(())
+                }
+                None => Err(format!("no cuvette at {from}")),
+            }
+        });
+        ok.map_err(|m| fault(&self.name, &m))?;
+        self.twin.spend(self.move_s).await;
+        Ok(())
+    }
+    async fn home(&self) -> Result<(), DeviceError> {
+        self.twin.spend(5.0).await;
+        Ok(())
+    }
+}
+
+/// Femtosecond laser irradiating the cuvette at the laser stage.
+#[derive(Debug)]
+pub struct VirtualLaser {
+    pub name: String,
+    pub twin: Twin,
+}
+
+#[async_trait]
+impl Laser for VirtualLaser {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn irradiate(&self, wavelength_nm: f64, duration_s: f64) -> Result<(), DeviceError> {
+        check_range(&self.name, "wavelength_nm", wavelength_nm, 300.0, 1000.0)?;
+        check_range(&self.name, "duration_s", duration_s, 0.0, 3600.0)?;
+        if !self.twin.with(|w| w.places.contains_key("laser")) {
+            return Err(fault(&self.name, "no cuvette on the laser stage"));
+        }
+        self.twin.spend(duration_s).await;
+        self.twin.with(|w| {
+            let World { places, rng, .. } = w;
+            if let Some(s) = places.get_mut("laser") {
+                optics::irradiate(s, wavelength_nm, duration_s, &mut rng.laser);
+            }
+        });
+        Ok(())
+    }
+    async fn off(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}

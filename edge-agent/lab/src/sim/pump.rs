@@ -1,0 +1,280 @@
+//! Pure model of an NE-1000 syringe pump: its command interpreter and syringe mechanics, no I/O.
+
+use crate::ne1000::{format_number, Direction, PumpState, Reply};
+
+/// One simulated pump with its syringe.
+#[derive(Debug, Clone)]
+pub struct PumpSim {
+    pub address: u8,
+    pub diameter_mm: f64,
+    pub rate_ul_min: f64,
+    /// Target volume of the current run, µL (0 = run until stopped).
+    pub volume_ul: f64,
+    pub direction: Direction,
+    pub running: bool,
+    pub infused_ul: f64,
+    pub withdrawn_ul: f64,
+    /// Liquid in the syringe now, µL.
+    pub content_ul: f64,
+    pub capacity_ul: f64,
+    /// Volume moved since the last RUN.
+    run_moved_ul: f64,
+    /// Pending alarm code to report once (e.g. `?S`).
+    pub alarm: Option<&'static str>,
+    /// Highest rate the mechanics can do, µL/min.
+    pub max_rate_ul_min: f64,
+    /// What flowed out of the syringe in the last `advance` call, µL.
+    pub last_infused_ul: f64,
+}
+
+impl PumpSim {
+    /// A pump with a full syringe of `capacity_ul`.
+    pub fn new(address: u8, capacity_ul: f64) -> Self {
+        Self {
+            address,
+            diameter_mm: 3.26,
+            rate_ul_min: 0.0,
+            volume_ul: 0.0,
+            direction: Direction::Infuse,
+            running: false,
+            infused_ul: 0.0,
+            withdrawn_ul: 0.0,
+            content_ul: capacity_ul,
+            capacity_ul,
+            run_moved_ul: 0.0,
+            alarm: None,
+            max_rate_ul_min: 2000.0,
+            last_infused_ul: 0.0,
+        }
+    }
+
+    /// Flow out of the syringe now, µL/min.
+    pub fn outflow_ul_min(&self) -> f64 {
+        if self.running && self.direction == Direction::Infuse {
+            self.rate_ul_min
+        } else {
+            0.0
+        }
+    }
+
+    /// Move the plunger for `dt_s` seconds.
+    pub fn advance(&mut self, dt_s: f64) {
+        self.last_infused_ul = 0.0;
+        if !self.running || dt_s <= 0.0 {
+            return;
+        }
+        let mut dv = self.rate_ul_min * dt_s / 60.0;
+        if self.volume_ul > 0.0 {
+            dv = dv.min((self.volume_ul - self.run_moved_ul).max(0.0));
+        }
+        match self.direction {
+            Direction::Infuse => {
+                if dv > self.content_ul {
+                    dv = self.content_ul;
+                    self.running = false;
+                    self.alarm = Some("?S");
+                }
+                self.content_ul -= dv;
+                self.infused_ul += dv;
+                self.last_infused_ul = dv;
+            }
+            Direction::Withdraw => {
+                let room = self.capacity_ul - self.content_ul;
+                if dv > room {
+                    dv = room;
+                    self.running = false;
+                    self.alarm = Some("?S");
+                }
+                self.content_ul += dv;
+                self.withdrawn_ul += dv;
+            }
+        }
+        self.run_moved_ul += dv;
+        if self.volume_ul > 0.0 && self.run_moved_ul >= self.volume_ul - 1e-9 {
+            self.running = false;
+        }
+    }
+
+    fn state(&self) -> PumpState {
+        match (self.running, self.direction) {
+            (false, _) => PumpState::Stopped,
+            (true, Direction::Infuse) => PumpState::Infusing,
+            (true, Direction::Withdraw) => PumpState::Withdrawing,
+        }
+    }
+
+    fn reply(&mut self, data: impl Into<String>) -> Reply {
+        if let Some(a) = self.alarm.take() {
+            return Reply {
+                address: self.address,
+                state: PumpState::Alarm,
+                data: a.to_string(),
+            };
+        }
+        Reply {
+            address: self.address,
+            state: self.state(),
+            data: data.into(),
+        }
+    }
+
+    /// Interpret one command line (without the trailing CR). `None`: addressed to another pump.
+    pub fn handle(&mut self, line: &[u8]) -> Option<Reply> {
+        if !line.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+            return Some(self.reply("?COM"));
+        }
+        let text = String::from_utf8_lossy(line).trim().to_ascii_uppercase();
+        let digits = text.chars().take_while(|c| c.is_ascii_digit()).count();
+        let (addr, body) = text.split_at(digits);
+        let addr: u8 = if addr.is_empty() {
+            0
+        } else {
+            match addr.parse::<u8>() {
+                Ok(a) if digits <= 2 => a,
+                _ => return Some(self.reply("?COM")),
+            }
+        };
+        if addr != self.address {
+            return None;
+        }
+        let body = body.trim();
+        let (cmd, arg) = body.split_at(body.len().min(3));
+        let arg = arg.trim();
+        let num = |s: &str| -> Option<f64> {
+            if s.is_empty() || s.len() > 5 || s.chars().filter(|c| c.is_ascii_digit()).count() > 4 {
+                return None;
+            }
+            s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        let r = match cmd {
+            "" => self.reply(""),
+            "DIA" if arg.is_empty() => {
+                let d = format_number(self.diameter_mm).unwrap_or_default();
+                self.reply(d)
+            }
+            "DIA" => match num(arg) {
+                Some(v) if (0.1..=50.0).contains(&v) && !self.running => {
+                    self.diameter_mm = v;
+                    self.reply("")
+                }
+                Some(_) if self.running => self.reply("?NA"),
+                _ => self.reply("?OOR"),
+            },
+            "RAT" if arg.is_empty() => {
+                let d = format!("{}UM", format_number(self.rate_ul_min).unwrap_or_default());
+                self.reply(d)
+            }
+            "RAT" => {
+                let (n, unit) = arg.split_at(arg.len().saturating_sub(2));
+                let scale = match unit {
+                    "UM" => Some(1.0),
+                    "MM" => Some(1000.0),
+                    "UH" => Some(1.0 / 60.0),
+                    "MH" => Some(1000.0 / 60.0),
+                    _ => None,
+                };
+                match (num(n), scale) {
+                    (Some(v), Some(s)) if v * s <= self.max_rate_ul_min => {
+                        self.rate_ul_min = v * s;
+                        self.reply("")
+                    }
+                    (Some(_), Some(_)) => self.reply("?OOR"),
+                    _ => self.reply("?COM"),
+                }
+            }
+            "VOL" if arg == "UL" || arg == "ML" => self.reply(""),
+            "VOL" if arg.is_empty() => {
+                let d = format!("{}UL", format_number(self.volume_ul).unwrap_or_default());
+                self.reply(d)
+            }
+            "VOL" => match num(arg) {
+                Some(v) if v <= self.capacity_ul => {
+                    self.volume_ul = v;
+                    self.reply("")
+                }
+                Some(_) => self.reply("?OOR"),
+                None => self.reply("?COM"),
+            },
+            "DIR" => match arg {
+                "INF" => {
+                    self.direction = Direction::Infuse;
+                    self.reply("")
+                }
+                "WDR" => {
+                    self.direction = Direction::Withdraw;
+                    self.reply("")
+                }
+                "REV" => {
+                    self.direction = match self.direction {
+                        Direction::Infuse => Direction::Withdraw,
+                        Direction::Withdraw => Direction::Infuse,
+                    };
+                    self.reply("")
+                }
+                "" => {
+                    let d = if self.direction == Direction::Infuse { "INF" } else { "WDR" };
+                    self.reply(d)
+                }
+                _ => self.reply("?COM"),
+            },
+            "RUN" => {
+                if self.rate_ul_min <= 0.0 {
+                    self.reply("?NA")
+                } else {
+                    self.running = true;
+                    self.run_moved_ul = 0.0;
+                    self.reply("")
+                }
+            }
+            "STP" => {
+                self.running = false;
+                self.reply("")
+            }
+            "DIS" => {
+                let i = format_number(self.infused_ul.min(9999.0)).unwrap_or_default();
+                let w = format_number(self.withdrawn_ul.min(9999.0)).unwrap_or_default();
+                self.reply(format!("I{i}W{w}UL"))
+            }
+            "CLD" => match arg {
+                "INF" => {
+                    self.infused_ul = 0.0;
+                    self.reply("")
+                }
+                "WDR" => {
+                    self.withdrawn_ul = 0.0;
+                    self.reply("")
+                }
+                _ => self.reply("?COM"),
+            },
+            "VER" => self.reply("NE1000V3.928"),
+            _ => self.reply("?"),
+        };
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infuses_to_target_and_stalls_when_empty() {
+        let mut p = PumpSim::new(1, 500.0);
+        assert_eq!(p.handle(b"01RAT60.00UM").unwrap().error(), None);
+        p.handle(b"01VOL100.0");
+        p.handle(b"01RUN");
+        p.advance(60.0);
+        assert!((p.infused_ul - 60.0).abs() < 1e-9);
+        p.advance(60.0);
+        assert!(!p.running);
+        assert!((p.infused_ul - 100.0).abs() < 1e-9);
+        p.handle(b"01VOL0");
+        p.handle(b"01RUN");
+        p.advance(1000.0);
+        assert_eq!(p.content_ul, 0.0);
+        assert_eq!(p.handle(b"01DIS").unwrap().state, PumpState::Alarm);
+        assert_eq!(p.handle(b"01RAT9999MM").unwrap().error(), Some("?OOR"));
+        assert!(p.handle(b"02RUN").is_none());
+        assert_eq!(p.handle(b"01XYZ").unwrap().error(), Some("?"));
+    }
+}
