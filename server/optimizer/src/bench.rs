@@ -1,0 +1,255 @@
+//! Discovery-efficiency benchmark: run an optimizer for several seeds against a noisy landscape
+//! and count the experiments until the best TRUE value seen is within a fraction (5 %) of the
+//! global optimum; also time every `ask`.
+
+use std::time::Instant;
+
+use maosic_landscape::{Landscape, Sense};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Algorithm, Goal, Observation, Optimizer, OptimizerError, OptimizerSpec, Space};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The objective (noise sd from the landscape file).
+    pub landscape: Landscape,
+    /// The algorithm with its settings.
+    pub algorithm: Algorithm,
+    /// Points per `ask`.
+    pub batch: usize,
+    /// Seeds 0..seeds.
+    pub seeds: u32,
+    /// Experiments per seed.
+    pub budget: usize,
+    /// Target: within this fraction of the optimum (0.05).
+    pub fraction: f64,
+    /// Tell the optimizer the landscape's noise sd as each observation's uncertainty.
+    pub tell_sd: bool,
+}
+
+/// One seed's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedResult {
+    /// Seed.
+    pub seed: u32,
+    /// Experiments until the target was reached (None = not within the budget).
+    pub experiments: Option<usize>,
+    /// Best true (noise-free) value among the measured points.
+    pub best_true: f64,
+}
+
+/// The benchmark report (printed as JSON by `maosic-server optimize-bench --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Landscape name.
+    pub landscape: String,
+    /// Optimizer name.
+    pub optimizer: String,
+    /// Points per ask.
+    pub batch: usize,
+    /// Number of seeds.
+    pub seeds: u32,
+    /// Budget per seed.
+    pub budget: usize,
+    /// Target fraction of the optimum.
+    pub fraction: f64,
+    /// Fraction of seeds that reached the target.
+    pub reached: f64,
+    /// Median experiments to the target (unreached seeds count as ∞; null if the median is ∞).
+    pub median_experiments: Option<f64>,
+    /// 90th percentile, nearest rank (null when fewer than 90 % of seeds reached the target).
+    pub p90_experiments: Option<f64>,
+    /// Median wall time of one `ask` call (ms), over all calls of all seeds.
+    pub ask_ms_median: f64,
+    /// 90th percentile of the `ask` time (ms).
+    pub ask_ms_p90: f64,
+    /// Per-seed detail.
+    pub per_seed: Vec<SeedResult>,
+}
+
+/// Percentile (linear interpolation, p in [0, 1]) of values where `None` is +∞.
+pub fn percentile(values: &[Option<f64>], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
+    v.sort_by(f64::total_cmp);
+    let pos = p * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let r = if lo == hi || !v[hi].is_finite() {
+        if pos.fract() == 0.0 {
+            v[lo]
+        } else {
+            v[hi]
+        }
+    } else {
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    r.is_finite().then_some(r)
+}
+
+/// Nearest-rank percentile (the ⌈p·n⌉-th smallest) of values where `None` is +∞.
+pub fn nearest_rank(values: &[Option<f64>], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    let r = v[rank - 1];
+    r.is_finite().then_some(r)
+}
+
+fn ms_percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let pos = p * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// The optimizer spec the benchmark uses for a landscape.
+pub fn spec_for(l: &Landscape, algorithm: Algorithm, seed: u64) -> OptimizerSpec {
+    OptimizerSpec {
+        space: Space::from_landscape(l),
+        goal: match l.sense() {
+            Sense::Maximize => Goal::Maximize,
+            Sense::Minimize => Goal::Minimize,
+        },
+        seed,
+        algorithm,
+    }
+}
+
+/// Run one seed; returns the result and the ask timings (ms).
+pub fn run_seed(cfg: &BenchConfig, seed: u32) -> Result<(SeedResult, Vec<f64>), OptimizerError> {
+    let l = &cfg.landscape;
+    let mut opt = Optimizer::new(spec_for(l, cfg.algorithm.clone(), u64::from(seed)))?;
+    // Noise stream independent of the optimizer's generator.
+    let mut noise = ChaCha8Rng::seed_from_u64(0x5EED_0000_0000 ^ u64::from(seed));
+    let mut times = Vec::new();
+    let mut done = 0usize;
+    let mut reached = None;
+    let mut best_true = match l.sense() {
+        Sense::Maximize => f64::NEG_INFINITY,
+        Sense::Minimize => f64::INFINITY,
+    };
+    while done < cfg.budget {
+        let n = cfg.batch.min(cfg.budget - done).max(1);
+        let t0 = Instant::now();
+        let props = opt.ask(n);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        if props.is_empty() {
+            break;
+        }
+        for p in props {
+            if done >= cfg.budget {
+                break;
+            }
+            let truth = l.eval(&p.x);
+            let y = truth + l.noise(&mut noise);
+            let obs = if cfg.tell_sd {
+                Observation::with_sd(y, l.noise_sd())
+            } else {
+                Observation::new(y)
+            };
+            opt.tell(&p.x, obs)?;
+            done += 1;
+            best_true = match l.sense() {
+                Sense::Maximize => best_true.max(truth),
+                Sense::Minimize => best_true.min(truth),
+            };
+            if reached.is_none() && l.within_fraction_of_optimum(best_true, cfg.fraction) {
+                reached = Some(done);
+            }
+        }
+    }
+    Ok((
+        SeedResult {
+            seed,
+            experiments: reached,
+            best_true,
+        },
+        times,
+    ))
+}
+
+/// Run all seeds and summarise.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, OptimizerError> {
+    let mut per_seed = Vec::new();
+    let mut times = Vec::new();
+    for seed in 0..cfg.seeds {
+        let (r, t) = run_seed(cfg, seed)?;
+        per_seed.push(r);
+        times.extend(t);
+    }
+    let exps: Vec<Option<f64>> = per_seed
+        .iter()
+        .map(|r| r.experiments.map(|e| e as f64))
+        .collect();
+    let n_reached = exps.iter().filter(|e| e.is_some()).count();
+    let reached = if cfg.seeds == 0 {
+        0.0
+    } else {
+        n_reached as f64 / f64::from(cfg.seeds)
+    };
+    Ok(BenchReport {
+        landscape: cfg.landscape.name().to_string(),
+        optimizer: cfg.algorithm.name().to_string(),
+        batch: cfg.batch,
+        seeds: cfg.seeds,
+        budget: cfg.budget,
+        fraction: cfg.fraction,
+        reached,
+        median_experiments: percentile(&exps, 0.5),
+        p90_experiments: if reached >= 0.9 {
+            nearest_rank(&exps, 0.9)
+        } else {
+            None
+        },
+        ask_ms_median: ms_percentile(&mut times.clone(), 0.5),
+        ask_ms_p90: ms_percentile(&mut times, 0.9),
+        per_seed,
+    })
+}
+
+/// Ask latency at a given history size: run the optimizer on the landscape until `n_obs`
+/// observations were told (its own proposals, batch 1), then time `repeats` independent
+/// `ask(1)` calls on clones of that state. Returns the timings (ms).
+pub fn ask_latency(
+    l: &Landscape,
+    algorithm: Algorithm,
+    n_obs: usize,
+    repeats: usize,
+    seed: u64,
+) -> Result<Vec<f64>, OptimizerError> {
+    let mut opt = Optimizer::new(spec_for(l, algorithm, seed))?;
+    let mut noise = ChaCha8Rng::seed_from_u64(seed ^ 0xABCD);
+    let mut told = 0;
+    while told < n_obs {
+        let props = opt.ask(1);
+        if props.is_empty() {
+            break;
+        }
+        for p in props {
+            let y = l.eval_noisy(&p.x, &mut noise);
+            opt.tell(&p.x, Observation::with_sd(y, l.noise_sd()))?;
+            told += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let mut c = opt.clone();
+        let t0 = Instant::now();
+        let _ = c.ask(1);
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
