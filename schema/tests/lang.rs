@@ -398,6 +398,7 @@ fn warnings_and_notes_do_not_stop_compilation() {
 fn formatter_is_idempotent_on_the_examples() {
     for src in [CHIRALITY, INVERSION] {
         let once = lang::format(src).unwrap();
+        assert_eq!(once, src, "the shipped examples are canonically formatted");
         assert_eq!(lang::format(&once).unwrap(), once);
         let a = lang::parse(src).file.unwrap().strip_spans();
         let b = lang::parse(&once).file.unwrap().strip_spans();

@@ -106,12 +106,27 @@ fn formula_in(f: &Formula, parent: u8, right: bool) -> String {
     let needs = if right { p <= parent } else { p < parent };
     let s = match f {
         Formula::Module(m) => module(m),
-        Formula::Binary { op, lhs, rhs, .. } => format!(
-            "{} {} {}",
-            formula_in(lhs, op.precedence(), false),
-            op.as_str(),
-            formula_in(rhs, op.precedence(), true)
-        ),
+        Formula::Binary { op, lhs, rhs, .. } => {
+            let mut l = formula_in(lhs, op.precedence(), false);
+            // Readability: a joined stream entering a flow path keeps its parentheses,
+            // `(P1 + P2) -> H`, though `+` binds tighter than `->` anyway.
+            if *op == FormulaOp::Flow
+                && matches!(
+                    **lhs,
+                    Formula::Binary {
+                        op: FormulaOp::Join,
+                        ..
+                    }
+                )
+            {
+                l = format!("({l})");
+            }
+            format!(
+                "{l} {} {}",
+                op.as_str(),
+                formula_in(rhs, op.precedence(), true)
+            )
+        }
         // The body of a repeat may be another repeat without parentheses (`2 * 3 * A`).
         Formula::Repeat { count, body, .. } => format!("{count} * {}", formula_in(body, 5, false)),
     };
