@@ -406,3 +406,21 @@ fn formatter_is_idempotent_on_the_examples() {
     }
     insta::assert_snapshot!("chirality_formatted", lang::format(CHIRALITY).unwrap());
 }
+
+#[test]
+fn docs_intro_example_compiles() {
+    let doc = include_str!("../../docs/language.md");
+    let start = doc.find("```text\n").unwrap() + "```text\n".len();
+    let block = &doc[start..start + doc[start..].find("```").unwrap()];
+    let p = compile_ok(block, &vars(&[("T", 130.0), ("C", 0.8)]));
+    assert_eq!(p.steps.len(), 8);
+    // The chirality example in the docs is the shipped file.
+    assert!(doc.contains(
+        CHIRALITY
+            .lines()
+            .skip(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_str()
+    ));
+}
