@@ -18,6 +18,7 @@
 //! The JSON form is stable: fields appear in declaration order, maps are sorted, numbers are
 //! written by `serde_json` (shortest round-trip representation).
 
+use crate::capability::LabDescriptor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -170,6 +171,57 @@ impl Program {
             }
         }
         Ok(())
+    }
+
+    /// Re-check a program against a lab's capability descriptor (what an agent does before running
+    /// a program it received): every method exists, every parameter is known, present when
+    /// required, inside its range and on its resolution grid. Returns every problem found.
+    pub fn check_against(&self, lab: &LabDescriptor) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.validate() {
+            problems.push(e.to_string());
+        }
+        for s in &self.steps {
+            let m = &s.request.method;
+            let Some((_, method)) = lab.method(m) else {
+                problems.push(format!(
+                    "step {}: lab `{}` has no method `{m}`",
+                    s.id, lab.name
+                ));
+                continue;
+            };
+            for (name, v) in &s.request.params {
+                let Some(p) = method.param(name) else {
+                    problems.push(format!("step {}: `{m}` has no parameter `{name}`", s.id));
+                    continue;
+                };
+                let tol = 1e-9 * (1.0 + p.min.abs().max(p.max.abs()));
+                if !(*v >= p.min - tol && *v <= p.max + tol) {
+                    problems.push(format!(
+                        "step {}: `{m}({name})` = {v} {} outside {}..{}",
+                        s.id, p.unit, p.min, p.max
+                    ));
+                } else if let Some(res) = p.resolution {
+                    let k = (v - p.min) / res;
+                    if (k - k.round()).abs() > 1e-6 {
+                        problems.push(format!(
+                            "step {}: `{m}({name})` = {v} is not on the {res} {} grid",
+                            s.id, p.unit
+                        ));
+                    }
+                }
+            }
+            for p in method.params.iter().filter(|p| p.required) {
+                if !s.request.params.contains_key(&p.name) {
+                    problems.push(format!("step {}: `{m}` needs `{}`", s.id, p.name));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Nominal makespan recomputed from the steps (max of `start_ms + duration_ms`).

@@ -39,6 +39,7 @@ fn param(p: &Program, step: usize, name: &str) -> f64 {
 fn paper_synthesis_compiles_to_the_expected_program() {
     let p = compile_ok(CHIRALITY, &vars(&[("T", 130.0), ("C", 0.8)]));
     p.validate().unwrap();
+    p.check_against(&lab()).unwrap();
     insta::assert_json_snapshot!("chirality_T130_C0.8", p);
     insta::assert_snapshot!("chirality_T130_C0.8_dry_run", p.dry_run());
 }
@@ -423,4 +424,25 @@ fn docs_intro_example_compiles() {
             .join("\n")
             .as_str()
     ));
+}
+
+#[test]
+fn agent_recheck_rejects_tampered_programs() {
+    let lab = lab();
+    let mut p = compile_ok(CHIRALITY, &vars(&[("T", 130.0), ("C", 0.8)]));
+    p.steps[0].request.params.insert("T".into(), 250.0);
+    p.steps[1].request.params.insert("rate".into(), 14.05);
+    p.steps[2].request.params.remove("rate");
+    p.steps[3].request.method = "P3.explode".into();
+    p.steps[4].request.params.insert("colour".into(), 1.0);
+    let problems = p.check_against(&lab).unwrap_err().join("\n");
+    for needle in [
+        "outside 20..200",
+        "not on the 0.1 uL/min grid",
+        "needs `rate`",
+        "no method `P3.explode`",
+        "no parameter `colour`",
+    ] {
+        assert!(problems.contains(needle), "{needle} missing in\n{problems}");
+    }
 }

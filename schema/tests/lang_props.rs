@@ -366,6 +366,7 @@ fn assert_on_grid(
     p: &maosic_schema::program::Program,
 ) -> Result<(), TestCaseError> {
     prop_assert!(p.validate().is_ok());
+    prop_assert!(p.check_against(lab).is_ok(), "{:?}", p.check_against(lab));
     for s in &p.steps {
         let (_, m) = lab.method(&s.request.method).unwrap();
         for (name, v) in &s.request.params {

@@ -845,6 +845,10 @@ impl<'a> Ctx<'a> {
             }
             match p.default {
                 Some(d) => {
+                    let d = match p.resolution {
+                        Some(res) => round_to_grid(d, p.min, p.max, res),
+                        None => d,
+                    };
                     out.insert(p.name.clone(), d);
                 }
                 None if p.required => missing.push(p),
