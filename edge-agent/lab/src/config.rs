@@ -180,7 +180,10 @@ fn default_baud() -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("lab configuration is not valid TOML: {0}")]
     Toml(String),
     #[error("lab configuration is inconsistent: {}", .0.join("; "))]
@@ -207,7 +210,10 @@ impl LabConfig {
         let mut p = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         if !(self.twin.speed.is_finite() && self.twin.speed > 0.0) {
-            p.push(format!("virtual.speed must be positive, got {}", self.twin.speed));
+            p.push(format!(
+                "virtual.speed must be positive, got {}",
+                self.twin.speed
+            ));
         }
         for d in &self.devices {
             if !seen.insert(d.symbol.clone()) {
@@ -227,10 +233,16 @@ impl LabConfig {
                     )
             );
             if !ok {
-                p.push(format!("{}: driver {:?} cannot drive a {:?}", d.symbol, d.driver, d.kind));
+                p.push(format!(
+                    "{}: driver {:?} cannot drive a {:?}",
+                    d.symbol, d.driver, d.kind
+                ));
             }
             if d.driver != DriverKind::Virtual && d.port.is_none() {
-                p.push(format!("{}: a serial driver needs `port` (a path or \"virtual\")", d.symbol));
+                p.push(format!(
+                    "{}: a serial driver needs `port` (a path or \"virtual\")",
+                    d.symbol
+                ));
             }
             for (k, v) in &d.limits {
                 if !v.is_finite() {
@@ -280,7 +292,10 @@ impl DeviceConfig {
 
     pub fn pump_limits(&self) -> Result<PumpLimits, String> {
         let l: PumpLimits = self.limits_as()?;
-        if l.max_rate_ul_min <= 0.0 || l.syringe_volume_ul <= 0.0 || l.min_diameter_mm > l.max_diameter_mm {
+        if l.max_rate_ul_min <= 0.0
+            || l.syringe_volume_ul <= 0.0
+            || l.min_diameter_mm > l.max_diameter_mm
+        {
             return Err(format!("{}: pump limits are not sane: {l:?}", self.symbol));
         }
         Ok(l)
@@ -289,7 +304,10 @@ impl DeviceConfig {
     pub fn heater_limits(&self) -> Result<HeaterLimits, String> {
         let l: HeaterLimits = self.limits_as()?;
         if l.min_temperature_c >= l.max_temperature_c {
-            return Err(format!("{}: heater limits are not sane: {l:?}", self.symbol));
+            return Err(format!(
+                "{}: heater limits are not sane: {l:?}",
+                self.symbol
+            ));
         }
         Ok(l)
     }

@@ -128,7 +128,9 @@ impl HeaterAlarms {
         }
     }
     pub fn bits(self) -> u16 {
-        u16::from(self.high_temperature) | (u16::from(self.sensor_break) << 1) | (u16::from(self.lease_expired) << 2)
+        u16::from(self.high_temperature)
+            | (u16::from(self.sensor_break) << 1)
+            | (u16::from(self.lease_expired) << 2)
     }
     pub fn any_fault(self) -> bool {
         self.high_temperature || self.sensor_break

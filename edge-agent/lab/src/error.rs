@@ -6,7 +6,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// A parameter is outside the device's local limits; nothing was sent to the device.
-    #[error("{device}: {param} = {value} is outside the local limit [{min}, {max}]; nothing was sent")]
+    #[error(
+        "{device}: {param} = {value} is outside the local limit [{min}, {max}]; nothing was sent"
+    )]
     OutOfRange {
         device: String,
         param: String,
@@ -74,7 +76,13 @@ impl DeviceError {
 }
 
 /// Check `value` against `[min, max]` (and finiteness) for a named parameter.
-pub fn check_range(device: &str, param: &str, value: f64, min: f64, max: f64) -> Result<(), DeviceError> {
+pub fn check_range(
+    device: &str,
+    param: &str,
+    value: f64,
+    min: f64,
+    max: f64,
+) -> Result<(), DeviceError> {
     if value.is_finite() && value >= min && value <= max {
         Ok(())
     } else {

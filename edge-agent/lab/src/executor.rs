@@ -58,13 +58,27 @@ impl Ctx<'_> {
 
     async fn safety_events(&self) {
         for e in self.lab.kernel().drain_events() {
-            self.emit(None, None, RecordBody::Safety { event: e.event, detail: e.detail }).await;
+            self.emit(
+                None,
+                None,
+                RecordBody::Safety {
+                    event: e.event,
+                    detail: e.detail,
+                },
+            )
+            .await;
         }
     }
 }
 
 /// Run `program` on `lab`.
-pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: mpsc::Sender<Record>, cancel: CancellationToken) -> ProgramReport {
+pub async fn run_program(
+    lab: &Lab,
+    program: &Program,
+    opts: ExecOptions,
+    sink: mpsc::Sender<Record>,
+    cancel: CancellationToken,
+) -> ProgramReport {
     let ctx = Ctx {
         lab,
         sink,
@@ -82,27 +96,63 @@ pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: 
     // 1. the whole program is checked before anything moves
     if let Err(e) = program.validate() {
         let r = refuse(e.to_string());
-        ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+        ctx.emit(
+            None,
+            None,
+            RecordBody::ProgramFinished {
+                outcome: Outcome::Refused,
+                steps_succeeded: 0,
+                lab_duration_s: 0.0,
+            },
+        )
+        .await;
         return r;
     }
     let desc = lab.descriptor();
     for s in &program.steps {
         if let Err(e) = lab.check_params(&desc, &s.request.method, &s.request.params) {
             let msg = format!("step {} ({}): {e}", s.id, s.request.method);
-            ctx.emit(Some(s.id), Some(&s.request.method), RecordBody::StepFailed { code: e.code().into(), message: msg.clone() }).await;
-            ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+            ctx.emit(
+                Some(s.id),
+                Some(&s.request.method),
+                RecordBody::StepFailed {
+                    code: e.code().into(),
+                    message: msg.clone(),
+                },
+            )
+            .await;
+            ctx.emit(
+                None,
+                None,
+                RecordBody::ProgramFinished {
+                    outcome: Outcome::Refused,
+                    steps_succeeded: 0,
+                    lab_duration_s: 0.0,
+                },
+            )
+            .await;
             return refuse(msg);
         }
     }
     if let Err(e) = lab.kernel().check_call("program.run") {
-        ctx.emit(None, None, RecordBody::ProgramFinished { outcome: Outcome::Refused, steps_succeeded: 0, lab_duration_s: 0.0 }).await;
+        ctx.emit(
+            None,
+            None,
+            RecordBody::ProgramFinished {
+                outcome: Outcome::Refused,
+                steps_succeeded: 0,
+                lab_duration_s: 0.0,
+            },
+        )
+        .await;
         return refuse(e.to_string());
     }
     let policy = opts.link_loss.unwrap_or(lab.config.safety.link_loss);
     let run_cancel = cancel.child_token();
     lab.kernel().program_started(policy, run_cancel.clone());
     let trip = lab.kernel().trip_token();
-    ctx.emit(None, None, RecordBody::ProgramStarted { steps: total }).await;
+    ctx.emit(None, None, RecordBody::ProgramStarted { steps: total })
+        .await;
 
     // 2. the DAG
     let mut remaining: BTreeMap<u32, usize> = BTreeMap::new();
@@ -113,8 +163,13 @@ pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: 
             dependents.entry(*d).or_default().push(s.id);
         }
     }
-    let by_id: BTreeMap<u32, &maosic_schema::program::Step> = program.steps.iter().map(|s| (s.id, s)).collect();
-    let mut ready: Vec<u32> = remaining.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
+    let by_id: BTreeMap<u32, &maosic_schema::program::Step> =
+        program.steps.iter().map(|s| (s.id, s)).collect();
+    let mut ready: Vec<u32> = remaining
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(id, _)| *id)
+        .collect();
     let mut running = FuturesUnordered::new();
     let mut succeeded = 0u32;
     let mut error: Option<String> = None;
@@ -123,16 +178,31 @@ pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: 
         if error.is_none() && !run_cancel.is_cancelled() && !trip.is_cancelled() {
             lab.kernel().wait_not_held().await;
             for id in ready.drain(..) {
-                let Some(step) = by_id.get(&id).copied() else { continue };
+                let Some(step) = by_id.get(&id).copied() else {
+                    continue;
+                };
                 let method = step.request.method.clone();
-                ctx.emit(Some(id), Some(&method), RecordBody::StepStarted).await;
-                let timeout = Duration::from_millis(step.duration_ms.saturating_mul(3).max(step.duration_ms + 600_000));
+                ctx.emit(Some(id), Some(&method), RecordBody::StepStarted)
+                    .await;
+                let timeout = Duration::from_millis(
+                    step.duration_ms
+                        .saturating_mul(3)
+                        .max(step.duration_ms + 600_000),
+                );
                 let fut = async move {
                     let t = lab.clock.now_s();
-                    let r = tokio::time::timeout(lab.clock.to_real(timeout), lab.call(&method, &step.request.params)).await;
+                    let r = tokio::time::timeout(
+                        lab.clock.to_real(timeout),
+                        lab.call(&method, &step.request.params),
+                    )
+                    .await;
                     let r: Result<CallOutput, DeviceError> = match r {
                         Ok(r) => r,
-                        Err(_) => Err(DeviceError::Timeout { device: method.clone(), timeout, attempts: 1 }),
+                        Err(_) => Err(DeviceError::Timeout {
+                            device: method.clone(),
+                            timeout,
+                            attempts: 1,
+                        }),
                     };
                     (id, method, lab.clock.now_s() - t, r)
                 };
@@ -190,7 +260,16 @@ pub async fn run_program(lab: &Lab, program: &Program, opts: ExecOptions, sink: 
     ctx.safety_events().await;
     lab.kernel().program_finished();
     let dt = lab.clock.now_s() - t0;
-    ctx.emit(None, None, RecordBody::ProgramFinished { outcome, steps_succeeded: succeeded, lab_duration_s: dt }).await;
+    ctx.emit(
+        None,
+        None,
+        RecordBody::ProgramFinished {
+            outcome,
+            steps_succeeded: succeeded,
+            lab_duration_s: dt,
+        },
+    )
+    .await;
     ProgramReport {
         outcome,
         steps_succeeded: succeeded,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use maosic_schema::capability::{DeviceDescriptor, DeviceKind as SchemaKind, LabDescriptor, MethodDescriptor, ParamDescriptor};
+use maosic_schema::capability::{
+    DeviceDescriptor, DeviceKind as SchemaKind, LabDescriptor, MethodDescriptor, ParamDescriptor,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,9 @@ use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
 use crate::error::DeviceError;
 use crate::record::Measurement;
 use crate::safety::{EmergencyWrite, SafeStateReport, SafetyKernel};
-use crate::sim::instruments::{Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualUv};
+use crate::sim::instruments::{
+    Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualUv,
+};
 use crate::sim::pump::PumpSim;
 use crate::sim::thermal::ThermalParams;
 use crate::sim::twin::{TwinHandle, TwinPortKind};
@@ -80,7 +84,9 @@ pub struct Lab {
 
 impl std::fmt::Debug for Lab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lab").field("name", &self.config.lab.name).finish()
+        f.debug_struct("Lab")
+            .field("name", &self.config.lab.name)
+            .finish()
     }
 }
 
@@ -88,8 +94,10 @@ fn load_landscape(spec: &str) -> Result<maosic_landscape::Landscape, LabError> {
     if let Ok(l) = maosic_landscape::Landscape::builtin(spec) {
         return Ok(l);
     }
-    let text = std::fs::read_to_string(spec).map_err(|e| LabError::Landscape(format!("cannot read {spec}: {e}")))?;
-    maosic_landscape::Landscape::from_toml_str(&text).map_err(|e| LabError::Landscape(e.to_string()))
+    let text = std::fs::read_to_string(spec)
+        .map_err(|e| LabError::Landscape(format!("cannot read {spec}: {e}")))?;
+    maosic_landscape::Landscape::from_toml_str(&text)
+        .map_err(|e| LabError::Landscape(e.to_string()))
 }
 
 impl Lab {
@@ -97,7 +105,11 @@ impl Lab {
     pub async fn build(config: LabConfig) -> Result<Lab, LabError> {
         config.validate()?;
         let needs_twin = config.needs_twin();
-        let clock = if needs_twin { Clock::new(config.twin.speed).map_err(|e| LabError::Landscape(e.to_string()))? } else { Clock::real_time() };
+        let clock = if needs_twin {
+            Clock::new(config.twin.speed).map_err(|e| LabError::Landscape(e.to_string()))?
+        } else {
+            Clock::real_time()
+        };
         let twin = if needs_twin {
             let landscape = load_landscape(&config.twin.landscape)?;
             let mut chem = Chemistry {
@@ -118,12 +130,20 @@ impl Lab {
                 }
                 match d.driver {
                     DriverKind::Ne1000 => {
-                        let cap = d.pump_limits().map_err(|e| LabError::Landscape(e))?.syringe_volume_ul;
-                        world.pumps.insert(d.symbol.clone(), PumpSim::new(d.address, cap));
-                        chem.cs_mmol_per_ml.insert(d.symbol.clone(), d.cs_mmol_per_ml.unwrap_or(0.0));
+                        let cap = d
+                            .pump_limits()
+                            .map_err(|e| LabError::Landscape(e))?
+                            .syringe_volume_ul;
+                        world
+                            .pumps
+                            .insert(d.symbol.clone(), PumpSim::new(d.address, cap));
+                        chem.cs_mmol_per_ml
+                            .insert(d.symbol.clone(), d.cs_mmol_per_ml.unwrap_or(0.0));
                         ports.push((d.symbol.clone(), TwinPortKind::Pump));
                     }
-                    DriverKind::ModbusPid => ports.push((d.symbol.clone(), TwinPortKind::Pid { slave: d.address })),
+                    DriverKind::ModbusPid => {
+                        ports.push((d.symbol.clone(), TwinPortKind::Pid { slave: d.address }))
+                    }
                     DriverKind::Virtual => {}
                 }
             }
@@ -153,11 +173,14 @@ impl Lab {
                     let path = path.unwrap_or_default();
                     let limits = d.pump_limits().map_err(LabError::Landscape)?;
                     let cap = limits.syringe_volume_ul;
-                    let p = Arc::new(Ne1000Pump::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?);
+                    let p = Arc::new(Ne1000Pump::open(
+                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
+                    )?);
                     emergency.push(EmergencyWrite {
                         path: path.clone(),
                         baud: d.baud,
-                        bytes: crate::ne1000::encode(d.address, &crate::ne1000::Command::Stop).unwrap_or_default(),
+                        bytes: crate::ne1000::encode(d.address, &crate::ne1000::Command::Stop)
+                            .unwrap_or_default(),
                     });
                     books.insert(
                         d.symbol.clone(),
@@ -175,7 +198,9 @@ impl Lab {
                 (DeviceKind::TemperatureController, DriverKind::ModbusPid) => {
                     let path = path.unwrap_or_default();
                     let limits = d.heater_limits().map_err(LabError::Landscape)?;
-                    let h = Arc::new(PidModbus::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?);
+                    let h = Arc::new(PidModbus::open(
+                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
+                    )?);
                     emergency.push(EmergencyWrite {
                         path,
                         baud: d.baud,
@@ -195,7 +220,9 @@ impl Lab {
                     };
                     let name = d.symbol.clone();
                     match kind {
-                        DeviceKind::AbsorptionSpectrometer => Device::Uv(Arc::new(VirtualUv { name, twin })),
+                        DeviceKind::AbsorptionSpectrometer => {
+                            Device::Uv(Arc::new(VirtualUv { name, twin }))
+                        }
                         DeviceKind::CdSpectrometer => Device::Cd(Arc::new(VirtualCd {
                             name,
                             twin,
@@ -216,14 +243,31 @@ impl Lab {
                             lasers.push(l.clone());
                             Device::Laser(l)
                         }
-                        _ => return Err(LabError::Landscape(format!("{}: no virtual implementation", d.symbol))),
+                        _ => {
+                            return Err(LabError::Landscape(format!(
+                                "{}: no virtual implementation",
+                                d.symbol
+                            )))
+                        }
                     }
                 }
-                _ => return Err(LabError::Landscape(format!("{}: unsupported driver", d.symbol))),
+                _ => {
+                    return Err(LabError::Landscape(format!(
+                        "{}: unsupported driver",
+                        d.symbol
+                    )))
+                }
             };
             devices.insert(d.symbol.clone(), (d.clone(), dev));
         }
-        let kernel = SafetyKernel::new(config.safety.clone(), clock.clone(), heater.clone(), pumps, lasers, emergency);
+        let kernel = SafetyKernel::new(
+            config.safety.clone(),
+            clock.clone(),
+            heater.clone(),
+            pumps,
+            lasers,
+            emergency,
+        );
         if let Some(h) = &heater {
             h.set_high_alarm(h.limits().max_temperature_c).await?;
         }
@@ -262,7 +306,9 @@ impl Lab {
             .iter()
             .map(|(s, (c, _))| {
                 let port = match (&c.port, &self.twin) {
-                    (Some(p), Some(t)) if p == VIRTUAL_PORT => t.path(s).map(|x| format!("virtual ({x})")),
+                    (Some(p), Some(t)) if p == VIRTUAL_PORT => {
+                        t.path(s).map(|x| format!("virtual ({x})"))
+                    }
                     (p, _) => p.clone(),
                 };
                 (s.clone(), c.kind, c.driver, port)
@@ -300,7 +346,12 @@ impl Lab {
         for (s, (_, d)) in &self.devices {
             let r = match d {
                 Device::Pump(p) => p.version().await,
-                Device::Heater(h) => h.read().await.map(|r| format!("PV {:?} °C, SP {:.1} °C, output {:.1} %", r.pv_c, r.sp_c, r.output_pct)),
+                Device::Heater(h) => h.read().await.map(|r| {
+                    format!(
+                        "PV {:?} °C, SP {:.1} °C, output {:.1} %",
+                        r.pv_c, r.sp_c, r.output_pct
+                    )
+                }),
                 Device::Uv(u) => Ok(format!("{} (virtual absorption spectrometer)", u.name())),
                 Device::Cd(u) => Ok(format!("{} (virtual CD spectrometer)", u.name())),
                 Device::Sampler(u) => Ok(format!("{} (virtual rotation sampler)", u.name())),
@@ -324,7 +375,13 @@ impl Lab {
 
     /// The capability descriptor this lab reports (limits from the configuration).
     pub fn descriptor(&self) -> LabDescriptor {
-        let p = |name: &str, unit: &str, min: f64, max: f64, res: Option<f64>, required: bool, default: Option<f64>| ParamDescriptor {
+        let p = |name: &str,
+                 unit: &str,
+                 min: f64,
+                 max: f64,
+                 res: Option<f64>,
+                 required: bool,
+                 default: Option<f64>| ParamDescriptor {
             name: name.into(),
             unit: unit.into(),
             min,
@@ -333,7 +390,11 @@ impl Lab {
             required,
             default,
         };
-        let m = |name: &str, desc: &str, duration_ms: u64, params: Vec<ParamDescriptor>, yields: &[&str]| MethodDescriptor {
+        let m = |name: &str,
+                 desc: &str,
+                 duration_ms: u64,
+                 params: Vec<ParamDescriptor>,
+                 yields: &[&str]| MethodDescriptor {
             name: name.into(),
             description: desc.into(),
             params,
@@ -373,17 +434,35 @@ impl Lab {
                         "set_temperature",
                         "Set the reaction temperature and wait until it is stable (±1 °C)",
                         120_000,
-                        vec![p("T", "°C", l.min_temperature_c, l.max_temperature_c, Some(0.1), true, None)],
+                        vec![p(
+                            "T",
+                            "°C",
+                            l.min_temperature_c,
+                            l.max_temperature_c,
+                            Some(0.1),
+                            true,
+                            None,
+                        )],
                         &["temperature"],
                     );
                     set.setpoint = true;
-                    (SchemaKind::Heater, false, true, vec![set, m("off", "Heater off", 200, vec![], &[]), m("read", "Read the controller", 200, vec![], &["temperature"])])
+                    (
+                        SchemaKind::Heater,
+                        false,
+                        true,
+                        vec![
+                            set,
+                            m("off", "Heater off", 200, vec![], &[]),
+                            m("read", "Read the controller", 200, vec![], &["temperature"]),
+                        ],
+                    )
                 }
-                Device::Uv(_) => (
-                    SchemaKind::Spectrometer,
-                    false,
-                    true,
-                    vec![m(
+                Device::Uv(_) => {
+                    (
+                        SchemaKind::Spectrometer,
+                        false,
+                        true,
+                        vec![m(
                         "acquire",
                         "Record an absorption spectrum of the stream (2,048 pixels, 200-1100 nm)",
                         5000,
@@ -395,7 +474,8 @@ impl Lab {
                         ],
                         &["absorption_spectrum"],
                     )],
-                ),
+                    )
+                }
                 Device::Sampler(_) => (
                     SchemaKind::Sampler,
                     false,
@@ -406,7 +486,15 @@ impl Lab {
                         60000,
                         vec![
                             p("volume", "uL", 10.0, 3000.0, Some(10.0), false, Some(400.0)),
-                            p("slot", "", 1.0, f64::from(self.config.twin.sampler_slots.max(1)), Some(1.0), false, Some(1.0)),
+                            p(
+                                "slot",
+                                "",
+                                1.0,
+                                f64::from(self.config.twin.sampler_slots.max(1)),
+                                Some(1.0),
+                                false,
+                                Some(1.0),
+                            ),
                         ],
                         &[],
                     )],
@@ -416,10 +504,42 @@ impl Lab {
                     false,
                     false,
                     vec![
-                        m("to_cd", "Move the cuvette from a sampler slot into the CD spectrometer", 30000, vec![p("slot", "", 1.0, f64::from(self.config.twin.sampler_slots.max(1)), Some(1.0), false, Some(1.0))], &[]),
-                        m("to_laser", "Move the cuvette from the CD spectrometer to the laser stage", 20000, vec![], &[]),
-                        m("from_laser", "Move the cuvette from the laser stage back into the CD spectrometer", 20000, vec![], &[]),
-                        m("discard", "Put the cuvette into the waste rack", 15000, vec![], &[]),
+                        m(
+                            "to_cd",
+                            "Move the cuvette from a sampler slot into the CD spectrometer",
+                            30000,
+                            vec![p(
+                                "slot",
+                                "",
+                                1.0,
+                                f64::from(self.config.twin.sampler_slots.max(1)),
+                                Some(1.0),
+                                false,
+                                Some(1.0),
+                            )],
+                            &[],
+                        ),
+                        m(
+                            "to_laser",
+                            "Move the cuvette from the CD spectrometer to the laser stage",
+                            20000,
+                            vec![],
+                            &[],
+                        ),
+                        m(
+                            "from_laser",
+                            "Move the cuvette from the laser stage back into the CD spectrometer",
+                            20000,
+                            vec![],
+                            &[],
+                        ),
+                        m(
+                            "discard",
+                            "Put the cuvette into the waste rack",
+                            15000,
+                            vec![],
+                            &[],
+                        ),
                     ],
                 ),
                 Device::Cd(_) => (
@@ -475,8 +595,15 @@ impl Lab {
     }
 
     /// Check a call against the lab's declared methods and ranges (the program pre-check).
-    pub fn check_params(&self, desc: &LabDescriptor, method: &str, params: &BTreeMap<String, f64>) -> Result<(), DeviceError> {
-        let (_, md) = desc.method(method).ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+    pub fn check_params(
+        &self,
+        desc: &LabDescriptor,
+        method: &str,
+        params: &BTreeMap<String, f64>,
+    ) -> Result<(), DeviceError> {
+        let (_, md) = desc
+            .method(method)
+            .ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
         for (k, v) in params {
             let pd = md.param(k).ok_or_else(|| DeviceError::BadParameter {
                 device: method.to_string(),
@@ -496,43 +623,78 @@ impl Lab {
     }
 
     /// Call `"<SYMBOL>.<method>"` with named numeric parameters (manual control and the executor).
-    pub async fn call(&self, method: &str, params: &BTreeMap<String, f64>) -> Result<CallOutput, DeviceError> {
+    pub async fn call(
+        &self,
+        method: &str,
+        params: &BTreeMap<String, f64>,
+    ) -> Result<CallOutput, DeviceError> {
         self.kernel.check_call(method)?;
-        let (sym, name) = method.split_once('.').ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
-        let (_, dev) = self.devices.get(sym).ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+        let (sym, name) = method
+            .split_once('.')
+            .ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
+        let (_, dev) = self
+            .devices
+            .get(sym)
+            .ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
         let get = |k: &str, d: f64| params.get(k).copied().unwrap_or(d);
         let need = |k: &str| {
-            params.get(k).copied().ok_or_else(|| DeviceError::BadParameter {
-                device: sym.to_string(),
-                message: format!("{method} needs parameter {k}"),
-            })
+            params
+                .get(k)
+                .copied()
+                .ok_or_else(|| DeviceError::BadParameter {
+                    device: sym.to_string(),
+                    message: format!("{method} needs parameter {k}"),
+                })
         };
         let unknown = || DeviceError::UnknownMethod(method.to_string());
         let out = match (dev, name) {
             (Device::Pump(p), "set_rate") => {
                 let rate = need("rate")?;
                 let volume = get("volume", p.limits().syringe_volume_ul);
-                crate::error::check_range(sym, "rate_ul_min", rate, 0.0, p.limits().max_rate_ul_min)?;
-                crate::error::check_range(sym, "volume_ul", volume, 0.0, p.limits().syringe_volume_ul)?;
+                crate::error::check_range(
+                    sym,
+                    "rate_ul_min",
+                    rate,
+                    0.0,
+                    p.limits().max_rate_ul_min,
+                )?;
+                crate::error::check_range(
+                    sym,
+                    "volume_ul",
+                    volume,
+                    0.0,
+                    p.limits().syringe_volume_ul,
+                )?;
                 self.pump_set_rate(sym, p.as_ref(), rate, volume).await?
             }
             (Device::Pump(p), "stop") => {
                 p.stop().await?;
-                CallOutput { result: json!({"stopped": true}), ..Default::default() }
+                CallOutput {
+                    result: json!({"stopped": true}),
+                    ..Default::default()
+                }
             }
             (Device::Pump(p), "refill") => {
                 let v = self.pump_refill(sym, p.as_ref()).await?;
-                CallOutput { result: json!({"content_ul": v}), ..Default::default() }
+                CallOutput {
+                    result: json!({"content_ul": v}),
+                    ..Default::default()
+                }
             }
             (Device::Pump(p), "status") => CallOutput {
                 result: serde_json::to_value(p.status().await?).unwrap_or_default(),
                 ..Default::default()
             },
-            (Device::Heater(h), "set_temperature") => self.set_temperature(h.as_ref(), need("T")?).await?,
+            (Device::Heater(h), "set_temperature") => {
+                self.set_temperature(h.as_ref(), need("T")?).await?
+            }
             (Device::Heater(h), "off") => {
                 h.set_enabled(false).await?;
                 self.kernel.heater_target(None);
-                CallOutput { result: json!({"enabled": false}), ..Default::default() }
+                CallOutput {
+                    result: json!({"enabled": false}),
+                    ..Default::default()
+                }
             }
             (Device::Heater(h), "read") => {
                 let r = h.read().await?;
@@ -540,7 +702,12 @@ impl Lab {
                     result: serde_json::to_value(&r).unwrap_or_default(),
                     measurements: vec![(
                         "temperature".into(),
-                        Measurement::Temperature { setpoint_c: r.sp_c, pv_c: r.pv_c, output_pct: r.output_pct, settle_s: 0.0 },
+                        Measurement::Temperature {
+                            setpoint_c: r.sp_c,
+                            pv_c: r.pv_c,
+                            output_pct: r.output_pct,
+                            settle_s: 0.0,
+                        },
                     )],
                 }
             }
@@ -575,42 +742,70 @@ impl Lab {
                 let s = c.scan(scan).await?;
                 CallOutput {
                     result: json!({"points": s.values.len()}),
-                    measurements: vec![("cd_spectrum".into(), Measurement::CdSpectrum { wavelength_nm: s.wavelength_nm, cd_mdeg: s.values, step_nm: step })],
+                    measurements: vec![(
+                        "cd_spectrum".into(),
+                        Measurement::CdSpectrum {
+                            wavelength_nm: s.wavelength_nm,
+                            cd_mdeg: s.values,
+                            step_nm: step,
+                        },
+                    )],
                 }
             }
             (Device::Sampler(s), "collect") => {
                 let volume = get("volume", 400.0);
                 let slot = s.collect(volume).await?;
-                CallOutput { result: json!({"slot": slot, "volume_ul": volume}), ..Default::default() }
+                CallOutput {
+                    result: json!({"slot": slot, "volume_ul": volume}),
+                    ..Default::default()
+                }
             }
             (Device::Sampler(s), "rotate") => {
                 s.rotate(need("slot")?.round() as u32).await?;
-                CallOutput { result: json!({}), ..Default::default() }
+                CallOutput {
+                    result: json!({}),
+                    ..Default::default()
+                }
             }
             (Device::Arm(a), "to_cd") => {
                 let slot = get("slot", 1.0).round() as u32;
                 // a cuvette left in the CD holder goes to waste first
                 let _ = a.transfer("cd", "waste").await;
                 a.transfer(&format!("slot{slot}"), "cd").await?;
-                CallOutput { result: json!({"moved": format!("slot{slot} -> cd")}), ..Default::default() }
+                CallOutput {
+                    result: json!({"moved": format!("slot{slot} -> cd")}),
+                    ..Default::default()
+                }
             }
             (Device::Arm(a), "to_laser") => {
                 a.transfer("cd", "laser").await?;
-                CallOutput { result: json!({"moved": "cd -> laser"}), ..Default::default() }
+                CallOutput {
+                    result: json!({"moved": "cd -> laser"}),
+                    ..Default::default()
+                }
             }
             (Device::Arm(a), "from_laser") => {
                 a.transfer("laser", "cd").await?;
-                CallOutput { result: json!({"moved": "laser -> cd"}), ..Default::default() }
+                CallOutput {
+                    result: json!({"moved": "laser -> cd"}),
+                    ..Default::default()
+                }
             }
             (Device::Arm(a), "discard") => {
                 a.transfer("cd", "waste").await?;
-                CallOutput { result: json!({"moved": "cd -> waste"}), ..Default::default() }
+                CallOutput {
+                    result: json!({"moved": "cd -> waste"}),
+                    ..Default::default()
+                }
             }
             (Device::Laser(l), "irradiate") => {
                 let wl = need("wavelength")?;
                 let d = need("duration")?;
                 l.irradiate(wl, d).await?;
-                CallOutput { result: json!({"wavelength_nm": wl, "duration_s": d}), ..Default::default() }
+                CallOutput {
+                    result: json!({"wavelength_nm": wl, "duration_s": d}),
+                    ..Default::default()
+                }
             }
             _ => return Err(unknown()),
         };
@@ -621,7 +816,9 @@ impl Lab {
         let mut books = self.books.lock().await;
         let cap = p.limits().syringe_volume_ul;
         let rate = p.limits().max_rate_ul_min;
-        let Some(b) = books.get_mut(sym) else { return Ok(cap) };
+        let Some(b) = books.get_mut(sym) else {
+            return Ok(cap);
+        };
         let need = cap - b.content_ul;
         if need > 0.5 {
             p.stop().await?;
@@ -629,7 +826,9 @@ impl Lab {
             p.set_rate(rate).await?;
             p.set_volume(need.min(cap)).await?;
             p.run().await?;
-            self.clock.sleep(Duration::from_secs_f64(need / rate * 60.0)).await;
+            self.clock
+                .sleep(Duration::from_secs_f64(need / rate * 60.0))
+                .await;
             // wait until the pump reports it stopped
             for _ in 0..50 {
                 let st = p.status().await?;
@@ -644,7 +843,13 @@ impl Lab {
         Ok(b.content_ul)
     }
 
-    async fn pump_set_rate(&self, sym: &str, p: &dyn SyringePump, rate: f64, volume: f64) -> Result<CallOutput, DeviceError> {
+    async fn pump_set_rate(
+        &self,
+        sym: &str,
+        p: &dyn SyringePump,
+        rate: f64,
+        volume: f64,
+    ) -> Result<CallOutput, DeviceError> {
         // book-keeping from the pump's own dispensed counters
         {
             let mut books = self.books.lock().await;
@@ -657,7 +862,8 @@ impl Lab {
                 } else {
                     let st = p.status().await?;
                     if st.alarm.is_none() {
-                        b.content_ul = (b.content_ul - st.infused_ul + st.withdrawn_ul).clamp(0.0, p.limits().syringe_volume_ul);
+                        b.content_ul = (b.content_ul - st.infused_ul + st.withdrawn_ul)
+                            .clamp(0.0, p.limits().syringe_volume_ul);
                         p.clear_dispensed().await?;
                     }
                 }
@@ -665,18 +871,30 @@ impl Lab {
         }
         p.stop().await?;
         if rate <= 0.0 {
-            return Ok(CallOutput { result: json!({"rate_ul_min": 0.0, "running": false}), ..Default::default() });
+            return Ok(CallOutput {
+                result: json!({"rate_ul_min": 0.0, "running": false}),
+                ..Default::default()
+            });
         }
         let low = {
             let books = self.books.lock().await;
-            books.get(sym).map(|b| b.content_ul < b.refill_below_ul.min(volume)).unwrap_or(false)
+            books
+                .get(sym)
+                .map(|b| b.content_ul < b.refill_below_ul.min(volume))
+                .unwrap_or(false)
         };
         let mut refilled = false;
         if low {
             self.pump_refill(sym, p).await?;
             refilled = true;
         }
-        let content = self.books.lock().await.get(sym).map(|b| b.content_ul).unwrap_or(volume);
+        let content = self
+            .books
+            .lock()
+            .await
+            .get(sym)
+            .map(|b| b.content_ul)
+            .unwrap_or(volume);
         let vol = volume.min(content).max(0.0);
         p.set_direction(Direction::Infuse).await?;
         p.set_rate(rate).await?;
@@ -688,7 +906,11 @@ impl Lab {
         })
     }
 
-    async fn set_temperature(&self, h: &dyn TemperatureController, t: f64) -> Result<CallOutput, DeviceError> {
+    async fn set_temperature(
+        &self,
+        h: &dyn TemperatureController,
+        t: f64,
+    ) -> Result<CallOutput, DeviceError> {
         let l = h.limits();
         crate::error::check_range(h.name(), "T", t, l.min_temperature_c, l.max_temperature_c)?;
         let cfg = self.kernel.config().clone();
@@ -701,7 +923,9 @@ impl Lab {
         let trip = self.kernel.trip_token();
         loop {
             if trip.is_cancelled() {
-                return Err(DeviceError::Interlock("safety kernel tripped while settling".into()));
+                return Err(DeviceError::Interlock(
+                    "safety kernel tripped while settling".into(),
+                ));
             }
             let r = h.read().await?;
             let now = self.clock.now_s();
@@ -713,7 +937,12 @@ impl Lab {
                             result: json!({"T_set": t, "T_pv": pv, "settle_s": now - t0}),
                             measurements: vec![(
                                 "temperature".into(),
-                                Measurement::Temperature { setpoint_c: t, pv_c: Some(pv), output_pct: r.output_pct, settle_s: now - t0 },
+                                Measurement::Temperature {
+                                    setpoint_c: t,
+                                    pv_c: Some(pv),
+                                    output_pct: r.output_pct,
+                                    settle_s: now - t0,
+                                },
                             )],
                         });
                     }
@@ -723,7 +952,10 @@ impl Lab {
             if now - t0 > cfg.settle_timeout_s {
                 return Err(DeviceError::Fault {
                     device: h.name().to_string(),
-                    detail: format!("temperature not stable at {t:.1} °C within {:.0} s (PV {:?})", cfg.settle_timeout_s, r.pv_c),
+                    detail: format!(
+                        "temperature not stable at {t:.1} °C within {:.0} s (PV {:?})",
+                        cfg.settle_timeout_s, r.pv_c
+                    ),
                 });
             }
             self.clock.sleep(Duration::from_secs(1)).await;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod executor;
 pub mod lab;
 pub mod ne1000;
+pub mod probe;
 pub mod pty;
 pub mod record;
 pub mod safety;

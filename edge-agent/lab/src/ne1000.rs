@@ -186,21 +186,29 @@ impl ReplyCodec {
     fn parse(frame: &[u8]) -> Result<Reply, FrameError> {
         // frame excludes STX and ETX
         if frame.len() < 3 {
-            return Err(FrameError::Malformed(format!("{} byte(s) between STX and ETX", frame.len())));
+            return Err(FrameError::Malformed(format!(
+                "{} byte(s) between STX and ETX",
+                frame.len()
+            )));
         }
         let (a, b) = (frame[0], frame[1]);
         if !a.is_ascii_digit() || !b.is_ascii_digit() {
             return Err(FrameError::Malformed("address is not two digits".into()));
         }
         let address = (a - b'0') * 10 + (b - b'0');
-        let state = PumpState::from_char(frame[2])
-            .ok_or_else(|| FrameError::Malformed(format!("unknown status byte 0x{:02x}", frame[2])))?;
+        let state = PumpState::from_char(frame[2]).ok_or_else(|| {
+            FrameError::Malformed(format!("unknown status byte 0x{:02x}", frame[2]))
+        })?;
         let data = &frame[3..];
         if !data.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
             return Err(FrameError::Malformed("non-printable data".into()));
         }
         let data = String::from_utf8_lossy(data).into_owned();
-        Ok(Reply { address, state, data })
+        Ok(Reply {
+            address,
+            state,
+            data,
+        })
     }
 }
 
@@ -287,7 +295,10 @@ mod tests {
     fn encodes_commands() {
         assert_eq!(encode(1, &Command::Rate(12.5)).unwrap(), b"01RAT12.50UM\r");
         assert_eq!(encode(0, &Command::Run).unwrap(), b"00RUN\r");
-        assert_eq!(encode(3, &Command::Direction(Direction::Withdraw)).unwrap(), b"03DIRWDR\r");
+        assert_eq!(
+            encode(3, &Command::Direction(Direction::Withdraw)).unwrap(),
+            b"03DIRWDR\r"
+        );
     }
 
     #[test]
@@ -297,13 +308,23 @@ mod tests {
         assert!(c.decode(&mut b).unwrap().is_none());
         b.extend_from_slice(b"4.43\x03");
         let r = c.decode(&mut b).unwrap().unwrap();
-        assert_eq!(r, Reply { address: 1, state: PumpState::Stopped, data: "14.43".into() });
+        assert_eq!(
+            r,
+            Reply {
+                address: 1,
+                state: PumpState::Stopped,
+                data: "14.43".into()
+            }
+        );
         assert_eq!(c.discarded, 2);
         let mut b = BytesMut::from(&b"\x0200S?OOR\x03"[..]);
         assert_eq!(c.decode(&mut b).unwrap().unwrap().error(), Some("?OOR"));
         let mut b = BytesMut::from(&b"\x0200Z\x03\x0200I\x03"[..]);
         assert!(c.decode(&mut b).is_err());
-        assert_eq!(c.decode(&mut b).unwrap().unwrap().state, PumpState::Infusing);
+        assert_eq!(
+            c.decode(&mut b).unwrap().unwrap().state,
+            PumpState::Infusing
+        );
     }
 
     #[test]

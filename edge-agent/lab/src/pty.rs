@@ -39,9 +39,10 @@ pub fn open_serial(path: &str, baud: u32) -> io::Result<SerialStream> {
         .parity(tokio_serial::Parity::None)
         .stop_bits(tokio_serial::StopBits::One)
         .flow_control(tokio_serial::FlowControl::None)
+        // Shared: the safety watchdog must be able to open the port beside the driver.
+        .exclusive(false)
         .open_native_async()
         .map_err(io::Error::from)?;
-    // The virtual lab reopens its ports; exclusivity is left to the operating system's defaults.
     let _ = port.set_exclusive(false);
     Ok(port)
 }

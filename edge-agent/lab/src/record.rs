@@ -26,13 +26,31 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RecordBody {
-    ProgramStarted { steps: u32 },
+    ProgramStarted {
+        steps: u32,
+    },
     StepStarted,
-    StepSucceeded { result: serde_json::Value, lab_duration_s: f64 },
-    StepFailed { code: String, message: String },
-    Measurement { name: String, measurement: Measurement },
-    Safety { event: String, detail: String },
-    ProgramFinished { outcome: Outcome, steps_succeeded: u32, lab_duration_s: f64 },
+    StepSucceeded {
+        result: serde_json::Value,
+        lab_duration_s: f64,
+    },
+    StepFailed {
+        code: String,
+        message: String,
+    },
+    Measurement {
+        name: String,
+        measurement: Measurement,
+    },
+    Safety {
+        event: String,
+        detail: String,
+    },
+    ProgramFinished {
+        outcome: Outcome,
+        steps_succeeded: u32,
+        lab_duration_s: f64,
+    },
 }
 
 /// How a program ended.
@@ -59,7 +77,11 @@ pub enum Measurement {
         window_nm: [f64; 2],
     },
     /// CD spectrum of the cuvette.
-    CdSpectrum { wavelength_nm: Vec<f64>, cd_mdeg: Vec<f64>, step_nm: f64 },
+    CdSpectrum {
+        wavelength_nm: Vec<f64>,
+        cd_mdeg: Vec<f64>,
+        step_nm: f64,
+    },
     /// Reactor temperature when a setpoint was reached.
     Temperature {
         setpoint_c: f64,

@@ -98,7 +98,9 @@ pub struct SafetyKernel {
 
 impl std::fmt::Debug for SafetyKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetyKernel").field("cfg", &self.cfg).finish()
+        f.debug_struct("SafetyKernel")
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
@@ -147,7 +149,8 @@ impl SafetyKernel {
     }
 
     fn beat(&self) {
-        self.heartbeat_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.heartbeat_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Start the kernel loop on the current runtime and the watchdog thread.
@@ -165,7 +168,11 @@ impl SafetyKernel {
                 }
                 me.beat();
                 if me.watchdog_fired.swap(false, Ordering::SeqCst) {
-                    me.trip(FaultKind::Watchdog, "agent runtime stalled; watchdog forced the safe state").await;
+                    me.trip(
+                        FaultKind::Watchdog,
+                        "agent runtime stalled; watchdog forced the safe state",
+                    )
+                    .await;
                 }
                 me.cycle().await;
             }
@@ -179,25 +186,27 @@ impl SafetyKernel {
         let origin = self.origin;
         let limit = self.cfg.watchdog_ms;
         let writes = self.emergency.clone();
-        let _ = std::thread::Builder::new().name("safety-watchdog".into()).spawn(move || {
-            let mut armed = true;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis((limit / 10).max(1)));
-                let now = origin.elapsed().as_millis() as u64;
-                let last = hb.load(Ordering::Relaxed);
-                if now.saturating_sub(last) > limit {
-                    if armed {
-                        armed = false;
-                        for w in &writes {
-                            emergency_write(w);
+        let _ = std::thread::Builder::new()
+            .name("safety-watchdog".into())
+            .spawn(move || {
+                let mut armed = true;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis((limit / 10).max(1)));
+                    let now = origin.elapsed().as_millis() as u64;
+                    let last = hb.load(Ordering::Relaxed);
+                    if now.saturating_sub(last) > limit {
+                        if armed {
+                            armed = false;
+                            for w in &writes {
+                                emergency_write(w);
+                            }
+                            fired.store(true, Ordering::SeqCst);
                         }
-                        fired.store(true, Ordering::SeqCst);
+                    } else {
+                        armed = true;
                     }
-                } else {
-                    armed = true;
                 }
-            }
-        });
+            });
     }
 
     /// Write every device's safe-state frame with blocking I/O (no runtime needed).
@@ -289,7 +298,11 @@ impl SafetyKernel {
                     st.heater_errors
                 };
                 if n >= 3 {
-                    self.trip(FaultKind::DeviceLost, format!("heater controller not answering: {e}")).await;
+                    self.trip(
+                        FaultKind::DeviceLost,
+                        format!("heater controller not answering: {e}"),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -301,11 +314,16 @@ impl SafetyKernel {
             return;
         };
         if r.alarms.sensor_break {
-            self.trip(FaultKind::SensorBreak, "controller reports sensor break").await;
+            self.trip(FaultKind::SensorBreak, "controller reports sensor break")
+                .await;
             return;
         }
         if pv > max || r.alarms.high_temperature {
-            self.trip(FaultKind::OverTemperature, format!("process value {pv:.1} °C above the limit {max:.1} °C")).await;
+            self.trip(
+                FaultKind::OverTemperature,
+                format!("process value {pv:.1} °C above the limit {max:.1} °C"),
+            )
+            .await;
             return;
         }
         let verdict = {
@@ -321,7 +339,11 @@ impl SafetyKernel {
                 let window = self.cfg.runaway_window_s;
                 if let Some(&(t0, pv0)) = st.history.iter().find(|(t, _)| now - t <= window) {
                     let covered = now - t0 >= window - self.cfg.control_period_s;
-                    let all_far = st.history.iter().filter(|(t, _)| now - t <= window).all(|(_, p)| target - p > 10.0);
+                    let all_far = st
+                        .history
+                        .iter()
+                        .filter(|(t, _)| now - t <= window)
+                        .all(|(_, p)| target - p > 10.0);
                     if covered && all_far && pv - pv0 < self.cfg.runaway_min_rise_c {
                         verdict = Some(format!(
                             "only {:.1} °C rise in {window:.0} s while heating towards {target:.1} °C",
@@ -385,12 +407,15 @@ impl SafetyKernel {
             }
             None
         };
-        let pumps = futures_util::future::join_all(self.pumps.iter().map(|p| async move {
-            p.stop().await.err().map(|e| format!("{}: {e}", p.name()))
-        }));
-        let lasers = futures_util::future::join_all(self.lasers.iter().map(|l| async move {
-            l.off().await.err().map(|e| format!("{}: {e}", l.name()))
-        }));
+        let pumps =
+            futures_util::future::join_all(self.pumps.iter().map(|p| async move {
+                p.stop().await.err().map(|e| format!("{}: {e}", p.name()))
+            }));
+        let lasers = futures_util::future::join_all(
+            self.lasers
+                .iter()
+                .map(|l| async move { l.off().await.err().map(|e| format!("{}: {e}", l.name())) }),
+        );
         let (h, p, l) = tokio::join!(heater, pumps, lasers);
         failures.extend(h);
         failures.extend(p.into_iter().flatten());
@@ -477,7 +502,11 @@ impl Drop for SafetyKernel {
 
 /// Write raw safe-state bytes to a port with blocking I/O (no runtime needed).
 pub fn emergency_write(w: &EmergencyWrite) -> bool {
-    match tokio_serial::new(&w.path, w.baud).timeout(Duration::from_millis(200)).open() {
+    match tokio_serial::new(&w.path, w.baud)
+        .timeout(Duration::from_millis(200))
+        .exclusive(false)
+        .open()
+    {
         Ok(mut port) => port.write_all(&w.bytes).and_then(|()| port.flush()).is_ok(),
         Err(_) => false,
     }

@@ -27,13 +27,22 @@ pub struct Ne1000Pump {
 
 impl std::fmt::Debug for Ne1000Pump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ne1000Pump").field("name", &self.name).field("address", &self.address).finish()
+        f.debug_struct("Ne1000Pump")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .finish()
     }
 }
 
 impl Ne1000Pump {
     /// Wrap an open serial port.
-    pub fn new(name: &str, port: SerialStream, address: u8, limits: PumpLimits, timing: SerialTiming) -> Self {
+    pub fn new(
+        name: &str,
+        port: SerialStream,
+        address: u8,
+        limits: PumpLimits,
+        timing: SerialTiming,
+    ) -> Self {
         Self {
             name: name.to_string(),
             address: address.min(99),
@@ -45,7 +54,14 @@ impl Ne1000Pump {
     }
 
     /// Open `path` at `baud` and wrap it.
-    pub fn open(name: &str, path: &str, baud: u32, address: u8, limits: PumpLimits, timing: SerialTiming) -> Result<Self, DeviceError> {
+    pub fn open(
+        name: &str,
+        path: &str,
+        baud: u32,
+        address: u8,
+        limits: PumpLimits,
+        timing: SerialTiming,
+    ) -> Result<Self, DeviceError> {
         let port = crate::pty::open_serial(path, baud).map_err(|e| DeviceError::Open {
             device: name.to_string(),
             port: path.to_string(),
@@ -70,9 +86,17 @@ impl Ne1000Pump {
     pub fn check(&self, cmd: &Command) -> Result<(), DeviceError> {
         let l = &self.limits;
         match cmd {
-            Command::Diameter(v) => check_range(&self.name, "diameter_mm", *v, l.min_diameter_mm, l.max_diameter_mm),
+            Command::Diameter(v) => check_range(
+                &self.name,
+                "diameter_mm",
+                *v,
+                l.min_diameter_mm,
+                l.max_diameter_mm,
+            ),
             Command::Rate(v) => check_range(&self.name, "rate_ul_min", *v, 0.0, l.max_rate_ul_min),
-            Command::Volume(v) => check_range(&self.name, "volume_ul", *v, 0.0, l.syringe_volume_ul),
+            Command::Volume(v) => {
+                check_range(&self.name, "volume_ul", *v, 0.0, l.syringe_volume_ul)
+            }
             _ => Ok(()),
         }
     }
@@ -102,7 +126,8 @@ impl Ne1000Pump {
             };
             match tokio::time::timeout(self.timing.timeout(), write).await {
                 Ok(Ok(())) => {
-                    self.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    self.bytes_written
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 }
                 Ok(Err(e)) => {
                     *guard = None;
@@ -164,7 +189,10 @@ impl Ne1000Pump {
         match garbage {
             Some(g) => Err(DeviceError::Protocol {
                 device: self.name.clone(),
-                detail: format!("{g} (after {attempts} attempts{})", if timed_out { ", then timeouts" } else { "" }),
+                detail: format!(
+                    "{g} (after {attempts} attempts{})",
+                    if timed_out { ", then timeouts" } else { "" }
+                ),
             }),
             None => Err(DeviceError::Timeout {
                 device: self.name.clone(),
@@ -227,8 +255,10 @@ impl SyringePump for Ne1000Pump {
         self.expect_ok(Command::Stop).await
     }
     async fn clear_dispensed(&self) -> Result<(), DeviceError> {
-        self.expect_ok(Command::ClearDispensed(Direction::Infuse)).await?;
-        self.expect_ok(Command::ClearDispensed(Direction::Withdraw)).await
+        self.expect_ok(Command::ClearDispensed(Direction::Infuse))
+            .await?;
+        self.expect_ok(Command::ClearDispensed(Direction::Withdraw))
+            .await
     }
     async fn status(&self) -> Result<PumpStatus, DeviceError> {
         let r = self.transact(&Command::QueryDispensed).await?;
@@ -245,10 +275,11 @@ impl SyringePump for Ne1000Pump {
                 withdrawn_ul: 0.0,
             });
         }
-        let (infused_ul, withdrawn_ul) = ne1000::parse_dispensed(&r.data).ok_or_else(|| DeviceError::Protocol {
-            device: self.name.clone(),
-            detail: format!("cannot read dispensed volumes from {:?}", r.data),
-        })?;
+        let (infused_ul, withdrawn_ul) =
+            ne1000::parse_dispensed(&r.data).ok_or_else(|| DeviceError::Protocol {
+                device: self.name.clone(),
+                detail: format!("cannot read dispensed volumes from {:?}", r.data),
+            })?;
         Ok(PumpStatus {
             state,
             alarm,

@@ -29,7 +29,10 @@ pub struct PidModbus {
 
 impl std::fmt::Debug for PidModbus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PidModbus").field("name", &self.name).field("path", &self.path).finish()
+        f.debug_struct("PidModbus")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -40,7 +43,14 @@ enum Op {
 
 impl PidModbus {
     /// Open the controller at `path` (the port is opened lazily on first use, and again after errors).
-    pub fn open(name: &str, path: &str, baud: u32, slave: u8, limits: HeaterLimits, timing: SerialTiming) -> Result<Self, DeviceError> {
+    pub fn open(
+        name: &str,
+        path: &str,
+        baud: u32,
+        slave: u8,
+        limits: HeaterLimits,
+        timing: SerialTiming,
+    ) -> Result<Self, DeviceError> {
         let me = Self {
             name: name.to_string(),
             path: path.to_string(),
@@ -69,12 +79,16 @@ impl PidModbus {
     }
 
     fn connect(&self) -> Result<Context, DeviceError> {
-        let port = crate::pty::open_serial(&self.path, self.baud).map_err(|e| DeviceError::Open {
-            device: self.name.clone(),
-            port: self.path.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(self.slave)))
+        let port =
+            crate::pty::open_serial(&self.path, self.baud).map_err(|e| DeviceError::Open {
+                device: self.name.clone(),
+                port: self.path.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(tokio_modbus::client::rtu::attach_slave(
+            port,
+            Slave(self.slave),
+        ))
     }
 
     async fn op(&self, op: Op) -> Result<Vec<u16>, DeviceError> {
@@ -93,7 +107,10 @@ impl PidModbus {
             self.transactions.fetch_add(1, Ordering::Relaxed);
             let fut = async {
                 match op {
-                    Op::Write(a, v) => ctx.write_single_register(a, v).await.map(|r| r.map(|()| Vec::new())),
+                    Op::Write(a, v) => ctx
+                        .write_single_register(a, v)
+                        .await
+                        .map(|r| r.map(|()| Vec::new())),
                     Op::ReadInput(a, n) => ctx.read_input_registers(a, n).await,
                 }
             };
@@ -133,7 +150,13 @@ impl PidModbus {
     }
 
     fn check_temp(&self, param: &str, c: f64) -> Result<(), DeviceError> {
-        check_range(&self.name, param, c, self.limits.min_temperature_c, self.limits.max_temperature_c)
+        check_range(
+            &self.name,
+            param,
+            c,
+            self.limits.min_temperature_c,
+            self.limits.max_temperature_c,
+        )
     }
 }
 
@@ -147,17 +170,29 @@ impl TemperatureController for PidModbus {
     }
     async fn set_setpoint(&self, celsius: f64) -> Result<(), DeviceError> {
         self.check_temp("setpoint_c", celsius)?;
-        self.op(Op::Write(regs::SP, to_reg(celsius))).await.map(drop)
+        self.op(Op::Write(regs::SP, to_reg(celsius)))
+            .await
+            .map(drop)
     }
     async fn set_enabled(&self, on: bool) -> Result<(), DeviceError> {
-        self.op(Op::Write(regs::ENABLE, u16::from(on))).await.map(drop)
+        self.op(Op::Write(regs::ENABLE, u16::from(on)))
+            .await
+            .map(drop)
     }
     async fn refresh_lease(&self) -> Result<(), DeviceError> {
         self.op(Op::Write(regs::LEASE, 1)).await.map(drop)
     }
     async fn set_high_alarm(&self, celsius: f64) -> Result<(), DeviceError> {
-        check_range(&self.name, "high_alarm_c", celsius, self.limits.min_temperature_c, self.limits.max_temperature_c + 50.0)?;
-        self.op(Op::Write(regs::HIGH_ALARM, to_reg(celsius))).await.map(drop)
+        check_range(
+            &self.name,
+            "high_alarm_c",
+            celsius,
+            self.limits.min_temperature_c,
+            self.limits.max_temperature_c + 50.0,
+        )?;
+        self.op(Op::Write(regs::HIGH_ALARM, to_reg(celsius)))
+            .await
+            .map(drop)
     }
     async fn reset_alarms(&self) -> Result<(), DeviceError> {
         self.op(Op::Write(regs::ALARM_RESET, 1)).await.map(drop)
@@ -169,7 +204,11 @@ impl TemperatureController for PidModbus {
         }
         let pv = v[usize::from(regs::PV)];
         Ok(TempReading {
-            pv_c: if pv == regs::SENSOR_BREAK { None } else { Some(from_reg(pv)) },
+            pv_c: if pv == regs::SENSOR_BREAK {
+                None
+            } else {
+                Some(from_reg(pv))
+            },
             sp_c: from_reg(v[usize::from(regs::SP_ECHO)]),
             output_pct: f64::from(v[usize::from(regs::OUTPUT)]) / 10.0,
             enabled: v[usize::from(regs::ENABLED)] != 0,

@@ -11,7 +11,9 @@ use super::optics;
 use super::servers::lock;
 use super::world::World;
 use crate::clock::Clock;
-use crate::devices::{AbsorptionSpectrometer, CdScan, CdSpectrometer, Laser, RobotArm, RotationSampler, Spectrum};
+use crate::devices::{
+    AbsorptionSpectrometer, CdScan, CdSpectrometer, Laser, RobotArm, RotationSampler, Spectrum,
+};
 use crate::error::{check_range, DeviceError};
 
 /// Shared handle the virtual instruments hold.
@@ -56,7 +58,9 @@ impl AbsorptionSpectrometer for VirtualUv {
     async fn acquire(&self, integration_ms: f64, averages: u32) -> Result<Spectrum, DeviceError> {
         check_range(&self.name, "integration_ms", integration_ms, 1.0, 10_000.0)?;
         check_range(&self.name, "averages", f64::from(averages), 1.0, 100.0)?;
-        self.twin.spend(integration_ms * f64::from(averages) / 1000.0).await;
+        self.twin
+            .spend(integration_ms * f64::from(averages) / 1000.0)
+            .await;
         let (wl, a) = self.twin.with(|w| {
             let s = w.stream();
             optics::absorption_spectrum(&s, averages, &mut w.rng.spectra)
@@ -87,15 +91,31 @@ impl CdSpectrometer for VirtualCd {
         check_range(&self.name, "from_nm", scan.start_nm, 190.0, 900.0)?;
         check_range(&self.name, "to_nm", scan.end_nm, 190.0, 900.0)?;
         check_range(&self.name, "step_nm", scan.step_nm, 0.05, 10.0)?;
-        check_range(&self.name, "rate_nm_per_min", scan.rate_nm_per_min, 1.0, 10_000.0)?;
+        check_range(
+            &self.name,
+            "rate_nm_per_min",
+            scan.rate_nm_per_min,
+            1.0,
+            10_000.0,
+        )?;
         if !self.twin.with(|w| w.places.contains_key("cd")) {
             return Err(fault(&self.name, "no cuvette in the sample holder"));
         }
         let averages = 1;
-        self.twin.spend((scan.end_nm - scan.start_nm).abs() / scan.rate_nm_per_min * 60.0).await;
+        self.twin
+            .spend((scan.end_nm - scan.start_nm).abs() / scan.rate_nm_per_min * 60.0)
+            .await;
         let r = self.twin.with(|w| {
             let s = w.places.get("cd").cloned()?;
-            Some(optics::cd_spectrum(&w.landscape, &s, scan.start_nm, scan.end_nm, scan.step_nm, averages, &mut w.rng.spectra))
+            Some(optics::cd_spectrum(
+                &w.landscape,
+                &s,
+                scan.start_nm,
+                scan.end_nm,
+                scan.step_nm,
+                averages,
+                &mut w.rng.spectra,
+            ))
         });
         let (wl, v) = r.ok_or_else(|| fault(&self.name, "cuvette removed during the scan"))?;
         Ok(Spectrum {
@@ -133,7 +153,13 @@ impl RotationSampler for VirtualSampler {
         Ok(slot)
     }
     async fn rotate(&self, slot: u32) -> Result<(), DeviceError> {
-        check_range(&self.name, "slot", f64::from(slot), 1.0, f64::from(self.slots))?;
+        check_range(
+            &self.name,
+            "slot",
+            f64::from(slot),
+            1.0,
+            f64::from(self.slots),
+        )?;
         self.twin.spend(2.0).await;
         Ok(())
     }
@@ -141,8 +167,19 @@ impl RotationSampler for VirtualSampler {
 
 impl VirtualSampler {
     /// Collect into a given slot (replacing a cuvette left there).
-    pub async fn collect_into(&self, slot: u32, volume_ul: f64, flow_ul_min: f64) -> Result<(), DeviceError> {
-        check_range(&self.name, "slot", f64::from(slot), 1.0, f64::from(self.slots))?;
+    pub async fn collect_into(
+        &self,
+        slot: u32,
+        volume_ul: f64,
+        flow_ul_min: f64,
+    ) -> Result<(), DeviceError> {
+        check_range(
+            &self.name,
+            "slot",
+            f64::from(slot),
+            1.0,
+            f64::from(self.slots),
+        )?;
         self.twin.spend(volume_ul / flow_ul_min * 60.0).await;
         self.twin.with(|w| {
             let s = w.synthesise_outlet();

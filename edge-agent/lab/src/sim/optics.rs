@@ -75,13 +75,18 @@ pub fn absorbance(s: &Sample, wl: f64) -> f64 {
     let peak1 = 0.30 * c * gauss(wl, x1, 7.0);
     let peak2 = 0.15 * c * gauss(wl, x2, 9.0);
     let edge = x1 + 4.0;
-    let continuum = 0.32 * c / (1.0 + ((wl - edge) / 6.0).exp()) * (1.0 + ((edge - wl) / 250.0).max(0.0));
+    let continuum =
+        0.32 * c / (1.0 + ((wl - edge) / 6.0).exp()) * (1.0 + ((edge - wl) / 250.0).max(0.0));
     let scattering = 0.02 * c * (400.0 / wl).powi(4);
     (peak1 + peak2 + continuum + scattering) * s.abs_scale
 }
 
 /// The 2,048-pixel absorbance spectrum with noise, averaged over `averages` scans.
-pub fn absorption_spectrum<R: Rng + ?Sized>(s: &Sample, averages: u32, rng: &mut R) -> (Vec<f64>, Vec<f64>) {
+pub fn absorption_spectrum<R: Rng + ?Sized>(
+    s: &Sample,
+    averages: u32,
+    rng: &mut R,
+) -> (Vec<f64>, Vec<f64>) {
     let sd = ABS_NOISE / f64::from(averages.max(1)).sqrt();
     let noise = Normal::new(0.0, sd).ok();
     let mut wl = Vec::with_capacity(PIXELS);
@@ -122,8 +127,8 @@ pub fn cd_value(landscape: &Landscape, s: &Sample, wl: f64) -> f64 {
     let x1 = exciton_nm(s.t_c);
     let m = cd_magnitude(landscape, s) * s.cd_scale * s.handedness;
     let lobe2 = 0.35;
-    let norm = 1.0 - lobe2 * gauss(x1, x1 - 28.0, 9.0);
-    m * (gauss(wl, x1, 9.0) - lobe2 * gauss(wl, x1 - 28.0, 9.0)) / norm
+    let norm = 1.0 - lobe2 * gauss(x1, x1 - 35.0, 10.0);
+    m * (gauss(wl, x1, 14.0) - lobe2 * gauss(wl, x1 - 35.0, 10.0)) / norm
 }
 
 /// CD spectrum from `from` to `to` every `step` nm with instrument noise.
@@ -139,7 +144,11 @@ pub fn cd_spectrum<R: Rng + ?Sized>(
     let sd = landscape.noise_sd() / f64::from(averages.max(1)).sqrt();
     let noise = Normal::new(0.0, sd).ok();
     let (lo, hi) = if from <= to { (from, to) } else { (to, from) };
-    let step = if step.is_finite() && step > 0.0 { step } else { 1.0 };
+    let step = if step.is_finite() && step > 0.0 {
+        step
+    } else {
+        1.0
+    };
     let n = (((hi - lo) / step).floor() as usize + 1).min(100_000);
     let mut wl = Vec::with_capacity(n);
     let mut v = Vec::with_capacity(n);
@@ -153,7 +162,12 @@ pub fn cd_spectrum<R: Rng + ?Sized>(
 
 /// Femtosecond irradiation: 800 nm accumulated for 300 s inverts the handedness (|CD| within a
 /// few %, absorbance −0.4 %); 300 nm (less thermal effect) never inverts.
-pub fn irradiate<R: Rng + ?Sized>(s: &mut Sample, wavelength_nm: f64, duration_s: f64, rng: &mut R) {
+pub fn irradiate<R: Rng + ?Sized>(
+    s: &mut Sample,
+    wavelength_nm: f64,
+    duration_s: f64,
+    rng: &mut R,
+) {
     if !(duration_s.is_finite() && duration_s > 0.0) || s.c <= 0.0 {
         return;
     }

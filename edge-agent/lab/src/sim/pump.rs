@@ -212,7 +212,11 @@ impl PumpSim {
                     self.reply("")
                 }
                 "" => {
-                    let d = if self.direction == Direction::Infuse { "INF" } else { "WDR" };
+                    let d = if self.direction == Direction::Infuse {
+                        "INF"
+                    } else {
+                        "WDR"
+                    };
                     self.reply(d)
                 }
                 _ => self.reply("?COM"),

@@ -31,7 +31,13 @@ pub fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
 }
 
 /// Serve pump `symbol` on `master` until the port closes.
-pub async fn serve_pump(mut master: SerialStream, symbol: String, world: Arc<Mutex<World>>, clock: Clock, faults: Arc<PortFaults>) {
+pub async fn serve_pump(
+    mut master: SerialStream,
+    symbol: String,
+    world: Arc<Mutex<World>>,
+    clock: Clock,
+    faults: Arc<PortFaults>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
     loop {
@@ -114,7 +120,11 @@ fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
             }
             let mut v = vec![slave, fc, (count * 2) as u8];
             for a in addr..addr.saturating_add(count) {
-                let r = if fc == 0x03 { w.heater.read_holding(a) } else { w.heater.read_input(a) };
+                let r = if fc == 0x03 {
+                    w.heater.read_holding(a)
+                } else {
+                    w.heater.read_input(a)
+                };
                 match r {
                     Some(x) => v.extend_from_slice(&x.to_be_bytes()),
                     None => return Some(exception(2)),
@@ -148,7 +158,13 @@ fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Serve the PID controller (Modbus RTU slave `slave`) on `master` until the port closes.
-pub async fn serve_pid(mut master: SerialStream, slave: u8, world: Arc<Mutex<World>>, clock: Clock, faults: Arc<PortFaults>) {
+pub async fn serve_pid(
+    mut master: SerialStream,
+    slave: u8,
+    world: Arc<Mutex<World>>,
+    clock: Clock,
+    faults: Arc<PortFaults>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     loop {
@@ -177,7 +193,9 @@ pub async fn serve_pid(mut master: SerialStream, slave: u8, world: Arc<Mutex<Wor
                 break;
             }
             let frame = &buf[..len];
-            if MODBUS_CRC.checksum(&frame[..len - 2]).to_le_bytes() != [frame[len - 2], frame[len - 1]] {
+            if MODBUS_CRC.checksum(&frame[..len - 2]).to_le_bytes()
+                != [frame[len - 2], frame[len - 1]]
+            {
                 buf.remove(0);
                 continue;
             }

@@ -141,7 +141,9 @@ impl HeaterSim {
     pub fn step<R: Rng + ?Sized>(&mut self, now_s: f64, dt: f64, rng: &mut R) {
         self.now_s = now_s;
         // sensor
-        let noise = Normal::new(0.0, self.p.sensor_noise_c.max(1e-12)).map(|n| n.sample(rng)).unwrap_or(0.0);
+        let noise = Normal::new(0.0, self.p.sensor_noise_c.max(1e-12))
+            .map(|n| n.sample(rng))
+            .unwrap_or(0.0);
         if self.faults.detached {
             self.sensor_c += (self.p.ambient_c - self.sensor_c) * (dt / 30.0).min(1.0);
         } else {

@@ -35,7 +35,11 @@ pub struct TwinError(pub String);
 
 impl TwinHandle {
     /// Serve `ports` (symbol → kind) from `world` on a dedicated thread.
-    pub fn start(world: Arc<Mutex<World>>, clock: Clock, ports: Vec<(String, TwinPortKind)>) -> Result<Self, TwinError> {
+    pub fn start(
+        world: Arc<Mutex<World>>,
+        clock: Clock,
+        ports: Vec<(String, TwinPortKind)>,
+    ) -> Result<Self, TwinError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let w = world.clone();
@@ -43,7 +47,10 @@ impl TwinHandle {
         let thread = std::thread::Builder::new()
             .name("virtual-lab".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -66,10 +73,22 @@ impl TwinHandle {
                         keep.push(pty.slave_keepalive);
                         match kind {
                             TwinPortKind::Pump => {
-                                tokio::spawn(serve_pump(pty.master, sym, w.clone(), c.clone(), faults));
+                                tokio::spawn(serve_pump(
+                                    pty.master,
+                                    sym,
+                                    w.clone(),
+                                    c.clone(),
+                                    faults,
+                                ));
                             }
                             TwinPortKind::Pid { slave } => {
-                                tokio::spawn(serve_pid(pty.master, slave, w.clone(), c.clone(), faults));
+                                tokio::spawn(serve_pid(
+                                    pty.master,
+                                    slave,
+                                    w.clone(),
+                                    c.clone(),
+                                    faults,
+                                ));
                             }
                         }
                     }

@@ -75,7 +75,12 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(landscape: Landscape, chemistry: Chemistry, thermal: ThermalParams, seed: u64) -> Self {
+    pub fn new(
+        landscape: Landscape,
+        chemistry: Chemistry,
+        thermal: ThermalParams,
+        seed: u64,
+    ) -> Self {
         let heater = HeaterSim::new(thermal);
         let t0 = heater.t_c;
         let mut history = VecDeque::new();
@@ -114,7 +119,12 @@ impl World {
                 p.advance(STEP_S);
                 let v = p.last_infused_ul;
                 flow += v;
-                cs += v * self.chemistry.cs_mmol_per_ml.get(sym).copied().unwrap_or(0.0);
+                cs += v * self
+                    .chemistry
+                    .cs_mmol_per_ml
+                    .get(sym)
+                    .copied()
+                    .unwrap_or(0.0);
             }
             if flow > 0.0 {
                 self.last_c = cs / flow;
@@ -160,9 +170,17 @@ impl World {
         }
         // the newest parcel that entered at or before `want`
         let idx = self.history.partition_point(|p| p.vol_ul <= want);
-        let p = if idx == 0 { self.history[0] } else { self.history[idx - 1] };
+        let p = if idx == 0 {
+            self.history[0]
+        } else {
+            self.history[idx - 1]
+        };
         let dt = self.t_s - p.t_s;
-        let t_eff = if dt > 1e-9 { (self.int_t - p.int_t) / dt } else { self.heater.t_c };
+        let t_eff = if dt > 1e-9 {
+            (self.int_t - p.int_t) / dt
+        } else {
+            self.heater.t_c
+        };
         (p.c, t_eff)
     }
 
