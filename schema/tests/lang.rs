@@ -446,3 +446,17 @@ fn agent_recheck_rejects_tampered_programs() {
         assert!(problems.contains(needle), "{needle} missing in\n{problems}");
     }
 }
+
+#[test]
+fn hostile_sizes_are_bounded() {
+    let lab = lab();
+    // Unknown modules emit no steps, yet repeated a billion times must not hang.
+    let d = lang::check("1000 * 1000 * 1000 * XX", &lab, &Bindings::new());
+    assert!(d.iter().any(|d| d.code == Code::UnknownSymbol));
+    assert!(d.iter().any(|d| d.code == Code::TooManySteps));
+    // Wide parallel groups in sequence would need millions of dependency edges.
+    let wide = vec!["CD"; 150].join(" | ");
+    let src = format!("100 * ({wide}) . 100 * ({wide})");
+    let d = lang::check(&src, &lab, &Bindings::new());
+    assert!(d.iter().any(|d| d.code == Code::TooManySteps), "{d:?}");
+}

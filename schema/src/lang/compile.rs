@@ -21,6 +21,8 @@ pub type Bindings = BTreeMap<String, f64>;
 pub const MAX_STEPS: usize = 10_000;
 /// Largest repeat count.
 pub const MAX_REPEAT: f64 = 1000.0;
+/// Most module visits plus dependency edges a compilation may do.
+const MAX_WORK: usize = 200_000;
 /// Unbound variables explored at both range ends (more are held at mid-range).
 const MAX_CORNER_VARS: usize = 6;
 
@@ -194,6 +196,8 @@ struct Ctx<'a> {
     bound: bool,
     steps: Vec<PendingStep>,
     too_many: bool,
+    /// Module visits and dependency edges so far (bounds the work on hostile input).
+    work: usize,
 }
 
 impl<'a> Ctx<'a> {
@@ -210,6 +214,7 @@ impl<'a> Ctx<'a> {
             bound: true,
             steps: vec![],
             too_many: false,
+            work: 0,
         }
     }
 
@@ -582,7 +587,12 @@ impl<'a> Ctx<'a> {
             return (Frag::default(), Ty::Unknown);
         }
         match f {
-            Formula::Module(m) => self.module(m),
+            Formula::Module(m) => {
+                if !self.charge(1, m.span) {
+                    return (Frag::default(), Ty::Unknown);
+                }
+                self.module(m)
+            }
             Formula::Repeat {
                 count,
                 count_span,
@@ -692,6 +702,11 @@ impl<'a> Ctx<'a> {
                             && self.steps.get(r.heads[0]).is_some_and(|s| s.setpoint);
                         if setpoint {
                             // The path is made ready before the stream starts.
+                            let span = rhs.span();
+                            let cost = l.heads.len().saturating_mul(r.tails.len());
+                            if !self.charge(cost, span) {
+                                return (Frag::default(), Ty::Unknown);
+                            }
                             for &h in &l.heads {
                                 for &t in &r.tails {
                                     if let Some(s) = self.steps.get_mut(h) {
@@ -720,12 +735,38 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Account for `cost` units of work (module visits, dependency edges); false once the
+    /// program is too large, after reporting it once.
+    fn charge(&mut self, cost: usize, span: Span) -> bool {
+        self.work = self.work.saturating_add(cost);
+        if self.work <= MAX_WORK && !self.too_many {
+            return true;
+        }
+        if !self.too_many {
+            self.too_many = true;
+            let q = std::mem::replace(&mut self.quiet, 0);
+            self.push(
+                Diagnostic::error(
+                    Code::TooManySteps,
+                    span,
+                    format!("the program would be too large (more than {MAX_STEPS} steps or {MAX_WORK} dependencies)"),
+                )
+                .with_hint("reduce the repeat counts or the size of parallel groups; split long campaigns into several experiments"),
+            );
+            self.quiet = q;
+        }
+        false
+    }
+
     fn seq(&mut self, a: Frag, b: Frag) -> Frag {
         if a.heads.is_empty() && a.tails.is_empty() {
             return b;
         }
         if b.heads.is_empty() && b.tails.is_empty() {
             return a;
+        }
+        if !self.charge(b.heads.len().saturating_mul(a.tails.len()), Span::default()) {
+            return Frag::default();
         }
         for &h in &b.heads {
             for &t in &a.tails {
