@@ -298,6 +298,7 @@ fn cases() -> Vec<Case> {
         case("flow_from_non_stream", Code::FlowFromNonStream, "H[T = 130 °C] -> UV"),
         case("flow_into_non_flow", Code::FlowIntoNonFlow, "P1[rate = 10 uL/min] -> H[T = 130 °C] -> CD"),
         case("bad_repeat", Code::BadRepeat, "2.5 * CD"),
+        case("device_conflict", Code::DeviceConflict, "CD[averages = 3] | ARM . CD[averages = 5]"),
         case("non_finite", Code::NonFinite, "let $x = 1 uL/min / 0;\nP1[rate = 5 uL/min + $x]"),
         case("too_many_steps", Code::TooManySteps, "100 * 200 * CD"),
         Case {

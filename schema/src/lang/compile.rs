@@ -60,9 +60,9 @@ pub fn analyze(src: &str, lab: &LabDescriptor, bindings: &Bindings, mode: Mode) 
     };
     let mut cx = Ctx::new(src, lab);
     cx.header(&file, bindings, mode);
-    let frag = cx.formula(&file.formula);
+    let _ = cx.formula(&file.formula);
+    cx.conflicts();
     cx.unused();
-    let _ = frag;
     let program = if mode == Mode::Compile && !has_errors(&diagnostics) && !has_errors(&cx.diags) {
         cx.program(&file)
     } else {
@@ -179,6 +179,7 @@ struct PendingStep {
     setpoint: bool,
     yields: Vec<String>,
     line: u32,
+    span: Span,
 }
 
 type Env = BTreeMap<String, f64>;
@@ -1159,6 +1160,7 @@ impl<'a> Ctx<'a> {
             setpoint: method.setpoint,
             yields: method.yields.clone(),
             line,
+            span: m.span,
         });
         let i = self.steps.len() - 1;
         Frag {
@@ -1191,9 +1193,70 @@ impl<'a> Ctx<'a> {
 
     // ------------------------------------------------------------------ scheduling
 
-    fn program(&self, file: &SourceFile) -> Option<Program> {
+    /// A device asked to do two things at once: two calls to the same device with no path
+    /// between them in the DAG (e.g. `CD | CD`). Checked for programs up to 2000 steps.
+    fn conflicts(&mut self) {
         let n = self.steps.len();
-        // Kahn's algorithm, ties broken by source order, for a deterministic topological order.
+        if !(2..=2000).contains(&n) || self.too_many {
+            return;
+        }
+        let Some(order) = self.topo_order() else {
+            return;
+        };
+        let words = n.div_ceil(64);
+        let mut anc = vec![0u64; n * words];
+        for &i in &order {
+            for &d in &self.steps[i].after {
+                for w in 0..words {
+                    let x = anc[d * words + w];
+                    anc[i * words + w] |= x;
+                }
+                anc[i * words + d / 64] |= 1 << (d % 64);
+            }
+        }
+        let ordered = |a: usize, b: usize| {
+            anc[b * words + a / 64] & (1 << (a % 64)) != 0
+                || anc[a * words + b / 64] & (1 << (b % 64)) != 0
+        };
+        let mut by_device: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let dev = s.method.split('.').next().unwrap_or_default();
+            by_device.entry(dev).or_default().push(i);
+        }
+        let mut found = Vec::new();
+        for (dev, idx) in by_device {
+            'pairs: for (k, &a) in idx.iter().enumerate() {
+                for &b in &idx[k + 1..] {
+                    if !ordered(a, b) {
+                        found.push((dev.to_string(), a, b));
+                        break 'pairs;
+                    }
+                }
+            }
+        }
+        for (dev, a, b) in found {
+            let (sa, sb) = (&self.steps[a], &self.steps[b]);
+            let (first, second) = if sa.span.start <= sb.span.start {
+                (sa, sb)
+            } else {
+                (sb, sa)
+            };
+            let mut d = Diagnostic::error(
+                Code::DeviceConflict,
+                second.span,
+                format!("`{dev}` would be asked to do two things at once: `{}` and `{}`", first.method, second.method),
+            )
+            .with_hint(format!("a device does one thing at a time: use `.` to run the `{dev}` calls one after the other"));
+            if first.span != second.span {
+                d = d.with_related(first.span, "also runs at the same time");
+            }
+            self.push(d);
+        }
+    }
+
+    /// Kahn's algorithm, ties broken by source order: a deterministic topological order.
+    fn topo_order(&self) -> Option<Vec<usize>> {
+        let n = self.steps.len();
         let mut indeg = vec![0usize; n];
         let mut out: Vec<Vec<usize>> = vec![vec![]; n];
         for (i, s) in self.steps.iter().enumerate() {
@@ -1216,9 +1279,13 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        if order.len() != n {
-            return None; // unreachable by construction: dependencies always point backwards in time
-        }
+        // Always complete by construction: dependencies point backwards in time.
+        (order.len() == n).then_some(order)
+    }
+
+    fn program(&self, file: &SourceFile) -> Option<Program> {
+        let n = self.steps.len();
+        let order = self.topo_order()?;
         let mut new_id = vec![0u32; n];
         for (k, &i) in order.iter().enumerate() {
             new_id[i] = u32::try_from(k + 1).ok()?;

@@ -88,6 +88,8 @@ pub enum Code {
     FlowFromNonStream,
     /// `->` into a device a stream cannot pass through.
     FlowIntoNonFlow,
+    /// The same device asked to do two things at once.
+    DeviceConflict,
     /// Repeat count not a whole number in 1..=1000.
     BadRepeat,
     /// A value that is not a finite number (division by zero ...).
@@ -129,6 +131,7 @@ impl Code {
             Code::JoinNonStream => "join-non-stream",
             Code::FlowFromNonStream => "flow-from-non-stream",
             Code::FlowIntoNonFlow => "flow-into-non-flow",
+            Code::DeviceConflict => "device-conflict",
             Code::BadRepeat => "bad-repeat",
             Code::NonFinite => "non-finite",
             Code::TooManySteps => "too-many-steps",
