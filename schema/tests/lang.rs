@@ -461,3 +461,27 @@ fn hostile_sizes_are_bounded() {
     let d = lang::check(&src, &lab, &Bindings::new());
     assert!(d.iter().any(|d| d.code == Code::TooManySteps), "{d:?}");
 }
+
+#[test]
+fn coarse_device_grid_against_a_finer_campaign_step_warns() {
+    // A heater that only sets whole degrees, driven by a campaign that steps T by 0.5 °C.
+    let coarse = LAB.replace(
+        "    unit = \"°C\"\n    min = 20.0\n    max = 200.0\n    resolution = 0.1",
+        "    unit = \"°C\"\n    min = 20.0\n    max = 200.0\n    resolution = 1.0",
+    );
+    assert_ne!(coarse, LAB);
+    let lab = LabDescriptor::from_toml_str(&coarse).unwrap();
+    let src = "recipe r(T: °C in 90..180 step 0.5) {\n    H[T = $T]\n}\n";
+    let warned = lang::compile(src, &lab, &vars(&[("T", 130.5)]));
+    let d: Vec<_> = warned.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(d, vec![Code::ResolutionLoss]);
+    assert_eq!(warned.program.unwrap().steps[0].request.params["T"], 131.0);
+    // On the device grid nothing is lost.
+    assert!(lang::compile(src, &lab, &vars(&[("T", 130.0)]))
+        .diagnostics
+        .is_empty());
+    // The paper's heater (0.1 °C) follows a 0.5 °C campaign step without loss.
+    assert!(lang::compile(src, &self::lab(), &vars(&[("T", 130.5)]))
+        .diagnostics
+        .is_empty());
+}
