@@ -2,6 +2,8 @@
 //! (`levenberg-marquardt` crate) with box bounds, automatic initial guesses, fit statistics,
 //! standard errors from the covariance matrix and BIC-based choice of the number of peaks.
 
+use std::cell::RefCell;
+
 use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt};
 use nalgebra::storage::Owned;
 use nalgebra::{DMatrix, DVector, Dyn};
@@ -291,10 +293,14 @@ struct Problem<'a> {
     internal: DVector<f64>,
     external: Vec<f64>,
     slopes: Vec<f64>,
+    /// Compressed Jacobian computed by the last `residuals()` call at the current parameters;
+    /// the solver asks for the Jacobian right after, at the same point.
+    cache: RefCell<Option<DMatrix<f64>>>,
 }
 
 impl Problem<'_> {
     fn set_internal(&mut self, u: &DVector<f64>) {
+        self.cache.replace(None);
         self.internal.copy_from(u);
         for (k, b) in self.bounds.iter().enumerate() {
             let (x, d) = b.to_external(u[k]);
@@ -343,18 +349,78 @@ impl Problem<'_> {
         total
     }
 
-    /// Jacobian with respect to the external parameters.
-    fn external_jacobian(&self) -> DMatrix<f64> {
+    /// Full residual vector r = model − data (scaled units).
+    fn full_residuals(&self) -> Option<DVector<f64>> {
+        let r = DVector::from_fn(self.x.len(), |i, _| {
+            self.model(&self.external, i, None) - self.y[i]
+        });
+        r.iter().all(|v| v.is_finite()).then_some(r)
+    }
+
+    /// Normal equations JᵀJ, Jᵀr and ‖r‖², accumulated row by row without storing J.
+    /// `internal` applies the bound-transform slopes (Jacobian w.r.t. internal parameters).
+    fn normal_equations(&self, internal: bool) -> Option<(DMatrix<f64>, DVector<f64>, f64)> {
         let n = self.external.len();
-        let mut j = DMatrix::zeros(self.x.len(), n);
+        // Flat row-major accumulator of the upper triangle: plain slices vectorise well.
+        let mut acc = vec![0.0; n * n];
+        let mut jtr: DVector<f64> = DVector::zeros(n);
+        let mut rr = 0.0;
         let mut g = vec![0.0; n];
         for i in 0..self.x.len() {
-            self.model(&self.external, i, Some(&mut g));
-            for k in 0..n {
-                j[(i, k)] = g[k];
+            let r = self.model(&self.external, i, Some(&mut g)) - self.y[i];
+            if internal {
+                for (gk, s) in g.iter_mut().zip(&self.slopes) {
+                    *gk *= s;
+                }
+            }
+            rr += r * r;
+            for a in 0..n {
+                let ga = g[a];
+                jtr[a] += ga * r;
+                let row = &mut acc[a * n + a..(a + 1) * n];
+                for (dst, gb) in row.iter_mut().zip(&g[a..]) {
+                    *dst += ga * gb;
+                }
             }
         }
-        j
+        let jtj = DMatrix::from_fn(n, n, |a, b| {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            acc[lo * n + hi]
+        });
+        let finite = rr.is_finite() && jtj.iter().chain(jtr.iter()).all(|v| v.is_finite());
+        finite.then_some((jtj, jtr, rr))
+    }
+
+    /// Compressed problem with the same normal equations and the same residual norm:
+    /// with JᵀJ = RᵀR (Cholesky), J' = [R; 0] and r' = [R⁻ᵀJᵀr; √(‖r‖² − ‖R⁻ᵀJᵀr‖²)].
+    /// Levenberg–Marquardt steps, predicted and actual reductions are identical to those of the
+    /// full m-row problem, but the solver's QR works on (n+1)×n instead of m×n.
+    fn compressed(&self) -> Option<(DMatrix<f64>, DVector<f64>)> {
+        let (jtj, jtr, rr) = self.normal_equations(true)?;
+        let n = jtj.nrows();
+        let chol = jtj.clone().cholesky().or_else(|| {
+            // Rank-deficient direction (e.g. a peak with zero height): a relative ridge of
+            // 1e-12 keeps the factor finite without changing well-determined directions.
+            let mut ridged = jtj.clone();
+            let scale = (0..n)
+                .map(|k| jtj[(k, k)])
+                .fold(0.0_f64, f64::max)
+                .max(1e-300);
+            for k in 0..n {
+                ridged[(k, k)] += 1e-12 * scale;
+            }
+            ridged.cholesky()
+        })?;
+        let l = chol.l();
+        let rc = l.solve_lower_triangular(&jtr)?;
+        let s = (rr - rc.norm_squared()).max(0.0).sqrt();
+        let mut jac: DMatrix<f64> = DMatrix::zeros(n + 1, n);
+        jac.view_mut((0, 0), (n, n)).copy_from(&l.transpose());
+        let mut res: DVector<f64> = DVector::zeros(n + 1);
+        res.rows_mut(0, n).copy_from(&rc);
+        res[n] = s;
+        let ok = jac.iter().chain(res.iter()).all(|v| v.is_finite());
+        ok.then_some((jac, res))
     }
 }
 
@@ -372,18 +438,16 @@ impl LeastSquaresProblem<f64, Dyn, Dyn> for Problem<'_> {
     }
 
     fn residuals(&self) -> Option<DVector<f64>> {
-        let r = DVector::from_fn(self.x.len(), |i, _| {
-            self.model(&self.external, i, None) - self.y[i]
-        });
-        r.iter().all(|v| v.is_finite()).then_some(r)
+        let (jac, res) = self.compressed()?;
+        self.cache.replace(Some(jac));
+        Some(res)
     }
 
     fn jacobian(&self) -> Option<DMatrix<f64>> {
-        let mut j = self.external_jacobian();
-        for (k, s) in self.slopes.iter().enumerate() {
-            j.column_mut(k).scale_mut(*s);
+        match self.cache.borrow_mut().take() {
+            Some(j) => Some(j),
+            None => self.compressed().map(|c| c.0),
         }
-        j.iter().all(|v| v.is_finite()).then_some(j)
     }
 }
 
@@ -498,8 +562,9 @@ fn odd(n: usize) -> usize {
 }
 
 /// Automatic initial guesses: a modpoly baseline under the peaks, scipy-style peak detection on the
-/// smoothed remainder, then second-derivative bands for shoulders, strongest first.
-/// Returns at most `max` guesses in the spectrum's units, and the noise estimate.
+/// smoothed remainder (which also sets the smoothing scale), then second-derivative bands, which
+/// locate both resolved peaks and shoulders of overlapping ones. Strongest first, at most `max`;
+/// fewer are returned when fewer stand out of the noise. Also returns the noise estimate.
 pub fn guess_peaks(
     spectrum: &Spectrum,
     settings: &FitSettings,
@@ -517,40 +582,42 @@ pub fn guess_peaks(
     } else {
         preprocess::polynomial_baseline(&uniform, base_deg, 100)?
     };
-    let mut resid = preprocess::subtract(&uniform, &base)?;
+    let resid = preprocess::subtract(&uniform, &base)?;
     let noise = peaks::estimate_noise(uniform.values());
-    let span = uniform
+    let vmax = uniform
         .values()
         .iter()
-        .fold(f64::NEG_INFINITY, |a, &b| a.max(b))
-        - uniform
-            .values()
-            .iter()
-            .fold(f64::INFINITY, |a, &b| a.min(b));
-    let max_abs = uniform.values().iter().fold(0.0_f64, |a, b| a.max(b.abs()));
+        .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let vmin = uniform
+        .values()
+        .iter()
+        .fold(f64::INFINITY, |a, &b| a.min(b));
+    let span = vmax - vmin;
+    let max_abs = vmax.abs().max(vmin.abs());
     let tiny = 1e-9 * max_abs.max(f64::MIN_POSITIVE);
     if span.is_nan() || span <= tiny {
         return Err(FitError::NoPeaksFound { noise, span });
     }
-    let window = odd((n / 60).clamp(5, 51)).min(if n % 2 == 1 { n } else { n - 1 });
-    let smooth_ok = window >= 5 && window <= n;
-    if smooth_ok {
-        resid = preprocess::smooth(&resid, window, 3)?;
-    }
+    let largest_odd = if n & 1 == 1 { n } else { n - 1 };
+    let light = odd((n / 100).clamp(5, 31)).min(largest_odd);
+    let smoothed = if light >= 5 {
+        preprocess::smooth(&resid, light, 3)?
+    } else {
+        resid.clone()
+    };
     let signs: &[f64] = if settings.allow_negative {
         &[1.0, -1.0]
     } else {
         &[1.0]
     };
     let step = uniform.mean_step_nm();
-    let (lo, hi) = uniform.range_nm();
     let min_prom = (settings.min_prominence_noise * noise)
         .max(1e-3 * span)
         .max(tiny);
-    let mut guesses: Vec<(f64, PeakGuess)> = Vec::new();
+    // (strength, guess)
+    let mut cands: Vec<(f64, PeakGuess)> = Vec::new();
     for &sign in signs {
-        let v: Vec<f64> = resid.values().iter().map(|a| sign * a).collect();
-        let sig = uniform.with_values(v)?;
+        let sig = smoothed.with_values(smoothed.values().iter().map(|a| sign * a).collect())?;
         let found = peaks::find_peaks(
             &sig,
             &PeakOptions {
@@ -558,145 +625,235 @@ pub fn guess_peaks(
                 ..PeakOptions::default()
             },
         );
+        if found.is_empty() {
+            continue;
+        }
+        // Curvature on a scale of half the narrowest detected peak: wide enough to beat the
+        // noise, narrow enough to keep close peaks apart.
+        let narrowest = found
+            .iter()
+            .map(|p| p.width_samples)
+            .fold(f64::INFINITY, f64::min);
+        let w2 = odd(((0.5 * narrowest) as usize).clamp(5, 301)).min(largest_odd);
+        let mut bands = Vec::new();
+        if w2 >= 5 {
+            let raw = resid.with_values(resid.values().iter().map(|a| sign * a).collect())?;
+            bands = peaks::curvature_bands(&raw, w2, 0.05)?;
+        }
+        let mut taken = Vec::new();
+        for b in &bands {
+            let h = sig.values()[b.index];
+            let fwhm = b
+                .inflection_width_nm
+                .map_or(10.0 * step, |w| 0.5 * w * GAUSS_FWHM_PER_SIGMA);
+            // For a Gaussian, −y''·σ² equals the height; noise bands are narrow and score low.
+            let sigma = fwhm / GAUSS_FWHM_PER_SIGMA;
+            let strength = (-b.curvature * sigma * sigma).min(h);
+            if h < min_prom || strength < min_prom {
+                continue;
+            }
+            taken.push(b.wavelength_nm);
+            cands.push((
+                strength,
+                PeakGuess {
+                    center_nm: b.wavelength_nm,
+                    height: sign * h,
+                    fwhm_nm: fwhm.max(2.0 * step),
+                },
+            ));
+        }
         for p in &found {
-            guesses.push((
+            if taken
+                .iter()
+                .any(|c| (c - p.wavelength_nm).abs() < 0.5 * p.width_nm)
+            {
+                continue;
+            }
+            cands.push((
                 p.prominence,
                 PeakGuess {
                     center_nm: p.wavelength_nm,
-                    height: sign * p.value.max(p.prominence),
+                    height: sign * p.value,
                     fwhm_nm: p.width_nm.max(2.0 * step),
                 },
             ));
         }
-        if smooth_ok {
-            let bands = peaks::curvature_bands(&sig, window, 0.05)?;
-            for b in bands.iter().filter(|b| b.is_shoulder) {
-                let val = sig.values()[b.index];
-                if val < min_prom {
-                    continue;
-                }
-                let fwhm = b
-                    .inflection_width_nm
-                    .map_or(10.0 * step, |w| 0.5 * w * GAUSS_FWHM_PER_SIGMA);
-                // Rank shoulders after clear maxima of similar size.
-                guesses.push((
-                    0.5 * val,
-                    PeakGuess {
-                        center_nm: b.wavelength_nm,
-                        height: sign * val,
-                        fwhm_nm: fwhm.max(2.0 * step),
-                    },
-                ));
+    }
+    if cands.is_empty() {
+        return Err(FitError::NoPeaksFound { noise, span });
+    }
+    cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok((cands.into_iter().map(|c| c.1).take(max).collect(), noise))
+}
+
+/// Guess for one more peak: the largest smoothed residual of `fit` on `spectrum`.
+fn residual_guess(spectrum: &Spectrum, fit: &PeakFit, allow_negative: bool) -> Option<PeakGuess> {
+    let x = spectrum.wavelength_nm();
+    let r: Vec<f64> = x
+        .iter()
+        .zip(spectrum.values())
+        .map(|(&xi, &yi)| yi - fit.model_at(xi))
+        .collect();
+    let n = r.len();
+    let w = odd((n / 50).clamp(5, 51));
+    let r = if w <= n {
+        preprocess::savgol_filter(&r, w, 2, 0, 1.0).ok()?
+    } else {
+        r
+    };
+    let key = |v: f64| if allow_negative { v.abs() } else { v };
+    let (i, v) = r
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by(|a, b| key(a.1).total_cmp(&key(b.1)))?;
+    if !allow_negative && v <= 0.0 {
+        return None;
+    }
+    let mut widths: Vec<f64> = fit.peaks.iter().map(|p| p.fwhm_nm).collect();
+    widths.sort_by(f64::total_cmp);
+    let fwhm = widths.get(widths.len() / 2).copied()?;
+    Some(PeakGuess {
+        center_nm: x[i],
+        height: v,
+        fwhm_nm: fwhm,
+    })
+}
+
+fn guesses_of(fit: &PeakFit) -> Vec<PeakGuess> {
+    fit.peaks
+        .iter()
+        .map(|p| PeakGuess {
+            center_nm: p.center_nm,
+            height: p.amplitude,
+            fwhm_nm: p.fwhm_nm,
+        })
+        .collect()
+}
+
+fn degenerate(fit: &PeakFit) -> bool {
+    fit.peaks
+        .iter()
+        .any(|p| p.params.iter().take(3).any(|q| q.at_bound))
+}
+
+/// Best fit with `n` peaks: from detection guesses and, when that is missing or degenerate, by
+/// adding one peak at the largest residual of the best (n − 1)-peak fit.
+fn best_fit_n(
+    cropped: &Spectrum,
+    prep: &Prepared,
+    settings: &FitSettings,
+    detected: &[PeakGuess],
+    n: usize,
+    previous: Option<&PeakFit>,
+) -> Result<PeakFit, FitError> {
+    let mut best: Option<PeakFit> = None;
+    let mut err = None;
+    let mut consider = |r: Result<PeakFit, FitError>, best: &mut Option<PeakFit>| match r {
+        Ok(f) => {
+            if best
+                .as_ref()
+                .is_none_or(|b| f.statistics.chi_square < b.statistics.chi_square)
+            {
+                *best = Some(f);
+            }
+        }
+        Err(e) => err = Some(e),
+    };
+    if detected.len() >= n {
+        consider(fit_prepared(prep, settings, &detected[..n]), &mut best);
+    }
+    let need_more = best.as_ref().is_none_or(degenerate);
+    if need_more {
+        if let Some(prev) = previous {
+            if let Some(extra) = residual_guess(cropped, prev, settings.allow_negative) {
+                let mut g = guesses_of(prev);
+                g.push(extra);
+                consider(fit_prepared(prep, settings, &g), &mut best);
             }
         }
     }
-    guesses.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut out: Vec<PeakGuess> = guesses.into_iter().map(|g| g.1).take(max).collect();
-    if out.is_empty() {
-        return Err(FitError::NoPeaksFound { noise, span });
+    match best {
+        Some(b) => Ok(b),
+        None => Err(err.unwrap_or(FitError::NoPeaksFound {
+            noise: 0.0,
+            span: 0.0,
+        })),
     }
-    // Fill with greedy residual maxima if fewer candidates than requested.
-    let mut remainder: Vec<f64> = resid.values().to_vec();
-    for g in &out {
-        for (i, x) in uniform.wavelength_nm().iter().enumerate() {
-            remainder[i] -=
-                lineshape::eval(LineShape::Gaussian, &[g.height, g.center_nm, g.fwhm_nm], *x);
-        }
-    }
-    while out.len() < max {
-        let (i, &v) = remainder
-            .iter()
-            .enumerate()
-            .max_by(|a, b| {
-                let ka = if settings.allow_negative {
-                    a.1.abs()
-                } else {
-                    *a.1
-                };
-                let kb = if settings.allow_negative {
-                    b.1.abs()
-                } else {
-                    *b.1
-                };
-                ka.total_cmp(&kb)
-            })
-            .unwrap_or((0, &0.0));
-        let height = if settings.allow_negative {
-            v
-        } else {
-            v.max(noise.max(1e-6 * span.abs()))
-        };
-        let fw = out
-            .iter()
-            .map(|g| g.fwhm_nm)
-            .fold(0.0_f64, f64::max)
-            .max(10.0 * step);
-        let g = PeakGuess {
-            center_nm: uniform.wavelength_nm()[i],
-            height,
-            fwhm_nm: fw.min(hi - lo),
-        };
-        for (k, x) in uniform.wavelength_nm().iter().enumerate() {
-            remainder[k] -=
-                lineshape::eval(LineShape::Gaussian, &[g.height, g.center_nm, g.fwhm_nm], *x);
-        }
-        out.push(g);
-    }
-    Ok((out, noise))
 }
 
-/// Fits peaks to a spectrum: guesses, then one Levenberg–Marquardt fit per candidate peak count.
+/// Fits peaks to a spectrum: guesses, then Levenberg–Marquardt fits. With [`PeakCount::Auto`]
+/// models with 1..=max peaks are built up one peak at a time and the lowest BIC wins.
 pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit, FitError> {
     validate(settings)?;
     let (cropped, prep) = prepare(spectrum, settings)?;
-    match settings.peaks {
-        PeakCount::Fixed(n) => {
-            let (guesses, _) = guess_peaks(&cropped, settings, n)?;
-            fit_prepared(&prep, settings, &guesses)
-        }
-        PeakCount::Auto { max } => {
-            let (guesses, _) = guess_peaks(&cropped, settings, max)?;
-            let mut best: Option<PeakFit> = None;
-            let mut candidates = Vec::new();
-            let mut last_err = None;
-            for n in 1..=guesses.len() {
-                match fit_prepared(&prep, settings, &guesses[..n]) {
-                    Ok(fit) => {
-                        candidates.push(ModelCandidate {
-                            n_peaks: n,
-                            bic: Some(fit.statistics.bic),
-                            aic: Some(fit.statistics.aic),
-                            error: None,
-                        });
-                        if best
-                            .as_ref()
-                            .is_none_or(|b| fit.statistics.bic < b.statistics.bic)
-                        {
-                            best = Some(fit);
-                        }
-                    }
-                    Err(e) => {
-                        candidates.push(ModelCandidate {
-                            n_peaks: n,
-                            bic: None,
-                            aic: None,
-                            error: Some(e.to_string()),
-                        });
-                        last_err = Some(e);
-                    }
-                }
-            }
-            match best {
-                Some(mut fit) => {
-                    fit.model_selection = candidates;
-                    Ok(fit)
-                }
-                None => Err(last_err.unwrap_or(FitError::NoPeaksFound {
-                    noise: 0.0,
-                    span: 0.0,
-                })),
+    let max = match settings.peaks {
+        PeakCount::Fixed(n) | PeakCount::Auto { max: n } => n,
+    };
+    let (detected, noise) = guess_peaks(&cropped, settings, max)?;
+    // A fit whose residuals are much larger than the noise sits in a wrong local minimum.
+    let adequate = |f: &PeakFit| {
+        !degenerate(f) && (noise <= 0.0 || f.statistics.reduced_chi_square <= 1.5 * noise * noise)
+    };
+    if let PeakCount::Fixed(n) = settings.peaks {
+        if detected.len() >= n {
+            let first = fit_prepared(&prep, settings, &detected[..n]);
+            if first.as_ref().is_ok_and(adequate) || n == 1 {
+                return first;
             }
         }
+    }
+    let mut previous: Option<PeakFit> = None;
+    let mut best: Option<PeakFit> = None;
+    let mut candidates = Vec::new();
+    let mut last_err = None;
+    let (lo_n, hi_n) = match settings.peaks {
+        PeakCount::Fixed(n) => (1, n),
+        PeakCount::Auto { max } => (1, max),
+    };
+    for n in lo_n..=hi_n {
+        match best_fit_n(&cropped, &prep, settings, &detected, n, previous.as_ref()) {
+            Ok(fit) => {
+                candidates.push(ModelCandidate {
+                    n_peaks: n,
+                    bic: Some(fit.statistics.bic),
+                    aic: Some(fit.statistics.aic),
+                    error: None,
+                });
+                let better = match settings.peaks {
+                    PeakCount::Fixed(k) => n == k,
+                    PeakCount::Auto { .. } => best
+                        .as_ref()
+                        .is_none_or(|b| fit.statistics.bic < b.statistics.bic),
+                };
+                if better {
+                    best = Some(fit.clone());
+                }
+                previous = Some(fit);
+            }
+            Err(e) => {
+                candidates.push(ModelCandidate {
+                    n_peaks: n,
+                    bic: None,
+                    aic: None,
+                    error: Some(e.to_string()),
+                });
+                last_err = Some(e);
+                break;
+            }
+        }
+    }
+    match best {
+        Some(mut fit) => {
+            if matches!(settings.peaks, PeakCount::Auto { .. }) {
+                fit.model_selection = candidates;
+            }
+            Ok(fit)
+        }
+        None => Err(last_err.unwrap_or(FitError::NoPeaksFound {
+            noise: 0.0,
+            span: 0.0,
+        })),
     }
 }
 
@@ -741,11 +898,23 @@ fn initial_baseline(
             .sum();
         prep.y[i] - peaks
     });
-    let a = DMatrix::from_fn(m, n_base, |i, k| prep.t[i].powi(k as i32));
-    a.svd(true, true)
-        .solve(&rest, 1e-12)
-        .map(|c| c.iter().copied().collect::<Vec<f64>>())
-        .ok()
+    // Normal equations of the small polynomial fit in the normalised coordinate t ∈ [−1, 1].
+    let mut ata: DMatrix<f64> = DMatrix::zeros(n_base, n_base);
+    let mut atb: DVector<f64> = DVector::zeros(n_base);
+    for i in 0..m {
+        let mut pa = 1.0;
+        for a in 0..n_base {
+            atb[a] += pa * rest[i];
+            let mut pb = 1.0;
+            for b in 0..n_base {
+                ata[(a, b)] += pa * pb;
+                pb *= prep.t[i];
+            }
+            pa *= prep.t[i];
+        }
+    }
+    ata.cholesky()
+        .map(|c| c.solve(&atb).iter().copied().collect::<Vec<f64>>())
         .filter(|c| c.iter().all(|v| v.is_finite()))
         .unwrap_or_else(|| vec![0.0; n_base])
 }
@@ -830,6 +999,7 @@ fn fit_prepared(
         internal: DVector::zeros(k),
         external: vec![0.0; k],
         slopes: vec![0.0; k],
+        cache: RefCell::new(None),
     };
     problem.set_internal(&DVector::from_vec(internal));
     let solver = LevenbergMarquardt::new().with_patience(settings.patience);
@@ -848,7 +1018,7 @@ fn fit_prepared(
     }
     // Statistics in the original units.
     let resid = problem
-        .residuals()
+        .full_residuals()
         .ok_or_else(|| FitError::Numerical("non-finite residuals at the solution".into()))?;
     let chi_scaled: f64 = resid.iter().map(|r| r * r).sum();
     let chi = chi_scaled * prep.scale * prep.scale;
@@ -866,8 +1036,9 @@ fn fit_prepared(
     let aic = lnl + 2.0 * kf;
     let bic = lnl + kf * mf.ln();
     // Covariance in scaled units: (JᵀJ)⁻¹ χ²_ν.
-    let jac = problem.external_jacobian();
-    let jtj = jac.transpose() * &jac;
+    let (jtj, _, _) = problem
+        .normal_equations(false)
+        .ok_or_else(|| FitError::Numerical("non-finite Jacobian at the solution".into()))?;
     let redchi_scaled = chi_scaled / (mf - kf);
     let cov_scaled = jtj
         .clone()

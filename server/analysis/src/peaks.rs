@@ -282,9 +282,21 @@ pub fn curvature_bands(
     }
     let maxima = local_maxima(y);
     let threshold = strongest * min_relative_curvature.clamp(0.0, 1.0);
+    // Minima of y'' that stand out (prominence) rather than every wiggle of a noisy derivative.
+    let candidates = find_peaks_on(
+        &neg,
+        x,
+        &PeakOptions {
+            height: Some(threshold),
+            prominence: Some(threshold),
+            ..PeakOptions::default()
+        },
+    );
     let mut bands = Vec::new();
-    for i in local_maxima(&neg) {
-        if neg[i] <= threshold {
+    for c in &candidates {
+        let i = c.index;
+        // A minimum split in two by noise leaves one half with a shallow prominence.
+        if neg[i] <= 0.0 || c.prominence < 0.25 * neg[i] {
             continue;
         }
         let mut l = i;

@@ -121,20 +121,25 @@ pub fn savgol_filter(
             .map(|(w, y)| w * y)
             .sum();
     }
+    // Edges: fit the polynomial to the first / last window once, evaluate its derivative.
+    let edge_poly = |ys: &[f64]| -> Vec<f64> {
+        (0..ncoef)
+            .map(|j| (0..window).map(|k| pinv[(j, k)] * ys[k]).sum::<f64>())
+            .collect()
+    };
+    let eval_deriv = |coef: &[f64], t: f64| -> f64 {
+        let mut v = 0.0;
+        for (j, c) in coef.iter().enumerate().skip(deriv) {
+            let falling: f64 = ((j - deriv + 1)..=j).map(|k| k as f64).product();
+            v += c * falling * t.powi((j - deriv) as i32);
+        }
+        v / scale
+    };
+    let left = edge_poly(&values[..window]);
+    let right = edge_poly(&values[n - window..]);
     for i in 0..half {
-        let w_left = weights_at(i as f64 - half as f64);
-        out[i] = w_left
-            .iter()
-            .zip(&values[..window])
-            .map(|(w, y)| w * y)
-            .sum();
-        let w_right = weights_at(half as f64 - i as f64);
-        let j = n - 1 - i;
-        out[j] = w_right
-            .iter()
-            .zip(&values[n - window..])
-            .map(|(w, y)| w * y)
-            .sum();
+        out[i] = eval_deriv(&left, i as f64 - half as f64);
+        out[n - 1 - i] = eval_deriv(&right, half as f64 - i as f64);
     }
     Ok(out)
 }
@@ -179,15 +184,27 @@ fn normalised_axis(x: &[f64]) -> Vec<f64> {
     x.iter().map(|v| (v - mid) / half).collect()
 }
 
-fn polyfit_eval(t: &[f64], y: &[f64], degree: usize) -> Result<Vec<f64>, PreprocessError> {
-    let a = DMatrix::from_fn(t.len(), degree + 1, |i, j| t[i].powi(j as i32));
-    let b = DVector::from_column_slice(y);
-    let coef = a
-        .clone()
-        .svd(true, true)
-        .solve(&b, 1e-12)
-        .map_err(|_| PreprocessError::Singular("polynomial baseline"))?;
-    Ok((a * coef).iter().copied().collect())
+/// Least-squares polynomial fitting on a fixed axis: the pseudo-inverse is computed once, so
+/// repeated fits (modpoly iterations) cost one matrix-vector product each.
+struct PolyFitter {
+    vander: DMatrix<f64>,
+    pinv: DMatrix<f64>,
+}
+
+impl PolyFitter {
+    fn new(t: &[f64], degree: usize) -> Result<Self, PreprocessError> {
+        let vander = DMatrix::from_fn(t.len(), degree + 1, |i, j| t[i].powi(j as i32));
+        let pinv = vander
+            .clone()
+            .pseudo_inverse(1e-12)
+            .map_err(|_| PreprocessError::Singular("polynomial baseline"))?;
+        Ok(Self { vander, pinv })
+    }
+
+    fn fit_eval(&self, y: &[f64]) -> Vec<f64> {
+        let coef = &self.pinv * DVector::from_column_slice(y);
+        (&self.vander * coef).iter().copied().collect()
+    }
 }
 
 /// Polynomial baseline of `degree`, made to pass under peaks by the "modpoly" iteration
@@ -205,20 +222,27 @@ pub fn polynomial_baseline(
         });
     }
     let t = normalised_axis(spectrum.wavelength_nm());
+    let fitter = PolyFitter::new(&t, degree)?;
     let mut work = spectrum.values().to_vec();
-    let mut fit = polyfit_eval(&t, &work, degree)?;
+    let mut fit = fitter.fit_eval(&work);
+    let span = work.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+        - work.iter().fold(f64::INFINITY, |a, &b| a.min(b));
     for _ in 0..iterations {
-        let mut changed = false;
         for (w, f) in work.iter_mut().zip(&fit) {
             if *w > *f {
                 *w = *f;
-                changed = true;
             }
         }
-        if !changed {
+        let next = fitter.fit_eval(&work);
+        // Stop once the baseline moves by less than 1e-3 of the signal span.
+        let moved = next
+            .iter()
+            .zip(&fit)
+            .fold(0.0_f64, |a, (n, f)| a.max((n - f).abs()));
+        fit = next;
+        if moved.is_nan() || moved <= 1e-3 * span {
             break;
         }
-        fit = polyfit_eval(&t, &work, degree)?;
     }
     Ok(spectrum.with_values(fit)?)
 }
