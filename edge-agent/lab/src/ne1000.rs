@@ -213,10 +213,19 @@ impl ReplyCodec {
 }
 
 impl tokio_util::codec::Decoder for ReplyCodec {
-    type Item = Reply;
-    type Error = FrameError;
+    /// A reply, or the reason a frame was skipped. Frame problems are items, not stream errors,
+    /// so a framed stream survives garbage on the line.
+    type Item = Result<Reply, FrameError>;
+    type Error = std::io::Error;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, std::io::Error> {
+        Ok(self.decode_frame(src).transpose())
+    }
+}
+
+impl ReplyCodec {
+    /// Decode one frame: `Ok(None)` = need more bytes; `Err` = a frame was skipped.
+    pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, FrameError> {
         // Skip noise up to the first STX.
         match src.iter().position(|&c| c == STX) {
             None => {
@@ -241,7 +250,7 @@ impl tokio_util::codec::Decoder for ReplyCodec {
                 STX => {
                     self.discarded += i as u64;
                     src.advance(i);
-                    return self.decode(src);
+                    return self.decode_frame(src);
                 }
                 _ => {}
             }
@@ -278,7 +287,6 @@ pub fn parse_dispensed(data: &str) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::codec::Decoder;
 
     #[test]
     fn numbers_have_four_digits() {
@@ -305,9 +313,9 @@ mod tests {
     fn frames_wait_for_whole_reply_and_skip_noise() {
         let mut c = ReplyCodec::default();
         let mut b = BytesMut::from(&b"xx\x0201S1"[..]);
-        assert!(c.decode(&mut b).unwrap().is_none());
+        assert!(c.decode_frame(&mut b).unwrap().is_none());
         b.extend_from_slice(b"4.43\x03");
-        let r = c.decode(&mut b).unwrap().unwrap();
+        let r = c.decode_frame(&mut b).unwrap().unwrap();
         assert_eq!(
             r,
             Reply {
@@ -318,11 +326,14 @@ mod tests {
         );
         assert_eq!(c.discarded, 2);
         let mut b = BytesMut::from(&b"\x0200S?OOR\x03"[..]);
-        assert_eq!(c.decode(&mut b).unwrap().unwrap().error(), Some("?OOR"));
-        let mut b = BytesMut::from(&b"\x0200Z\x03\x0200I\x03"[..]);
-        assert!(c.decode(&mut b).is_err());
         assert_eq!(
-            c.decode(&mut b).unwrap().unwrap().state,
+            c.decode_frame(&mut b).unwrap().unwrap().error(),
+            Some("?OOR")
+        );
+        let mut b = BytesMut::from(&b"\x0200Z\x03\x0200I\x03"[..]);
+        assert!(c.decode_frame(&mut b).is_err());
+        assert_eq!(
+            c.decode_frame(&mut b).unwrap().unwrap().state,
             PumpState::Infusing
         );
     }
@@ -341,7 +352,7 @@ mod tests {
             let mut b = BytesMut::new();
             for ch in chunks {
                 b.extend_from_slice(&ch);
-                while let Ok(Some(_)) | Err(_) = c.decode(&mut b) {
+                while let Ok(Some(_)) | Err(_) = c.decode_frame(&mut b) {
                     if b.is_empty() { break; }
                 }
                 proptest::prop_assert!(b.len() < MAX_FRAME + 40);

@@ -13,7 +13,7 @@ use tokio_util::codec::FramedRead;
 use super::SerialTiming;
 use crate::devices::{PumpLimits, PumpStatus, SyringePump};
 use crate::error::{check_range, DeviceError};
-use crate::ne1000::{self, Command, Direction, FrameError, PumpState, Reply, ReplyCodec};
+use crate::ne1000::{self, Command, Direction, PumpState, Reply, ReplyCodec};
 
 /// A pump on a serial port.
 pub struct Ne1000Pump {
@@ -149,16 +149,16 @@ impl Ne1000Pump {
                         *guard = None;
                         return Err(self.disconnected("end of stream"));
                     }
-                    Ok(Some(Err(FrameError::Io(e)))) => {
+                    Ok(Some(Err(e))) => {
                         *guard = None;
                         return Err(self.disconnected(e));
                     }
-                    Ok(Some(Err(e))) => {
+                    Ok(Some(Ok(Err(e)))) => {
                         // Garbage on the line: keep listening until the deadline, then resend.
                         garbage = Some(e.to_string());
                         continue;
                     }
-                    Ok(Some(Ok(reply))) => {
+                    Ok(Some(Ok(Ok(reply)))) => {
                         if reply.address != self.address {
                             garbage = Some(format!("reply from address {}", reply.address));
                             continue;

@@ -1,0 +1,273 @@
+//! Real drivers against virtual devices on real pseudo-terminals: normal operation, a device that
+//! closes mid-command, 10,000 random or partial frames, and out-of-range parameters refused before
+//! any byte is written.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maosic_lab::clock::Clock;
+use maosic_lab::devices::{
+    Direction, HeaterLimits, PumpLimits, PumpState, SyringePump, TemperatureController,
+};
+use maosic_lab::drivers::ne1000_pump::Ne1000Pump;
+use maosic_lab::drivers::pid_modbus::PidModbus;
+use maosic_lab::drivers::SerialTiming;
+use maosic_lab::error::DeviceError;
+use maosic_lab::sim::pump::PumpSim;
+use maosic_lab::sim::thermal::ThermalParams;
+use maosic_lab::sim::twin::{TwinHandle, TwinPortKind};
+use maosic_lab::sim::world::{Chemistry, World};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn twin(speed: f64) -> TwinHandle {
+    let mut w = World::new(
+        maosic_landscape::Landscape::paper(),
+        Chemistry {
+            cs_mmol_per_ml: Default::default(),
+            reactor_volume_ul: 100.0,
+        },
+        ThermalParams::default(),
+        1,
+    );
+    w.pumps.insert("P1".into(), PumpSim::new(1, 500.0));
+    let clock = Clock::new(speed).unwrap();
+    TwinHandle::start(
+        Arc::new(Mutex::new(w)),
+        clock,
+        vec![
+            ("P1".into(), TwinPortKind::Pump),
+            ("H".into(), TwinPortKind::Pid { slave: 1 }),
+        ],
+    )
+    .unwrap()
+}
+
+fn timing() -> SerialTiming {
+    SerialTiming {
+        timeout_ms: 200,
+        retries: 2,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pump_and_pid_work_over_ptys() {
+    let t = twin(100.0);
+    let p = Ne1000Pump::open(
+        "P1",
+        t.path("P1").unwrap(),
+        19200,
+        1,
+        PumpLimits::default(),
+        timing(),
+    )
+    .unwrap();
+    assert!(p.version().await.unwrap().starts_with("NE1000"));
+    p.set_diameter(3.26).await.unwrap();
+    p.set_direction(Direction::Infuse).await.unwrap();
+    p.set_rate(600.0).await.unwrap();
+    p.set_volume(100.0).await.unwrap();
+    p.run().await.unwrap();
+    assert_eq!(p.status().await.unwrap().state, PumpState::Infusing);
+    t.clock.sleep(Duration::from_secs(20)).await; // 100 µL at 600 µL/min = 10 s
+    let st = p.status().await.unwrap();
+    println!("pump after 20 s lab: {st:?}");
+    assert_eq!(st.state, PumpState::Stopped);
+    assert!((st.infused_ul - 100.0).abs() < 0.5);
+
+    let h = PidModbus::open(
+        "H",
+        t.path("H").unwrap(),
+        9600,
+        1,
+        HeaterLimits::default(),
+        timing(),
+    )
+    .unwrap();
+    h.set_setpoint(120.5).await.unwrap();
+    h.set_enabled(true).await.unwrap();
+    h.refresh_lease().await.unwrap();
+    let r = h.read().await.unwrap();
+    assert_eq!(r.sp_c, 120.5);
+    assert!(r.enabled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_closed_mid_command_fails_without_hanging() {
+    let t = twin(10.0);
+    let p = Ne1000Pump::open(
+        "P1",
+        t.path("P1").unwrap(),
+        19200,
+        1,
+        PumpLimits::default(),
+        timing(),
+    )
+    .unwrap();
+    p.version().await.unwrap();
+    t.faults("P1")
+        .unwrap()
+        .close_on_next
+        .store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let e = p.set_rate(10.0).await.unwrap_err();
+    let el = t0.elapsed();
+    println!("pump closed mid-command: {e} after {el:?}");
+    assert!(matches!(
+        e,
+        DeviceError::Disconnected { .. } | DeviceError::Timeout { .. }
+    ));
+    assert!(el < Duration::from_secs(2));
+    // and it stays a clean error afterwards
+    assert!(p.version().await.is_err());
+
+    let h = PidModbus::open(
+        "H",
+        t.path("H").unwrap(),
+        9600,
+        1,
+        HeaterLimits::default(),
+        timing(),
+    )
+    .unwrap();
+    h.read().await.unwrap();
+    t.faults("H")
+        .unwrap()
+        .close_on_next
+        .store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let e = h.read().await.unwrap_err();
+    println!("PID closed mid-command: {e} after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_random_or_partial_frames_never_panic() {
+    // A hostile "pump": answers every command with noise, partial frames, wrong addresses and
+    // sometimes a valid reply.
+    let pty = maosic_lab::pty::open().unwrap();
+    let mut master = pty.master;
+    let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f2 = frames.clone();
+    let server = tokio::spawn(async move {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match master.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if !buf[..n].contains(&b'\r') {
+                continue;
+            }
+            let mut out = Vec::new();
+            for _ in 0..rng.random_range(8..16) {
+                let kind = rng.random_range(0..6);
+                match kind {
+                    0 => out.extend((0..rng.random_range(1..40)).map(|_| rng.random::<u8>())),
+                    1 => out.extend_from_slice(&b"\x0201S12.5"[..rng.random_range(1..8)]), // partial
+                    2 => out.extend_from_slice(b"\x0299S\x03"), // other address
+                    3 => out.extend_from_slice(b"\x0201Z\x03"), // bad status
+                    4 => {
+                        out.push(2);
+                        out.extend((0..60).map(|_| b'9')); // too long
+                    }
+                    _ => out.extend_from_slice(b"\x02\x03"),
+                }
+                f2.fetch_add(1, Ordering::Relaxed);
+            }
+            if rng.random_bool(0.5) {
+                out.extend_from_slice(b"\x0201S\x03");
+            }
+            if master.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let p = Ne1000Pump::open(
+        "P1",
+        &pty.slave_path,
+        19200,
+        1,
+        PumpLimits::default(),
+        SerialTiming {
+            timeout_ms: 15,
+            retries: 1,
+        },
+    )
+    .unwrap();
+    let (mut ok, mut err) = (0u32, 0u32);
+    let t0 = Instant::now();
+    while frames.load(Ordering::Relaxed) < 10_000 {
+        match p.set_rate(12.5).await {
+            Ok(()) => ok += 1,
+            Err(DeviceError::Disconnected { .. }) => panic!("port lost"),
+            Err(_) => err += 1,
+        }
+    }
+    println!(
+        "{} hostile frames over {} commands in {:?}: {ok} ok, {err} clean errors, 0 panics",
+        frames.load(Ordering::Relaxed),
+        ok + err,
+        t0.elapsed()
+    );
+    assert!(ok > 0 && err > 0);
+    server.abort();
+    drop(pty.slave_keepalive);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_parameters_write_no_bytes() {
+    let t = twin(10.0);
+    let limits = PumpLimits {
+        max_rate_ul_min: 500.0,
+        syringe_volume_ul: 500.0,
+        min_diameter_mm: 1.0,
+        max_diameter_mm: 30.0,
+    };
+    let p = Ne1000Pump::open("P1", t.path("P1").unwrap(), 19200, 1, limits, timing()).unwrap();
+    let h = PidModbus::open(
+        "H",
+        t.path("H").unwrap(),
+        9600,
+        1,
+        HeaterLimits::default(),
+        timing(),
+    )
+    .unwrap();
+    let (fp, fh) = (t.faults("P1").unwrap(), t.faults("H").unwrap());
+    let before = (
+        p.bytes_written(),
+        fp.bytes_received.load(Ordering::SeqCst),
+        h.transactions(),
+        fh.bytes_received.load(Ordering::SeqCst),
+    );
+    let mut refused = 0;
+    for r in [
+        p.set_rate(501.0).await,
+        p.set_rate(-1.0).await,
+        p.set_rate(f64::NAN).await,
+        p.set_volume(600.0).await,
+        p.set_diameter(0.5).await,
+        p.set_diameter(f64::INFINITY).await,
+        h.set_setpoint(250.0).await,
+        h.set_setpoint(-5.0).await,
+        h.set_setpoint(f64::NAN).await,
+    ] {
+        assert!(matches!(r, Err(DeviceError::OutOfRange { .. })), "{r:?}");
+        refused += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = (
+        p.bytes_written(),
+        fp.bytes_received.load(Ordering::SeqCst),
+        h.transactions(),
+        fh.bytes_received.load(Ordering::SeqCst),
+    );
+    println!(
+        "{refused} out-of-range calls refused; bytes written before/after: {before:?} / {after:?}"
+    );
+    assert_eq!(before, after);
+}

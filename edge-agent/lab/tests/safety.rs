@@ -1,0 +1,243 @@
+//! Safety kernel scenarios (RELIABILITY "safety" rows) on the virtual lab, each printing its figures.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use maosic_lab::config::{LabConfig, LinkLossPolicy, PAPER_VIRTUAL_TOML};
+use maosic_lab::executor::ExecOptions;
+use maosic_lab::lab::Lab;
+use maosic_lab::safety::FaultKind;
+use maosic_schema::program::{Program, RpcRequest, Step};
+use tokio_util::sync::CancellationToken;
+
+async fn lab(speed: f64) -> Lab {
+    let mut c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
+    c.twin.speed = speed;
+    Lab::build(c).await.unwrap()
+}
+
+fn params(p: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    p.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn output(lab: &Lab) -> f64 {
+    lab.twin().unwrap().with_world(|w| w.heater.output_pct)
+}
+
+/// Poll (wall clock, 1 ms) until `f` holds; returns lab seconds waited.
+async fn until(lab: &Lab, limit_lab_s: f64, f: impl Fn(&Lab) -> bool) -> Option<f64> {
+    let t0 = lab.clock.now_s();
+    while lab.clock.now_s() - t0 < limit_lab_s {
+        if f(lab) {
+            return Some(lab.clock.now_s() - t0);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+async fn heat_to(lab: &Lab, t: f64) {
+    if let Err(e) = lab.call("H.set_temperature", &params(&[("T", t)])).await {
+        panic!("{e}: faults {:?}", lab.kernel().faults());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_with_safe_stop_cuts_heater_within_3_s() {
+    let lab = lab(50.0).await;
+    let program = Program {
+        format: 1,
+        recipe: None,
+        lab: "paper-lab".into(),
+        variables: Default::default(),
+        steps: vec![Step {
+            id: 1,
+            request: RpcRequest {
+                jsonrpc: "2.0".into(),
+                id: 1,
+                method: "H.set_temperature".into(),
+                params: params(&[("T", 150.0)]),
+            },
+            after: vec![],
+            start_ms: 0,
+            duration_ms: 120_000,
+            yields: vec!["temperature".into()],
+            line: 1,
+        }],
+        estimated_duration_ms: 120_000,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let run = async {
+        lab.run_program(
+            &program,
+            ExecOptions {
+                program_id: None,
+                link_loss: Some(LinkLossPolicy::SafeStop),
+            },
+            tx,
+            CancellationToken::new(),
+        )
+        .await
+    };
+    let cut = async {
+        until(&lab, 60.0, |l| output(l) > 50.0).await.unwrap();
+        let t0 = lab.clock.now_s();
+        assert_eq!(lab.link_lost().await, Some(LinkLossPolicy::SafeStop));
+        let dt = until(&lab, 10.0, |l| output(l) == 0.0).await.unwrap();
+        (t0, dt)
+    };
+    let (report, (_, dt)) = tokio::join!(run, cut);
+    println!(
+        "link cut while heating (safe_stop): heater output 0 after {dt:.2} s lab; program {:?}",
+        report.outcome
+    );
+    assert!(dt <= 3.0);
+    assert_eq!(report.outcome, maosic_lab::record::Outcome::Canceled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_above_max_and_sensor_break_cut_output_within_one_period_and_latch() {
+    let lab = lab(50.0).await;
+    let period = lab.config.safety.control_period_s;
+    heat_to(&lab, 130.0).await;
+    lab.twin()
+        .unwrap()
+        .with_world(|w| w.heater.faults.offset_c = 100.0);
+    let dt = until(&lab, 10.0, |l| output(l) == 0.0).await.unwrap();
+    let _dt_fault = until(&lab, 10.0, |l| !l.kernel().faults().is_empty())
+        .await
+        .unwrap();
+    let faults = lab.kernel().faults();
+    println!(
+        "sensor reads 230 °C (> 200): output 0 after {dt:.2} s lab (period {period} s); fault {:?}",
+        faults[0].kind
+    );
+    assert!(dt <= period);
+    assert_eq!(faults[0].kind, FaultKind::OverTemperature);
+    // latched: calls refused, reset restarts nothing
+    assert!(lab
+        .call("H.set_temperature", &params(&[("T", 100.0)]))
+        .await
+        .is_err());
+    lab.twin()
+        .unwrap()
+        .with_world(|w| w.heater.faults.offset_c = 0.0);
+    lab.clock.sleep(Duration::from_secs(2)).await; // the sensor reads normal again
+    lab.kernel().reset().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let enabled = lab.twin().unwrap().with_world(|w| w.heater.enabled);
+    println!("after reset: heater enabled = {enabled}");
+    assert!(!enabled);
+
+    drop(lab);
+    let lab = self::lab(50.0).await;
+    heat_to(&lab, 120.0).await;
+    lab.twin()
+        .unwrap()
+        .with_world(|w| w.heater.faults.broken = true);
+    let dt = until(&lab, 10.0, |l| output(l) == 0.0).await.unwrap();
+    until(&lab, 10.0, |l| {
+        l.kernel()
+            .faults()
+            .iter()
+            .any(|f| f.kind == FaultKind::SensorBreak)
+    })
+    .await
+    .unwrap();
+    println!("sensor break: output 0 after {dt:.2} s lab, fault latched");
+    assert!(dt <= period);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_sensor_is_caught_as_runaway() {
+    let lab = lab(50.0).await;
+    let period = lab.config.safety.control_period_s;
+    // start heating towards 170 °C, detach the thermocouple 5 s in
+    let l2 = &lab;
+    let heat = async { l2.call("H.set_temperature", &params(&[("T", 170.0)])).await };
+    let inject = async {
+        lab.clock.sleep(Duration::from_secs(5)).await;
+        lab.twin()
+            .unwrap()
+            .with_world(|w| w.heater.faults.detached = true);
+        let t0 = lab.clock.now_s();
+        let detect = until(&lab, 120.0, |l| {
+            l.kernel()
+                .faults()
+                .iter()
+                .any(|f| f.kind == FaultKind::Runaway)
+        })
+        .await
+        .unwrap();
+        let off = until(&lab, 10.0, |l| output(l) == 0.0).await.unwrap();
+        (t0, detect, off)
+    };
+    let (r, (_, detect, off)) = tokio::join!(heat, inject);
+    println!("detached sensor: runaway detected {detect:.1} s after detaching (window 20 s), output 0 {off:.2} s later; set_temperature -> {}", r.is_err());
+    assert!(detect <= 20.0 + 2.0 * period + 5.0);
+    assert!(off <= period);
+    assert!(r.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estop_reaches_safe_state_within_one_period() {
+    let lab = lab(50.0).await;
+    heat_to(&lab, 100.0).await;
+    lab.call("P1.set_rate", &params(&[("rate", 50.0)]))
+        .await
+        .unwrap();
+    let r = lab.estop().await;
+    let (out, running) = lab
+        .twin()
+        .unwrap()
+        .with_world(|w| (w.heater.output_pct, w.pumps.values().any(|p| p.running)));
+    println!("e-stop: safe state in {:.3} s lab / {:.1} ms wall; heater output {out}, pumps running {running}", r.lab_s, r.wall_ms);
+    assert!(r.lab_s <= lab.config.safety.control_period_s);
+    assert!(r.failures.is_empty());
+    assert!(!running);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(output(&lab), 0.0);
+}
+
+/// The agent's runtime is blocked (a current-thread runtime sleeping) while a pump moves and the
+/// heater runs: the wall-clock watchdog writes the safe-state frames to the ports itself.
+#[test]
+fn blocked_runtime_during_pump_move_reaches_safe_state_within_watchdog_period() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lab = lab(10.0).await;
+        let wd = lab.config.safety.watchdog_ms;
+        lab.call("H.set_temperature", &params(&[("T", 60.0)])).await.unwrap();
+        lab.call("P1.set_rate", &params(&[("rate", 20.0)])).await.unwrap();
+        let world = lab.twin().unwrap().world.clone();
+        let running = |w: &std::sync::Mutex<maosic_lab::sim::world::World>| {
+            let w = w.lock().unwrap();
+            w.pumps.get("P1").unwrap().running || w.heater.enabled
+        };
+        assert!(running(&world));
+        // observer thread measures when the devices became safe
+        let w2 = world.clone();
+        let t0 = Instant::now();
+        let observer = std::thread::spawn(move || {
+            while t0.elapsed() < Duration::from_secs(5) {
+                if !running(&w2) {
+                    return Some(t0.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            None
+        });
+        std::thread::sleep(Duration::from_millis(wd * 2)); // block the agent runtime
+        let safe_after = observer.join().unwrap().expect("devices never reached the safe state");
+        println!("runtime blocked: pump stopped and heater off {safe_after:?} after the block (watchdog {wd} ms)");
+        assert!(safe_after <= Duration::from_millis(wd + 300));
+        // the kernel latches the watchdog fault once it runs again
+        let latched = until(&lab, 100.0, |l| l.kernel().faults().iter().any(|f| f.kind == FaultKind::Watchdog)).await;
+        assert!(latched.is_some());
+    });
+}
