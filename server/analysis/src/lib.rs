@@ -6,6 +6,7 @@
 //!
 //! Modules, from raw data to objective value:
 //! - [`spectrum`]: the validated [`Spectrum`] type every other function takes.
+//! - [`csv`]: two-column text (header, `wavelength_nm,value`) into a `Spectrum`.
 //! - [`preprocess`]: Savitzky–Golay, polynomial / ALS baselines, crop, resample, absorbance.
 //! - [`peaks`]: scipy-compatible `find_peaks` and second-derivative shoulder detection.
 //! - [`lineshape`]: Gaussian, Lorentzian, Voigt, pseudo-Voigt with analytic derivatives.
@@ -13,6 +14,7 @@
 //! - [`features`]: first exciton peak, CD at it, CD extremum, g-factor; `analyse_experiment`.
 //! - [`objective`]: `maximize abs(cd_at_exciton)`-style expressions.
 
+pub mod csv;
 pub mod features;
 pub mod fit;
 pub mod lineshape;
@@ -21,6 +23,7 @@ pub mod peaks;
 pub mod preprocess;
 pub mod spectrum;
 
+pub use csv::{parse_spectrum_csv, CsvError};
 pub use features::{
     analyse_experiment, AnalysisError, AnalysisSettings, ExperimentAnalysis, Feature, Features,
 };
