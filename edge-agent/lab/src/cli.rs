@@ -273,7 +273,7 @@ pub async fn run_devices(args: DevicesArgs) -> anyhow::Result<i32> {
             .zip(&pings)
             .map(|((s, k, d, p), (_, r))| {
                 serde_json::json!({"symbol": s, "kind": k, "driver": d, "port": p,
-                    "ok": r.is_ok(), "reply": r.as_ref().map(|x| x.clone()).unwrap_or_else(|e| e.to_string())})
+                    "ok": r.is_ok(), "reply": match r { Ok(x) => x.clone(), Err(e) => e.to_string() }})
             })
             .collect();
         println!(

@@ -132,7 +132,7 @@ impl Lab {
                     DriverKind::Ne1000 => {
                         let cap = d
                             .pump_limits()
-                            .map_err(|e| LabError::Landscape(e))?
+                            .map_err(LabError::Landscape)?
                             .syringe_volume_ul;
                         world
                             .pumps
@@ -812,6 +812,25 @@ impl Lab {
         Ok(out)
     }
 
+    /// Bring the agent's syringe book up to date from the pump's dispensed counters, then clear them.
+    async fn sync_book(p: &dyn SyringePump, b: &mut PumpBook) -> Result<(), DeviceError> {
+        if !b.initialised {
+            p.stop().await?;
+            p.set_diameter(b.diameter_mm).await?;
+            p.clear_dispensed().await?;
+            b.initialised = true;
+            return Ok(());
+        }
+        let mut st = p.status().await?;
+        if st.alarm.is_some() {
+            // the alarm was reported once; read the counters again
+            st = p.status().await?;
+        }
+        b.content_ul = (b.content_ul - st.infused_ul + st.withdrawn_ul)
+            .clamp(0.0, p.limits().syringe_volume_ul);
+        p.clear_dispensed().await
+    }
+
     async fn pump_refill(&self, sym: &str, p: &dyn SyringePump) -> Result<f64, DeviceError> {
         let mut books = self.books.lock().await;
         let cap = p.limits().syringe_volume_ul;
@@ -819,9 +838,10 @@ impl Lab {
         let Some(b) = books.get_mut(sym) else {
             return Ok(cap);
         };
+        p.stop().await?;
+        Self::sync_book(p, b).await?;
         let need = cap - b.content_ul;
         if need > 0.5 {
-            p.stop().await?;
             p.set_direction(Direction::Withdraw).await?;
             p.set_rate(rate).await?;
             p.set_volume(need.min(cap)).await?;
@@ -829,7 +849,6 @@ impl Lab {
             self.clock
                 .sleep(Duration::from_secs_f64(need / rate * 60.0))
                 .await;
-            // wait until the pump reports it stopped
             for _ in 0..50 {
                 let st = p.status().await?;
                 if st.state != PumpState::Withdrawing {
@@ -837,8 +856,9 @@ impl Lab {
                 }
                 self.clock.sleep(Duration::from_secs(1)).await;
             }
+            p.stop().await?;
+            Self::sync_book(p, b).await?;
             p.set_direction(Direction::Infuse).await?;
-            b.content_ul = cap;
         }
         Ok(b.content_ul)
     }
@@ -850,26 +870,13 @@ impl Lab {
         rate: f64,
         volume: f64,
     ) -> Result<CallOutput, DeviceError> {
-        // book-keeping from the pump's own dispensed counters
+        p.stop().await?;
         {
             let mut books = self.books.lock().await;
             if let Some(b) = books.get_mut(sym) {
-                if !b.initialised {
-                    p.stop().await?;
-                    p.set_diameter(b.diameter_mm).await?;
-                    p.clear_dispensed().await?;
-                    b.initialised = true;
-                } else {
-                    let st = p.status().await?;
-                    if st.alarm.is_none() {
-                        b.content_ul = (b.content_ul - st.infused_ul + st.withdrawn_ul)
-                            .clamp(0.0, p.limits().syringe_volume_ul);
-                        p.clear_dispensed().await?;
-                    }
-                }
+                Self::sync_book(p, b).await?;
             }
         }
-        p.stop().await?;
         if rate <= 0.0 {
             return Ok(CallOutput {
                 result: json!({"rate_ul_min": 0.0, "running": false}),

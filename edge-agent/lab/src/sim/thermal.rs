@@ -233,7 +233,7 @@ impl HeaterSim {
                 self.lease_expired = false;
             }
             regs::ALARM_RESET => {
-                if value == 1 && !(self.pv_c >= self.high_alarm_c) {
+                if value == 1 && self.pv_c < self.high_alarm_c {
                     self.high_latched = false;
                 }
             }
