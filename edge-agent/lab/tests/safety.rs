@@ -241,3 +241,99 @@ fn blocked_runtime_during_pump_move_reaches_safe_state_within_watchdog_period() 
         assert!(latched.is_some());
     });
 }
+
+/// Shutdown or panic: `Drop` writes the raw safe-state frames to the serial ports without a
+/// runtime. Checked here through the same path, with the lab still alive to observe the twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_frames_stop_pumps_and_heater_without_the_runtime() {
+    let lab = lab(20.0).await;
+    heat_to(&lab, 80.0).await;
+    lab.call("P1.set_rate", &params(&[("rate", 30.0)]))
+        .await
+        .unwrap();
+    lab.call("P3.set_rate", &params(&[("rate", 30.0)]))
+        .await
+        .unwrap();
+    let written = std::thread::scope(|s| s.spawn(|| lab.kernel().emergency_all()).join().unwrap());
+    let dt = until(&lab, 10.0, |l| {
+        l.twin()
+            .unwrap()
+            .with_world(|w| !w.heater.enabled && w.pumps.values().all(|p| !p.running))
+    })
+    .await;
+    println!("emergency frames written to {written} ports; heater off and pumps stopped after {dt:?} s lab");
+    assert_eq!(written, 4);
+    assert!(dt.is_some());
+}
+
+/// Link lost with policy "hold": dosing stops, the heater keeps its setpoint, no new step starts
+/// until the link is back; then the program completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_loss_hold_pauses_and_resumes() {
+    let lab = lab(50.0).await;
+    let mk = |id: u32, method: &str, p: &[(&str, f64)], after: Vec<u32>| Step {
+        id,
+        request: RpcRequest {
+            jsonrpc: "2.0".into(),
+            id: u64::from(id),
+            method: method.into(),
+            params: params(p),
+        },
+        after,
+        start_ms: 0,
+        duration_ms: 1000,
+        yields: vec![],
+        line: 1,
+    };
+    let program = Program {
+        format: 1,
+        recipe: None,
+        lab: "paper-lab".into(),
+        variables: Default::default(),
+        steps: vec![
+            mk(1, "H.set_temperature", &[("T", 60.0)], vec![]),
+            mk(2, "P1.set_rate", &[("rate", 30.0)], vec![1]),
+            mk(
+                3,
+                "UV.acquire",
+                &[("integration", 10_000.0), ("averages", 10.0)],
+                vec![2],
+            ),
+            mk(4, "P1.stop", &[], vec![3]),
+        ],
+        estimated_duration_ms: 10_000,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let run = lab.run_program(
+        &program,
+        ExecOptions {
+            program_id: Some("hold".into()),
+            link_loss: Some(LinkLossPolicy::Hold),
+        },
+        tx,
+        CancellationToken::new(),
+    );
+    let ctl = async {
+        until(&lab, 600.0, |l| {
+            l.twin().unwrap().with_world(|w| w.pumps["P1"].running)
+        })
+        .await
+        .unwrap();
+        assert_eq!(lab.link_lost().await, Some(LinkLossPolicy::Hold));
+        let (pump, heater) = lab
+            .twin()
+            .unwrap()
+            .with_world(|w| (w.pumps["P1"].running, w.heater.enabled));
+        lab.clock.sleep(Duration::from_secs(200)).await;
+        lab.link_restored();
+        (pump, heater)
+    };
+    let (report, (pump, heater)) = tokio::join!(run, ctl);
+    println!(
+        "hold: pump running {pump}, heater enabled {heater} while held; program {:?}",
+        report.outcome
+    );
+    assert!(!pump && heater);
+    assert_eq!(report.outcome, maosic_lab::record::Outcome::Succeeded);
+}
