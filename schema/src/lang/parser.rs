@@ -143,7 +143,7 @@ impl Parser {
 
     fn file(&mut self) -> PResult<Parts> {
         if word_is(&self.peek().tok, "recipe") {
-            let kw = self.bump().span;
+            self.bump();
             let (name, name_span) = self.word("a recipe name")?;
             let open = self
                 .expect(Tok::LParen, "`(` and the recipe's variables")?
@@ -166,7 +166,6 @@ impl Parser {
             if !self.at(&Tok::Eof) {
                 return Err(self.unexpected("the end of the text after the recipe"));
             }
-            let _ = kw;
             Ok(Parts {
                 recipe: Some((
                     RecipeHeader {
