@@ -6,7 +6,7 @@
 //! declared ranges (check mode), so range errors show up before an optimizer picks a point.
 
 use super::ast::*;
-use super::diagnostic::{has_errors, line_col, Code, Diagnostic, Span};
+use super::diagnostic::{has_errors, Code, Diagnostic, Span};
 use super::parser::parse;
 use crate::capability::{DeviceDescriptor, LabDescriptor, MethodDescriptor, ParamDescriptor};
 use crate::program::{BoundVariable, Program, RpcRequest, Step, PROGRAM_FORMAT};
@@ -185,7 +185,8 @@ struct PendingStep {
 type Env = BTreeMap<String, f64>;
 
 struct Ctx<'a> {
-    src: &'a str,
+    /// Byte offsets where lines start (for step line numbers).
+    line_starts: Vec<usize>,
     lab: &'a LabDescriptor,
     diags: Vec<Diagnostic>,
     quiet: u32,
@@ -202,9 +203,11 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(src: &'a str, lab: &'a LabDescriptor) -> Self {
+    fn new(src: &str, lab: &'a LabDescriptor) -> Self {
         Ctx {
-            src,
+            line_starts: std::iter::once(0)
+                .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
             lab,
             diags: vec![],
             quiet: 0,
@@ -1151,7 +1154,8 @@ impl<'a> Ctx<'a> {
                 duration_ms = duration_ms.saturating_add((secs * 1000.0).round() as u64);
             }
         }
-        let (line, _) = line_col(self.src, m.span.start);
+        let line = u32::try_from(self.line_starts.partition_point(|&s| s <= m.span.start))
+            .unwrap_or(u32::MAX);
         self.steps.push(PendingStep {
             method: format!("{}.{}", m.symbol, method.name),
             params,
