@@ -248,4 +248,63 @@ fn main() {
     }
     println!();
     println!("Python side: {py_note}");
+
+    // Other modes of this library on the same spectra (no lmfit counterpart run here).
+    println!();
+    println!("| maosic-analysis mode (same spectra) | converged | median time per fit (ms) |");
+    println!("|---|---|---|");
+    let modes: [(&str, LineShape, PeakCount); 5] = [
+        (
+            "Lorentzian, 3 peaks",
+            LineShape::Lorentzian,
+            PeakCount::Fixed(3),
+        ),
+        (
+            "pseudo-Voigt, 3 peaks",
+            LineShape::PseudoVoigt,
+            PeakCount::Fixed(3),
+        ),
+        ("Voigt, 3 peaks", LineShape::Voigt, PeakCount::Fixed(3)),
+        (
+            "Gaussian, automatic count (1..=5, BIC)",
+            LineShape::Gaussian,
+            PeakCount::Auto { max: 5 },
+        ),
+        (
+            "Voigt, automatic count (1..=5, BIC)",
+            LineShape::Voigt,
+            PeakCount::Auto { max: 5 },
+        ),
+    ];
+    for (name, shape, peaks) in modes {
+        let st = FitSettings {
+            shape,
+            peaks,
+            ..settings.clone()
+        };
+        let mut ok = 0;
+        let mut chose_three = 0;
+        let mut times = Vec::new();
+        for (s, _) in spectra.iter().take(30) {
+            let t0 = Instant::now();
+            let r = fit_peaks(s, &st);
+            times.push(t0.elapsed().as_secs_f64());
+            if let Ok(f) = r {
+                ok += 1;
+                if f.peaks.len() == 3 {
+                    chose_three += 1;
+                }
+            }
+        }
+        let note = if matches!(peaks, PeakCount::Auto { .. }) {
+            format!(" ({chose_three} chose 3 peaks)")
+        } else {
+            String::new()
+        };
+        println!(
+            "| {name} | {ok} / {}{note} | {:.3} |",
+            times.len(),
+            1e3 * median(&times)
+        );
+    }
 }

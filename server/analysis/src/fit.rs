@@ -74,7 +74,7 @@ impl Default for FitSettings {
             allow_negative: false,
             fwhm_bounds_nm: None,
             min_prominence_noise: 5.0,
-            patience: 200,
+            patience: 100,
         }
     }
 }
@@ -309,50 +309,36 @@ impl Problem<'_> {
         }
     }
 
-    fn model(&self, p: &[f64], i: usize, grad: Option<&mut [f64]>) -> f64 {
+    /// Peaks prepared for evaluation at the current parameters.
+    fn profiles(&self, p: &[f64]) -> Vec<lineshape::Profile> {
         let np = self.shape.n_params();
-        let mut scratch = [0.0; 4];
+        (0..self.n_peaks)
+            .map(|j| lineshape::Profile::new(self.shape, &p[j * np..(j + 1) * np]))
+            .collect()
+    }
+
+    fn model(&self, profiles: &[lineshape::Profile], p: &[f64], i: usize, grad: &mut [f64]) -> f64 {
+        let np = self.shape.n_params();
         let mut total = 0.0;
-        match grad {
-            Some(g) => {
-                for j in 0..self.n_peaks {
-                    let pp = &p[j * np..(j + 1) * np];
-                    total += lineshape::eval_with_grad(
-                        self.shape,
-                        pp,
-                        self.x[i],
-                        &mut g[j * np..(j + 1) * np],
-                    );
-                }
-                let off = self.n_peaks * np;
-                let mut tp = 1.0;
-                for k in 0..self.n_base {
-                    g[off + k] = tp;
-                    total += p[off + k] * tp;
-                    tp *= self.t[i];
-                }
-            }
-            None => {
-                for j in 0..self.n_peaks {
-                    let pp = &p[j * np..(j + 1) * np];
-                    total +=
-                        lineshape::eval_with_grad(self.shape, pp, self.x[i], &mut scratch[..np]);
-                }
-                let off = self.n_peaks * np;
-                let mut tp = 1.0;
-                for k in 0..self.n_base {
-                    total += p[off + k] * tp;
-                    tp *= self.t[i];
-                }
-            }
+        for (j, prof) in profiles.iter().enumerate() {
+            total += prof.eval(self.x[i], &mut grad[j * np..(j + 1) * np]);
+        }
+        let off = self.n_peaks * np;
+        let mut tp = 1.0;
+        for k in 0..self.n_base {
+            grad[off + k] = tp;
+            total += p[off + k] * tp;
+            tp *= self.t[i];
         }
         total
     }
 
     /// Full residual vector r = model − data (scaled units).
     fn full_residuals(&self) -> Option<DVector<f64>> {
+        let profiles = self.profiles(&self.external);
+        let mut g = vec![0.0; self.external.len()];
         let r = DVector::from_fn(self.x.len(), |i, _| {
-            self.model(&self.external, i, None) - self.y[i]
+            self.model(&profiles, &self.external, i, &mut g) - self.y[i]
         });
         r.iter().all(|v| v.is_finite()).then_some(r)
     }
@@ -366,8 +352,9 @@ impl Problem<'_> {
         let mut jtr: DVector<f64> = DVector::zeros(n);
         let mut rr = 0.0;
         let mut g = vec![0.0; n];
+        let profiles = self.profiles(&self.external);
         for i in 0..self.x.len() {
-            let r = self.model(&self.external, i, Some(&mut g)) - self.y[i];
+            let r = self.model(&profiles, &self.external, i, &mut g) - self.y[i];
             if internal {
                 for (gk, s) in g.iter_mut().zip(&self.slopes) {
                     *gk *= s;
@@ -826,10 +813,20 @@ pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit,
                         .as_ref()
                         .is_none_or(|b| fit.statistics.bic < b.statistics.bic),
                 };
+                // Forward selection: one more peak that does not lower the BIC ends the search, and
+                // so do residuals already at the noise level (a further peak would only fit noise,
+                // and fits with a superfluous peak are the slowest to converge).
+                let at_noise =
+                    noise > 0.0 && fit.statistics.reduced_chi_square <= 1.2 * noise * noise;
+                let stop =
+                    matches!(settings.peaks, PeakCount::Auto { .. }) && (!better || at_noise);
                 if better {
                     best = Some(fit.clone());
                 }
                 previous = Some(fit);
+                if stop {
+                    break;
+                }
             }
             Err(e) => {
                 candidates.push(ModelCandidate {

@@ -61,68 +61,106 @@ pub const GAUSS_FWHM_PER_SIGMA: f64 = 2.354_820_045_030_949_3;
 ///
 /// Evaluates the profile at `x` and writes ∂f/∂p into `grad` (same length as the parameters).
 pub fn eval_with_grad(shape: LineShape, p: &[f64], x: f64, grad: &mut [f64]) -> f64 {
-    match shape {
-        LineShape::Gaussian => {
-            let (h, c, w) = (p[0], p[1], p[2]);
-            let s = w / GAUSS_FWHM_PER_SIGMA;
-            let u = (x - c) / s;
-            let g = (-0.5 * u * u).exp();
-            grad[0] = g;
-            grad[1] = h * g * u / s;
-            grad[2] = h * g * u * u / w;
-            h * g
+    Profile::new(shape, p).eval(x, grad)
+}
+
+/// One peak with everything that does not depend on x computed once (widths, reciprocals and,
+/// for the Voigt profile, the Faddeeva value at the peak center).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    shape: LineShape,
+    p: [f64; 4],
+    c: [f64; 8],
+}
+
+impl Profile {
+    /// Prepares a peak; `p` holds `shape.n_params()` parameters (missing ones read as 0).
+    pub fn new(shape: LineShape, p: &[f64]) -> Self {
+        let mut pp = [0.0; 4];
+        for (d, s) in pp.iter_mut().zip(p) {
+            *d = *s;
         }
-        LineShape::Lorentzian => {
-            let (h, c, w) = (p[0], p[1], p[2]);
-            let gam = 0.5 * w;
-            let u = (x - c) / gam;
-            let l = 1.0 / (1.0 + u * u);
-            grad[0] = l;
-            grad[1] = h * l * l * 2.0 * u / gam;
-            grad[2] = h * l * l * 2.0 * u * u / w;
-            h * l
+        let mut c = [0.0; 8];
+        match shape {
+            LineShape::Gaussian | LineShape::Lorentzian | LineShape::PseudoVoigt => {
+                let w = pp[2];
+                let s = w / GAUSS_FWHM_PER_SIGMA;
+                c[0] = 1.0 / s; // 1/σ
+                c[1] = 2.0 / w; // 1/γ
+                c[2] = 1.0 / w;
+            }
+            LineShape::Voigt => {
+                let (sigma, gamma) = (pp[2], pp[3]);
+                let k = 1.0 / (sigma * std::f64::consts::SQRT_2);
+                let z0 = Complex::new(0.0, gamma * k);
+                let w0 = faddeeva(z0);
+                let dw0 = w_prime(z0, w0);
+                c[0] = k;
+                c[1] = w0.re.max(f64::MIN_POSITIVE); // v0
+                c[2] = (dw0 * Complex::new(0.0, k)).re; // dv0/dγ
+                c[3] = (dw0 * (-z0 / sigma)).re; // dv0/dσ
+                c[4] = 1.0 / sigma;
+            }
         }
-        LineShape::PseudoVoigt => {
-            let (h, c, w, eta) = (p[0], p[1], p[2], p[3]);
-            let s = w / GAUSS_FWHM_PER_SIGMA;
-            let ug = (x - c) / s;
-            let g = (-0.5 * ug * ug).exp();
-            let gam = 0.5 * w;
-            let ul = (x - c) / gam;
-            let l = 1.0 / (1.0 + ul * ul);
-            let mix = eta * l + (1.0 - eta) * g;
-            let dmix_dc = eta * l * l * 2.0 * ul / gam + (1.0 - eta) * g * ug / s;
-            let dmix_dw = eta * l * l * 2.0 * ul * ul / w + (1.0 - eta) * g * ug * ug / w;
-            grad[0] = mix;
-            grad[1] = h * dmix_dc;
-            grad[2] = h * dmix_dw;
-            grad[3] = h * (l - g);
-            h * mix
-        }
-        LineShape::Voigt => {
-            let (h, c, sigma, gamma) = (p[0], p[1], p[2], p[3]);
-            // f = h · Re w(z) / Re w(z0), z = (x − c + iγ)/(σ√2), z0 = iγ/(σ√2)
-            let r2 = std::f64::consts::SQRT_2;
-            let z = Complex::new((x - c) / (sigma * r2), gamma / (sigma * r2));
-            let z0 = Complex::new(0.0, gamma / (sigma * r2));
-            let w = faddeeva(z);
-            let w0 = faddeeva(z0);
-            let dw = w_prime(z, w);
-            let dw0 = w_prime(z0, w0);
-            let (v, v0) = (w.re, w0.re.max(f64::MIN_POSITIVE));
-            // dz/dc = −1/(σ√2); dz/dγ = i/(σ√2); dz/dσ = −z/σ (same for z0 with x = c)
-            let k = 1.0 / (sigma * r2);
-            let dv_dc = (dw * Complex::new(-k, 0.0)).re;
-            let dv_dg = (dw * Complex::new(0.0, k)).re;
-            let dv0_dg = (dw0 * Complex::new(0.0, k)).re;
-            let dv_ds = (dw * (-z / sigma)).re;
-            let dv0_ds = (dw0 * (-z0 / sigma)).re;
-            let f = h * v / v0;
-            grad[0] = v / v0;
-            grad[1] = h * dv_dc / v0;
-            grad[2] = h * (dv_ds * v0 - v * dv0_ds) / (v0 * v0);
-            grad[3] = h * (dv_dg * v0 - v * dv0_dg) / (v0 * v0);
-            f
+        Self { shape, p: pp, c }
+    }
+
+    /// Value at `x`; ∂f/∂p written into `grad` (length `n_params`).
+    pub fn eval(&self, x: f64, grad: &mut [f64]) -> f64 {
+        let (p, c) = (&self.p, &self.c);
+        match self.shape {
+            LineShape::Gaussian => {
+                let (h, ctr) = (p[0], p[1]);
+                let u = (x - ctr) * c[0];
+                let g = (-0.5 * u * u).exp();
+                grad[0] = g;
+                grad[1] = h * g * u * c[0];
+                grad[2] = h * g * u * u * c[2];
+                h * g
+            }
+            LineShape::Lorentzian => {
+                let (h, ctr) = (p[0], p[1]);
+                let u = (x - ctr) * c[1];
+                let l = 1.0 / (1.0 + u * u);
+                grad[0] = l;
+                grad[1] = h * l * l * 2.0 * u * c[1];
+                grad[2] = h * l * l * 2.0 * u * u * c[2];
+                h * l
+            }
+            LineShape::PseudoVoigt => {
+                let (h, ctr, eta) = (p[0], p[1], p[3]);
+                let ug = (x - ctr) * c[0];
+                let g = (-0.5 * ug * ug).exp();
+                let ul = (x - ctr) * c[1];
+                let l = 1.0 / (1.0 + ul * ul);
+                let mix = eta * l + (1.0 - eta) * g;
+                let dmix_dc = eta * l * l * 2.0 * ul * c[1] + (1.0 - eta) * g * ug * c[0];
+                let dmix_dw = (eta * l * l * 2.0 * ul * ul + (1.0 - eta) * g * ug * ug) * c[2];
+                grad[0] = mix;
+                grad[1] = h * dmix_dc;
+                grad[2] = h * dmix_dw;
+                grad[3] = h * (l - g);
+                h * mix
+            }
+            LineShape::Voigt => {
+                // f = h · Re w(z) / Re w(z0), z = (x − c + iγ)/(σ√2), z0 = iγ/(σ√2)
+                let (h, ctr, gamma) = (p[0], p[1], p[3]);
+                let k = c[0];
+                let z = Complex::new((x - ctr) * k, gamma * k);
+                let w = faddeeva(z);
+                let dw = w_prime(z, w);
+                let (v, v0) = (w.re, c[1]);
+                // dz/dc = −k; dz/dγ = i·k; dz/dσ = −z/σ
+                let dv_dc = -k * dw.re;
+                let dv_dg = -k * dw.im;
+                let dv_ds = (dw * (-z * c[4])).re;
+                let inv_v0 = 1.0 / v0;
+                grad[0] = v * inv_v0;
+                grad[1] = h * dv_dc * inv_v0;
+                grad[2] = h * (dv_ds * v0 - v * c[3]) * inv_v0 * inv_v0;
+                grad[3] = h * (dv_dg * v0 - v * c[2]) * inv_v0 * inv_v0;
+                h * v * inv_v0
+            }
         }
     }
 }
