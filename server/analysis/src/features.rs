@@ -370,6 +370,14 @@ mod tests {
         let g = f.g_factor.unwrap();
         assert!((g - cd_true / (MDEG_PER_DELTA_A * f.absorbance_at_exciton)).abs() < 1e-12);
         assert!(g < 0.0);
+        // Plot curves add up: model = baseline + peaks.
+        let xs = [400.0, 470.0, 520.0];
+        let c = r.absorption_fit.curves(&xs);
+        for i in 0..xs.len() {
+            let sum = c.baseline[i] + c.peaks.iter().map(|p| p[i]).sum::<f64>();
+            assert!((c.model[i] - sum).abs() < 1e-12);
+            assert!((c.model[i] - a.value_at(xs[i]).unwrap()).abs() < 1e-3);
+        }
         // Without CD the CD features are absent, not NaN.
         let r = analyse_experiment(&a, None, &settings).unwrap();
         assert_eq!(r.features.cd_at_exciton_mdeg, None);

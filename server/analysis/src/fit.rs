@@ -163,6 +163,17 @@ pub struct ModelCandidate {
     pub error: Option<String>,
 }
 
+/// Sampled curves of a fit (for the portal's plot of fitted peaks over the raw spectrum).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitCurves {
+    pub wavelength_nm: Vec<f64>,
+    /// Baseline + all peaks.
+    pub model: Vec<f64>,
+    pub baseline: Vec<f64>,
+    /// One curve per peak (without baseline), in the order of `PeakFit::peaks`.
+    pub peaks: Vec<Vec<f64>>,
+}
+
 /// A converged multi-peak fit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeakFit {
@@ -198,6 +209,18 @@ impl PeakFit {
             let v: Vec<f64> = p.params.iter().map(|q| q.value).collect();
             lineshape::eval(self.shape, &v, wavelength_nm)
         })
+    }
+
+    /// Curves for plotting the fit over the raw data, evaluated at `wavelength_nm`.
+    pub fn curves(&self, wavelength_nm: &[f64]) -> FitCurves {
+        FitCurves {
+            wavelength_nm: wavelength_nm.to_vec(),
+            model: wavelength_nm.iter().map(|&x| self.model_at(x)).collect(),
+            baseline: wavelength_nm.iter().map(|&x| self.baseline_at(x)).collect(),
+            peaks: (0..self.peaks.len())
+                .map(|i| wavelength_nm.iter().map(|&x| self.peak_at(i, x)).collect())
+                .collect(),
+        }
     }
 
     /// Full model (baseline + all peaks) at `wavelength_nm`.

@@ -28,8 +28,8 @@ pub use features::{
     analyse_experiment, AnalysisError, AnalysisSettings, ExperimentAnalysis, Feature, Features,
 };
 pub use fit::{
-    fit_peaks, fit_peaks_with_guesses, Baseline, FitError, FitSettings, FitStatistics, FittedPeak,
-    PeakCount, PeakFit, PeakGuess,
+    fit_peaks, fit_peaks_with_guesses, Baseline, FitCurves, FitError, FitSettings, FitStatistics,
+    FittedPeak, PeakCount, PeakFit, PeakGuess,
 };
 pub use lineshape::LineShape;
 pub use objective::{Direction, Objective, ObjectiveError};

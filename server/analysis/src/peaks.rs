@@ -274,7 +274,7 @@ pub fn curvature_bands(
     let step = spectrum.mean_step_nm();
     let y = spectrum.values();
     let x = spectrum.wavelength_nm();
-    let d2 = savgol_filter(y, window, 3.min(window - 1), 2, step)?;
+    let d2 = savgol_filter(y, window, 3.min(window.saturating_sub(1)), 2, step)?;
     let neg: Vec<f64> = d2.iter().map(|v| -v).collect();
     let strongest = neg.iter().copied().fold(0.0_f64, f64::max);
     if strongest.is_nan() || strongest <= 0.0 {
