@@ -7,7 +7,8 @@ use maosic_schema::lang::{self, Bindings};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
-    let Ok(lab) = LabDescriptor::from_toml_str(include_str!("../../examples/paper-lab.toml")) else {
+    let Ok(lab) = LabDescriptor::from_toml_str(include_str!("../../examples/paper-lab.toml"))
+    else {
         panic!("examples/paper-lab.toml must load");
     };
     let chirality = include_str!("../../examples/chirality.recipe");
@@ -22,7 +23,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("check chirality.recipe (unbound: range corners)", |b| {
         b.iter(|| lang::check(black_box(chirality), &lab, &Bindings::new()))
     });
-    c.bench_function("format chirality.recipe", |b| b.iter(|| lang::format(black_box(chirality))));
+    c.bench_function("format chirality.recipe", |b| {
+        b.iter(|| lang::format(black_box(chirality)))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -17,8 +17,13 @@ fn lab() -> &'static LabDescriptor {
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks the bindings so bound and unbound paths are both exercised.
-    let (sel, rest) = data.split_first().map(|(a, b)| (*a, b)).unwrap_or((0, data));
-    let Ok(src) = std::str::from_utf8(rest) else { return };
+    let (sel, rest) = data
+        .split_first()
+        .map(|(a, b)| (*a, b))
+        .unwrap_or((0, data));
+    let Ok(src) = std::str::from_utf8(rest) else {
+        return;
+    };
     let mut vars = Bindings::new();
     if sel & 1 == 1 {
         vars.insert("T".into(), 90.0 + f64::from(sel) * 0.35);
@@ -33,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = lang::render("fuzz.recipe", src, &out.diagnostics);
     if let Ok(formatted) = lang::format(src) {
-        let a = lang::parse(src).file.expect("formatted text came from a parse");
+        let a = lang::parse(src)
+            .file
+            .expect("formatted text came from a parse");
         let b = lang::parse(&formatted);
         let b = b.file.expect("formatted text must parse");
         assert_eq!(a.strip_spans(), b.strip_spans(), "format round trip");
