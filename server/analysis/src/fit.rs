@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt};
+use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt, TerminationReason};
 use nalgebra::storage::Owned;
 use nalgebra::{DMatrix, DVector, Dyn};
 use thiserror::Error;
@@ -147,7 +147,9 @@ pub struct FitStatistics {
     pub aic: f64,
     pub bic: f64,
     pub evaluations: usize,
-    /// Why the solver stopped (always a successful reason in a returned fit).
+    /// Why the solver stopped: a successful `levenberg-marquardt` reason (`Converged { .. }`,
+    /// `Orthogonal`, `ResidualsZero`) or `StalledAtBound` (a parameter sits on its bound and a
+    /// further run does not lower χ²; see `Parameter::at_bound`).
     pub termination: String,
     /// Whether the covariance matrix could be inverted (standard errors available).
     pub covariance_ok: bool,
@@ -1023,12 +1025,37 @@ fn fit_prepared(
     };
     problem.set_internal(&DVector::from_vec(internal));
     let solver = LevenbergMarquardt::new().with_patience(settings.patience);
-    let (problem, report) = solver.minimize(problem);
+    let (mut problem, report) = solver.minimize(problem);
+    let mut evaluations = report.number_of_evaluations;
+    let mut termination = format!("{:?}", report.termination);
     if !report.termination.was_successful() {
-        return Err(FitError::NotConverged {
-            reason: format!("{:?}", report.termination),
-            evaluations: report.number_of_evaluations,
-        });
+        // With a parameter pressed against a bound the sin/sqrt maps make the Gauss–Newton model
+        // flat in that direction and the solver crawls until it runs out of evaluations. Accept
+        // such a point only if it is stationary: a further short run must not lower χ² by more
+        // than 1e-6 (relative). Anything else is reported as not converged.
+        let on_bound = problem
+            .bounds
+            .iter()
+            .zip(&problem.external)
+            .any(|(b, x)| b.touches(*x));
+        let mut accepted = false;
+        if report.termination == TerminationReason::LostPatience && on_bound {
+            let before = report.objective_function;
+            let (again, report2) = LevenbergMarquardt::new().with_patience(3).minimize(problem);
+            problem = again;
+            evaluations += report2.number_of_evaluations;
+            let after = report2.objective_function;
+            if after.is_finite() && before - after <= 1e-6 * before.abs() {
+                accepted = true;
+                termination = "StalledAtBound".into();
+            }
+        }
+        if !accepted {
+            return Err(FitError::NotConverged {
+                reason: termination,
+                evaluations,
+            });
+        }
     }
     let p_scaled = problem.external.clone();
     if p_scaled.iter().any(|v| !v.is_finite()) {
@@ -1189,8 +1216,8 @@ fn fit_prepared(
             r_squared,
             aic,
             bic,
-            evaluations: report.number_of_evaluations,
-            termination: format!("{:?}", report.termination),
+            evaluations,
+            termination,
             covariance_ok,
         },
         model_selection: Vec::new(),
@@ -1198,4 +1225,188 @@ fn fit_prepared(
         axis_mid: prep.mid,
         axis_half: prep.half,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaussian_spectrum(x: &[f64], peaks: &[(f64, f64, f64)], base: f64) -> Spectrum {
+        let y = x
+            .iter()
+            .map(|&v| {
+                base + peaks
+                    .iter()
+                    .map(|&(h, c, w)| lineshape::eval(LineShape::Gaussian, &[h, c, w], v))
+                    .sum::<f64>()
+            })
+            .collect();
+        Spectrum::new(x.to_vec(), y).unwrap()
+    }
+
+    fn axis(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| 400.0 + 200.0 * i as f64 / (n - 1) as f64)
+            .collect()
+    }
+
+    #[test]
+    fn bound_transforms_round_trip() {
+        let bounds = [
+            Bound { lo: 0.0, hi: 10.0 },
+            Bound {
+                lo: 2.0,
+                hi: f64::INFINITY,
+            },
+            Bound {
+                lo: f64::NEG_INFINITY,
+                hi: -1.0,
+            },
+            Bound::FREE,
+        ];
+        for b in bounds {
+            for x in [-5.0, -1.5, 0.5, 3.0, 7.5, 9.9] {
+                let inside = (x > b.lo || !b.lo.is_finite()) && (x < b.hi || !b.hi.is_finite());
+                if !inside {
+                    continue;
+                }
+                let (back, slope) = b.to_external(b.to_internal(x));
+                assert!((back - x).abs() < 1e-9, "{b:?} {x} -> {back}");
+                assert!(slope.is_finite());
+            }
+        }
+    }
+
+    #[test]
+    fn non_convergence_is_an_error_not_a_nan() {
+        let x = axis(400);
+        let s = gaussian_spectrum(&x, &[(1.0, 480.0, 20.0), (0.5, 520.0, 15.0)], 0.1);
+        let settings = FitSettings {
+            peaks: PeakCount::Fixed(2),
+            patience: 1,
+            ..FitSettings::default()
+        };
+        let guesses = [
+            PeakGuess {
+                center_nm: 450.0,
+                height: 0.3,
+                fwhm_nm: 60.0,
+            },
+            PeakGuess {
+                center_nm: 560.0,
+                height: 0.2,
+                fwhm_nm: 5.0,
+            },
+        ];
+        match fit_peaks_with_guesses(&s, &settings, &guesses) {
+            Err(FitError::NotConverged {
+                reason,
+                evaluations,
+            }) => {
+                assert!(reason.contains("LostPatience"), "{reason}");
+                assert!(evaluations > 0);
+            }
+            other => panic!("expected NotConverged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fwhm_bounds_are_respected_and_flagged() {
+        let x = axis(400);
+        let s = gaussian_spectrum(&x, &[(1.0, 500.0, 30.0)], 0.0);
+        let fit = fit_peaks(
+            &s,
+            &FitSettings {
+                peaks: PeakCount::Fixed(1),
+                fwhm_bounds_nm: Some((5.0, 20.0)),
+                ..FitSettings::default()
+            },
+        )
+        .unwrap();
+        let p = &fit.peaks[0];
+        assert!(p.fwhm_nm <= 20.0 + 1e-9, "{}", p.fwhm_nm);
+        assert!(p.params[2].at_bound, "{:?}", p.params[2]);
+        assert!(matches!(
+            fit_peaks(
+                &s,
+                &FitSettings {
+                    fwhm_bounds_nm: Some((20.0, 5.0)),
+                    ..FitSettings::default()
+                }
+            ),
+            Err(FitError::InvalidSettings(_))
+        ));
+    }
+
+    #[test]
+    fn negative_bands_window_and_non_uniform_axis() {
+        // Bisignate CD-like signal: negative band at 460 nm, positive at 500 nm.
+        let x: Vec<f64> = (0..500)
+            .map(|i| 400.0 + 0.0006 * (i as f64).powi(2))
+            .collect(); // non-uniform axis, 400..550 nm
+        let s = gaussian_spectrum(&x, &[(-0.8, 460.0, 20.0), (0.5, 500.0, 20.0)], 0.0);
+        assert!(!s.is_uniform());
+        let fit = fit_peaks(
+            &s,
+            &FitSettings {
+                peaks: PeakCount::Fixed(2),
+                allow_negative: true,
+                baseline: Baseline::Constant,
+                ..FitSettings::default()
+            },
+        )
+        .unwrap();
+        assert!((fit.peaks[0].center_nm - 460.0).abs() < 0.01);
+        assert!((fit.peaks[0].amplitude + 0.8).abs() < 1e-4);
+        assert!((fit.peaks[1].amplitude - 0.5).abs() < 1e-4);
+        // A window that holds only the positive band.
+        let fit = fit_peaks(
+            &s,
+            &FitSettings {
+                peaks: PeakCount::Fixed(1),
+                baseline: Baseline::None,
+                window_nm: Some((485.0, 550.0)),
+                ..FitSettings::default()
+            },
+        )
+        .unwrap();
+        assert!(fit.window_nm.0 >= 485.0);
+        assert!((fit.peaks[0].center_nm - 500.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn statistics_follow_lmfit_definitions() {
+        let x = axis(300);
+        let mut s = gaussian_spectrum(&x, &[(1.0, 500.0, 25.0)], 0.2);
+        // Deterministic ±0.01 perturbation so χ² is not zero.
+        let y: Vec<f64> = s
+            .values()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + if i % 2 == 0 { 0.01 } else { -0.01 })
+            .collect();
+        s = Spectrum::new(x.clone(), y).unwrap();
+        let fit = fit_peaks(
+            &s,
+            &FitSettings {
+                peaks: PeakCount::Fixed(1),
+                ..FitSettings::default()
+            },
+        )
+        .unwrap();
+        let st = &fit.statistics;
+        let chi: f64 = x
+            .iter()
+            .zip(s.values())
+            .map(|(&xi, &yi)| (yi - fit.model_at(xi)).powi(2))
+            .sum();
+        let (n, k) = (st.n_points as f64, st.n_params as f64);
+        assert_eq!(st.n_params, 5);
+        assert!((st.chi_square - chi).abs() < 1e-9 * chi);
+        assert!((st.reduced_chi_square - chi / (n - k)).abs() < 1e-12);
+        assert!((st.aic - (n * (chi / n).ln() + 2.0 * k)).abs() < 1e-9);
+        assert!((st.bic - (n * (chi / n).ln() + k * n.ln())).abs() < 1e-9);
+        assert!(st.r_squared > 0.99 && st.r_squared < 1.0);
+        assert!(st.covariance_ok);
+    }
 }
