@@ -359,7 +359,16 @@ mod tests {
 mod serial_example {
     #[test]
     fn serial_example_parses() {
-        let c = super::LabConfig::from_toml_str(include_str!("../../../examples/agent-lab-serial.toml")).unwrap();
-        assert_eq!(c.devices.iter().filter(|d| d.port.as_deref().is_some_and(|p| p.starts_with("/dev/"))).count(), 4);
+        let c = super::LabConfig::from_toml_str(include_str!(
+            "../../../examples/agent-lab-serial.toml"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.devices
+                .iter()
+                .filter(|d| d.port.as_deref().is_some_and(|p| p.starts_with("/dev/")))
+                .count(),
+            4
+        );
     }
 }

@@ -69,7 +69,8 @@ pub struct SafeStateReport {
 struct State {
     latched: Vec<Fault>,
     target_c: Option<f64>,
-    history: VecDeque<(f64, f64)>,
+    /// (lab time, PV, output %) while a target is set.
+    history: VecDeque<(f64, f64, f64)>,
     at_target: bool,
     below_since: Option<f64>,
     heater_errors: u32,
@@ -330,20 +331,24 @@ impl SafetyKernel {
             let mut st = lock_state(&self.state);
             let mut verdict = None;
             if let (Some(target), true) = (st.target_c, r.enabled) {
-                st.history.push_back((now, pv));
+                st.history.push_back((now, pv, r.output_pct));
                 let horizon = self.cfg.runaway_window_s.max(self.cfg.below_target_s) + 5.0;
-                while st.history.front().is_some_and(|(t, _)| now - t > horizon) {
+                while st
+                    .history
+                    .front()
+                    .is_some_and(|(t, _, _)| now - t > horizon)
+                {
                     st.history.pop_front();
                 }
-                // heating hard: far below target for the whole window and too little rise
+                // heating hard (far below target, output high) for the whole window, too little rise
                 let window = self.cfg.runaway_window_s;
-                if let Some(&(t0, pv0)) = st.history.iter().find(|(t, _)| now - t <= window) {
+                if let Some(&(t0, pv0, _)) = st.history.iter().find(|(t, _, _)| now - t <= window) {
                     let covered = now - t0 >= window - self.cfg.control_period_s;
                     let all_far = st
                         .history
                         .iter()
-                        .filter(|(t, _)| now - t <= window)
-                        .all(|(_, p)| target - p > 10.0);
+                        .filter(|(t, _, _)| now - t <= window)
+                        .all(|(_, p, out)| target - p > 10.0 && *out >= 50.0);
                     if covered && all_far && pv - pv0 < self.cfg.runaway_min_rise_c {
                         verdict = Some(format!(
                             "only {:.1} °C rise in {window:.0} s while heating towards {target:.1} °C",

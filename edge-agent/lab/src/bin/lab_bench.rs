@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let lab0 = lab.clock.now_s();
     let (mut ok, mut failed, mut records) = (0u32, 0u32, 0u64);
     let mut best = (0.0f64, 0.0, 0.0);
+    let mut step_time: BTreeMap<String, (f64, u32)> = BTreeMap::new();
     for i in 0..loops {
         let t = 90.0 + 0.5 * f64::from(rng.random_range(0..=180u32));
         let c = 0.2 + 0.01 * f64::from(rng.random_range(0..=100u32));
@@ -59,8 +60,14 @@ async fn main() -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<maosic_lab::record::Record>(64);
         let collect = tokio::spawn(async move {
             let (mut n, mut uv, mut cd) = (0u64, None, None);
+            let mut per: Vec<(String, f64)> = Vec::new();
             while let Some(r) = rx.recv().await {
                 n += 1;
+                if let (RecordBody::StepSucceeded { lab_duration_s, .. }, Some(m)) =
+                    (&r.body, &r.method)
+                {
+                    per.push((m.clone(), *lab_duration_s));
+                }
                 if let RecordBody::Measurement { measurement, .. } = r.body {
                     match measurement {
                         Measurement::AbsorptionSpectrum {
@@ -77,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            (n, uv, cd)
+            (n, uv, cd, per)
         });
         let rep = lab
             .run_program(
@@ -87,8 +94,13 @@ async fn main() -> anyhow::Result<()> {
                 CancellationToken::new(),
             )
             .await;
-        let (n, uv, cd) = collect.await?;
+        let (n, uv, cd, per) = collect.await?;
         records += n;
+        for (m, d) in per {
+            let e = step_time.entry(m).or_insert((0.0, 0u32));
+            e.0 += d;
+            e.1 += 1;
+        }
         if rep.outcome == Outcome::Succeeded {
             ok += 1;
             if let (Some((uw, ua)), Some((cw, cv))) = (uv, cd) {
@@ -117,5 +129,11 @@ async fn main() -> anyhow::Result<()> {
         best.1,
         best.2
     );
+    println!();
+    println!("| step | calls | mean lab time (s) |");
+    println!("|---|---|---|");
+    for (m, (t, n)) in &step_time {
+        println!("| {m} | {n} | {:.1} |", t / f64::from((*n).max(1)));
+    }
     Ok(())
 }
