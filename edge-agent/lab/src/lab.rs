@@ -58,6 +58,9 @@ pub enum LabError {
     Twin(#[from] crate::sim::twin::TwinError),
     #[error("landscape: {0}")]
     Landscape(String),
+    /// The configuration is valid TOML but cannot be built into a lab.
+    #[error("lab configuration: {0}")]
+    Invalid(String),
 }
 
 struct PumpBook {
@@ -106,7 +109,7 @@ impl Lab {
         config.validate()?;
         let needs_twin = config.needs_twin();
         let clock = if needs_twin {
-            Clock::new(config.twin.speed).map_err(|e| LabError::Landscape(e.to_string()))?
+            Clock::new(config.twin.speed).map_err(|e| LabError::Invalid(e.to_string()))?
         } else {
             Clock::real_time()
         };
@@ -132,7 +135,7 @@ impl Lab {
                     DriverKind::Ne1000 => {
                         let cap = d
                             .pump_limits()
-                            .map_err(LabError::Landscape)?
+                            .map_err(LabError::Invalid)?
                             .syringe_volume_ul;
                         world
                             .pumps
@@ -171,7 +174,7 @@ impl Lab {
             let dev = match (d.kind, d.driver) {
                 (DeviceKind::SyringePump, DriverKind::Ne1000) => {
                     let path = path.unwrap_or_default();
-                    let limits = d.pump_limits().map_err(LabError::Landscape)?;
+                    let limits = d.pump_limits().map_err(LabError::Invalid)?;
                     let cap = limits.syringe_volume_ul;
                     let p = Arc::new(Ne1000Pump::open(
                         &d.symbol, &path, d.baud, d.address, limits, d.timing,
@@ -197,7 +200,7 @@ impl Lab {
                 }
                 (DeviceKind::TemperatureController, DriverKind::ModbusPid) => {
                     let path = path.unwrap_or_default();
-                    let limits = d.heater_limits().map_err(LabError::Landscape)?;
+                    let limits = d.heater_limits().map_err(LabError::Invalid)?;
                     let h = Arc::new(PidModbus::open(
                         &d.symbol, &path, d.baud, d.address, limits, d.timing,
                     )?);
@@ -212,7 +215,7 @@ impl Lab {
                 }
                 (kind, DriverKind::Virtual) => {
                     let Some(t) = &twin else {
-                        return Err(LabError::Landscape("virtual device without a twin".into()));
+                        return Err(LabError::Invalid("virtual device without a twin".into()));
                     };
                     let twin = Twin {
                         world: t.world.clone(),
@@ -244,7 +247,7 @@ impl Lab {
                             Device::Laser(l)
                         }
                         _ => {
-                            return Err(LabError::Landscape(format!(
+                            return Err(LabError::Invalid(format!(
                                 "{}: no virtual implementation",
                                 d.symbol
                             )))
@@ -252,7 +255,7 @@ impl Lab {
                     }
                 }
                 _ => {
-                    return Err(LabError::Landscape(format!(
+                    return Err(LabError::Invalid(format!(
                         "{}: unsupported driver",
                         d.symbol
                     )))

@@ -103,33 +103,40 @@ impl PidModbus {
                     Err(e) => return Err(e),
                 }
             }
-            let Some(ctx) = guard.as_mut() else { continue };
+            // Taken out for the transaction: if this future is dropped half-way, the context (and
+            // its half-read frame) is dropped too and the next call starts on a fresh port.
+            let Some(mut ctx) = guard.take() else {
+                continue;
+            };
             self.transactions.fetch_add(1, Ordering::Relaxed);
             let fut = async {
-                match op {
+                let r = match op {
                     Op::Write(a, v) => ctx
                         .write_single_register(a, v)
                         .await
                         .map(|r| r.map(|()| Vec::new())),
                     Op::ReadInput(a, n) => ctx.read_input_registers(a, n).await,
-                }
+                };
+                (r, ctx)
             };
             match tokio::time::timeout(self.timing.timeout(), fut).await {
-                Ok(Ok(Ok(v))) => return Ok(v),
-                Ok(Ok(Err(exc))) => {
+                Ok((Ok(Ok(v)), ctx)) => {
+                    *guard = Some(ctx);
+                    return Ok(v);
+                }
+                Ok((Ok(Err(exc)), ctx)) => {
+                    *guard = Some(ctx);
                     return Err(DeviceError::Refused {
                         device: self.name.clone(),
                         detail: format!("Modbus exception {exc:?}"),
-                    })
+                    });
                 }
-                Ok(Err(e)) => {
+                Ok((Err(e), _)) => {
                     last = e.to_string();
                     io_failures += 1;
-                    *guard = None;
                 }
                 Err(_) => {
                     last = "timeout".into();
-                    *guard = None;
                 }
             }
         }
