@@ -114,3 +114,57 @@ async fn run_program_runs_the_inversion_recipe_and_refuses_out_of_range() {
     assert_eq!(code, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_command_prints_json() {
+    use maosic_lab::cli::{run_virtual_lab, ProbeArgs, VirtualLabArgs, VirtualLabCommand};
+    let args = VirtualLabArgs {
+        command: VirtualLabCommand::Probe(ProbeArgs {
+            set: vec!["T=130".into(), "C=0.8".into()],
+            landscape: None,
+            seed: 3,
+            laser: Some("800nm:300s".into()),
+            speed: 2000.0,
+            json: true,
+        }),
+    };
+    assert_eq!(run_virtual_lab(args).await.unwrap(), 0);
+}
+
+/// The link runs programs in spawned tasks: the lab and its futures must be Send + Sync.
+#[test]
+fn lab_and_program_future_are_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<F: std::future::Future + Send>(_: &F) {}
+    send_sync::<Lab>();
+    send_sync::<maosic_lab::record::Record>();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lab = Lab::build(LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap())
+            .await
+            .unwrap();
+        let program = maosic_schema::program::Program {
+            format: 1,
+            recipe: None,
+            lab: "paper-lab".into(),
+            variables: Default::default(),
+            steps: vec![],
+            estimated_duration_ms: 0,
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let f = lab.run_program(
+            &program,
+            Default::default(),
+            tx,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        send(&f);
+        let params = BTreeMap::new();
+        let c = lab.call("P1.stop", &params);
+        send(&c);
+    });
+}
