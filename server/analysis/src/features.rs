@@ -239,7 +239,9 @@ pub fn read_cd(
 }
 
 /// Analyses one experiment: fits the absorption spectrum, picks the first exciton peak (the
-/// longest-wavelength significant peak), reads the CD there and computes the features.
+/// longest-wavelength peak that is at least `exciton_min_relative_amplitude` of the largest, lies
+/// in `exciton_window_nm` if set, and is not pinned to a parameter bound), reads the CD there and
+/// computes the features.
 pub fn analyse_experiment(
     absorption: &Spectrum,
     cd: Option<&Spectrum>,
@@ -272,6 +274,9 @@ pub fn analyse_experiment(
         .iter()
         .enumerate()
         .filter(|(_, p)| p.amplitude > 0.0 && p.amplitude >= min_amp)
+        // A peak pinned to a bound (typically a center on the window edge standing in for the
+        // baseline or the absorption continuum) is not an exciton.
+        .filter(|(_, p)| !p.params.iter().take(3).any(|q| q.at_bound))
         .filter(|(_, p)| {
             settings
                 .exciton_window_nm

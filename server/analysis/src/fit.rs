@@ -74,7 +74,7 @@ impl Default for FitSettings {
             allow_negative: false,
             fwhm_bounds_nm: None,
             min_prominence_noise: 5.0,
-            patience: 100,
+            patience: 50,
         }
     }
 }
@@ -298,10 +298,16 @@ impl Bound {
         v
     }
 
+    /// Within 1e-4 of the bounded range (or of 1 in the scaled units of a one-sided bound, e.g. a
+    /// height below 1e-4 of the data span) of a bound.
     fn touches(self, x: f64) -> bool {
-        let tol = |b: f64| 1e-6 * b.abs().max(1e-3);
-        (self.lo.is_finite() && (x - self.lo).abs() <= tol(self.lo).max(1e-9))
-            || (self.hi.is_finite() && (self.hi - x).abs() <= tol(self.hi).max(1e-9))
+        let scale = if self.lo.is_finite() && self.hi.is_finite() {
+            self.hi - self.lo
+        } else {
+            1.0
+        };
+        let tol = 1e-4 * scale;
+        (self.lo.is_finite() && x - self.lo <= tol) || (self.hi.is_finite() && self.hi - x <= tol)
     }
 }
 
@@ -315,6 +321,8 @@ struct Problem<'a> {
     n_peaks: usize,
     n_base: usize,
     bounds: Vec<Bound>,
+    /// Indices of the parameters the solver varies; the others are pinned at a bound.
+    free: Vec<usize>,
     internal: DVector<f64>,
     external: Vec<f64>,
     slopes: Vec<f64>,
@@ -326,12 +334,44 @@ struct Problem<'a> {
 impl Problem<'_> {
     fn set_internal(&mut self, u: &DVector<f64>) {
         self.cache.replace(None);
-        self.internal.copy_from(u);
-        for (k, b) in self.bounds.iter().enumerate() {
-            let (x, d) = b.to_external(u[k]);
+        self.internal = u.clone();
+        for (j, &k) in self.free.iter().enumerate() {
+            let (x, d) = self.bounds[k].to_external(u[j]);
             self.external[k] = x;
             self.slopes[k] = d;
         }
+    }
+
+    /// Pins every free parameter that touches a bound at that bound and removes it from the
+    /// solver's variables (one active-set step). Returns how many were pinned.
+    fn pin_to_bounds(&mut self) -> usize {
+        let before = self.free.len();
+        let (bounds, external) = (&self.bounds, &mut self.external);
+        self.free.retain(|&k| {
+            let b = bounds[k];
+            if !b.touches(external[k]) {
+                return true;
+            }
+            let lo_d = if b.lo.is_finite() {
+                (external[k] - b.lo).abs()
+            } else {
+                f64::INFINITY
+            };
+            let hi_d = if b.hi.is_finite() {
+                (b.hi - external[k]).abs()
+            } else {
+                f64::INFINITY
+            };
+            external[k] = if lo_d <= hi_d { b.lo } else { b.hi };
+            false
+        });
+        let u: Vec<f64> = self
+            .free
+            .iter()
+            .map(|&k| self.bounds[k].to_internal(self.external[k]))
+            .collect();
+        self.set_internal(&DVector::from_vec(u));
+        before - self.free.len()
     }
 
     /// Peaks prepared for evaluation at the current parameters.
@@ -371,19 +411,23 @@ impl Problem<'_> {
     /// Normal equations JᵀJ, Jᵀr and ‖r‖², accumulated row by row without storing J.
     /// `internal` applies the bound-transform slopes (Jacobian w.r.t. internal parameters).
     fn normal_equations(&self, internal: bool) -> Option<(DMatrix<f64>, DVector<f64>, f64)> {
-        let n = self.external.len();
+        let all = self.external.len();
+        let n = if internal { self.free.len() } else { all };
         // Flat row-major accumulator of the upper triangle: plain slices vectorise well.
         let mut acc = vec![0.0; n * n];
         let mut jtr: DVector<f64> = DVector::zeros(n);
         let mut rr = 0.0;
+        let mut full = vec![0.0; all];
         let mut g = vec![0.0; n];
         let profiles = self.profiles(&self.external);
         for i in 0..self.x.len() {
-            let r = self.model(&profiles, &self.external, i, &mut g) - self.y[i];
+            let r = self.model(&profiles, &self.external, i, &mut full) - self.y[i];
             if internal {
-                for (gk, s) in g.iter_mut().zip(&self.slopes) {
-                    *gk *= s;
+                for (gj, &k) in g.iter_mut().zip(&self.free) {
+                    *gj = full[k] * self.slopes[k];
                 }
+            } else {
+                g.copy_from_slice(&full);
             }
             rr += r * r;
             for a in 0..n {
@@ -1018,6 +1062,7 @@ fn fit_prepared(
         n_peaks: guesses.len(),
         n_base,
         bounds: bounds.clone(),
+        free: (0..k).collect(),
         internal: DVector::zeros(k),
         external: vec![0.0; k],
         slopes: vec![0.0; k],
@@ -1030,24 +1075,25 @@ fn fit_prepared(
     let mut termination = format!("{:?}", report.termination);
     if !report.termination.was_successful() {
         // With a parameter pressed against a bound the sin/sqrt maps make the Gauss–Newton model
-        // flat in that direction and the solver crawls until it runs out of evaluations. Accept
-        // such a point only if it is stationary: a further short run must not lower χ² by more
-        // than 1e-6 (relative). Anything else is reported as not converged.
-        let on_bound = problem
-            .bounds
-            .iter()
-            .zip(&problem.external)
-            .any(|(b, x)| b.touches(*x));
+        // flat in that direction and the solver crawls until it runs out of evaluations. Then
+        // take one active-set step: pin the parameters that touch their bounds at the bound and
+        // solve again for the others. Anything else is reported as not converged.
         let mut accepted = false;
-        if report.termination == TerminationReason::LostPatience && on_bound {
-            let before = report.objective_function;
-            let (again, report2) = LevenbergMarquardt::new().with_patience(3).minimize(problem);
+        if report.termination == TerminationReason::LostPatience
+            && problem.pin_to_bounds() > 0
+            && !problem.free.is_empty()
+        {
+            let (again, report2) = solver.minimize(problem);
             problem = again;
             evaluations += report2.number_of_evaluations;
-            let after = report2.objective_function;
-            if after.is_finite() && before - after <= 1e-6 * before.abs() {
+            if report2.termination.was_successful() {
                 accepted = true;
-                termination = "StalledAtBound".into();
+                termination = format!(
+                    "{:?} (after pinning parameters at bounds)",
+                    report2.termination
+                );
+            } else {
+                termination = format!("{:?}", report2.termination);
             }
         }
         if !accepted {
