@@ -170,6 +170,10 @@ pub struct Spectrum {
     pub values: Vec<f64>,
     /// What `values` are (`absorbance`, `cd_mdeg`).
     pub quantity: String,
+    /// Absorbance on the same axis when the instrument records it alongside (the CD
+    /// spectrometer's HT channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absorbance: Option<Vec<f64>>,
 }
 
 #[async_trait]

@@ -751,6 +751,7 @@ impl Lab {
                             wavelength_nm: s.wavelength_nm,
                             cd_mdeg: s.values,
                             step_nm: step,
+                            absorbance: s.absorbance.unwrap_or_default(),
                         },
                     )],
                 }

@@ -40,6 +40,9 @@ pub struct ProbeSpec {
 pub struct XY {
     pub wavelength_nm: Vec<f64>,
     pub values: Vec<f64>,
+    /// Absorbance on the same axis (the CD instrument's HT channel), when recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absorbance: Vec<f64>,
 }
 
 /// The probe's result.
@@ -58,6 +61,8 @@ pub struct ProbeResult {
     pub cd_mdeg: f64,
     /// CD before the laser step, when there was one.
     pub cd_mdeg_before_laser: Option<f64>,
+    /// Change of the cuvette's absorbance at the exciton across the laser step, % (CD HT channel).
+    pub absorbance_change_pct: Option<f64>,
     /// Absorbance of the cuvette at the exciton before/after the laser (from the CD instrument's HT channel model).
     pub laser: Option<String>,
     pub lab_time_s: f64,
@@ -186,6 +191,11 @@ pub async fn probe_on(lab: &Lab, spec: &ProbeSpec) -> anyhow::Result<ProbeResult
         exciton_nm,
         absorbance: abs,
         cd_mdeg: cd_at(&cd.wavelength_nm, &cd.values, exciton_nm),
+        absorbance_change_pct: before.as_ref().map(|b| {
+            let a0 = cd_at(&b.wavelength_nm, &b.absorbance, exciton_nm);
+            let a1 = cd_at(&cd.wavelength_nm, &cd.absorbance, exciton_nm);
+            (a1 / a0 - 1.0) * 100.0
+        }),
         cd_mdeg_before_laser: before
             .as_ref()
             .map(|b| cd_at(&b.wavelength_nm, &b.values, exciton_nm)),
@@ -194,6 +204,7 @@ pub async fn probe_on(lab: &Lab, spec: &ProbeSpec) -> anyhow::Result<ProbeResult
         absorption: XY {
             wavelength_nm,
             values: absorbance,
+            absorbance: Vec::new(),
         },
         cd,
         cd_before_laser: before,
@@ -212,11 +223,13 @@ async fn scan(lab: &Lab) -> anyhow::Result<XY> {
             Measurement::CdSpectrum {
                 wavelength_nm,
                 cd_mdeg,
+                absorbance,
                 ..
             },
         )) => Ok(XY {
             wavelength_nm,
             values: cd_mdeg,
+            absorbance,
         }),
         _ => anyhow::bail!("no CD spectrum"),
     }

@@ -81,6 +81,9 @@ pub enum Measurement {
         wavelength_nm: Vec<f64>,
         cd_mdeg: Vec<f64>,
         step_nm: f64,
+        /// Absorbance of the cuvette on the same axis (HT channel); empty when not recorded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        absorbance: Vec<f64>,
     },
     /// Reactor temperature when a setpoint was reached.
     Temperature {

@@ -182,6 +182,9 @@ async fn probe_through_the_virtual_lab() {
     assert!((r.exciton_nm - 450.0).abs() < 5.0);
     assert!((before.abs() - 1.0).abs() <= 0.15, "{before}");
     assert!(before * r.cd_mdeg < 0.0);
+    let da = r.absorbance_change_pct.unwrap();
+    println!("absorbance change across the laser step (CD HT channel): {da:+.2} %");
+    assert!(da.abs() < 1.0);
     assert!((r.t_measured_c.unwrap() - 130.0).abs() <= 1.0);
     let spec = ProbeSpec {
         t_c: 110.0,

@@ -69,6 +69,7 @@ impl AbsorptionSpectrometer for VirtualUv {
             wavelength_nm: wl,
             values: a,
             quantity: "absorbance".into(),
+            absorbance: None,
         })
     }
 }
@@ -107,7 +108,7 @@ impl CdSpectrometer for VirtualCd {
             .await;
         let r = self.twin.with(|w| {
             let s = w.places.get("cd").cloned()?;
-            Some(optics::cd_spectrum(
+            let (wl, v) = optics::cd_spectrum(
                 &w.landscape,
                 &s,
                 scan.start_nm,
@@ -115,13 +116,16 @@ impl CdSpectrometer for VirtualCd {
                 scan.step_nm,
                 averages,
                 &mut w.rng.spectra,
-            ))
+            );
+            let a = optics::absorbance_on(&s, &wl, 1, &mut w.rng.spectra);
+            Some((wl, v, a))
         });
-        let (wl, v) = r.ok_or_else(|| fault(&self.name, "cuvette removed during the scan"))?;
+        let (wl, v, a) = r.ok_or_else(|| fault(&self.name, "cuvette removed during the scan"))?;
         Ok(Spectrum {
             wavelength_nm: wl,
             values: v,
             quantity: "cd_mdeg".into(),
+            absorbance: Some(a),
         })
     }
 }

@@ -100,6 +100,20 @@ pub fn absorption_spectrum<R: Rng + ?Sized>(
     (wl, a)
 }
 
+/// Absorbance of `s` on a given axis with noise, averaged over `averages` scans.
+pub fn absorbance_on<R: Rng + ?Sized>(
+    s: &Sample,
+    wl: &[f64],
+    averages: u32,
+    rng: &mut R,
+) -> Vec<f64> {
+    let sd = ABS_NOISE / f64::from(averages.max(1)).sqrt();
+    let noise = Normal::new(0.0, sd).ok();
+    wl.iter()
+        .map(|&x| absorbance(s, x) + noise.map(|d| d.sample(rng)).unwrap_or(0.0))
+        .collect()
+}
+
 /// |CD| the landscape gives for this product, mdeg (never negative).
 pub fn cd_magnitude(landscape: &Landscape, s: &Sample) -> f64 {
     if s.c <= 0.0 {
