@@ -271,3 +271,67 @@ async fn out_of_range_parameters_write_no_bytes() {
     );
     assert_eq!(before, after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_driver_survives_random_frames() {
+    let pty = maosic_lab::pty::open().unwrap();
+    let mut master = pty.master;
+    let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f2 = frames.clone();
+    let server = tokio::spawn(async move {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut buf = [0u8; 256];
+        loop {
+            match master.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let mut out = Vec::new();
+            for _ in 0..rng.random_range(1..6) {
+                match rng.random_range(0..4) {
+                    // random bytes
+                    0 => out.extend((0..rng.random_range(1..40)).map(|_| rng.random::<u8>())),
+                    // a well-formed answer with a wrong CRC
+                    1 => {
+                        out.extend_from_slice(&[1, 4, 10, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0xde, 0xad])
+                    }
+                    // an exception from the right slave
+                    2 => out.extend(maosic_lab::sim::servers::with_crc(vec![1, 0x84, 2])),
+                    // truncated
+                    _ => out.extend_from_slice(&[1, 4, 10, 0]),
+                }
+                f2.fetch_add(1, Ordering::Relaxed);
+            }
+            if master.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let h = PidModbus::open(
+        "H",
+        &pty.slave_path,
+        9600,
+        1,
+        HeaterLimits::default(),
+        SerialTiming {
+            timeout_ms: 20,
+            retries: 0,
+        },
+    )
+    .unwrap();
+    let (mut ok, mut err) = (0u32, 0u32);
+    while frames.load(Ordering::Relaxed) < 2_000 {
+        match h.read().await {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    println!(
+        "{} hostile Modbus frames over {} reads: {ok} ok, {err} clean errors, 0 panics",
+        frames.load(Ordering::Relaxed),
+        ok + err
+    );
+    assert!(err > 0);
+    server.abort();
+    drop(pty.slave_keepalive);
+}

@@ -282,3 +282,21 @@ mod tests {
         assert_eq!(p.handle(b"01XYZ").unwrap().error(), Some("?"));
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn interpreter_never_panics(lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..24), 0..30),
+                                    dts in proptest::collection::vec(0.0f64..1000.0, 0..30)) {
+            let mut p = PumpSim::new(1, 500.0);
+            for (i, l) in lines.iter().enumerate() {
+                let _ = p.handle(l);
+                p.advance(dts.get(i).copied().unwrap_or(1.0));
+                proptest::prop_assert!(p.content_ul >= -1e-9 && p.content_ul <= p.capacity_ul + 1e-9);
+            }
+        }
+    }
+}
