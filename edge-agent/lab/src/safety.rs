@@ -215,6 +215,24 @@ impl SafetyKernel {
         self.emergency.iter().filter(|w| emergency_write(w)).count()
     }
 
+    /// The raw safe-state frames (for a panic hook or another process).
+    pub fn emergency_writes(&self) -> Vec<EmergencyWrite> {
+        self.emergency.clone()
+    }
+
+    /// Install a process-wide panic hook that writes the safe-state frames to every serial
+    /// device before the previous hook runs. Call once at agent start.
+    pub fn install_panic_hook(&self) {
+        let writes = self.emergency.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            for w in &writes {
+                emergency_write(w);
+            }
+            previous(info);
+        }));
+    }
+
     /// Stop the loop and the watchdog (does not touch devices; see [`Self::safe_state`]).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
