@@ -26,6 +26,29 @@ pub enum PeakCount {
     Fixed(usize),
 }
 
+impl std::str::FromStr for PeakCount {
+    type Err = String;
+
+    /// For CLI flags such as `--peaks auto|N`: `auto` means `Auto { max: 4 }`, `auto:M` sets the
+    /// maximum, a number fixes the count.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let count = |v: &str| -> Result<usize, String> {
+            match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PEAKS).contains(&n) => Ok(n),
+                _ => Err(format!("peak count must be 1..={MAX_PEAKS}, got `{v}`")),
+            }
+        };
+        if t == "auto" {
+            Ok(Self::Auto { max: 4 })
+        } else if let Some(m) = t.strip_prefix("auto:") {
+            Ok(Self::Auto { max: count(m)? })
+        } else {
+            Ok(Self::Fixed(count(&t)?))
+        }
+    }
+}
+
 /// Baseline term fitted together with the peaks: a polynomial in the wavelength.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
@@ -1294,6 +1317,23 @@ mod tests {
         (0..n)
             .map(|i| 400.0 + 200.0 * i as f64 / (n - 1) as f64)
             .collect()
+    }
+
+    #[test]
+    fn cli_style_parsing() {
+        assert_eq!("auto".parse::<PeakCount>(), Ok(PeakCount::Auto { max: 4 }));
+        assert_eq!(
+            "auto:6".parse::<PeakCount>(),
+            Ok(PeakCount::Auto { max: 6 })
+        );
+        assert_eq!("3".parse::<PeakCount>(), Ok(PeakCount::Fixed(3)));
+        assert!("0".parse::<PeakCount>().is_err());
+        assert!("many".parse::<PeakCount>().is_err());
+        assert_eq!(
+            "pseudo-voigt".parse::<LineShape>(),
+            Ok(LineShape::PseudoVoigt)
+        );
+        assert!("sinc".parse::<LineShape>().is_err());
     }
 
     #[test]

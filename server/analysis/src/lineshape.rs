@@ -48,6 +48,19 @@ impl LineShape {
     }
 }
 
+impl std::str::FromStr for LineShape {
+    type Err = String;
+
+    /// For CLI flags such as `--model gaussian|lorentzian|voigt|pseudo-voigt`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).ok_or_else(|| {
+            format!(
+                "unknown line shape `{s}`; expected gaussian, lorentzian, voigt or pseudo-voigt"
+            )
+        })
+    }
+}
+
 /// FWHM / σ for a Gaussian: 2√(2 ln 2).
 pub const GAUSS_FWHM_PER_SIGMA: f64 = 2.354_820_045_030_949_3;
 

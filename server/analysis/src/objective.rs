@@ -472,6 +472,14 @@ fn write_expr(e: &Expr, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     }
 }
 
+impl std::str::FromStr for Objective {
+    type Err = ObjectiveError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 impl fmt::Display for Objective {
     /// Canonical, fully parenthesised text that parses back to the same objective.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
