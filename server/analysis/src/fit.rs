@@ -874,12 +874,16 @@ pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit,
     let adequate = |f: &PeakFit| {
         !degenerate(f) && (noise <= 0.0 || f.statistics.reduced_chi_square <= 1.5 * noise * noise)
     };
+    // Fixed count: the fit from detected guesses, kept as the fallback if building the model
+    // up one peak at a time does no better.
+    let mut first_fit: Option<PeakFit> = None;
     if let PeakCount::Fixed(n) = settings.peaks {
         if detected.len() >= n {
             let first = fit_prepared(&prep, settings, &detected[..n]);
             if first.as_ref().is_ok_and(adequate) || n == 1 {
                 return first;
             }
+            first_fit = first.ok();
         }
     }
     let mut previous: Option<PeakFit> = None;
@@ -930,6 +934,14 @@ pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit,
                 last_err = Some(e);
                 break;
             }
+        }
+    }
+    if let Some(first) = first_fit {
+        if best
+            .as_ref()
+            .is_none_or(|b| first.statistics.chi_square < b.statistics.chi_square)
+        {
+            best = Some(first);
         }
     }
     match best {
