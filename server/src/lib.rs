@@ -1,1 +1,12 @@
-//! MAOSIC cloud server: GraphQL API, storage, agent gateway.
+//! MAOSIC cloud server: GraphQL API, storage, agent gateway. The binary in `main.rs` is a thin
+//! command-line shell over these modules.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod gateway;
+pub mod graphql;
+pub mod metrics;
+pub mod state;
+pub mod storage;
+pub mod telemetry;

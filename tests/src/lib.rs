@@ -1,1 +1,433 @@
-//! End-to-end tests: the real server, real agents and the virtual lab.
+//! End-to-end test harness: fresh databases per test (SQLite always, PostgreSQL when
+//! `MAOSIC_TEST_POSTGRES_URL` is set), the real `maosic-server` on port 0, real `maosic-agent`
+//! processes, and a small GraphQL client. Waiting is always on a condition with a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// Environment variable naming the PostgreSQL server used by the PostgreSQL variants.
+pub const POSTGRES_URL_ENV: &str = "MAOSIC_TEST_POSTGRES_URL";
+/// Environment variable naming a directory where each backend variant that ran leaves a mark.
+pub const REPORT_DIR_ENV: &str = "MAOSIC_TEST_REPORT_DIR";
+
+/// A database backend under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server from `MAOSIC_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+impl Backend {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The backends to run: SQLite always, PostgreSQL when its URL is set.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    if std::env::var(POSTGRES_URL_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        all.push(Backend::Postgres);
+    }
+    all
+}
+
+/// Records that `test` ran on `backend` (CI checks that the PostgreSQL variants ran).
+pub fn mark_ran(backend: Backend, test: &str) {
+    if let Ok(dir) = std::env::var(REPORT_DIR_ENV) {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{}--{test}", backend.name())), b"ran\n");
+    }
+}
+
+/// A fresh database for one test, removed when dropped.
+pub struct TestDatabase {
+    /// Which backend.
+    pub backend: Backend,
+    /// Connection URL for the server.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_admin: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// Creates a fresh, empty database (not migrated).
+    pub async fn create(backend: Backend) -> anyhow::Result<TestDatabase> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("maosic.db").display());
+                Ok(TestDatabase {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                    pg_admin: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin_url = std::env::var(POSTGRES_URL_ENV)
+                    .with_context(|| format!("{POSTGRES_URL_ENV} is not set"))?;
+                let name = format!("maosic_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = PgConnection::connect(&admin_url)
+                    .await
+                    .with_context(|| format!("cannot reach PostgreSQL at {admin_url}"))?;
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await?;
+                conn.close().await?;
+                let url = replace_database(&admin_url, &name)?;
+                Ok(TestDatabase {
+                    backend,
+                    url,
+                    _dir: None,
+                    pg_admin: Some((admin_url, name)),
+                })
+            }
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base
+        .find("://")
+        .ok_or_else(|| anyhow!("not a URL: {url}"))?
+        + 3;
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = self.pg_admin.take() {
+            // Drop runs inside async tests: use a private runtime on a separate thread.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(async {
+                        if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                            let _ = conn
+                                .execute(
+                                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                                )
+                                .await;
+                            let _ = conn.close().await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("MAOSIC_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/debug/deps/<test-binary> → target/debug
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of one of the workspace binaries; fails with a hint when it was not built.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build --workspace --bins`), as scripts/test does",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Output of a finished command.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a workspace binary to completion.
+pub fn run_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Finished> {
+    let out = Command::new(bin(name)?)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()?;
+    Ok(Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// A lab created with `maosic-server admin create-lab`.
+pub struct TestLab {
+    /// The lab's id.
+    pub id: String,
+    /// Path of its credential file.
+    pub credential: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates a lab (and organisation) in `db` through the real CLI.
+pub fn create_lab(db: &TestDatabase, org: &str, name: &str) -> anyhow::Result<TestLab> {
+    let dir = tempfile::tempdir()?;
+    let credential = dir.path().join("credential.json");
+    let cred = credential.to_string_lossy().into_owned();
+    let out = run_bin(
+        "maosic-server",
+        &[
+            "admin",
+            "create-lab",
+            "--org",
+            org,
+            "--name",
+            name,
+            "--credential-out",
+            &cred,
+            "--database",
+            &db.url,
+        ],
+        &[],
+    )?;
+    if !out.status.success() {
+        bail!("create-lab failed: {}", out.stderr);
+    }
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&credential)?)?;
+    let id = file["lab_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("credential without lab_id"))?
+        .to_owned();
+    Ok(TestLab {
+        id,
+        credential,
+        _dir: dir,
+    })
+}
+
+/// A running `maosic-server serve` on a free port.
+pub struct TestServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts the server on `db` with extra environment, and waits for its "listening" line.
+    pub fn spawn(db: &TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("server.log");
+        let mut child = Command::new(bin("maosic-server")?)
+            .args(["serve", "--bind", "127.0.0.1:0", "--database", &db.url])
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout from server"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("maosic-server listening on http://") {
+                        break rest.trim().parse::<SocketAddr>()?;
+                    }
+                }
+                _ => {
+                    let _ = child.wait();
+                    bail!(
+                        "server exited before listening:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(TestServer {
+            addr,
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POSTs a GraphQL query and returns the whole response body.
+    pub fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let body = json!({ "query": query, "variables": variables });
+        let mut response = ureq::post(format!("{}/graphql", self.url()))
+            .header("content-type", "application/json")
+            .send_json(&body)?;
+        Ok(response.body_mut().read_json::<Value>()?)
+    }
+
+    /// GETs a path and returns status and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = ureq::get(format!("{}{path}", self.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string()?;
+        Ok((status, body))
+    }
+
+    /// Stops the server hard (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `maosic-agent run`.
+pub struct TestAgent {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    /// Starts an agent for `lab` against `server`, announcing `descriptor` when given.
+    pub fn spawn(
+        server: &str,
+        credential: &Path,
+        descriptor: Option<&Path>,
+    ) -> anyhow::Result<TestAgent> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("agent.log");
+        let mut cmd = Command::new(bin("maosic-agent")?);
+        cmd.args(["run", "--server", server, "--credential"])
+            .arg(credential)
+            .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"]);
+        if let Some(d) = descriptor {
+            cmd.arg("--descriptor").arg(d);
+        }
+        let child = cmd
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(TestAgent {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process dies without a word.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a clean stop (the agent says goodbye); waits for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Waits for the agent to exit on its own, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout`. Returns the value and the
+/// time it took.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe()? {
+            return Ok((v, started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,131 @@
+//! The HTTP application: routes (`/graphql`, `/healthz`, `/readyz`, `/metrics`, the agent
+//! gateway), the metrics middleware, and start-up (connect, migrate, bind, announce).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use async_graphql::http::GraphiQLSource;
+use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse};
+use futures_util::FutureExt;
+use maosic_schema::protocol::AGENT_WS_PATH;
+use tracing::info;
+
+use crate::config::Config;
+use crate::graphql::{build_schema, ApiSchema};
+use crate::metrics::HttpLabels;
+use crate::state::AppState;
+use crate::storage;
+
+async fn graphql(schema: web::Data<ApiSchema>, req: GraphQLRequest) -> GraphQLResponse {
+    schema.execute(req.into_inner()).await.into()
+}
+
+async fn graphiql(state: web::Data<AppState>) -> HttpResponse {
+    if !state.config.graphql.graphiql {
+        return HttpResponse::NotFound().finish();
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(GraphiQLSource::build().endpoint("/graphql").finish())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await {
+        Ok(Ok(())) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("database unreachable\n")
+        }
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("database timed out\n"),
+    }
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// Connects to the configured database and applies migrations when configured to.
+pub async fn open_storage(config: &Config) -> anyhow::Result<std::sync::Arc<dyn storage::Storage>> {
+    let storage = storage::connect(&config.database, &config.pool)
+        .await
+        .with_context(|| format!("cannot open database {}", config.database))?;
+    if config.auto_migrate {
+        storage
+            .migrate()
+            .await
+            .with_context(|| format!("cannot migrate database {}", config.database))?;
+    }
+    Ok(storage)
+}
+
+/// Binds the listener and builds the server; returns it with the bound address.
+pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::SocketAddr)> {
+    let bind = state.config.bind;
+    let listener = TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let schema = build_schema(Some(state.clone()));
+    let server = HttpServer::new(move || {
+        let metrics = state.metrics.clone();
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(schema.clone()))
+            .wrap_fn(move |req, srv| {
+                let started = Instant::now();
+                let method = req.method().to_string();
+                let metrics = metrics.clone();
+                srv.call(req).map(move |res| {
+                    if let Ok(res) = &res {
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
+                        metrics.observe(
+                            HttpLabels {
+                                method,
+                                route,
+                                status: res.status().as_u16(),
+                            },
+                            started.elapsed().as_secs_f64(),
+                        );
+                    }
+                    res
+                })
+            })
+            .route("/graphql", web::post().to(graphql))
+            .route("/graphql", web::get().to(graphiql))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
+    })
+    .listen(listener)?
+    .shutdown_timeout(5)
+    .run();
+    Ok((server, addr))
+}
+
+/// `maosic-server serve`: runs until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let storage = open_storage(&config).await?;
+    let state = AppState::new(storage, config);
+    let (server, addr) = build_server(state)?;
+    info!(%addr, "listening");
+    // The one line on stdout: tools and tests read the bound address from it.
+    println!("maosic-server listening on http://{addr}");
+    server.await.context("server stopped with an error")
+}

@@ -1,0 +1,251 @@
+//! Typed, layered configuration: embedded defaults → optional file → `MAOSIC_` environment →
+//! command-line overrides; validated once at start-up into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{DatabaseUrl, PoolSettings};
+
+/// The commented defaults, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Errors loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or has the wrong shape.
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A value is present but unusable.
+    #[error("configuration: {key}: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// Why it is unusable.
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// The configuration as written (strings, before validation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawConfig {
+    /// Listen address.
+    pub bind: String,
+    /// Database URL.
+    pub database: String,
+    /// Apply migrations on `serve`.
+    pub auto_migrate: bool,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Connection timeout in seconds.
+    pub connect_timeout_secs: u64,
+    /// Logging.
+    pub log: LogConfig,
+    /// Agent link.
+    pub agent: AgentConfig,
+    /// GraphQL endpoint.
+    pub graphql: GraphqlConfig,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// tracing env-filter directives.
+    pub filter: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Agent link settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Heartbeat period in ms.
+    pub heartbeat_ms: u64,
+    /// Largest accepted WebSocket message in bytes.
+    pub max_message_bytes: usize,
+    /// Seconds allowed before `hello`.
+    pub hello_timeout_secs: u64,
+}
+
+impl AgentConfig {
+    /// The heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Silence after which a peer is dead: three heartbeat periods (RELIABILITY rule 3).
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat() * 3
+    }
+}
+
+/// GraphQL endpoint settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphqlConfig {
+    /// Serve GraphiQL on `GET /graphql`.
+    pub graphiql: bool,
+}
+
+/// Command-line values that override every other layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--bind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// `--database`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Database.
+    pub database: DatabaseUrl,
+    /// Apply migrations on `serve`.
+    pub auto_migrate: bool,
+    /// Pool settings.
+    pub pool: PoolSettings,
+    /// Logging.
+    pub log: LogConfig,
+    /// Agent link.
+    pub agent: AgentConfig,
+    /// GraphQL.
+    pub graphql: GraphqlConfig,
+}
+
+impl Config {
+    /// Loads all layers. `file` is an explicit `--config`; without it `./maosic.toml` is read
+    /// when it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid {
+                        key: "--config",
+                        reason: format!("file {} does not exist", path.display()),
+                    });
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => {
+                let default_path = PathBuf::from("maosic.toml");
+                if default_path.exists() {
+                    figment = figment.merge(Toml::file(default_path));
+                }
+            }
+        }
+        let raw: RawConfig = figment
+            .merge(
+                Env::prefixed("MAOSIC_")
+                    .split("__")
+                    .ignore(&["test_postgres_url"]),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()?;
+        Config::validate(raw)
+    }
+
+    /// Turns the raw values into typed ones, refusing unusable values.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let bind: SocketAddr = raw.bind.parse().map_err(|e| ConfigError::Invalid {
+            key: "bind",
+            reason: format!("{:?} is not ADDRESS:PORT ({e})", raw.bind),
+        })?;
+        let database = DatabaseUrl::parse(&raw.database).map_err(|e| ConfigError::Invalid {
+            key: "database",
+            reason: e.to_string(),
+        })?;
+        if raw.agent.heartbeat_ms < 50 {
+            return Err(ConfigError::Invalid {
+                key: "agent.heartbeat_ms",
+                reason: "must be at least 50".into(),
+            });
+        }
+        if raw.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            bind,
+            database,
+            auto_migrate: raw.auto_migrate,
+            pool: PoolSettings {
+                max_connections: raw.max_connections,
+                acquire_timeout: Duration::from_secs(raw.connect_timeout_secs.max(1)),
+            },
+            log: raw.log,
+            agent: raw.agent,
+            graphql: raw.graphql,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap()
+    }
+
+    #[test]
+    fn embedded_defaults_validate() {
+        let config = Config::validate(raw()).unwrap();
+        assert_eq!(config.bind.port(), 8080);
+        assert_eq!(config.database.backend(), crate::storage::Backend::Sqlite);
+    }
+
+    #[test]
+    fn malformed_values_are_refused_with_the_key_named() {
+        let mut bad = raw();
+        bad.database = "mysql://x".into();
+        let err = Config::validate(bad).unwrap_err().to_string();
+        assert!(err.contains("database"), "{err}");
+        let mut bad = raw();
+        bad.bind = "localhost".into();
+        assert!(Config::validate(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bind"));
+    }
+
+    #[test]
+    fn overrides_win_over_defaults() {
+        let overrides = Overrides {
+            bind: Some("127.0.0.1:0".into()),
+            database: Some("sqlite://x.db".into()),
+        };
+        let raw: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Serialized::defaults(&overrides))
+            .extract()
+            .unwrap();
+        assert_eq!(raw.bind, "127.0.0.1:0");
+        assert_eq!(raw.database, "sqlite://x.db");
+    }
+}

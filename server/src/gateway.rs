@@ -1,0 +1,381 @@
+//! The agent gateway: the WebSocket endpoint agents connect to. It authenticates the lab
+//! credential on upgrade, waits for `hello`, assigns the connection a generation (RELIABILITY
+//! rule 4), pings every heartbeat period, declares the peer dead after three silent periods
+//! (rule 3), and records presence in storage. Only the current generation may change presence.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use futures_util::StreamExt;
+use maosic_schema::protocol::{
+    self, error_code, method, AgentCredentialFile, HeartbeatParams, HelloParams, HelloResult,
+    Message,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::state::AppState;
+use crate::storage::{now_ms, AgentHello, StorageError};
+
+/// Hex SHA-256 of a credential secret (secrets are 256-bit random, so a fast hash suffices).
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new random credential secret (256 bits, hex).
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+struct LiveConnection {
+    generation: i64,
+    cut: oneshot::Sender<&'static str>,
+}
+
+/// Registry of the agent connections open on this replica, by lab.
+#[derive(Clone, Default)]
+pub struct Gateway {
+    live: Arc<Mutex<HashMap<String, LiveConnection>>>,
+}
+
+impl Gateway {
+    /// Registers a connection; an older connection of the same lab is told to close.
+    fn register(&self, lab_id: &str, generation: i64) -> oneshot::Receiver<&'static str> {
+        let (cut, cut_rx) = oneshot::channel();
+        let previous = self
+            .live
+            .lock()
+            .map(|mut live| live.insert(lab_id.to_owned(), LiveConnection { generation, cut }))
+            .ok()
+            .flatten();
+        if let Some(previous) = previous {
+            let _ = previous.cut.send("superseded by a newer connection");
+        }
+        cut_rx
+    }
+
+    fn unregister(&self, lab_id: &str, generation: i64) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(lab_id).is_some_and(|c| c.generation == generation) {
+                live.remove(lab_id);
+            }
+        }
+    }
+
+    /// Closes the lab's live connection on this replica, if any (e.g. after revocation).
+    pub fn cut(&self, lab_id: &str, reason: &'static str) -> bool {
+        let removed = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|mut live| live.remove(lab_id));
+        match removed {
+            Some(conn) => conn.cut.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Number of open agent connections on this replica.
+    pub fn len(&self) -> usize {
+        self.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Whether no agent is connected to this replica.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Errors authenticating an agent.
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    #[error("missing or malformed Authorization header")]
+    Missing,
+    #[error("invalid or revoked agent credential")]
+    Invalid,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<String, AuthError> {
+    let token = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AuthError::Missing)?;
+    let (id, secret) = AgentCredentialFile::split_token(token.trim()).ok_or(AuthError::Missing)?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(AuthError::Invalid);
+    }
+    let credential = state
+        .storage
+        .agent_credential(id)
+        .await?
+        .ok_or(AuthError::Invalid)?;
+    if credential.revoked_at.is_some() || credential.secret_hash != hash_secret(secret) {
+        return Err(AuthError::Invalid);
+    }
+    Ok(credential.lab_id)
+}
+
+/// `GET /agent/v1/ws`: authenticate, then upgrade and run the session.
+pub async fn agent_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let lab_id = match authenticate(&state, &req).await {
+        Ok(lab_id) => lab_id,
+        Err(AuthError::Storage(e)) => {
+            warn!(error = %e, "agent authentication could not reach storage");
+            return Ok(HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"error": "unavailable"})));
+        }
+        Err(e) => {
+            info!(peer = ?req.peer_addr(), reason = %e, "agent connection refused");
+            return Ok(HttpResponse::Unauthorized()
+                .json(serde_json::json!({"error": "invalid agent credential"})));
+        }
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let max = state.config.agent.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let state = state.into_inner();
+    let peer = req.peer_addr().map(|a| a.to_string());
+    actix_web::rt::spawn(async move {
+        run_session((*state).clone(), lab_id, session, stream, peer).await;
+    });
+    Ok(response)
+}
+
+async fn send(session: &mut Session, message: &Message) -> bool {
+    session.text(message.to_json()).await.is_ok()
+}
+
+/// Waits for the agent's `hello` request and returns its id and parameters.
+async fn receive_hello(
+    session: &mut Session,
+    stream: &mut AggregatedMessageStream,
+) -> Option<(protocol::Id, HelloParams)> {
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(AggregatedMessage::Text(text)) => match Message::parse(&text) {
+                Ok(Message::Request(req)) if req.method == method::HELLO => {
+                    match serde_json::from_value::<HelloParams>(req.params) {
+                        Ok(params) => return Some((req.id, params)),
+                        Err(e) => {
+                            let reply = Message::error(
+                                Some(req.id),
+                                error_code::INVALID_PARAMS,
+                                format!("invalid hello: {e}"),
+                            );
+                            send(session, &reply).await;
+                            return None;
+                        }
+                    }
+                }
+                Ok(Message::Request(req)) => {
+                    let reply =
+                        Message::error(Some(req.id), error_code::NOT_READY, "send hello first");
+                    if !send(session, &reply).await {
+                        return None;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let reply = Message::error(None, error_code::PARSE_ERROR, e.to_string());
+                    if !send(session, &reply).await {
+                        return None;
+                    }
+                }
+            },
+            Ok(AggregatedMessage::Ping(bytes)) => {
+                if session.pong(&bytes).await.is_err() {
+                    return None;
+                }
+            }
+            Ok(AggregatedMessage::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Goodbye,
+    Closed,
+    Dead,
+    Cut,
+    Stale,
+    ProtocolError,
+}
+
+async fn run_session(
+    state: AppState,
+    lab_id: String,
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+    peer: Option<String>,
+) {
+    let agent_cfg = state.config.agent.clone();
+    let hello_timeout = Duration::from_secs(agent_cfg.hello_timeout_secs);
+    let Ok(Some((hello_id, hello))) =
+        tokio::time::timeout(hello_timeout, receive_hello(&mut session, &mut stream)).await
+    else {
+        info!(lab.id = %lab_id, "agent did not complete hello");
+        let _ = session
+            .close(Some(CloseReason {
+                code: CloseCode::Policy,
+                description: Some("hello expected".into()),
+            }))
+            .await;
+        return;
+    };
+    let record = AgentHello {
+        agent_version: hello.agent_version.clone(),
+        devices_json: serde_json::to_string(&hello.devices).unwrap_or_else(|_| "[]".into()),
+        descriptor_json: (!hello.descriptor.is_null()).then(|| hello.descriptor.to_string()),
+    };
+    let generation = match state
+        .storage
+        .agent_connected(&lab_id, &record, now_ms())
+        .await
+    {
+        Ok(g) => g,
+        Err(e) => {
+            warn!(lab.id = %lab_id, error = %e, "could not record agent connection");
+            let reply = Message::error(Some(hello_id), error_code::INTERNAL_ERROR, "unavailable");
+            send(&mut session, &reply).await;
+            let _ = session.close(None).await;
+            return;
+        }
+    };
+    let mut cut = state.gateway.register(&lab_id, generation);
+    state.metrics.agents_connected.inc();
+    info!(lab.id = %lab_id, generation, peer = ?peer, agent.version = %hello.agent_version, "agent connected");
+    let reply = Message::result(
+        hello_id,
+        HelloResult {
+            lab_id: lab_id.clone(),
+            generation,
+            heartbeat_ms: agent_cfg.heartbeat_ms,
+        },
+    );
+    let mut end = if send(&mut session, &reply).await {
+        None
+    } else {
+        Some(End::Closed)
+    };
+
+    let heartbeat = agent_cfg.heartbeat();
+    let dead_after = agent_cfg.dead_after();
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let mut last_heard = Instant::now();
+    let mut last_recorded = Instant::now();
+    while end.is_none() {
+        tokio::select! {
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        match Message::parse(&text) {
+                            Ok(Message::Notification(n)) if n.method == method::GOODBYE => {
+                                end = Some(End::Goodbye);
+                            }
+                            Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
+                            Ok(Message::Request(r)) => {
+                                let reply = Message::error(
+                                    Some(r.id),
+                                    error_code::METHOD_NOT_FOUND,
+                                    format!("unknown method {}", r.method),
+                                );
+                                if !send(&mut session, &reply).await {
+                                    end = Some(End::Closed);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                debug!(lab.id = %lab_id, error = %e, "unparseable agent message");
+                                let reply = Message::error(None, error_code::PARSE_ERROR, e.to_string());
+                                if !send(&mut session, &reply).await {
+                                    end = Some(End::Closed);
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            end = Some(End::Closed);
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => {}
+                    Some(Ok(AggregatedMessage::Binary(_))) => end = Some(End::ProtocolError),
+                    Some(Ok(AggregatedMessage::Close(_))) | None => end = Some(End::Closed),
+                    Some(Err(e)) => {
+                        info!(lab.id = %lab_id, error = %e, "agent connection error");
+                        end = Some(End::ProtocolError);
+                    }
+                }
+                // Presence writes are bounded to one per heartbeat period per connection.
+                if end.is_none() && last_recorded.elapsed() >= heartbeat / 2 {
+                    last_recorded = Instant::now();
+                    match state.storage.agent_seen(&lab_id, generation, now_ms()).await {
+                        Ok(true) => {}
+                        Ok(false) => end = Some(End::Stale),
+                        Err(e) => warn!(lab.id = %lab_id, error = %e, "could not record agent traffic"),
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let note = Message::notification(method::PING, HeartbeatParams { time_ms: now_ms() });
+                if !send(&mut session, &note).await {
+                    end = Some(End::Closed);
+                }
+            }
+            _ = tokio::time::sleep_until(last_heard + dead_after) => end = Some(End::Dead),
+            reason = &mut cut => {
+                debug!(lab.id = %lab_id, reason = ?reason.ok(), "connection cut by the server");
+                end = Some(End::Cut);
+            }
+        }
+    }
+    let end = end.unwrap_or(End::Closed);
+    state.gateway.unregister(&lab_id, generation);
+    state.metrics.agents_connected.dec();
+    let changed = match state
+        .storage
+        .agent_disconnected(&lab_id, generation, now_ms())
+        .await
+    {
+        Ok(changed) => changed,
+        Err(e) => {
+            warn!(lab.id = %lab_id, error = %e, "could not record agent disconnect");
+            false
+        }
+    };
+    info!(lab.id = %lab_id, generation, end = ?end, presence_changed = changed, "agent disconnected");
+    let code = match end {
+        End::Goodbye | End::Closed => CloseCode::Normal,
+        End::Dead => CloseCode::Away,
+        End::Cut | End::Stale => CloseCode::Policy,
+        End::ProtocolError => CloseCode::Protocol,
+    };
+    let _ = session
+        .close(Some(CloseReason {
+            code,
+            description: None,
+        }))
+        .await;
+}

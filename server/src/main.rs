@@ -1,0 +1,135 @@
+//! `maosic-server`: the command line of the MAOSIC cloud server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use maosic_server::config::{Config, Overrides};
+use maosic_server::{admin, app, graphql, telemetry};
+
+/// MAOSIC cloud server: GraphQL API, experiment queue, optimizer and agent gateway.
+#[derive(Parser)]
+#[command(name = "maosic-server", version, about)]
+struct Cli {
+    /// Configuration file (default: ./maosic.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+struct DatabaseArg {
+    /// Database URL: sqlite://PATH (default sqlite://maosic.db) or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Listen address, ADDRESS:PORT (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR:PORT")]
+        bind: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Print the GraphQL schema (SDL) to stdout.
+    PrintSchema,
+    /// Operator commands on the database.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a lab (and its organisation when missing) with an agent credential file.
+    CreateLab {
+        /// Organisation name.
+        #[arg(long)]
+        org: String,
+        /// Lab name, unique in the organisation.
+        #[arg(long)]
+        name: String,
+        /// Where to write the agent's credential file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        credential_out: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, with the cause chain, and never a panic.
+            eprintln!("maosic-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: Option<&PathBuf>, bind: Option<String>, db: DatabaseArg) -> anyhow::Result<Config> {
+    let config = Config::load(
+        config.map(PathBuf::as_path),
+        &Overrides {
+            bind,
+            database: db.database,
+        },
+    )?;
+    telemetry::init(&config.log);
+    Ok(config)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let system = actix_web::rt::System::new();
+    match cli.command {
+        Command::PrintSchema => {
+            print!("{}", graphql::sdl());
+        }
+        Command::Serve { bind, db } => {
+            let config = load(cli.config.as_ref(), bind, db)?;
+            system.block_on(app::serve(config))?;
+        }
+        Command::Migrate { db } => {
+            let mut config = load(cli.config.as_ref(), None, db)?;
+            config.auto_migrate = true;
+            system.block_on(app::open_storage(&config))?;
+            println!("migrations applied to {}", config.database);
+        }
+        Command::Admin { command } => match command {
+            AdminCommand::CreateLab {
+                org,
+                name,
+                credential_out,
+                db,
+            } => {
+                let config = load(cli.config.as_ref(), None, db)?;
+                let created = system.block_on(async {
+                    let storage = app::open_storage(&config).await?;
+                    admin::create_lab(storage.as_ref(), &org, &name).await
+                })?;
+                admin::write_credential_file(&credential_out, &created.credential)
+                    .context("lab created, but its credential file could not be written")?;
+                println!(
+                    "lab {} created in organisation {}; agent credential written to {}",
+                    created.lab_id,
+                    created.organization_id,
+                    credential_out.display()
+                );
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

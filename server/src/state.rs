@@ -1,0 +1,34 @@
+//! Shared application state handed to every handler: storage, configuration, metrics and the
+//! gateway's registry of live agent connections. Passed explicitly, never global.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The storage port.
+    pub storage: Arc<dyn Storage>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Live agent connections on this replica.
+    pub gateway: Gateway,
+}
+
+impl AppState {
+    /// Assembles the state.
+    pub fn new(storage: Arc<dyn Storage>, config: Config) -> Self {
+        AppState {
+            storage,
+            config: Arc::new(config),
+            metrics: Metrics::new(),
+            gateway: Gateway::default(),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The SQL both backends share, as one macro that implements [`super::Storage`] for a pool type.
+//! SQLite and PostgreSQL both accept `$n` placeholders, `RETURNING`, `TRUE`/`FALSE`, and decode
+//! our column types (TEXT, 64-bit integers, booleans) the same way, so the text is identical.
+
+macro_rules! impl_storage {
+    ($ty:ident, $backend:expr, $migrator:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::Storage for $ty {
+            fn backend(&self) -> $crate::storage::Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> $crate::storage::StorageResult<()> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> $crate::storage::StorageResult<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn create_organization(
+                &self,
+                name: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::Organization> {
+                sqlx::query_as(
+                    "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3) \
+                     RETURNING id, name, created_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(name)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn organization(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<$crate::storage::Organization> {
+                sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?
+                    .ok_or($crate::storage::StorageError::NotFound)
+            }
+
+            async fn organization_by_name(
+                &self,
+                name: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::Organization>> {
+                sqlx::query_as(
+                    "SELECT id, name, created_at FROM organizations WHERE name = $1 \
+                     ORDER BY created_at, id LIMIT 1",
+                )
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn create_user(
+                &self,
+                email: &str,
+                display_name: &str,
+                password_hash: Option<&str>,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::User> {
+                sqlx::query_as(
+                    "INSERT INTO users (id, email, display_name, password_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, email, display_name, password_hash, created_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(email.trim().to_lowercase())
+                .bind(display_name)
+                .bind(password_hash)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn user_by_email(
+                &self,
+                email: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::User>> {
+                sqlx::query_as(
+                    "SELECT id, email, display_name, password_hash, created_at FROM users \
+                     WHERE email = $1",
+                )
+                .bind(email.trim().to_lowercase())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn set_membership(
+                &self,
+                organization_id: &str,
+                user_id: &str,
+                role: $crate::storage::Role,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<()> {
+                sqlx::query(
+                    "INSERT INTO memberships (organization_id, user_id, role, created_at) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (organization_id, user_id) DO UPDATE SET role = excluded.role",
+                )
+                .bind(organization_id)
+                .bind(user_id)
+                .bind(role.as_str())
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn memberships_of_user(
+                &self,
+                user_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::Membership>> {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT organization_id, user_id, role FROM memberships \
+                     WHERE user_id = $1 ORDER BY created_at, organization_id",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                rows.into_iter()
+                    .map(|(organization_id, user_id, role)| {
+                        let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
+                            $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
+                        })?;
+                        Ok($crate::storage::Membership {
+                            organization_id,
+                            user_id,
+                            role,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn create_lab(
+                &self,
+                organization_id: &str,
+                name: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::Lab> {
+                sqlx::query_as(concat!(
+                    "INSERT INTO labs (id, organization_id, name, created_at) \
+                     VALUES ($1, $2, $3, $4) RETURNING ",
+                    $crate::storage::sql::LAB_COLUMNS!()
+                ))
+                .bind($crate::storage::new_id())
+                .bind(organization_id)
+                .bind(name)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn lab(&self, id: &str) -> $crate::storage::StorageResult<$crate::storage::Lab> {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::storage::sql::LAB_COLUMNS!(),
+                    " FROM labs WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?
+                .ok_or($crate::storage::StorageError::NotFound)
+            }
+
+            async fn labs_of_organization(
+                &self,
+                organization_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::Lab>> {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::storage::sql::LAB_COLUMNS!(),
+                    " FROM labs WHERE organization_id = $1 ORDER BY name, id"
+                ))
+                .bind(organization_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn create_agent_credential(
+                &self,
+                lab_id: &str,
+                secret_hash: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::AgentCredential> {
+                sqlx::query_as(
+                    "INSERT INTO agent_credentials (id, lab_id, secret_hash, created_at) \
+                     VALUES ($1, $2, $3, $4) \
+                     RETURNING id, lab_id, secret_hash, created_at, revoked_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(lab_id)
+                .bind(secret_hash)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn agent_credential(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::AgentCredential>> {
+                sqlx::query_as(
+                    "SELECT id, lab_id, secret_hash, created_at, revoked_at \
+                     FROM agent_credentials WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn revoke_agent_credential(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE agent_credentials SET revoked_at = $2 \
+                     WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn agent_connected(
+                &self,
+                lab_id: &str,
+                hello: &$crate::storage::AgentHello,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<i64> {
+                let (generation,): (i64,) = sqlx::query_as(
+                    "UPDATE labs SET connection_generation = connection_generation + 1, \
+                     online = TRUE, last_seen_at = $2, agent_version = $3, devices = $4, \
+                     descriptor = $5 WHERE id = $1 RETURNING connection_generation",
+                )
+                .bind(lab_id)
+                .bind(now_ms)
+                .bind(&hello.agent_version)
+                .bind(&hello.devices_json)
+                .bind(hello.descriptor_json.as_deref())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?
+                .ok_or($crate::storage::StorageError::NotFound)?;
+                Ok(generation)
+            }
+
+            async fn agent_seen(
+                &self,
+                lab_id: &str,
+                generation: i64,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE labs SET last_seen_at = $3 \
+                     WHERE id = $1 AND connection_generation = $2",
+                )
+                .bind(lab_id)
+                .bind(generation)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn agent_disconnected(
+                &self,
+                lab_id: &str,
+                generation: i64,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE labs SET online = FALSE, last_seen_at = $3 \
+                     WHERE id = $1 AND connection_generation = $2 AND online = TRUE",
+                )
+                .bind(lab_id)
+                .bind(generation)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn append_audit(
+                &self,
+                entry: &$crate::storage::NewAuditEntry,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<i64> {
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO audit_log \
+                     (organization_id, actor, action, target, detail, source, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(entry.organization_id.as_deref())
+                .bind(&entry.actor)
+                .bind(&entry.action)
+                .bind(&entry.target)
+                .bind(entry.detail.to_string())
+                .bind(entry.source.as_deref())
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(id)
+            }
+
+            async fn audit_of_organization(
+                &self,
+                organization_id: &str,
+                limit: i64,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::AuditEntry>> {
+                sqlx::query_as(
+                    "SELECT id, organization_id, actor, action, target, detail, source, created_at \
+                     FROM audit_log WHERE organization_id = $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(organization_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+        }
+    };
+}
+
+/// The columns of a [`super::Lab`] row, in struct order.
+macro_rules! LAB_COLUMNS {
+    () => {
+        "id, organization_id, name, created_at, connection_generation, online, last_seen_at, \
+         agent_version, devices, descriptor"
+    };
+}
+
+pub(crate) use impl_storage;
+pub(crate) use LAB_COLUMNS;

@@ -1,0 +1,211 @@
+//! Storage conformance suite: every test runs on SQLite, and on PostgreSQL whenever
+//! `MAOSIC_TEST_POSTGRES_URL` is set, each in a fresh database dropped afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use maosic_e2e::{backends, mark_ran, TestDatabase};
+use maosic_server::storage::{
+    self, AgentHello, DatabaseUrl, NewAuditEntry, PoolSettings, Role, Storage, StorageError,
+};
+
+async fn on_every_backend<F, Fut>(name: &str, test: F)
+where
+    F: Fn(Arc<dyn Storage>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let url = DatabaseUrl::parse(&db.url).unwrap();
+        let storage = storage::connect(&url, &PoolSettings::default())
+            .await
+            .unwrap();
+        storage.migrate().await.unwrap();
+        test(storage).await;
+        mark_ran(backend, name);
+    }
+}
+
+fn hello(version: &str) -> AgentHello {
+    AgentHello {
+        agent_version: version.into(),
+        devices_json: r#"[{"name":"H","kind":"heater"}]"#.into(),
+        descriptor_json: None,
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_the_database_answers() {
+    on_every_backend("migrations", |s| async move {
+        s.migrate().await.unwrap();
+        s.ping().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn organizations_users_and_memberships_round_trip() {
+    on_every_backend("accounts", |s| async move {
+        let org = s.create_organization("Chirality Group", 1).await.unwrap();
+        assert_eq!(s.organization(&org.id).await.unwrap(), org);
+        assert_eq!(
+            s.organization_by_name("Chirality Group").await.unwrap(),
+            Some(org.clone())
+        );
+        assert!(matches!(
+            s.organization("missing").await,
+            Err(StorageError::NotFound)
+        ));
+
+        let user = s
+            .create_user(" Ada@Example.org ", "Ada", Some("$argon2id$x"), 2)
+            .await
+            .unwrap();
+        assert_eq!(user.email, "ada@example.org");
+        assert_eq!(
+            s.user_by_email("ADA@example.org").await.unwrap(),
+            Some(user.clone())
+        );
+        assert!(matches!(
+            s.create_user("ada@example.org", "Other", None, 3).await,
+            Err(StorageError::Conflict(_))
+        ));
+
+        s.set_membership(&org.id, &user.id, Role::Researcher, 4)
+            .await
+            .unwrap();
+        s.set_membership(&org.id, &user.id, Role::Admin, 5)
+            .await
+            .unwrap();
+        let memberships = s.memberships_of_user(&user.id).await.unwrap();
+        assert_eq!(memberships.len(), 1);
+        assert_eq!(memberships[0].role, Role::Admin);
+        // A membership must point at existing rows.
+        assert!(matches!(
+            s.set_membership("no-org", &user.id, Role::Viewer, 6).await,
+            Err(StorageError::Conflict(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn labs_are_scoped_to_their_organization() {
+    on_every_backend("labs", |s| async move {
+        let a = s.create_organization("A", 1).await.unwrap();
+        let b = s.create_organization("B", 1).await.unwrap();
+        let lab_a = s.create_lab(&a.id, "reactor", 2).await.unwrap();
+        let lab_b = s.create_lab(&b.id, "reactor", 2).await.unwrap();
+        assert!(matches!(
+            s.create_lab(&a.id, "reactor", 3).await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(
+            s.labs_of_organization(&a.id).await.unwrap(),
+            vec![lab_a.clone()]
+        );
+        assert_eq!(s.labs_of_organization(&b.id).await.unwrap(), vec![lab_b]);
+        let fresh = s.lab(&lab_a.id).await.unwrap();
+        assert!(!fresh.online);
+        assert_eq!(fresh.connection_generation, 0);
+        assert_eq!(fresh.devices, "[]");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_credentials_can_be_revoked_once() {
+    on_every_backend("credentials", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "reactor", 2).await.unwrap();
+        let cred = s.create_agent_credential(&lab.id, "abc", 3).await.unwrap();
+        assert_eq!(
+            s.agent_credential(&cred.id).await.unwrap(),
+            Some(cred.clone())
+        );
+        assert!(s.revoke_agent_credential(&cred.id, 4).await.unwrap());
+        assert!(!s.revoke_agent_credential(&cred.id, 5).await.unwrap());
+        assert_eq!(
+            s.agent_credential(&cred.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(4)
+        );
+        assert_eq!(s.agent_credential("nope").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_current_connection_generation_changes_presence() {
+    on_every_backend("presence", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "reactor", 2).await.unwrap();
+        let old = s
+            .agent_connected(&lab.id, &hello("0.1.0"), 10)
+            .await
+            .unwrap();
+        let new = s
+            .agent_connected(&lab.id, &hello("0.1.1"), 20)
+            .await
+            .unwrap();
+        assert_eq!((old, new), (1, 2));
+        // The old connection's late traffic and close change nothing.
+        assert!(!s.agent_seen(&lab.id, old, 30).await.unwrap());
+        assert!(!s.agent_disconnected(&lab.id, old, 31).await.unwrap());
+        let row = s.lab(&lab.id).await.unwrap();
+        assert!(row.online);
+        assert_eq!(row.last_seen_at, Some(20));
+        assert_eq!(row.agent_version.as_deref(), Some("0.1.1"));
+        assert!(row.is_online(25, 30));
+        assert!(
+            !row.is_online(100, 30),
+            "silent for longer than the timeout"
+        );
+        // The current one's traffic and close do.
+        assert!(s.agent_seen(&lab.id, new, 40).await.unwrap());
+        assert!(s.agent_disconnected(&lab.id, new, 41).await.unwrap());
+        assert!(!s.agent_disconnected(&lab.id, new, 42).await.unwrap());
+        let row = s.lab(&lab.id).await.unwrap();
+        assert!(!row.online);
+        assert_eq!(row.last_seen_at, Some(41));
+        assert!(matches!(
+            s.agent_connected("missing", &hello("x"), 1).await,
+            Err(StorageError::NotFound)
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_entries_are_listed_newest_first_per_organization() {
+    on_every_backend("audit", |s| async move {
+        let a = s.create_organization("A", 1).await.unwrap();
+        let b = s.create_organization("B", 1).await.unwrap();
+        for (i, org) in [&a, &a, &b].into_iter().enumerate() {
+            s.append_audit(
+                &NewAuditEntry {
+                    organization_id: Some(org.id.clone()),
+                    actor: "cli".into(),
+                    action: format!("act{i}"),
+                    target: "lab:x".into(),
+                    detail: serde_json::json!({ "i": i }),
+                    source: Some("127.0.0.1".into()),
+                },
+                100 + i as i64,
+            )
+            .await
+            .unwrap();
+        }
+        let entries = s.audit_of_organization(&a.id, 10).await.unwrap();
+        let actions: Vec<_> = entries.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["act1", "act0"]);
+        assert_eq!(entries[0].detail, r#"{"i":1}"#);
+        assert_eq!(s.audit_of_organization(&a.id, 1).await.unwrap().len(), 1);
+        assert_eq!(s.audit_of_organization(&b.id, 10).await.unwrap().len(), 1);
+    })
+    .await;
+}

@@ -1,0 +1,273 @@
+//! Foundation end-to-end tests: presence over the real agent link on both backends, the HTTP
+//! endpoints, the schema contract, and clear one-line errors for bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use maosic_e2e::{
+    backends, create_lab, mark_ran, run_bin, wait_for, Backend, TestAgent, TestDatabase, TestServer,
+};
+use serde_json::{json, Value};
+
+const HEARTBEAT_MS: u64 = 500;
+
+fn paper_lab() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/paper-lab.toml")
+}
+
+fn lab_state(server: &TestServer, lab_id: &str) -> Value {
+    let body = server
+        .graphql(
+            "query($id: ID!) { lab(id: $id) { online connectionGeneration lastSeenAt devices { name kind } } }",
+            json!({ "id": lab_id }),
+        )
+        .unwrap();
+    assert!(body.get("errors").is_none(), "{body}");
+    body["data"]["lab"].clone()
+}
+
+fn online(server: &TestServer, lab_id: &str) -> bool {
+    lab_state(server, lab_id)["online"].as_bool().unwrap()
+}
+
+async fn presence_follows_the_agent(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let lab = create_lab(&db, "Chirality Group", "paper-lab").unwrap();
+    let hb = HEARTBEAT_MS.to_string();
+    let server = TestServer::spawn(&db, &[("MAOSIC_AGENT__HEARTBEAT_MS", &hb)]).unwrap();
+    assert!(!online(&server, &lab.id), "no agent yet");
+
+    // Agent starts → online, with its devices.
+    let mut agent = TestAgent::spawn(&server.url(), &lab.credential, Some(&paper_lab())).unwrap();
+    let (_, took) = wait_for(Duration::from_secs(15), "lab online", || {
+        Ok(online(&server, &lab.id).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nagent log:\n{}\nserver log:\n{}",
+            agent.log(),
+            server.log()
+        )
+    });
+    let state = lab_state(&server, &lab.id);
+    assert_eq!(state["connectionGeneration"], 1);
+    let devices = state["devices"].as_array().unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["name"] == "H" && d["kind"] == "heater"),
+        "{state}"
+    );
+    println!(
+        "[{}] online after agent start: {} ms",
+        backend.name(),
+        took.as_millis()
+    );
+
+    // Stays online across several heartbeat periods (heartbeats keep it alive).
+    let (_, _) = wait_for(
+        Duration::from_secs(5),
+        "a heartbeat to move lastSeenAt",
+        || {
+            let seen = lab_state(&server, &lab.id)["lastSeenAt"].clone();
+            Ok((seen != state["lastSeenAt"]).then_some(()))
+        },
+    )
+    .unwrap();
+    assert!(online(&server, &lab.id));
+
+    // SIGKILL → offline within 3 heartbeat periods.
+    agent.kill();
+    let (_, took) = wait_for(Duration::from_secs(10), "lab offline after SIGKILL", || {
+        Ok((!online(&server, &lab.id)).then_some(()))
+    })
+    .unwrap();
+    println!(
+        "[{}] offline after agent SIGKILL: {} ms (limit {} ms)",
+        backend.name(),
+        took.as_millis(),
+        3 * HEARTBEAT_MS
+    );
+    assert!(
+        took <= Duration::from_millis(3 * HEARTBEAT_MS),
+        "took {took:?}"
+    );
+
+    // A new agent process → online again with a newer generation.
+    let mut agent = TestAgent::spawn(&server.url(), &lab.credential, Some(&paper_lab())).unwrap();
+    wait_for(Duration::from_secs(15), "lab online again", || {
+        Ok(online(&server, &lab.id).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(lab_state(&server, &lab.id)["connectionGeneration"], 2);
+
+    // Clean stop (SIGTERM → goodbye) → offline within 1 s.
+    let started = std::time::Instant::now();
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "agent exit {status:?}: {}", agent.log());
+    let (_, _) = wait_for(
+        Duration::from_secs(5),
+        "lab offline after clean stop",
+        || Ok((!online(&server, &lab.id)).then_some(())),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    println!(
+        "[{}] offline after clean stop: {} ms (limit 1000 ms)",
+        backend.name(),
+        took.as_millis()
+    );
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    mark_ran(backend, "presence_follows_the_agent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_the_agent_on_every_backend() {
+    for backend in backends() {
+        presence_follows_the_agent(backend).await;
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_graphiql_answer() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(&db, &[]).unwrap();
+    assert_eq!(server.get("/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(server.get("/readyz").unwrap(), (200, "ready\n".into()));
+    let (status, page) = server.get("/graphql").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("graphiql"), "GraphiQL page expected");
+    let info = server
+        .graphql("{ serverInfo { name version } }", json!({}))
+        .unwrap();
+    assert_eq!(info["data"]["serverInfo"]["name"], "maosic");
+    let (status, metrics) = server.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"maosic_http_requests_total{method="POST",route="/graphql",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("maosic_http_request_duration_seconds_bucket"));
+    // An unknown lab id (malformed or absent) is null, not an error.
+    let none = server
+        .graphql("{ a: lab(id: \"nope\") { id } b: lab(id: \"01a215b7-72e3-730c-9488-fc9e410f95a2\") { id } }", json!({}))
+        .unwrap();
+    assert_eq!(none["data"], json!({ "a": null, "b": null }));
+}
+
+#[test]
+fn print_schema_matches_the_committed_sdl() {
+    let out = run_bin("maosic-server", &["print-schema"], &[]).unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schema/schema.graphql"),
+    )
+    .unwrap();
+    assert_eq!(
+        out.stdout, committed,
+        "run `maosic-server print-schema > schema/schema.graphql`"
+    );
+}
+
+fn assert_one_clear_error_line(out: &maosic_e2e::Finished, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}",
+        out.status
+    );
+    assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one error line, got:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{:?} does not mention {needle:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn malformed_database_url_is_one_clear_error() {
+    for url in ["mysql://localhost/x", "", "sqlite://", "postgres://"] {
+        let out = run_bin(
+            "maosic-server",
+            &["serve", "--bind", "127.0.0.1:0", "--database", url],
+            &[],
+        )
+        .unwrap();
+        assert_one_clear_error_line(&out, "database");
+    }
+}
+
+#[test]
+fn unreachable_postgres_is_one_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let out = run_bin(
+        "maosic-server",
+        &[
+            "migrate",
+            "--database",
+            "postgres://postgres@127.0.0.1:1/maosic",
+        ],
+        &[("MAOSIC_CONNECT_TIMEOUT_SECS", "2")],
+    )
+    .unwrap();
+    assert_one_clear_error_line(
+        &out,
+        "cannot open database postgres://postgres@127.0.0.1:1/maosic",
+    );
+}
+
+#[tokio::test]
+async fn wrong_agent_credential_is_refused_with_one_clear_error() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let lab = create_lab(&db, "Group", "lab").unwrap();
+    let server = TestServer::spawn(&db, &[]).unwrap();
+    let mut cred: Value =
+        serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
+    cred["secret"] = json!("0".repeat(64));
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, cred.to_string()).unwrap();
+    let mut agent = TestAgent::spawn(&server.url(), &wrong, None).unwrap();
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .unwrap()
+        .expect("agent should give up on a refused credential");
+    assert!(!status.success());
+    let log = agent.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("refused this agent's credential"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"));
+    assert!(!online(&server, &lab.id));
+    // A malformed credential file is also one clear line.
+    std::fs::write(&wrong, "{not json").unwrap();
+    let out = run_bin(
+        "maosic-agent",
+        &[
+            "run",
+            "--server",
+            &server.url(),
+            "--credential",
+            wrong.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_one_clear_error_line(&out, "malformed");
+}
