@@ -390,3 +390,49 @@ fn assert_on_grid(
     }
     Ok(())
 }
+
+/// Regression (fuzzer): texts near the depth limits still parse after formatting — formatting
+/// never adds more nesting than the tree's own depth.
+#[test]
+fn deep_but_legal_texts_round_trip() {
+    let negs = format!("UV[to = {}600 nm]", "-".repeat(99));
+    let chain = vec!["CD"; 101].join(" . ");
+    let mut nested = "P1".to_string();
+    for _ in 0..50 {
+        nested = format!("({nested} + P2 -> H)"); // two tree levels and one paren each
+    }
+    let mut expr = "1 uL/min".to_string();
+    for _ in 0..33 {
+        // three tree levels and one paren each
+        expr = format!("-(-{expr} - 1 uL/min)");
+    }
+    for src in [negs, chain, nested, format!("P1[rate = {expr}]")] {
+        let p = lang::parse(&src);
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics.first());
+        let text = lang::format(&src).unwrap();
+        let back = lang::parse(&text);
+        assert!(
+            back.diagnostics.is_empty(),
+            "{text}\n{:?}",
+            back.diagnostics.first()
+        );
+        assert_eq!(
+            back.file.unwrap().strip_spans(),
+            p.file.unwrap().strip_spans()
+        );
+        // The checker walks such trees without exhausting a test thread's stack.
+        let _ = lang::check(&src, &lab(), &Bindings::new());
+        let _ = lang::compile(&src, &lab(), &Bindings::new());
+    }
+    // One more level is refused, with a diagnostic rather than a stack overflow.
+    let too_long = vec!["CD"; 102].join(" . ");
+    assert_eq!(
+        lang::parse(&too_long).diagnostics[0].code,
+        lang::Code::TooDeep
+    );
+    let too_nested = format!("{}CD{}", "(".repeat(300), ")".repeat(300));
+    assert_eq!(
+        lang::parse(&too_nested).diagnostics[0].code,
+        lang::Code::TooDeep
+    );
+}

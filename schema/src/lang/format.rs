@@ -173,8 +173,8 @@ fn expr_in(e: &Expr, parent: u8, right: bool) -> String {
             value, unit: None, ..
         } => format!("{value}"),
         Expr::Var { name, .. } => format!("${name}"),
-        // Operands of `-` other than atoms get parentheses so `- -x` never reads as one token.
-        Expr::Neg { expr: inner, .. } => format!("-{}", expr_in(inner, 3, true)),
+        // `--x` for nested negation (no parentheses, so formatting never adds nesting).
+        Expr::Neg { expr: inner, .. } => format!("-{}", expr_in(inner, 3, false)),
         Expr::Binary { op, lhs, rhs, .. } => format!(
             "{} {} {}",
             expr_in(lhs, op.precedence(), false),

@@ -1,13 +1,17 @@
 //! Recursive-descent parser of the instruction language (grammar in `docs/language.md`).
-//! Never panics: nesting depth is bounded, and the first syntax error stops parsing with a
+//! Never panics: tree depth and delimiter nesting are bounded, and the first syntax error stops parsing with a
 //! diagnostic (lexical errors are all reported).
 
 use super::ast::*;
 use super::diagnostic::{Code, Diagnostic, Span};
 use super::lexer::{lex, Comment, Tok, Token};
 
-/// Deepest tree the parser builds (operator chains count as depth, as they nest in the tree).
-pub const MAX_DEPTH: u32 = 200;
+/// Deepest formula or expression tree the parser builds (left-associative operator chains nest
+/// in the tree, so a chain of n operators is n deep). Bounds the recursion of every tree walk.
+pub const MAX_DEPTH: u32 = 100;
+/// Most nested `(`, `[`, unary `-` and repeat prefixes (bounds the parser's own recursion).
+/// Above `2 * MAX_DEPTH + 4`, so whatever parses also parses after formatting.
+pub const MAX_NESTING: u32 = 208;
 
 /// Result of parsing: the tree (if there was no syntax error) and all diagnostics.
 #[derive(Debug)]
@@ -278,11 +282,19 @@ impl Parser {
         Ok((lets, f))
     }
 
-    fn deeper(&self, depth: u32, span: Span) -> PResult<()> {
-        if depth > MAX_DEPTH {
+    fn nesting(&self, nest: u32) -> PResult<()> {
+        self.too_deep(nest > MAX_NESTING, self.peek().span)
+    }
+
+    fn tree_depth(&self, d: u32, span: Span) -> PResult<()> {
+        self.too_deep(d > MAX_DEPTH, span)
+    }
+
+    fn too_deep(&self, bad: bool, span: Span) -> PResult<()> {
+        if bad {
             Err(Box::new(
                 Diagnostic::error(Code::TooDeep, span, "this formula is nested or chained too deeply")
-                    .with_hint(format!("keep nesting and operator chains under {MAX_DEPTH} levels; use `n * (...)` to repeat")),
+                    .with_hint(format!("keep operator chains under {MAX_DEPTH} operators and nesting under {MAX_NESTING} levels; use `n * (...)` to repeat")),
             ))
         } else {
             Ok(())
@@ -290,34 +302,31 @@ impl Parser {
     }
 
     /// Formula at a precedence level: 1 `|`, 2 `.`, 3 `->`, 4 `+`, 5 repeat/primary.
-    fn formula(&mut self, depth: u32) -> PResult<(Formula, u32)> {
-        self.formula_level(1, depth)
+    fn formula(&mut self, nest: u32) -> PResult<(Formula, u32)> {
+        self.formula_level(1, nest)
     }
 
-    fn formula_level(&mut self, level: u8, depth: u32) -> PResult<(Formula, u32)> {
-        self.deeper(depth, self.peek().span)?;
-        if level >= 5 {
-            return self.repeat(depth);
-        }
-        let op = match level {
-            1 => FormulaOp::Par,
-            2 => FormulaOp::Seq,
-            3 => FormulaOp::Flow,
-            _ => FormulaOp::Join,
-        };
-        let tok = match op {
-            FormulaOp::Par => Tok::Pipe,
-            FormulaOp::Seq => Tok::Dot,
-            FormulaOp::Flow => Tok::Arrow,
-            FormulaOp::Join => Tok::Plus,
-        };
-        let (mut lhs, mut d) = self.formula_level(level + 1, depth + 1)?;
-        while self.at(&tok) {
+    /// Precedence climbing: parse operators binding at least as tightly as `min`
+    /// (1 `|`, 2 `.`, 3 `->`, 4 `+`); one stack frame per nesting level, not per precedence level.
+    fn formula_level(&mut self, min: u8, nest: u32) -> PResult<(Formula, u32)> {
+        self.nesting(nest)?;
+        let (mut lhs, mut d) = self.repeat(nest)?;
+        loop {
+            let op = match self.peek().tok {
+                Tok::Pipe => FormulaOp::Par,
+                Tok::Dot => FormulaOp::Seq,
+                Tok::Arrow => FormulaOp::Flow,
+                Tok::Plus => FormulaOp::Join,
+                _ => break,
+            };
+            if op.precedence() < min {
+                break;
+            }
             let op_span = self.bump().span;
-            let (rhs, rd) = self.formula_level(level + 1, depth + 1)?;
+            let (rhs, rd) = self.formula_level(op.precedence() + 1, nest)?;
             let span = lhs.span().to(rhs.span());
             d = d.max(rd) + 1;
-            self.deeper(d + depth, span)?;
+            self.tree_depth(d, span)?;
             lhs = Formula::Binary {
                 op,
                 lhs: Box::new(lhs),
@@ -329,7 +338,7 @@ impl Parser {
         Ok((lhs, d))
     }
 
-    fn repeat(&mut self, depth: u32) -> PResult<(Formula, u32)> {
+    fn repeat(&mut self, nest: u32) -> PResult<(Formula, u32)> {
         if let Tok::Number(count) = self.peek().tok {
             let count_span = self.bump().span;
             if !self.at(&Tok::Star) {
@@ -343,9 +352,9 @@ impl Parser {
                 ));
             }
             self.bump();
-            let (body, d) = self.repeat(depth + 1)?;
+            let (body, d) = self.repeat(nest + 1)?;
             let span = count_span.to(body.span());
-            self.deeper(depth + d + 1, span)?;
+            self.tree_depth(d + 1, span)?;
             return Ok((
                 Formula::Repeat {
                     count,
@@ -356,14 +365,14 @@ impl Parser {
                 d + 1,
             ));
         }
-        self.primary(depth)
+        self.primary(nest)
     }
 
-    fn primary(&mut self, depth: u32) -> PResult<(Formula, u32)> {
+    fn primary(&mut self, nest: u32) -> PResult<(Formula, u32)> {
         match self.peek().tok.clone() {
             Tok::LParen => {
                 let open = self.bump().span;
-                let (f, d) = self.formula(depth + 1)?;
+                let (f, d) = self.formula(nest + 1)?;
                 self.close(Tok::RParen, open, "`)`")?;
                 Ok((f, d))
             }
@@ -392,7 +401,7 @@ impl Parser {
                     while !self.at(&Tok::RBracket) && !self.at(&Tok::Eof) {
                         let (name, name_span) = self.word("a parameter name, e.g. `rate`")?;
                         self.expect(Tok::Eq, "`=` after the parameter name")?;
-                        let (value, _) = self.expr(depth + 1)?;
+                        let (value, _) = self.expr(nest + 1)?;
                         args.push(Arg {
                             name,
                             name_span,
@@ -426,90 +435,93 @@ impl Parser {
         }
     }
 
-    /// Expression with precedence climbing: level 0 `+ -`, 1 `* /`, 2 unary, 3 atom.
-    fn expr(&mut self, depth: u32) -> PResult<(Expr, u32)> {
-        self.expr_level(0, depth)
+    /// An arithmetic expression.
+    fn expr(&mut self, nest: u32) -> PResult<(Expr, u32)> {
+        self.expr_level(1, nest)
     }
 
-    fn expr_level(&mut self, level: u8, depth: u32) -> PResult<(Expr, u32)> {
-        self.deeper(depth, self.peek().span)?;
-        match level {
-            0 | 1 => {
-                let (mut lhs, mut d) = self.expr_level(level + 1, depth + 1)?;
-                loop {
-                    let op = match (&self.peek().tok, level) {
-                        (Tok::Plus, 0) => ExprOp::Add,
-                        (Tok::Minus, 0) => ExprOp::Sub,
-                        (Tok::Star, 1) => ExprOp::Mul,
-                        (Tok::Slash, 1) => ExprOp::Div,
-                        _ => break,
-                    };
-                    self.bump();
-                    let (rhs, rd) = self.expr_level(level + 1, depth + 1)?;
-                    let span = lhs.span().to(rhs.span());
-                    d = d.max(rd) + 1;
-                    self.deeper(d + depth, span)?;
-                    lhs = Expr::Binary {
-                        op,
-                        lhs: Box::new(lhs),
-                        rhs: Box::new(rhs),
-                        span,
-                    };
-                }
-                Ok((lhs, d))
+    /// Precedence climbing over `+ -` (1) and `* /` (2).
+    fn expr_level(&mut self, min: u8, nest: u32) -> PResult<(Expr, u32)> {
+        self.nesting(nest)?;
+        let (mut lhs, mut d) = self.unary(nest)?;
+        loop {
+            let op = match self.peek().tok {
+                Tok::Plus => ExprOp::Add,
+                Tok::Minus => ExprOp::Sub,
+                Tok::Star => ExprOp::Mul,
+                Tok::Slash => ExprOp::Div,
+                _ => break,
+            };
+            if op.precedence() < min {
+                break;
             }
-            2 => {
-                if self.at(&Tok::Minus) {
-                    let s = self.bump().span;
-                    let (e, d) = self.expr_level(2, depth + 1)?;
-                    let span = s.to(e.span());
-                    Ok((
-                        Expr::Neg {
-                            expr: Box::new(e),
-                            span,
-                        },
-                        d + 1,
-                    ))
+            self.bump();
+            let (rhs, rd) = self.expr_level(op.precedence() + 1, nest)?;
+            let span = lhs.span().to(rhs.span());
+            d = d.max(rd) + 1;
+            self.tree_depth(d, span)?;
+            lhs = Expr::Binary {
+                op,
+                lhs: Box::new(lhs),
+                rhs: Box::new(rhs),
+                span,
+            };
+        }
+        Ok((lhs, d))
+    }
+
+    fn unary(&mut self, nest: u32) -> PResult<(Expr, u32)> {
+        if self.at(&Tok::Minus) {
+            self.nesting(nest + 1)?;
+            let s = self.bump().span;
+            let (e, d) = self.unary(nest + 1)?;
+            let span = s.to(e.span());
+            self.tree_depth(d + 1, span)?;
+            return Ok((
+                Expr::Neg {
+                    expr: Box::new(e),
+                    span,
+                },
+                d + 1,
+            ));
+        }
+        self.atom(nest)
+    }
+
+    fn atom(&mut self, nest: u32) -> PResult<(Expr, u32)> {
+        match self.peek().tok.clone() {
+            Tok::Number(value) => {
+                let mut span = self.bump().span;
+                let unit = if matches!(self.peek().tok, Tok::Word(_)) {
+                    let (u, us) = self.unit_text()?;
+                    span = span.to(us);
+                    Some((u, us))
                 } else {
-                    self.expr_level(3, depth + 1)
-                }
+                    None
+                };
+                Ok((Expr::Number { value, unit, span }, 0))
             }
-            _ => match self.peek().tok.clone() {
-                Tok::Number(value) => {
-                    let mut span = self.bump().span;
-                    let unit = if matches!(self.peek().tok, Tok::Word(_)) {
-                        let (u, us) = self.unit_text()?;
-                        span = span.to(us);
-                        Some((u, us))
-                    } else {
-                        None
-                    };
-                    Ok((Expr::Number { value, unit, span }, 0))
-                }
-                Tok::Var(name) => {
-                    let span = self.bump().span;
-                    Ok((Expr::Var { name, span }, 0))
-                }
-                Tok::LParen => {
-                    let open = self.bump().span;
-                    let (e, d) = self.expr(depth + 1)?;
-                    self.close(Tok::RParen, open, "`)`")?;
-                    Ok((e, d))
-                }
-                Tok::Word(w) => Err(Box::new(
-                    Diagnostic::error(
-                        Code::Syntax,
-                        self.peek().span,
-                        format!("expected a value, found `{w}`"),
-                    )
-                    .with_hint(format!(
-                        "values are numbers with units (`130 °C`) or variables (`${w}`)"
-                    )),
+            Tok::Var(name) => {
+                let span = self.bump().span;
+                Ok((Expr::Var { name, span }, 0))
+            }
+            Tok::LParen => {
+                let open = self.bump().span;
+                let (e, d) = self.expr(nest + 1)?;
+                self.close(Tok::RParen, open, "`)`")?;
+                Ok((e, d))
+            }
+            Tok::Word(w) => Err(Box::new(
+                Diagnostic::error(
+                    Code::Syntax,
+                    self.peek().span,
+                    format!("expected a value, found `{w}`"),
+                )
+                .with_hint(format!(
+                    "values are numbers with units (`130 °C`) or variables (`${w}`)"
                 )),
-                _ => {
-                    Err(self.unexpected("a value: a number with its unit, or a variable like `$T`"))
-                }
-            },
+            )),
+            _ => Err(self.unexpected("a value: a number with its unit, or a variable like `$T`")),
         }
     }
 }
