@@ -1,75 +1,65 @@
-//! Stand-alone runner of the optimizer benchmark (same logic as `maosic-server optimize-bench`):
-//! `cargo run --release -p maosic-optimizer --example optimize_bench -- --landscape paper --optimizer bo --seeds 20 --budget 250 [--batch N] [--json] [--latency]`.
+//! Runner of the optimizer benchmark until `maosic-server optimize-bench` is wired: it compiles
+//! the server's own `cli_optimize_bench.rs` (same arguments, same output) and adds a latency
+//! mode. Examples:
+//! `cargo run --release -p maosic-optimizer --example optimize_bench -- --landscape paper --optimizer bo --seeds 20 --budget 250 [--batch N] [--json]`
+//! `... --example optimize_bench -- --landscape paper --optimizer bo --latency [--obs 250] [--refit-always]`
 
+#[path = "../../src/cli_optimize_bench.rs"]
+mod cli_optimize_bench;
+
+use clap::Parser;
+use cli_optimize_bench::OptimizeBenchArgs;
 use maosic_landscape::Landscape;
-use maosic_optimizer::bench::{ask_latency, run, BenchConfig};
+use maosic_optimizer::bench::{ask_latency, ask_latency_random_history};
 use maosic_optimizer::Algorithm;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    bench: OptimizeBenchArgs,
+    /// Instead of the benchmark, time `ask(1)` after `--obs` observations (21 repeats).
+    #[arg(long)]
+    latency: bool,
+    /// History size for `--latency`.
+    #[arg(long, default_value_t = 250)]
+    obs: usize,
+    /// `--latency` with a random history of `--obs` distinct points instead of the optimizer's
+    /// own trajectory.
+    #[arg(long)]
+    random_history: bool,
+    /// BO: refit the hyperparameters on every ask (worst-case latency).
+    #[arg(long)]
+    refit_always: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let land = arg(&args, "--landscape").unwrap_or_else(|| "paper".into());
-    let landscape = match Landscape::builtin(&land) {
-        Ok(l) => l,
-        Err(_) => Landscape::from_toml_str(&std::fs::read_to_string(&land)?)?,
-    };
-    let name = arg(&args, "--optimizer").unwrap_or_else(|| "snobfit".into());
-    let algorithm = Algorithm::from_name(&name).ok_or("unknown optimizer")?;
-    if args.iter().any(|a| a == "--latency") {
-        let n_obs: usize = arg(&args, "--obs")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(250);
-        let mut t = ask_latency(&landscape, algorithm, n_obs, 21, 1)?;
-        t.sort_by(f64::total_cmp);
-        println!(
-            "{{\"landscape\":\"{}\",\"optimizer\":\"{}\",\"obs\":{},\"ask_ms_median\":{:.3},\"ask_ms_max\":{:.3}}}",
-            landscape.name(),
-            name,
-            n_obs,
-            t[t.len() / 2],
-            t[t.len() - 1]
-        );
-        return Ok(());
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !cli.latency {
+        return cli_optimize_bench::run(cli.bench);
     }
-    let cfg = BenchConfig {
-        landscape,
-        algorithm,
-        batch: arg(&args, "--batch")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(1),
-        seeds: arg(&args, "--seeds")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(20),
-        budget: arg(&args, "--budget")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(250),
-        fraction: 0.05,
-        tell_sd: true,
-    };
-    let r = run(&cfg)?;
-    if args.iter().any(|a| a == "--json") {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let landscape = Landscape::builtin(&cli.bench.landscape)?;
+    let mut algorithm = Algorithm::from_name(&cli.bench.optimizer)
+        .ok_or_else(|| anyhow::anyhow!("unknown optimizer"))?;
+    if let Algorithm::Bo(s) = &mut algorithm {
+        if cli.refit_always {
+            s.refit_growth = 0.0;
+        }
+    }
+    let mut t = if cli.random_history {
+        ask_latency_random_history(&landscape, algorithm, cli.obs, 21, 1)?
     } else {
-        println!(
-            "{:<10} {:<8} batch {:>2}: median {:>6} p90 {:>6} reached {:>5.0}% ask {:.3} ms (p90 {:.3})",
-            r.landscape,
-            r.optimizer,
-            r.batch,
-            r.median_experiments.map_or("-".into(), |v| format!("{v:.1}")),
-            r.p90_experiments.map_or("-".into(), |v| format!("{v:.1}")),
-            100.0 * r.reached,
-            r.ask_ms_median,
-            r.ask_ms_p90
-        );
-    }
+        ask_latency(&landscape, algorithm, cli.obs, 21, 1)?
+    };
+    t.sort_by(f64::total_cmp);
+    println!(
+        "{{\"landscape\":\"{}\",\"optimizer\":\"{}\",\"obs\":{},\"refit_always\":{},\"random_history\":{},\"ask_ms_median\":{:.3},\"ask_ms_max\":{:.3}}}",
+        landscape.name(),
+        cli.bench.optimizer,
+        cli.obs,
+        cli.refit_always,
+        cli.random_history,
+        t[t.len() / 2],
+        t[t.len() - 1]
+    );
     Ok(())
 }

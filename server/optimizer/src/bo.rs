@@ -19,7 +19,7 @@ use crate::{OptimizerError, Proposal, ProposalKind, Space};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BoSettings {
-    /// Points of the Sobol initial design; `None` → 2n + 2.
+    /// Points of the Sobol initial design; `None` → n + 2.
     pub initial_points: Option<usize>,
     /// Random restarts of the hyperparameter search (plus a warm start from the last fit).
     pub restarts: usize,
@@ -186,6 +186,29 @@ impl Gp {
             })
             .collect()
     }
+}
+
+const FIT_MAX: usize = 100;
+
+#[allow(clippy::type_complexity)]
+fn fit_subset(x: &[Vec<f64>], y: &[f64], e: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
+    if x.len() <= FIT_MAX {
+        return (x.to_vec(), y.to_vec(), e.to_vec());
+    }
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| y[a].total_cmp(&y[b]).then(a.cmp(&b)));
+    let half = FIT_MAX / 2;
+    let mut pick: Vec<usize> = order[..half].to_vec();
+    let rest = &order[half..];
+    let stride = rest.len() as f64 / (FIT_MAX - half) as f64;
+    pick.extend((0..FIT_MAX - half).map(|k| rest[(k as f64 * stride) as usize]));
+    pick.sort_unstable();
+    pick.dedup();
+    (
+        pick.iter().map(|&i| x[i].clone()).collect(),
+        pick.iter().map(|&i| y[i]).collect(),
+        pick.iter().map(|&i| e[i]).collect(),
+    )
 }
 
 /// Nelder–Mead minimisation of `f` from `x0` (initial simplex step `step`).
@@ -358,9 +381,7 @@ impl Bo {
     }
 
     fn n_init(&self) -> usize {
-        self.settings
-            .initial_points
-            .unwrap_or(2 * self.space.dim() + 2)
+        self.settings.initial_points.unwrap_or(self.space.dim() + 2)
     }
 
     /// Propose `n` points.
@@ -371,7 +392,8 @@ impl Bo {
         let finite = self.ys.iter().filter(|y| y.is_some()).count();
         let mut out = Vec::with_capacity(n);
         // Initial design.
-        while out.len() < n && (self.initial_asked < self.n_init() || finite < 2) {
+        while out.len() < n && (self.initial_asked.max(self.xs.len()) < self.n_init() || finite < 2)
+        {
             let mut tries = 0;
             let x = loop {
                 let u = sobol_point(self.initial_asked as u32, self.space.dim(), self.sobol_seed);
@@ -389,7 +411,7 @@ impl Bo {
                     predicted: None,
                 });
             }
-            if self.initial_asked >= self.n_init() && finite >= 2 {
+            if self.initial_asked.max(self.xs.len()) >= self.n_init() && finite >= 2 {
                 break;
             }
             if tries > 100 {
@@ -481,7 +503,10 @@ impl Bo {
             return;
         }
         let d = self.space.dim();
-        let cost = |v: &[f64]| Gp::nlml(x, y, extra, &Hyper::from_vec(v));
+        // Above FIT_MAX points the likelihood is maximised on a subset: the FIT_MAX/2 best
+        // points plus an even stride through the rest (keeps a refit at 250 points < 1 s).
+        let (xs, ys, es) = fit_subset(x, y, extra);
+        let cost = |v: &[f64]| Gp::nlml(&xs, &ys, &es, &Hyper::from_vec(v));
         let mut starts: Vec<Vec<f64>> = Vec::new();
         if let Some(h) = &self.hyper {
             starts.push(h.to_vec());
