@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::OptimizerError;
 
+/// Largest supported number of parameters (dimensions of the Sobol sequence).
+pub const MAX_PARAMETERS: usize = 256;
+
 /// One continuous parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Parameter {
@@ -56,6 +59,11 @@ impl Space {
     pub fn validate(&self) -> Result<(), OptimizerError> {
         if self.parameters.is_empty() {
             return Err(OptimizerError::InvalidSpace("no parameters".into()));
+        }
+        if self.parameters.len() > MAX_PARAMETERS {
+            return Err(OptimizerError::InvalidSpace(format!(
+                "at most {MAX_PARAMETERS} parameters (Sobol sequence dimensions)"
+            )));
         }
         for p in &self.parameters {
             if !(p.lower.is_finite() && p.upper.is_finite() && p.upper > p.lower) {

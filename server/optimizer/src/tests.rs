@@ -72,6 +72,8 @@ fn space_snaps_into_box_and_onto_grid() {
     assert!(bad.validate().is_err());
     let bad = Space::new([("a".to_string(), 0.0, 1.0, Some(0.0))]);
     assert!(bad.validate().is_err());
+    let wide = Space::new((0..257).map(|i| (format!("p{i}"), 0.0, 1.0, None)));
+    assert!(wide.validate().is_err());
 }
 
 #[test]
