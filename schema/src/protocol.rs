@@ -22,6 +22,17 @@ pub mod method {
     pub const PING: &str = "ping";
     /// Agent → cloud notification on a clean shutdown; the cloud marks the lab offline at once.
     pub const GOODBYE: &str = "goodbye";
+    /// Cloud → agent request: run a compiled program ([`super::ProgramRunParams`]); answered with
+    /// the program report when the run ends. Records stream meanwhile as `record` notifications.
+    pub const PROGRAM_RUN: &str = "program.run";
+    /// Cloud → agent request: cancel a running program ([`super::ProgramCancelParams`]).
+    pub const PROGRAM_CANCEL: &str = "program.cancel";
+    /// Cloud → agent request: one low-level device call ([`super::DeviceCallParams`]).
+    pub const DEVICE_CALL: &str = "device.call";
+    /// Cloud → agent request: software stop of the whole lab (pumps stopped, heater off).
+    pub const ESTOP: &str = "estop";
+    /// Agent → cloud notification: one record (measurement, status, safety event, result).
+    pub const RECORD: &str = "record";
 }
 
 /// Standard JSON-RPC error codes and the protocol's own.
@@ -257,6 +268,49 @@ pub struct HeartbeatParams {
 pub struct GoodbyeParams {
     /// Why the agent is leaving.
     pub reason: String,
+}
+
+/// Parameters of `program.run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramRunParams {
+    /// The cloud's id for this run; records carry it.
+    pub program_id: String,
+    /// The compiled program (the JSON form of `crate::program::Program`).
+    pub program: Value,
+    /// Link-loss policy for this run: `continue`, `hold` or `safe_stop` (default: the lab's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_loss: Option<String>,
+}
+
+/// Parameters of `program.cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramCancelParams {
+    /// The run to cancel.
+    pub program_id: String,
+}
+
+/// Parameters of `device.call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCallParams {
+    /// `"<SYMBOL>.<method>"`, e.g. `H.set_temperature`.
+    pub method: String,
+    /// Named numeric parameters in the units of the capability descriptor.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, f64>,
+}
+
+/// Parameters of `record`: one record with its delivery key `(epoch, seq)` (RELIABILITY rule 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordParams {
+    /// Random id of the agent's record stream; a new epoch restarts `seq`.
+    pub epoch: String,
+    /// Dense sequence number within the epoch, from 1.
+    pub seq: u64,
+    /// The program run the record belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_id: Option<String>,
+    /// The record (the agent's `Record` JSON: step, method, times and a typed body).
+    pub record: Value,
 }
 
 /// The agent's credential file: which lab it is and the secret it authenticates with.

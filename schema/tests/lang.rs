@@ -486,3 +486,14 @@ fn coarse_device_grid_against_a_finer_campaign_step_warns() {
         .diagnostics
         .is_empty());
 }
+
+#[test]
+fn graphql_variables_from_json() {
+    let b = lang::bindings_from_json(&serde_json::json!({"T": 130, "$C": 0.8})).unwrap();
+    assert_eq!(b, vars(&[("T", 130.0), ("C", 0.8)]));
+    assert!(lang::bindings_from_json(&serde_json::Value::Null)
+        .unwrap()
+        .is_empty());
+    assert!(lang::bindings_from_json(&serde_json::json!({"T": "hot"})).is_err());
+    assert!(lang::bindings_from_json(&serde_json::json!([1, 2])).is_err());
+}

@@ -70,6 +70,24 @@ pub fn compile_recipe(
     }
 }
 
+/// Read GraphQL/JSON `variables` (`{"T": 130, "C": 0.8}`) into [`Bindings`]; every value must be
+/// a finite number (in the unit the recipe declares).
+pub fn bindings_from_json(v: &serde_json::Value) -> Result<Bindings, String> {
+    match v {
+        serde_json::Value::Null => Ok(Bindings::new()),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, x)| match x.as_f64() {
+                Some(f) if f.is_finite() => Ok((k.trim_start_matches('$').to_string(), f)),
+                _ => Err(format!("variable `{k}` must be a number, got {x}")),
+            })
+            .collect(),
+        other => Err(format!(
+            "variables must be an object of numbers, got {other}"
+        )),
+    }
+}
+
 /// Like [`compile_recipe`] but also returns the warnings and notes of a successful compile.
 pub fn compile_recipe_with_warnings(
     lab: &LabDescriptor,
