@@ -451,10 +451,17 @@ fn agent_recheck_rejects_tampered_programs() {
 #[test]
 fn hostile_sizes_are_bounded() {
     let lab = lab();
-    // Unknown modules emit no steps, yet repeated a billion times must not hang.
+    // A billion repetitions stop at the step budget, reported once.
+    let d = lang::check("1000 * 1000 * 1000 * (XX . CD)", &lab, &Bindings::new());
+    assert_eq!(
+        d.iter().filter(|d| d.code == Code::UnknownSymbol).count(),
+        1
+    );
+    assert_eq!(d.iter().filter(|d| d.code == Code::TooManySteps).count(), 1);
+    // A body that yields no step is not repeated at all.
     let d = lang::check("1000 * 1000 * 1000 * XX", &lab, &Bindings::new());
-    assert!(d.iter().any(|d| d.code == Code::UnknownSymbol));
-    assert!(d.iter().any(|d| d.code == Code::TooManySteps));
+    let codes: Vec<_> = d.iter().map(|d| d.code).collect();
+    assert_eq!(codes, vec![Code::UnknownSymbol]);
     // Wide parallel groups in sequence would need millions of dependency edges.
     let group = vec!["CD"; 50].join(" | ");
     let wide = format!("({group}) | ({group}) | ({group})");
@@ -496,4 +503,23 @@ fn graphql_variables_from_json() {
         .is_empty());
     assert!(lang::bindings_from_json(&serde_json::json!({"T": "hot"})).is_err());
     assert!(lang::bindings_from_json(&serde_json::json!([1, 2])).is_err());
+}
+
+#[test]
+fn fuzzer_slow_units_stay_fast() {
+    // Found by the fuzzer as "slow units": nested repeats of an unknown module.
+    let lab = lab();
+    for src in [
+        " 8* 8*0*8*0* 8*0* 8*0*8*0* 8*0*8*0* 8*8*8*8* 8*0* 8*0*8*0* 8*0* 8*0* 8*0*y",
+        "8*8*8*8*8*8*(y . y . y . CD)",
+    ] {
+        // They used to walk the tree up to the work budget; now an empty body is not repeated
+        // and quiet repetitions skip building diagnostics.
+        let d = lang::check(src, &lab, &Bindings::new());
+        assert!(d.iter().any(|d| d.code == Code::UnknownSymbol));
+        assert_eq!(
+            d.iter().filter(|d| d.code == Code::UnknownSymbol).count(),
+            if src.contains("CD") { 3 } else { 1 }
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub const MAX_STEPS: usize = 10_000;
 /// Largest repeat count.
 pub const MAX_REPEAT: f64 = 1000.0;
 /// Most module visits plus dependency edges a compilation may do.
-const MAX_WORK: usize = 200_000;
+const MAX_WORK: usize = 100_000;
 /// Unbound variables explored at both range ends (more are held at mid-range).
 const MAX_CORNER_VARS: usize = 6;
 
@@ -619,6 +619,12 @@ impl<'a> Ctx<'a> {
                     1
                 };
                 let (mut acc, _) = self.formula(body);
+                // A body that yields no step (e.g. only unknown modules) has nothing to repeat.
+                let n = if acc.heads.is_empty() && acc.tails.is_empty() {
+                    1
+                } else {
+                    n
+                };
                 self.quiet += 1;
                 for _ in 1..n {
                     if self.too_many {
@@ -787,6 +793,9 @@ impl<'a> Ctx<'a> {
 
     fn module(&mut self, m: &Module) -> (Frag, Ty) {
         let Some(dev) = self.lab.device(&m.symbol) else {
+            if self.quiet > 0 {
+                return (Frag::default(), Ty::Unknown); // already reported on the first pass
+            }
             let syms: Vec<&str> = self.lab.devices.iter().map(|d| d.symbol.as_str()).collect();
             let mut d = Diagnostic::error(
                 Code::UnknownSymbol,
