@@ -3,19 +3,28 @@
 //! treats three silent periods as a dead link, reconnects with jittered exponential backoff, and
 //! says `goodbye` on a clean shutdown.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use maosic_lab::config::LinkLossPolicy;
+use maosic_lab::executor::ExecOptions;
+use maosic_lab::lab::Lab;
 use maosic_schema::capability::LabDescriptor;
+use maosic_schema::program::Program;
 use maosic_schema::protocol::{
-    error_code, method, AgentCredentialFile, DeviceSummary, GoodbyeParams, HeartbeatParams,
-    HelloParams, HelloResult, Id, Message, AGENT_WS_PATH,
+    error_code, method, AgentCredentialFile, DeviceCallParams, DeviceSummary, GoodbyeParams,
+    HeartbeatParams, HelloParams, HelloResult, Id, Message, ProgramCancelParams, ProgramRunParams,
+    RecordParams, Request, AGENT_WS_PATH,
 };
-use tokio::sync::watch;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
@@ -47,8 +56,10 @@ pub struct LinkConfig {
     pub server: String,
     /// The lab credential.
     pub credential: AgentCredentialFile,
-    /// The lab's capability descriptor, announced in `hello`.
+    /// The lab's capability descriptor, announced in `hello` (from the lab when one is given).
     pub descriptor: Option<LabDescriptor>,
+    /// The lab this agent runs; without one, the agent only keeps presence.
+    pub lab: Option<Arc<Lab>>,
     /// First reconnect delay.
     pub backoff_base: Duration,
     /// Largest reconnect delay.
@@ -106,11 +117,17 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
     let url = gateway_url(&config.server)?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut rng = rand::rng();
+    let mut work = Work::new(config.lab.clone());
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        match connect_and_serve(&url, &config, &mut backoff, stop.clone()).await? {
+        let ended = connect_and_serve(&url, &config, &mut backoff, &mut work, stop.clone()).await?;
+        if let Some(lab) = &work.lab {
+            // Local safety applies the running programs' link-loss policies.
+            let _ = lab.link_lost().await;
+        }
+        match ended {
             Ended::Shutdown => return Ok(()),
             Ended::Lost(reason) => {
                 let delay = backoff.next_delay(&mut rng);
@@ -136,6 +153,7 @@ async fn connect_and_serve(
     url: &str,
     config: &LinkConfig,
     backoff: &mut Backoff,
+    work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, LinkError> {
     let mut request = url
@@ -165,10 +183,14 @@ async fn connect_and_serve(
         Ok(Ok((socket, _))) => socket,
     };
 
+    let descriptor = match &config.lab {
+        Some(lab) => Some(lab.descriptor()),
+        None => config.descriptor.clone(),
+    };
     let hello = Message::request(
         Id::Number(1),
         method::HELLO,
-        hello_params(config.descriptor.as_ref()),
+        hello_params(descriptor.as_ref()),
     );
     if let Err(e) = send(&mut socket, &hello).await {
         return Ok(Ended::Lost(format!("hello not sent: {e}")));
@@ -186,7 +208,10 @@ async fn connect_and_serve(
         heartbeat_ms = welcome.heartbeat_ms,
         "connected to the cloud"
     );
-    serve(&mut socket, &welcome, stop).await
+    if let Some(lab) = &work.lab {
+        lab.link_restored();
+    }
+    serve(&mut socket, &welcome, work, stop).await
 }
 
 async fn wait_hello(socket: &mut Socket) -> Result<HelloResult, String> {
@@ -213,8 +238,16 @@ async fn wait_hello(socket: &mut Socket) -> Result<HelloResult, String> {
 async fn serve(
     socket: &mut Socket,
     welcome: &HelloResult,
+    work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, LinkError> {
+    // What could not be sent on the previous connection goes first.
+    while let Some(message) = work.unsent.pop_front() {
+        if let Err(e) = send(socket, &message).await {
+            work.unsent.push_front(message);
+            return Ok(Ended::Lost(format!("send failed: {e}")));
+        }
+    }
     let period = Duration::from_millis(welcome.heartbeat_ms.max(50));
     let dead_after = period * 3;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
@@ -225,7 +258,7 @@ async fn serve(
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => {
-                        if let Some(reply) = handle_text(text.as_str()) {
+                        if let Some(reply) = work.handle_text(text.as_str()) {
                             if let Err(e) = send(socket, &reply).await {
                                 return Ok(Ended::Lost(format!("send failed: {e}")));
                             }
@@ -237,6 +270,13 @@ async fn serve(
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Ok(Ended::Lost(format!("link error: {e}"))),
                     None => return Ok(Ended::Lost("link closed".into())),
+                }
+            }
+            Some(outbound) = work.outbound_rx.recv() => {
+                let message = work.envelope(outbound);
+                if let Err(e) = send(socket, &message).await {
+                    work.unsent.push_back(message);
+                    return Ok(Ended::Lost(format!("send failed: {e}")));
                 }
             }
             _ = heartbeat.tick() => {
@@ -263,20 +303,249 @@ async fn serve(
     }
 }
 
-/// Answers one text frame from the cloud; returns the reply to send, if any.
-fn handle_text(text: &str) -> Option<Message> {
-    match Message::parse(text) {
-        Ok(Message::Request(r)) => Some(Message::error(
-            Some(r.id),
-            error_code::METHOD_NOT_FOUND,
-            format!("this agent does not offer {}", r.method),
-        )),
-        Ok(Message::Notification(_)) | Ok(Message::Response(_)) => None,
-        Err(e) => {
-            debug!(error = %e, "malformed message from the cloud");
-            Some(Message::error(None, error_code::PARSE_ERROR, e.to_string()))
+/// Something the lab's tasks want sent to the cloud.
+#[derive(Debug)]
+enum Outbound {
+    /// A record of a program run (or of the lab).
+    Record {
+        program_id: Option<String>,
+        record: Value,
+    },
+    /// The answer to a request; `finished` names a program run that ended with it.
+    Reply {
+        message: Message,
+        finished: Option<String>,
+    },
+}
+
+/// The agent's work that outlives a connection: the lab, running programs, and what waits to
+/// be sent. Records are numbered `(epoch, seq)` as they leave.
+struct Work {
+    lab: Option<Arc<Lab>>,
+    running: HashMap<String, CancellationToken>,
+    outbound_tx: mpsc::Sender<Outbound>,
+    outbound_rx: mpsc::Receiver<Outbound>,
+    unsent: VecDeque<Message>,
+    epoch: String,
+    seq: u64,
+}
+
+impl Work {
+    fn new(lab: Option<Arc<Lab>>) -> Self {
+        let (outbound_tx, outbound_rx) = mpsc::channel(1024);
+        let epoch: [u8; 8] = rand::random();
+        Work {
+            lab,
+            running: HashMap::new(),
+            outbound_tx,
+            outbound_rx,
+            unsent: VecDeque::new(),
+            epoch: hex_string(&epoch),
+            seq: 0,
         }
     }
+
+    /// Wraps an outbound item into its wire message.
+    fn envelope(&mut self, outbound: Outbound) -> Message {
+        match outbound {
+            Outbound::Record { program_id, record } => {
+                self.seq += 1;
+                Message::notification(
+                    method::RECORD,
+                    RecordParams {
+                        epoch: self.epoch.clone(),
+                        seq: self.seq,
+                        program_id,
+                        record,
+                    },
+                )
+            }
+            Outbound::Reply { message, finished } => {
+                if let Some(program_id) = finished {
+                    self.running.remove(&program_id);
+                }
+                message
+            }
+        }
+    }
+
+    /// Answers one text frame from the cloud; returns an immediate reply, if any. Long work
+    /// (programs, device calls) runs on tasks that answer through the outbound queue.
+    fn handle_text(&mut self, text: &str) -> Option<Message> {
+        match Message::parse(text) {
+            Ok(Message::Request(r)) => self.handle_request(r),
+            Ok(Message::Notification(_)) | Ok(Message::Response(_)) => None,
+            Err(e) => {
+                debug!(error = %e, "malformed message from the cloud");
+                Some(Message::error(None, error_code::PARSE_ERROR, e.to_string()))
+            }
+        }
+    }
+
+    fn handle_request(&mut self, request: Request) -> Option<Message> {
+        let id = request.id;
+        let Some(lab) = self.lab.clone() else {
+            return Some(Message::error(
+                Some(id),
+                error_code::METHOD_NOT_FOUND,
+                format!(
+                    "this agent runs no lab, so it does not offer {}",
+                    request.method
+                ),
+            ));
+        };
+        let invalid = |id, e: serde_json::Error| {
+            Some(Message::error(
+                Some(id),
+                error_code::INVALID_PARAMS,
+                e.to_string(),
+            ))
+        };
+        let out = self.outbound_tx.clone();
+        match request.method.as_str() {
+            method::PROGRAM_RUN => {
+                let params: ProgramRunParams = match serde_json::from_value(request.params) {
+                    Ok(p) => p,
+                    Err(e) => return invalid(id, e),
+                };
+                let program: Program = match serde_json::from_value(params.program) {
+                    Ok(p) => p,
+                    Err(e) => return invalid(id, e),
+                };
+                let link_loss = match params.link_loss.as_deref() {
+                    None => None,
+                    Some("continue") => Some(LinkLossPolicy::Continue),
+                    Some("hold") => Some(LinkLossPolicy::Hold),
+                    Some("safe_stop") => Some(LinkLossPolicy::SafeStop),
+                    Some(other) => {
+                        return Some(Message::error(
+                            Some(id),
+                            error_code::INVALID_PARAMS,
+                            format!("unknown link_loss {other:?}: continue, hold or safe_stop"),
+                        ))
+                    }
+                };
+                if self.running.contains_key(&params.program_id) {
+                    return Some(Message::error(
+                        Some(id),
+                        error_code::INVALID_REQUEST,
+                        format!("program {} is already running", params.program_id),
+                    ));
+                }
+                let cancel = CancellationToken::new();
+                self.running
+                    .insert(params.program_id.clone(), cancel.clone());
+                let program_id = params.program_id;
+                info!(program.id = %program_id, steps = program.steps.len(), "program run requested");
+                tokio::spawn(async move {
+                    let (records_tx, mut records_rx) = mpsc::channel(64);
+                    let forward_out = out.clone();
+                    let forward_id = program_id.clone();
+                    let forward = tokio::spawn(async move {
+                        while let Some(record) = records_rx.recv().await {
+                            let record = serde_json::to_value(record).unwrap_or(Value::Null);
+                            let item = Outbound::Record {
+                                program_id: Some(forward_id.clone()),
+                                record,
+                            };
+                            if forward_out.send(item).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let options = ExecOptions {
+                        program_id: Some(program_id.clone()),
+                        link_loss,
+                    };
+                    let report = lab.run_program(&program, options, records_tx, cancel).await;
+                    // Every record is queued before the answer.
+                    let _ = forward.await;
+                    info!(program.id = %program_id, outcome = ?report.outcome, "program run ended");
+                    let _ = out
+                        .send(Outbound::Reply {
+                            message: Message::result(id, report),
+                            finished: Some(program_id),
+                        })
+                        .await;
+                });
+                None
+            }
+            method::PROGRAM_CANCEL => {
+                let params: ProgramCancelParams = match serde_json::from_value(request.params) {
+                    Ok(p) => p,
+                    Err(e) => return invalid(id, e),
+                };
+                let found = self
+                    .running
+                    .get(&params.program_id)
+                    .map(CancellationToken::cancel);
+                Some(Message::result(id, json!({ "canceled": found.is_some() })))
+            }
+            method::DEVICE_CALL => {
+                let params: DeviceCallParams = match serde_json::from_value(request.params) {
+                    Ok(p) => p,
+                    Err(e) => return invalid(id, e),
+                };
+                tokio::spawn(async move {
+                    let message = match lab.call(&params.method, &params.params).await {
+                        Ok(output) => {
+                            let measurements: Vec<Value> = output
+                                .measurements
+                                .iter()
+                                .map(|(name, m)| json!({ "name": name, "measurement": m }))
+                                .collect();
+                            Message::result(
+                                id,
+                                json!({ "result": output.result, "measurements": measurements }),
+                            )
+                        }
+                        Err(e) => {
+                            let mut reply =
+                                Message::error(Some(id), error_code::INVALID_PARAMS, e.to_string());
+                            if let Message::Response(r) = &mut reply {
+                                if let Some(err) = &mut r.error {
+                                    err.data = Some(json!({ "code": e.code() }));
+                                }
+                            }
+                            reply
+                        }
+                    };
+                    let _ = out
+                        .send(Outbound::Reply {
+                            message,
+                            finished: None,
+                        })
+                        .await;
+                });
+                None
+            }
+            method::ESTOP => {
+                for token in self.running.values() {
+                    token.cancel();
+                }
+                tokio::spawn(async move {
+                    let report = lab.estop().await;
+                    warn!("software stop requested by the cloud");
+                    let _ = out
+                        .send(Outbound::Reply {
+                            message: Message::result(id, report),
+                            finished: None,
+                        })
+                        .await;
+                });
+                None
+            }
+            other => Some(Message::error(
+                Some(id),
+                error_code::METHOD_NOT_FOUND,
+                format!("this agent does not offer {other}"),
+            )),
+        }
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -297,10 +566,38 @@ mod tests {
         assert!(gateway_url("not a url").is_err());
     }
 
-    #[test]
-    fn requests_for_unknown_methods_get_an_error_reply() {
-        let reply = handle_text(r#"{"jsonrpc":"2.0","id":3,"method":"nope"}"#).unwrap();
+    #[tokio::test]
+    async fn requests_without_a_lab_get_an_error_reply() {
+        let mut work = Work::new(None);
+        let reply = work
+            .handle_text(r#"{"jsonrpc":"2.0","id":3,"method":"program.run","params":{}}"#)
+            .unwrap();
         assert!(matches!(reply, Message::Response(r) if r.error.is_some()));
-        assert!(handle_text(r#"{"jsonrpc":"2.0","method":"ping"}"#).is_none());
+        assert!(work
+            .handle_text(r#"{"jsonrpc":"2.0","method":"ping"}"#)
+            .is_none());
+        assert!(matches!(
+            work.handle_text("{").unwrap(),
+            Message::Response(r) if r.error.is_some()
+        ));
+    }
+
+    #[test]
+    fn records_are_numbered_densely_within_one_epoch() {
+        let mut work = Work::new(None);
+        let seqs: Vec<u64> = (0..3)
+            .map(|_| {
+                let m = work.envelope(Outbound::Record {
+                    program_id: None,
+                    record: Value::Null,
+                });
+                match m {
+                    Message::Notification(n) => n.params["seq"].as_u64().unwrap(),
+                    _ => panic!("record is a notification"),
+                }
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(work.epoch.len(), 16);
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use maosic_agent::link::{self, LinkConfig};
+use maosic_lab::cli::{DevicesArgs, RunProgramArgs, VirtualLabArgs};
+use maosic_lab::lab::Lab;
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::protocol::AgentCredentialFile;
 use tracing_subscriber::EnvFilter;
@@ -32,7 +34,11 @@ enum Command {
         /// The lab credential file (from enrollment or `maosic-server admin create-lab`).
         #[arg(long, value_name = "FILE", env = "MAOSIC_AGENT_CREDENTIAL")]
         credential: PathBuf,
-        /// The lab's capability descriptor (TOML), announced to the cloud.
+        /// The lab configuration (TOML: devices, drivers, ports, limits; see
+        /// examples/agent-lab-virtual.toml). Without it the agent only keeps presence.
+        #[arg(long, value_name = "LAB.toml", conflicts_with = "descriptor")]
+        lab: Option<PathBuf>,
+        /// A capability descriptor (TOML) to announce when no lab is run.
         #[arg(long, value_name = "FILE")]
         descriptor: Option<PathBuf>,
         /// First reconnect delay in ms.
@@ -42,6 +48,12 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         backoff_cap_ms: u64,
     },
+    /// The virtual lab (digital twin of the paper's setup).
+    VirtualLab(VirtualLabArgs),
+    /// Run a compiled program locally, without the cloud.
+    RunProgram(RunProgramArgs),
+    /// List and ping the lab's devices.
+    Devices(DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,17 +100,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
+        Command::VirtualLab(args) => {
+            return exit(runtime.block_on(maosic_lab::cli::run_virtual_lab(args))?)
+        }
+        Command::RunProgram(args) => {
+            return exit(runtime.block_on(maosic_lab::cli::run_program_cmd(args))?)
+        }
+        Command::Devices(args) => {
+            return exit(runtime.block_on(maosic_lab::cli::run_devices(args))?)
+        }
         Command::Run {
             server,
             credential,
+            lab,
             descriptor,
             backoff_base_ms,
             backoff_cap_ms,
         } => {
+            let credential = read_credential(&credential)?;
+            let lab = match lab {
+                Some(path) => {
+                    let lab = runtime
+                        .block_on(Lab::from_file(&path))
+                        .with_context(|| format!("cannot start the lab from {}", path.display()))?;
+                    lab.kernel().install_panic_hook();
+                    Some(std::sync::Arc::new(lab))
+                }
+                None => None,
+            };
             let config = LinkConfig {
                 server,
-                credential: read_credential(&credential)?,
+                credential,
                 descriptor: descriptor.as_deref().map(read_descriptor).transpose()?,
+                lab: lab.clone(),
                 backoff_base: Duration::from_millis(backoff_base_ms.max(1)),
                 backoff_cap: Duration::from_millis(backoff_cap_ms.max(backoff_base_ms)),
                 connect_timeout: Duration::from_secs(10),
@@ -109,11 +143,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait_for_signal().await;
                     let _ = stop_tx.send(true);
                 });
-                link::run(config, stop_rx).await
+                let result = link::run(config, stop_rx).await;
+                if let Some(lab) = &lab {
+                    // Leave the hardware safe whatever ended the link.
+                    let report = lab.estop().await;
+                    tracing::info!(?report, "lab left in the safe state");
+                }
+                result
             })?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn exit(code: i32) -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 async fn wait_for_signal() {

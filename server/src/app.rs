@@ -112,6 +112,7 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
             .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
+            .configure(crate::operator::configure)
     })
     .listen(listener)?
     .shutdown_timeout(5)

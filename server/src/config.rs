@@ -55,6 +55,9 @@ pub struct RawConfig {
     pub agent: AgentConfig,
     /// GraphQL endpoint.
     pub graphql: GraphqlConfig,
+    /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
+    #[serde(default)]
+    pub operator_token: Option<String>,
 }
 
 /// Log output settings.
@@ -134,6 +137,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// GraphQL.
     pub graphql: GraphqlConfig,
+    /// Operator API token; `None` disables the operator API.
+    pub operator_token: Option<String>,
 }
 
 impl Config {
@@ -202,6 +207,7 @@ impl Config {
             log: raw.log,
             agent: raw.agent,
             graphql: raw.graphql,
+            operator_token: raw.operator_token.filter(|t| !t.trim().is_empty()),
         })
     }
 }

@@ -12,15 +12,16 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use futures_util::StreamExt;
 use maosic_schema::protocol::{
     self, error_code, method, AgentCredentialFile, HeartbeatParams, HelloParams, HelloResult,
-    Message,
+    Message, RecordParams, RpcError,
 };
+use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::state::AppState;
-use crate::storage::{now_ms, AgentHello, StorageError};
+use crate::storage::{now_ms, AgentHello, NewRecord, StorageError};
 
 /// Hex SHA-256 of a credential secret (secrets are 256-bit random, so a fast hash suffices).
 pub fn hash_secret(secret: &str) -> String {
@@ -36,6 +37,31 @@ pub fn new_secret() -> String {
 struct LiveConnection {
     generation: i64,
     cut: oneshot::Sender<&'static str>,
+    commands: mpsc::Sender<Outgoing>,
+}
+
+/// A call from the cloud to an agent, waiting for the agent's answer.
+struct Outgoing {
+    method: String,
+    params: Value,
+    reply: oneshot::Sender<Result<Value, RpcError>>,
+}
+
+/// Why a call to an agent did not return a result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The lab's agent is not connected to this replica.
+    #[error("the lab's agent is not connected")]
+    Offline,
+    /// The agent did not answer in time.
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer.
+    #[error("the connection closed before the agent answered")]
+    Closed,
+    /// The agent answered with an error.
+    #[error("the agent refused: {0}")]
+    Rejected(RpcError),
 }
 
 /// Registry of the agent connections open on this replica, by lab.
@@ -46,18 +72,60 @@ pub struct Gateway {
 
 impl Gateway {
     /// Registers a connection; an older connection of the same lab is told to close.
-    fn register(&self, lab_id: &str, generation: i64) -> oneshot::Receiver<&'static str> {
+    fn register(
+        &self,
+        lab_id: &str,
+        generation: i64,
+    ) -> (oneshot::Receiver<&'static str>, mpsc::Receiver<Outgoing>) {
         let (cut, cut_rx) = oneshot::channel();
+        let (commands, commands_rx) = mpsc::channel(64);
+        let connection = LiveConnection {
+            generation,
+            cut,
+            commands,
+        };
         let previous = self
             .live
             .lock()
-            .map(|mut live| live.insert(lab_id.to_owned(), LiveConnection { generation, cut }))
+            .map(|mut live| live.insert(lab_id.to_owned(), connection))
             .ok()
             .flatten();
         if let Some(previous) = previous {
             let _ = previous.cut.send("superseded by a newer connection");
         }
-        cut_rx
+        (cut_rx, commands_rx)
+    }
+
+    /// Calls `method` on the lab's agent and waits up to `timeout` for its answer.
+    pub async fn call(
+        &self,
+        lab_id: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let commands = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(lab_id).map(|c| c.commands.clone()))
+            .ok_or(CallError::Offline)?;
+        let (reply, answer) = oneshot::channel();
+        let outgoing = Outgoing {
+            method: method.to_owned(),
+            params,
+            reply,
+        };
+        commands
+            .send(outgoing)
+            .await
+            .map_err(|_| CallError::Offline)?;
+        match tokio::time::timeout(timeout, answer).await {
+            Err(_) => Err(CallError::Timeout(timeout)),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(rpc))) => Err(CallError::Rejected(rpc)),
+        }
     }
 
     fn unregister(&self, lab_id: &str, generation: i64) {
@@ -211,6 +279,34 @@ async fn receive_hello(
     None
 }
 
+/// Stores one `record` notification under the connection's lab.
+async fn store_record(state: &AppState, lab_id: &str, params: Value) {
+    let params: RecordParams = match serde_json::from_value(params) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(lab.id = %lab_id, error = %e, "malformed record dropped");
+            return;
+        }
+    };
+    let kind = params.record["body"]["type"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned();
+    let record = NewRecord {
+        lab_id: lab_id.to_owned(),
+        epoch: params.epoch,
+        seq: i64::try_from(params.seq).unwrap_or(i64::MAX),
+        program_id: params.program_id,
+        kind,
+        body: params.record.to_string(),
+    };
+    match state.storage.store_record(&record, now_ms()).await {
+        Ok(true) => {}
+        Ok(false) => debug!(lab.id = %lab_id, seq = record.seq, "replayed record ignored"),
+        Err(e) => warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored"),
+    }
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -262,7 +358,9 @@ async fn run_session(
             return;
         }
     };
-    let mut cut = state.gateway.register(&lab_id, generation);
+    let (mut cut, mut commands) = state.gateway.register(&lab_id, generation);
+    let mut pending: HashMap<i64, oneshot::Sender<Result<Value, RpcError>>> = HashMap::new();
+    let mut next_id: i64 = 1;
     state.metrics.agents_connected.inc();
     info!(lab.id = %lab_id, generation, peer = ?peer, agent.version = %hello.agent_version, "agent connected");
     let reply = Message::result(
@@ -295,6 +393,22 @@ async fn run_session(
                                 end = Some(End::Goodbye);
                             }
                             Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
+                            Ok(Message::Notification(n)) if n.method == method::RECORD => {
+                                store_record(&state, &lab_id, n.params).await;
+                            }
+                            Ok(Message::Response(r)) => {
+                                let waiting = match r.id {
+                                    Some(protocol::Id::Number(id)) => pending.remove(&id),
+                                    _ => None,
+                                };
+                                if let Some(waiting) = waiting {
+                                    let answer = match r.error {
+                                        Some(error) => Err(error),
+                                        None => Ok(r.result.unwrap_or(Value::Null)),
+                                    };
+                                    let _ = waiting.send(answer);
+                                }
+                            }
                             Ok(Message::Request(r)) => {
                                 let reply = Message::error(
                                     Some(r.id),
@@ -336,6 +450,16 @@ async fn run_session(
                         Ok(false) => end = Some(End::Stale),
                         Err(e) => warn!(lab.id = %lab_id, error = %e, "could not record agent traffic"),
                     }
+                }
+            }
+            Some(call) = commands.recv() => {
+                let id = next_id;
+                next_id += 1;
+                let request = Message::request(protocol::Id::Number(id), &call.method, call.params);
+                if send(&mut session, &request).await {
+                    pending.insert(id, call.reply);
+                } else {
+                    end = Some(End::Closed);
                 }
             }
             _ = ping.tick() => {

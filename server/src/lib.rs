@@ -7,6 +7,7 @@ pub mod config;
 pub mod gateway;
 pub mod graphql;
 pub mod metrics;
+pub mod operator;
 pub mod state;
 pub mod storage;
 pub mod telemetry;

@@ -1,5 +1,8 @@
 //! `maosic-server`: the command line of the MAOSIC cloud server.
 
+mod cli_lang;
+mod cli_optimize_bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The instruction language: check, compile and format recipes.
+    Lang {
+        #[command(subcommand)]
+        command: cli_lang::LangCommand,
+    },
+    /// Discovery-efficiency benchmark of the optimizers on a noisy landscape.
+    OptimizeBench(cli_optimize_bench::OptimizeBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +108,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PrintSchema => {
             print!("{}", graphql::sdl());
         }
+        Command::Lang { command } => {
+            let code = cli_lang::run(command)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::OptimizeBench(args) => cli_optimize_bench::run(args)?,
         Command::Serve { bind, db } => {
             let config = load(cli.config.as_ref(), bind, db)?;
             system.block_on(app::serve(config))?;

@@ -241,6 +241,28 @@ pub fn create_lab(db: &TestDatabase, org: &str, name: &str) -> anyhow::Result<Te
     })
 }
 
+/// A logged-in account made with [`TestServer::sign_up`].
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// JWT access token.
+    pub access_token: String,
+    /// Refresh token.
+    pub refresh_token: String,
+    /// The user's id.
+    pub user_id: String,
+    /// The organisation created with the account (the user owns it).
+    pub organization_id: String,
+    /// The e-mail address.
+    pub email: String,
+}
+
+/// The `extensions.code` of the first error of a GraphQL response, if any.
+pub fn error_code(body: &Value) -> Option<String> {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// A running `maosic-server serve` on a free port.
 pub struct TestServer {
     /// Bound address.
@@ -314,6 +336,118 @@ impl TestServer {
         Ok(response.body_mut().read_json::<Value>()?)
     }
 
+    /// POSTs a GraphQL query with a bearer token (when given) and extra headers; returns the
+    /// HTTP status and the JSON body (whatever the status).
+    pub fn graphql_with(
+        &self,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = ureq::post(format!("{}/graphql", self.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", &format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send(body.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// POSTs a GraphQL query as the holder of `token`; returns the whole response body.
+    pub fn graphql_as(&self, token: &str, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let body = json!({ "query": query, "variables": variables });
+        Ok(self.graphql_with(Some(token), &[], &body)?.1)
+    }
+
+    /// Signs up a new account (with its own organisation named `org`) through the API.
+    pub fn sign_up(&self, email: &str, org: &str) -> anyhow::Result<Session> {
+        let body = self.graphql(
+            "mutation($e: String!, $o: String!) { signUp(email: $e, password: \"correct horse battery\", \
+             displayName: \"Test User\", organizationName: $o) { accessToken refreshToken \
+             user { id memberships { organization { id } } } } }",
+            json!({ "e": email, "o": org }),
+        )?;
+        let s = &body["data"]["signUp"];
+        let text = |v: &Value| -> anyhow::Result<String> {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("signUp failed: {body}"))
+        };
+        Ok(Session {
+            access_token: text(&s["accessToken"])?,
+            refresh_token: text(&s["refreshToken"])?,
+            user_id: text(&s["user"]["id"])?,
+            organization_id: text(&s["user"]["memberships"][0]["organization"]["id"])?,
+            email: email.to_owned(),
+        })
+    }
+
+    /// Creates a lab in the session's organisation and enrolls an agent credential for it
+    /// with a one-time token and the real `maosic-agent enroll`.
+    pub fn create_enrolled_lab(&self, session: &Session, name: &str) -> anyhow::Result<TestLab> {
+        let body = self.graphql_as(
+            &session.access_token,
+            "mutation($o: ID!, $n: String!) { createLab(organizationId: $o, name: $n) { id } }",
+            json!({ "o": session.organization_id, "n": name }),
+        )?;
+        let id = body["data"]["createLab"]["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("createLab failed: {body}"))?
+            .to_owned();
+        let token = self.enrollment_token(session, &id)?;
+        let dir = tempfile::tempdir()?;
+        let credential = dir.path().join("credential.json");
+        let out = self.enroll(&token, &credential)?;
+        if !out.status.success() {
+            bail!("enroll failed: {}", out.stderr);
+        }
+        Ok(TestLab {
+            id,
+            credential,
+            _dir: dir,
+        })
+    }
+
+    /// A one-time enrollment token for a lab.
+    pub fn enrollment_token(&self, session: &Session, lab_id: &str) -> anyhow::Result<String> {
+        let body = self.graphql_as(
+            &session.access_token,
+            "mutation($l: ID!) { createEnrollmentToken(labId: $l) { token } }",
+            json!({ "l": lab_id }),
+        )?;
+        Ok(body["data"]["createEnrollmentToken"]["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("createEnrollmentToken failed: {body}"))?
+            .to_owned())
+    }
+
+    /// Runs `maosic-agent enroll` against this server.
+    pub fn enroll(&self, token: &str, credential_out: &Path) -> anyhow::Result<Finished> {
+        let out = credential_out.to_string_lossy().into_owned();
+        run_bin(
+            "maosic-agent",
+            &[
+                "enroll",
+                "--server",
+                &self.url(),
+                "--token",
+                token,
+                "--credential-out",
+                &out,
+            ],
+            &[],
+        )
+    }
+
     /// GETs a path and returns status and body.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let response = ureq::get(format!("{}{path}", self.url()))
@@ -363,6 +497,31 @@ impl TestAgent {
             cmd.arg("--descriptor").arg(d);
         }
         let child = cmd
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(TestAgent {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Starts an agent that runs the lab configured in `lab_config` (e.g. the virtual lab).
+    pub fn spawn_with_lab(
+        server: &str,
+        credential: &Path,
+        lab_config: &Path,
+    ) -> anyhow::Result<TestAgent> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("agent.log");
+        let child = Command::new(bin("maosic-agent")?)
+            .args(["run", "--server", server, "--credential"])
+            .arg(credential)
+            .arg("--lab")
+            .arg(lab_config)
+            .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -6,6 +6,7 @@
 //! suite in `server/tests/storage.rs` runs against both.
 
 pub mod postgres;
+pub mod records;
 mod sql;
 pub mod sqlite;
 
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use postgres::PgStorage;
+pub use records::{NewRecord, RecordStorage, StoredRecord};
 pub use sqlite::SqliteStorage;
 
 /// Errors of the storage layer.
@@ -360,7 +362,7 @@ pub struct AgentHello {
 
 /// The storage port. One implementation per backend; every method is one short transaction.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: records::RecordStorage + Send + Sync + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

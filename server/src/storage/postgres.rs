@@ -10,7 +10,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Storage on a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgStorage {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStorage {

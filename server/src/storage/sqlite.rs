@@ -12,7 +12,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// Storage on a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStorage {
