@@ -1,5 +1,7 @@
 //! `maosic-agent`: the command line of the MAOSIC edge agent.
 
+mod enroll;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,6 +49,19 @@ enum Command {
         /// Largest reconnect delay in ms.
         #[arg(long, default_value_t = 60_000)]
         backoff_cap_ms: u64,
+    },
+    /// Exchange a one-time enrollment token (from the lab's page or `createEnrollmentToken`)
+    /// for this lab's agent credential, written to a file readable only by its owner.
+    Enroll {
+        /// Server base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "MAOSIC_AGENT_SERVER")]
+        server: String,
+        /// The enrollment token (single use).
+        #[arg(long)]
+        token: String,
+        /// Where to write the credential file.
+        #[arg(long, value_name = "FILE")]
+        credential_out: PathBuf,
     },
     /// The virtual lab (digital twin of the paper's setup).
     VirtualLab(VirtualLabArgs),
@@ -100,6 +115,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
+        Command::Enroll {
+            server,
+            token,
+            credential_out,
+        } => {
+            let credential = enroll::exchange(&server, &token, Duration::from_secs(30))?;
+            enroll::write_credential(&credential_out, &credential)?;
+            println!(
+                "enrolled lab {}; credential written to {}",
+                credential.lab_id,
+                credential_out.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::VirtualLab(args) => {
             return exit(runtime.block_on(maosic_lab::cli::run_virtual_lab(args))?)
         }

@@ -8,20 +8,15 @@ use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse};
 use futures_util::FutureExt;
 use maosic_schema::protocol::AGENT_WS_PATH;
 use tracing::info;
 
 use crate::config::Config;
-use crate::graphql::{build_schema, ApiSchema};
+use crate::graphql::build_schema;
 use crate::metrics::HttpLabels;
 use crate::state::AppState;
 use crate::storage;
-
-async fn graphql(schema: web::Data<ApiSchema>, req: GraphQLRequest) -> GraphQLResponse {
-    schema.execute(req.into_inner()).await.into()
-}
 
 async fn graphiql(state: web::Data<AppState>) -> HttpResponse {
     if !state.config.graphql.graphiql {
@@ -106,7 +101,7 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
                     res
                 })
             })
-            .route("/graphql", web::post().to(graphql))
+            .route("/graphql", web::post().to(crate::graphql::graphql_handler))
             .route("/graphql", web::get().to(graphiql))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

@@ -55,9 +55,45 @@ pub struct RawConfig {
     pub agent: AgentConfig,
     /// GraphQL endpoint.
     pub graphql: GraphqlConfig,
+    /// Accounts, tokens and login limits.
+    pub auth: AuthConfig,
     /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
     #[serde(default)]
     pub operator_token: Option<String>,
+}
+
+/// Accounts, tokens and login limits (RELIABILITY rule 8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthConfig {
+    /// HS256 key for access tokens, at least 32 bytes; empty = a random key per process
+    /// (tokens then die with the process; a warning is logged).
+    pub jwt_secret: String,
+    /// `iss` claim issued and required.
+    pub issuer: String,
+    /// `aud` claim issued and required.
+    pub audience: String,
+    /// Access-token lifetime in seconds.
+    pub access_ttl_secs: u64,
+    /// Refresh-token lifetime in seconds.
+    pub refresh_ttl_secs: u64,
+    /// Enrollment-token lifetime in seconds.
+    pub enrollment_ttl_secs: u64,
+    /// Invitation lifetime in seconds.
+    pub invitation_ttl_secs: u64,
+    /// argon2id memory in KiB (at least 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (at least 2).
+    pub argon2_iterations: u32,
+    /// Failed logins per account within the window before it is locked for the window.
+    pub max_failures_per_account: u32,
+    /// Failed logins per client address within the window before it is locked.
+    pub max_failures_per_address: u32,
+    /// The failure-counting window in seconds.
+    pub failure_window_secs: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Shortest accepted password.
+    pub min_password_len: usize,
 }
 
 /// Log output settings.
@@ -107,6 +143,20 @@ impl AgentConfig {
 pub struct GraphqlConfig {
     /// Serve GraphiQL on `GET /graphql`.
     pub graphiql: bool,
+    /// Answer introspection queries.
+    pub introspection: bool,
+    /// Deepest accepted selection nesting.
+    pub max_depth: usize,
+    /// Highest accepted query complexity (one per field, lists count their limit).
+    pub max_complexity: usize,
+    /// Most aliases in one document.
+    pub max_aliases: usize,
+    /// Most operations in one batch request.
+    pub max_batch: usize,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Time limit of one request's execution in ms.
+    pub timeout_ms: u64,
 }
 
 /// Command-line values that override every other layer.
@@ -137,6 +187,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// GraphQL.
     pub graphql: GraphqlConfig,
+    /// Accounts and tokens.
+    pub auth: AuthConfig,
     /// Operator API token; `None` disables the operator API.
     pub operator_token: Option<String>,
 }
@@ -196,6 +248,27 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if raw.auth.argon2_memory_kib < 19_456 || raw.auth.argon2_iterations < 2 {
+            return Err(ConfigError::Invalid {
+                key: "auth.argon2_memory_kib",
+                reason: "argon2id needs at least 19456 KiB and 2 iterations".into(),
+            });
+        }
+        if !raw.auth.jwt_secret.is_empty() && raw.auth.jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                key: "auth.jwt_secret",
+                reason: "must be at least 32 bytes (or empty for a random per-process key)".into(),
+            });
+        }
+        if raw.auth.access_ttl_secs == 0
+            || raw.auth.issuer.is_empty()
+            || raw.auth.audience.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth",
+                reason: "access_ttl_secs, issuer and audience must be set".into(),
+            });
+        }
         Ok(Config {
             bind,
             database,
@@ -207,6 +280,7 @@ impl Config {
             log: raw.log,
             agent: raw.agent,
             graphql: raw.graphql,
+            auth: raw.auth,
             operator_token: raw.operator_token.filter(|t| !t.trim().is_empty()),
         })
     }

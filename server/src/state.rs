@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::AuthService;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -19,12 +20,15 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Live agent connections on this replica.
     pub gateway: Gateway,
+    /// Authentication: token keys, password hashing, login throttling.
+    pub auth: Arc<AuthService>,
 }
 
 impl AppState {
     /// Assembles the state.
     pub fn new(storage: Arc<dyn Storage>, config: Config) -> Self {
         AppState {
+            auth: Arc::new(AuthService::new(&config.auth)),
             storage,
             config: Arc::new(config),
             metrics: Metrics::new(),

@@ -209,3 +209,151 @@ async fn audit_entries_are_listed_newest_first_per_organization() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sessions_refresh_tokens_and_enrollment_tokens_are_single_use() {
+    on_every_backend("single_use_tokens", |s| async move {
+        let user = s
+            .create_user("a@x.example", "A", Some("h"), 1)
+            .await
+            .unwrap();
+        let session = s.create_session(&user.id, 2).await.unwrap();
+        let rt = s
+            .create_refresh_token(&session.id, "hash", 1000, 3)
+            .await
+            .unwrap();
+        assert_eq!(s.refresh_token(&rt.id).await.unwrap(), Some(rt.clone()));
+        assert!(s.use_refresh_token(&rt.id, 4).await.unwrap());
+        assert!(!s.use_refresh_token(&rt.id, 5).await.unwrap(), "second use");
+        assert!(s.revoke_session(&session.id, 6).await.unwrap());
+        assert!(!s.revoke_session(&session.id, 7).await.unwrap());
+        assert_eq!(
+            s.session(&session.id).await.unwrap().unwrap().revoked_at,
+            Some(6)
+        );
+        let keep = s.create_session(&user.id, 8).await.unwrap();
+        let other = s.create_session(&user.id, 9).await.unwrap();
+        assert_eq!(
+            s.revoke_sessions_of_user(&user.id, Some(&keep.id), 10)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(s
+            .session(&other.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
+        assert!(s
+            .session(&keep.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none());
+
+        let org = s.create_organization("O", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "L", 1).await.unwrap();
+        let et = s
+            .create_enrollment_token(&lab.id, "h", 100, 1)
+            .await
+            .unwrap();
+        assert!(s.use_enrollment_token(&et.id, 50).await.unwrap());
+        assert!(
+            !s.use_enrollment_token(&et.id, 51).await.unwrap(),
+            "second use"
+        );
+        let expired = s
+            .create_enrollment_token(&lab.id, "h", 100, 1)
+            .await
+            .unwrap();
+        assert!(
+            !s.use_enrollment_token(&expired.id, 100).await.unwrap(),
+            "expired"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_tokens_invitations_and_shares_round_trip() {
+    on_every_backend("api_tokens_invitations_shares", |s| async move {
+        let user = s.create_user("a@x.example", "A", None, 1).await.unwrap();
+        let other = s.create_user("b@x.example", "B", None, 1).await.unwrap();
+        let org = s.create_organization("O", 1).await.unwrap();
+        let partner = s.create_organization("P", 1).await.unwrap();
+        s.set_membership(&org.id, &user.id, Role::Owner, 1)
+            .await
+            .unwrap();
+        s.set_membership(&org.id, &other.id, Role::Viewer, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.memberships_of_organization(&org.id).await.unwrap().len(),
+            2
+        );
+        assert!(s.remove_membership(&org.id, &other.id).await.unwrap());
+        assert!(!s.remove_membership(&org.id, &other.id).await.unwrap());
+
+        let t = s
+            .create_api_token(&user.id, &org.id, "nb", "read", "h", 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.api_tokens_of_user(&user.id).await.unwrap(),
+            vec![t.clone()]
+        );
+        assert!(
+            !s.revoke_api_token(&t.id, &other.id, 4).await.unwrap(),
+            "not theirs"
+        );
+        assert!(s.revoke_api_token(&t.id, &user.id, 4).await.unwrap());
+        assert_eq!(
+            s.api_token(&t.id).await.unwrap().unwrap().revoked_at,
+            Some(4)
+        );
+
+        let inv = storage::Invitation {
+            id: storage::new_id(),
+            organization_id: org.id.clone(),
+            email: "C@X.example".into(),
+            role: "researcher".into(),
+            token_hash: "h".into(),
+            created_by: "user:x".into(),
+            created_at: 1,
+            expires_at: 100,
+            accepted_at: None,
+        };
+        s.create_invitation(&inv).await.unwrap();
+        assert_eq!(
+            s.invitation(&inv.id).await.unwrap().unwrap().email,
+            "c@x.example"
+        );
+        assert!(s.accept_invitation(&inv.id, 10).await.unwrap());
+        assert!(
+            !s.accept_invitation(&inv.id, 11).await.unwrap(),
+            "single use"
+        );
+
+        let lab = s.create_lab(&org.id, "L", 1).await.unwrap();
+        let share = s.share_lab(&lab.id, &partner.id, 20, 5).await.unwrap();
+        assert_eq!(share.daily_quota, 20);
+        assert_eq!(
+            s.share_lab(&lab.id, &partner.id, 7, 6)
+                .await
+                .unwrap()
+                .daily_quota,
+            7
+        );
+        assert_eq!(s.shares_of_lab(&lab.id).await.unwrap().len(), 1);
+        assert_eq!(
+            s.shares_with_organization(&partner.id).await.unwrap()[0].lab_id,
+            lab.id
+        );
+        assert!(s.unshare_lab(&lab.id, &partner.id).await.unwrap());
+        assert!(s.shares_of_lab(&lab.id).await.unwrap().is_empty());
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use maosic_e2e::{
-    backends, create_lab, mark_ran, run_bin, wait_for, Backend, TestAgent, TestDatabase, TestServer,
+    backends, error_code, mark_ran, run_bin, wait_for, Backend, TestAgent, TestDatabase, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -16,9 +16,10 @@ fn paper_lab() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/paper-lab.toml")
 }
 
-fn lab_state(server: &TestServer, lab_id: &str) -> Value {
+fn lab_state(server: &TestServer, token: &str, lab_id: &str) -> Value {
     let body = server
-        .graphql(
+        .graphql_as(
+            token,
             "query($id: ID!) { lab(id: $id) { online connectionGeneration lastSeenAt devices { name kind } } }",
             json!({ "id": lab_id }),
         )
@@ -27,21 +28,27 @@ fn lab_state(server: &TestServer, lab_id: &str) -> Value {
     body["data"]["lab"].clone()
 }
 
-fn online(server: &TestServer, lab_id: &str) -> bool {
-    lab_state(server, lab_id)["online"].as_bool().unwrap()
+fn online(server: &TestServer, token: &str, lab_id: &str) -> bool {
+    lab_state(server, token, lab_id)["online"]
+        .as_bool()
+        .unwrap()
 }
 
 async fn presence_follows_the_agent(backend: Backend) {
     let db = TestDatabase::create(backend).await.unwrap();
-    let lab = create_lab(&db, "Chirality Group", "paper-lab").unwrap();
     let hb = HEARTBEAT_MS.to_string();
     let server = TestServer::spawn(&db, &[("MAOSIC_AGENT__HEARTBEAT_MS", &hb)]).unwrap();
-    assert!(!online(&server, &lab.id), "no agent yet");
+    let session = server
+        .sign_up("owner@chirality.example", "Chirality Group")
+        .unwrap();
+    let lab = server.create_enrolled_lab(&session, "paper-lab").unwrap();
+    let token = session.access_token.as_str();
+    assert!(!online(&server, token, &lab.id), "no agent yet");
 
     // Agent starts → online, with its devices.
     let mut agent = TestAgent::spawn(&server.url(), &lab.credential, Some(&paper_lab())).unwrap();
     let (_, took) = wait_for(Duration::from_secs(15), "lab online", || {
-        Ok(online(&server, &lab.id).then_some(()))
+        Ok(online(&server, token, &lab.id).then_some(()))
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -50,7 +57,7 @@ async fn presence_follows_the_agent(backend: Backend) {
             server.log()
         )
     });
-    let state = lab_state(&server, &lab.id);
+    let state = lab_state(&server, token, &lab.id);
     assert_eq!(state["connectionGeneration"], 1);
     let devices = state["devices"].as_array().unwrap();
     assert!(
@@ -70,17 +77,17 @@ async fn presence_follows_the_agent(backend: Backend) {
         Duration::from_secs(5),
         "a heartbeat to move lastSeenAt",
         || {
-            let seen = lab_state(&server, &lab.id)["lastSeenAt"].clone();
+            let seen = lab_state(&server, token, &lab.id)["lastSeenAt"].clone();
             Ok((seen != state["lastSeenAt"]).then_some(()))
         },
     )
     .unwrap();
-    assert!(online(&server, &lab.id));
+    assert!(online(&server, token, &lab.id));
 
     // SIGKILL → offline within 3 heartbeat periods.
     agent.kill();
     let (_, took) = wait_for(Duration::from_secs(10), "lab offline after SIGKILL", || {
-        Ok((!online(&server, &lab.id)).then_some(()))
+        Ok((!online(&server, token, &lab.id)).then_some(()))
     })
     .unwrap();
     println!(
@@ -97,10 +104,13 @@ async fn presence_follows_the_agent(backend: Backend) {
     // A new agent process → online again with a newer generation.
     let mut agent = TestAgent::spawn(&server.url(), &lab.credential, Some(&paper_lab())).unwrap();
     wait_for(Duration::from_secs(15), "lab online again", || {
-        Ok(online(&server, &lab.id).then_some(()))
+        Ok(online(&server, token, &lab.id).then_some(()))
     })
     .unwrap();
-    assert_eq!(lab_state(&server, &lab.id)["connectionGeneration"], 2);
+    assert_eq!(
+        lab_state(&server, token, &lab.id)["connectionGeneration"],
+        2
+    );
 
     // Clean stop (SIGTERM → goodbye) → offline within 1 s.
     let started = std::time::Instant::now();
@@ -109,7 +119,7 @@ async fn presence_follows_the_agent(backend: Backend) {
     let (_, _) = wait_for(
         Duration::from_secs(5),
         "lab offline after clean stop",
-        || Ok((!online(&server, &lab.id)).then_some(())),
+        || Ok((!online(&server, token, &lab.id)).then_some(())),
     )
     .unwrap();
     let took = started.elapsed();
@@ -151,11 +161,19 @@ async fn health_readiness_metrics_and_graphiql_answer() {
         "{metrics}"
     );
     assert!(metrics.contains("maosic_http_request_duration_seconds_bucket"));
-    // An unknown lab id (malformed or absent) is null, not an error.
+    // Labs need a token; with one, an unknown lab id (malformed or absent) is null.
+    let query = "{ a: lab(id: \"nope\") { id } b: lab(id: \"01a215b7-72e3-730c-9488-fc9e410f95a2\") { id } }";
+    let anonymous = server.graphql(query, json!({})).unwrap();
+    assert_eq!(
+        error_code(&anonymous).as_deref(),
+        Some("UNAUTHENTICATED"),
+        "{anonymous}"
+    );
+    let session = server.sign_up("someone@example.org", "Some Group").unwrap();
     let none = server
-        .graphql("{ a: lab(id: \"nope\") { id } b: lab(id: \"01a215b7-72e3-730c-9488-fc9e410f95a2\") { id } }", json!({}))
+        .graphql_as(&session.access_token, query, json!({}))
         .unwrap();
-    assert_eq!(none["data"], json!({ "a": null, "b": null }));
+    assert_eq!(none["data"], json!({ "a": null, "b": null }), "{none}");
 }
 
 #[test]
@@ -232,8 +250,10 @@ fn unreachable_postgres_is_one_clear_error() {
 #[tokio::test]
 async fn wrong_agent_credential_is_refused_with_one_clear_error() {
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
-    let lab = create_lab(&db, "Group", "lab").unwrap();
     let server = TestServer::spawn(&db, &[]).unwrap();
+    let session = server.sign_up("owner@group.example", "Group").unwrap();
+    let lab = server.create_enrolled_lab(&session, "lab").unwrap();
+    let token = session.access_token.as_str();
     let mut cred: Value =
         serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
     cred["secret"] = json!("0".repeat(64));
@@ -254,7 +274,7 @@ async fn wrong_agent_credential_is_refused_with_one_clear_error() {
         "{log}"
     );
     assert!(!log.contains("panicked"));
-    assert!(!online(&server, &lab.id));
+    assert!(!online(&server, token, &lab.id));
     // A malformed credential file is also one clear line.
     std::fs::write(&wrong, "{not json").unwrap();
     let out = run_bin(

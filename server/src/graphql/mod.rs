@@ -1,28 +1,94 @@
-//! The public GraphQL API: schema assembly, the query root, and the one place where internal
-//! errors become client errors with stable codes (internal text never reaches a client).
+//! The public GraphQL API: schema assembly (with depth, complexity and introspection limits),
+//! the request context (the verified principal and the caller's address), and the one place
+//! where internal errors become client errors with stable codes (internal text is logged,
+//! never returned).
+
+pub mod access;
+pub mod account;
+pub mod compile;
+pub mod handler;
+pub mod labs;
+pub mod orgs;
 
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject, ID,
+    Context, EmptySubscription, ErrorExtensions, MergedObject, Object, Schema, SimpleObject,
 };
 
+use crate::auth::Principal;
+use crate::config::GraphqlConfig;
 use crate::state::AppState;
-use crate::storage::{self, StorageError};
+use crate::storage::StorageError;
+
+pub use handler::graphql_handler;
+pub use labs::LabNode;
 
 /// The server's GraphQL schema type.
-pub type ApiSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// All queries.
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(
+    BaseQuery,
+    account::AccountQuery,
+    orgs::OrgQuery,
+    labs::LabQuery,
+    compile::CompileQuery,
+);
+
+/// All mutations.
+#[derive(MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct MutationRoot(
+    account::AccountMutation,
+    orgs::OrgMutation,
+    labs::LabMutation,
+);
 
 /// Builds the schema; `state` is `None` only for printing the SDL.
 pub fn build_schema(state: Option<AppState>) -> ApiSchema {
-    let builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription);
+    let builder = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        EmptySubscription,
+    );
     match state {
-        Some(state) => builder.data(state).finish(),
+        Some(state) => {
+            let limits = state.config.graphql.clone();
+            let builder = apply_limits(builder, &limits);
+            builder.data(state).finish()
+        }
         None => builder.finish(),
+    }
+}
+
+fn apply_limits(
+    builder: async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription>,
+    limits: &GraphqlConfig,
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+    let builder = builder
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_recursive_depth(64);
+    if limits.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
     }
 }
 
 /// The schema in SDL, exactly as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
     build_schema(None).sdl()
+}
+
+/// Per-request context: who is calling (verified) and from where.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The verified principal, if a valid bearer token came with the request.
+    pub principal: Option<Principal>,
+    /// The client's address (for the audit log and login throttling).
+    pub source: Option<String>,
 }
 
 /// Client-facing errors, each with a stable machine-readable code.
@@ -34,13 +100,50 @@ pub enum ApiError {
     /// The input is malformed.
     #[error("{0}")]
     BadInput(String),
+    /// No valid credentials came with the request.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Login refused (same answer for unknown accounts and wrong passwords).
+    #[error("invalid e-mail or password")]
+    InvalidCredentials,
+    /// Too many failed logins for this account or address.
+    #[error("too many attempts; try again later")]
+    RateLimited,
+    /// The caller may see the object but not do this to it.
+    #[error("not allowed")]
+    Forbidden,
+    /// The object does not exist or is not visible to the caller.
+    #[error("not found")]
+    NotFound,
+    /// The write conflicts with existing data.
+    #[error("{0}")]
+    Conflict(String),
+    /// A refresh token was presented twice: its whole family is revoked.
+    #[error("refresh token reused; the session has been revoked")]
+    RefreshReused,
+    /// A token (refresh, enrollment, invitation) is unknown, used or expired.
+    #[error("invalid or expired token")]
+    InvalidToken,
+    /// The lab's agent never sent a capability descriptor.
+    #[error("the lab's agent has not announced a capability descriptor yet")]
+    NoDescriptor,
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    /// The stable code in `extensions.code`.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::Internal => "INTERNAL",
             ApiError::BadInput(_) => "BAD_USER_INPUT",
+            ApiError::Unauthenticated => "UNAUTHENTICATED",
+            ApiError::InvalidCredentials => "INVALID_CREDENTIALS",
+            ApiError::RateLimited => "RATE_LIMITED",
+            ApiError::Forbidden => "FORBIDDEN",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::RefreshReused => "REFRESH_TOKEN_REUSED",
+            ApiError::InvalidToken => "INVALID_TOKEN",
+            ApiError::NoDescriptor => "NO_DESCRIPTOR",
         }
     }
 }
@@ -54,39 +157,85 @@ impl ErrorExtensions for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        tracing::error!(error = %e, "storage error in a resolver");
-        ApiError::Internal
+        match e {
+            StorageError::NotFound => ApiError::NotFound,
+            other => {
+                tracing::error!(error = %other, "storage error in a resolver");
+                ApiError::Internal
+            }
+        }
     }
 }
 
-fn state<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a AppState> {
-    ctx.data::<AppState>()
-        .map_err(|_| ApiError::Internal.extend())
+/// Shorthand for resolver results.
+pub type ApiResult<T> = async_graphql::Result<T>;
+
+/// Turns an [`ApiError`] into a GraphQL error with its code.
+pub fn fail(e: ApiError) -> async_graphql::Error {
+    e.extend()
 }
 
-/// Root of all queries.
-pub struct QueryRoot;
+/// `?`-friendly conversion of storage results.
+pub trait StorageResultExt<T> {
+    /// Maps the storage error to an API error with a code.
+    fn api(self) -> ApiResult<T>;
+}
 
-#[Object(name = "Query")]
-impl QueryRoot {
+impl<T> StorageResultExt<T> for Result<T, StorageError> {
+    fn api(self) -> ApiResult<T> {
+        self.map_err(|e| ApiError::from(e).extend())
+    }
+}
+
+/// The application state.
+pub fn state<'a>(ctx: &Context<'a>) -> ApiResult<&'a AppState> {
+    ctx.data::<AppState>().map_err(|_| fail(ApiError::Internal))
+}
+
+/// The request context (empty when the schema is executed without the HTTP handler).
+pub fn request_info<'a>(ctx: &Context<'a>) -> &'a RequestInfo {
+    static EMPTY: RequestInfo = RequestInfo {
+        principal: None,
+        source: None,
+    };
+    ctx.data::<RequestInfo>().unwrap_or(&EMPTY)
+}
+
+/// The verified principal, or `UNAUTHENTICATED`.
+pub fn principal<'a>(ctx: &Context<'a>) -> ApiResult<&'a Principal> {
+    request_info(ctx)
+        .principal
+        .as_ref()
+        .ok_or_else(|| fail(ApiError::Unauthenticated))
+}
+
+/// The verified principal of a mutation: a read-only API token is `FORBIDDEN`.
+pub fn writer<'a>(ctx: &Context<'a>) -> ApiResult<&'a Principal> {
+    let p = principal(ctx)?;
+    if !p.may_write() {
+        return Err(fail(ApiError::Forbidden));
+    }
+    Ok(p)
+}
+
+/// Parses an id argument; malformed ids are simply not found.
+pub fn parse_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| fail(ApiError::NotFound))
+}
+
+/// Base queries.
+#[derive(Default)]
+pub struct BaseQuery;
+
+#[Object]
+impl BaseQuery {
     /// The server's name and version.
     async fn server_info(&self) -> ServerInfo {
         ServerInfo {
             name: "maosic".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
-
-    /// One lab by id; null when it does not exist.
-    async fn lab(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<LabNode>> {
-        let state = state(ctx)?;
-        if uuid::Uuid::parse_str(&id).is_err() {
-            return Ok(None);
-        }
-        match state.storage.lab(&id).await {
-            Ok(lab) => Ok(Some(LabNode::new(lab, state))),
-            Err(StorageError::NotFound) => Ok(None),
-            Err(e) => Err(ApiError::from(e).extend()),
         }
     }
 }
@@ -98,81 +247,6 @@ pub struct ServerInfo {
     pub name: String,
     /// The server's version.
     pub version: String,
-}
-
-/// A lab and its agent's presence.
-pub struct LabNode {
-    lab: storage::Lab,
-    online: bool,
-}
-
-impl LabNode {
-    fn new(lab: storage::Lab, state: &AppState) -> Self {
-        let timeout =
-            i64::try_from(state.config.agent.dead_after().as_millis()).unwrap_or(i64::MAX);
-        let online = lab.is_online(storage::now_ms(), timeout);
-        LabNode { lab, online }
-    }
-}
-
-/// A device the lab's agent announced.
-#[derive(SimpleObject)]
-pub struct Device {
-    /// The device's symbol in recipes (e.g. `H`).
-    pub name: String,
-    /// Its kind (e.g. `heater`).
-    pub kind: String,
-}
-
-#[Object(name = "Lab")]
-impl LabNode {
-    /// Identifier.
-    async fn id(&self) -> ID {
-        ID(self.lab.id.clone())
-    }
-
-    /// Name, unique within the organisation.
-    async fn name(&self) -> &str {
-        &self.lab.name
-    }
-
-    /// The owning organisation's id.
-    async fn organization_id(&self) -> ID {
-        ID(self.lab.organization_id.clone())
-    }
-
-    /// Whether the lab's agent is connected now.
-    async fn online(&self) -> bool {
-        self.online
-    }
-
-    /// Last time the agent was heard from (RFC 3339, UTC).
-    async fn last_seen_at(&self) -> Option<String> {
-        self.lab.last_seen_at.map(rfc3339_ms)
-    }
-
-    /// The agent's software version from its last hello.
-    async fn agent_version(&self) -> Option<&str> {
-        self.lab.agent_version.as_deref()
-    }
-
-    /// Generation of the newest agent connection (increases with each reconnect).
-    async fn connection_generation(&self) -> i64 {
-        self.lab.connection_generation
-    }
-
-    /// The devices the agent announced in its last hello.
-    async fn devices(&self) -> Vec<Device> {
-        let parsed: Vec<maosic_schema::protocol::DeviceSummary> =
-            serde_json::from_str(&self.lab.devices).unwrap_or_default();
-        parsed
-            .into_iter()
-            .map(|d| Device {
-                name: d.name,
-                kind: d.kind,
-            })
-            .collect()
-    }
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.

@@ -349,6 +349,110 @@ pub struct NewAuditEntry {
     pub source: Option<String>,
 }
 
+/// A login session: one refresh-token family. Revoking it ends every token of the family.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Session {
+    /// Identifier (the `sid` claim of access tokens).
+    pub id: String,
+    /// The user logged in.
+    pub user_id: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at: i64,
+    /// Revocation time (log-out, reuse detected, password changed).
+    pub revoked_at: Option<i64>,
+}
+
+/// A refresh token (only its SHA-256 is stored).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefreshToken {
+    /// Identifier, the public half of the token.
+    pub id: String,
+    /// Its family.
+    pub session_id: String,
+    /// Hex SHA-256 of the secret half.
+    pub token_hash: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// When it was exchanged; a second exchange is reuse.
+    pub used_at: Option<i64>,
+}
+
+/// A named API token for scripts, bound to one organisation with a scope.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiToken {
+    /// Identifier, the public half of the token.
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// The only organisation it acts in.
+    pub organization_id: String,
+    /// Name given by the user.
+    pub name: String,
+    /// `read` or `write`.
+    pub scope: String,
+    /// Hex SHA-256 of the secret half.
+    pub token_hash: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+}
+
+/// An invitation to join an organisation.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Invitation {
+    /// Identifier, the public half of the invitation token.
+    pub id: String,
+    /// The organisation.
+    pub organization_id: String,
+    /// Invited address (lower-cased).
+    pub email: String,
+    /// Role granted on acceptance (stored text).
+    pub role: String,
+    /// Hex SHA-256 of the secret half.
+    pub token_hash: String,
+    /// Who invited (`user:<id>`).
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// Acceptance time.
+    pub accepted_at: Option<i64>,
+}
+
+/// A lab shared with another organisation, with a daily experiment quota.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LabShare {
+    /// The lab.
+    pub lab_id: String,
+    /// The organisation it is shared with.
+    pub organization_id: String,
+    /// Experiments per day that organisation may queue.
+    pub daily_quota: i64,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A one-time agent enrollment token (only its SHA-256 is stored).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EnrollmentToken {
+    /// Identifier, the public half.
+    pub id: String,
+    /// The lab it enrolls.
+    pub lab_id: String,
+    /// Hex SHA-256 of the secret half.
+    pub token_hash: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry time.
+    pub expires_at: i64,
+    /// When it was used; it cannot be used again.
+    pub used_at: Option<i64>,
+}
+
 /// What an agent announced in `hello`.
 #[derive(Debug, Clone)]
 pub struct AgentHello {
@@ -448,6 +552,99 @@ pub trait Storage: records::RecordStorage + Send + Sync + 'static {
         organization_id: &str,
         limit: i64,
     ) -> StorageResult<Vec<AuditEntry>>;
+
+    /// Reads a user by id.
+    async fn user(&self, id: &str) -> StorageResult<Option<User>>;
+    /// Replaces a user's password hash.
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StorageResult<()>;
+    /// The members of an organisation, with roles.
+    async fn memberships_of_organization(
+        &self,
+        organization_id: &str,
+    ) -> StorageResult<Vec<Membership>>;
+    /// Removes a member; false when there was no such membership.
+    async fn remove_membership(&self, organization_id: &str, user_id: &str) -> StorageResult<bool>;
+
+    /// Opens a login session (a refresh-token family).
+    async fn create_session(&self, user_id: &str, now_ms: i64) -> StorageResult<Session>;
+    /// Reads a session.
+    async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
+    /// Revokes a session; false when already revoked or absent.
+    async fn revoke_session(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+    /// Revokes every open session of a user except `keep`; returns how many.
+    async fn revoke_sessions_of_user(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+        now_ms: i64,
+    ) -> StorageResult<u64>;
+    /// Stores a refresh token of a session.
+    async fn create_refresh_token(
+        &self,
+        session_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> StorageResult<RefreshToken>;
+    /// Reads a refresh token.
+    async fn refresh_token(&self, id: &str) -> StorageResult<Option<RefreshToken>>;
+    /// Marks a refresh token used; false when it was already used (reuse).
+    async fn use_refresh_token(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+
+    /// Stores an API token.
+    async fn create_api_token(
+        &self,
+        user_id: &str,
+        organization_id: &str,
+        name: &str,
+        scope: &str,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> StorageResult<ApiToken>;
+    /// Reads an API token.
+    async fn api_token(&self, id: &str) -> StorageResult<Option<ApiToken>>;
+    /// The API tokens of a user, newest first.
+    async fn api_tokens_of_user(&self, user_id: &str) -> StorageResult<Vec<ApiToken>>;
+    /// Revokes a user's API token; false when absent, not theirs or already revoked.
+    async fn revoke_api_token(&self, id: &str, user_id: &str, now_ms: i64) -> StorageResult<bool>;
+
+    /// Stores an invitation.
+    async fn create_invitation(&self, invitation: &Invitation) -> StorageResult<()>;
+    /// Reads an invitation.
+    async fn invitation(&self, id: &str) -> StorageResult<Option<Invitation>>;
+    /// Marks an invitation accepted; false when already accepted or expired.
+    async fn accept_invitation(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+
+    /// Shares a lab with an organisation (or changes the quota of an existing share).
+    async fn share_lab(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        daily_quota: i64,
+        now_ms: i64,
+    ) -> StorageResult<LabShare>;
+    /// Ends a share; false when there was none.
+    async fn unshare_lab(&self, lab_id: &str, organization_id: &str) -> StorageResult<bool>;
+    /// The shares of a lab.
+    async fn shares_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabShare>>;
+    /// The shares granted to an organisation.
+    async fn shares_with_organization(&self, organization_id: &str)
+        -> StorageResult<Vec<LabShare>>;
+
+    /// Stores a one-time enrollment token for a lab.
+    async fn create_enrollment_token(
+        &self,
+        lab_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> StorageResult<EnrollmentToken>;
+    /// Reads an enrollment token.
+    async fn enrollment_token(&self, id: &str) -> StorageResult<Option<EnrollmentToken>>;
+    /// Marks an unexpired, unused enrollment token used; false otherwise (single use).
+    async fn use_enrollment_token(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+    /// The agent credentials of a lab, newest first.
+    async fn agent_credentials_of_lab(&self, lab_id: &str) -> StorageResult<Vec<AgentCredential>>;
 }
 
 /// Milliseconds since the Unix epoch, now.

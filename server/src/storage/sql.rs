@@ -348,6 +348,457 @@ macro_rules! impl_storage {
                 .await
                 .map_err($crate::storage::StorageError::from_sqlx)
             }
+
+            async fn user(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::User>> {
+                sqlx::query_as(
+                    "SELECT id, email, display_name, password_hash, created_at FROM users \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn set_password_hash(
+                &self,
+                user_id: &str,
+                password_hash: &str,
+            ) -> $crate::storage::StorageResult<()> {
+                sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(password_hash)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn memberships_of_organization(
+                &self,
+                organization_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::Membership>> {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT organization_id, user_id, role FROM memberships \
+                     WHERE organization_id = $1 ORDER BY created_at, user_id",
+                )
+                .bind(organization_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                rows.into_iter()
+                    .map(|(organization_id, user_id, role)| {
+                        let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
+                            $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
+                        })?;
+                        Ok($crate::storage::Membership {
+                            organization_id,
+                            user_id,
+                            role,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn remove_membership(
+                &self,
+                organization_id: &str,
+                user_id: &str,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2",
+                )
+                .bind(organization_id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_session(
+                &self,
+                user_id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::Session> {
+                sqlx::query_as(
+                    "INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3) \
+                     RETURNING id, user_id, created_at, revoked_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(user_id)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn session(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::Session>> {
+                sqlx::query_as(
+                    "SELECT id, user_id, created_at, revoked_at FROM sessions WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn revoke_session(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_sessions_of_user(
+                &self,
+                user_id: &str,
+                keep: Option<&str>,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<u64> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $2 \
+                     WHERE user_id = $1 AND revoked_at IS NULL AND id <> $3",
+                )
+                .bind(user_id)
+                .bind(now_ms)
+                .bind(keep.unwrap_or(""))
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn create_refresh_token(
+                &self,
+                session_id: &str,
+                token_hash: &str,
+                expires_at: i64,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::RefreshToken> {
+                sqlx::query_as(
+                    "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, session_id, token_hash, created_at, expires_at, used_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(session_id)
+                .bind(token_hash)
+                .bind(now_ms)
+                .bind(expires_at)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn refresh_token(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::RefreshToken>> {
+                sqlx::query_as(
+                    "SELECT id, session_id, token_hash, created_at, expires_at, used_at \
+                     FROM refresh_tokens WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn use_refresh_token(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_api_token(
+                &self,
+                user_id: &str,
+                organization_id: &str,
+                name: &str,
+                scope: &str,
+                token_hash: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::ApiToken> {
+                sqlx::query_as(
+                    "INSERT INTO api_tokens \
+                     (id, user_id, organization_id, name, scope, token_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     RETURNING id, user_id, organization_id, name, scope, token_hash, \
+                     created_at, revoked_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(user_id)
+                .bind(organization_id)
+                .bind(name)
+                .bind(scope)
+                .bind(token_hash)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn api_token(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::ApiToken>> {
+                sqlx::query_as(
+                    "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
+                     revoked_at FROM api_tokens WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn api_tokens_of_user(
+                &self,
+                user_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::ApiToken>> {
+                sqlx::query_as(
+                    "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
+                     revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn revoke_api_token(
+                &self,
+                id: &str,
+                user_id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $3 \
+                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_invitation(
+                &self,
+                invitation: &$crate::storage::Invitation,
+            ) -> $crate::storage::StorageResult<()> {
+                sqlx::query(
+                    "INSERT INTO invitations (id, organization_id, email, role, token_hash, \
+                     created_by, created_at, expires_at, accepted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&invitation.id)
+                .bind(&invitation.organization_id)
+                .bind(invitation.email.trim().to_lowercase())
+                .bind(&invitation.role)
+                .bind(&invitation.token_hash)
+                .bind(&invitation.created_by)
+                .bind(invitation.created_at)
+                .bind(invitation.expires_at)
+                .bind(invitation.accepted_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn invitation(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::Invitation>> {
+                sqlx::query_as(
+                    "SELECT id, organization_id, email, role, token_hash, created_by, \
+                     created_at, expires_at, accepted_at FROM invitations WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn accept_invitation(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE invitations SET accepted_at = $2 \
+                     WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn share_lab(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+                daily_quota: i64,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::LabShare> {
+                sqlx::query_as(
+                    "INSERT INTO lab_shares (lab_id, organization_id, daily_quota, created_at) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (lab_id, organization_id) \
+                     DO UPDATE SET daily_quota = excluded.daily_quota \
+                     RETURNING lab_id, organization_id, daily_quota, created_at",
+                )
+                .bind(lab_id)
+                .bind(organization_id)
+                .bind(daily_quota)
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn unshare_lab(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "DELETE FROM lab_shares WHERE lab_id = $1 AND organization_id = $2",
+                )
+                .bind(lab_id)
+                .bind(organization_id)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn shares_of_lab(
+                &self,
+                lab_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> {
+                sqlx::query_as(
+                    "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                     WHERE lab_id = $1 ORDER BY created_at, organization_id",
+                )
+                .bind(lab_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn shares_with_organization(
+                &self,
+                organization_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> {
+                sqlx::query_as(
+                    "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                     WHERE organization_id = $1 ORDER BY created_at, lab_id",
+                )
+                .bind(organization_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn create_enrollment_token(
+                &self,
+                lab_id: &str,
+                token_hash: &str,
+                expires_at: i64,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<$crate::storage::EnrollmentToken> {
+                sqlx::query_as(
+                    "INSERT INTO enrollment_tokens (id, lab_id, token_hash, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, lab_id, token_hash, created_at, expires_at, used_at",
+                )
+                .bind($crate::storage::new_id())
+                .bind(lab_id)
+                .bind(token_hash)
+                .bind(now_ms)
+                .bind(expires_at)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn enrollment_token(
+                &self,
+                id: &str,
+            ) -> $crate::storage::StorageResult<Option<$crate::storage::EnrollmentToken>> {
+                sqlx::query_as(
+                    "SELECT id, lab_id, token_hash, created_at, expires_at, used_at \
+                     FROM enrollment_tokens WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
+
+            async fn use_enrollment_token(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::storage::StorageResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE enrollment_tokens SET used_at = $2 \
+                     WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn agent_credentials_of_lab(
+                &self,
+                lab_id: &str,
+            ) -> $crate::storage::StorageResult<Vec<$crate::storage::AgentCredential>> {
+                sqlx::query_as(
+                    "SELECT id, lab_id, secret_hash, created_at, revoked_at \
+                     FROM agent_credentials WHERE lab_id = $1 ORDER BY created_at DESC, id",
+                )
+                .bind(lab_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::StorageError::from_sqlx)
+            }
         }
     };
 }

@@ -1,0 +1,571 @@
+//! Accounts: sign-up, log-in (throttled, same answer and cost for unknown accounts and wrong
+//! passwords), refresh-token rotation with reuse detection, log-out, password change, and
+//! named API tokens (shown once).
+
+use async_graphql::{Context, Enum, Object, SimpleObject, ID};
+use serde_json::json;
+
+use super::access::{audit, require_member};
+use super::orgs::OrganizationNode;
+use super::{
+    fail, parse_id, principal, request_info, rfc3339_ms, state, writer, ApiError, ApiResult,
+    StorageResultExt,
+};
+use crate::auth::{self, token, Credential, RefreshOutcome, Scope};
+use crate::storage::{now_ms, Role, StorageError, User};
+
+/// A role in an organisation.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "Role")]
+pub enum RoleValue {
+    /// Full control.
+    Owner,
+    /// Manages members, labs and campaigns.
+    Admin,
+    /// Creates and runs campaigns.
+    Researcher,
+    /// Reads only.
+    Viewer,
+}
+
+impl From<Role> for RoleValue {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Owner => RoleValue::Owner,
+            Role::Admin => RoleValue::Admin,
+            Role::Researcher => RoleValue::Researcher,
+            Role::Viewer => RoleValue::Viewer,
+        }
+    }
+}
+
+impl From<RoleValue> for Role {
+    fn from(r: RoleValue) -> Self {
+        match r {
+            RoleValue::Owner => Role::Owner,
+            RoleValue::Admin => Role::Admin,
+            RoleValue::Researcher => Role::Researcher,
+            RoleValue::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// What an API token may do.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TokenScope {
+    /// Queries only.
+    Read,
+    /// Queries and mutations, within the user's role.
+    Write,
+}
+
+/// Tokens returned by sign-up, log-in and refresh.
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Short-lived JWT access token (send as `Authorization: Bearer ...`).
+    pub access_token: String,
+    /// Single-use refresh token; exchange it with `refreshTokens` for a new pair.
+    pub refresh_token: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: u64,
+    /// The account.
+    pub user: UserNode,
+}
+
+/// A user account as its owner sees it.
+pub struct UserNode {
+    user: User,
+    /// The credential it was reached with (`None` right after log-in: a full session).
+    via: Option<crate::auth::Principal>,
+}
+
+#[Object(name = "User")]
+impl UserNode {
+    /// Identifier.
+    async fn id(&self) -> ID {
+        ID(self.user.id.clone())
+    }
+    /// E-mail address.
+    async fn email(&self) -> &str {
+        &self.user.email
+    }
+    /// Display name.
+    async fn display_name(&self) -> &str {
+        &self.user.display_name
+    }
+    /// The organisations the user belongs to, with roles (as far as the credential reaches).
+    async fn memberships(&self, ctx: &Context<'_>) -> ApiResult<Vec<MembershipNode>> {
+        let state = state(ctx)?;
+        let mut out = Vec::new();
+        for m in state
+            .storage
+            .memberships_of_user(&self.user.id)
+            .await
+            .api()?
+        {
+            let role = match &self.via {
+                Some(p) => p.effective_role(&m.organization_id, Some(m.role)),
+                None => Some(m.role),
+            };
+            if let Some(role) = role {
+                let org = state.storage.organization(&m.organization_id).await.api()?;
+                out.push(MembershipNode {
+                    organization: OrganizationNode::new(org),
+                    role: role.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A membership of the calling user.
+#[derive(SimpleObject)]
+#[graphql(name = "Membership")]
+pub struct MembershipNode {
+    /// The organisation.
+    pub organization: OrganizationNode,
+    /// The role held there.
+    pub role: RoleValue,
+}
+
+/// An API token's public description (the secret is shown only at creation).
+#[derive(SimpleObject)]
+#[graphql(name = "ApiToken")]
+pub struct ApiTokenNode {
+    /// Identifier.
+    pub id: ID,
+    /// Name given at creation.
+    pub name: String,
+    /// The organisation it acts in.
+    pub organization_id: ID,
+    /// What it may do.
+    pub scope: TokenScope,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<String>,
+}
+
+impl From<crate::storage::ApiToken> for ApiTokenNode {
+    fn from(t: crate::storage::ApiToken) -> Self {
+        ApiTokenNode {
+            id: ID(t.id),
+            name: t.name,
+            organization_id: ID(t.organization_id),
+            scope: if t.scope == "write" {
+                TokenScope::Write
+            } else {
+                TokenScope::Read
+            },
+            created_at: rfc3339_ms(t.created_at),
+            revoked_at: t.revoked_at.map(rfc3339_ms),
+        }
+    }
+}
+
+/// A new API token: the secret is in `token` and is never shown again.
+#[derive(SimpleObject)]
+pub struct CreatedApiToken {
+    /// The bearer secret (`mat_...`).
+    pub token: String,
+    /// Its description.
+    pub api_token: ApiTokenNode,
+}
+
+fn validate_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let ok = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.chars().any(char::is_whitespace);
+    if ok {
+        Ok(email)
+    } else {
+        Err(fail(ApiError::BadInput(
+            "not a valid e-mail address".into(),
+        )))
+    }
+}
+
+fn validate_password(ctx: &Context<'_>, password: &str) -> ApiResult<()> {
+    let min = state(ctx)?.config.auth.min_password_len;
+    let chars = password.chars().count();
+    if chars < min || password.len() > 1024 {
+        return Err(fail(ApiError::BadInput(format!(
+            "the password must have {min} to 1024 characters"
+        ))));
+    }
+    Ok(())
+}
+
+/// A non-empty name of at most `max` characters.
+pub fn validate_name(what: &str, name: &str, max: usize) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(fail(ApiError::BadInput(format!(
+            "{what} must have 1 to {max} printable characters"
+        ))));
+    }
+    Ok(name.to_owned())
+}
+
+async fn start_session(ctx: &Context<'_>, user: User) -> ApiResult<AuthPayload> {
+    let state = state(ctx)?;
+    let session = state
+        .storage
+        .create_session(&user.id, now_ms())
+        .await
+        .api()?;
+    let pair = auth::issue_tokens(&state.auth, state.storage.as_ref(), &user.id, &session.id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot issue tokens");
+            fail(ApiError::Internal)
+        })?;
+    Ok(AuthPayload {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        expires_in: pair.expires_in,
+        user: UserNode { user, via: None },
+    })
+}
+
+/// Account queries.
+#[derive(Default)]
+pub struct AccountQuery;
+
+#[Object]
+impl AccountQuery {
+    /// The calling user.
+    async fn me(&self, ctx: &Context<'_>) -> ApiResult<UserNode> {
+        let p = principal(ctx)?;
+        let user = state(ctx)?
+            .storage
+            .user(&p.user_id)
+            .await
+            .api()?
+            .ok_or_else(|| fail(ApiError::Unauthenticated))?;
+        Ok(UserNode {
+            user,
+            via: Some(p.clone()),
+        })
+    }
+
+    /// The calling user's API tokens (descriptions only).
+    async fn api_tokens(&self, ctx: &Context<'_>) -> ApiResult<Vec<ApiTokenNode>> {
+        let p = principal(ctx)?;
+        let tokens = state(ctx)?
+            .storage
+            .api_tokens_of_user(&p.user_id)
+            .await
+            .api()?;
+        Ok(tokens.into_iter().map(ApiTokenNode::from).collect())
+    }
+}
+
+/// Account mutations.
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Creates an account and its own organisation (the user is its owner), and logs in.
+    async fn sign_up(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+        display_name: String,
+        organization_name: Option<String>,
+    ) -> ApiResult<AuthPayload> {
+        let state = state(ctx)?;
+        let email = validate_email(&email)?;
+        validate_password(ctx, &password)?;
+        let display_name = validate_name("displayName", &display_name, 100)?;
+        let org_name = match organization_name {
+            Some(n) => validate_name("organizationName", &n, 100)?,
+            None => format!("{display_name}'s organisation"),
+        };
+        let hash = state
+            .auth
+            .hash_password(&password)
+            .await
+            .ok_or_else(|| fail(ApiError::Internal))?;
+        let now = now_ms();
+        let user = match state
+            .storage
+            .create_user(&email, &display_name, Some(&hash), now)
+            .await
+        {
+            Ok(u) => u,
+            Err(StorageError::Conflict(_)) => {
+                return Err(fail(ApiError::Conflict(
+                    "an account with this e-mail already exists".into(),
+                )))
+            }
+            Err(e) => return Err(ApiError::from(e).into_gql()),
+        };
+        let org = state
+            .storage
+            .create_organization(&org_name, now)
+            .await
+            .api()?;
+        state
+            .storage
+            .set_membership(&org.id, &user.id, Role::Owner, now)
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &format!("user:{}", user.id),
+            Some(&org.id),
+            "organization.create",
+            format!("organization:{}", org.id),
+            json!({ "name": org.name, "via": "signUp" }),
+        )
+        .await?;
+        start_session(ctx, user).await
+    }
+
+    /// Logs in. Unknown accounts and wrong passwords get the same answer in the same time;
+    /// too many failures per account or per address are refused with `RATE_LIMITED`.
+    async fn log_in(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> ApiResult<AuthPayload> {
+        let state = state(ctx)?;
+        let address = request_info(ctx)
+            .source
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
+        let email = email.trim().to_lowercase();
+        if email.len() > 254 || password.len() > 1024 {
+            return Err(fail(ApiError::InvalidCredentials));
+        }
+        if state.auth.limiter.is_limited(&email, &address).await {
+            return Err(fail(ApiError::RateLimited));
+        }
+        let user = state.storage.user_by_email(&email).await.api()?;
+        let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
+        let ok = state.auth.verify_password(&password, stored).await;
+        match (ok, user) {
+            (true, Some(user)) => {
+                state.auth.limiter.record_success(&email).await;
+                start_session(ctx, user).await
+            }
+            _ => {
+                state.auth.limiter.record_failure(&email, &address).await;
+                Err(fail(ApiError::InvalidCredentials))
+            }
+        }
+    }
+
+    /// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a
+    /// used one revokes the whole session (`REFRESH_TOKEN_REUSED`).
+    async fn refresh_tokens(
+        &self,
+        ctx: &Context<'_>,
+        refresh_token: String,
+    ) -> ApiResult<AuthPayload> {
+        let state = state(ctx)?;
+        let outcome = auth::refresh(&state.auth, state.storage.as_ref(), &refresh_token)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "refresh failed");
+                fail(ApiError::Internal)
+            })?;
+        match outcome {
+            RefreshOutcome::Rotated(pair) => {
+                let claims = state
+                    .auth
+                    .jwt
+                    .verify(&pair.access_token)
+                    .map_err(|_| fail(ApiError::Internal))?;
+                let user = state
+                    .storage
+                    .user(&claims.sub)
+                    .await
+                    .api()?
+                    .ok_or_else(|| fail(ApiError::InvalidToken))?;
+                Ok(AuthPayload {
+                    access_token: pair.access_token,
+                    refresh_token: pair.refresh_token,
+                    expires_in: pair.expires_in,
+                    user: UserNode { user, via: None },
+                })
+            }
+            RefreshOutcome::Invalid => Err(fail(ApiError::InvalidToken)),
+            RefreshOutcome::ReuseDetected {
+                session_id,
+                user_id,
+            } => {
+                tracing::warn!(session.id = %session_id, user.id = %user_id, "refresh token reuse: session revoked");
+                audit(
+                    ctx,
+                    &format!("user:{user_id}"),
+                    None,
+                    "session.revoke_on_reuse",
+                    format!("session:{session_id}"),
+                    json!({}),
+                )
+                .await?;
+                Err(fail(ApiError::RefreshReused))
+            }
+        }
+    }
+
+    /// Ends the current session (its access and refresh tokens stop working).
+    async fn log_out(&self, ctx: &Context<'_>) -> ApiResult<bool> {
+        let p = principal(ctx)?;
+        match &p.credential {
+            Credential::Session { session_id } => Ok(state(ctx)?
+                .storage
+                .revoke_session(session_id, now_ms())
+                .await
+                .api()?),
+            Credential::ApiToken { .. } => Err(fail(ApiError::Forbidden)),
+        }
+    }
+
+    /// Changes the password; every other session of the user is revoked.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> ApiResult<bool> {
+        let p = principal(ctx)?;
+        let Credential::Session { session_id } = &p.credential else {
+            return Err(fail(ApiError::Forbidden));
+        };
+        let state = state(ctx)?;
+        validate_password(ctx, &new_password)?;
+        let user = state
+            .storage
+            .user(&p.user_id)
+            .await
+            .api()?
+            .ok_or_else(|| fail(ApiError::Unauthenticated))?;
+        if !state
+            .auth
+            .verify_password(&current_password, user.password_hash.as_deref())
+            .await
+        {
+            return Err(fail(ApiError::InvalidCredentials));
+        }
+        let hash = state
+            .auth
+            .hash_password(&new_password)
+            .await
+            .ok_or_else(|| fail(ApiError::Internal))?;
+        state
+            .storage
+            .set_password_hash(&user.id, &hash)
+            .await
+            .api()?;
+        let revoked = state
+            .storage
+            .revoke_sessions_of_user(&user.id, Some(session_id), now_ms())
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            None,
+            "user.change_password",
+            format!("user:{}", user.id),
+            json!({ "sessions_revoked": revoked }),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Creates a named API token acting in one organisation; the secret is returned once.
+    async fn create_api_token(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: ID,
+        name: String,
+        scope: TokenScope,
+    ) -> ApiResult<CreatedApiToken> {
+        let p = writer(ctx)?;
+        if matches!(p.credential, Credential::ApiToken { .. }) {
+            return Err(fail(ApiError::Forbidden));
+        }
+        let org_id = parse_id(&organization_id)?;
+        require_member(ctx, p, &org_id).await?;
+        let name = validate_name("name", &name, 100)?;
+        let scope = match scope {
+            TokenScope::Read => Scope::Read,
+            TokenScope::Write => Scope::Write,
+        };
+        let secret = token::new_secret();
+        let stored = state(ctx)?
+            .storage
+            .create_api_token(
+                &p.user_id,
+                &org_id,
+                &name,
+                scope.as_str(),
+                &token::hash_secret(&secret),
+                now_ms(),
+            )
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&org_id),
+            "api_token.create",
+            format!("api_token:{}", stored.id),
+            json!({ "name": name, "scope": scope.as_str() }),
+        )
+        .await?;
+        Ok(CreatedApiToken {
+            token: token::format_token(token::API_TOKEN_PREFIX, &stored.id, &secret),
+            api_token: stored.into(),
+        })
+    }
+
+    /// Revokes one of the caller's API tokens.
+    async fn revoke_api_token(&self, ctx: &Context<'_>, id: ID) -> ApiResult<bool> {
+        let p = writer(ctx)?;
+        let id = parse_id(&id)?;
+        let state = state(ctx)?;
+        let Some(t) = state.storage.api_token(&id).await.api()? else {
+            return Err(fail(ApiError::NotFound));
+        };
+        if t.user_id != p.user_id {
+            return Err(fail(ApiError::NotFound));
+        }
+        let done = state
+            .storage
+            .revoke_api_token(&id, &p.user_id, now_ms())
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&t.organization_id),
+            "api_token.revoke",
+            format!("api_token:{id}"),
+            json!({}),
+        )
+        .await?;
+        Ok(done)
+    }
+}
+
+trait IntoGql {
+    fn into_gql(self) -> async_graphql::Error;
+}
+
+impl IntoGql for ApiError {
+    fn into_gql(self) -> async_graphql::Error {
+        fail(self)
+    }
+}

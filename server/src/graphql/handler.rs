@@ -1,0 +1,280 @@
+//! The `POST /graphql` handler: reads the body under a size limit, refuses oversized batches
+//! and alias floods before execution, verifies the bearer token into a principal, runs each
+//! operation under a time limit, and makes sure every error carries a stable code.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response, ServerError};
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use super::{ApiSchema, RequestInfo};
+use crate::config::GraphqlConfig;
+use crate::state::AppState;
+
+/// A response made of one error with a code, for refusals before execution.
+fn refusal(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    }))
+}
+
+/// Counts the aliases written in a document (operations and fragment definitions).
+pub fn count_aliases(doc: &ExecutableDocument) -> usize {
+    fn walk(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(i) => walk(&i.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let ops: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| walk(&op.node.selection_set.node))
+        .sum();
+    let frags: usize = doc
+        .fragments
+        .values()
+        .map(|f| walk(&f.node.selection_set.node))
+        .sum();
+    ops + frags
+}
+
+/// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
+fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(ip.to_string());
+        }
+    }
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+fn bearer(req: &HttpRequest) -> Option<Result<String, ()>> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    let text = value.to_str().map_err(|_| ());
+    Some(text.and_then(|t| {
+        t.strip_prefix("Bearer ")
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && s.len() <= 4096)
+            .ok_or(())
+    }))
+}
+
+/// Stable codes for errors raised by async-graphql itself (validation, limits, parsing).
+fn ensure_code(err: &mut ServerError) {
+    if err
+        .extensions
+        .as_ref()
+        .is_some_and(|ext| ext.get("code").is_some())
+    {
+        return;
+    }
+    let code = if err.message.contains("nested too deep") {
+        "QUERY_TOO_DEEP"
+    } else if err.message.contains("too complex") {
+        "QUERY_TOO_COMPLEX"
+    } else if err.message.contains("introspection") || err.message.contains("Introspection") {
+        "INTROSPECTION_DISABLED"
+    } else if err.locations.is_empty() && err.path.is_empty() {
+        "GRAPHQL_PARSE_FAILED"
+    } else if err.path.is_empty() {
+        "GRAPHQL_VALIDATION_FAILED"
+    } else {
+        "BAD_USER_INPUT"
+    };
+    let mut ext = err.extensions.take().unwrap_or_default();
+    ext.set("code", code);
+    err.extensions = Some(ext);
+}
+
+fn refused_response(code: &str, message: &str) -> Response {
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", code);
+    let mut err = ServerError::new(message, None);
+    err.extensions = Some(ext);
+    Response::from_errors(vec![err])
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+impl BodyError {
+    fn response(&self) -> HttpResponse {
+        match self {
+            BodyError::TooLarge => refusal(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "request body too large",
+            ),
+            BodyError::Unreadable => refusal(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "could not read the request body",
+            ),
+        }
+    }
+}
+
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Vec<u8>, BodyError> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn execute_one(
+    schema: &ApiSchema,
+    limits: &GraphqlConfig,
+    info: &RequestInfo,
+    request: async_graphql::Request,
+) -> Response {
+    match async_graphql::parser::parse_query(&request.query) {
+        Ok(doc) => {
+            let aliases = count_aliases(&doc);
+            if aliases > limits.max_aliases {
+                return refused_response(
+                    "TOO_MANY_ALIASES",
+                    &format!(
+                        "the query uses {aliases} aliases; at most {} are allowed",
+                        limits.max_aliases
+                    ),
+                );
+            }
+        }
+        Err(_) => return refused_response("GRAPHQL_PARSE_FAILED", "the query does not parse"),
+    }
+    let request = request.data(info.clone());
+    let timeout = Duration::from_millis(limits.timeout_ms.max(1));
+    let mut response = match tokio::time::timeout(timeout, schema.execute(request)).await {
+        Ok(r) => r,
+        Err(_) => refused_response("TIMEOUT", "the request took too long and was stopped"),
+    };
+    for err in &mut response.errors {
+        ensure_code(err);
+    }
+    response
+}
+
+/// `POST /graphql`. Mount with the [`ApiSchema`] and [`AppState`] as app data.
+pub async fn graphql_handler(
+    state: web::Data<AppState>,
+    schema: web::Data<ApiSchema>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let limits = &state.config.graphql;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = match read_body(payload, limits.max_body_bytes, declared).await {
+        Ok(b) => b,
+        Err(e) => return e.response(),
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(_) => {
+            return refusal(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the body is not a GraphQL request (JSON with a query)",
+            )
+        }
+    };
+    let source = client_address(&req, state.config.auth.trust_forwarded_for);
+    let principal = match bearer(&req) {
+        None => None,
+        Some(Err(())) => {
+            return HttpResponse::Ok()
+                .json(refused_response("UNAUTHENTICATED", "invalid credentials"))
+        }
+        Some(Ok(token)) => match state
+            .auth
+            .authenticate(state.storage.as_ref(), &token)
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::info!(reason = %e, "bearer token refused");
+                return HttpResponse::Ok()
+                    .json(refused_response("UNAUTHENTICATED", "invalid credentials"));
+            }
+        },
+    };
+    let info = RequestInfo { principal, source };
+    match batch {
+        BatchRequest::Single(request) => {
+            HttpResponse::Ok().json(execute_one(&schema, limits, &info, request).await)
+        }
+        BatchRequest::Batch(requests) => {
+            if requests.len() > limits.max_batch {
+                return refusal(
+                    actix_web::http::StatusCode::BAD_REQUEST,
+                    "BATCH_TOO_LARGE",
+                    &format!(
+                        "a batch may hold at most {} operations; this one has {}",
+                        limits.max_batch,
+                        requests.len()
+                    ),
+                );
+            }
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in requests {
+                responses.push(execute_one(&schema, limits, &info, request).await);
+            }
+            HttpResponse::Ok().json(BatchResponse::Batch(responses))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_counted_in_operations_and_fragments() {
+        let doc = async_graphql::parser::parse_query(
+            "query { a: serverInfo { n: name } b: serverInfo { name } ...F } \
+             fragment F on Query { c: serverInfo { version } }",
+        )
+        .unwrap();
+        assert_eq!(count_aliases(&doc), 4);
+        let many: String = (0..1000)
+            .map(|i| format!("a{i}: serverInfo {{ name }} "))
+            .collect();
+        let doc = async_graphql::parser::parse_query(format!("{{ {many} }}")).unwrap();
+        assert_eq!(count_aliases(&doc), 1000);
+    }
+}

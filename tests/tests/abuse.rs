@@ -1,0 +1,275 @@
+//! Abuse: deep, over-complex, alias-flooded and batched queries, oversized bodies, and a
+//! password-guessing flood from many addresses are refused or limited while the server keeps
+//! answering; unknown accounts and wrong passwords get identical answers in similar time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use maosic_e2e::{error_code, Backend, TestDatabase, TestServer};
+use serde_json::{json, Value};
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn probe_latencies(server: &TestServer, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let body = server
+                .graphql("{ serverInfo { name } }", json!({}))
+                .unwrap();
+            assert_eq!(body["data"]["serverInfo"]["name"], "maosic", "{body}");
+            started.elapsed()
+        })
+        .collect()
+}
+
+fn log_in(server: &TestServer, email: &str, password: &str, address: &str) -> (Value, Duration) {
+    let body = json!({
+        "query": "mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) { accessToken } }",
+        "variables": { "e": email, "p": password },
+    });
+    let started = Instant::now();
+    let (_, value) = server
+        .graphql_with(None, &[("x-forwarded-for", address)], &body)
+        .unwrap();
+    (value, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(&db, &[]).unwrap();
+    let baseline = probe_latencies(&server, 40);
+
+    let mut deep = String::from("{ __schema { types { fields { type { ");
+    for _ in 0..23 {
+        deep.push_str("fields { type { ");
+    }
+    deep.push_str("name");
+    deep.push_str(&" }".repeat(4 + 2 * 23 + 1));
+    let complex = format!("{{ {} }}", "serverInfo { name version } ".repeat(300));
+    let aliases: String = (0..1000)
+        .map(|i| format!("a{i}: serverInfo {{ name }} "))
+        .collect();
+    let aliases = format!("{{ {aliases} }}");
+    let batch: Vec<Value> = (0..100)
+        .map(|_| json!({ "query": "{ serverInfo { name } }" }))
+        .collect();
+    let huge = json!({ "query": format!("{{ serverInfo {{ name }} }} # {}", "x".repeat(1 << 20)) });
+
+    let during = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| probe_latencies(&server, 40));
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            for (name, body) in [
+                ("depth 50", json!({ "query": deep })),
+                ("complexity 900", json!({ "query": complex })),
+                ("1,000 aliases", json!({ "query": aliases })),
+                ("batch of 100", Value::Array(batch.clone())),
+                ("1 MiB body", huge.clone()),
+            ] {
+                let started = Instant::now();
+                let (status, value) = server.graphql_with(None, &[], &body).unwrap();
+                results.push((
+                    name,
+                    status,
+                    error_code(&value),
+                    value["data"].clone(),
+                    started.elapsed(),
+                ));
+            }
+        }
+        (prober.join().unwrap(), results)
+    });
+    let (probes, results) = during;
+    for (name, status, code, data, took) in &results[..5] {
+        println!(
+            "abuse {name:<15} HTTP {status} code {:<20} in {} ms",
+            code.clone().unwrap_or_default(),
+            took.as_millis()
+        );
+        assert!(
+            data.is_null() || data.get("serverInfo").is_none(),
+            "{name} ran: {data}"
+        );
+    }
+    let codes: Vec<Option<String>> = results.iter().map(|r| r.2.clone()).collect();
+    for (i, expected) in [
+        "QUERY_TOO_DEEP",
+        "QUERY_TOO_COMPLEX",
+        "TOO_MANY_ALIASES",
+        "BATCH_TOO_LARGE",
+        "PAYLOAD_TOO_LARGE",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            codes
+                .iter()
+                .skip(i)
+                .step_by(5)
+                .all(|c| c.as_deref() == Some(*expected)),
+            "{expected}: {codes:?}"
+        );
+    }
+    let (b50, b99) = (
+        percentile(baseline.clone(), 0.5),
+        percentile(baseline, 0.99),
+    );
+    let (d50, d99) = (percentile(probes.clone(), 0.5), percentile(probes, 0.99));
+    println!(
+        "normal query latency: baseline p50 {} ms p99 {} ms; during abuse p50 {} ms p99 {} ms",
+        b50.as_millis(),
+        b99.as_millis(),
+        d50.as_millis(),
+        d99.as_millis()
+    );
+    assert!(
+        d99 < Duration::from_secs(2),
+        "the server stopped answering promptly"
+    );
+    // A batch within the limit still works.
+    let small: Vec<Value> = (0..3)
+        .map(|_| json!({ "query": "{ serverInfo { name } }" }))
+        .collect();
+    let (status, value) = server
+        .graphql_with(None, &[], &Value::Array(small))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(value.as_array().map(Vec::len), Some(3), "{value}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_limited_with_identical_answers() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(
+        &db,
+        &[
+            ("MAOSIC_AUTH__TRUST_FORWARDED_FOR", "true"),
+            ("MAOSIC_AUTH__MAX_FAILURES_PER_ACCOUNT", "10"),
+            ("MAOSIC_AUTH__MAX_FAILURES_PER_ADDRESS", "20"),
+        ],
+    )
+    .unwrap();
+    server.sign_up("victim@v.example", "V").unwrap();
+    server.sign_up("timing@t.example", "T").unwrap();
+    server.sign_up("bystander@b.example", "B").unwrap();
+
+    // Unknown account vs wrong password: same body, similar time (interleaved samples).
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    let mut bodies = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let (u, tu) = log_in(
+            &server,
+            &format!("nobody{i}@x.example"),
+            "some password!",
+            &format!("10.9.0.{i}"),
+        );
+        let (w, tw) = log_in(
+            &server,
+            "timing@t.example",
+            "some password!",
+            &format!("10.9.1.{i}"),
+        );
+        bodies.insert(u.to_string());
+        bodies.insert(w.to_string());
+        unknown.push(tu);
+        wrong.push(tw);
+    }
+    let (mu, mw) = (percentile(unknown, 0.5), percentile(wrong, 0.5));
+    let diff = (mu.as_secs_f64() - mw.as_secs_f64()).abs() / mw.as_secs_f64();
+    println!(
+        "login timing: unknown account median {} ms, wrong password median {} ms, difference {:.1} % (target < 5 %); distinct bodies {}",
+        mu.as_millis(), mw.as_millis(), diff * 100.0, bodies.len()
+    );
+    assert_eq!(bodies.len(), 1, "answers differ: {bodies:?}");
+    assert!(diff < 0.5, "timing differs by {:.0} %", diff * 100.0);
+
+    // 1,000 wrong passwords for one account from 100 addresses, 4 at a time.
+    let started = Instant::now();
+    let outcomes: Vec<Option<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let server = &server;
+                scope.spawn(move || {
+                    (0..250)
+                        .map(|i| {
+                            let n = w * 250 + i;
+                            let (body, _) = log_in(
+                                server,
+                                "victim@v.example",
+                                &format!("guess {n:04}!!"),
+                                &format!("10.{}.0.1", n % 100),
+                            );
+                            error_code(&body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let invalid = outcomes
+        .iter()
+        .filter(|c| c.as_deref() == Some("INVALID_CREDENTIALS"))
+        .count();
+    let limited = outcomes
+        .iter()
+        .filter(|c| c.as_deref() == Some("RATE_LIMITED"))
+        .count();
+    let accepted = outcomes.iter().filter(|c| c.is_none()).count();
+    println!(
+        "1,000 wrong passwords from 100 addresses in {} ms: {invalid} checked, {limited} rate-limited, {accepted} accepted",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(accepted, 0);
+    assert!(
+        invalid <= 10 + 4,
+        "the account lock engaged late: {invalid} checked"
+    );
+    assert_eq!(invalid + limited, 1000);
+    // The locked account refuses even the right password for the window; others are unaffected.
+    let (locked, _) = log_in(
+        &server,
+        "victim@v.example",
+        "correct horse battery",
+        "10.200.0.1",
+    );
+    assert_eq!(error_code(&locked).as_deref(), Some("RATE_LIMITED"));
+    let (other, _) = log_in(
+        &server,
+        "bystander@b.example",
+        "correct horse battery",
+        "10.201.0.1",
+    );
+    assert!(other["data"]["logIn"]["accessToken"].is_string(), "{other}");
+
+    // One address guessing many accounts is limited per address.
+    let per_address: Vec<Option<String>> = (0..30)
+        .map(|i| {
+            error_code(
+                &log_in(
+                    &server,
+                    &format!("spray{i}@x.example"),
+                    "pw pw pw pw",
+                    "10.250.0.9",
+                )
+                .0,
+            )
+        })
+        .collect();
+    let limited = per_address
+        .iter()
+        .filter(|c| c.as_deref() == Some("RATE_LIMITED"))
+        .count();
+    println!("30 accounts sprayed from one address: {limited} rate-limited (limit 20 failures)");
+    assert_eq!(limited, 10);
+}

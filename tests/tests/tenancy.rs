@@ -1,0 +1,311 @@
+//! The tenant-isolation sweep: every query and mutation of the schema (found by introspection,
+//! so new fields are covered automatically) is called as organisation B with organisation A's
+//! ids; nothing of A may appear in the answers and nothing of A may change.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use maosic_e2e::{backends, mark_ran, Backend, Session, TestDatabase, TestServer};
+use serde_json::{json, Map, Value};
+
+const INTROSPECT: &str = "{ __schema { queryType { name } mutationType { name } subscriptionType { name } \
+  types { name kind enumValues { name } fields { name \
+    args { name type { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } \
+    type { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }";
+
+/// Everything of A that B must never see.
+struct Secrets {
+    org: String,
+    lab: String,
+    user: String,
+    credential: String,
+    api_token: String,
+    words: Vec<String>,
+}
+
+fn named_type(t: &Value) -> (String, bool) {
+    // (name, non-null at the top)
+    let non_null = t["kind"] == "NON_NULL";
+    let mut t = t;
+    while t["name"].is_null() {
+        t = &t["ofType"];
+    }
+    (t["name"].as_str().unwrap_or("").to_owned(), non_null)
+}
+
+fn selection(types: &[Value], type_name: &str) -> String {
+    let Some(t) = types.iter().find(|t| t["name"] == type_name) else {
+        return String::new();
+    };
+    if t["kind"] != "OBJECT" {
+        return String::new();
+    }
+    let mut fields = vec!["__typename".to_owned()];
+    for f in t["fields"].as_array().into_iter().flatten() {
+        let has_required_args = f["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["type"]["kind"] == "NON_NULL"));
+        if has_required_args {
+            continue;
+        }
+        let (inner, _) = named_type(&f["type"]);
+        let kind = types
+            .iter()
+            .find(|t| t["name"] == inner.as_str())
+            .map(|t| t["kind"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        let name = f["name"].as_str().unwrap();
+        if kind == "OBJECT" {
+            // One level of nesting: the nested object's scalar fields.
+            let nested: Vec<String> = types
+                .iter()
+                .find(|t| t["name"] == inner.as_str())
+                .and_then(|t| t["fields"].as_array())
+                .into_iter()
+                .flatten()
+                .filter(|f| {
+                    let (n, _) = named_type(&f["type"]);
+                    types
+                        .iter()
+                        .find(|t| t["name"] == n.as_str())
+                        .is_some_and(|t| t["kind"] == "SCALAR" || t["kind"] == "ENUM")
+                        && f["args"].as_array().is_none_or(Vec::is_empty)
+                })
+                .map(|f| f["name"].as_str().unwrap().to_owned())
+                .collect();
+            fields.push(format!("{name} {{ __typename {} }}", nested.join(" ")));
+        } else {
+            fields.push(name.to_owned());
+        }
+    }
+    format!("{{ {} }}", fields.join(" "))
+}
+
+/// Argument values: A's ids for ids (chosen by the argument's name), probes for the rest.
+fn argument_sets(types: &[Value], field: &Value, s: &Secrets) -> Vec<Map<String, Value>> {
+    let mut sets = vec![Map::new()];
+    for arg in field["args"].as_array().into_iter().flatten() {
+        let name = arg["name"].as_str().unwrap();
+        let (ty, _) = named_type(&arg["type"]);
+        let lname = name.to_lowercase();
+        let candidates: Vec<Value> = match ty.as_str() {
+            "ID" => {
+                let ids: Vec<&String> = if lname.contains("lab") {
+                    vec![&s.lab]
+                } else if lname.contains("organization") {
+                    vec![&s.org]
+                } else if lname.contains("credential") {
+                    vec![&s.credential]
+                } else if lname.contains("user") {
+                    vec![&s.user]
+                } else {
+                    vec![&s.lab, &s.org, &s.api_token, &s.credential, &s.user]
+                };
+                ids.into_iter().map(|i| json!(i)).collect()
+            }
+            "String" => vec![json!(match lname.as_str() {
+                "email" => "probe-b@b.example".to_owned(),
+                n if n.contains("password") => "probe password 123".to_owned(),
+                n if n.contains("token") => format!("mrt_{}.probe", s.org),
+                _ => "probe".to_owned(),
+            })],
+            "Int" => vec![json!(5)],
+            "Boolean" => vec![json!(true)],
+            "JSON" => vec![json!({})],
+            other => {
+                let t = types.iter().find(|t| t["name"] == other).unwrap();
+                // Enums: the most powerful value first (e.g. OWNER), an escalation attempt.
+                vec![t["enumValues"][0]["name"].clone()]
+            }
+        };
+        let mut next = Vec::new();
+        for set in &sets {
+            for c in &candidates {
+                let mut set = set.clone();
+                set.insert(name.to_owned(), c.clone());
+                next.push(set);
+            }
+        }
+        sets = next;
+    }
+    sets
+}
+
+fn literal(v: &Value, types: &[Value], arg_type: &str) -> String {
+    let is_enum = types
+        .iter()
+        .any(|t| t["name"] == arg_type && t["kind"] == "ENUM");
+    if is_enum {
+        v.as_str().unwrap().to_owned()
+    } else if arg_type == "JSON" {
+        "{}".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+fn snapshot(server: &TestServer, a: &Session, lab: &str) -> Value {
+    let body = server
+        .graphql_as(
+            &a.access_token,
+            "query($o: ID!, $l: ID!) { organization(id: $o) { name members { userId role } \
+               labs { id name shares { organizationId dailyQuota } agentCredentials { id revokedAt } } \
+               sharedLabs { labId dailyQuota } } \
+             lab(id: $l) { id name } auditLog(organizationId: $o, limit: 500) { id action } \
+             apiTokens { id revokedAt } me { email memberships { role organization { id } } } }",
+            json!({ "o": a.organization_id, "l": lab }),
+        )
+        .unwrap();
+    assert!(body.get("errors").is_none(), "{body}");
+    body["data"].clone()
+}
+
+async fn sweep(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let server = TestServer::spawn(&db, &[]).unwrap();
+    let a = server
+        .sign_up("alpha-owner@a.example", "Alpha Secret Org")
+        .unwrap();
+    let lab = server.create_enrolled_lab(&a, "alpha-secret-lab").unwrap();
+    let tok = server
+        .graphql_as(
+            &a.access_token,
+            "mutation($o: ID!) { createApiToken(organizationId: $o, name: \"alpha-secret-token\", scope: WRITE) { apiToken { id } } \
+             inviteMember(organizationId: $o, email: \"alpha-invitee@a.example\", role: ADMIN) { invitation { id } } }",
+            json!({ "o": a.organization_id }),
+        )
+        .unwrap();
+    let cred: Value =
+        serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
+    let secrets = Secrets {
+        org: a.organization_id.clone(),
+        lab: lab.id.clone(),
+        user: a.user_id.clone(),
+        credential: cred["credential_id"].as_str().unwrap().to_owned(),
+        api_token: tok["data"]["createApiToken"]["apiToken"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{tok}"))
+            .to_owned(),
+        words: vec![
+            "Alpha Secret Org".into(),
+            "alpha-secret-lab".into(),
+            "alpha-owner@a.example".into(),
+            "alpha-secret-token".into(),
+            "alpha-invitee".into(),
+        ],
+    };
+    let mut b = server.sign_up("bravo@b.example", "Bravo Org").unwrap();
+
+    let schema = server
+        .graphql_as(&b.access_token, INTROSPECT, json!({}))
+        .unwrap();
+    let s = &schema["data"]["__schema"];
+    let types = s["types"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{schema}"))
+        .clone();
+    let before = snapshot(&server, &a, &lab.id);
+
+    let mut counts = [0usize; 3]; // query, mutation, subscription fields
+    let (mut calls, mut leaked, mut applied) = (0usize, 0usize, 0usize);
+    for (slot, (op, root)) in [
+        ("query", &s["queryType"]),
+        ("mutation", &s["mutationType"]),
+        ("subscription", &s["subscriptionType"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(root_name) = root["name"].as_str() else {
+            continue;
+        };
+        let root_type = types.iter().find(|t| t["name"] == root_name).unwrap();
+        for field in root_type["fields"].as_array().unwrap() {
+            counts[slot] += 1;
+            let name = field["name"].as_str().unwrap();
+            let (ret, _) = named_type(&field["type"]);
+            let sel = selection(&types, &ret);
+            for args in argument_sets(&types, field, &secrets) {
+                let arg_text: Vec<String> = field["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|arg| {
+                        let an = arg["name"].as_str().unwrap();
+                        let (at, _) = named_type(&arg["type"]);
+                        format!("{an}: {}", literal(&args[an], &types, &at))
+                    })
+                    .collect();
+                let call = if arg_text.is_empty() {
+                    format!("{op} {{ {name} {sel} }}")
+                } else {
+                    format!("{op} {{ {name}({}) {sel} }}", arg_text.join(", "))
+                };
+                let body = server
+                    .graphql_as(&b.access_token, &call, json!({}))
+                    .unwrap();
+                calls += 1;
+                let text = body.to_string();
+                // Leaks: any of A's names, or any of A's ids in the data (ids B sent may be
+                // echoed nowhere either).
+                let data = body["data"].to_string();
+                let leak = secrets.words.iter().any(|w| text.contains(w.as_str()))
+                    || [
+                        &secrets.org,
+                        &secrets.lab,
+                        &secrets.user,
+                        &secrets.credential,
+                        &secrets.api_token,
+                    ]
+                    .iter()
+                    .any(|id| data.contains(id.as_str()));
+                if leak {
+                    println!("LEAK via {call}: {body}");
+                    leaked += 1;
+                }
+                if op == "mutation" {
+                    let now = snapshot(&server, &a, &lab.id);
+                    if now != before {
+                        println!("APPLIED via {call}: {body}");
+                        applied += 1;
+                    }
+                    // Keep B logged in (logOut ends its session).
+                    let me = server
+                        .graphql_as(&b.access_token, "{ me { id } }", json!({}))
+                        .unwrap();
+                    if me["data"]["me"].is_null() {
+                        let again = server
+                            .graphql(
+                                "mutation { logIn(email: \"bravo@b.example\", password: \"correct horse battery\") { accessToken } }",
+                                json!({}),
+                            )
+                            .unwrap();
+                        b.access_token = again["data"]["logIn"]["accessToken"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{again}"))
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "[{}] tenancy sweep: {} queries, {} mutations, {} subscriptions in the schema; {calls} calls as org B with org A's ids; rows leaked {leaked}, mutations applied {applied}, events leaked 0 (no subscriptions yet)",
+        backend.name(),
+        counts[0],
+        counts[1],
+        counts[2]
+    );
+    assert!(
+        counts[0] >= 7 && counts[1] >= 15,
+        "the sweep found too few fields: {counts:?}"
+    );
+    assert_eq!(leaked, 0);
+    assert_eq!(applied, 0);
+    mark_ran(backend, "tenant_isolation_sweep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_isolation_sweep_on_every_backend() {
+    for backend in backends() {
+        sweep(backend).await;
+    }
+}
