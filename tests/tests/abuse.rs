@@ -273,3 +273,35 @@ async fn password_guessing_is_limited_with_identical_answers() {
     println!("30 accounts sprayed from one address: {limited} rate-limited (limit 20 failures)");
     assert_eq!(limited, 10);
 }
+
+#[tokio::test]
+async fn introspection_can_be_switched_off() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let query = json!({ "query": "{ __schema { types { name } } }" });
+    let on = TestServer::spawn(&db, &[]).unwrap();
+    let (_, open) = on.graphql_with(None, &[], &query).unwrap();
+    assert!(open["data"]["__schema"]["types"].is_array(), "{open}");
+    drop(on);
+    let off = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__INTROSPECTION", "false")]).unwrap();
+    let (_, closed) = off.graphql_with(None, &[], &query).unwrap();
+    assert!(closed["data"]["__schema"].is_null(), "{closed}");
+    assert_eq!(
+        error_code(&closed).as_deref(),
+        Some("INTROSPECTION_DISABLED"),
+        "{closed}"
+    );
+    let text = closed.to_string();
+    assert!(
+        !text.contains("__Type") && !text.contains("serverInfo"),
+        "{closed}"
+    );
+    println!(
+        "introspection off: refused with {}",
+        error_code(&closed).unwrap_or_default()
+    );
+    // Ordinary queries are unaffected.
+    let (_, info) = off
+        .graphql_with(None, &[], &json!({ "query": "{ serverInfo { name } }" }))
+        .unwrap();
+    assert_eq!(info["data"]["serverInfo"]["name"], "maosic");
+}

@@ -203,6 +203,12 @@ async fn sweep(backend: Backend) {
         .unwrap_or_else(|| panic!("{schema}"))
         .clone();
     let before = snapshot(&server, &a, &lab.id);
+    // Positive control: the leak detector fires on A's own view of its data.
+    let own = before.to_string();
+    assert!(
+        secrets.words.iter().any(|w| own.contains(w.as_str())) && own.contains(&secrets.lab),
+        "the detector would not see a leak: {own}"
+    );
 
     let mut counts = [0usize; 3]; // query, mutation, subscription fields
     let (mut calls, mut leaked, mut applied) = (0usize, 0usize, 0usize);

@@ -49,6 +49,27 @@ pub fn count_aliases(doc: &ExecutableDocument) -> usize {
     ops + frags
 }
 
+/// Whether a document asks for `__schema` or `__type` (introspection; `__typename` is not).
+pub fn uses_introspection(doc: &ExecutableDocument) -> bool {
+    fn walk(set: &SelectionSet) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(f) => {
+                let name = f.node.name.node.as_str();
+                name == "__schema" || name == "__type" || walk(&f.node.selection_set.node)
+            }
+            Selection::InlineFragment(i) => walk(&i.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
+        })
+    }
+    doc.operations
+        .iter()
+        .any(|(_, op)| walk(&op.node.selection_set.node))
+        || doc
+            .fragments
+            .values()
+            .any(|f| walk(&f.node.selection_set.node))
+}
+
 /// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
 fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
     if trust_forwarded_for {
@@ -171,6 +192,12 @@ async fn execute_one(
                     ),
                 );
             }
+            if !limits.introspection && uses_introspection(&doc) {
+                return refused_response(
+                    "INTROSPECTION_DISABLED",
+                    "introspection is switched off on this server",
+                );
+            }
         }
         Err(_) => return refused_response("GRAPHQL_PARSE_FAILED", "the query does not parse"),
     }
@@ -276,5 +303,19 @@ mod tests {
             .collect();
         let doc = async_graphql::parser::parse_query(format!("{{ {many} }}")).unwrap();
         assert_eq!(count_aliases(&doc), 1000);
+    }
+
+    #[test]
+    fn introspection_is_recognised_but_typename_is_not() {
+        let parse = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        assert!(uses_introspection(&parse(
+            "{ __schema { types { name } } }"
+        )));
+        assert!(uses_introspection(&parse(
+            "{ ...F } fragment F on Query { __type(name: \"Lab\") { name } }"
+        )));
+        assert!(!uses_introspection(&parse(
+            "{ __typename serverInfo { name } }"
+        )));
     }
 }
