@@ -206,7 +206,11 @@ async fn estop_reaches_safe_state_within_one_period() {
     let period = lab.config.safety.control_period_s;
     let off = until(&lab, period, |l| output(l) == 0.0).await;
     println!("e-stop: heater output 0 after {off:?} s lab (period {period} s)");
-    assert!(off.is_some(), "heater output {} after one period", output(&lab));
+    assert!(
+        off.is_some(),
+        "heater output {} after one period",
+        output(&lab)
+    );
 }
 
 /// The agent's runtime is blocked (a current-thread runtime sleeping) while a pump moves and the
