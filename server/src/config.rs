@@ -157,6 +157,10 @@ pub struct GraphqlConfig {
     pub max_body_bytes: usize,
     /// Time limit of one request's execution in ms.
     pub timeout_ms: u64,
+    /// TESTS ONLY: skip the resolvers' authorisation checks so that PostgreSQL row-level
+    /// security alone must hold (the tenant-isolation sweep). Never set in production.
+    #[serde(default)]
+    pub test_disable_app_filter: bool,
 }
 
 /// Command-line values that override every other layer.

@@ -357,3 +357,99 @@ async fn api_tokens_invitations_and_shares_round_trip() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn postgres_row_level_security_fences_tenants_on_its_own() {
+    use maosic_server::storage::tenant::{scoped, TenantScope};
+    if !backends().contains(&maosic_e2e::Backend::Postgres) {
+        println!("PostgreSQL not configured: row-level security test did not run");
+        return;
+    }
+    let db = TestDatabase::create(maosic_e2e::Backend::Postgres)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let s: &dyn Storage = &pg;
+    let a = s.create_organization("A", 1).await.unwrap();
+    let b = s.create_organization("B", 1).await.unwrap();
+    let lab = s.create_lab(&a.id, "secret-lab", 1).await.unwrap();
+    s.create_agent_credential(&lab.id, "h", 1).await.unwrap();
+    let as_org = |org: &str, admin: bool| TenantScope::Principal {
+        user_id: "u".into(),
+        org_ids: vec![org.to_owned()],
+        admin_org_ids: if admin { vec![org.to_owned()] } else { vec![] },
+        shared_lab_ids: vec![],
+    };
+
+    // The application role is not the owner, and the policies bind the owner too (FORCE).
+    let (owner, forced): (String, bool) = sqlx::query_as(
+        "SELECT pg_get_userbyid(relowner)::text, relforcerowsecurity FROM pg_class WHERE relname = 'labs'",
+    )
+    .fetch_one(pg.pool())
+    .await
+    .unwrap();
+    assert_ne!(owner, "maosic_app");
+    assert!(forced);
+
+    // B sees nothing of A and cannot write into A; A's admin can.
+    let b_scope = as_org(&b.id, true);
+    scoped(b_scope.clone(), async {
+        assert!(matches!(s.lab(&lab.id).await, Err(StorageError::NotFound)));
+        assert!(s.labs_of_organization(&a.id).await.unwrap().is_empty());
+        assert!(s
+            .agent_credentials_of_lab(&lab.id)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            s.organization(&a.id).await,
+            Err(StorageError::NotFound)
+        ));
+        assert!(s.create_lab(&a.id, "planted", 2).await.is_err());
+        assert!(s.share_lab(&lab.id, &b.id, 1000, 2).await.is_err());
+        assert!(!s.agent_disconnected(&lab.id, 0, 2).await.unwrap());
+        assert!(s.audit_of_organization(&a.id, 10).await.unwrap().is_empty());
+    })
+    .await;
+    // A viewer of A reads the lab but cannot manage its credentials.
+    scoped(as_org(&a.id, false), async {
+        assert_eq!(s.lab(&lab.id).await.unwrap().name, "secret-lab");
+        assert!(s
+            .agent_credentials_of_lab(&lab.id)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(s.create_lab(&a.id, "viewer-made", 2).await.is_err());
+    })
+    .await;
+    scoped(as_org(&a.id, true), async {
+        assert_eq!(s.agent_credentials_of_lab(&lab.id).await.unwrap().len(), 1);
+        s.share_lab(&lab.id, &b.id, 5, 3).await.unwrap();
+    })
+    .await;
+    // Once shared, B reads the lab (its scope lists the shared lab) but still cannot manage it.
+    let shared = TenantScope::Principal {
+        user_id: "u".into(),
+        org_ids: vec![b.id.clone()],
+        admin_org_ids: vec![b.id.clone()],
+        shared_lab_ids: vec![lab.id.clone()],
+    };
+    scoped(shared, async {
+        assert_eq!(s.lab(&lab.id).await.unwrap().id, lab.id);
+        assert!(s
+            .agent_credentials_of_lab(&lab.id)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(s.unshare_lab(&lab.id, &b.id).await.is_ok_and(|done| !done));
+    })
+    .await;
+    // Platform work (no scope) sees everything.
+    assert_eq!(s.labs_of_organization(&a.id).await.unwrap().len(), 1);
+    assert_eq!(s.shares_of_lab(&lab.id).await.unwrap().len(), 1);
+    mark_ran(maosic_e2e::Backend::Postgres, "row_level_security");
+}

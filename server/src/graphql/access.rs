@@ -27,6 +27,9 @@ pub async fn org_role(
     organization_id: &str,
 ) -> ApiResult<Option<Role>> {
     let state = state(ctx)?;
+    if state.config.graphql.test_disable_app_filter {
+        return Ok(Some(Role::Owner));
+    }
     let memberships = state
         .storage
         .memberships_of_user(&principal.user_id)
@@ -80,6 +83,9 @@ pub async fn lab_access_of(
     lab: &Lab,
 ) -> ApiResult<Option<LabAccess>> {
     let state = state(ctx)?;
+    if state.config.graphql.test_disable_app_filter {
+        return Ok(Some(LabAccess::Manage));
+    }
     let memberships = state
         .storage
         .memberships_of_user(&principal.user_id)

@@ -97,18 +97,24 @@ impl UserNode {
     async fn memberships(&self, ctx: &Context<'_>) -> ApiResult<Vec<MembershipNode>> {
         let state = state(ctx)?;
         let mut out = Vec::new();
-        for m in state
-            .storage
-            .memberships_of_user(&self.user.id)
-            .await
-            .api()?
-        {
+        // The node is only ever handed to its own user (after log-in the request has no
+        // principal yet): read the user's own memberships in platform scope.
+        let (memberships, orgs) = crate::storage::tenant::system(async {
+            let memberships = state.storage.memberships_of_user(&self.user.id).await?;
+            let mut orgs = Vec::new();
+            for m in &memberships {
+                orgs.push(state.storage.organization(&m.organization_id).await?);
+            }
+            Ok::<_, crate::storage::StorageError>((memberships, orgs))
+        })
+        .await
+        .api()?;
+        for (m, org) in memberships.into_iter().zip(orgs) {
             let role = match &self.via {
                 Some(p) => p.effective_role(&m.organization_id, Some(m.role)),
                 None => Some(m.role),
             };
             if let Some(role) = role {
-                let org = state.storage.organization(&m.organization_id).await.api()?;
                 out.push(MembershipNode {
                     organization: OrganizationNode::new(org),
                     role: role.into(),
@@ -280,53 +286,57 @@ impl AccountMutation {
         display_name: String,
         organization_name: Option<String>,
     ) -> ApiResult<AuthPayload> {
-        let state = state(ctx)?;
-        let email = validate_email(&email)?;
-        validate_password(ctx, &password)?;
-        let display_name = validate_name("displayName", &display_name, 100)?;
-        let org_name = match organization_name {
-            Some(n) => validate_name("organizationName", &n, 100)?,
-            None => format!("{display_name}'s organisation"),
-        };
-        let hash = state
-            .auth
-            .hash_password(&password)
-            .await
-            .ok_or_else(|| fail(ApiError::Internal))?;
-        let now = now_ms();
-        let user = match state
-            .storage
-            .create_user(&email, &display_name, Some(&hash), now)
-            .await
-        {
-            Ok(u) => u,
-            Err(StorageError::Conflict(_)) => {
-                return Err(fail(ApiError::Conflict(
-                    "an account with this e-mail already exists".into(),
-                )))
-            }
-            Err(e) => return Err(ApiError::from(e).into_gql()),
-        };
-        let org = state
-            .storage
-            .create_organization(&org_name, now)
-            .await
-            .api()?;
-        state
-            .storage
-            .set_membership(&org.id, &user.id, Role::Owner, now)
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &format!("user:{}", user.id),
-            Some(&org.id),
-            "organization.create",
-            format!("organization:{}", org.id),
-            json!({ "name": org.name, "via": "signUp" }),
-        )
-        .await?;
-        start_session(ctx, user).await
+        // Token-proved or tenant-creating work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let state = state(ctx)?;
+            let email = validate_email(&email)?;
+            validate_password(ctx, &password)?;
+            let display_name = validate_name("displayName", &display_name, 100)?;
+            let org_name = match organization_name {
+                Some(n) => validate_name("organizationName", &n, 100)?,
+                None => format!("{display_name}'s organisation"),
+            };
+            let hash = state
+                .auth
+                .hash_password(&password)
+                .await
+                .ok_or_else(|| fail(ApiError::Internal))?;
+            let now = now_ms();
+            let user = match state
+                .storage
+                .create_user(&email, &display_name, Some(&hash), now)
+                .await
+            {
+                Ok(u) => u,
+                Err(StorageError::Conflict(_)) => {
+                    return Err(fail(ApiError::Conflict(
+                        "an account with this e-mail already exists".into(),
+                    )))
+                }
+                Err(e) => return Err(ApiError::from(e).into_gql()),
+            };
+            let org = state
+                .storage
+                .create_organization(&org_name, now)
+                .await
+                .api()?;
+            state
+                .storage
+                .set_membership(&org.id, &user.id, Role::Owner, now)
+                .await
+                .api()?;
+            audit(
+                ctx,
+                &format!("user:{}", user.id),
+                Some(&org.id),
+                "organization.create",
+                format!("organization:{}", org.id),
+                json!({ "name": org.name, "via": "signUp" }),
+            )
+            .await?;
+            start_session(ctx, user).await
+        })
+        .await
     }
 
     /// Logs in. Unknown accounts and wrong passwords get the same answer in the same time;

@@ -12,8 +12,49 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use super::{ApiSchema, RequestInfo};
+use crate::auth::Principal;
 use crate::config::GraphqlConfig;
 use crate::state::AppState;
+use crate::storage::tenant::{self, TenantScope};
+use crate::storage::{Role, StorageError};
+
+/// The tenant scope of a request: the organisations the verified principal may act in, for
+/// PostgreSQL row-level security. Anonymous requests get an empty scope.
+async fn scope_of(
+    state: &AppState,
+    principal: Option<&Principal>,
+) -> Result<TenantScope, StorageError> {
+    let Some(p) = principal else {
+        return Ok(TenantScope::Principal {
+            user_id: String::new(),
+            org_ids: Vec::new(),
+            admin_org_ids: Vec::new(),
+            shared_lab_ids: Vec::new(),
+        });
+    };
+    let (mut org_ids, mut admin_org_ids, mut shared_lab_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for m in state.storage.memberships_of_user(&p.user_id).await? {
+        if let Some(role) = p.effective_role(&m.organization_id, Some(m.role)) {
+            if matches!(role, Role::Owner | Role::Admin) {
+                admin_org_ids.push(m.organization_id.clone());
+            }
+            for share in state
+                .storage
+                .shares_with_organization(&m.organization_id)
+                .await?
+            {
+                shared_lab_ids.push(share.lab_id);
+            }
+            org_ids.push(m.organization_id);
+        }
+    }
+    Ok(TenantScope::Principal {
+        user_id: p.user_id.clone(),
+        org_ids,
+        admin_org_ids,
+        shared_lab_ids,
+    })
+}
 
 /// A response made of one error with a code, for refusals before execution.
 fn refusal(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
@@ -178,6 +219,7 @@ async fn execute_one(
     schema: &ApiSchema,
     limits: &GraphqlConfig,
     info: &RequestInfo,
+    scope: &TenantScope,
     request: async_graphql::Request,
 ) -> Response {
     match async_graphql::parser::parse_query(&request.query) {
@@ -203,7 +245,8 @@ async fn execute_one(
     }
     let request = request.data(info.clone());
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
-    let mut response = match tokio::time::timeout(timeout, schema.execute(request)).await {
+    let run = tenant::scoped(scope.clone(), schema.execute(request));
+    let mut response = match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
         Err(_) => refused_response("TIMEOUT", "the request took too long and was stopped"),
     };
@@ -260,10 +303,17 @@ pub async fn graphql_handler(
             }
         },
     };
+    let scope = match scope_of(&state, principal.as_ref()).await {
+        Ok(scope) => scope,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot resolve the tenant scope");
+            return HttpResponse::Ok().json(refused_response("INTERNAL", "internal error"));
+        }
+    };
     let info = RequestInfo { principal, source };
     match batch {
         BatchRequest::Single(request) => {
-            HttpResponse::Ok().json(execute_one(&schema, limits, &info, request).await)
+            HttpResponse::Ok().json(execute_one(&schema, limits, &info, &scope, request).await)
         }
         BatchRequest::Batch(requests) => {
             if requests.len() > limits.max_batch {
@@ -279,7 +329,7 @@ pub async fn graphql_handler(
             }
             let mut responses = Vec::with_capacity(requests.len());
             for request in requests {
-                responses.push(execute_one(&schema, limits, &info, request).await);
+                responses.push(execute_one(&schema, limits, &info, &scope, request).await);
             }
             HttpResponse::Ok().json(BatchResponse::Batch(responses))
         }

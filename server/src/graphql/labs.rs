@@ -421,46 +421,50 @@ impl LabMutation {
     /// Exchanges a one-time enrollment token for a new agent credential (no login needed:
     /// the token is the proof). A second use is refused.
     async fn enroll_agent(&self, ctx: &Context<'_>, token: String) -> ApiResult<EnrolledAgent> {
-        let state = state(ctx)?;
-        let (id, secret) = token::parse_token(token::ENROLL_PREFIX, &token)
-            .ok_or_else(|| fail(ApiError::InvalidToken))?;
-        let stored = state
-            .storage
-            .enrollment_token(id)
-            .await
-            .api()?
-            .filter(|t| token::secret_matches(secret, &t.token_hash))
-            .ok_or_else(|| fail(ApiError::InvalidToken))?;
-        let now = now_ms();
-        if !state
-            .storage
-            .use_enrollment_token(&stored.id, now)
-            .await
-            .api()?
-        {
-            return Err(fail(ApiError::InvalidToken));
-        }
-        let lab = state.storage.lab(&stored.lab_id).await.api()?;
-        let credential_secret = new_secret();
-        let credential = state
-            .storage
-            .create_agent_credential(&lab.id, &hash_secret(&credential_secret), now)
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &format!("enrollment:{}", stored.id),
-            Some(&lab.organization_id),
-            "agent.enroll",
-            format!("lab:{}", lab.id),
-            json!({ "credential_id": credential.id }),
-        )
-        .await?;
-        Ok(EnrolledAgent {
-            lab_id: ID(lab.id),
-            credential_id: ID(credential.id),
-            secret: credential_secret,
+        // Token-proved or tenant-creating work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let state = state(ctx)?;
+            let (id, secret) = token::parse_token(token::ENROLL_PREFIX, &token)
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            let stored = state
+                .storage
+                .enrollment_token(id)
+                .await
+                .api()?
+                .filter(|t| token::secret_matches(secret, &t.token_hash))
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            let now = now_ms();
+            if !state
+                .storage
+                .use_enrollment_token(&stored.id, now)
+                .await
+                .api()?
+            {
+                return Err(fail(ApiError::InvalidToken));
+            }
+            let lab = state.storage.lab(&stored.lab_id).await.api()?;
+            let credential_secret = new_secret();
+            let credential = state
+                .storage
+                .create_agent_credential(&lab.id, &hash_secret(&credential_secret), now)
+                .await
+                .api()?;
+            audit(
+                ctx,
+                &format!("enrollment:{}", stored.id),
+                Some(&lab.organization_id),
+                "agent.enroll",
+                format!("lab:{}", lab.id),
+                json!({ "credential_id": credential.id }),
+            )
+            .await?;
+            Ok(EnrolledAgent {
+                lab_id: ID(lab.id),
+                credential_id: ID(credential.id),
+                secret: credential_secret,
+            })
         })
+        .await
     }
 
     /// Revokes an agent credential of a lab (managers only): the live connection is cut and

@@ -55,6 +55,12 @@ pub fn build_schema(state: Option<AppState>) -> ApiSchema {
     match state {
         Some(state) => {
             let limits = state.config.graphql.clone();
+            if limits.test_disable_app_filter {
+                tracing::warn!(
+                    "graphql.test_disable_app_filter is ON: resolvers skip authorisation and only \
+                     PostgreSQL row-level security separates tenants (tests only)"
+                );
+            }
             let builder = apply_limits(builder, &limits);
             builder.data(state).finish()
         }

@@ -211,29 +211,33 @@ impl OrgMutation {
         ctx: &Context<'_>,
         name: String,
     ) -> ApiResult<OrganizationNode> {
-        let p = writer(ctx)?;
-        if matches!(p.credential, crate::auth::Credential::ApiToken { .. }) {
-            return Err(fail(ApiError::Forbidden));
-        }
-        let name = validate_name("name", &name, 100)?;
-        let state = state(ctx)?;
-        let now = now_ms();
-        let org = state.storage.create_organization(&name, now).await.api()?;
-        state
-            .storage
-            .set_membership(&org.id, &p.user_id, Role::Owner, now)
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &p.actor(),
-            Some(&org.id),
-            "organization.create",
-            format!("organization:{}", org.id),
-            json!({ "name": org.name }),
-        )
-        .await?;
-        Ok(OrganizationNode::new(org))
+        // Token-proved or tenant-creating work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let p = writer(ctx)?;
+            if matches!(p.credential, crate::auth::Credential::ApiToken { .. }) {
+                return Err(fail(ApiError::Forbidden));
+            }
+            let name = validate_name("name", &name, 100)?;
+            let state = state(ctx)?;
+            let now = now_ms();
+            let org = state.storage.create_organization(&name, now).await.api()?;
+            state
+                .storage
+                .set_membership(&org.id, &p.user_id, Role::Owner, now)
+                .await
+                .api()?;
+            audit(
+                ctx,
+                &p.actor(),
+                Some(&org.id),
+                "organization.create",
+                format!("organization:{}", org.id),
+                json!({ "name": org.name }),
+            )
+            .await?;
+            Ok(OrganizationNode::new(org))
+        })
+        .await
     }
 
     /// Invites an address into an organisation with a role (owners and admins; only owners
@@ -302,59 +306,63 @@ impl OrgMutation {
         ctx: &Context<'_>,
         token: String,
     ) -> ApiResult<OrganizationNode> {
-        let p = writer(ctx)?;
-        if matches!(p.credential, crate::auth::Credential::ApiToken { .. }) {
-            return Err(fail(ApiError::Forbidden));
-        }
-        let state = state(ctx)?;
-        let (id, secret) = token::parse_token(token::INVITE_PREFIX, &token)
-            .ok_or_else(|| fail(ApiError::InvalidToken))?;
-        let invitation = state
-            .storage
-            .invitation(id)
-            .await
-            .api()?
-            .filter(|i| token::secret_matches(secret, &i.token_hash))
-            .ok_or_else(|| fail(ApiError::InvalidToken))?;
-        let user = state
-            .storage
-            .user(&p.user_id)
-            .await
-            .api()?
-            .ok_or_else(|| fail(ApiError::Unauthenticated))?;
-        if user.email != invitation.email {
-            return Err(fail(ApiError::InvalidToken));
-        }
-        let role = Role::parse(&invitation.role).ok_or_else(|| fail(ApiError::Internal))?;
-        let now = now_ms();
-        if !state
-            .storage
-            .accept_invitation(&invitation.id, now)
-            .await
-            .api()?
-        {
-            return Err(fail(ApiError::InvalidToken));
-        }
-        state
-            .storage
-            .set_membership(&invitation.organization_id, &user.id, role, now)
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &p.actor(),
-            Some(&invitation.organization_id),
-            "member.join",
-            format!("user:{}", user.id),
-            json!({ "role": role.as_str(), "invitation": invitation.id }),
-        )
-        .await?;
-        let org = state
-            .storage
-            .organization(&invitation.organization_id)
-            .await
-            .api()?;
-        Ok(OrganizationNode::new(org))
+        // Token-proved or tenant-creating work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let p = writer(ctx)?;
+            if matches!(p.credential, crate::auth::Credential::ApiToken { .. }) {
+                return Err(fail(ApiError::Forbidden));
+            }
+            let state = state(ctx)?;
+            let (id, secret) = token::parse_token(token::INVITE_PREFIX, &token)
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            let invitation = state
+                .storage
+                .invitation(id)
+                .await
+                .api()?
+                .filter(|i| token::secret_matches(secret, &i.token_hash))
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            let user = state
+                .storage
+                .user(&p.user_id)
+                .await
+                .api()?
+                .ok_or_else(|| fail(ApiError::Unauthenticated))?;
+            if user.email != invitation.email {
+                return Err(fail(ApiError::InvalidToken));
+            }
+            let role = Role::parse(&invitation.role).ok_or_else(|| fail(ApiError::Internal))?;
+            let now = now_ms();
+            if !state
+                .storage
+                .accept_invitation(&invitation.id, now)
+                .await
+                .api()?
+            {
+                return Err(fail(ApiError::InvalidToken));
+            }
+            state
+                .storage
+                .set_membership(&invitation.organization_id, &user.id, role, now)
+                .await
+                .api()?;
+            audit(
+                ctx,
+                &p.actor(),
+                Some(&invitation.organization_id),
+                "member.join",
+                format!("user:{}", user.id),
+                json!({ "role": role.as_str(), "invitation": invitation.id }),
+            )
+            .await?;
+            let org = state
+                .storage
+                .organization(&invitation.organization_id)
+                .await
+                .api()?;
+            Ok(OrganizationNode::new(org))
+        })
+        .await
     }
 
     /// Changes a member's role (owners and admins; only owners touch owners).

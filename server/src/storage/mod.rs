@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod records;
 mod sql;
 pub mod sqlite;
+pub mod tenant;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -44,6 +44,46 @@ impl PgStorage {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// One transaction per storage call, carrying the tenant scope to row-level security:
+    /// a principal's calls run as the non-owner role `maosic_app` with the organisations it
+    /// may see (`maosic.org_ids`, ...); platform work sets `maosic.bypass`.
+    pub(crate) async fn scoped_tx(
+        pool: &PgPool,
+    ) -> StorageResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = pool.begin().await.map_err(StorageError::from_sqlx)?;
+        match super::tenant::current() {
+            super::tenant::TenantScope::System => {
+                sqlx::query("SELECT set_config('maosic.bypass', 'on', true)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+            }
+            super::tenant::TenantScope::Principal {
+                user_id,
+                org_ids,
+                admin_org_ids,
+                shared_lab_ids,
+            } => {
+                sqlx::query(
+                    "SELECT set_config('role', 'maosic_app', true), \
+                     set_config('maosic.bypass', 'off', true), \
+                     set_config('maosic.user_id', $1, true), \
+                     set_config('maosic.org_ids', $2, true), \
+                     set_config('maosic.admin_org_ids', $3, true), \
+                     set_config('maosic.lab_ids', $4, true)",
+                )
+                .bind(user_id)
+                .bind(org_ids.join(","))
+                .bind(admin_org_ids.join(","))
+                .bind(shared_lab_ids.join(","))
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from_sqlx)?;
+            }
+        }
+        Ok(tx)
+    }
 }
 
 super::sql::impl_storage!(PgStorage, Backend::Postgres, MIGRATOR);

@@ -28,42 +28,72 @@ macro_rules! impl_storage {
                 name: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::Organization> {
-                sqlx::query_as(
-                    "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3) \
-                     RETURNING id, name, created_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(name)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::Organization> = async {
+                    sqlx::query_as(
+                        "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3) \
+                         RETURNING id, name, created_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(name)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn organization(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<$crate::storage::Organization> {
-                sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err($crate::storage::StorageError::from_sqlx)?
-                    .ok_or($crate::storage::StorageError::NotFound)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::Organization> = async {
+                    sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?
+                        .ok_or($crate::storage::StorageError::NotFound)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn organization_by_name(
                 &self,
                 name: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::Organization>> {
-                sqlx::query_as(
-                    "SELECT id, name, created_at FROM organizations WHERE name = $1 \
-                     ORDER BY created_at, id LIMIT 1",
-                )
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::Organization>> = async {
+                    sqlx::query_as(
+                        "SELECT id, name, created_at FROM organizations WHERE name = $1 \
+                         ORDER BY created_at, id LIMIT 1",
+                    )
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_user(
@@ -73,33 +103,53 @@ macro_rules! impl_storage {
                 password_hash: Option<&str>,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::User> {
-                sqlx::query_as(
-                    "INSERT INTO users (id, email, display_name, password_hash, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     RETURNING id, email, display_name, password_hash, created_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(email.trim().to_lowercase())
-                .bind(display_name)
-                .bind(password_hash)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::User> = async {
+                    sqlx::query_as(
+                        "INSERT INTO users (id, email, display_name, password_hash, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         RETURNING id, email, display_name, password_hash, created_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(email.trim().to_lowercase())
+                    .bind(display_name)
+                    .bind(password_hash)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn user_by_email(
                 &self,
                 email: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::User>> {
-                sqlx::query_as(
-                    "SELECT id, email, display_name, password_hash, created_at FROM users \
-                     WHERE email = $1",
-                )
-                .bind(email.trim().to_lowercase())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::User>> = async {
+                    sqlx::query_as(
+                        "SELECT id, email, display_name, password_hash, created_at FROM users \
+                         WHERE email = $1",
+                    )
+                    .bind(email.trim().to_lowercase())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn set_membership(
@@ -109,45 +159,65 @@ macro_rules! impl_storage {
                 role: $crate::storage::Role,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<()> {
-                sqlx::query(
-                    "INSERT INTO memberships (organization_id, user_id, role, created_at) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (organization_id, user_id) DO UPDATE SET role = excluded.role",
-                )
-                .bind(organization_id)
-                .bind(user_id)
-                .bind(role.as_str())
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(())
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<()> = async {
+                    sqlx::query(
+                        "INSERT INTO memberships (organization_id, user_id, role, created_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (organization_id, user_id) DO UPDATE SET role = excluded.role",
+                    )
+                    .bind(organization_id)
+                    .bind(user_id)
+                    .bind(role.as_str())
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(())
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn memberships_of_user(
                 &self,
                 user_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::Membership>> {
-                let rows: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT organization_id, user_id, role FROM memberships \
-                     WHERE user_id = $1 ORDER BY created_at, organization_id",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                rows.into_iter()
-                    .map(|(organization_id, user_id, role)| {
-                        let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
-                            $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
-                        })?;
-                        Ok($crate::storage::Membership {
-                            organization_id,
-                            user_id,
-                            role,
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::Membership>> = async {
+                    let rows: Vec<(String, String, String)> = sqlx::query_as(
+                        "SELECT organization_id, user_id, role FROM memberships \
+                         WHERE user_id = $1 ORDER BY created_at, organization_id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    rows.into_iter()
+                        .map(|(organization_id, user_id, role)| {
+                            let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
+                                $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
+                            })?;
+                            Ok($crate::storage::Membership {
+                                organization_id,
+                                user_id,
+                                role,
+                            })
                         })
-                    })
-                    .collect()
+                        .collect()
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_lab(
@@ -156,46 +226,76 @@ macro_rules! impl_storage {
                 name: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::Lab> {
-                sqlx::query_as(concat!(
-                    "INSERT INTO labs (id, organization_id, name, created_at) \
-                     VALUES ($1, $2, $3, $4) RETURNING ",
-                    $crate::storage::sql::LAB_COLUMNS!()
-                ))
-                .bind($crate::storage::new_id())
-                .bind(organization_id)
-                .bind(name)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::Lab> = async {
+                    sqlx::query_as(concat!(
+                        "INSERT INTO labs (id, organization_id, name, created_at) \
+                         VALUES ($1, $2, $3, $4) RETURNING ",
+                        $crate::storage::sql::LAB_COLUMNS!()
+                    ))
+                    .bind($crate::storage::new_id())
+                    .bind(organization_id)
+                    .bind(name)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn lab(&self, id: &str) -> $crate::storage::StorageResult<$crate::storage::Lab> {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::LAB_COLUMNS!(),
-                    " FROM labs WHERE id = $1"
-                ))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?
-                .ok_or($crate::storage::StorageError::NotFound)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::Lab> = async {
+                    sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::LAB_COLUMNS!(),
+                        " FROM labs WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?
+                    .ok_or($crate::storage::StorageError::NotFound)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn labs_of_organization(
                 &self,
                 organization_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::Lab>> {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::LAB_COLUMNS!(),
-                    " FROM labs WHERE organization_id = $1 ORDER BY name, id"
-                ))
-                .bind(organization_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::Lab>> = async {
+                    sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::LAB_COLUMNS!(),
+                        " FROM labs WHERE organization_id = $1 ORDER BY name, id"
+                    ))
+                    .bind(organization_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_agent_credential(
@@ -204,32 +304,52 @@ macro_rules! impl_storage {
                 secret_hash: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::AgentCredential> {
-                sqlx::query_as(
-                    "INSERT INTO agent_credentials (id, lab_id, secret_hash, created_at) \
-                     VALUES ($1, $2, $3, $4) \
-                     RETURNING id, lab_id, secret_hash, created_at, revoked_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(lab_id)
-                .bind(secret_hash)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::AgentCredential> = async {
+                    sqlx::query_as(
+                        "INSERT INTO agent_credentials (id, lab_id, secret_hash, created_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         RETURNING id, lab_id, secret_hash, created_at, revoked_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(lab_id)
+                    .bind(secret_hash)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn agent_credential(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::AgentCredential>> {
-                sqlx::query_as(
-                    "SELECT id, lab_id, secret_hash, created_at, revoked_at \
-                     FROM agent_credentials WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::AgentCredential>> = async {
+                    sqlx::query_as(
+                        "SELECT id, lab_id, secret_hash, created_at, revoked_at \
+                         FROM agent_credentials WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn revoke_agent_credential(
@@ -237,16 +357,26 @@ macro_rules! impl_storage {
                 id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE agent_credentials SET revoked_at = $2 \
-                     WHERE id = $1 AND revoked_at IS NULL",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE agent_credentials SET revoked_at = $2 \
+                         WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn agent_connected(
@@ -255,21 +385,31 @@ macro_rules! impl_storage {
                 hello: &$crate::storage::AgentHello,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<i64> {
-                let (generation,): (i64,) = sqlx::query_as(
-                    "UPDATE labs SET connection_generation = connection_generation + 1, \
-                     online = TRUE, last_seen_at = $2, agent_version = $3, devices = $4, \
-                     descriptor = $5 WHERE id = $1 RETURNING connection_generation",
-                )
-                .bind(lab_id)
-                .bind(now_ms)
-                .bind(&hello.agent_version)
-                .bind(&hello.devices_json)
-                .bind(hello.descriptor_json.as_deref())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?
-                .ok_or($crate::storage::StorageError::NotFound)?;
-                Ok(generation)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<i64> = async {
+                    let (generation,): (i64,) = sqlx::query_as(
+                        "UPDATE labs SET connection_generation = connection_generation + 1, \
+                         online = TRUE, last_seen_at = $2, agent_version = $3, devices = $4, \
+                         descriptor = $5 WHERE id = $1 RETURNING connection_generation",
+                    )
+                    .bind(lab_id)
+                    .bind(now_ms)
+                    .bind(&hello.agent_version)
+                    .bind(&hello.devices_json)
+                    .bind(hello.descriptor_json.as_deref())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?
+                    .ok_or($crate::storage::StorageError::NotFound)?;
+                    Ok(generation)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn agent_seen(
@@ -278,17 +418,27 @@ macro_rules! impl_storage {
                 generation: i64,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE labs SET last_seen_at = $3 \
-                     WHERE id = $1 AND connection_generation = $2",
-                )
-                .bind(lab_id)
-                .bind(generation)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE labs SET last_seen_at = $3 \
+                         WHERE id = $1 AND connection_generation = $2",
+                    )
+                    .bind(lab_id)
+                    .bind(generation)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn agent_disconnected(
@@ -297,17 +447,27 @@ macro_rules! impl_storage {
                 generation: i64,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE labs SET online = FALSE, last_seen_at = $3 \
-                     WHERE id = $1 AND connection_generation = $2 AND online = TRUE",
-                )
-                .bind(lab_id)
-                .bind(generation)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE labs SET online = FALSE, last_seen_at = $3 \
+                         WHERE id = $1 AND connection_generation = $2 AND online = TRUE",
+                    )
+                    .bind(lab_id)
+                    .bind(generation)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn append_audit(
@@ -315,22 +475,32 @@ macro_rules! impl_storage {
                 entry: &$crate::storage::NewAuditEntry,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<i64> {
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO audit_log \
-                     (organization_id, actor, action, target, detail, source, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                )
-                .bind(entry.organization_id.as_deref())
-                .bind(&entry.actor)
-                .bind(&entry.action)
-                .bind(&entry.target)
-                .bind(entry.detail.to_string())
-                .bind(entry.source.as_deref())
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(id)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<i64> = async {
+                    let (id,): (i64,) = sqlx::query_as(
+                        "INSERT INTO audit_log \
+                         (organization_id, actor, action, target, detail, source, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    )
+                    .bind(entry.organization_id.as_deref())
+                    .bind(&entry.actor)
+                    .bind(&entry.action)
+                    .bind(&entry.target)
+                    .bind(entry.detail.to_string())
+                    .bind(entry.source.as_deref())
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(id)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn audit_of_organization(
@@ -338,29 +508,49 @@ macro_rules! impl_storage {
                 organization_id: &str,
                 limit: i64,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::AuditEntry>> {
-                sqlx::query_as(
-                    "SELECT id, organization_id, actor, action, target, detail, source, created_at \
-                     FROM audit_log WHERE organization_id = $1 ORDER BY id DESC LIMIT $2",
-                )
-                .bind(organization_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::AuditEntry>> = async {
+                    sqlx::query_as(
+                        "SELECT id, organization_id, actor, action, target, detail, source, created_at \
+                         FROM audit_log WHERE organization_id = $1 ORDER BY id DESC LIMIT $2",
+                    )
+                    .bind(organization_id)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn user(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::User>> {
-                sqlx::query_as(
-                    "SELECT id, email, display_name, password_hash, created_at FROM users \
-                     WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::User>> = async {
+                    sqlx::query_as(
+                        "SELECT id, email, display_name, password_hash, created_at FROM users \
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn set_password_hash(
@@ -368,39 +558,59 @@ macro_rules! impl_storage {
                 user_id: &str,
                 password_hash: &str,
             ) -> $crate::storage::StorageResult<()> {
-                sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(password_hash)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(())
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<()> = async {
+                    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                        .bind(user_id)
+                        .bind(password_hash)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(())
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn memberships_of_organization(
                 &self,
                 organization_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::Membership>> {
-                let rows: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT organization_id, user_id, role FROM memberships \
-                     WHERE organization_id = $1 ORDER BY created_at, user_id",
-                )
-                .bind(organization_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                rows.into_iter()
-                    .map(|(organization_id, user_id, role)| {
-                        let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
-                            $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
-                        })?;
-                        Ok($crate::storage::Membership {
-                            organization_id,
-                            user_id,
-                            role,
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::Membership>> = async {
+                    let rows: Vec<(String, String, String)> = sqlx::query_as(
+                        "SELECT organization_id, user_id, role FROM memberships \
+                         WHERE organization_id = $1 ORDER BY created_at, user_id",
+                    )
+                    .bind(organization_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    rows.into_iter()
+                        .map(|(organization_id, user_id, role)| {
+                            let role = $crate::storage::Role::parse(&role).ok_or_else(|| {
+                                $crate::storage::StorageError::Corrupt(format!("unknown role {role:?}"))
+                            })?;
+                            Ok($crate::storage::Membership {
+                                organization_id,
+                                user_id,
+                                role,
+                            })
                         })
-                    })
-                    .collect()
+                        .collect()
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn remove_membership(
@@ -408,15 +618,25 @@ macro_rules! impl_storage {
                 organization_id: &str,
                 user_id: &str,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2",
-                )
-                .bind(organization_id)
-                .bind(user_id)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2",
+                    )
+                    .bind(organization_id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_session(
@@ -424,29 +644,49 @@ macro_rules! impl_storage {
                 user_id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::Session> {
-                sqlx::query_as(
-                    "INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3) \
-                     RETURNING id, user_id, created_at, revoked_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(user_id)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::Session> = async {
+                    sqlx::query_as(
+                        "INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3) \
+                         RETURNING id, user_id, created_at, revoked_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(user_id)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn session(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::Session>> {
-                sqlx::query_as(
-                    "SELECT id, user_id, created_at, revoked_at FROM sessions WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::Session>> = async {
+                    sqlx::query_as(
+                        "SELECT id, user_id, created_at, revoked_at FROM sessions WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn revoke_session(
@@ -454,15 +694,25 @@ macro_rules! impl_storage {
                 id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn revoke_sessions_of_user(
@@ -471,17 +721,27 @@ macro_rules! impl_storage {
                 keep: Option<&str>,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<u64> {
-                let done = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $2 \
-                     WHERE user_id = $1 AND revoked_at IS NULL AND id <> $3",
-                )
-                .bind(user_id)
-                .bind(now_ms)
-                .bind(keep.unwrap_or(""))
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected())
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<u64> = async {
+                    let done = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2 \
+                         WHERE user_id = $1 AND revoked_at IS NULL AND id <> $3",
+                    )
+                    .bind(user_id)
+                    .bind(now_ms)
+                    .bind(keep.unwrap_or(""))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected())
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_refresh_token(
@@ -491,33 +751,53 @@ macro_rules! impl_storage {
                 expires_at: i64,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::RefreshToken> {
-                sqlx::query_as(
-                    "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     RETURNING id, session_id, token_hash, created_at, expires_at, used_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(session_id)
-                .bind(token_hash)
-                .bind(now_ms)
-                .bind(expires_at)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::RefreshToken> = async {
+                    sqlx::query_as(
+                        "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         RETURNING id, session_id, token_hash, created_at, expires_at, used_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(session_id)
+                    .bind(token_hash)
+                    .bind(now_ms)
+                    .bind(expires_at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn refresh_token(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::RefreshToken>> {
-                sqlx::query_as(
-                    "SELECT id, session_id, token_hash, created_at, expires_at, used_at \
-                     FROM refresh_tokens WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::RefreshToken>> = async {
+                    sqlx::query_as(
+                        "SELECT id, session_id, token_hash, created_at, expires_at, used_at \
+                         FROM refresh_tokens WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn use_refresh_token(
@@ -525,15 +805,25 @@ macro_rules! impl_storage {
                 id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_api_token(
@@ -545,51 +835,81 @@ macro_rules! impl_storage {
                 token_hash: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::ApiToken> {
-                sqlx::query_as(
-                    "INSERT INTO api_tokens \
-                     (id, user_id, organization_id, name, scope, token_hash, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     RETURNING id, user_id, organization_id, name, scope, token_hash, \
-                     created_at, revoked_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(user_id)
-                .bind(organization_id)
-                .bind(name)
-                .bind(scope)
-                .bind(token_hash)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::ApiToken> = async {
+                    sqlx::query_as(
+                        "INSERT INTO api_tokens \
+                         (id, user_id, organization_id, name, scope, token_hash, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         RETURNING id, user_id, organization_id, name, scope, token_hash, \
+                         created_at, revoked_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(user_id)
+                    .bind(organization_id)
+                    .bind(name)
+                    .bind(scope)
+                    .bind(token_hash)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn api_token(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::ApiToken>> {
-                sqlx::query_as(
-                    "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
-                     revoked_at FROM api_tokens WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::ApiToken>> = async {
+                    sqlx::query_as(
+                        "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
+                         revoked_at FROM api_tokens WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn api_tokens_of_user(
                 &self,
                 user_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::ApiToken>> {
-                sqlx::query_as(
-                    "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
-                     revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::ApiToken>> = async {
+                    sqlx::query_as(
+                        "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
+                         revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn revoke_api_token(
@@ -598,55 +918,85 @@ macro_rules! impl_storage {
                 user_id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE api_tokens SET revoked_at = $3 \
-                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
-                )
-                .bind(id)
-                .bind(user_id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE api_tokens SET revoked_at = $3 \
+                         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_invitation(
                 &self,
                 invitation: &$crate::storage::Invitation,
             ) -> $crate::storage::StorageResult<()> {
-                sqlx::query(
-                    "INSERT INTO invitations (id, organization_id, email, role, token_hash, \
-                     created_by, created_at, expires_at, accepted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&invitation.id)
-                .bind(&invitation.organization_id)
-                .bind(invitation.email.trim().to_lowercase())
-                .bind(&invitation.role)
-                .bind(&invitation.token_hash)
-                .bind(&invitation.created_by)
-                .bind(invitation.created_at)
-                .bind(invitation.expires_at)
-                .bind(invitation.accepted_at)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(())
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<()> = async {
+                    sqlx::query(
+                        "INSERT INTO invitations (id, organization_id, email, role, token_hash, \
+                         created_by, created_at, expires_at, accepted_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&invitation.id)
+                    .bind(&invitation.organization_id)
+                    .bind(invitation.email.trim().to_lowercase())
+                    .bind(&invitation.role)
+                    .bind(&invitation.token_hash)
+                    .bind(&invitation.created_by)
+                    .bind(invitation.created_at)
+                    .bind(invitation.expires_at)
+                    .bind(invitation.accepted_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(())
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn invitation(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::Invitation>> {
-                sqlx::query_as(
-                    "SELECT id, organization_id, email, role, token_hash, created_by, \
-                     created_at, expires_at, accepted_at FROM invitations WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::Invitation>> = async {
+                    sqlx::query_as(
+                        "SELECT id, organization_id, email, role, token_hash, created_by, \
+                         created_at, expires_at, accepted_at FROM invitations WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn accept_invitation(
@@ -654,16 +1004,26 @@ macro_rules! impl_storage {
                 id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE invitations SET accepted_at = $2 \
-                     WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE invitations SET accepted_at = $2 \
+                         WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2",
+                    )
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn share_lab(
@@ -673,20 +1033,30 @@ macro_rules! impl_storage {
                 daily_quota: i64,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::LabShare> {
-                sqlx::query_as(
-                    "INSERT INTO lab_shares (lab_id, organization_id, daily_quota, created_at) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (lab_id, organization_id) \
-                     DO UPDATE SET daily_quota = excluded.daily_quota \
-                     RETURNING lab_id, organization_id, daily_quota, created_at",
-                )
-                .bind(lab_id)
-                .bind(organization_id)
-                .bind(daily_quota)
-                .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::LabShare> = async {
+                    sqlx::query_as(
+                        "INSERT INTO lab_shares (lab_id, organization_id, daily_quota, created_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (lab_id, organization_id) \
+                         DO UPDATE SET daily_quota = excluded.daily_quota \
+                         RETURNING lab_id, organization_id, daily_quota, created_at",
+                    )
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .bind(daily_quota)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn unshare_lab(
@@ -694,43 +1064,73 @@ macro_rules! impl_storage {
                 lab_id: &str,
                 organization_id: &str,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "DELETE FROM lab_shares WHERE lab_id = $1 AND organization_id = $2",
-                )
-                .bind(lab_id)
-                .bind(organization_id)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "DELETE FROM lab_shares WHERE lab_id = $1 AND organization_id = $2",
+                    )
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn shares_of_lab(
                 &self,
                 lab_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> {
-                sqlx::query_as(
-                    "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
-                     WHERE lab_id = $1 ORDER BY created_at, organization_id",
-                )
-                .bind(lab_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> = async {
+                    sqlx::query_as(
+                        "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                         WHERE lab_id = $1 ORDER BY created_at, organization_id",
+                    )
+                    .bind(lab_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn shares_with_organization(
                 &self,
                 organization_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> {
-                sqlx::query_as(
-                    "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
-                     WHERE organization_id = $1 ORDER BY created_at, lab_id",
-                )
-                .bind(organization_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> = async {
+                    sqlx::query_as(
+                        "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                         WHERE organization_id = $1 ORDER BY created_at, lab_id",
+                    )
+                    .bind(organization_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn create_enrollment_token(
@@ -740,33 +1140,53 @@ macro_rules! impl_storage {
                 expires_at: i64,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::EnrollmentToken> {
-                sqlx::query_as(
-                    "INSERT INTO enrollment_tokens (id, lab_id, token_hash, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     RETURNING id, lab_id, token_hash, created_at, expires_at, used_at",
-                )
-                .bind($crate::storage::new_id())
-                .bind(lab_id)
-                .bind(token_hash)
-                .bind(now_ms)
-                .bind(expires_at)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<$crate::storage::EnrollmentToken> = async {
+                    sqlx::query_as(
+                        "INSERT INTO enrollment_tokens (id, lab_id, token_hash, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         RETURNING id, lab_id, token_hash, created_at, expires_at, used_at",
+                    )
+                    .bind($crate::storage::new_id())
+                    .bind(lab_id)
+                    .bind(token_hash)
+                    .bind(now_ms)
+                    .bind(expires_at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn enrollment_token(
                 &self,
                 id: &str,
             ) -> $crate::storage::StorageResult<Option<$crate::storage::EnrollmentToken>> {
-                sqlx::query_as(
-                    "SELECT id, lab_id, token_hash, created_at, expires_at, used_at \
-                     FROM enrollment_tokens WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Option<$crate::storage::EnrollmentToken>> = async {
+                    sqlx::query_as(
+                        "SELECT id, lab_id, token_hash, created_at, expires_at, used_at \
+                         FROM enrollment_tokens WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn use_enrollment_token(
@@ -774,30 +1194,50 @@ macro_rules! impl_storage {
                 id: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE enrollment_tokens SET used_at = $2 \
-                     WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<bool> = async {
+                    let done = sqlx::query(
+                        "UPDATE enrollment_tokens SET used_at = $2 \
+                         WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
+                    )
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
 
             async fn agent_credentials_of_lab(
                 &self,
                 lab_id: &str,
             ) -> $crate::storage::StorageResult<Vec<$crate::storage::AgentCredential>> {
-                sqlx::query_as(
-                    "SELECT id, lab_id, secret_hash, created_at, revoked_at \
-                     FROM agent_credentials WHERE lab_id = $1 ORDER BY created_at DESC, id",
-                )
-                .bind(lab_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::storage::StorageError::from_sqlx)
+                let mut tx = Self::scoped_tx(&self.pool).await?;
+                let result: $crate::storage::StorageResult<Vec<$crate::storage::AgentCredential>> = async {
+                    sqlx::query_as(
+                        "SELECT id, lab_id, secret_hash, created_at, revoked_at \
+                         FROM agent_credentials WHERE lab_id = $1 ORDER BY created_at DESC, id",
+                    )
+                    .bind(lab_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::storage::StorageError::from_sqlx)
+                }
+                .await;
+                if result.is_ok() {
+                    tx.commit()
+                        .await
+                        .map_err($crate::storage::StorageError::from_sqlx)?;
+                }
+                result
             }
         }
     };

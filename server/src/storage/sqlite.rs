@@ -40,6 +40,13 @@ impl SqliteStorage {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// One transaction per storage call (SQLite has no row-level security: no tenant settings).
+    pub(crate) async fn scoped_tx(
+        pool: &SqlitePool,
+    ) -> StorageResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        pool.begin().await.map_err(StorageError::from_sqlx)
+    }
 }
 
 super::sql::impl_storage!(SqliteStorage, Backend::Sqlite, MIGRATOR);
