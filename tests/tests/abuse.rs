@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use maosic_e2e::{error_code, Backend, TestDatabase, TestServer};
 use serde_json::{json, Value};
 
+/// The tests of this file measure latencies: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -41,6 +44,7 @@ fn log_in(server: &TestServer, email: &str, password: &str, address: &str) -> (V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
+    let _serial = SERIAL.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let server = TestServer::spawn(&db, &[]).unwrap();
     let baseline = probe_latencies(&server, 40);
@@ -146,6 +150,7 @@ async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_is_limited_with_identical_answers() {
+    let _serial = SERIAL.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let server = TestServer::spawn(
         &db,
@@ -157,25 +162,42 @@ async fn password_guessing_is_limited_with_identical_answers() {
     )
     .unwrap();
     server.sign_up("victim@v.example", "V").unwrap();
-    server.sign_up("timing@t.example", "T").unwrap();
+    for k in 0..3 {
+        // Three accounts, so 30 wrong passwords stay under the per-account lock (10).
+        server
+            .sign_up(&format!("timing{k}@t.example"), &format!("T{k}"))
+            .unwrap();
+    }
     server.sign_up("bystander@b.example", "B").unwrap();
 
     // Unknown account vs wrong password: same body, similar time (interleaved samples).
     let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
     let mut bodies = std::collections::BTreeSet::new();
-    for i in 0..8 {
-        let (u, tu) = log_in(
-            &server,
-            &format!("nobody{i}@x.example"),
-            "some password!",
-            &format!("10.9.0.{i}"),
-        );
-        let (w, tw) = log_in(
-            &server,
-            "timing@t.example",
-            "some password!",
-            &format!("10.9.1.{i}"),
-        );
+    for i in 0..30 {
+        let unknown_attempt = || {
+            log_in(
+                &server,
+                &format!("nobody{i}@x.example"),
+                "some password!",
+                &format!("10.9.0.{i}"),
+            )
+        };
+        let wrong_attempt = || {
+            log_in(
+                &server,
+                &format!("timing{}@t.example", i % 3),
+                "some password!",
+                &format!("10.9.1.{i}"),
+            )
+        };
+        // Alternate which goes first, so order effects cancel.
+        let ((u, tu), (w, tw)) = if i % 2 == 0 {
+            let u = unknown_attempt();
+            (u, wrong_attempt())
+        } else {
+            let w = wrong_attempt();
+            (unknown_attempt(), w)
+        };
         bodies.insert(u.to_string());
         bodies.insert(w.to_string());
         unknown.push(tu);
@@ -188,6 +210,8 @@ async fn password_guessing_is_limited_with_identical_answers() {
         mu.as_millis(), mw.as_millis(), diff * 100.0, bodies.len()
     );
     assert_eq!(bodies.len(), 1, "answers differ: {bodies:?}");
+    // The target is < 5 %; on a shared, loaded test machine the medians of 30 samples wander by
+    // tens of percent in both directions, so only a gross difference fails the test.
     assert!(diff < 0.5, "timing differs by {:.0} %", diff * 100.0);
 
     // 1,000 wrong passwords for one account from 100 addresses, 4 at a time.
@@ -276,6 +300,7 @@ async fn password_guessing_is_limited_with_identical_answers() {
 
 #[tokio::test]
 async fn introspection_can_be_switched_off() {
+    let _serial = SERIAL.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let query = json!({ "query": "{ __schema { types { name } } }" });
     let on = TestServer::spawn(&db, &[]).unwrap();
@@ -304,4 +329,26 @@ async fn introspection_can_be_switched_off() {
         .graphql_with(None, &[], &json!({ "query": "{ serverInfo { name } }" }))
         .unwrap();
     assert_eq!(info["data"]["serverInfo"]["name"], "maosic");
+}
+
+#[tokio::test]
+async fn a_request_over_its_time_limit_is_cut_with_a_code() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    // 2 ms: far below one argon2id hash (m = 19 MiB, t = 2), so sign-up cannot finish.
+    let server = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__TIMEOUT_MS", "2")]).unwrap();
+    let started = Instant::now();
+    let body = server
+        .graphql(
+            "mutation { signUp(email: \"slow@x.example\", password: \"correct horse battery\", displayName: \"S\") { accessToken } }",
+            json!({}),
+        )
+        .unwrap();
+    println!(
+        "time limit 2 ms: sign-up answered {} in {} ms",
+        error_code(&body).unwrap_or_default(),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(error_code(&body).as_deref(), Some("TIMEOUT"), "{body}");
+    assert!(!body.to_string().contains("accessToken\":\"ey"), "{body}");
 }
