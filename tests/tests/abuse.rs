@@ -177,7 +177,7 @@ async fn password_guessing_is_limited_with_identical_answers() {
         let unknown_attempt = || {
             log_in(
                 &server,
-                &format!("nobody{i}@x.example"),
+                &format!("nobody{}@x.example", i % 3),
                 "some password!",
                 &format!("10.9.0.{i}"),
             )
@@ -210,9 +210,10 @@ async fn password_guessing_is_limited_with_identical_answers() {
         mu.as_millis(), mw.as_millis(), diff * 100.0, bodies.len()
     );
     assert_eq!(bodies.len(), 1, "answers differ: {bodies:?}");
-    // The target is < 5 %; on a shared, loaded test machine the medians of 30 samples wander by
-    // tens of percent in both directions, so only a gross difference fails the test.
-    assert!(diff < 0.5, "timing differs by {:.0} %", diff * 100.0);
+    // Like is compared with like: three unknown and three known addresses, each failing
+    // repeatedly (a first failure of any address, known or not, pays one cache insert).
+    // Target < 5 %; the bound leaves room for a loaded shared machine.
+    assert!(diff < 0.25, "timing differs by {:.0} %", diff * 100.0);
 
     // 1,000 wrong passwords for one account from 100 addresses, 4 at a time.
     let started = Instant::now();
