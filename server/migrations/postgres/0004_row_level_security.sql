@@ -3,11 +3,15 @@
 -- transaction) with the tenant in transaction-local settings maosic.*; platform work (agent
 -- gateway, admin CLI, token exchanges) sets maosic.bypass = 'on'. FORCE makes the policies
 -- bind the table owner too; without any setting nothing is visible.
+-- Roles are cluster-wide: several databases may migrate at once, so a concurrent creation
+-- is not an error.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'maosic_app') THEN
         CREATE ROLE maosic_app NOLOGIN;
     END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END $$;
 DO $$
 BEGIN
