@@ -11,7 +11,7 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 
 use crate::config::AuthConfig;
 use crate::storage::{Role, Storage, StorageError};
@@ -127,6 +127,51 @@ pub enum AuthFailure {
     Storage(#[from] StorageError),
 }
 
+/// A revocation that live connections must honour: a WebSocket authenticated by a revoked
+/// session or token is closed (RELIABILITY rule 8). Announced on this replica only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One session ended (log-out, refresh-token reuse).
+    Session {
+        /// The session.
+        session_id: String,
+    },
+    /// Every session of a user ended but one (password change).
+    UserSessions {
+        /// The user.
+        user_id: String,
+        /// The session that stays.
+        except_session: Option<String>,
+    },
+    /// An API token was revoked.
+    ApiToken {
+        /// The token.
+        token_id: String,
+    },
+}
+
+impl Revocation {
+    /// Whether a connection authenticated as `principal` must close.
+    pub fn applies_to(&self, principal: &Principal) -> bool {
+        match (self, &principal.credential) {
+            (Revocation::Session { session_id }, Credential::Session { session_id: s }) => {
+                s == session_id
+            }
+            (
+                Revocation::UserSessions {
+                    user_id,
+                    except_session,
+                },
+                Credential::Session { session_id },
+            ) => *user_id == principal.user_id && except_session.as_ref() != Some(session_id),
+            (Revocation::ApiToken { token_id }, Credential::ApiToken { token_id: t, .. }) => {
+                t == token_id
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Authentication services shared by all requests.
 pub struct AuthService {
     /// Access-token keys.
@@ -139,6 +184,7 @@ pub struct AuthService {
     pub config: AuthConfig,
     dummy_hash: String,
     hash_slots: Arc<Semaphore>,
+    revocations: broadcast::Sender<Revocation>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -177,7 +223,18 @@ impl AuthService {
             dummy_hash,
             // argon2 is CPU- and memory-heavy: a few at a time keeps the server responsive.
             hash_slots: Arc::new(Semaphore::new(2)),
+            revocations: broadcast::channel(1024).0,
         }
+    }
+
+    /// Subscribes to revocations (for WebSocket handlers: close when one applies).
+    pub fn revocations(&self) -> broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    /// Announces a revocation to this replica's live connections.
+    pub fn announce(&self, revocation: Revocation) {
+        let _ = self.revocations.send(revocation);
     }
 
     /// Hashes a password off the async threads.
@@ -347,4 +404,56 @@ pub async fn refresh(
     }
     let pair = issue_tokens(auth, storage, &session.user_id, &session.id).await?;
     Ok(RefreshOutcome::Rotated(pair))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Format as _;
+
+    fn session(user: &str, sid: &str) -> Principal {
+        Principal {
+            user_id: user.into(),
+            credential: Credential::Session {
+                session_id: sid.into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn revocations_reach_subscribers_and_match_only_their_connections() {
+        let config: crate::config::RawConfig = figment::Figment::from(
+            figment::providers::Toml::string(crate::config::DEFAULT_TOML),
+        )
+        .extract()
+        .unwrap();
+        let auth = AuthService::new(&config.auth);
+        let mut rx = auth.revocations();
+        auth.announce(Revocation::Session {
+            session_id: "s1".into(),
+        });
+        let got = rx.recv().await.unwrap();
+        assert!(got.applies_to(&session("u", "s1")));
+        assert!(!got.applies_to(&session("u", "s2")));
+        let all = Revocation::UserSessions {
+            user_id: "u".into(),
+            except_session: Some("keep".into()),
+        };
+        assert!(all.applies_to(&session("u", "other")));
+        assert!(!all.applies_to(&session("u", "keep")));
+        assert!(!all.applies_to(&session("v", "other")));
+        let api = Principal {
+            user_id: "u".into(),
+            credential: Credential::ApiToken {
+                token_id: "t".into(),
+                organization_id: "o".into(),
+                scope: Scope::Read,
+            },
+        };
+        assert!(Revocation::ApiToken {
+            token_id: "t".into()
+        }
+        .applies_to(&api));
+        assert!(!all.applies_to(&api));
+    }
 }

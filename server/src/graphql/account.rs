@@ -414,6 +414,9 @@ impl AccountMutation {
                 user_id,
             } => {
                 tracing::warn!(session.id = %session_id, user.id = %user_id, "refresh token reuse: session revoked");
+                state.auth.announce(auth::Revocation::Session {
+                    session_id: session_id.clone(),
+                });
                 audit(
                     ctx,
                     &format!("user:{user_id}"),
@@ -432,11 +435,18 @@ impl AccountMutation {
     async fn log_out(&self, ctx: &Context<'_>) -> ApiResult<bool> {
         let p = principal(ctx)?;
         match &p.credential {
-            Credential::Session { session_id } => Ok(state(ctx)?
-                .storage
-                .revoke_session(session_id, now_ms())
-                .await
-                .api()?),
+            Credential::Session { session_id } => {
+                let state = state(ctx)?;
+                let done = state
+                    .storage
+                    .revoke_session(session_id, now_ms())
+                    .await
+                    .api()?;
+                state.auth.announce(auth::Revocation::Session {
+                    session_id: session_id.clone(),
+                });
+                Ok(done)
+            }
             Credential::ApiToken { .. } => Err(fail(ApiError::Forbidden)),
         }
     }
@@ -482,6 +492,10 @@ impl AccountMutation {
             .revoke_sessions_of_user(&user.id, Some(session_id), now_ms())
             .await
             .api()?;
+        state.auth.announce(auth::Revocation::UserSessions {
+            user_id: user.id.clone(),
+            except_session: Some(session_id.clone()),
+        });
         audit(
             ctx,
             &p.actor(),
@@ -557,6 +571,9 @@ impl AccountMutation {
             .revoke_api_token(&id, &p.user_id, now_ms())
             .await
             .api()?;
+        state.auth.announce(auth::Revocation::ApiToken {
+            token_id: id.clone(),
+        });
         audit(
             ctx,
             &p.actor(),
