@@ -193,7 +193,14 @@ async fn jwt_negative_matrix_accepts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_reuse_revokes_the_family_and_logout_and_password_change_end_sessions() {
-    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    for backend in backends() {
+        refresh_and_sessions(backend).await;
+        mark_ran(backend, "refresh_and_sessions");
+    }
+}
+
+async fn refresh_and_sessions(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
     let server = TestServer::spawn(&db, &[]).unwrap();
     let s = server.sign_up("carol@c.example", "C").unwrap();
 
@@ -232,7 +239,8 @@ async fn refresh_reuse_revokes_the_family_and_logout_and_password_change_end_ses
     );
     assert!(!me_works(&server, &s.access_token));
     println!(
-        "refresh reuse: refused, family revoked ({} ms to the first refused access, {} ms in total)",
+        "[{}] refresh reuse: refused, family revoked ({} ms to the first refused access, {} ms in total)",
+        backend.name(),
         revoked_after.as_millis(),
         started.elapsed().as_millis()
     );
@@ -291,7 +299,14 @@ async fn refresh_reuse_revokes_the_family_and_logout_and_password_change_end_ses
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_invitations_sharing_api_tokens_and_the_audit_log() {
-    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    for backend in backends() {
+        roles_and_sharing(backend).await;
+        mark_ran(backend, "roles_and_sharing");
+    }
+}
+
+async fn roles_and_sharing(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
     let server = TestServer::spawn(&db, &[]).unwrap();
     let a = server.sign_up("owner@a.example", "Org A").unwrap();
     let b = server.sign_up("member@b.example", "Org B").unwrap();
@@ -533,7 +548,8 @@ async fn roles_invitations_sharing_api_tokens_and_the_audit_log() {
         "{audit}"
     );
     println!(
-        "audit log of org A: {} entries, actions {actions:?}",
+        "[{}] audit log of org A: {} entries, actions {actions:?}",
+        backend.name(),
         entries.len()
     );
 }

@@ -347,31 +347,35 @@ impl AccountMutation {
         email: String,
         password: String,
     ) -> ApiResult<AuthPayload> {
-        let state = state(ctx)?;
-        let address = request_info(ctx)
-            .source
-            .clone()
-            .unwrap_or_else(|| "unknown".into());
-        let email = email.trim().to_lowercase();
-        if email.len() > 254 || password.len() > 1024 {
-            return Err(fail(ApiError::InvalidCredentials));
-        }
-        if state.auth.limiter.is_limited(&email, &address).await {
-            return Err(fail(ApiError::RateLimited));
-        }
-        let user = state.storage.user_by_email(&email).await.api()?;
-        let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
-        let ok = state.auth.verify_password(&password, stored).await;
-        match (ok, user) {
-            (true, Some(user)) => {
-                state.auth.limiter.record_success(&email).await;
-                start_session(ctx, user).await
+        // Password- or token-proved work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let state = state(ctx)?;
+            let address = request_info(ctx)
+                .source
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            let email = email.trim().to_lowercase();
+            if email.len() > 254 || password.len() > 1024 {
+                return Err(fail(ApiError::InvalidCredentials));
             }
-            _ => {
-                state.auth.limiter.record_failure(&email, &address).await;
-                Err(fail(ApiError::InvalidCredentials))
+            if state.auth.limiter.is_limited(&email, &address).await {
+                return Err(fail(ApiError::RateLimited));
             }
-        }
+            let user = state.storage.user_by_email(&email).await.api()?;
+            let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
+            let ok = state.auth.verify_password(&password, stored).await;
+            match (ok, user) {
+                (true, Some(user)) => {
+                    state.auth.limiter.record_success(&email).await;
+                    start_session(ctx, user).await
+                }
+                _ => {
+                    state.auth.limiter.record_failure(&email, &address).await;
+                    Err(fail(ApiError::InvalidCredentials))
+                }
+            }
+        })
+        .await
     }
 
     /// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a
@@ -381,54 +385,58 @@ impl AccountMutation {
         ctx: &Context<'_>,
         refresh_token: String,
     ) -> ApiResult<AuthPayload> {
-        let state = state(ctx)?;
-        let outcome = auth::refresh(&state.auth, state.storage.as_ref(), &refresh_token)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "refresh failed");
-                fail(ApiError::Internal)
-            })?;
-        match outcome {
-            RefreshOutcome::Rotated(pair) => {
-                let claims = state
-                    .auth
-                    .jwt
-                    .verify(&pair.access_token)
-                    .map_err(|_| fail(ApiError::Internal))?;
-                let user = state
-                    .storage
-                    .user(&claims.sub)
-                    .await
-                    .api()?
-                    .ok_or_else(|| fail(ApiError::InvalidToken))?;
-                Ok(AuthPayload {
-                    access_token: pair.access_token,
-                    refresh_token: pair.refresh_token,
-                    expires_in: pair.expires_in,
-                    user: UserNode { user, via: None },
-                })
+        // Password- or token-proved work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let state = state(ctx)?;
+            let outcome = auth::refresh(&state.auth, state.storage.as_ref(), &refresh_token)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "refresh failed");
+                    fail(ApiError::Internal)
+                })?;
+            match outcome {
+                RefreshOutcome::Rotated(pair) => {
+                    let claims = state
+                        .auth
+                        .jwt
+                        .verify(&pair.access_token)
+                        .map_err(|_| fail(ApiError::Internal))?;
+                    let user = state
+                        .storage
+                        .user(&claims.sub)
+                        .await
+                        .api()?
+                        .ok_or_else(|| fail(ApiError::InvalidToken))?;
+                    Ok(AuthPayload {
+                        access_token: pair.access_token,
+                        refresh_token: pair.refresh_token,
+                        expires_in: pair.expires_in,
+                        user: UserNode { user, via: None },
+                    })
+                }
+                RefreshOutcome::Invalid => Err(fail(ApiError::InvalidToken)),
+                RefreshOutcome::ReuseDetected {
+                    session_id,
+                    user_id,
+                } => {
+                    tracing::warn!(session.id = %session_id, user.id = %user_id, "refresh token reuse: session revoked");
+                    state.auth.announce(auth::Revocation::Session {
+                        session_id: session_id.clone(),
+                    });
+                    audit(
+                        ctx,
+                        &format!("user:{user_id}"),
+                        None,
+                        "session.revoke_on_reuse",
+                        format!("session:{session_id}"),
+                        json!({}),
+                    )
+                    .await?;
+                    Err(fail(ApiError::RefreshReused))
+                }
             }
-            RefreshOutcome::Invalid => Err(fail(ApiError::InvalidToken)),
-            RefreshOutcome::ReuseDetected {
-                session_id,
-                user_id,
-            } => {
-                tracing::warn!(session.id = %session_id, user.id = %user_id, "refresh token reuse: session revoked");
-                state.auth.announce(auth::Revocation::Session {
-                    session_id: session_id.clone(),
-                });
-                audit(
-                    ctx,
-                    &format!("user:{user_id}"),
-                    None,
-                    "session.revoke_on_reuse",
-                    format!("session:{session_id}"),
-                    json!({}),
-                )
-                .await?;
-                Err(fail(ApiError::RefreshReused))
-            }
-        }
+        })
+        .await
     }
 
     /// Ends the current session (its access and refresh tokens stop working).
