@@ -72,6 +72,28 @@ fn paper_synthesis_keeps_pump_ratio_and_total_flow() {
         assert!(by("CD.scan").start_ms > by("S.collect").start_ms);
         assert_eq!(by("UV.acquire").yields, vec!["absorption_spectrum"]);
         assert_eq!(by("CD.scan").yields, vec!["cd_spectrum"]);
+        // The outlet is this synthesis's product only once the stream has flowed through the
+        // coil: the UV cell and the sampler wait at least one residence time (100 uL / 90
+        // uL/min = 66.7 s; the recipe holds two, for steady state) after the pumps start.
+        let hold = by("H.hold");
+        let pumps: Vec<u32> = ["P1.set_rate", "P2.set_rate", "P3.set_rate"]
+            .iter()
+            .map(|m| by(m).id)
+            .collect();
+        assert!(pumps.iter().all(|id| hold.after.contains(id)));
+        let residence_ms = 100.0 / 90.0 * 60_000.0;
+        assert!(hold.duration_ms as f64 >= 2.0 * residence_ms - 100.0);
+        let uv = by("UV.acquire");
+        assert_eq!(
+            uv.after,
+            vec![hold.id],
+            "the inline spectrum waits for the hold"
+        );
+        assert!(uv.start_ms as f64 >= by("P1.set_rate").start_ms as f64 + residence_ms);
+        assert!(by("S.collect").start_ms >= uv.start_ms);
+        // The pumps stop (and refill) only after the sample is collected.
+        let s = by("S.collect").id;
+        assert!(by("P3.refill").after.contains(&s));
     }
 }
 
@@ -115,8 +137,9 @@ fn estimate_is_the_makespan() {
         lang::estimate(CHIRALITY, &lab(), &b).unwrap(),
         p.makespan_ms()
     );
-    // 120 s heater + 1 s pumps + 5 s UV + 60 s sampler + 30 s arm + 180 s CD.
-    assert_eq!(p.estimated_duration_ms, 396_000);
+    // 120 s heater (the arm's 15 s discard runs meanwhile) + 1 s pumps + 133.333 s hold (two
+    // residence times) + 5 s UV + 60 s sampler + 30 s arm (refills meanwhile) + 180 s CD.
+    assert_eq!(p.estimated_duration_ms, 529_333);
     assert!(lang::estimate(CHIRALITY, &lab(), &Bindings::new()).is_err());
 }
 
@@ -415,7 +438,7 @@ fn docs_intro_example_compiles() {
     let start = doc.find("```text\n").unwrap() + "```text\n".len();
     let block = &doc[start..start + doc[start..].find("```").unwrap()];
     let p = compile_ok(block, &vars(&[("T", 130.0), ("C", 0.8)]));
-    assert_eq!(p.steps.len(), 8);
+    assert_eq!(p.steps.len(), 9);
     // The chirality example in the docs is the shipped file.
     assert!(doc.contains(
         CHIRALITY
@@ -431,18 +454,26 @@ fn docs_intro_example_compiles() {
 fn agent_recheck_rejects_tampered_programs() {
     let lab = lab();
     let mut p = compile_ok(CHIRALITY, &vars(&[("T", 130.0), ("C", 0.8)]));
-    p.steps[0].request.params.insert("T".into(), 250.0);
-    p.steps[1].request.params.insert("rate".into(), 14.05);
-    p.steps[2].request.params.remove("rate");
-    p.steps[3].request.method = "P3.explode".into();
-    p.steps[4].request.params.insert("colour".into(), 1.0);
+    let at = |p: &Program, m: &str| p.steps.iter().position(|s| s.request.method == m).unwrap();
+    let (h, p1, p2, p3) = (
+        at(&p, "H.set_temperature"),
+        at(&p, "P1.set_rate"),
+        at(&p, "P2.set_rate"),
+        at(&p, "P3.set_rate"),
+    );
+    let uv = at(&p, "UV.acquire");
+    p.steps[h].request.params.insert("T".into(), 250.0);
+    p.steps[p1].request.params.insert("rate".into(), 14.05);
+    p.steps[p2].request.params.remove("rate");
+    p.steps[p3].request.method = "P3.explode".into();
+    p.steps[uv].request.params.insert("colour".into(), 1.0);
     let problems = p.check_against(&lab).unwrap_err().join("\n");
     for needle in [
         "outside 20..200",
         "not on the 0.1 uL/min grid",
         "needs `rate`",
         "no method `P3.explode`",
-        "no parameter `colour`",
+        "`UV.acquire` has no parameter `colour`",
     ] {
         assert!(problems.contains(needle), "{needle} missing in\n{problems}");
     }

@@ -225,6 +225,11 @@ pub trait RobotArm: Send + Sync {
     /// Move a cuvette between named locations (`sampler`, `cd`, `laser`, `waste`).
     async fn transfer(&self, from: &str, to: &str) -> Result<(), DeviceError>;
     async fn home(&self) -> Result<(), DeviceError>;
+    /// Whether a place holds a cuvette, when the arm's cell knows (`None`: unknown, e.g. no
+    /// presence sensor).
+    fn occupied(&self, _place: &str) -> Option<bool> {
+        None
+    }
 }
 
 #[async_trait]

@@ -28,6 +28,9 @@ use crate::sim::thermal::ThermalParams;
 use crate::sim::twin::{TwinHandle, TwinPortKind};
 use crate::sim::world::{Chemistry, World};
 
+/// Longest `H.hold`, s of lab time.
+pub const HOLD_MAX_S: f64 = 3600.0;
+
 /// A device of the lab.
 #[derive(Clone)]
 pub enum Device {
@@ -427,7 +430,7 @@ impl Lab {
                                 &[],
                             ),
                             m("stop", "Stop infusing", 200, vec![], &[]),
-                            m("refill", "Refill the syringe from the reservoir", 30000, vec![], &[]),
+                            m("refill", "Stop infusing and refill the syringe from the reservoir", 30000, vec![], &[]),
                         ],
                     )
                 }
@@ -449,12 +452,21 @@ impl Lab {
                         &["temperature"],
                     );
                     set.setpoint = true;
+                    let mut hold = m(
+                        "hold",
+                        "Let the stream flow through the reactor at the set temperature for a time (residence time, steady state)",
+                        0,
+                        vec![p("time", "s", 0.0, HOLD_MAX_S, None, true, None)],
+                        &[],
+                    );
+                    hold.duration_param = Some("time".into());
                     (
                         SchemaKind::Heater,
                         false,
                         true,
                         vec![
                             set,
+                            hold,
                             m("off", "Heater off", 200, vec![], &[]),
                             m("read", "Read the controller", 200, vec![], &["temperature"]),
                         ],
@@ -538,7 +550,7 @@ impl Lab {
                         ),
                         m(
                             "discard",
-                            "Put the cuvette into the waste rack",
+                            "Put the cuvette from the CD spectrometer into the waste rack (nothing to do when empty)",
                             15000,
                             vec![],
                             &[],
@@ -691,6 +703,7 @@ impl Lab {
             (Device::Heater(h), "set_temperature") => {
                 self.set_temperature(h.as_ref(), need("T")?).await?
             }
+            (Device::Heater(_), "hold") => self.hold(need("time")?).await?,
             (Device::Heater(h), "off") => {
                 h.set_enabled(false).await?;
                 self.kernel.heater_target(None);
@@ -796,10 +809,19 @@ impl Lab {
                 }
             }
             (Device::Arm(a), "discard") => {
-                a.transfer("cd", "waste").await?;
-                CallOutput {
-                    result: json!({"moved": "cd -> waste"}),
-                    ..Default::default()
+                // an empty holder is already clear: nothing to move (lets a recipe clear the
+                // previous loop's cuvette in parallel with the synthesis, first loop included)
+                if a.occupied("cd") == Some(false) {
+                    CallOutput {
+                        result: json!({"moved": null}),
+                        ..Default::default()
+                    }
+                } else {
+                    a.transfer("cd", "waste").await?;
+                    CallOutput {
+                        result: json!({"moved": "cd -> waste"}),
+                        ..Default::default()
+                    }
                 }
             }
             (Device::Laser(l), "irradiate") => {
@@ -814,6 +836,18 @@ impl Lab {
             _ => return Err(unknown()),
         };
         Ok(out)
+    }
+
+    /// `H.hold(time)`: the stream keeps flowing through the coil at the set temperature (the
+    /// kernel keeps watching the heater) while `time` seconds of lab time pass; cancelled with
+    /// the program.
+    async fn hold(&self, time_s: f64) -> Result<CallOutput, DeviceError> {
+        crate::error::check_range("H", "time_s", time_s, 0.0, HOLD_MAX_S)?;
+        self.clock.sleep(Duration::from_secs_f64(time_s)).await;
+        Ok(CallOutput {
+            result: json!({"held_s": time_s}),
+            ..Default::default()
+        })
     }
 
     /// Bring the agent's syringe book up to date from the pump's dispensed counters, then clear them.

@@ -238,6 +238,17 @@ impl RobotArm for VirtualArm {
         self.twin.spend(5.0).await;
         Ok(())
     }
+    fn occupied(&self, place: &str) -> Option<bool> {
+        Some(self.twin.with(|w| {
+            match place.strip_prefix("slot") {
+                Some(n) => n
+                    .parse()
+                    .ok()
+                    .is_some_and(|n: u32| w.slots.contains_key(&n)),
+                None => w.places.contains_key(place),
+            }
+        }))
+    }
 }
 
 /// Femtosecond laser irradiating the cuvette at the laser stage.
