@@ -10,6 +10,7 @@ use maosic_lab::executor::ExecOptions;
 use maosic_lab::lab::Lab;
 use maosic_lab::probe::{cd_at, find_exciton};
 use maosic_lab::record::{Measurement, Outcome, RecordBody};
+use maosic_schema::capability::LabDescriptor;
 use maosic_schema::program::Program;
 use tokio_util::sync::CancellationToken;
 
@@ -25,8 +26,12 @@ struct Run {
 }
 
 async fn run(lab: &Lab, src: &str, t: f64, c: f64) -> Run {
+    run_with(lab, &lab.descriptor(), src, t, c).await
+}
+
+async fn run_with(lab: &Lab, desc: &LabDescriptor, src: &str, t: f64, c: f64) -> Run {
     let b: BTreeMap<String, f64> = [("T".to_string(), t), ("C".to_string(), c)].into();
-    let program: Program = maosic_schema::lang::compile_recipe(&lab.descriptor(), src, &b).unwrap();
+    let program: Program = maosic_schema::lang::compile_recipe(desc, src, &b).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let collect = tokio::spawn(async move {
         let (mut uv, mut cd) = (None, None);
@@ -142,4 +147,21 @@ async fn without_the_hold_the_inline_spectrum_shows_the_previous_product() {
         "{}",
         after.exciton_nm
     );
+}
+
+/// What the cloud does (tests/tests/agent_program.rs end to end): compile against the shipped
+/// descriptor `examples/paper-lab.toml`, run on the virtual lab of `examples/agent-lab-virtual.toml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipe_compiled_against_the_shipped_descriptor_runs_on_the_virtual_lab() {
+    let desc =
+        LabDescriptor::from_toml_str(include_str!("../../../examples/paper-lab.toml")).unwrap();
+    let lab = lab().await;
+    let r = run_with(&lab, &desc, CHIRALITY, 130.0, 0.8).await;
+    println!(
+        "shipped descriptor: exciton {:.1} nm, max |CD| {:.3} mdeg, lab {:.0} s",
+        r.exciton_nm, r.max_abs_cd, r.lab_s
+    );
+    assert_eq!(r.pixels, 2048);
+    assert!((r.exciton_nm - 447.5).abs() <= 1.5);
+    assert!((0.5..=2.0).contains(&r.max_abs_cd));
 }
