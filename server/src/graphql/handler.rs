@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response, ServerError};
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -222,7 +222,7 @@ async fn execute_one(
     scope: &TenantScope,
     request: async_graphql::Request,
 ) -> Response {
-    match async_graphql::parser::parse_query(&request.query) {
+    let is_mutation = match async_graphql::parser::parse_query(&request.query) {
         Ok(doc) => {
             let aliases = count_aliases(&doc);
             if aliases > limits.max_aliases {
@@ -240,15 +240,33 @@ async fn execute_one(
                     "introspection is switched off on this server",
                 );
             }
+            doc.operations
+                .iter()
+                .any(|(_, op)| op.node.ty == OperationType::Mutation)
         }
         Err(_) => return refused_response("GRAPHQL_PARSE_FAILED", "the query does not parse"),
-    }
+    };
     let request = request.data(info.clone());
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
-    let run = tenant::scoped(scope.clone(), schema.execute(request));
-    let mut response = match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r,
-        Err(_) => refused_response("TIMEOUT", "the request took too long and was stopped"),
+    let schema = schema.clone();
+    let run = tenant::scoped(scope.clone(), async move { schema.execute(request).await });
+    let mut response = if is_mutation {
+        // A mutation is never cut half-way (its writes are several storage calls): it runs to
+        // its end in its own task, and the client is told when it outlasts the time limit.
+        let task = actix_web::rt::spawn(run);
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => refused_response("INTERNAL", "internal error"),
+            Err(_) => refused_response(
+                "TIMEOUT",
+                "the request took too long; the mutation may still complete",
+            ),
+        }
+    } else {
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => refused_response("TIMEOUT", "the request took too long and was stopped"),
+        }
     };
     for err in &mut response.errors {
         ensure_code(err);
