@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod link;
+pub mod spool;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

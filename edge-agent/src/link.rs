@@ -14,9 +14,9 @@ use maosic_lab::lab::Lab;
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::program::Program;
 use maosic_schema::protocol::{
-    error_code, method, AgentCredentialFile, DeviceCallParams, DeviceSummary, GoodbyeParams,
-    HeartbeatParams, HelloParams, HelloResult, Id, Message, ProgramCancelParams, ProgramRunParams,
-    RecordParams, Request, AGENT_WS_PATH,
+    error_code, method, AckParams, AgentCredentialFile, DeviceCallParams, DeviceSummary,
+    GoodbyeParams, HeartbeatParams, HelloParams, HelloResult, Id, Message, ProgramCancelParams,
+    ProgramRunParams, RecordParams, Request, AGENT_WS_PATH,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -28,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::spool::{RecordClass, Spool, SpoolError};
+
+/// Most spooled records sent per turn of the event loop, so a backlog drains at a bounded rate
+/// and heartbeats and live traffic are not starved (RELIABILITY rule 3).
+const DRAIN_BATCH: u32 = 128;
 
 /// Errors that end the link for good (retrying cannot help).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,8 @@ pub struct LinkConfig {
     pub descriptor: Option<LabDescriptor>,
     /// The lab this agent runs; without one, the agent only keeps presence.
     pub lab: Option<Arc<Lab>>,
+    /// The durable outbox.
+    pub spool: Spool,
     /// First reconnect delay.
     pub backoff_base: Duration,
     /// Largest reconnect delay.
@@ -117,7 +124,7 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
     let url = gateway_url(&config.server)?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut rng = rand::rng();
-    let mut work = Work::new(config.lab.clone());
+    let mut work = Work::new(config.lab.clone(), config.spool.clone());
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -241,13 +248,17 @@ async fn serve(
     work: &mut Work,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ended, LinkError> {
-    // What could not be sent on the previous connection goes first.
+    // Answers that could not be sent on the previous connection go first; then every record
+    // the cloud has not acknowledged is sent again, in order (the cloud stores each once).
     while let Some(message) = work.unsent.pop_front() {
         if let Err(e) = send(socket, &message).await {
             work.unsent.push_front(message);
             return Ok(Ended::Lost(format!("send failed: {e}")));
         }
     }
+    work.sent_hi = 0;
+    let mut drain = tokio::time::interval(Duration::from_millis(20));
+    let mut backlog = true;
     let period = Duration::from_millis(welcome.heartbeat_ms.max(50));
     let dead_after = period * 3;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
@@ -258,7 +269,7 @@ async fn serve(
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => {
-                        if let Some(reply) = work.handle_text(text.as_str()) {
+                        if let Some(reply) = work.handle_text(text.as_str()).await {
                             if let Err(e) = send(socket, &reply).await {
                                 return Ok(Ended::Lost(format!("send failed: {e}")));
                             }
@@ -273,10 +284,29 @@ async fn serve(
                 }
             }
             Some(outbound) = work.outbound_rx.recv() => {
-                let message = work.envelope(outbound);
-                if let Err(e) = send(socket, &message).await {
-                    work.unsent.push_back(message);
-                    return Ok(Ended::Lost(format!("send failed: {e}")));
+                if let Some(message) = work.accept(outbound).await {
+                    // Records go before the answer that ends their program.
+                    loop {
+                        match work.drain(socket).await {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(reason) => {
+                                work.unsent.push_back(message);
+                                return Ok(Ended::Lost(reason));
+                            }
+                        }
+                    }
+                    if let Err(e) = send(socket, &message).await {
+                        work.unsent.push_back(message);
+                        return Ok(Ended::Lost(format!("send failed: {e}")));
+                    }
+                }
+                backlog = true;
+            }
+            _ = drain.tick(), if backlog => {
+                match work.drain(socket).await {
+                    Ok(more) => backlog = more,
+                    Err(reason) => return Ok(Ended::Lost(reason)),
                 }
             }
             _ = heartbeat.tick() => {
@@ -318,62 +348,123 @@ enum Outbound {
     },
 }
 
-/// The agent's work that outlives a connection: the lab, running programs, and what waits to
-/// be sent. Records are numbered `(epoch, seq)` as they leave.
+/// The agent's work that outlives a connection: the lab, running programs, the durable spool
+/// of records, and answers waiting to be sent.
 struct Work {
     lab: Option<Arc<Lab>>,
     running: HashMap<String, CancellationToken>,
     outbound_tx: mpsc::Sender<Outbound>,
     outbound_rx: mpsc::Receiver<Outbound>,
     unsent: VecDeque<Message>,
-    epoch: String,
-    seq: u64,
+    spool: Spool,
+    /// Highest seq sent on the current connection.
+    sent_hi: u64,
 }
 
 impl Work {
-    fn new(lab: Option<Arc<Lab>>) -> Self {
+    fn new(lab: Option<Arc<Lab>>, spool: Spool) -> Self {
         let (outbound_tx, outbound_rx) = mpsc::channel(1024);
-        let epoch: [u8; 8] = rand::random();
         Work {
             lab,
             running: HashMap::new(),
             outbound_tx,
             outbound_rx,
             unsent: VecDeque::new(),
-            epoch: hex_string(&epoch),
-            seq: 0,
+            spool,
+            sent_hi: 0,
         }
     }
 
-    /// Wraps an outbound item into its wire message.
-    fn envelope(&mut self, outbound: Outbound) -> Message {
+    /// Takes one item from the lab's tasks: a record goes to the spool (it is sent by
+    /// [`Work::drain`]); an answer is returned to be sent now.
+    async fn accept(&mut self, outbound: Outbound) -> Option<Message> {
         match outbound {
             Outbound::Record { program_id, record } => {
-                self.seq += 1;
-                Message::notification(
-                    method::RECORD,
-                    RecordParams {
-                        epoch: self.epoch.clone(),
-                        seq: self.seq,
-                        program_id,
-                        record,
-                    },
-                )
+                let class = if record["body"]["type"] == "measurement" {
+                    RecordClass::Measurement
+                } else {
+                    RecordClass::Event
+                };
+                match self
+                    .spool
+                    .append(program_id.as_deref(), class, &record)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(SpoolError::BufferFull { rows, bytes }) => {
+                        warn!(rows, bytes, "spool full: measurement refused");
+                        let alarm = json!({
+                            "unix_ms": crate::now_ms(),
+                            "body": {
+                                "type": "safety",
+                                "event": "buffer_full",
+                                "detail": format!("measurement refused: {rows} records / {bytes} bytes await acknowledgement"),
+                            },
+                        });
+                        if let Err(e) = self
+                            .spool
+                            .append(program_id.as_deref(), RecordClass::Event, &alarm)
+                            .await
+                        {
+                            warn!(error = %e, "spool alarm not written");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "record not spooled"),
+                }
+                None
             }
             Outbound::Reply { message, finished } => {
                 if let Some(program_id) = finished {
                     self.running.remove(&program_id);
                 }
-                message
+                Some(message)
             }
         }
     }
 
+    /// Sends the next batch of unsent spooled records; `Ok(true)` when more are waiting.
+    async fn drain(&mut self, socket: &mut Socket) -> Result<bool, String> {
+        let batch = self
+            .spool
+            .after(self.sent_hi, DRAIN_BATCH)
+            .await
+            .map_err(|e| format!("spool unreadable: {e}"))?;
+        let full = batch.len() == DRAIN_BATCH as usize;
+        for spooled in batch {
+            let message = Message::notification(
+                method::RECORD,
+                RecordParams {
+                    epoch: self.spool.epoch().to_owned(),
+                    seq: spooled.seq,
+                    program_id: spooled.program_id,
+                    record: spooled.record,
+                },
+            );
+            send(socket, &message)
+                .await
+                .map_err(|e| format!("send failed: {e}"))?;
+            self.sent_hi = spooled.seq;
+        }
+        Ok(full)
+    }
+
     /// Answers one text frame from the cloud; returns an immediate reply, if any. Long work
     /// (programs, device calls) runs on tasks that answer through the outbound queue.
-    fn handle_text(&mut self, text: &str) -> Option<Message> {
+    async fn handle_text(&mut self, text: &str) -> Option<Message> {
         match Message::parse(text) {
             Ok(Message::Request(r)) => self.handle_request(r),
+            Ok(Message::Notification(n)) if n.method == method::ACK => {
+                match serde_json::from_value::<AckParams>(n.params) {
+                    Ok(ack) if ack.epoch == self.spool.epoch() => {
+                        if let Err(e) = self.spool.ack(ack.seq_hi).await {
+                            warn!(error = %e, "acknowledged records not deleted from the spool");
+                        }
+                    }
+                    Ok(ack) => debug!(epoch = %ack.epoch, "acknowledgement for another epoch"),
+                    Err(e) => debug!(error = %e, "malformed acknowledgement"),
+                }
+                None
+            }
             Ok(Message::Notification(_)) | Ok(Message::Response(_)) => None,
             Err(e) => {
                 debug!(error = %e, "malformed message from the cloud");
@@ -544,10 +635,6 @@ impl Work {
     }
 }
 
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,38 +653,69 @@ mod tests {
         assert!(gateway_url("not a url").is_err());
     }
 
+    async fn work() -> (Work, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db"), Default::default())
+            .await
+            .unwrap();
+        (Work::new(None, spool), dir)
+    }
+
     #[tokio::test]
     async fn requests_without_a_lab_get_an_error_reply() {
-        let mut work = Work::new(None);
+        let (mut work, _dir) = work().await;
         let reply = work
             .handle_text(r#"{"jsonrpc":"2.0","id":3,"method":"program.run","params":{}}"#)
+            .await
             .unwrap();
         assert!(matches!(reply, Message::Response(r) if r.error.is_some()));
         assert!(work
             .handle_text(r#"{"jsonrpc":"2.0","method":"ping"}"#)
+            .await
             .is_none());
         assert!(matches!(
-            work.handle_text("{").unwrap(),
+            work.handle_text("{").await.unwrap(),
             Message::Response(r) if r.error.is_some()
         ));
     }
 
-    #[test]
-    fn records_are_numbered_densely_within_one_epoch() {
-        let mut work = Work::new(None);
-        let seqs: Vec<u64> = (0..3)
-            .map(|_| {
-                let m = work.envelope(Outbound::Record {
+    #[tokio::test]
+    async fn records_are_spooled_and_acknowledgements_of_this_epoch_delete_them() {
+        let (mut work, _dir) = work().await;
+        for i in 0..3 {
+            let record = json!({ "body": { "type": "measurement" }, "i": i });
+            assert!(work
+                .accept(Outbound::Record {
                     program_id: None,
-                    record: Value::Null,
-                });
-                match m {
-                    Message::Notification(n) => n.params["seq"].as_u64().unwrap(),
-                    _ => panic!("record is a notification"),
-                }
-            })
+                    record
+                })
+                .await
+                .is_none());
+        }
+        assert_eq!(work.spool.backlog().await.unwrap().0, 3);
+        let other = r#"{"jsonrpc":"2.0","method":"ack","params":{"epoch":"ffff","seq_hi":3}}"#;
+        work.handle_text(other).await;
+        assert_eq!(
+            work.spool.backlog().await.unwrap().0,
+            3,
+            "another epoch's ack"
+        );
+        let ack = Message::notification(
+            method::ACK,
+            AckParams {
+                epoch: work.spool.epoch().to_owned(),
+                seq_hi: 2,
+            },
+        );
+        work.handle_text(&ack.to_json()).await;
+        let left: Vec<u64> = work
+            .spool
+            .after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
             .collect();
-        assert_eq!(seqs, [1, 2, 3]);
-        assert_eq!(work.epoch.len(), 16);
+        assert_eq!(left, [3]);
     }
 }

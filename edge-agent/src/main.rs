@@ -49,6 +49,10 @@ enum Command {
         /// Largest reconnect delay in ms.
         #[arg(long, default_value_t = 60_000)]
         backoff_cap_ms: u64,
+        /// The durable outbox (SQLite file): records wait here until the cloud has stored them.
+        /// Keep it across restarts; deleting it starts a new record epoch.
+        #[arg(long, value_name = "FILE", default_value = "maosic-agent-spool.db")]
+        spool: PathBuf,
     },
     /// Exchange a one-time enrollment token (from the lab's page or `createEnrollmentToken`)
     /// for this lab's agent credential, written to a file readable only by its owner.
@@ -145,8 +149,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             descriptor,
             backoff_base_ms,
             backoff_cap_ms,
+            spool,
         } => {
             let credential = read_credential(&credential)?;
+            let spool = runtime
+                .block_on(maosic_agent::spool::Spool::open(&spool, Default::default()))
+                .with_context(|| format!("cannot open the spool {}", spool.display()))?;
             let lab = match lab {
                 Some(path) => {
                     let lab = runtime
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 credential,
                 descriptor: descriptor.as_deref().map(read_descriptor).transpose()?,
                 lab: lab.clone(),
+                spool,
                 backoff_base: Duration::from_millis(backoff_base_ms.max(1)),
                 backoff_cap: Duration::from_millis(backoff_cap_ms.max(backoff_base_ms)),
                 connect_timeout: Duration::from_secs(10),

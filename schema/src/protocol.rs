@@ -33,6 +33,9 @@ pub mod method {
     pub const ESTOP: &str = "estop";
     /// Agent → cloud notification: one record (measurement, status, safety event, result).
     pub const RECORD: &str = "record";
+    /// Cloud → agent notification: every record of the epoch up to `seq_hi` is stored
+    /// ([`super::AckParams`]); the agent may delete them from its spool.
+    pub const ACK: &str = "ack";
 }
 
 /// Standard JSON-RPC error codes and the protocol's own.
@@ -311,6 +314,15 @@ pub struct RecordParams {
     pub program_id: Option<String>,
     /// The record (the agent's `Record` JSON: step, method, times and a typed body).
     pub record: Value,
+}
+
+/// Parameters of `ack`: the cloud stored every record of `epoch` up to and including `seq_hi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckParams {
+    /// The record stream's epoch.
+    pub epoch: String,
+    /// Highest sequence number stored (records arrive in order on one connection).
+    pub seq_hi: u64,
 }
 
 /// The agent's credential file: which lab it is and the secret it authenticates with.

@@ -11,8 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
 use futures_util::StreamExt;
 use maosic_schema::protocol::{
-    self, error_code, method, AgentCredentialFile, HeartbeatParams, HelloParams, HelloResult,
-    Message, RecordParams, RpcError,
+    self, error_code, method, AckParams, AgentCredentialFile, HeartbeatParams, HelloParams,
+    HelloResult, Message, RecordParams, RpcError,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -279,14 +279,19 @@ async fn receive_hello(
     None
 }
 
-/// Stores one `record` notification under the connection's lab.
-async fn store_record(state: &AppState, lab_id: &str, params: Value) {
+/// Stores one `record` notification under the connection's lab and returns the acknowledgement
+/// to send; `None` when it could not be stored (the record stays in the agent's spool).
+async fn store_record(state: &AppState, lab_id: &str, params: Value) -> Option<AckParams> {
     let params: RecordParams = match serde_json::from_value(params) {
         Ok(p) => p,
         Err(e) => {
-            warn!(lab.id = %lab_id, error = %e, "malformed record dropped");
-            return;
+            warn!(lab.id = %lab_id, error = %e, "malformed record refused");
+            return None;
         }
+    };
+    let ack = AckParams {
+        epoch: params.epoch.clone(),
+        seq_hi: params.seq,
     };
     let kind = params.record["body"]["type"]
         .as_str()
@@ -301,9 +306,15 @@ async fn store_record(state: &AppState, lab_id: &str, params: Value) {
         body: params.record.to_string(),
     };
     match state.storage.store_record(&record, now_ms()).await {
-        Ok(true) => {}
-        Ok(false) => debug!(lab.id = %lab_id, seq = record.seq, "replayed record ignored"),
-        Err(e) => warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored"),
+        Ok(true) => Some(ack),
+        Ok(false) => {
+            debug!(lab.id = %lab_id, seq = record.seq, "replayed record acknowledged again");
+            Some(ack)
+        }
+        Err(e) => {
+            warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
+            None
+        }
     }
 }
 
@@ -316,6 +327,7 @@ enum End {
     Cut,
     Stale,
     ProtocolError,
+    StorageFailed,
 }
 
 async fn run_session(
@@ -394,7 +406,16 @@ async fn run_session(
                             }
                             Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
                             Ok(Message::Notification(n)) if n.method == method::RECORD => {
-                                store_record(&state, &lab_id, n.params).await;
+                                match store_record(&state, &lab_id, n.params).await {
+                                    Some(ack) => {
+                                        let note = Message::notification(method::ACK, ack);
+                                        if !send(&mut session, &note).await {
+                                            end = Some(End::Closed);
+                                        }
+                                    }
+                                    // Not stored: close, so the agent resends from its spool.
+                                    None => end = Some(End::StorageFailed),
+                                }
                             }
                             Ok(Message::Response(r)) => {
                                 let waiting = match r.id {
@@ -495,6 +516,7 @@ async fn run_session(
         End::Dead => CloseCode::Away,
         End::Cut | End::Stale => CloseCode::Policy,
         End::ProtocolError => CloseCode::Protocol,
+        End::StorageFailed => CloseCode::Error,
     };
     let _ = session
         .close(Some(CloseReason {

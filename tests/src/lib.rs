@@ -492,7 +492,9 @@ impl TestAgent {
         let mut cmd = Command::new(bin("maosic-agent")?);
         cmd.args(["run", "--server", server, "--credential"])
             .arg(credential)
-            .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"]);
+            .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
+            .arg("--spool")
+            .arg(dir.path().join("spool.db"));
         if let Some(d) = descriptor {
             cmd.arg("--descriptor").arg(d);
         }
@@ -508,20 +510,35 @@ impl TestAgent {
         })
     }
 
-    /// Starts an agent that runs the lab configured in `lab_config` (e.g. the virtual lab).
+    /// Starts an agent that runs the lab configured in `lab_config` (e.g. the virtual lab),
+    /// with a fresh spool.
     pub fn spawn_with_lab(
         server: &str,
         credential: &Path,
         lab_config: &Path,
     ) -> anyhow::Result<TestAgent> {
+        Self::spawn_with_lab_and_spool(server, credential, lab_config, None)
+    }
+
+    /// Like [`TestAgent::spawn_with_lab`], with the spool at `spool` when given (so a restarted
+    /// agent finds what its predecessor had not delivered).
+    pub fn spawn_with_lab_and_spool(
+        server: &str,
+        credential: &Path,
+        lab_config: &Path,
+        spool: Option<&Path>,
+    ) -> anyhow::Result<TestAgent> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("agent.log");
+        let spool = spool.map_or_else(|| dir.path().join("spool.db"), Path::to_path_buf);
         let child = Command::new(bin("maosic-agent")?)
             .args(["run", "--server", server, "--credential"])
             .arg(credential)
             .arg("--lab")
             .arg(lab_config)
             .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
+            .arg("--spool")
+            .arg(spool)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -1,0 +1,278 @@
+//! The agent's durable outbox (RELIABILITY rules 1–2): every record is written to an SQLite file
+//! (WAL, `synchronous=FULL`) and numbered `(epoch, seq)` before it is sent, and deleted only when
+//! the cloud acknowledges it. The epoch is random and created with the file, so `seq` never
+//! restarts within an epoch; losing the file starts a new epoch. Capped in rows and bytes:
+//! measurements are refused above 90 % of the cap (the caller raises a `buffer_full` alarm),
+//! events (status, safety, results) use the reserved 10 % and are never refused.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool file could not be opened or written.
+    #[error("spool: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The measurement quota is used up; events still fit.
+    #[error("spool full: {rows} records, {bytes} bytes waiting for acknowledgement")]
+    BufferFull {
+        /// Records waiting.
+        rows: u64,
+        /// Bytes waiting.
+        bytes: u64,
+    },
+}
+
+/// What kind of record: decides the overflow policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordClass {
+    /// Bulk data (spectra, temperatures): refused when the spool is 90 % full.
+    Measurement,
+    /// Status, safety events and program results: never refused.
+    Event,
+}
+
+/// Caps of the spool.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolCaps {
+    /// Most records waiting.
+    pub max_rows: u64,
+    /// Most bytes waiting.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolCaps {
+    fn default() -> Self {
+        SpoolCaps {
+            max_rows: 200_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// One record waiting for acknowledgement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spooled {
+    /// Sequence number within the epoch.
+    pub seq: u64,
+    /// Program run, if any.
+    pub program_id: Option<String>,
+    /// The record.
+    pub record: Value,
+}
+
+/// The durable outbox.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pool: SqlitePool,
+    epoch: String,
+    caps: SpoolCaps,
+}
+
+impl Spool {
+    /// Opens the spool file, creating it (and a new epoch) when missing.
+    pub async fn open(path: &Path, caps: SpoolCaps) -> Result<Spool, SpoolError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        // One connection: the agent is the only writer and the order of writes is the order of seq.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), \
+             epoch TEXT NOT NULL, next_seq INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY, program_id TEXT, \
+             class TEXT NOT NULL, body TEXT NOT NULL, bytes INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        let fresh: [u8; 8] = rand::random();
+        let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query("INSERT OR IGNORE INTO meta (id, epoch, next_seq) VALUES (1, $1, 1)")
+            .bind(&fresh)
+            .execute(&pool)
+            .await?;
+        let (epoch,): (String,) = sqlx::query_as("SELECT epoch FROM meta WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Spool { pool, epoch, caps })
+    }
+
+    /// The epoch of this spool file.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Records and bytes waiting for acknowledgement.
+    pub async fn backlog(&self) -> Result<(u64, u64), SpoolError> {
+        let (rows, bytes): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM records")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((rows.unsigned_abs(), bytes.unsigned_abs()))
+    }
+
+    /// Writes a record durably and returns its sequence number.
+    pub async fn append(
+        &self,
+        program_id: Option<&str>,
+        class: RecordClass,
+        record: &Value,
+    ) -> Result<u64, SpoolError> {
+        let body = record.to_string();
+        if class == RecordClass::Measurement {
+            let (rows, bytes) = self.backlog().await?;
+            let pending_bytes = bytes + body.len() as u64;
+            if rows + 1 > self.caps.max_rows / 10 * 9
+                || pending_bytes > self.caps.max_bytes / 10 * 9
+            {
+                return Err(SpoolError::BufferFull { rows, bytes });
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let (seq,): (i64,) = sqlx::query_as(
+            "UPDATE meta SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq - 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO records (seq, program_id, class, body, bytes) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(seq)
+        .bind(program_id)
+        .bind(match class {
+            RecordClass::Measurement => "measurement",
+            RecordClass::Event => "event",
+        })
+        .bind(&body)
+        .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq.unsigned_abs())
+    }
+
+    /// Up to `limit` unacknowledged records after `after_seq`, in order.
+    pub async fn after(&self, after_seq: u64, limit: u32) -> Result<Vec<Spooled>, SpoolError> {
+        let rows: Vec<(i64, Option<String>, String)> = sqlx::query_as(
+            "SELECT seq, program_id, body FROM records WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, program_id, body)| Spooled {
+                seq: seq.unsigned_abs(),
+                program_id,
+                record: serde_json::from_str(&body).unwrap_or(Value::Null),
+            })
+            .collect())
+    }
+
+    /// Deletes every record up to and including `seq_hi` (the cloud stored them).
+    pub async fn ack(&self, seq_hi: u64) -> Result<u64, SpoolError> {
+        let done = sqlx::query("DELETE FROM records WHERE seq <= $1")
+            .bind(i64::try_from(seq_hi).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The next sequence number to be assigned (so `next_seq - 1` records were ever written).
+    pub async fn next_seq(&self) -> Result<u64, SpoolError> {
+        let (next,): (i64,) = sqlx::query_as("SELECT next_seq FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(next.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn records_survive_reopen_keep_their_epoch_and_leave_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        let epoch = spool.epoch().to_owned();
+        for i in 0..5 {
+            let seq = spool
+                .append(Some("p"), RecordClass::Measurement, &json!({ "i": i }))
+                .await
+                .unwrap();
+            assert_eq!(seq, i + 1);
+        }
+        assert_eq!(spool.ack(2).await.unwrap(), 2);
+        drop(spool);
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        assert_eq!(spool.epoch(), epoch, "the epoch belongs to the file");
+        let left: Vec<u64> = spool
+            .after(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, [3, 4, 5]);
+        // seq continues after a full acknowledgement and a reopen: never reused in an epoch
+        spool.ack(5).await.unwrap();
+        let seq = spool
+            .append(None, RecordClass::Event, &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(seq, 6);
+        // a lost file is a new epoch
+        drop(spool);
+        std::fs::remove_file(&path).unwrap();
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        assert_ne!(spool.epoch(), epoch);
+        assert_eq!(spool.next_seq().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn measurements_are_refused_at_ninety_percent_but_events_always_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = SpoolCaps {
+            max_rows: 10,
+            max_bytes: 1 << 20,
+        };
+        let spool = Spool::open(&dir.path().join("s.db"), caps).await.unwrap();
+        for _ in 0..9 {
+            spool
+                .append(None, RecordClass::Measurement, &json!({}))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            spool
+                .append(None, RecordClass::Measurement, &json!({}))
+                .await,
+            Err(SpoolError::BufferFull { rows: 9, .. })
+        ));
+        for _ in 0..5 {
+            spool
+                .append(None, RecordClass::Event, &json!({}))
+                .await
+                .unwrap();
+        }
+        assert_eq!(spool.backlog().await.unwrap().0, 14);
+    }
+}
