@@ -89,7 +89,8 @@ impl Spool {
             .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), \
-             epoch TEXT NOT NULL, next_seq INTEGER NOT NULL)",
+             epoch TEXT NOT NULL, next_seq INTEGER NOT NULL, \
+             rows INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0)",
         )
         .execute(&pool)
         .await?;
@@ -116,12 +117,12 @@ impl Spool {
         &self.epoch
     }
 
-    /// Records and bytes waiting for acknowledgement.
+    /// Records and bytes waiting for acknowledgement (counters kept in `meta` by every append
+    /// and acknowledgement, so the cap check costs one row read, not a table scan).
     pub async fn backlog(&self) -> Result<(u64, u64), SpoolError> {
-        let (rows, bytes): (i64, i64) =
-            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM records")
-                .fetch_one(&self.pool)
-                .await?;
+        let (rows, bytes): (i64, i64) = sqlx::query_as("SELECT rows, bytes FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok((rows.unsigned_abs(), bytes.unsigned_abs()))
     }
 
@@ -143,9 +144,12 @@ impl Spool {
             }
         }
         let mut tx = self.pool.begin().await?;
+        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let (seq,): (i64,) = sqlx::query_as(
-            "UPDATE meta SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq - 1",
+            "UPDATE meta SET next_seq = next_seq + 1, rows = rows + 1, bytes = bytes + $1 \
+             WHERE id = 1 RETURNING next_seq - 1",
         )
+        .bind(size)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
@@ -158,7 +162,7 @@ impl Spool {
             RecordClass::Event => "event",
         })
         .bind(&body)
-        .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
+        .bind(size)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -186,11 +190,26 @@ impl Spool {
 
     /// Deletes every record up to and including `seq_hi` (the cloud stored them).
     pub async fn ack(&self, seq_hi: u64) -> Result<u64, SpoolError> {
-        let done = sqlx::query("DELETE FROM records WHERE seq <= $1")
-            .bind(i64::try_from(seq_hi).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let hi = i64::try_from(seq_hi).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let (rows, bytes): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM records WHERE seq <= $1")
+                .bind(hi)
+                .fetch_one(&mut *tx)
+                .await?;
+        if rows > 0 {
+            sqlx::query("DELETE FROM records WHERE seq <= $1")
+                .bind(hi)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE meta SET rows = rows - $1, bytes = bytes - $2 WHERE id = 1")
+                .bind(rows)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.unsigned_abs())
     }
 
     /// The next sequence number to be assigned (so `next_seq - 1` records were ever written).
@@ -274,5 +293,12 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(spool.backlog().await.unwrap().0, 14);
+        // the counters follow acknowledgements
+        spool.ack(9).await.unwrap();
+        assert_eq!(spool.backlog().await.unwrap(), (5, 10));
+        spool
+            .append(None, RecordClass::Measurement, &json!({}))
+            .await
+            .unwrap();
     }
 }
