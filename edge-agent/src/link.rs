@@ -324,7 +324,13 @@ async fn serve(
                 let _ = socket.close(None).await;
                 // Drain until the server closes so the goodbye is processed before we exit.
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(_)) = socket.next().await {}
+                    // The server's close frame completes the handshake; no need to wait for
+                    // it to tear down TCP.
+                    while let Some(Ok(frame)) = socket.next().await {
+                        if frame.is_close() {
+                            break;
+                        }
+                    }
                 }).await;
                 info!("said goodbye to the cloud");
                 return Ok(Ended::Shutdown);
