@@ -43,6 +43,9 @@ pub enum LinkError {
     /// The server refused the credential.
     #[error("the server refused this agent's credential (HTTP {0}); re-enroll the agent")]
     Refused(u16),
+    /// The credential file holds characters that cannot travel in an HTTP header.
+    #[error("the agent's credential is malformed (not a valid header value); re-enroll the agent")]
+    BadCredential,
 }
 
 /// Why one connection ended.
@@ -167,7 +170,7 @@ async fn connect_and_serve(
         .into_client_request()
         .map_err(|_| LinkError::BadUrl(url.to_owned()))?;
     let token = HeaderValue::from_str(&format!("Bearer {}", config.credential.bearer_token()))
-        .map_err(|_| LinkError::Refused(401))?;
+        .map_err(|_| LinkError::BadCredential)?;
     request.headers_mut().insert("authorization", token);
 
     let connect = tokio::select! {
