@@ -96,7 +96,7 @@ pub fn gateway_url(server: &str) -> Result<String, LinkError> {
     Ok(url.to_string())
 }
 
-fn hello_params(descriptor: Option<&LabDescriptor>) -> HelloParams {
+fn hello_params(descriptor: Option<&LabDescriptor>, running: Vec<String>) -> HelloParams {
     let devices = descriptor
         .map(|d| {
             d.devices
@@ -114,6 +114,7 @@ fn hello_params(descriptor: Option<&LabDescriptor>) -> HelloParams {
         descriptor: descriptor
             .and_then(|d| serde_json::to_value(d).ok())
             .unwrap_or(serde_json::Value::Null),
+        running,
     }
 }
 
@@ -200,7 +201,7 @@ async fn connect_and_serve(
     let hello = Message::request(
         Id::Number(1),
         method::HELLO,
-        hello_params(descriptor.as_ref()),
+        hello_params(descriptor.as_ref(), work.running.keys().cloned().collect()),
     );
     if let Err(e) = send(&mut socket, &hello).await {
         return Ok(Ended::Lost(format!("hello not sent: {e}")));
@@ -461,7 +462,7 @@ impl Work {
     /// (programs, device calls) runs on tasks that answer through the outbound queue.
     async fn handle_text(&mut self, text: &str) -> Option<Message> {
         match Message::parse(text) {
-            Ok(Message::Request(r)) => self.handle_request(r),
+            Ok(Message::Request(r)) => self.handle_request(r).await,
             Ok(Message::Notification(n)) if n.method == method::ACK => {
                 match serde_json::from_value::<AckParams>(n.params) {
                     Ok(ack) if ack.epoch == self.spool.epoch() => {
@@ -482,7 +483,7 @@ impl Work {
         }
     }
 
-    fn handle_request(&mut self, request: Request) -> Option<Message> {
+    async fn handle_request(&mut self, request: Request) -> Option<Message> {
         let id = request.id;
         let Some(lab) = self.lab.clone() else {
             return Some(Message::error(
@@ -528,9 +529,32 @@ impl Work {
                 if self.running.contains_key(&params.program_id) {
                     return Some(Message::error(
                         Some(id),
-                        error_code::INVALID_REQUEST,
+                        error_code::ALREADY_ACCEPTED,
                         format!("program {} is already running", params.program_id),
                     ));
+                }
+                // Remembered durably before anything moves: a re-sent run is refused.
+                match self
+                    .spool
+                    .accept_command(&params.program_id, crate::now_ms())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Some(Message::error(
+                            Some(id),
+                            error_code::ALREADY_ACCEPTED,
+                            format!("program {} was already accepted", params.program_id),
+                        ))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "command not recorded; refusing to run it");
+                        return Some(Message::error(
+                            Some(id),
+                            error_code::INTERNAL_ERROR,
+                            "the agent could not record the command durably",
+                        ));
+                    }
                 }
                 let cancel = CancellationToken::new();
                 self.running

@@ -100,6 +100,11 @@ impl Spool {
         )
         .execute(&pool)
         .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, accepted_at INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
         let fresh: [u8; 8] = rand::random();
         let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
         sqlx::query("INSERT OR IGNORE INTO meta (id, epoch, next_seq) VALUES (1, $1, 1)")
@@ -210,6 +215,17 @@ impl Spool {
         }
         tx.commit().await?;
         Ok(rows.unsigned_abs())
+    }
+
+    /// Remembers a command id (a program run) durably before it is executed; `false` when it
+    /// was accepted before, so a command the cloud re-sends is never executed twice.
+    pub async fn accept_command(&self, id: &str, now_ms: i64) -> Result<bool, SpoolError> {
+        let done = sqlx::query("INSERT OR IGNORE INTO commands (id, accepted_at) VALUES ($1, $2)")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The next sequence number to be assigned (so `next_seq - 1` records were ever written).

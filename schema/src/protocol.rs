@@ -52,6 +52,8 @@ pub mod error_code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// A request arrived before `hello` completed.
     pub const NOT_READY: i64 = -32001;
+    /// `program.run` for a program id the agent already accepted (it is never run twice).
+    pub const ALREADY_ACCEPTED: i64 = -32010;
 }
 
 /// A JSON-RPC request or notification id.
@@ -246,6 +248,10 @@ pub struct HelloParams {
     /// The lab's full capability descriptor (JSON form of the lab descriptor), if known.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub descriptor: Value,
+    /// Program runs the agent is executing now (so the cloud can tell an interrupted experiment
+    /// from one still running after a reconnect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
 }
 
 /// The cloud's answer to `hello`.
@@ -379,6 +385,7 @@ mod tests {
                     kind: "heater".into(),
                 }],
                 descriptor: Value::Null,
+                running: Vec::new(),
             },
         );
         let text = hello.to_json();

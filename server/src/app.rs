@@ -119,9 +119,18 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config).await?;
     let state = AppState::new(storage, config);
+    let engine = state
+        .config
+        .campaigns
+        .engine
+        .then(|| crate::campaign::engine::spawn(state.clone()));
     let (server, addr) = build_server(state)?;
     info!(%addr, "listening");
     // The one line on stdout: tools and tests read the bound address from it.
     println!("maosic-server listening on http://{addr}");
-    server.await.context("server stopped with an error")
+    let result = server.await.context("server stopped with an error");
+    if let Some(engine) = engine {
+        engine.abort();
+    }
+    result
 }

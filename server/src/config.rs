@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub graphql: GraphqlConfig,
     /// Accounts, tokens and login limits.
     pub auth: AuthConfig,
+    /// The campaign engine.
+    pub campaigns: CampaignsConfig,
     /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
     #[serde(default)]
     pub operator_token: Option<String>,
@@ -113,6 +115,22 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The campaign engine: how often it looks at the queue, how long a claim waits for the agent
+/// to start, and how long a reconnected agent has to replay a program's end before the
+/// experiment is reported as interrupted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignsConfig {
+    /// Run the engine in this process.
+    pub engine: bool,
+    /// Longest pause between two engine passes, ms (records and mutations wake it sooner).
+    pub tick_ms: u64,
+    /// A claimed experiment with no record from the agent after this long may be claimed again, ms.
+    pub lease_ms: u64,
+    /// After an agent reconnects without a running experiment, wait this long for the end of the
+    /// program to be replayed from its spool before reporting it interrupted, ms.
+    pub interrupted_grace_ms: u64,
 }
 
 /// Agent link settings.
@@ -193,6 +211,8 @@ pub struct Config {
     pub graphql: GraphqlConfig,
     /// Accounts and tokens.
     pub auth: AuthConfig,
+    /// The campaign engine.
+    pub campaigns: CampaignsConfig,
     /// Operator API token; `None` disables the operator API.
     pub operator_token: Option<String>,
 }
@@ -283,6 +303,7 @@ impl Config {
             },
             log: raw.log,
             agent: raw.agent,
+            campaigns: raw.campaigns,
             graphql: raw.graphql,
             auth: raw.auth,
             operator_token: raw.operator_token.filter(|t| !t.trim().is_empty()),

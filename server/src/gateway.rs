@@ -36,8 +36,18 @@ pub fn new_secret() -> String {
 
 struct LiveConnection {
     generation: i64,
+    hello: HelloInfo,
     cut: oneshot::Sender<&'static str>,
     commands: mpsc::Sender<Outgoing>,
+}
+
+/// What the current connection of a lab said in its `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// When the connection was accepted, ms since the Unix epoch.
+    pub connected_at: i64,
+    /// Program runs the agent was executing at that moment.
+    pub running: Vec<String>,
 }
 
 /// A call from the cloud to an agent, waiting for the agent's answer.
@@ -76,11 +86,13 @@ impl Gateway {
         &self,
         lab_id: &str,
         generation: i64,
+        hello: HelloInfo,
     ) -> (oneshot::Receiver<&'static str>, mpsc::Receiver<Outgoing>) {
         let (cut, cut_rx) = oneshot::channel();
         let (commands, commands_rx) = mpsc::channel(64);
         let connection = LiveConnection {
             generation,
+            hello,
             cut,
             commands,
         };
@@ -147,6 +159,22 @@ impl Gateway {
             Some(conn) => conn.cut.send(reason).is_ok(),
             None => false,
         }
+    }
+
+    /// Whether the lab's agent is connected to this replica.
+    pub fn is_connected(&self, lab_id: &str) -> bool {
+        self.live
+            .lock()
+            .map(|live| live.contains_key(lab_id))
+            .unwrap_or(false)
+    }
+
+    /// What the lab's current connection said in its `hello`, if it is connected here.
+    pub fn hello_of(&self, lab_id: &str) -> Option<HelloInfo> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(lab_id).map(|c| c.hello.clone()))
     }
 
     /// Number of open agent connections on this replica.
@@ -306,7 +334,14 @@ async fn store_record(state: &AppState, lab_id: &str, params: Value) -> Option<A
         body: params.record.to_string(),
     };
     match state.storage.store_record(&record, now_ms()).await {
-        Ok(true) => Some(ack),
+        Ok(true) => {
+            state.events.publish(crate::events::Event::RecordStored {
+                lab_id: record.lab_id,
+                program_id: record.program_id,
+                kind: record.kind,
+            });
+            Some(ack)
+        }
         Ok(false) => {
             debug!(lab.id = %lab_id, seq = record.seq, "replayed record acknowledged again");
             Some(ack)
@@ -370,7 +405,15 @@ async fn run_session(
             return;
         }
     };
-    let (mut cut, mut commands) = state.gateway.register(&lab_id, generation);
+    let info = HelloInfo {
+        connected_at: now_ms(),
+        running: hello.running.clone(),
+    };
+    let (mut cut, mut commands) = state.gateway.register(&lab_id, generation, info);
+    state.events.publish(crate::events::Event::LabStatus {
+        lab_id: lab_id.clone(),
+        online: true,
+    });
     let mut pending: HashMap<i64, oneshot::Sender<Result<Value, RpcError>>> = HashMap::new();
     let mut next_id: i64 = 1;
     state.metrics.agents_connected.inc();
@@ -511,6 +554,12 @@ async fn run_session(
         }
     };
     info!(lab.id = %lab_id, generation, end = ?end, presence_changed = changed, "agent disconnected");
+    if changed {
+        state.events.publish(crate::events::Event::LabStatus {
+            lab_id: lab_id.clone(),
+            online: false,
+        });
+    }
     let code = match end {
         End::Goodbye | End::Closed => CloseCode::Normal,
         End::Dead => CloseCode::Away,

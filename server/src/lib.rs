@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod campaign;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod graphql;
 pub mod metrics;

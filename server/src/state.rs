@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub gateway: Gateway,
     /// Authentication: token keys, password hashing, login throttling.
     pub auth: Arc<AuthService>,
+    /// In-process events (engine wake-ups, subscriptions).
+    pub events: EventBus,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Metrics::new(),
             gateway: Gateway::default(),
+            events: EventBus::default(),
         }
     }
 }

@@ -275,10 +275,20 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the server on `db` with extra environment, and waits for its "listening" line.
     pub fn spawn(db: &TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
+        Self::spawn_on(db, "127.0.0.1:0", env)
+    }
+
+    /// Like [`TestServer::spawn`], listening on `bind` (e.g. the address of a server this one
+    /// replaces after a kill, so agents reconnect to it).
+    pub fn spawn_on(
+        db: &TestDatabase,
+        bind: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("server.log");
         let mut child = Command::new(bin("maosic-server")?)
-            .args(["serve", "--bind", "127.0.0.1:0", "--database", &db.url])
+            .args(["serve", "--bind", bind, "--database", &db.url])
             .current_dir(dir.path())
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
@@ -587,6 +597,32 @@ impl Drop for TestAgent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A copy of the virtual-lab agent configuration (`examples/agent-lab-virtual.toml`) with its
+/// lab clock at `speed`× and its seed set, written into `dir`.
+pub fn virtual_lab_config(dir: &Path, speed: f64, seed: u64) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(repo_root().join("examples/agent-lab-virtual.toml"))?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("speed =") {
+            out.push_str(&format!("speed = {speed:.1}\n"));
+        } else if trimmed.starts_with("seed =") {
+            out.push_str(&format!("seed = {seed}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let path = dir.join("agent-lab.toml");
+    std::fs::write(&path, out)?;
+    Ok(path)
 }
 
 /// Polls `probe` until it returns `Some`, or fails after `timeout`. Returns the value and the

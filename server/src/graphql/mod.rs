@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod account;
+pub mod campaigns;
 pub mod compile;
 pub mod handler;
 pub mod labs;
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     orgs::OrgQuery,
     labs::LabQuery,
     compile::CompileQuery,
+    campaigns::CampaignQuery,
 );
 
 /// All mutations.
@@ -43,6 +45,7 @@ pub struct MutationRoot(
     account::AccountMutation,
     orgs::OrgMutation,
     labs::LabMutation,
+    campaigns::CampaignMutation,
 );
 
 /// Builds the schema; `state` is `None` only for printing the SDL.

@@ -5,6 +5,7 @@
 //! in [`sql`]; each has its own migrations under `server/migrations/<backend>/`. The conformance
 //! suite in `server/tests/storage.rs` runs against both.
 
+pub mod campaigns;
 pub mod postgres;
 pub mod records;
 mod sql;
@@ -17,6 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use campaigns::{
+    Campaign, CampaignStorage, CampaignTold, Experiment, ExperimentFilter, ExperimentResult,
+    NewCampaign, NewExperiment,
+};
 pub use postgres::PgStorage;
 pub use records::{NewRecord, RecordStorage, StoredRecord};
 pub use sqlite::SqliteStorage;
@@ -467,7 +472,9 @@ pub struct AgentHello {
 
 /// The storage port. One implementation per backend; every method is one short transaction.
 #[async_trait]
-pub trait Storage: records::RecordStorage + Send + Sync + 'static {
+pub trait Storage:
+    records::RecordStorage + campaigns::CampaignStorage + Send + Sync + 'static
+{
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Applies the embedded migrations of this backend.

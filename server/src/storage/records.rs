@@ -52,6 +52,15 @@ pub trait RecordStorage {
         lab_id: &str,
         program_id: &str,
     ) -> StorageResult<Vec<StoredRecord>>;
+    /// The first record of `kind` (e.g. `program_finished`) of a program run, if any.
+    async fn program_record_of_kind(
+        &self,
+        lab_id: &str,
+        program_id: &str,
+        kind: &str,
+    ) -> StorageResult<Option<StoredRecord>>;
+    /// Whether any record of a program run arrived.
+    async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool>;
 }
 
 macro_rules! impl_record_storage {
@@ -93,6 +102,41 @@ macro_rules! impl_record_storage {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(StorageError::from_sqlx)
+            }
+
+            async fn program_record_of_kind(
+                &self,
+                lab_id: &str,
+                program_id: &str,
+                kind: &str,
+            ) -> StorageResult<Option<StoredRecord>> {
+                sqlx::query_as(
+                    "SELECT lab_id, epoch, seq, program_id, kind, body, received_at \
+                     FROM agent_records WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
+                     ORDER BY received_at, epoch, seq LIMIT 1",
+                )
+                .bind(lab_id)
+                .bind(program_id)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StorageError::from_sqlx)
+            }
+
+            async fn program_has_records(
+                &self,
+                lab_id: &str,
+                program_id: &str,
+            ) -> StorageResult<bool> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
+                )
+                .bind(lab_id)
+                .bind(program_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StorageError::from_sqlx)?;
+                Ok(row.is_some())
             }
         }
     };

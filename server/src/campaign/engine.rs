@@ -1,0 +1,536 @@
+//! The campaign engine: one background task per server that closes the loop.
+//!
+//! Each pass, as platform work:
+//! 1. **observe** experiments in flight: a `leased` one with records from the agent becomes
+//!    `running`; one whose `program_finished` record is stored is analysed, its objective told to
+//!    the optimizer, and the result and the new optimizer state written in one transaction; one
+//!    whose agent came back without it (and did not replay its end within the grace period) is
+//!    `interrupted` — reported with what was measured, never re-run;
+//! 2. **advance** running campaigns: ask the optimizer for as many points as the batch size
+//!    leaves room for (within the budget and a shared lab's daily quota), bind and compile each
+//!    against the lab's capability descriptor, and queue them with the new optimizer state in one
+//!    transaction; finish campaigns whose budget is spent or whose target is reached;
+//! 3. **dispatch**: for every idle lab whose agent is connected here, claim the next experiment
+//!    (priority, then fair share between organisations, then age) and send `program.run`.
+//!
+//! Everything the loop needs is in the database after every step, so a restarted server
+//! continues where it was. Records and mutations wake the engine through the event bus.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use maosic_optimizer::{Observation, Optimizer};
+use maosic_schema::capability::LabDescriptor;
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use super::{
+    bindings_of, compile_point, evaluate, measured, params_json, parse_objective, point_of,
+};
+use crate::events::Event;
+use crate::gateway::CallError;
+use crate::state::AppState;
+use crate::storage::{
+    self, now_ms, tenant, Campaign, CampaignTold, Experiment, ExperimentResult, NewExperiment,
+    StorageError,
+};
+
+use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Starts the engine on the current tokio runtime.
+pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(state))
+}
+
+async fn run(state: AppState) {
+    let owner = format!("server-{}", uuid::Uuid::new_v4());
+    let tick = Duration::from_millis(state.config.campaigns.tick_ms.max(10));
+    let mut events = state.events.subscribe();
+    info!(owner = %owner, "campaign engine started");
+    loop {
+        if let Err(e) = tenant::system(pass(&state, &owner)).await {
+            warn!(error = %e, "campaign engine pass failed; retrying");
+        }
+        // Sleep until the tick or an event worth a pass.
+        let deadline = tokio::time::sleep(tick);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                ev = events.recv() => match ev {
+                    Ok(Event::RecordStored { kind, .. })
+                        if kind == "program_finished" || kind == "program_started" => break,
+                    Ok(Event::Wake) => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+/// One pass of the engine (observe, advance, dispatch).
+pub async fn pass(state: &AppState, owner: &str) -> Result<(), StorageError> {
+    let live = state.storage.live_experiments().await?;
+    let mut busy: HashSet<String> = HashSet::new();
+    for e in live {
+        if observe(state, &e).await? {
+            busy.insert(e.lab_id.clone());
+        }
+    }
+    for c in state.storage.active_campaigns().await? {
+        if c.state == "running" {
+            if let Err(e) = advance(state, &c).await {
+                warn!(campaign.id = %c.id, error = %e, "campaign step failed");
+            }
+        }
+    }
+    let now = now_ms();
+    for lab_id in state.storage.labs_with_work(now).await? {
+        if busy.contains(&lab_id) || !state.gateway.is_connected(&lab_id) {
+            continue;
+        }
+        dispatch(state, owner, &lab_id).await?;
+    }
+    Ok(())
+}
+
+/// Looks at one experiment in flight; `true` while it occupies its lab.
+async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StorageError> {
+    let now = now_ms();
+    let finished = state
+        .storage
+        .program_record_of_kind(&e.lab_id, &e.id, "program_finished")
+        .await?;
+    if finished.is_some() {
+        conclude(state, e, None).await?;
+        return Ok(false);
+    }
+    if e.state == "leased" {
+        if state.storage.program_has_records(&e.lab_id, &e.id).await? {
+            if state.storage.mark_running(&e.id, now).await? {
+                publish_experiment(state, e, "running");
+            }
+            return Ok(true);
+        }
+        // A claim that expired without a word from the agent may be claimed again.
+        return Ok(e.lease_until.is_some_and(|until| until >= now));
+    }
+    // Running: gone from a reconnected agent (and its end not replayed in time)?
+    let grace = i64::try_from(state.config.campaigns.interrupted_grace_ms).unwrap_or(i64::MAX);
+    if let Some(hello) = state.gateway.hello_of(&e.lab_id) {
+        let dispatched = e.dispatched_at.unwrap_or(0);
+        if hello.connected_at > dispatched
+            && !hello.running.iter().any(|id| id == &e.id)
+            && now - hello.connected_at > grace
+        {
+            let why = "the agent reconnected without this program (restarted or lost it); \
+                       what it measured is kept, nothing was re-run";
+            warn!(experiment.id = %e.id, lab.id = %e.lab_id, "experiment interrupted");
+            conclude(state, e, Some(why.to_owned())).await?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Ends an experiment: analyses its records (unless `interrupted` says why it ended without
+/// them), tells the campaign's optimizer, and stores both in one transaction.
+async fn conclude(
+    state: &AppState,
+    e: &Experiment,
+    interrupted: Option<String>,
+) -> Result<(), StorageError> {
+    let records = state.storage.records_of_program(&e.lab_id, &e.id).await?;
+    let m = measured(&records);
+    let campaign = state.storage.campaign(&e.campaign_id).await?;
+    let objective = parse_objective(&campaign.objective).ok();
+    let mut result = ExperimentResult {
+        experiment_id: e.id.clone(),
+        state: "completed".into(),
+        outcome: m.outcome.clone(),
+        error: None,
+        features_json: None,
+        peaks_json: None,
+        objective_value: None,
+    };
+    match (&interrupted, m.outcome.as_deref()) {
+        (Some(why), _) => {
+            result.state = "interrupted".into();
+            result.error = Some(why.clone());
+        }
+        (None, Some("succeeded")) => {}
+        (None, outcome) => {
+            result.state = "failed".into();
+            result.error = Some(m.step_error.clone().unwrap_or_else(|| {
+                format!(
+                    "the program ended {}",
+                    outcome.unwrap_or("without an outcome")
+                )
+            }));
+        }
+    }
+    // Whatever was measured is analysed (an interrupted run may still have its spectra).
+    if let Some(objective) = &objective {
+        if m.absorption.is_some() {
+            let measured_copy = m.clone();
+            let objective = objective.clone();
+            let evaluated =
+                tokio::task::spawn_blocking(move || evaluate(&measured_copy, &objective))
+                    .await
+                    .map_err(|e| StorageError::Corrupt(format!("analysis task: {e}")))?;
+            match evaluated {
+                Ok(ev) => {
+                    result.features_json = Some(ev.features.to_string());
+                    result.peaks_json = Some(ev.peaks.to_string());
+                    if result.state == "completed" {
+                        result.objective_value = ev.objective;
+                        if result.error.is_none() {
+                            result.error = ev.error;
+                        }
+                    }
+                }
+                Err(why) if result.state == "completed" => result.error = Some(why),
+                Err(_) => {}
+            }
+        } else if result.state == "completed" {
+            result.error = Some("no absorption spectrum was measured".into());
+        }
+    }
+    let told = tell(&campaign, e, result.objective_value)?;
+    match state
+        .storage
+        .record_result(&result, told.as_ref(), now_ms())
+        .await
+    {
+        Ok(true) => {
+            info!(
+                experiment.id = %e.id, campaign.id = %campaign.id, seq = e.seq,
+                state = %result.state, objective = ?result.objective_value,
+                "experiment concluded"
+            );
+            publish_experiment(state, e, &result.state);
+            state.events.publish(Event::Campaign {
+                organization_id: campaign.organization_id.clone(),
+                campaign_id: campaign.id.clone(),
+                state: campaign.state.clone(),
+                kind: "result".into(),
+            });
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        // The campaign moved under us (another writer): the next pass retries.
+        Err(StorageError::Conflict(why)) => {
+            debug!(experiment.id = %e.id, why, "tell conflicted; retrying next pass");
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The campaign's optimizer after telling it this experiment's value (`None` = failed).
+fn tell(
+    campaign: &Campaign,
+    e: &Experiment,
+    value: Option<f64>,
+) -> Result<Option<CampaignTold>, StorageError> {
+    let Some(state_json) = &campaign.optimizer_state else {
+        return Ok(None);
+    };
+    let mut optimizer = Optimizer::from_state_json(state_json)
+        .map_err(|err| StorageError::Corrupt(format!("optimizer state: {err}")))?;
+    let params: Value = serde_json::from_str(&e.params_json)
+        .map_err(|err| StorageError::Corrupt(format!("experiment params: {err}")))?;
+    let Some(x) = point_of(&optimizer.spec().space, &params) else {
+        return Ok(None);
+    };
+    let observation = value.map_or_else(Observation::failed, Observation::new);
+    optimizer
+        .tell(&x, observation)
+        .map_err(|err| StorageError::Corrupt(format!("tell: {err}")))?;
+    let better = match (value, campaign.best_value) {
+        (Some(_), None) => true,
+        (Some(v), Some(b)) => match optimizer.spec().goal {
+            maosic_optimizer::Goal::Maximize => v > b,
+            maosic_optimizer::Goal::Minimize => v < b,
+        },
+        (None, _) => false,
+    };
+    let (best_value, best_params, best_experiment) = if better {
+        (value, Some(e.params_json.clone()), Some(e.id.clone()))
+    } else {
+        (
+            campaign.best_value,
+            campaign.best_params_json.clone(),
+            campaign.best_experiment_id.clone(),
+        )
+    };
+    Ok(Some(CampaignTold {
+        campaign_id: campaign.id.clone(),
+        expected_version: campaign.version,
+        optimizer_state: optimizer
+            .state_json()
+            .map_err(|err| StorageError::Corrupt(err.to_string()))?,
+        best_value,
+        best_params_json: best_params,
+        best_experiment_id: best_experiment,
+    }))
+}
+
+/// Asks for new points, finishes a campaign whose budget or target is reached.
+async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
+    let now = now_ms();
+    let objective = match parse_objective(&c.objective) {
+        Ok(o) => o,
+        Err(e) => return fail_campaign(state, c, &e.to_string()).await,
+    };
+    if let (Some(target), Some(best)) = (c.target, c.best_value) {
+        if super::reaches(objective.direction(), best, target) {
+            return finish_campaign(state, c, "completed", "target reached").await;
+        }
+    }
+    let in_flight = state.storage.optimizer_in_flight(&c.id).await?;
+    let remaining = c.budget - c.proposals;
+    if remaining <= 0 {
+        if in_flight == 0 {
+            return finish_campaign(state, c, "completed", "budget used").await;
+        }
+        return Ok(());
+    }
+    let mut room = (c.batch_size - in_flight).min(remaining);
+    if room <= 0 {
+        return Ok(());
+    }
+    let lab = state.storage.lab(&c.lab_id).await?;
+    if lab.organization_id != c.organization_id {
+        let quota = state
+            .storage
+            .shares_of_lab(&lab.id)
+            .await?
+            .into_iter()
+            .find(|s| s.organization_id == c.organization_id)
+            .map(|s| s.daily_quota);
+        let Some(quota) = quota else {
+            return fail_campaign(
+                state,
+                c,
+                "the lab is no longer shared with this organisation",
+            )
+            .await;
+        };
+        let used = state
+            .storage
+            .experiments_queued_since(&lab.id, &c.organization_id, now - DAY_MS)
+            .await?;
+        room = room.min(quota - used);
+        if room <= 0 {
+            let detail = "the shared lab's daily quota is used up; it continues as quota frees";
+            if c.state_detail.as_deref() != Some(detail) {
+                state
+                    .storage
+                    .set_campaign_state(&c.id, &["running"], "running", Some(detail), now)
+                    .await?;
+            }
+            return Ok(());
+        }
+    }
+    let Some(descriptor_json) = &lab.descriptor else {
+        return Ok(()); // The agent has not announced its devices yet.
+    };
+    let descriptor = match LabDescriptor::from_json_str(descriptor_json) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(lab.id = %lab.id, error = %e, "stored capability descriptor does not parse");
+            return Ok(());
+        }
+    };
+    let Some(state_json) = &c.optimizer_state else {
+        return fail_campaign(state, c, "the campaign has no optimizer state").await;
+    };
+    let mut optimizer = Optimizer::from_state_json(state_json)
+        .map_err(|e| StorageError::Corrupt(format!("optimizer state: {e}")))?;
+    let n = usize::try_from(room).unwrap_or(0);
+    let recipe = c.recipe.clone();
+    let campaign = c.clone();
+    // Asking (model fits) and compiling are CPU work: off the async threads.
+    let planned = tokio::task::spawn_blocking(move || {
+        let proposals = optimizer.ask(n);
+        let space = optimizer.spec().space.clone();
+        let mut experiments = Vec::new();
+        for (i, p) in proposals.iter().enumerate() {
+            let bindings = bindings_of(&space, &p.x);
+            let program = compile_point(&recipe, &descriptor, &bindings)?;
+            let seq_hint = campaign.proposals + i as i64 + 1;
+            experiments.push(NewExperiment {
+                id: storage::new_id(),
+                name: format!("{} #{seq_hint}", campaign.name),
+                source: "optimizer".into(),
+                params_json: params_json(&space, &p.x).to_string(),
+                proposal_json: Some(
+                    json!({
+                        "proposal": seq_hint,
+                        "kind": p.kind,
+                        "predicted": p.predicted,
+                        "optimizer": campaign.optimizer,
+                        "seed": campaign.seed,
+                        "told_before": optimizer.observations(),
+                    })
+                    .to_string(),
+                ),
+                program_json: serde_json::to_string(&program).unwrap_or_default(),
+                priority: campaign.priority,
+                created_by: campaign.created_by.clone(),
+            });
+        }
+        let state_json = optimizer
+            .state_json()
+            .map_err(|e| super::CampaignError::Optimizer(e.to_string()))?;
+        Ok::<_, super::CampaignError>((state_json, experiments))
+    })
+    .await
+    .map_err(|e| StorageError::Corrupt(format!("ask task: {e}")))?;
+    let (new_state, experiments) = match planned {
+        Ok(p) => p,
+        Err(e) => return fail_campaign(state, c, &e.to_string()).await,
+    };
+    if experiments.is_empty() {
+        return Ok(());
+    }
+    if state
+        .storage
+        .enqueue_proposals(&c.id, c.version, &new_state, &experiments, now_ms())
+        .await?
+    {
+        debug!(campaign.id = %c.id, n = experiments.len(), "queued proposals");
+        state.events.publish(Event::Campaign {
+            organization_id: c.organization_id.clone(),
+            campaign_id: c.id.clone(),
+            state: c.state.clone(),
+            kind: "queued".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn finish_campaign(
+    state: &AppState,
+    c: &Campaign,
+    to: &str,
+    detail: &str,
+) -> Result<(), StorageError> {
+    if state
+        .storage
+        .set_campaign_state(&c.id, &["running", "paused"], to, Some(detail), now_ms())
+        .await?
+    {
+        info!(campaign.id = %c.id, state = to, detail, "campaign finished");
+        state.events.publish(Event::Campaign {
+            organization_id: c.organization_id.clone(),
+            campaign_id: c.id.clone(),
+            state: to.to_owned(),
+            kind: "state".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn fail_campaign(state: &AppState, c: &Campaign, why: &str) -> Result<(), StorageError> {
+    warn!(campaign.id = %c.id, why, "campaign failed");
+    finish_campaign(state, c, "failed", why).await
+}
+
+fn publish_experiment(state: &AppState, e: &Experiment, new_state: &str) {
+    state.events.publish(Event::Experiment {
+        organization_id: e.organization_id.clone(),
+        campaign_id: e.campaign_id.clone(),
+        experiment_id: e.id.clone(),
+        state: new_state.to_owned(),
+    });
+}
+
+/// Claims the lab's next experiment and sends it to the agent.
+async fn dispatch(state: &AppState, owner: &str, lab_id: &str) -> Result<(), StorageError> {
+    let now = now_ms();
+    let lease = i64::try_from(state.config.campaigns.lease_ms).unwrap_or(i64::MAX);
+    let Some(e) = state
+        .storage
+        .claim_experiment(lab_id, owner, lease, now - DAY_MS, now)
+        .await?
+    else {
+        return Ok(());
+    };
+    let program: Value = match serde_json::from_str(&e.program_json) {
+        Ok(p) => p,
+        Err(err) => {
+            warn!(experiment.id = %e.id, error = %err, "stored program does not parse");
+            return Ok(());
+        }
+    };
+    info!(experiment.id = %e.id, lab.id = %lab_id, seq = e.seq, attempt = e.attempts, "dispatching");
+    publish_experiment(state, &e, "leased");
+    let state = state.clone();
+    let owner = owner.to_owned();
+    tokio::spawn(tenant::system(async move {
+        let params = json!({ "program_id": e.id, "program": program });
+        let answer = state
+            .gateway
+            .call(
+                &e.lab_id,
+                "program.run",
+                params,
+                Duration::from_secs(7 * 24 * 3600),
+            )
+            .await;
+        match answer {
+            // The program ran; its records (stored before this answer) decide the rest.
+            Ok(_) => state.events.publish(Event::Wake),
+            Err(CallError::Offline) => {
+                // Certainly not delivered: give the claim back.
+                if let Err(err) = state.storage.release_claim(&e.id, &owner).await {
+                    warn!(experiment.id = %e.id, error = %err, "claim not released");
+                }
+            }
+            Err(CallError::Rejected(rpc)) if rpc.code == ALREADY_ACCEPTED => {
+                // A re-sent claim: the agent has (or had) it; its records decide.
+                let _ = state.storage.mark_running(&e.id, now_ms()).await;
+            }
+            Err(CallError::Rejected(rpc)) => {
+                // The agent refused the program before anything moved (its own limits).
+                warn!(experiment.id = %e.id, error = %rpc.message, "agent refused the program");
+                if let Err(err) = refuse(&state, &e, &rpc.message).await {
+                    warn!(experiment.id = %e.id, error = %err, "refusal not recorded");
+                }
+            }
+            Err(other) => {
+                debug!(experiment.id = %e.id, error = %other, "no answer; the records decide");
+            }
+        }
+    }));
+    Ok(())
+}
+
+/// Records an experiment the agent refused, and tells the optimizer it failed.
+async fn refuse(state: &AppState, e: &Experiment, why: &str) -> Result<(), StorageError> {
+    let campaign = state.storage.campaign(&e.campaign_id).await?;
+    let told = tell(&campaign, e, None)?;
+    let result = ExperimentResult {
+        experiment_id: e.id.clone(),
+        state: "failed".into(),
+        outcome: Some("refused".into()),
+        error: Some(format!("the agent refused the program: {why}")),
+        features_json: None,
+        peaks_json: None,
+        objective_value: None,
+    };
+    if state
+        .storage
+        .record_result(&result, told.as_ref(), now_ms())
+        .await?
+    {
+        publish_experiment(state, e, "failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,1017 @@
+//! Campaigns, experiments and manual control in the public API.
+//!
+//! Who may do what: any member of the campaign's organisation reads it; researchers, admins and
+//! owners create, start, pause, resume, cancel and clone campaigns and queue manual experiments
+//! (viewers get `FORBIDDEN`); the lab must be one the organisation may queue on (its own, or one
+//! shared with it, whose daily quota the engine enforces). Campaigns of other organisations are
+//! `NOT_FOUND`. Low-level instructions are checked against the lab's capability descriptor.
+
+use async_graphql::{Context, Json, Object, SimpleObject, ID};
+use maosic_schema::capability::LabDescriptor;
+use serde_json::{json, Value};
+
+use super::access::{audit, lab_with_access, org_role, LabAccess};
+use super::account::validate_name;
+use super::{
+    fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
+};
+use crate::auth::Principal;
+use crate::campaign::{self, check_point, compile_point, new_optimizer, parse_objective};
+use crate::events::Event;
+use crate::gateway::CallError;
+use crate::storage::{
+    self, now_ms, Campaign, Experiment, ExperimentFilter, NewCampaign, NewExperiment, Role,
+    StorageError,
+};
+
+/// Longest accepted recipe source, in bytes.
+const MAX_RECIPE_BYTES: usize = super::compile::MAX_SOURCE_BYTES;
+/// Largest budget of one campaign.
+const MAX_BUDGET: i32 = 100_000;
+/// Largest page of experiments.
+const MAX_PAGE: i32 = 500;
+
+/// What a principal may do to a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CampaignAccess {
+    Read,
+    Control,
+}
+
+fn can_control(role: Role) -> bool {
+    matches!(role, Role::Owner | Role::Admin | Role::Researcher)
+}
+
+/// Loads a campaign the principal may access at `needed` (`NOT_FOUND` when invisible,
+/// `FORBIDDEN` when visible but not allowed).
+async fn campaign_with_access(
+    ctx: &Context<'_>,
+    p: &Principal,
+    id: &str,
+    needed: CampaignAccess,
+) -> ApiResult<(Campaign, Role)> {
+    let id = parse_id(id)?;
+    let c = state(ctx)?.storage.campaign(&id).await.api()?;
+    let role = org_role(ctx, p, &c.organization_id)
+        .await?
+        .ok_or_else(|| fail(ApiError::NotFound))?;
+    if needed == CampaignAccess::Control && !can_control(role) {
+        return Err(fail(ApiError::Forbidden));
+    }
+    Ok((c, role))
+}
+
+/// A campaign as the caller sees it.
+pub struct CampaignNode {
+    c: Campaign,
+    role: Role,
+}
+
+/// One declared variable of the recipe (the optimizer's search space).
+#[derive(SimpleObject)]
+pub struct CampaignParameter {
+    /// Variable name (without `$`).
+    pub name: String,
+    /// Lower bound.
+    pub lower: f64,
+    /// Upper bound.
+    pub upper: f64,
+    /// Resolution (grid step), if declared.
+    pub step: Option<f64>,
+}
+
+#[Object(name = "Campaign")]
+impl CampaignNode {
+    /// Identifier.
+    async fn id(&self) -> ID {
+        ID(self.c.id.clone())
+    }
+    /// Name.
+    async fn name(&self) -> &str {
+        &self.c.name
+    }
+    /// The organisation running it.
+    async fn organization_id(&self) -> ID {
+        ID(self.c.organization_id.clone())
+    }
+    /// The lab it runs on.
+    async fn lab_id(&self) -> ID {
+        ID(self.c.lab_id.clone())
+    }
+    /// Recipe source (instruction language).
+    async fn recipe(&self) -> &str {
+        &self.c.recipe
+    }
+    /// The parameter space from the recipe's declared variables.
+    async fn parameters(&self) -> Vec<CampaignParameter> {
+        let space: Option<maosic_optimizer::Space> = serde_json::from_str(&self.c.space_json).ok();
+        space
+            .map(|s| {
+                s.parameters
+                    .into_iter()
+                    .map(|p| CampaignParameter {
+                        name: p.name,
+                        lower: p.lower,
+                        upper: p.upper,
+                        step: p.resolution,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// Objective expression.
+    async fn objective(&self) -> &str {
+        &self.c.objective
+    }
+    /// Optimizer name.
+    async fn optimizer(&self) -> &str {
+        &self.c.optimizer
+    }
+    /// Optimizer settings (JSON object).
+    async fn optimizer_settings(&self) -> Json<Value> {
+        Json(serde_json::from_str(&self.c.settings_json).unwrap_or(Value::Null))
+    }
+    /// Optimizer seed.
+    async fn seed(&self) -> i64 {
+        self.c.seed
+    }
+    /// Most optimizer experiments.
+    async fn budget(&self) -> i64 {
+        self.c.budget
+    }
+    /// Experiments the optimizer keeps in flight at once.
+    async fn batch_size(&self) -> i64 {
+        self.c.batch_size
+    }
+    /// Stop once the objective reaches this value.
+    async fn target(&self) -> Option<f64> {
+        self.c.target
+    }
+    /// Queue priority on the lab (higher first).
+    async fn priority(&self) -> i64 {
+        self.c.priority
+    }
+    /// `DRAFT`-like lowercase state: draft, running, paused, completed, canceled, failed.
+    async fn state(&self) -> &str {
+        &self.c.state
+    }
+    /// Why it is in this state.
+    async fn state_detail(&self) -> Option<&str> {
+        self.c.state_detail.as_deref()
+    }
+    /// Optimizer proposals made (counts against the budget).
+    async fn proposals(&self) -> i64 {
+        self.c.proposals
+    }
+    /// Results told to the optimizer.
+    async fn results(&self) -> i64 {
+        self.c.results
+    }
+    /// Best objective value so far.
+    async fn best_value(&self) -> Option<f64> {
+        self.c.best_value
+    }
+    /// Parameters of the best experiment so far (JSON object).
+    async fn best_parameters(&self) -> Option<Json<Value>> {
+        self.c
+            .best_params_json
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .map(Json)
+    }
+    /// The best experiment so far.
+    async fn best_experiment_id(&self) -> Option<ID> {
+        self.c.best_experiment_id.clone().map(ID)
+    }
+    /// Whether the caller may start, pause, resume, cancel and queue.
+    async fn can_control(&self) -> bool {
+        can_control(self.role)
+    }
+    /// Creation time (RFC 3339).
+    async fn created_at(&self) -> String {
+        rfc3339_ms(self.c.created_at)
+    }
+    /// Start time (RFC 3339).
+    async fn started_at(&self) -> Option<String> {
+        self.c.started_at.map(rfc3339_ms)
+    }
+    /// End time (RFC 3339).
+    async fn finished_at(&self) -> Option<String> {
+        self.c.finished_at.map(rfc3339_ms)
+    }
+    /// Experiments in order, a page at a time (`after` is an `endCursor`).
+    async fn experiments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        state: Option<String>,
+        source: Option<String>,
+    ) -> ApiResult<ExperimentPage> {
+        let first = first.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(fail(ApiError::BadInput(format!(
+                "first must be between 1 and {MAX_PAGE}"
+            ))));
+        }
+        let after_seq = match after.as_deref() {
+            None | Some("") => 0,
+            Some(cursor) => cursor
+                .parse::<i64>()
+                .map_err(|_| fail(ApiError::BadInput("after is not a cursor".into())))?,
+        };
+        let filter = ExperimentFilter { state, source };
+        let storage = &super::state(ctx)?.storage;
+        let mut rows = storage
+            .experiments_of_campaign(&self.c.id, after_seq, i64::from(first) + 1, &filter)
+            .await
+            .api()?;
+        let has_next_page = rows.len() > usize::try_from(first).unwrap_or(0);
+        rows.truncate(usize::try_from(first).unwrap_or(0));
+        let end_cursor = rows.last().map(|e| e.seq.to_string());
+        let total_count = storage.count_experiments(&self.c.id).await.api()?;
+        Ok(ExperimentPage {
+            nodes: rows.into_iter().map(ExperimentNode).collect(),
+            page_info: PageInfo {
+                has_next_page,
+                end_cursor,
+            },
+            total_count,
+        })
+    }
+}
+
+/// A page of experiments.
+#[derive(SimpleObject)]
+pub struct ExperimentPage {
+    /// The experiments of this page, in order.
+    pub nodes: Vec<ExperimentNode>,
+    /// Where the next page starts.
+    pub page_info: PageInfo,
+    /// Experiments of the campaign in all (any state).
+    pub total_count: i64,
+}
+
+/// Cursor pagination.
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    /// Whether more items follow.
+    pub has_next_page: bool,
+    /// Pass as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+/// One experiment.
+pub struct ExperimentNode(Experiment);
+
+/// One measurement an experiment streamed (raw data as the agent sent it).
+#[derive(SimpleObject)]
+pub struct MeasurementNode {
+    /// Delivery sequence number (within the agent's epoch).
+    pub seq: i64,
+    /// Name given by the program (e.g. `UV`, `CD`).
+    pub name: String,
+    /// `absorption_spectrum`, `cd_spectrum`, `temperature`.
+    pub kind: String,
+    /// Program step, if any.
+    pub step: Option<i64>,
+    /// Lab time of the record, s.
+    pub lab_time_s: Option<f64>,
+    /// The measurement (wavelengths, values, settings), JSON.
+    pub data: Json<Value>,
+    /// When the server stored it (RFC 3339).
+    pub received_at: String,
+}
+
+fn measurement_nodes(records: Vec<storage::StoredRecord>) -> Vec<MeasurementNode> {
+    records
+        .into_iter()
+        .filter(|r| r.kind == "measurement")
+        .filter_map(|r| {
+            let v: Value = serde_json::from_str(&r.body).ok()?;
+            let body = &v["body"];
+            Some(MeasurementNode {
+                seq: r.seq,
+                name: body["name"].as_str().unwrap_or("").to_owned(),
+                kind: body["measurement"]["kind"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                step: v["step"].as_i64(),
+                lab_time_s: v["lab_time_s"].as_f64(),
+                data: Json(body["measurement"].clone()),
+                received_at: rfc3339_ms(r.received_at),
+            })
+        })
+        .collect()
+}
+
+fn json_field(text: Option<&str>) -> Option<Json<Value>> {
+    text.and_then(|t| serde_json::from_str(t).ok()).map(Json)
+}
+
+#[Object(name = "Experiment")]
+impl ExperimentNode {
+    /// Identifier (also the program id of its records).
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The campaign.
+    async fn campaign_id(&self) -> ID {
+        ID(self.0.campaign_id.clone())
+    }
+    /// The lab it ran on.
+    async fn lab_id(&self) -> ID {
+        ID(self.0.lab_id.clone())
+    }
+    /// 1-based position in the campaign (the loop number).
+    async fn seq(&self) -> i64 {
+        self.0.seq
+    }
+    /// Name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// `optimizer` or `manual`.
+    async fn source(&self) -> &str {
+        &self.0.source
+    }
+    /// The conditions (`{"T": 130, "C": 0.8}`).
+    async fn parameters(&self) -> Json<Value> {
+        Json(serde_json::from_str(&self.0.params_json).unwrap_or(Value::Null))
+    }
+    /// queued, leased, running, completed, failed, interrupted, canceled.
+    async fn state(&self) -> &str {
+        &self.0.state
+    }
+    /// The agent's program outcome.
+    async fn outcome(&self) -> Option<&str> {
+        self.0.outcome.as_deref()
+    }
+    /// Why it failed or has no objective value.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// The objective's value.
+    async fn objective_value(&self) -> Option<f64> {
+        self.0.objective_value
+    }
+    /// Analysis features (exciton wavelength, CD at the exciton, …), JSON.
+    async fn features(&self) -> Option<Json<Value>> {
+        json_field(self.0.features_json.as_deref())
+    }
+    /// Fitted absorption peaks and the fitted curve, JSON.
+    async fn fitted_peaks(&self) -> Option<Json<Value>> {
+        json_field(self.0.peaks_json.as_deref())
+    }
+    /// Times it was claimed for dispatch.
+    async fn attempts(&self) -> i64 {
+        self.0.attempts
+    }
+    /// Queued at (RFC 3339).
+    async fn queued_at(&self) -> String {
+        rfc3339_ms(self.0.queued_at)
+    }
+    /// Dispatched at (RFC 3339).
+    async fn dispatched_at(&self) -> Option<String> {
+        self.0.dispatched_at.map(rfc3339_ms)
+    }
+    /// Started on the lab at (RFC 3339).
+    async fn started_at(&self) -> Option<String> {
+        self.0.started_at.map(rfc3339_ms)
+    }
+    /// Finished at (RFC 3339).
+    async fn finished_at(&self) -> Option<String> {
+        self.0.finished_at.map(rfc3339_ms)
+    }
+    /// The raw measurements it streamed (spectra, temperatures).
+    async fn measurements(&self, ctx: &Context<'_>) -> ApiResult<Vec<MeasurementNode>> {
+        let records = state(ctx)?
+            .storage
+            .records_of_program(&self.0.lab_id, &self.0.id)
+            .await
+            .api()?;
+        Ok(measurement_nodes(records))
+    }
+    /// Where it came from: the compiled program, the optimizer's proposal and the campaign's
+    /// settings at creation (JSON).
+    async fn provenance(&self, ctx: &Context<'_>) -> ApiResult<Json<Value>> {
+        let c = state(ctx)?
+            .storage
+            .campaign(&self.0.campaign_id)
+            .await
+            .api()?;
+        Ok(Json(provenance(&self.0, &c)))
+    }
+}
+
+/// The provenance of one experiment (also in exports).
+pub fn provenance(e: &Experiment, c: &Campaign) -> Value {
+    json!({
+        "experiment_id": e.id,
+        "program_id": e.id,
+        "program": serde_json::from_str::<Value>(&e.program_json).unwrap_or(Value::Null),
+        "proposal": e.proposal_json.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
+        "source": e.source,
+        "created_by": e.created_by,
+        "campaign": {
+            "id": c.id,
+            "name": c.name,
+            "lab_id": c.lab_id,
+            "recipe": c.recipe,
+            "objective": c.objective,
+            "optimizer": c.optimizer,
+            "optimizer_settings": serde_json::from_str::<Value>(&c.settings_json).unwrap_or(Value::Null),
+            "seed": c.seed,
+            "budget": c.budget,
+            "batch_size": c.batch_size,
+            "space": serde_json::from_str::<Value>(&c.space_json).unwrap_or(Value::Null),
+        },
+    })
+}
+
+/// Campaign queries.
+#[derive(Default)]
+pub struct CampaignQuery;
+
+#[Object]
+impl CampaignQuery {
+    /// One campaign; null when it does not exist or the caller may not see it.
+    async fn campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<CampaignNode>> {
+        let p = principal(ctx)?;
+        match campaign_with_access(ctx, p, &id, CampaignAccess::Read).await {
+            Ok((c, role)) => Ok(Some(CampaignNode { c, role })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An organisation's campaigns, newest first (members only).
+    async fn campaigns(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: ID,
+    ) -> ApiResult<Vec<CampaignNode>> {
+        let p = principal(ctx)?;
+        let org = parse_id(&organization_id)?;
+        let Some(role) = org_role(ctx, p, &org).await? else {
+            return Err(fail(ApiError::NotFound));
+        };
+        let rows = state(ctx)?
+            .storage
+            .campaigns_of_organization(&org)
+            .await
+            .api()?;
+        Ok(rows.into_iter().map(|c| CampaignNode { c, role }).collect())
+    }
+
+    /// One experiment; null when it does not exist or the caller may not see it.
+    async fn experiment(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<ExperimentNode>> {
+        let p = principal(ctx)?;
+        let Ok(id) = parse_id(&id) else {
+            return Ok(None);
+        };
+        let e = match state(ctx)?.storage.experiment(&id).await {
+            Ok(e) => e,
+            Err(StorageError::NotFound) => return Ok(None),
+            Err(e) => return Err(ApiError::from(e).extend()),
+        };
+        if org_role(ctx, p, &e.organization_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ExperimentNode(e)))
+    }
+}
+
+fn is_not_found(e: &async_graphql::Error) -> bool {
+    e.extensions
+        .as_ref()
+        .and_then(|x| x.get("code"))
+        .is_some_and(|c| *c == async_graphql::Value::from("NOT_FOUND"))
+}
+
+use async_graphql::ErrorExtensions as _;
+
+/// Campaign mutations.
+#[derive(Default)]
+pub struct CampaignMutation;
+
+/// What `createCampaign` checks and derives, shared with `cloneCampaign`.
+struct Definition {
+    space_json: String,
+    optimizer_state: String,
+}
+
+fn define(
+    recipe: &str,
+    objective: &str,
+    optimizer: &str,
+    settings: &Value,
+    seed: u64,
+    descriptor: Option<&LabDescriptor>,
+) -> ApiResult<Definition> {
+    let bad = |e: campaign::CampaignError| fail(ApiError::BadInput(e.to_string()));
+    let space = campaign::space_of_recipe(recipe).map_err(bad)?;
+    let objective = parse_objective(objective).map_err(bad)?;
+    // The recipe must compile for this lab across its declared space (e.g. at the centre).
+    if let Some(descriptor) = descriptor {
+        let centre: Vec<f64> = space
+            .parameters
+            .iter()
+            .map(|p| (p.lower + p.upper) / 2.0)
+            .collect();
+        let snapped = space.snap(&centre);
+        compile_point(recipe, descriptor, &campaign::bindings_of(&space, &snapped)).map_err(bad)?;
+    }
+    let space_json = serde_json::to_string(&space).map_err(|_| fail(ApiError::Internal))?;
+    let opt =
+        new_optimizer(space, optimizer, settings, seed, objective.direction()).map_err(bad)?;
+    let optimizer_state = opt.state_json().map_err(|_| fail(ApiError::Internal))?;
+    Ok(Definition {
+        space_json,
+        optimizer_state,
+    })
+}
+
+fn descriptor_of(lab: &storage::Lab) -> Option<LabDescriptor> {
+    lab.descriptor
+        .as_deref()
+        .and_then(|d| LabDescriptor::from_json_str(d).ok())
+}
+
+#[Object]
+impl CampaignMutation {
+    /// Creates a campaign on a lab the organisation may queue on (researchers and up). The
+    /// parameter space comes from the recipe's declared variables; `start: true` starts it.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_campaign(
+        &self,
+        ctx: &Context<'_>,
+        organization_id: ID,
+        lab_id: ID,
+        name: String,
+        recipe: String,
+        objective: String,
+        optimizer: String,
+        optimizer_settings: Option<Json<Value>>,
+        seed: Option<i64>,
+        budget: i32,
+        batch_size: Option<i32>,
+        target: Option<f64>,
+        priority: Option<i32>,
+        start: Option<bool>,
+    ) -> ApiResult<CampaignNode> {
+        let p = writer(ctx)?;
+        let org = parse_id(&organization_id)?;
+        let role = org_role(ctx, p, &org)
+            .await?
+            .ok_or_else(|| fail(ApiError::NotFound))?;
+        if !can_control(role) {
+            return Err(fail(ApiError::Forbidden));
+        }
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
+        // The lab must be the organisation's own or shared with it.
+        if lab.organization_id != org {
+            let shared = state(ctx)?
+                .storage
+                .shares_of_lab(&lab.id)
+                .await
+                .api()?
+                .into_iter()
+                .any(|s| s.organization_id == org);
+            if !shared {
+                return Err(fail(ApiError::NotFound));
+            }
+        }
+        let name = validate_name("name", &name, 200)?;
+        if recipe.len() > MAX_RECIPE_BYTES {
+            return Err(fail(ApiError::BadInput(format!(
+                "the recipe is longer than {MAX_RECIPE_BYTES} bytes"
+            ))));
+        }
+        if !(1..=MAX_BUDGET).contains(&budget) {
+            return Err(fail(ApiError::BadInput(format!(
+                "budget must be between 1 and {MAX_BUDGET}"
+            ))));
+        }
+        let batch_size = batch_size.unwrap_or(1);
+        if !(1..=64).contains(&batch_size) {
+            return Err(fail(ApiError::BadInput(
+                "batchSize must be between 1 and 64".into(),
+            )));
+        }
+        let priority = priority.unwrap_or(0);
+        if !(-100..=100).contains(&priority) {
+            return Err(fail(ApiError::BadInput(
+                "priority must be between -100 and 100".into(),
+            )));
+        }
+        if target.is_some_and(|t| !t.is_finite()) {
+            return Err(fail(ApiError::BadInput("target must be finite".into())));
+        }
+        let seed = seed.unwrap_or(0);
+        if seed < 0 {
+            return Err(fail(ApiError::BadInput("seed must be >= 0".into())));
+        }
+        let settings = optimizer_settings.map_or(Value::Null, |j| j.0);
+        let def = define(
+            &recipe,
+            &objective,
+            &optimizer,
+            &settings,
+            seed.unsigned_abs(),
+            descriptor_of(&lab).as_ref(),
+        )?;
+        let new = NewCampaign {
+            organization_id: org.clone(),
+            lab_id: lab.id.clone(),
+            name,
+            recipe,
+            space_json: def.space_json,
+            objective,
+            optimizer,
+            settings_json: if settings.is_null() {
+                "{}".into()
+            } else {
+                settings.to_string()
+            },
+            seed,
+            budget: i64::from(budget),
+            batch_size: i64::from(batch_size),
+            target,
+            priority: i64::from(priority),
+            optimizer_state: def.optimizer_state,
+            created_by: p.user_id.clone(),
+        };
+        let st = state(ctx)?;
+        let mut c = st.storage.create_campaign(&new, now_ms()).await.api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&org),
+            "campaign.create",
+            format!("campaign:{}", c.id),
+            json!({ "name": c.name, "lab_id": c.lab_id, "optimizer": c.optimizer, "budget": c.budget }),
+        )
+        .await?;
+        if start.unwrap_or(false) {
+            c = transition(ctx, p, c, &["draft"], "running", "campaign.start").await?;
+        }
+        Ok(CampaignNode { c, role })
+    }
+
+    /// Starts a draft campaign.
+    async fn start_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
+        control(ctx, &id, &["draft"], "running", "campaign.start").await
+    }
+
+    /// Pauses a running campaign: nothing new is queued; experiments in flight finish and are
+    /// recorded.
+    async fn pause_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
+        control(ctx, &id, &["running"], "paused", "campaign.pause").await
+    }
+
+    /// Resumes a paused campaign.
+    async fn resume_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
+        control(ctx, &id, &["paused"], "running", "campaign.resume").await
+    }
+
+    /// Cancels a campaign: queued experiments are canceled; one running on the lab finishes and
+    /// is recorded.
+    async fn cancel_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
+        control(
+            ctx,
+            &id,
+            &["draft", "running", "paused"],
+            "canceled",
+            "campaign.cancel",
+        )
+        .await
+    }
+
+    /// Copies a campaign's definition (recipe, space, objective, optimizer, budget) into a new
+    /// draft with a fresh optimizer.
+    async fn clone_campaign(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        name: Option<String>,
+    ) -> ApiResult<CampaignNode> {
+        let p = writer(ctx)?;
+        let (src, role) = campaign_with_access(ctx, p, &id, CampaignAccess::Control).await?;
+        let name = validate_name(
+            "name",
+            &name.unwrap_or_else(|| format!("{} (copy)", src.name)),
+            200,
+        )?;
+        let settings: Value = serde_json::from_str(&src.settings_json).unwrap_or(Value::Null);
+        let def = define(
+            &src.recipe,
+            &src.objective,
+            &src.optimizer,
+            &settings,
+            src.seed.unsigned_abs(),
+            None,
+        )?;
+        let new = NewCampaign {
+            organization_id: src.organization_id.clone(),
+            lab_id: src.lab_id.clone(),
+            name,
+            recipe: src.recipe.clone(),
+            space_json: def.space_json,
+            objective: src.objective.clone(),
+            optimizer: src.optimizer.clone(),
+            settings_json: src.settings_json.clone(),
+            seed: src.seed,
+            budget: src.budget,
+            batch_size: src.batch_size,
+            target: src.target,
+            priority: src.priority,
+            optimizer_state: def.optimizer_state,
+            created_by: p.user_id.clone(),
+        };
+        let c = state(ctx)?
+            .storage
+            .create_campaign(&new, now_ms())
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&c.organization_id),
+            "campaign.clone",
+            format!("campaign:{}", c.id),
+            json!({ "from": src.id }),
+        )
+        .await?;
+        Ok(CampaignNode { c, role })
+    }
+
+    /// Queues a person's own conditions into a campaign; the result is told to the optimizer
+    /// too (it does not count against the budget).
+    async fn queue_experiment(
+        &self,
+        ctx: &Context<'_>,
+        campaign_id: ID,
+        parameters: Json<Value>,
+        name: Option<String>,
+    ) -> ApiResult<ExperimentNode> {
+        let p = writer(ctx)?;
+        let (c, _) = campaign_with_access(ctx, p, &campaign_id, CampaignAccess::Control).await?;
+        if !matches!(c.state.as_str(), "draft" | "running" | "paused") {
+            return Err(fail(ApiError::Conflict(format!(
+                "the campaign is {}; nothing more can be queued",
+                c.state
+            ))));
+        }
+        let st = state(ctx)?;
+        let space: maosic_optimizer::Space =
+            serde_json::from_str(&c.space_json).map_err(|_| fail(ApiError::Internal))?;
+        let x = check_point(&space, &parameters.0)
+            .map_err(|e| fail(ApiError::BadInput(e.to_string())))?;
+        let x = space.snap(&x);
+        let lab = st.storage.lab(&c.lab_id).await.api()?;
+        let descriptor = descriptor_of(&lab).ok_or_else(|| fail(ApiError::NoDescriptor))?;
+        let program = compile_point(&c.recipe, &descriptor, &campaign::bindings_of(&space, &x))
+            .map_err(|e| fail(ApiError::BadInput(e.to_string())))?;
+        if lab.organization_id != c.organization_id {
+            let quota = st
+                .storage
+                .shares_of_lab(&lab.id)
+                .await
+                .api()?
+                .into_iter()
+                .find(|s| s.organization_id == c.organization_id)
+                .map_or(0, |s| s.daily_quota);
+            let used = st
+                .storage
+                .experiments_queued_since(&lab.id, &c.organization_id, now_ms() - 86_400_000)
+                .await
+                .api()?;
+            if used >= quota {
+                return Err(fail(ApiError::Conflict(format!(
+                    "the shared lab's daily quota ({quota} experiments) is used up"
+                ))));
+            }
+        }
+        let name = validate_name(
+            "name",
+            &name.unwrap_or_else(|| format!("{} (manual)", c.name)),
+            200,
+        )?;
+        let new = NewExperiment {
+            id: storage::new_id(),
+            name,
+            source: "manual".into(),
+            params_json: campaign::params_json(&space, &x).to_string(),
+            proposal_json: None,
+            program_json: serde_json::to_string(&program).map_err(|_| fail(ApiError::Internal))?,
+            priority: c.priority + 1,
+            created_by: p.user_id.clone(),
+        };
+        let e = st
+            .storage
+            .enqueue_manual(&c.id, &new, now_ms())
+            .await
+            .api()?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&c.organization_id),
+            "experiment.queue",
+            format!("experiment:{}", e.id),
+            json!({ "campaign_id": c.id, "parameters": campaign::params_json(&space, &x) }),
+        )
+        .await?;
+        st.events.publish(Event::Experiment {
+            organization_id: e.organization_id.clone(),
+            campaign_id: e.campaign_id.clone(),
+            experiment_id: e.id.clone(),
+            state: e.state.clone(),
+        });
+        st.events.publish(Event::Wake);
+        Ok(ExperimentNode(e))
+    }
+
+    /// Sends one low-level instruction to a lab's agent (e.g. `H.set_temperature` with
+    /// `{"T": 25}`), checked against the lab's capability descriptor; the agent checks its own
+    /// limits again. Researchers and up of an organisation that may queue on the lab.
+    async fn send_instruction(
+        &self,
+        ctx: &Context<'_>,
+        lab_id: ID,
+        method: String,
+        params: Option<Json<Value>>,
+    ) -> ApiResult<Json<Value>> {
+        let p = writer(ctx)?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
+        let descriptor = descriptor_of(&lab).ok_or_else(|| fail(ApiError::NoDescriptor))?;
+        let params = params.map_or(Value::Object(Default::default()), |j| j.0);
+        check_instruction(&descriptor, &method, &params)
+            .map_err(|e| fail(ApiError::BadInput(e)))?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&lab.organization_id),
+            "lab.instruction",
+            format!("lab:{}", lab.id),
+            json!({ "method": method, "params": params }),
+        )
+        .await?;
+        let st = state(ctx)?;
+        let answer = st
+            .gateway
+            .call(
+                &lab.id,
+                "device.call",
+                json!({ "method": method, "params": params }),
+                std::time::Duration::from_secs(60),
+            )
+            .await;
+        call_answer(answer).map(Json)
+    }
+
+    /// Software stop of a lab: the agent cancels its programs and puts the hardware in its safe
+    /// state (pumps stopped, heater off). The hardware e-stop stays the lab's.
+    async fn stop_lab(&self, ctx: &Context<'_>, lab_id: ID) -> ApiResult<Json<Value>> {
+        let p = writer(ctx)?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&lab.organization_id),
+            "lab.stop",
+            format!("lab:{}", lab.id),
+            json!({}),
+        )
+        .await?;
+        let answer = state(ctx)?
+            .gateway
+            .call(
+                &lab.id,
+                "estop",
+                json!({}),
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        call_answer(answer).map(Json)
+    }
+}
+
+fn call_answer(answer: Result<Value, CallError>) -> ApiResult<Value> {
+    match answer {
+        Ok(v) => Ok(v),
+        Err(CallError::Offline) => Err(fail(ApiError::Conflict(
+            "the lab's agent is offline".into(),
+        ))),
+        Err(CallError::Rejected(rpc)) => Err(fail(ApiError::BadInput(format!(
+            "the agent refused: {}",
+            rpc.message
+        )))),
+        Err(CallError::Timeout(_)) | Err(CallError::Closed) => Err(fail(ApiError::Conflict(
+            "the agent did not answer in time".into(),
+        ))),
+    }
+}
+
+/// Checks a `SYMBOL.method` call and its parameters against the lab's capability descriptor.
+pub fn check_instruction(
+    descriptor: &LabDescriptor,
+    method: &str,
+    params: &Value,
+) -> Result<(), String> {
+    let (device, m) = descriptor.method(method).ok_or_else(|| {
+        let known: Vec<String> = descriptor
+            .devices
+            .iter()
+            .flat_map(|d| {
+                d.methods
+                    .iter()
+                    .map(move |m| format!("{}.{}", d.symbol, m.name))
+            })
+            .collect();
+        format!(
+            "unknown method {method:?}; this lab offers {}",
+            known.join(", ")
+        )
+    })?;
+    let Value::Object(given) = params else {
+        return Err("params must be a JSON object".into());
+    };
+    for (name, value) in given {
+        let spec = m
+            .param(name)
+            .ok_or_else(|| format!("{}.{} has no parameter {name:?}", device.symbol, m.name))?;
+        let v = value
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("{name} must be a finite number (in {})", spec.unit))?;
+        if v < spec.min || v > spec.max {
+            return Err(format!(
+                "{}.{}: {name} must be within {}..{} {}; got {v}",
+                device.symbol, m.name, spec.min, spec.max, spec.unit
+            ));
+        }
+    }
+    for spec in &m.params {
+        if spec.required && spec.default.is_none() && !given.contains_key(&spec.name) {
+            return Err(format!(
+                "{}.{} needs {} ({})",
+                device.symbol, m.name, spec.name, spec.unit
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn control(
+    ctx: &Context<'_>,
+    id: &ID,
+    from: &[&str],
+    to: &str,
+    action: &str,
+) -> ApiResult<CampaignNode> {
+    let p = writer(ctx)?;
+    let (c, role) = campaign_with_access(ctx, p, id, CampaignAccess::Control).await?;
+    let c = transition(ctx, p, c, from, to, action).await?;
+    Ok(CampaignNode { c, role })
+}
+
+async fn transition(
+    ctx: &Context<'_>,
+    p: &Principal,
+    c: Campaign,
+    from: &[&str],
+    to: &str,
+    action: &str,
+) -> ApiResult<Campaign> {
+    let st = state(ctx)?;
+    let moved = st
+        .storage
+        .set_campaign_state(&c.id, from, to, None, now_ms())
+        .await
+        .api()?;
+    if !moved {
+        return Err(fail(ApiError::Conflict(format!(
+            "the campaign is {}; it cannot go to {to}",
+            c.state
+        ))));
+    }
+    audit(
+        ctx,
+        &p.actor(),
+        Some(&c.organization_id),
+        action,
+        format!("campaign:{}", c.id),
+        json!({ "from": c.state, "to": to }),
+    )
+    .await?;
+    st.events.publish(Event::Campaign {
+        organization_id: c.organization_id.clone(),
+        campaign_id: c.id.clone(),
+        state: to.to_owned(),
+        kind: "state".into(),
+    });
+    st.events.publish(Event::Wake);
+    st.storage.campaign(&c.id).await.api()
+}

@@ -1,0 +1,815 @@
+//! Storage of campaigns and the experiment queue (the [`CampaignStorage`] port, a supertrait of
+//! [`super::Storage`]).
+//!
+//! Invariants:
+//! - every ask (new proposals) and every tell (a result) writes the optimizer state and the
+//!   experiments it concerns in one transaction, guarded by the campaign's `version`, so a
+//!   restarted server resumes exactly where the database says;
+//! - an experiment moves forward only: `queued → leased → running → completed | failed |
+//!   interrupted` (or `queued → canceled`); a `leased` experiment whose lease expired may be
+//!   claimed again (the agent refuses a program id it already accepted, so a re-sent claim never
+//!   runs twice on hardware); nothing else moves backwards;
+//! - a claim is one statement (`UPDATE … WHERE id = (SELECT … LIMIT 1) … RETURNING`), with
+//!   `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two dispatchers never hold the same experiment.
+
+use async_trait::async_trait;
+
+use super::{Backend, PgStorage, SqliteStorage, StorageError, StorageResult};
+
+/// Campaign columns, in [`Campaign`] order.
+const CAMPAIGN_COLS: &str = "id, organization_id, lab_id, name, recipe, space_json, objective, \
+    optimizer, settings_json, seed, budget, batch_size, target, priority, state, state_detail, \
+    optimizer_state, version, proposals, results, best_value, best_params_json, \
+    best_experiment_id, created_by, created_at, updated_at, started_at, finished_at";
+
+/// Experiment columns, in [`Experiment`] order.
+const EXPERIMENT_COLS: &str = "id, campaign_id, organization_id, lab_id, seq, name, source, \
+    params_json, proposal_json, program_json, priority, state, lease_owner, lease_until, attempts, \
+    created_by, queued_at, dispatched_at, started_at, finished_at, outcome, error, features_json, \
+    peaks_json, objective_value, told";
+
+/// A stored campaign.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Campaign {
+    pub id: String,
+    pub organization_id: String,
+    pub lab_id: String,
+    pub name: String,
+    /// Recipe source (instruction language).
+    pub recipe: String,
+    /// The optimizer's search space (JSON of `maosic_optimizer::Space`).
+    pub space_json: String,
+    /// Objective expression (`maximize abs(cd_at_exciton)`).
+    pub objective: String,
+    /// Optimizer name (`snobfit`, `bo`, `random`, `sobol`, `grid`).
+    pub optimizer: String,
+    /// Optimizer settings (JSON object).
+    pub settings_json: String,
+    pub seed: i64,
+    pub budget: i64,
+    pub batch_size: i64,
+    /// Stop once the objective reaches this value (in the objective's direction).
+    pub target: Option<f64>,
+    pub priority: i64,
+    /// `draft`, `running`, `paused`, `completed`, `canceled` or `failed`.
+    pub state: String,
+    /// Why it is in this state (e.g. a quota, a failure).
+    pub state_detail: Option<String>,
+    /// Serialised optimizer (`Optimizer::state_json`).
+    pub optimizer_state: Option<String>,
+    /// Bumped by every optimizer-state write.
+    pub version: i64,
+    /// Optimizer proposals made so far (counts against the budget).
+    pub proposals: i64,
+    /// Results told to the optimizer so far.
+    pub results: i64,
+    pub best_value: Option<f64>,
+    pub best_params_json: Option<String>,
+    pub best_experiment_id: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A campaign to create.
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    pub organization_id: String,
+    pub lab_id: String,
+    pub name: String,
+    pub recipe: String,
+    pub space_json: String,
+    pub objective: String,
+    pub optimizer: String,
+    pub settings_json: String,
+    pub seed: i64,
+    pub budget: i64,
+    pub batch_size: i64,
+    pub target: Option<f64>,
+    pub priority: i64,
+    /// The initial optimizer state.
+    pub optimizer_state: String,
+    pub created_by: String,
+}
+
+/// A stored experiment (one program run on a lab).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Experiment {
+    /// Identifier; also the program id the agent's records carry.
+    pub id: String,
+    pub campaign_id: String,
+    pub organization_id: String,
+    pub lab_id: String,
+    /// 1-based position in its campaign.
+    pub seq: i64,
+    pub name: String,
+    /// `optimizer` or `manual`.
+    pub source: String,
+    /// The bound variables (`{"T": 130, "C": 0.8}`).
+    pub params_json: String,
+    /// The optimizer's proposal (kind, prediction), for provenance.
+    pub proposal_json: Option<String>,
+    /// The compiled program.
+    pub program_json: String,
+    pub priority: i64,
+    /// `queued`, `leased`, `running`, `completed`, `failed`, `interrupted` or `canceled`.
+    pub state: String,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    /// Times it was claimed.
+    pub attempts: i64,
+    pub created_by: String,
+    pub queued_at: i64,
+    pub dispatched_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The agent's program outcome (`succeeded`, `failed`, …).
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    /// Analysis features (JSON object).
+    pub features_json: Option<String>,
+    /// Fitted absorption peaks (JSON array).
+    pub peaks_json: Option<String>,
+    pub objective_value: Option<f64>,
+    /// Whether its result was told to the optimizer.
+    pub told: bool,
+}
+
+impl Experiment {
+    /// Whether the experiment reached a final state.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "completed" | "failed" | "interrupted" | "canceled"
+        )
+    }
+}
+
+/// An experiment to queue.
+#[derive(Debug, Clone)]
+pub struct NewExperiment {
+    pub id: String,
+    pub name: String,
+    pub source: String,
+    pub params_json: String,
+    pub proposal_json: Option<String>,
+    pub program_json: String,
+    pub priority: i64,
+    pub created_by: String,
+}
+
+/// The end of an experiment.
+#[derive(Debug, Clone)]
+pub struct ExperimentResult {
+    pub experiment_id: String,
+    /// `completed`, `failed` or `interrupted`.
+    pub state: String,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub features_json: Option<String>,
+    pub peaks_json: Option<String>,
+    pub objective_value: Option<f64>,
+}
+
+/// The campaign side of a tell: the optimizer state after it, and the best so far.
+#[derive(Debug, Clone)]
+pub struct CampaignTold {
+    pub campaign_id: String,
+    pub expected_version: i64,
+    pub optimizer_state: String,
+    pub best_value: Option<f64>,
+    pub best_params_json: Option<String>,
+    pub best_experiment_id: Option<String>,
+}
+
+/// Filters for listing a campaign's experiments.
+#[derive(Debug, Clone, Default)]
+pub struct ExperimentFilter {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this source (`optimizer` / `manual`).
+    pub source: Option<String>,
+}
+
+/// Campaign and queue storage port.
+#[async_trait]
+pub trait CampaignStorage {
+    /// Creates a campaign in `draft`.
+    async fn create_campaign(&self, c: &NewCampaign, now_ms: i64) -> StorageResult<Campaign>;
+    /// One campaign (`NotFound` if absent or invisible).
+    async fn campaign(&self, id: &str) -> StorageResult<Campaign>;
+    /// An organisation's campaigns, newest first.
+    async fn campaigns_of_organization(
+        &self,
+        organization_id: &str,
+    ) -> StorageResult<Vec<Campaign>>;
+    /// Campaigns the engine looks after (`running` or `paused`).
+    async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>>;
+    /// Moves a campaign from one of `from` to `to`; `false` when it was in none of them.
+    /// Canceling also cancels its queued experiments.
+    async fn set_campaign_state(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> StorageResult<bool>;
+    /// An ask: stores the optimizer state (if `version` still matches) and queues `experiments`
+    /// in one transaction; `false` (nothing written) on a version mismatch.
+    async fn enqueue_proposals(
+        &self,
+        campaign_id: &str,
+        expected_version: i64,
+        optimizer_state: &str,
+        experiments: &[NewExperiment],
+        now_ms: i64,
+    ) -> StorageResult<bool>;
+    /// Queues a person's experiment into a campaign (not counted against the budget).
+    async fn enqueue_manual(
+        &self,
+        campaign_id: &str,
+        experiment: &NewExperiment,
+        now_ms: i64,
+    ) -> StorageResult<Experiment>;
+    /// Records an experiment's end and, when given, the campaign's optimizer state after telling
+    /// it, in one transaction. `false` when the experiment had already ended.
+    async fn record_result(
+        &self,
+        result: &ExperimentResult,
+        told: Option<&CampaignTold>,
+        now_ms: i64,
+    ) -> StorageResult<bool>;
+    /// One experiment.
+    async fn experiment(&self, id: &str) -> StorageResult<Experiment>;
+    /// A campaign's experiments with `seq > after_seq`, in order, at most `limit`.
+    async fn experiments_of_campaign(
+        &self,
+        campaign_id: &str,
+        after_seq: i64,
+        limit: i64,
+        filter: &ExperimentFilter,
+    ) -> StorageResult<Vec<Experiment>>;
+    /// Experiments in flight (`leased` or `running`), for the engine.
+    async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
+    /// Labs with an experiment waiting (queued, or leased with an expired lease).
+    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>>;
+    /// Claims the lab's next experiment for `owner` until `now + lease_ms`: highest priority,
+    /// then the organisation with the fewest experiments dispatched on the lab since
+    /// `fair_since_ms` (fair share), then the oldest.
+    async fn claim_experiment(
+        &self,
+        lab_id: &str,
+        owner: &str,
+        lease_ms: i64,
+        fair_since_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<Option<Experiment>>;
+    /// `leased → running` (the agent accepted it).
+    async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+    /// Gives a claim back (`leased → queued`) when it certainly did not reach the agent.
+    async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool>;
+    /// Ends a claim held by `owner` (`leased → state`); `false` when the lease was lost.
+    async fn finish_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        state: &str,
+        now_ms: i64,
+    ) -> StorageResult<bool>;
+    /// Experiments an organisation queued on a lab since `since_ms` (shared-lab quotas).
+    async fn experiments_queued_since(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        since_ms: i64,
+    ) -> StorageResult<i64>;
+    /// The campaign's optimizer experiments not yet ended (queued, leased or running).
+    async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64>;
+    /// Number of experiments of a campaign (any state).
+    async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64>;
+}
+
+/// Runs `$body` in one scoped transaction, committing when it returns `Ok`.
+macro_rules! in_tx {
+    ($pool:expr, $tx:ident, $body:block) => {{
+        let mut $tx = Self::scoped_tx($pool).await?;
+        let result = async { $body }.await;
+        if result.is_ok() {
+            $tx.commit().await.map_err(StorageError::from_sqlx)?;
+        }
+        result
+    }};
+}
+
+fn state_list(states: &[&str]) -> String {
+    // Internal constants only (never user input): quote them for an IN list.
+    states
+        .iter()
+        .filter(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const FINAL_CAMPAIGN_STATES: [&str; 3] = ["completed", "canceled", "failed"];
+
+macro_rules! impl_campaign_storage {
+    ($ty:ident) => {
+        #[async_trait]
+        impl CampaignStorage for $ty {
+            async fn create_campaign(
+                &self,
+                c: &NewCampaign,
+                now_ms: i64,
+            ) -> StorageResult<Campaign> {
+                let sql = format!(
+                    "INSERT INTO campaigns (id, organization_id, lab_id, name, recipe, space_json, \
+                     objective, optimizer, settings_json, seed, budget, batch_size, target, \
+                     priority, state, optimizer_state, created_by, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'draft', \
+                     $15, $16, $17, $17) RETURNING {CAMPAIGN_COLS}"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Campaign>(&sql)
+                        .bind(crate::storage::new_id())
+                        .bind(&c.organization_id)
+                        .bind(&c.lab_id)
+                        .bind(&c.name)
+                        .bind(&c.recipe)
+                        .bind(&c.space_json)
+                        .bind(&c.objective)
+                        .bind(&c.optimizer)
+                        .bind(&c.settings_json)
+                        .bind(c.seed)
+                        .bind(c.budget)
+                        .bind(c.batch_size)
+                        .bind(c.target)
+                        .bind(c.priority)
+                        .bind(&c.optimizer_state)
+                        .bind(&c.created_by)
+                        .bind(now_ms)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn campaign(&self, id: &str) -> StorageResult<Campaign> {
+                let sql = format!("SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1");
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Campaign>(&sql)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?
+                        .ok_or(StorageError::NotFound)
+                })
+            }
+
+            async fn campaigns_of_organization(
+                &self,
+                organization_id: &str,
+            ) -> StorageResult<Vec<Campaign>> {
+                let sql = format!(
+                    "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE organization_id = $1 \
+                     ORDER BY created_at DESC, id"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Campaign>(&sql)
+                        .bind(organization_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>> {
+                let sql = format!(
+                    "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE state IN ('running', 'paused') \
+                     ORDER BY priority DESC, created_at, id"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Campaign>(&sql)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn set_campaign_state(
+                &self,
+                id: &str,
+                from: &[&str],
+                to: &str,
+                detail: Option<&str>,
+                now_ms: i64,
+            ) -> StorageResult<bool> {
+                let from = state_list(from);
+                if from.is_empty() {
+                    return Ok(false);
+                }
+                let finished = FINAL_CAMPAIGN_STATES.contains(&to);
+                let sql = format!(
+                    "UPDATE campaigns SET state = $1, state_detail = $2, updated_at = $3, \
+                     started_at = CASE WHEN $1 = 'running' THEN COALESCE(started_at, $3) ELSE started_at END, \
+                     finished_at = CASE WHEN $4 THEN $3 ELSE finished_at END \
+                     WHERE id = $5 AND state IN ({from})"
+                );
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(&sql)
+                        .bind(to)
+                        .bind(detail)
+                        .bind(now_ms)
+                        .bind(finished)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                    if done.rows_affected() == 1 && to == "canceled" {
+                        sqlx::query(
+                            "UPDATE experiments SET state = 'canceled', finished_at = $1 \
+                             WHERE campaign_id = $2 AND state = 'queued'",
+                        )
+                        .bind(now_ms)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                    }
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn enqueue_proposals(
+                &self,
+                campaign_id: &str,
+                expected_version: i64,
+                optimizer_state: &str,
+                experiments: &[NewExperiment],
+                now_ms: i64,
+            ) -> StorageResult<bool> {
+                let proposals = i64::try_from(experiments.len()).unwrap_or(i64::MAX);
+                in_tx!(&self.pool, tx, {
+                    // The campaign row first: it takes the write lock (SQLite) / row lock (PG).
+                    let done = sqlx::query(
+                        "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
+                         proposals = proposals + $2, updated_at = $3 \
+                         WHERE id = $4 AND version = $5 AND state = 'running'",
+                    )
+                    .bind(optimizer_state)
+                    .bind(proposals)
+                    .bind(now_ms)
+                    .bind(campaign_id)
+                    .bind(expected_version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    for e in experiments {
+                        insert_experiment(&mut tx, campaign_id, e, now_ms).await?;
+                    }
+                    Ok(true)
+                })
+            }
+
+            async fn enqueue_manual(
+                &self,
+                campaign_id: &str,
+                experiment: &NewExperiment,
+                now_ms: i64,
+            ) -> StorageResult<Experiment> {
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "UPDATE campaigns SET updated_at = $1 WHERE id = $2 \
+                         AND state IN ('draft', 'running', 'paused')",
+                    )
+                    .bind(now_ms)
+                    .bind(campaign_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    if done.rows_affected() != 1 {
+                        return Err(StorageError::NotFound);
+                    }
+                    insert_experiment(&mut tx, campaign_id, experiment, now_ms).await
+                })
+            }
+
+            async fn record_result(
+                &self,
+                r: &ExperimentResult,
+                told: Option<&CampaignTold>,
+                now_ms: i64,
+            ) -> StorageResult<bool> {
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "UPDATE experiments SET state = $1, outcome = $2, error = $3, \
+                         features_json = $4, peaks_json = $5, objective_value = $6, \
+                         finished_at = $7, told = $8, lease_owner = NULL, lease_until = NULL \
+                         WHERE id = $9 AND state IN ('leased', 'running')",
+                    )
+                    .bind(&r.state)
+                    .bind(r.outcome.as_deref())
+                    .bind(r.error.as_deref())
+                    .bind(r.features_json.as_deref())
+                    .bind(r.peaks_json.as_deref())
+                    .bind(r.objective_value)
+                    .bind(now_ms)
+                    .bind(told.is_some())
+                    .bind(&r.experiment_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    if let Some(t) = told {
+                        let done = sqlx::query(
+                            "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
+                             results = results + 1, best_value = $2, best_params_json = $3, \
+                             best_experiment_id = $4, updated_at = $5 \
+                             WHERE id = $6 AND version = $7",
+                        )
+                        .bind(&t.optimizer_state)
+                        .bind(t.best_value)
+                        .bind(t.best_params_json.as_deref())
+                        .bind(t.best_experiment_id.as_deref())
+                        .bind(now_ms)
+                        .bind(&t.campaign_id)
+                        .bind(t.expected_version)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                        if done.rows_affected() != 1 {
+                            // Roll the experiment back too: the caller reloads and retries.
+                            return Err(StorageError::Conflict(
+                                "campaign version changed during a tell".into(),
+                            ));
+                        }
+                    }
+                    Ok(true)
+                })
+            }
+
+            async fn experiment(&self, id: &str) -> StorageResult<Experiment> {
+                let sql = format!("SELECT {EXPERIMENT_COLS} FROM experiments WHERE id = $1");
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Experiment>(&sql)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?
+                        .ok_or(StorageError::NotFound)
+                })
+            }
+
+            async fn experiments_of_campaign(
+                &self,
+                campaign_id: &str,
+                after_seq: i64,
+                limit: i64,
+                filter: &ExperimentFilter,
+            ) -> StorageResult<Vec<Experiment>> {
+                let sql = format!(
+                    "SELECT {EXPERIMENT_COLS} FROM experiments WHERE campaign_id = $1 AND seq > $2 \
+                     AND ($3 = '' OR state = $3) AND ($4 = '' OR source = $4) \
+                     ORDER BY seq LIMIT $5"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Experiment>(&sql)
+                        .bind(campaign_id)
+                        .bind(after_seq)
+                        .bind(filter.state.as_deref().unwrap_or(""))
+                        .bind(filter.source.as_deref().unwrap_or(""))
+                        .bind(limit)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn live_experiments(&self) -> StorageResult<Vec<Experiment>> {
+                let sql = format!(
+                    "SELECT {EXPERIMENT_COLS} FROM experiments \
+                     WHERE state IN ('leased', 'running') ORDER BY queued_at, seq"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Experiment>(&sql)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>> {
+                in_tx!(&self.pool, tx, {
+                    let rows: Vec<(String,)> = sqlx::query_as(
+                        "SELECT DISTINCT lab_id FROM experiments WHERE state = 'queued' \
+                         OR (state = 'leased' AND lease_until < $1)",
+                    )
+                    .bind(now_ms)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(rows.into_iter().map(|r| r.0).collect())
+                })
+            }
+
+            async fn claim_experiment(
+                &self,
+                lab_id: &str,
+                owner: &str,
+                lease_ms: i64,
+                fair_since_ms: i64,
+                now_ms: i64,
+            ) -> StorageResult<Option<Experiment>> {
+                let lock = match <$ty as $crate::storage::Storage>::backend(self) {
+                    Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+                    Backend::Sqlite => "",
+                };
+                let sql = format!(
+                    "UPDATE experiments SET state = 'leased', lease_owner = $1, \
+                     lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
+                     WHERE id = (SELECT e.id FROM experiments e \
+                        WHERE e.lab_id = $4 AND (e.state = 'queued' \
+                              OR (e.state = 'leased' AND e.lease_until < $3)) \
+                        ORDER BY e.priority DESC, \
+                          (SELECT COUNT(*) FROM experiments d WHERE d.lab_id = e.lab_id \
+                             AND d.organization_id = e.organization_id \
+                             AND d.dispatched_at >= $5) ASC, \
+                          e.queued_at, e.seq \
+                        LIMIT 1 {lock}) \
+                     AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) \
+                     RETURNING {EXPERIMENT_COLS}"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, Experiment>(&sql)
+                        .bind(owner)
+                        .bind(now_ms.saturating_add(lease_ms))
+                        .bind(now_ms)
+                        .bind(lab_id)
+                        .bind(fair_since_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool> {
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "UPDATE experiments SET state = 'running', \
+                         started_at = COALESCE(started_at, $1), lease_until = NULL \
+                         WHERE id = $2 AND state = 'leased'",
+                    )
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool> {
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "UPDATE experiments SET state = 'queued', lease_owner = NULL, \
+                         lease_until = NULL WHERE id = $1 AND state = 'leased' AND lease_owner = $2",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn finish_claim(
+                &self,
+                id: &str,
+                owner: &str,
+                state: &str,
+                now_ms: i64,
+            ) -> StorageResult<bool> {
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "UPDATE experiments SET state = $1, finished_at = $2, lease_until = NULL \
+                         WHERE id = $3 AND state = 'leased' AND lease_owner = $4",
+                    )
+                    .bind(state)
+                    .bind(now_ms)
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn experiments_queued_since(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+                since_ms: i64,
+            ) -> StorageResult<i64> {
+                in_tx!(&self.pool, tx, {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM experiments WHERE lab_id = $1 \
+                         AND organization_id = $2 AND queued_at >= $3",
+                    )
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .bind(since_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(n)
+                })
+            }
+
+            async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64> {
+                in_tx!(&self.pool, tx, {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM experiments WHERE campaign_id = $1 \
+                         AND source = 'optimizer' AND state IN ('queued', 'leased', 'running')",
+                    )
+                    .bind(campaign_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(n)
+                })
+            }
+
+            async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64> {
+                in_tx!(&self.pool, tx, {
+                    let (n,): (i64,) =
+                        sqlx::query_as("SELECT COUNT(*) FROM experiments WHERE campaign_id = $1")
+                            .bind(campaign_id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(StorageError::from_sqlx)?;
+                    Ok(n)
+                })
+            }
+        }
+    };
+}
+
+/// Inserts one experiment of a campaign (its organisation and lab come from the campaign row)
+/// with the next `seq`. Runs inside the caller's transaction, after it locked the campaign row.
+macro_rules! impl_insert_experiment {
+    ($fn:ident, $db:ty) => {
+        async fn $fn(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            campaign_id: &str,
+            e: &NewExperiment,
+            now_ms: i64,
+        ) -> StorageResult<Experiment> {
+            let sql = format!(
+                "INSERT INTO experiments (id, campaign_id, organization_id, lab_id, seq, name, \
+                 source, params_json, proposal_json, program_json, priority, state, created_by, \
+                 queued_at) \
+                 SELECT $1, c.id, c.organization_id, c.lab_id, \
+                   (SELECT COALESCE(MAX(x.seq), 0) + 1 FROM experiments x WHERE x.campaign_id = c.id), \
+                   $2, $3, $4, $5, $6, $7, 'queued', $8, $9 FROM campaigns c WHERE c.id = $10 \
+                 RETURNING {EXPERIMENT_COLS}"
+            );
+            sqlx::query_as::<_, Experiment>(&sql)
+                .bind(&e.id)
+                .bind(&e.name)
+                .bind(&e.source)
+                .bind(&e.params_json)
+                .bind(e.proposal_json.as_deref())
+                .bind(&e.program_json)
+                .bind(e.priority)
+                .bind(&e.created_by)
+                .bind(now_ms)
+                .bind(campaign_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StorageError::from_sqlx)?
+                .ok_or(StorageError::NotFound)
+        }
+    };
+}
+
+mod sqlite_impl {
+    use super::*;
+    impl_insert_experiment!(insert_experiment, sqlx::Sqlite);
+    impl_campaign_storage!(SqliteStorage);
+}
+
+mod postgres_impl {
+    use super::*;
+    impl_insert_experiment!(insert_experiment, sqlx::Postgres);
+    impl_campaign_storage!(PgStorage);
+}

@@ -1,0 +1,290 @@
+//! The closed loop end to end: a researcher creates the paper's chirality campaign through the
+//! public API on a lab whose agent drives the virtual lab; the server's engine asks SNOBFIT,
+//! compiles, queues, dispatches, analyses the streamed spectra and tells the optimizer, until the
+//! budget is used — on both database backends. Then the same with the server killed (SIGKILL)
+//! mid-campaign and restarted: nothing lost, nothing run twice, and the optimizer's proposals are
+//! exactly those of an uninterrupted optimizer told the same results.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use maosic_e2e::{
+    backends, mark_ran, repo_root, virtual_lab_config, wait_for, Backend, Session, TestAgent,
+    TestDatabase, TestServer,
+};
+use maosic_optimizer::{Algorithm, Goal, Observation, Optimizer, OptimizerSpec, Space};
+use serde_json::{json, Value};
+
+/// Lab clock speed of the virtual lab in these tests.
+const SPEED: f64 = 3000.0;
+const SEED: i64 = 7;
+const ENV: &[(&str, &str)] = &[("MAOSIC_CAMPAIGNS__TICK_MS", "100")];
+
+fn recipe() -> String {
+    std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap()
+}
+
+fn gql(server: &TestServer, s: &Session, query: &str, vars: Value) -> Value {
+    let body = server.graphql_as(&s.access_token, query, vars).unwrap();
+    assert!(body.get("errors").is_none(), "{query}: {body}");
+    body["data"].clone()
+}
+
+fn wait_online(server: &TestServer, s: &Session, lab: &str, agent: &TestAgent) {
+    wait_for(Duration::from_secs(30), "the virtual lab online", || {
+        let d = gql(
+            server,
+            s,
+            "query($l: ID!) { lab(id: $l) { online devices { name } } }",
+            json!({ "l": lab }),
+        );
+        Ok((d["lab"]["online"] == true
+            && d["lab"]["devices"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()))
+        .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+}
+
+fn create_campaign(server: &TestServer, s: &Session, lab: &str, budget: i64) -> String {
+    let d = gql(
+        server,
+        s,
+        "mutation($o: ID!, $l: ID!, $r: String!, $b: Int!, $seed: Int!) { createCampaign(organizationId: $o, \
+           labId: $l, name: \"chirality\", recipe: $r, objective: \"maximize abs(cd_at_exciton)\", \
+           optimizer: \"snobfit\", seed: $seed, budget: $b, start: true) { id state parameters { name lower upper step } } }",
+        json!({ "o": s.organization_id, "l": lab, "r": recipe(), "b": budget, "seed": SEED }),
+    );
+    assert_eq!(d["createCampaign"]["state"], "running", "{d}");
+    let params = &d["createCampaign"]["parameters"];
+    assert_eq!(params[0]["name"], "T");
+    assert_eq!(params[0]["step"], 0.5);
+    assert_eq!(params[1]["name"], "C");
+    d["createCampaign"]["id"].as_str().unwrap().to_owned()
+}
+
+fn campaign(server: &TestServer, s: &Session, id: &str) -> Value {
+    gql(
+        server,
+        s,
+        "query($c: ID!) { campaign(id: $c) { state stateDetail proposals results bestValue bestParameters } }",
+        json!({ "c": id }),
+    )["campaign"]
+        .clone()
+}
+
+/// Every experiment of the campaign, paging through the cursor API.
+fn experiments(server: &TestServer, s: &Session, id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let d = gql(
+            server,
+            s,
+            "query($c: ID!, $a: String) { campaign(id: $c) { experiments(first: 50, after: $a) { \
+               nodes { id seq source state outcome error parameters objectiveValue attempts provenance } \
+               pageInfo { hasNextPage endCursor } totalCount } } }",
+            json!({ "c": id, "a": after }),
+        );
+        let page = &d["campaign"]["experiments"];
+        out.extend(page["nodes"].as_array().unwrap().iter().cloned());
+        if page["pageInfo"]["hasNextPage"] != true {
+            assert_eq!(page["totalCount"].as_u64().unwrap() as usize, out.len());
+            return out;
+        }
+        after = page["pageInfo"]["endCursor"].as_str().unwrap().to_owned();
+    }
+}
+
+fn wait_done(
+    server: &TestServer,
+    s: &Session,
+    id: &str,
+    timeout: Duration,
+    agent: &TestAgent,
+) -> Value {
+    let mut last = 0;
+    wait_for(timeout, "the campaign to complete", || {
+        let c = campaign(server, s, id);
+        let results = c["results"].as_i64().unwrap_or(0);
+        if results >= last + 10 {
+            last = results;
+            println!("  … {results} results, best {}", c["bestValue"]);
+        }
+        if c["state"] == "failed" {
+            panic!(
+                "campaign failed: {c}\nagent:\n{}\nserver:\n{}",
+                agent.log(),
+                server.log()
+            );
+        }
+        Ok((c["state"] == "completed").then_some(c))
+    })
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nserver:\n{}", agent.log(), server.log()))
+    .0
+}
+
+/// Replays the stored history into a fresh SNOBFIT with the campaign's seed: each stored
+/// proposal must be exactly what the uninterrupted optimizer proposes after the same results.
+fn replay_matches(exps: &[Value]) -> usize {
+    let space = Space::new([
+        ("T".to_owned(), 90.0, 180.0, Some(0.5)),
+        ("C".to_owned(), 0.2, 1.2, Some(0.01)),
+    ]);
+    let mut opt = Optimizer::new(OptimizerSpec {
+        space,
+        goal: Goal::Maximize,
+        seed: SEED as u64,
+        algorithm: Algorithm::from_name("snobfit").unwrap(),
+    })
+    .unwrap();
+    let mut matched = 0;
+    for e in exps {
+        let told_before = e["provenance"]["proposal"]["told_before"].as_u64().unwrap();
+        assert_eq!(opt.observations(), told_before, "{e}");
+        let p = opt.ask(1).remove(0);
+        let x = [
+            e["parameters"]["T"].as_f64().unwrap(),
+            e["parameters"]["C"].as_f64().unwrap(),
+        ];
+        assert_eq!(
+            p.x,
+            x.to_vec(),
+            "proposal {} differs from an uninterrupted run",
+            e["seq"]
+        );
+        matched += 1;
+        let obs = e["objectiveValue"]
+            .as_f64()
+            .map_or_else(Observation::failed, Observation::new);
+        opt.tell(&x, obs).unwrap();
+    }
+    matched
+}
+
+fn check_complete(exps: &[Value], budget: usize) {
+    assert_eq!(exps.len(), budget, "experiments stored = budget");
+    let mut seqs: Vec<i64> = exps.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (1..=budget as i64).collect::<Vec<_>>(),
+        "each loop once, in order"
+    );
+    for e in exps {
+        assert_eq!(e["state"], "completed", "{e}");
+        assert_eq!(e["outcome"], "succeeded", "{e}");
+        assert!(e["objectiveValue"].is_number(), "{e}");
+        assert!(e["provenance"]["program"]["steps"].is_array(), "{e}");
+    }
+}
+
+fn in_global_region(c: &Value) -> bool {
+    let t = c["bestParameters"]["T"].as_f64().unwrap();
+    let conc = c["bestParameters"]["C"].as_f64().unwrap();
+    let cd = c["bestValue"].as_f64().unwrap();
+    (125.0..=137.0).contains(&t) && conc >= 0.7 && cd >= 0.9
+}
+
+async fn paper_campaign(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let server = TestServer::spawn(&db, ENV).unwrap();
+    let s = server
+        .sign_up("researcher@lab.example", "Chirality Group")
+        .unwrap();
+    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
+    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
+    wait_online(&server, &s, &lab.id, &agent);
+    let budget = 60;
+    let started = Instant::now();
+    let id = create_campaign(&server, &s, &lab.id, budget);
+    let c = wait_done(&server, &s, &id, Duration::from_secs(600), &agent);
+    let took = started.elapsed();
+    let exps = experiments(&server, &s, &id);
+    check_complete(&exps, budget as usize);
+    let matched = replay_matches(&exps);
+    println!(
+        "[{}] paper campaign: {budget} loops in {:.1} s ({:.0} ms/loop) at {SPEED}x; best |CD| {:.3} mdeg at T = {} °C, C = {} mmol/ml; {matched} proposals equal a fresh optimizer's",
+        backend.name(),
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1000.0 / budget as f64,
+        c["bestValue"].as_f64().unwrap(),
+        c["bestParameters"]["T"],
+        c["bestParameters"]["C"],
+    );
+    assert!(in_global_region(&c), "not the global region: {c}");
+    mark_ran(backend, "paper_campaign_finds_the_global_region");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paper_campaign_finds_the_global_region_on_every_backend() {
+    for backend in backends() {
+        paper_campaign(backend).await;
+    }
+}
+
+async fn restart(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let mut server = TestServer::spawn(&db, ENV).unwrap();
+    let addr = server.addr.to_string();
+    let s = server
+        .sign_up("researcher@lab.example", "Chirality Group")
+        .unwrap();
+    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
+    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
+    wait_online(&server, &s, &lab.id, &agent);
+    let budget = 30;
+    let id = create_campaign(&server, &s, &lab.id, budget);
+    let (killed_at, _) = wait_for(
+        Duration::from_secs(120),
+        "10 results before the kill",
+        || {
+            let n = campaign(&server, &s, &id)["results"].as_i64().unwrap_or(0);
+            Ok((n >= 10).then_some(n))
+        },
+    )
+    .unwrap();
+    server.kill();
+    let server = TestServer::spawn_on(&db, &addr, ENV).unwrap();
+    // The access token stays valid only with the same JWT key: log in again.
+    let again = server
+        .graphql(
+            "mutation { logIn(email: \"researcher@lab.example\", password: \"correct horse battery\") { accessToken } }",
+            json!({}),
+        )
+        .unwrap();
+    let s = Session {
+        access_token: again["data"]["logIn"]["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ..s
+    };
+    let c = wait_done(&server, &s, &id, Duration::from_secs(300), &agent);
+    let exps = experiments(&server, &s, &id);
+    check_complete(&exps, budget as usize);
+    let matched = replay_matches(&exps);
+    let reclaimed = exps
+        .iter()
+        .filter(|e| e["attempts"].as_i64().unwrap_or(0) > 1)
+        .count();
+    println!(
+        "[{}] server SIGKILL after {killed_at} results: campaign completed; experiments stored {} (budget {budget}), lost 0, duplicated 0, re-dispatched {reclaimed}; {matched}/{budget} proposals equal an uninterrupted optimizer's; best |CD| {:.3}",
+        backend.name(),
+        exps.len(),
+        c["bestValue"].as_f64().unwrap(),
+    );
+    mark_ran(backend, "campaign_survives_server_kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_completes_after_server_kill_with_nothing_lost_or_repeated() {
+    for backend in backends() {
+        restart(backend).await;
+    }
+}
