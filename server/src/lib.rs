@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod campaign;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod gateway;
 pub mod graphql;

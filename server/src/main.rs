@@ -58,6 +58,43 @@ enum Command {
     },
     /// Discovery-efficiency benchmark of the optimizers on a noisy landscape.
     OptimizeBench(cli_optimize_bench::OptimizeBenchArgs),
+    /// The product end to end: server, demo account, a virtual-lab agent and the paper's
+    /// chirality campaign with a progress bar and a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Listen address, ADDRESS:PORT.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Database URL (default: sqlite://DIR/maosic.db).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Working directory: database, demo password, agent credential, spool and log.
+    #[arg(long, value_name = "DIR", default_value = ".demo")]
+    dir: PathBuf,
+    /// Loops of the campaign.
+    #[arg(long, default_value_t = 250)]
+    budget: u32,
+    /// Optimizer seed (also the virtual lab's seed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Virtual lab clock speed (x real time).
+    #[arg(long, default_value_t = 2500.0)]
+    speed: f64,
+    /// Optimizer: snobfit (the paper's), bo, random, sobol or grid.
+    #[arg(long, default_value = "snobfit")]
+    optimizer: String,
+    /// Exit when the campaign ends (default: keep serving).
+    #[arg(long)]
+    exit_when_done: bool,
+    /// Print one JSON summary instead of the progress bar and text.
+    #[arg(long)]
+    json: bool,
+    /// The maosic-agent binary (default: next to this one).
+    #[arg(long, value_name = "FILE")]
+    agent_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +153,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { bind, db } => {
             let config = load(cli.config.as_ref(), bind, db)?;
             system.block_on(app::serve(config))?;
+        }
+        Command::Demo(args) => {
+            let dir = std::path::absolute(&args.dir)
+                .with_context(|| format!("bad --dir {}", args.dir.display()))?;
+            let database = args
+                .database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("maosic.db").display()));
+            let mut config = Config::load(
+                cli.config.as_deref(),
+                &Overrides {
+                    bind: Some(args.bind.clone()),
+                    database: Some(database),
+                },
+            )?;
+            if std::env::var_os("RUST_LOG").is_none() {
+                config.log.filter = "warn".into();
+            }
+            telemetry::init(&config.log);
+            let agent_bin = match args.agent_bin {
+                Some(p) => p,
+                None => std::env::current_exe()
+                    .context("cannot find this executable")?
+                    .with_file_name("maosic-agent"),
+            };
+            let opts = maosic_server::demo::DemoOptions {
+                dir,
+                budget: args.budget,
+                seed: args.seed,
+                speed: args.speed,
+                optimizer: args.optimizer,
+                exit_when_done: args.exit_when_done,
+                json: args.json,
+                agent_bin,
+            };
+            system.block_on(maosic_server::demo::run(config, opts))?;
         }
         Command::Migrate { db } => {
             let mut config = load(cli.config.as_ref(), None, db)?;

@@ -11,25 +11,25 @@ CREATE TABLE campaigns (
     objective        TEXT NOT NULL,
     optimizer        TEXT NOT NULL,
     settings_json    TEXT NOT NULL,
-    seed             INTEGER NOT NULL,
-    budget           INTEGER NOT NULL CHECK (budget > 0),
-    batch_size       INTEGER NOT NULL CHECK (batch_size > 0),
+    seed             BIGINT NOT NULL,
+    budget           BIGINT NOT NULL CHECK (budget > 0),
+    batch_size       BIGINT NOT NULL CHECK (batch_size > 0),
     target           DOUBLE PRECISION,
-    priority         INTEGER NOT NULL DEFAULT 0,
+    priority         BIGINT NOT NULL DEFAULT 0,
     state            TEXT NOT NULL CHECK (state IN ('draft', 'running', 'paused', 'completed', 'canceled', 'failed')),
     state_detail     TEXT,
     optimizer_state  TEXT,
-    version          INTEGER NOT NULL DEFAULT 0,
-    proposals        INTEGER NOT NULL DEFAULT 0,
-    results          INTEGER NOT NULL DEFAULT 0,
+    version          BIGINT NOT NULL DEFAULT 0,
+    proposals        BIGINT NOT NULL DEFAULT 0,
+    results          BIGINT NOT NULL DEFAULT 0,
     best_value       DOUBLE PRECISION,
     best_params_json TEXT,
     best_experiment_id TEXT,
     created_by       TEXT NOT NULL,
-    created_at       INTEGER NOT NULL,
-    updated_at       INTEGER NOT NULL,
-    started_at       INTEGER,
-    finished_at      INTEGER
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT
 );
 CREATE INDEX campaigns_org ON campaigns(organization_id, created_at);
 CREATE INDEX campaigns_state ON campaigns(state);
@@ -39,22 +39,22 @@ CREATE TABLE experiments (
     campaign_id      TEXT NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
     organization_id  TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     lab_id           TEXT NOT NULL REFERENCES labs(id) ON DELETE CASCADE,
-    seq              INTEGER NOT NULL,
+    seq              BIGINT NOT NULL,
     name             TEXT NOT NULL,
     source           TEXT NOT NULL CHECK (source IN ('optimizer', 'manual')),
     params_json      TEXT NOT NULL,
     proposal_json    TEXT,
     program_json     TEXT NOT NULL,
-    priority         INTEGER NOT NULL DEFAULT 0,
+    priority         BIGINT NOT NULL DEFAULT 0,
     state            TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'running', 'completed', 'failed', 'interrupted', 'canceled')),
     lease_owner      TEXT,
-    lease_until      INTEGER,
-    attempts         INTEGER NOT NULL DEFAULT 0,
+    lease_until      BIGINT,
+    attempts         BIGINT NOT NULL DEFAULT 0,
     created_by       TEXT NOT NULL,
-    queued_at        INTEGER NOT NULL,
-    dispatched_at    INTEGER,
-    started_at       INTEGER,
-    finished_at      INTEGER,
+    queued_at        BIGINT NOT NULL,
+    dispatched_at    BIGINT,
+    started_at       BIGINT,
+    finished_at      BIGINT,
     outcome          TEXT,
     error            TEXT,
     features_json    TEXT,
@@ -66,6 +66,7 @@ CREATE TABLE experiments (
 CREATE INDEX experiments_queue ON experiments(lab_id, state, priority, queued_at);
 CREATE INDEX experiments_state ON experiments(state);
 CREATE INDEX experiments_org_lab ON experiments(lab_id, organization_id, queued_at);
+CREATE INDEX experiments_dispatch ON experiments(lab_id, organization_id, dispatched_at);
 CREATE INDEX agent_records_kind ON agent_records(lab_id, program_id, kind);
 
 -- Row-level security (second fence): a campaign and its experiments belong to the organisation

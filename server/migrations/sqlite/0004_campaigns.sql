@@ -66,4 +66,5 @@ CREATE TABLE experiments (
 CREATE INDEX experiments_queue ON experiments(lab_id, state, priority, queued_at);
 CREATE INDEX experiments_state ON experiments(state);
 CREATE INDEX experiments_org_lab ON experiments(lab_id, organization_id, queued_at);
+CREATE INDEX experiments_dispatch ON experiments(lab_id, organization_id, dispatched_at);
 CREATE INDEX agent_records_kind ON agent_records(lab_id, program_id, kind);

@@ -457,7 +457,7 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &str) -> Result<(), Sto
     let lease = i64::try_from(state.config.campaigns.lease_ms).unwrap_or(i64::MAX);
     let Some(e) = state
         .storage
-        .claim_experiment(lab_id, owner, lease, now - DAY_MS, now)
+        .claim_experiment(lab_id, owner, lease, now)
         .await?
     else {
         return Ok(());

@@ -257,14 +257,13 @@ pub trait CampaignStorage {
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>>;
     /// Claims the lab's next experiment for `owner` until `now + lease_ms`: highest priority,
-    /// then the organisation with the fewest experiments dispatched on the lab since
-    /// `fair_since_ms` (fair share), then the oldest.
+    /// then the organisation served longest ago on this lab (round-robin fair share between the
+    /// organisations sharing it), then the oldest.
     async fn claim_experiment(
         &self,
         lab_id: &str,
         owner: &str,
         lease_ms: i64,
-        fair_since_ms: i64,
         now_ms: i64,
     ) -> StorageResult<Option<Experiment>>;
     /// `leased → running` (the agent accepted it).
@@ -625,7 +624,6 @@ macro_rules! impl_campaign_storage {
                 lab_id: &str,
                 owner: &str,
                 lease_ms: i64,
-                fair_since_ms: i64,
                 now_ms: i64,
             ) -> StorageResult<Option<Experiment>> {
                 let lock = match <$ty as $crate::storage::Storage>::backend(self) {
@@ -639,9 +637,9 @@ macro_rules! impl_campaign_storage {
                         WHERE e.lab_id = $4 AND (e.state = 'queued' \
                               OR (e.state = 'leased' AND e.lease_until < $3)) \
                         ORDER BY e.priority DESC, \
-                          (SELECT COUNT(*) FROM experiments d WHERE d.lab_id = e.lab_id \
-                             AND d.organization_id = e.organization_id \
-                             AND d.dispatched_at >= $5) ASC, \
+                          COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
+                             WHERE d.lab_id = e.lab_id \
+                             AND d.organization_id = e.organization_id), 0) ASC, \
                           e.queued_at, e.seq \
                         LIMIT 1 {lock}) \
                      AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) \
@@ -653,7 +651,6 @@ macro_rules! impl_campaign_storage {
                         .bind(now_ms.saturating_add(lease_ms))
                         .bind(now_ms)
                         .bind(lab_id)
-                        .bind(fair_since_ms)
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(StorageError::from_sqlx)

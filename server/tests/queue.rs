@@ -1,0 +1,398 @@
+//! Campaign and experiment-queue storage on every backend: the round trip of a campaign's ask and
+//! tell, forward-only experiment states, and the queue under load — 8 concurrent workers doing
+//! claim/complete cycles with random kills (a killed worker drops its claim and comes back under
+//! a new identity): 0 double claims, 0 lost, 0 stuck after the lease.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maosic_e2e::{backends, mark_ran, TestDatabase};
+use maosic_server::storage::{
+    self, now_ms, CampaignTold, DatabaseUrl, ExperimentFilter, ExperimentResult, NewCampaign,
+    NewExperiment, PoolSettings, Storage, StorageError,
+};
+
+async fn connect(db: &TestDatabase, max_connections: u32) -> Arc<dyn Storage> {
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let settings = PoolSettings {
+        max_connections,
+        ..PoolSettings::default()
+    };
+    let s = storage::connect(&url, &settings).await.unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+async fn campaign(s: &dyn Storage, org: &str, lab: &str) -> storage::Campaign {
+    s.create_campaign(
+        &NewCampaign {
+            organization_id: org.into(),
+            lab_id: lab.into(),
+            name: "c".into(),
+            recipe: "recipe r(T: °C in 90..180) { H[T = $T] }".into(),
+            space_json: "{}".into(),
+            objective: "maximize abs(cd_at_exciton)".into(),
+            optimizer: "random".into(),
+            settings_json: "{}".into(),
+            seed: 1,
+            budget: 1_000_000,
+            batch_size: 1,
+            target: None,
+            priority: 0,
+            optimizer_state: "state-0".into(),
+            created_by: "u".into(),
+        },
+        now_ms(),
+    )
+    .await
+    .unwrap()
+}
+
+fn item(n: usize) -> NewExperiment {
+    NewExperiment {
+        id: storage::new_id(),
+        name: format!("item {n}"),
+        source: "optimizer".into(),
+        params_json: format!("{{\"T\": {n}}}"),
+        proposal_json: None,
+        program_json: "{}".into(),
+        priority: 0,
+        created_by: "u".into(),
+    }
+}
+
+#[tokio::test]
+async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once() {
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 4).await;
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
+        let c = campaign(s.as_ref(), &org.id, &lab.id).await;
+        assert_eq!(c.state, "draft");
+        // Asking a draft campaign writes nothing.
+        assert!(!s
+            .enqueue_proposals(&c.id, c.version, "state-1", &[item(1)], 2)
+            .await
+            .unwrap());
+        assert!(s
+            .set_campaign_state(&c.id, &["draft"], "running", None, 3)
+            .await
+            .unwrap());
+        assert!(!s
+            .set_campaign_state(&c.id, &["draft"], "running", None, 3)
+            .await
+            .unwrap());
+        assert!(s
+            .enqueue_proposals(&c.id, 0, "state-1", &[item(1), item(2)], 4)
+            .await
+            .unwrap());
+        // A stale version (another writer asked meanwhile) writes nothing.
+        assert!(!s
+            .enqueue_proposals(&c.id, 0, "state-x", &[item(3)], 5)
+            .await
+            .unwrap());
+        let c = s.campaign(&c.id).await.unwrap();
+        assert_eq!(
+            (c.version, c.proposals, c.optimizer_state.as_deref()),
+            (1, 2, Some("state-1"))
+        );
+        let all = s
+            .experiments_of_campaign(&c.id, 0, 10, &ExperimentFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.optimizer_in_flight(&c.id).await.unwrap(), 2);
+
+        let e = s
+            .claim_experiment(&lab.id, "w", 60_000, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.seq, 1);
+        assert!(s.mark_running(&e.id, 11).await.unwrap());
+        assert!(!s.mark_running(&e.id, 11).await.unwrap(), "forward only");
+        let result = ExperimentResult {
+            experiment_id: e.id.clone(),
+            state: "completed".into(),
+            outcome: Some("succeeded".into()),
+            error: None,
+            features_json: Some("{}".into()),
+            peaks_json: None,
+            objective_value: Some(0.5),
+        };
+        let stale = CampaignTold {
+            campaign_id: c.id.clone(),
+            expected_version: 0,
+            optimizer_state: "state-stale".into(),
+            best_value: Some(0.5),
+            best_params_json: None,
+            best_experiment_id: Some(e.id.clone()),
+        };
+        // A tell against a stale version rolls back the experiment too.
+        assert!(matches!(
+            s.record_result(&result, Some(&stale), 12).await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(s.experiment(&e.id).await.unwrap().state, "running");
+        let told = CampaignTold {
+            expected_version: 1,
+            optimizer_state: "state-2".into(),
+            ..stale
+        };
+        assert!(s.record_result(&result, Some(&told), 13).await.unwrap());
+        // Told once: a second report of the same end changes nothing.
+        assert!(!s.record_result(&result, Some(&told), 14).await.unwrap());
+        let c = s.campaign(&c.id).await.unwrap();
+        assert_eq!((c.version, c.results, c.best_value), (2, 1, Some(0.5)));
+        let e = s.experiment(&e.id).await.unwrap();
+        assert!(e.told && e.is_final() && e.objective_value == Some(0.5));
+
+        // Manual experiments go to the same campaign (next seq) and do not count as in flight.
+        let mut manual = item(9);
+        manual.source = "manual".into();
+        let m = s.enqueue_manual(&c.id, &manual, 15).await.unwrap();
+        assert_eq!((m.seq, m.state.as_str()), (3, "queued"));
+        assert_eq!(s.optimizer_in_flight(&c.id).await.unwrap(), 1);
+        // Canceling cancels what is queued.
+        assert!(s
+            .set_campaign_state(&c.id, &["running"], "canceled", None, 16)
+            .await
+            .unwrap());
+        let states: Vec<String> = s
+            .experiments_of_campaign(&c.id, 0, 10, &ExperimentFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, vec!["completed", "canceled", "canceled"]);
+        assert!(s.enqueue_manual(&c.id, &item(10), 17).await.is_err());
+        mark_ran(backend, "campaign_ask_and_tell");
+    }
+}
+
+#[tokio::test]
+async fn a_lab_serves_the_organisation_served_longest_ago_first() {
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 4).await;
+        let a = s.create_organization("A", 1).await.unwrap();
+        let b = s.create_organization("B", 1).await.unwrap();
+        let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
+        let ca = campaign(s.as_ref(), &a.id, &lab.id).await;
+        let cb = campaign(s.as_ref(), &b.id, &lab.id).await;
+        for c in [&ca, &cb] {
+            s.set_campaign_state(&c.id, &["draft"], "running", None, 2)
+                .await
+                .unwrap();
+        }
+        // A queues 4 first, then B queues 2: they alternate instead of A going first.
+        s.enqueue_proposals(&ca.id, 0, "s", &(0..4).map(item).collect::<Vec<_>>(), 3)
+            .await
+            .unwrap();
+        s.enqueue_proposals(&cb.id, 0, "s", &(0..2).map(item).collect::<Vec<_>>(), 4)
+            .await
+            .unwrap();
+        let mut order = Vec::new();
+        for t in 0..6 {
+            let e = s
+                .claim_experiment(&lab.id, "w", 60_000, 10 + t)
+                .await
+                .unwrap()
+                .unwrap();
+            order.push(if e.organization_id == a.id { 'A' } else { 'B' });
+            s.finish_claim(&e.id, "w", "completed", 10 + t)
+                .await
+                .unwrap();
+        }
+        assert_eq!(order.iter().collect::<String>(), "ABABAA");
+        mark_ran(backend, "queue_fair_share");
+    }
+}
+
+struct Tally {
+    double_claims: AtomicUsize,
+    completions: Mutex<HashMap<String, usize>>,
+    holders: Mutex<HashMap<String, (String, i64)>>,
+    kills: AtomicUsize,
+    claims: AtomicUsize,
+}
+
+async fn worker(
+    s: Arc<dyn Storage>,
+    lab: String,
+    n: usize,
+    tally: Arc<Tally>,
+    w: usize,
+    seed: u64,
+) {
+    let mut rng = seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut incarnation = 0;
+    let mut owner = format!("w{w}.{incarnation}");
+    let lease_ms = 150;
+    loop {
+        let done = tally.completions.lock().unwrap().len();
+        if done == n {
+            return;
+        }
+        let now = now_ms();
+        let Some(e) = s
+            .claim_experiment(&lab, &owner, lease_ms, now)
+            .await
+            .unwrap()
+        else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        tally.claims.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut holders = tally.holders.lock().unwrap();
+            if let Some((other, until)) = holders.get(&e.id) {
+                if other != &owner && *until >= now {
+                    tally.double_claims.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            holders.insert(e.id.clone(), (owner.clone(), now + lease_ms));
+        }
+        if next() % 100 < 3 {
+            // Killed holding the claim: it comes back as a new process.
+            tally.kills.fetch_add(1, Ordering::Relaxed);
+            incarnation += 1;
+            owner = format!("w{w}.{incarnation}");
+            continue;
+        }
+        if s.finish_claim(&e.id, &owner, "completed", now_ms())
+            .await
+            .unwrap()
+        {
+            *tally
+                .completions
+                .lock()
+                .unwrap()
+                .entry(e.id.clone())
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Keeps about `depth` experiments queued until `total` were queued.
+async fn producer(s: Arc<dyn Storage>, campaign_id: String, total: usize, depth: usize) {
+    let mut queued = 0;
+    while queued < total {
+        let c = s.campaign(&campaign_id).await.unwrap();
+        let waiting = s
+            .experiments_of_campaign(
+                &campaign_id,
+                0,
+                depth as i64,
+                &ExperimentFilter {
+                    state: Some("queued".into()),
+                    source: None,
+                },
+            )
+            .await
+            .unwrap()
+            .len();
+        if waiting < depth / 2 {
+            let batch: Vec<NewExperiment> = (queued..(queued + depth / 2).min(total))
+                .map(item)
+                .collect();
+            assert!(s
+                .enqueue_proposals(&campaign_id, c.version, "s", &batch, now_ms())
+                .await
+                .unwrap());
+            queued += batch.len();
+        } else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_workers_claim_and_complete_with_random_kills_without_double_claims_or_losses() {
+    let per_worker: usize = std::env::var("MAOSIC_QUEUE_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let workers = 8;
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 12).await;
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
+        let c = campaign(s.as_ref(), &org.id, &lab.id).await;
+        s.set_campaign_state(&c.id, &["draft"], "running", None, 2)
+            .await
+            .unwrap();
+        let total = per_worker * workers;
+        let tally = Arc::new(Tally {
+            double_claims: AtomicUsize::new(0),
+            completions: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
+            kills: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
+        });
+        let started = Instant::now();
+        let prod = tokio::spawn(producer(s.clone(), c.id.clone(), total, 64));
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            tasks.push(tokio::spawn(worker(
+                s.clone(),
+                lab.id.clone(),
+                total,
+                tally.clone(),
+                w,
+                0xC0FFEE,
+            )));
+        }
+        prod.await.unwrap();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let took = started.elapsed();
+        let completions = tally.completions.lock().unwrap().clone();
+        let twice = completions.values().filter(|n| **n > 1).count();
+        let stuck = s
+            .experiments_of_campaign(
+                &c.id,
+                0,
+                i64::MAX,
+                &ExperimentFilter {
+                    state: Some("leased".into()),
+                    source: None,
+                },
+            )
+            .await
+            .unwrap()
+            .len();
+        let lost = total - completions.len();
+        println!(
+            "[{}] queue: {workers} workers, {total} experiments, {} claims, {} kills holding a claim, {:.1} s ({:.0} claim/complete per s): double claims {}, completed twice {twice}, lost {lost}, stuck {stuck}",
+            backend.name(),
+            tally.claims.load(Ordering::Relaxed),
+            tally.kills.load(Ordering::Relaxed),
+            took.as_secs_f64(),
+            total as f64 / took.as_secs_f64(),
+            tally.double_claims.load(Ordering::Relaxed),
+        );
+        assert_eq!(tally.double_claims.load(Ordering::Relaxed), 0);
+        assert_eq!(twice, 0);
+        assert_eq!(lost, 0);
+        assert_eq!(stuck, 0);
+        assert!(
+            tally.kills.load(Ordering::Relaxed) > 0,
+            "the kills must happen"
+        );
+        mark_ran(backend, "queue_under_load");
+    }
+}
