@@ -103,11 +103,16 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             })
             .route("/graphql", web::post().to(crate::graphql::graphql_handler))
             .route("/graphql", web::get().to(graphiql))
+            .route(
+                "/graphql/ws",
+                web::get().to(crate::graphql::subscriptions::graphql_ws),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
             .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
             .configure(crate::operator::configure)
+            .configure(crate::export::configure)
     })
     .listen(listener)?
     .shutdown_timeout(5)

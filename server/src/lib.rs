@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod export;
 pub mod gateway;
 pub mod graphql;
 pub mod metrics;

@@ -599,6 +599,86 @@ impl Drop for TestAgent {
     }
 }
 
+/// A graphql-ws (graphql-transport-ws) client over a real WebSocket to `/graphql/ws`.
+pub struct GraphqlWs {
+    socket: tungstenite::WebSocket<std::net::TcpStream>,
+}
+
+impl GraphqlWs {
+    /// Connects and sends `connection_init` with `{"authorization": "Bearer TOKEN"}`; returns
+    /// the first server message (`connection_ack`, or why the server refused) with the client.
+    pub fn connect(server: &TestServer, token: &str) -> anyhow::Result<(GraphqlWs, Value)> {
+        let stream = std::net::TcpStream::connect(server.addr)?;
+        let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/graphql/ws",
+            server.addr
+        ))?;
+        let mut request = request;
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            tungstenite::http::HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (socket, _) = tungstenite::client(request, stream)
+            .map_err(|e| anyhow!("websocket handshake failed: {e}"))?;
+        let mut ws = GraphqlWs { socket };
+        ws.send(&json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } }))?;
+        let first = ws.next(Duration::from_secs(10))?.unwrap_or(Value::Null);
+        Ok((ws, first))
+    }
+
+    /// Sends one protocol message.
+    pub fn send(&mut self, message: &Value) -> anyhow::Result<()> {
+        self.socket
+            .send(tungstenite::Message::text(message.to_string()))
+            .map_err(|e| anyhow!("send failed: {e}"))
+    }
+
+    /// Starts subscription `id`.
+    pub fn subscribe(&mut self, id: &str, query: &str, variables: Value) -> anyhow::Result<()> {
+        self.send(&json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } }))
+    }
+
+    /// The next message within `timeout` (`None` on timeout); a close frame is returned as
+    /// `{"type": "close", "code": N}`; pings are answered.
+    pub fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.socket.get_mut().set_read_timeout(Some(left))?;
+            match self.socket.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str())?;
+                    if v["type"] == "ping" {
+                        self.send(&json!({ "type": "pong" }))?;
+                        continue;
+                    }
+                    return Ok(Some(v));
+                }
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    return Ok(Some(json!({ "type": "close", "code": code })));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(Some(json!({ "type": "close", "code": 1006 })));
+                }
+                Err(e) => return Err(anyhow!("websocket read failed: {e}")),
+            }
+        }
+    }
+}
+
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -264,6 +264,13 @@ pub struct PageInfo {
 /// One experiment.
 pub struct ExperimentNode(Experiment);
 
+impl ExperimentNode {
+    /// Wraps an experiment the caller may see.
+    pub fn new(e: Experiment) -> Self {
+        ExperimentNode(e)
+    }
+}
+
 /// One measurement an experiment streamed (raw data as the agent sent it).
 #[derive(SimpleObject)]
 pub struct MeasurementNode {

@@ -20,7 +20,7 @@ use crate::storage::{Role, StorageError};
 
 /// The tenant scope of a request: the organisations the verified principal may act in, for
 /// PostgreSQL row-level security. Anonymous requests get an empty scope.
-async fn scope_of(
+pub(crate) async fn scope_of(
     state: &AppState,
     principal: Option<&Principal>,
 ) -> Result<TenantScope, StorageError> {

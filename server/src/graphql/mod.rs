@@ -10,10 +10,11 @@ pub mod compile;
 pub mod handler;
 pub mod labs;
 pub mod orgs;
+pub mod subscriptions;
 
-use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, MergedObject, Object, Schema, SimpleObject,
-};
+use async_graphql::{Context, ErrorExtensions, MergedObject, Object, Schema, SimpleObject};
+
+pub use subscriptions::SubscriptionRoot;
 
 use crate::auth::Principal;
 use crate::config::GraphqlConfig;
@@ -24,7 +25,7 @@ pub use handler::graphql_handler;
 pub use labs::LabNode;
 
 /// The server's GraphQL schema type.
-pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// All queries.
 #[derive(MergedObject, Default)]
@@ -53,7 +54,7 @@ pub fn build_schema(state: Option<AppState>) -> ApiSchema {
     let builder = Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
-        EmptySubscription,
+        SubscriptionRoot,
     );
     match state {
         Some(state) => {
@@ -72,9 +73,9 @@ pub fn build_schema(state: Option<AppState>) -> ApiSchema {
 }
 
 fn apply_limits(
-    builder: async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription>,
+    builder: async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot>,
     limits: &GraphqlConfig,
-) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     let builder = builder
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)

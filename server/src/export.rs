@@ -1,0 +1,280 @@
+//! Campaign data export: `GET /api/v1/campaigns/{id}/export.csv` (one row per experiment:
+//! conditions, state, objective and the main features) and `…/export.json` (the campaign, and
+//! per experiment its conditions, features, fitted peaks, provenance and — with
+//! `?measurements=true` — the raw spectra). Authorised like the API: a bearer token (session or
+//! API token) of a member of the campaign's organisation; anything else is 401 or 404.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::graphql::campaigns::provenance;
+use crate::state::AppState;
+use crate::storage::{tenant, Campaign, Experiment, ExperimentFilter, StorageError};
+
+/// Routes of the export API.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/api/v1/campaigns/{id}/export.{format}",
+        web::get().to(export),
+    );
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    measurements: bool,
+}
+
+fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": { "code": code, "message": message } }))
+}
+
+async fn export(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ExportQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let (id, format) = path.into_inner();
+    if format != "csv" && format != "json" {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "export.csv or export.json",
+        );
+    }
+    let token = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 4096);
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "authentication required",
+        );
+    };
+    let Ok(principal) = state.auth.authenticate(state.storage.as_ref(), token).await else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "invalid credentials",
+        );
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&id).map(|u| u.to_string()) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found");
+    };
+    let scope = match crate::graphql::handler::scope_of(&state, Some(&principal)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot resolve the tenant scope");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error",
+            );
+        }
+    };
+    let loaded = tenant::scoped(scope, async {
+        let c = state.storage.campaign(&id).await?;
+        let memberships = state
+            .storage
+            .memberships_of_user(&principal.user_id)
+            .await?;
+        let stored = memberships
+            .iter()
+            .find(|m| m.organization_id == c.organization_id)
+            .map(|m| m.role);
+        if principal
+            .effective_role(&c.organization_id, stored)
+            .is_none()
+        {
+            return Err(StorageError::NotFound);
+        }
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |e: &Experiment| e.seq);
+            let page = state
+                .storage
+                .experiments_of_campaign(&c.id, after, 500, &ExperimentFilter::default())
+                .await?;
+            let done = page.len() < 500;
+            all.extend(page);
+            if done {
+                break;
+            }
+        }
+        let mut measurements = Vec::new();
+        if query.measurements && format == "json" {
+            for e in &all {
+                measurements.push(state.storage.records_of_program(&e.lab_id, &e.id).await?);
+            }
+        }
+        Ok((c, all, measurements))
+    })
+    .await;
+    let (c, experiments, measurements) = match loaded {
+        Ok(v) => v,
+        Err(StorageError::NotFound) => {
+            return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "export failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error",
+            );
+        }
+    };
+    let file = format!("campaign-{}.{format}", c.id);
+    let disposition = format!("attachment; filename=\"{file}\"");
+    if format == "csv" {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header(("content-disposition", disposition))
+            .body(to_csv(&c, &experiments))
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("content-disposition", disposition))
+            .json(to_json(&c, &experiments, &measurements))
+    }
+}
+
+/// The variable names of the campaign's space, in order.
+fn variables(c: &Campaign) -> Vec<String> {
+    serde_json::from_str::<maosic_optimizer::Space>(&c.space_json)
+        .map(|s| s.parameters.into_iter().map(|p| p.name).collect())
+        .unwrap_or_default()
+}
+
+const FEATURE_COLUMNS: [&str; 5] = [
+    "exciton_wavelength_nm",
+    "absorbance_at_exciton",
+    "cd_at_exciton_mdeg",
+    "g_factor",
+    "fit_r_squared",
+];
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn number(v: &Value) -> String {
+    v.as_f64().map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// The campaign as CSV, one row per experiment in loop order.
+pub fn to_csv(c: &Campaign, experiments: &[Experiment]) -> String {
+    let vars = variables(c);
+    let mut header = vec!["seq", "experiment_id", "name", "source", "state"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    header.extend(vars.iter().cloned());
+    header.push("objective".into());
+    header.extend(FEATURE_COLUMNS.iter().map(|s| (*s).to_owned()));
+    header.extend(["queued_at_ms", "finished_at_ms", "error"].map(str::to_owned));
+    let mut out = header
+        .iter()
+        .map(|h| field(h))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for e in experiments {
+        let params: Value = serde_json::from_str(&e.params_json).unwrap_or(Value::Null);
+        let features: Value = e
+            .features_json
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or(Value::Null);
+        let mut row = vec![
+            e.seq.to_string(),
+            e.id.clone(),
+            field(&e.name),
+            e.source.clone(),
+            e.state.clone(),
+        ];
+        row.extend(vars.iter().map(|v| number(&params[v])));
+        row.push(e.objective_value.map(|v| v.to_string()).unwrap_or_default());
+        row.extend(FEATURE_COLUMNS.iter().map(|f| number(&features[*f])));
+        row.push(e.queued_at.to_string());
+        row.push(e.finished_at.map(|t| t.to_string()).unwrap_or_default());
+        row.push(field(e.error.as_deref().unwrap_or("")));
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn parsed(text: Option<&str>) -> Value {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The campaign as JSON (raw spectra included when `measurements` is not empty).
+pub fn to_json(
+    c: &Campaign,
+    experiments: &[Experiment],
+    measurements: &[Vec<crate::storage::StoredRecord>],
+) -> Value {
+    let rows: Vec<Value> = experiments
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut row = json!({
+                "id": e.id,
+                "seq": e.seq,
+                "name": e.name,
+                "source": e.source,
+                "state": e.state,
+                "parameters": parsed(Some(&e.params_json)),
+                "objective": e.objective_value,
+                "features": parsed(e.features_json.as_deref()),
+                "fitted_peaks": parsed(e.peaks_json.as_deref()),
+                "error": e.error,
+                "queued_at_ms": e.queued_at,
+                "started_at_ms": e.started_at,
+                "finished_at_ms": e.finished_at,
+                "provenance": provenance(e, c),
+            });
+            if let Some(records) = measurements.get(i) {
+                row["measurements"] = Value::Array(
+                    records
+                        .iter()
+                        .filter(|r| r.kind == "measurement")
+                        .map(|r| parsed(Some(&r.body))["body"].clone())
+                        .collect(),
+                );
+            }
+            row
+        })
+        .collect();
+    json!({
+        "campaign": {
+            "id": c.id,
+            "name": c.name,
+            "organization_id": c.organization_id,
+            "lab_id": c.lab_id,
+            "state": c.state,
+            "objective": c.objective,
+            "optimizer": c.optimizer,
+            "seed": c.seed,
+            "budget": c.budget,
+            "best_value": c.best_value,
+            "best_parameters": parsed(c.best_params_json.as_deref()),
+        },
+        "experiments": rows,
+    })
+}

@@ -1,0 +1,368 @@
+//! GraphQL subscriptions (graphql-ws over WebSocket at `/graphql/ws`): campaign events,
+//! experiment state changes, new measurements and lab status, live.
+//!
+//! The socket is authenticated at `connection_init` (payload `{"authorization": "Bearer …"}`);
+//! every subscription checks access when it starts (another organisation's ids are `NOT_FOUND`)
+//! and filters the in-process event bus by the ids it was granted, so nothing of another tenant
+//! is ever sent. A revocation of the socket's session or token closes it (code 4401).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
+use async_graphql::{Context, Data, SimpleObject, Subscription, ID};
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::access::{lab_with_access, org_role, LabAccess};
+use super::campaigns::ExperimentNode;
+use super::{fail, parse_id, principal, state, ApiError, ApiResult, ApiSchema, RequestInfo};
+use crate::auth::Principal;
+use crate::events::Event;
+use crate::state::AppState;
+use crate::storage::tenant::{self, TenantScope};
+
+/// Something happened in a campaign.
+#[derive(SimpleObject, Clone)]
+pub struct CampaignEvent {
+    /// The campaign.
+    pub campaign_id: ID,
+    /// `state` (the campaign changed state), `queued` (new proposals), `result` (an experiment
+    /// was told to the optimizer), `experiment` (an experiment changed state), `measurement`.
+    pub kind: String,
+    /// The campaign's state (for `state`), or the experiment's (for `experiment`).
+    pub state: Option<String>,
+    /// The experiment concerned, if any.
+    pub experiment_id: Option<ID>,
+    /// The measurement's kind (`absorption_spectrum`, …) for `measurement`.
+    pub measurement_kind: Option<String>,
+}
+
+/// A lab's agent connected or disconnected.
+#[derive(SimpleObject, Clone)]
+pub struct LabStatusEvent {
+    /// The lab.
+    pub lab_id: ID,
+    /// Whether its agent is connected now.
+    pub online: bool,
+}
+
+/// The subscriptions.
+#[derive(Default)]
+pub struct SubscriptionRoot;
+
+/// The tenant scope the subscription's storage calls run in (row-level security on PostgreSQL).
+fn scope(ctx: &Context<'_>) -> TenantScope {
+    ctx.data::<TenantScope>()
+        .cloned()
+        .unwrap_or(TenantScope::Principal {
+            user_id: String::new(),
+            org_ids: Vec::new(),
+            admin_org_ids: Vec::new(),
+            shared_lab_ids: Vec::new(),
+        })
+}
+
+/// The bus as a stream of events, skipping ahead when the subscriber lags.
+fn bus(state: &AppState) -> impl Stream<Item = Event> + Send + 'static {
+    let rx = state.events.subscribe();
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => return Some((ev, rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+async fn campaign_org(ctx: &Context<'_>, p: &Principal, campaign_id: &str) -> ApiResult<String> {
+    let id = parse_id(campaign_id)?;
+    let c = state(ctx)?
+        .storage
+        .campaign(&id)
+        .await
+        .map_err(|e| fail(ApiError::from(e)))?;
+    if org_role(ctx, p, &c.organization_id).await?.is_none() {
+        return Err(fail(ApiError::NotFound));
+    }
+    Ok(c.organization_id)
+}
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Everything that happens in one campaign: state changes, new proposals, results,
+    /// experiment states and new measurements.
+    async fn campaign_events(
+        &self,
+        ctx: &Context<'_>,
+        campaign_id: ID,
+    ) -> BoxStream<'static, ApiResult<CampaignEvent>> {
+        let setup = async {
+            let p = principal(ctx)?;
+            let org = campaign_org(ctx, p, &campaign_id).await?;
+            Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
+        };
+        let (org, id, st) = match setup.await {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
+        let scope = scope(ctx);
+        bus(&st)
+            .filter_map(move |ev| {
+                let (id, org, st, scope) = (id.clone(), org.clone(), st.clone(), scope.clone());
+                async move { campaign_event(&st, scope, &org, &id, ev).await.map(Ok) }
+            })
+            .boxed()
+    }
+
+    /// Experiments of one campaign as they change state (queued, running, completed, …).
+    async fn experiment_updates(
+        &self,
+        ctx: &Context<'_>,
+        campaign_id: ID,
+    ) -> BoxStream<'static, ApiResult<ExperimentNode>> {
+        let setup = async {
+            let p = principal(ctx)?;
+            let org = campaign_org(ctx, p, &campaign_id).await?;
+            Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
+        };
+        let (org, id, st) = match setup.await {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
+        let scope = scope(ctx);
+        bus(&st)
+            .filter_map(move |ev| {
+                let (id, org, st, scope) = (id.clone(), org.clone(), st.clone(), scope.clone());
+                async move {
+                    let Event::Experiment {
+                        organization_id,
+                        campaign_id,
+                        experiment_id,
+                        ..
+                    } = ev
+                    else {
+                        return None;
+                    };
+                    if organization_id != org || campaign_id != id {
+                        return None;
+                    }
+                    let e = tenant::scoped(scope, st.storage.experiment(&experiment_id))
+                        .await
+                        .ok()?;
+                    (e.organization_id == org).then(|| Ok(ExperimentNode::new(e)))
+                }
+            })
+            .boxed()
+    }
+
+    /// A lab's agent going online and offline (labs the caller may see).
+    async fn lab_status(
+        &self,
+        ctx: &Context<'_>,
+        lab_id: ID,
+    ) -> BoxStream<'static, ApiResult<LabStatusEvent>> {
+        let setup = async {
+            let p = principal(ctx)?;
+            let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Read).await?;
+            Ok::<_, async_graphql::Error>((lab.id, state(ctx)?.clone()))
+        };
+        let (lab_id, st) = match setup.await {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
+        bus(&st)
+            .filter_map(move |ev| {
+                let lab_id = lab_id.clone();
+                async move {
+                    match ev {
+                        Event::LabStatus { lab_id: l, online } if l == lab_id => {
+                            Some(Ok(LabStatusEvent {
+                                lab_id: ID(l),
+                                online,
+                            }))
+                        }
+                        _ => None,
+                    }
+                }
+            })
+            .boxed()
+    }
+}
+
+/// A subscription refused at its start: one error, then the end.
+fn refused<T: Send + 'static>(e: async_graphql::Error) -> BoxStream<'static, ApiResult<T>> {
+    futures_util::stream::once(async move { Err(e) }).boxed()
+}
+
+/// Maps a bus event to the campaign's event, if it belongs to it.
+async fn campaign_event(
+    st: &AppState,
+    scope: TenantScope,
+    org: &str,
+    campaign: &str,
+    ev: Event,
+) -> Option<CampaignEvent> {
+    match ev {
+        Event::Campaign {
+            organization_id,
+            campaign_id,
+            state,
+            kind,
+        } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
+            campaign_id: ID(campaign_id),
+            kind,
+            state: Some(state),
+            experiment_id: None,
+            measurement_kind: None,
+        }),
+        Event::Experiment {
+            organization_id,
+            campaign_id,
+            experiment_id,
+            state,
+        } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
+            campaign_id: ID(campaign_id),
+            kind: "experiment".into(),
+            state: Some(state),
+            experiment_id: Some(ID(experiment_id)),
+            measurement_kind: None,
+        }),
+        Event::RecordStored {
+            program_id: Some(program_id),
+            kind,
+            ..
+        } if kind == "measurement" => {
+            // Records carry the experiment id as their program id; look it up in the
+            // subscriber's own scope.
+            let e = tenant::scoped(scope, st.storage.experiment(&program_id))
+                .await
+                .ok()?;
+            (e.organization_id == org && e.campaign_id == campaign).then(|| CampaignEvent {
+                campaign_id: ID(e.campaign_id),
+                kind: "measurement".into(),
+                state: Some(e.state),
+                experiment_id: Some(ID(e.id)),
+                measurement_kind: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `GET /graphql/ws`: graphql-ws (or the older subscriptions-transport-ws) over WebSocket.
+pub async fn graphql_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    schema: web::Data<ApiSchema>,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let protocol = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.trim().parse::<Protocols>().ok())
+        })
+        .unwrap_or(Protocols::GraphQLWS);
+    let (mut response, mut session, mut incoming) = actix_ws::handle(&req, body)?;
+    if let Ok(value) =
+        actix_web::http::header::HeaderValue::from_str(protocol.sec_websocket_protocol())
+    {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    let state = state.into_inner();
+    let schema = schema.into_inner();
+    actix_web::rt::spawn(async move {
+        let (to_graphql, from_client) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (authed_tx, mut authed_rx) = tokio::sync::watch::channel::<Option<Principal>>(None);
+        let init_state = (*state).clone();
+        let input = futures_util::stream::unfold(from_client, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        });
+        let mut ws = Box::pin(
+            async_graphql::http::WebSocket::new((*schema).clone(), input, protocol)
+                .keepalive_timeout(Duration::from_secs(60))
+                .on_connection_init(move |payload| async move {
+                    let token = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned())
+                        .ok_or_else(|| async_graphql::Error::new("authentication required"))?;
+                    let principal = init_state
+                        .auth
+                        .authenticate(init_state.storage.as_ref(), &token)
+                        .await
+                        .map_err(|_| async_graphql::Error::new("invalid credentials"))?;
+                    let scope = super::handler::scope_of(&init_state, Some(&principal))
+                        .await
+                        .map_err(|_| async_graphql::Error::new("unavailable"))?;
+                    let _ = authed_tx.send(Some(principal.clone()));
+                    let mut data = Data::default();
+                    data.insert(RequestInfo {
+                        principal: Some(principal),
+                        source: None,
+                    });
+                    data.insert(scope);
+                    Ok(data)
+                }),
+        );
+        let mut revocations = state.auth.revocations();
+        let mut revocations_open = true;
+        loop {
+            tokio::select! {
+                frame = incoming.next() => match frame {
+                    Some(Ok(actix_ws::Message::Text(t))) => {
+                        if to_graphql.send(t.as_bytes().to_vec()).await.is_err() { break; }
+                    }
+                    Some(Ok(actix_ws::Message::Binary(b))) => {
+                        if to_graphql.send(b.to_vec()).await.is_err() { break; }
+                    }
+                    Some(Ok(actix_ws::Message::Ping(b))) => {
+                        if session.pong(&b).await.is_err() { break; }
+                    }
+                    Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                out = ws.next() => match out {
+                    Some(WsMessage::Text(text)) => {
+                        if session.text(text).await.is_err() { break; }
+                    }
+                    Some(WsMessage::Close(code, reason)) => {
+                        let _ = session.close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Other(code),
+                            description: Some(reason),
+                        })).await;
+                        return;
+                    }
+                    None => break,
+                },
+                revoked = revocations.recv(), if revocations_open => {
+                    let applies = match &revoked {
+                        Ok(r) => authed_rx.borrow_and_update().as_ref().is_some_and(|p| r.applies_to(p)),
+                        Err(RecvError::Lagged(_)) => false,
+                        Err(RecvError::Closed) => {
+                            revocations_open = false;
+                            false
+                        }
+                    };
+                    if applies {
+                        let _ = session.close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Other(4401),
+                            description: Some("credentials revoked".into()),
+                        })).await;
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(response)
+}
