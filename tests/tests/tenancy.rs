@@ -3,7 +3,12 @@
 //! ids; nothing of A may appear in the answers and nothing of A may change.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use maosic_e2e::{backends, mark_ran, Backend, Session, TestDatabase, TestServer};
+use std::time::Duration;
+
+use maosic_e2e::{
+    backends, mark_ran, repo_root, wait_for, Backend, GraphqlWs, Session, TestAgent, TestDatabase,
+    TestServer,
+};
 use serde_json::{json, Map, Value};
 
 const INTROSPECT: &str = "{ __schema { queryType { name } mutationType { name } subscriptionType { name } \
@@ -18,7 +23,23 @@ struct Secrets {
     user: String,
     credential: String,
     api_token: String,
+    campaign: String,
+    experiment: String,
     words: Vec<String>,
+}
+
+impl Secrets {
+    fn ids(&self) -> [&String; 7] {
+        [
+            &self.org,
+            &self.lab,
+            &self.user,
+            &self.credential,
+            &self.api_token,
+            &self.campaign,
+            &self.experiment,
+        ]
+    }
 }
 
 fn named_type(t: &Value) -> (String, bool) {
@@ -88,7 +109,11 @@ fn argument_sets(types: &[Value], field: &Value, s: &Secrets) -> Vec<Map<String,
         let lname = name.to_lowercase();
         let candidates: Vec<Value> = match ty.as_str() {
             "ID" => {
-                let ids: Vec<&String> = if lname.contains("lab") {
+                let ids: Vec<&String> = if lname.contains("campaign") {
+                    vec![&s.campaign]
+                } else if lname.contains("experiment") {
+                    vec![&s.experiment]
+                } else if lname.contains("lab") {
                     vec![&s.lab]
                 } else if lname.contains("organization") {
                     vec![&s.org]
@@ -97,7 +122,7 @@ fn argument_sets(types: &[Value], field: &Value, s: &Secrets) -> Vec<Map<String,
                 } else if lname.contains("user") {
                     vec![&s.user]
                 } else {
-                    vec![&s.lab, &s.org, &s.api_token, &s.credential, &s.user]
+                    s.ids().to_vec()
                 };
                 ids.into_iter().map(|i| json!(i)).collect()
             }
@@ -108,6 +133,7 @@ fn argument_sets(types: &[Value], field: &Value, s: &Secrets) -> Vec<Map<String,
                 _ => "probe".to_owned(),
             })],
             "Int" => vec![json!(5)],
+            "Float" => vec![json!(130.5)],
             "Boolean" => vec![json!(true)],
             "JSON" => vec![json!({})],
             other => {
@@ -150,7 +176,9 @@ fn snapshot(server: &TestServer, a: &Session, lab: &str) -> Value {
                labs { id name shares { organizationId dailyQuota } agentCredentials { id revokedAt } } \
                sharedLabs { labId dailyQuota } } \
              lab(id: $l) { id name } auditLog(organizationId: $o, limit: 500) { id action } \
-             apiTokens { id revokedAt } me { email memberships { role organization { id } } } }",
+             apiTokens { id revokedAt } me { email memberships { role organization { id } } } \
+             campaigns(organizationId: $o) { id name state budget priority proposals \
+               experiments(first: 100) { nodes { id state name parameters } totalCount } } }",
             json!({ "o": a.organization_id, "l": lab }),
         )
         .unwrap();
@@ -188,6 +216,65 @@ async fn sweep(backend: Backend, app_filter: bool) {
         .unwrap();
     let cred: Value =
         serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
+    // An agent announcing the paper lab's descriptor (no instruments: programs are refused).
+    let agent = TestAgent::spawn(
+        &server.url(),
+        &lab.credential,
+        Some(&repo_root().join("examples/paper-lab.toml")),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), "A's lab online", || {
+        let d = server
+            .graphql_as(
+                &a.access_token,
+                "query($l: ID!) { lab(id: $l) { online devices { name } } }",
+                json!({ "l": lab.id }),
+            )
+            .unwrap();
+        Ok((d["data"]["lab"]["online"] == true
+            && d["data"]["lab"]["devices"]
+                .as_array()
+                .is_some_and(|x| !x.is_empty()))
+        .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let recipe = std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap();
+    let made = server
+        .graphql_as(
+            &a.access_token,
+            "mutation($o: ID!, $l: ID!, $r: String!) { createCampaign(organizationId: $o, labId: $l, \
+               name: \"alpha-secret-campaign\", recipe: $r, objective: \"maximize abs(cd_at_exciton)\", \
+               optimizer: \"snobfit\", budget: 3) { id } }",
+            json!({ "o": a.organization_id, "l": lab.id, "r": recipe }),
+        )
+        .unwrap();
+    let campaign = made["data"]["createCampaign"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned();
+    let queued = server
+        .graphql_as(
+            &a.access_token,
+            "mutation($c: ID!) { queueExperiment(campaignId: $c, parameters: {T: 130, C: 0.8}, name: \"alpha-secret-experiment\") { id } }",
+            json!({ "c": campaign }),
+        )
+        .unwrap();
+    let experiment = queued["data"]["queueExperiment"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{queued}"))
+        .to_owned();
+    // The engine dispatches it; the descriptor-only agent refuses it: the experiment ends.
+    wait_for(Duration::from_secs(30), "A's experiment to end", || {
+        let d = server
+            .graphql_as(
+                &a.access_token,
+                "query($e: ID!) { experiment(id: $e) { state } }",
+                json!({ "e": experiment }),
+            )
+            .unwrap();
+        Ok((d["data"]["experiment"]["state"] == "failed").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
     let secrets = Secrets {
         org: a.organization_id.clone(),
         lab: lab.id.clone(),
@@ -197,7 +284,11 @@ async fn sweep(backend: Backend, app_filter: bool) {
             .as_str()
             .unwrap_or_else(|| panic!("{tok}"))
             .to_owned(),
+        campaign,
+        experiment,
         words: vec![
+            "alpha-secret-campaign".into(),
+            "alpha-secret-experiment".into(),
             "Alpha Secret Org".into(),
             "alpha-secret-lab".into(),
             "alpha-owner@a.example".into(),
@@ -224,6 +315,17 @@ async fn sweep(backend: Backend, app_filter: bool) {
     );
 
     let mut counts = [0usize; 3]; // query, mutation, subscription fields
+    let mut sockets: Vec<(String, GraphqlWs)> = Vec::new();
+    // Positive control for events: A's own subscription must see what A does later.
+    let (mut own_ws, own_ack) = GraphqlWs::connect(&server, &a.access_token).unwrap();
+    assert_eq!(own_ack["type"], "connection_ack");
+    own_ws
+        .subscribe(
+            "own",
+            "subscription($c: ID!) { campaignEvents(campaignId: $c) { kind state } }",
+            json!({ "c": secrets.campaign }),
+        )
+        .unwrap();
     let (mut calls, mut leaked, mut applied) = (0usize, 0usize, 0usize);
     for (slot, (op, root)) in [
         ("query", &s["queryType"]),
@@ -258,24 +360,30 @@ async fn sweep(backend: Backend, app_filter: bool) {
                 } else {
                     format!("{op} {{ {name}({}) {sel} }}", arg_text.join(", "))
                 };
-                let body = server
-                    .graphql_as(&b.access_token, &call, json!({}))
-                    .unwrap();
+                let body = if op == "subscription" {
+                    // Over the real WebSocket: the first answer (a refusal, or nothing yet);
+                    // the socket stays open to catch events later.
+                    let (mut ws, ack) = GraphqlWs::connect(&server, &b.access_token).unwrap();
+                    assert_eq!(ack["type"], "connection_ack", "{ack}");
+                    ws.subscribe("probe", &call, json!({})).unwrap();
+                    let first = ws
+                        .next(Duration::from_secs(3))
+                        .unwrap()
+                        .unwrap_or(Value::Null);
+                    sockets.push((call.clone(), ws));
+                    first["payload"].clone()
+                } else {
+                    server
+                        .graphql_as(&b.access_token, &call, json!({}))
+                        .unwrap()
+                };
                 calls += 1;
                 let text = body.to_string();
                 // Leaks: any of A's names, or any of A's ids in the data (ids B sent may be
                 // echoed nowhere either).
                 let data = body["data"].to_string();
                 let leak = secrets.words.iter().any(|w| text.contains(w.as_str()))
-                    || [
-                        &secrets.org,
-                        &secrets.lab,
-                        &secrets.user,
-                        &secrets.credential,
-                        &secrets.api_token,
-                    ]
-                    .iter()
-                    .any(|id| data.contains(id.as_str()));
+                    || secrets.ids().iter().any(|id| data.contains(id.as_str()));
                 if leak {
                     println!("LEAK via {call}: {body}");
                     leaked += 1;
@@ -306,11 +414,53 @@ async fn sweep(backend: Backend, app_filter: bool) {
             }
         }
     }
+    // A acts (its campaign starts, the engine queues and dispatches): events flow on the bus.
+    let started = server
+        .graphql_as(
+            &a.access_token,
+            "mutation($c: ID!) { startCampaign(id: $c) { state } }",
+            json!({ "c": secrets.campaign }),
+        )
+        .unwrap();
+    assert!(started.get("errors").is_none(), "{started}");
+    let mut own_events = 0;
+    while let Some(m) = own_ws.next(Duration::from_secs(2)).unwrap() {
+        if m["type"] == "next" && !m["payload"]["data"].is_null() {
+            own_events += 1;
+        }
+    }
+    assert!(
+        own_events > 0,
+        "the positive control saw no event: the event check would be blind"
+    );
+    let mut events_leaked = 0;
+    for (call, ws) in &mut sockets {
+        while let Some(m) = ws.next(Duration::from_millis(200)).unwrap() {
+            let text = m.to_string();
+            let data_event = m["type"] == "next" && !m["payload"]["data"].is_null();
+            if data_event
+                || secrets.words.iter().any(|w| text.contains(w.as_str()))
+                || secrets
+                    .ids()
+                    .iter()
+                    .any(|id| m["payload"]["data"].to_string().contains(id.as_str()))
+            {
+                println!("EVENT LEAK via {call}: {m}");
+                events_leaked += 1;
+            }
+        }
+    }
     println!(
-        "[{label}] tenancy sweep: {} queries, {} mutations, {} subscriptions in the schema; {calls} calls as org B with org A's ids; rows leaked {leaked}, mutations applied {applied}, events leaked 0 (no subscriptions yet)",
+        "[{label}] tenancy sweep: {} queries, {} mutations, {} subscriptions in the schema; {calls} calls as org B with org A's ids; rows leaked {leaked}, mutations applied {applied}, events leaked {events_leaked} ({} subscriptions open while A's campaign ran; A's own subscription saw {own_events} events)",
         counts[0],
         counts[1],
-        counts[2]
+        counts[2],
+        sockets.len(),
+    );
+    assert_eq!(events_leaked, 0);
+    assert!(
+        counts[2] >= 3,
+        "the sweep found too few subscriptions: {counts:?}"
     );
     assert!(
         counts[0] >= 7 && counts[1] >= 15,

@@ -104,7 +104,8 @@ impl SubscriptionRoot {
             let org = campaign_org(ctx, p, &campaign_id).await?;
             Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
         };
-        let (org, id, st) = match setup.await {
+        // Checked in the subscriber's tenant scope (row-level security applies, as for queries).
+        let (org, id, st) = match tenant::scoped(scope(ctx), setup).await {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
@@ -128,7 +129,8 @@ impl SubscriptionRoot {
             let org = campaign_org(ctx, p, &campaign_id).await?;
             Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
         };
-        let (org, id, st) = match setup.await {
+        // Checked in the subscriber's tenant scope (row-level security applies, as for queries).
+        let (org, id, st) = match tenant::scoped(scope(ctx), setup).await {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
@@ -169,7 +171,7 @@ impl SubscriptionRoot {
             let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Read).await?;
             Ok::<_, async_graphql::Error>((lab.id, state(ctx)?.clone()))
         };
-        let (lab_id, st) = match setup.await {
+        let (lab_id, st) = match tenant::scoped(scope(ctx), setup).await {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
