@@ -45,9 +45,13 @@ pub struct DemoOptions {
 }
 
 /// Runs the demo on the current actix system.
-pub async fn run(config: Config, opts: DemoOptions) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    if config.auth.jwt_secret.is_empty() {
+        // Kept in the demo directory, so tokens outlive a restart of the demo.
+        config.auth.jwt_secret = read_or_create_secret(&opts.dir.join("jwt-secret"), 32)?;
+    }
     let storage = open_storage(&config).await?;
     let state = AppState::new(storage, config);
     let engine = crate::campaign::engine::spawn(state.clone());
@@ -150,14 +154,17 @@ fn text(v: &Value, what: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("missing {what} in the server's answer"))
 }
 
-fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
+fn read_or_create_secret(path: &Path, bytes: usize) -> anyhow::Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
         if !s.trim().is_empty() {
             return Ok(s.trim().to_owned());
         }
     }
-    let bytes: [u8; 12] = rand::random();
-    let secret = hex::encode(bytes);
+    let secret = hex::encode(
+        (0..bytes)
+            .map(|_| rand::random::<u8>())
+            .collect::<Vec<u8>>(),
+    );
     std::fs::write(path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
 }
@@ -165,7 +172,7 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
 /// The demo's client side: account, lab, agent, campaign, progress. Returns the summary, the
 /// agent process and the demo password.
 fn drive(url: &str, opts: &DemoOptions) -> anyhow::Result<(Value, AgentProcess, String)> {
-    let password = read_or_create_secret(&opts.dir.join("password"))?;
+    let password = read_or_create_secret(&opts.dir.join("password"), 12)?;
     let credential = opts.dir.join("credential.json");
     let fields = "accessToken user { memberships { organization { id } } }";
     let vars = json!({ "e": EMAIL, "p": password });

@@ -57,7 +57,7 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
 
     let lab = server.create_enrolled_lab(&a, "paper-lab").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = virtual_lab_config(dir.path(), 3000.0, 42).unwrap();
+    let config = virtual_lab_config(dir.path(), 1000.0, 42).unwrap();
     let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
     wait_for(Duration::from_secs(30), "lab online", || {
         let d = ok(
@@ -251,6 +251,7 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
 
     let started = Instant::now();
     let (mut completed, mut measurements, mut kinds) = (0, 0, std::collections::BTreeSet::new());
+    let mut seen = Vec::new();
     loop {
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -262,6 +263,7 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         };
         assert_eq!(msg["type"], "next", "{msg}");
         let ev = &msg["payload"]["data"]["campaignEvents"];
+        seen.push(ev.clone());
         kinds.insert(ev["kind"].as_str().unwrap().to_owned());
         match ev["kind"].as_str() {
             Some("experiment") if ev["state"] == "completed" => completed += 1,
@@ -443,4 +445,102 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         budget + 1
     );
     mark_ran(Backend::Sqlite, "campaign_api");
+}
+
+/// A collaborator's campaign on a shared lab queues no more than the share's daily quota; the
+/// campaign says why it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_labs_daily_quota_caps_what_a_collaborator_queues() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(&db, &[("MAOSIC_CAMPAIGNS__TICK_MS", "100")]).unwrap();
+    let owner = server.sign_up("owner@a.example", "Lab owners").unwrap();
+    let guest = server.sign_up("guest@b.example", "Collaborators").unwrap();
+    let lab = server.create_enrolled_lab(&owner, "paper-lab").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = virtual_lab_config(dir.path(), 1000.0, 5).unwrap();
+    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
+    wait_for(Duration::from_secs(30), "lab online", || {
+        let d = ok(
+            &server,
+            &owner,
+            "query($l: ID!) { lab(id: $l) { online devices { name } } }",
+            json!({ "l": lab.id }),
+        );
+        Ok((d["lab"]["online"] == true
+            && d["lab"]["devices"]
+                .as_array()
+                .is_some_and(|x| !x.is_empty()))
+        .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    ok(&server, &owner, "mutation($l: ID!, $o: ID!) { shareLab(labId: $l, organizationId: $o, dailyQuota: 2) { dailyQuota } }", json!({ "l": lab.id, "o": guest.organization_id }));
+    let recipe = std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap();
+    let created = ok(&server, &guest, "mutation($o: ID!, $l: ID!, $r: String!) { createCampaign(organizationId: $o, labId: $l, name: \"guest\", recipe: $r, objective: \"maximize abs(cd_at_exciton)\", optimizer: \"sobol\", seed: 2, budget: 5, start: true) { id } }", json!({ "o": guest.organization_id, "l": lab.id, "r": recipe }));
+    let id = created["createCampaign"]["id"].as_str().unwrap().to_owned();
+    let (c, _) = wait_for(Duration::from_secs(60), "the quota to be used", || {
+        let c = ok(
+            &server,
+            &guest,
+            "query($c: ID!) { campaign(id: $c) { results proposals stateDetail state } }",
+            json!({ "c": id }),
+        );
+        Ok(
+            (c["campaign"]["results"] == 2 && c["campaign"]["stateDetail"].is_string())
+                .then_some(c),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    // Give the engine several passes: nothing more is queued today.
+    std::thread::sleep(Duration::from_millis(800));
+    let later = ok(
+        &server,
+        &guest,
+        "query($c: ID!) { campaign(id: $c) { results proposals stateDetail state } }",
+        json!({ "c": id }),
+    );
+    assert_eq!(later["campaign"]["proposals"], 2, "{later}");
+    assert_eq!(later["campaign"]["state"], "running");
+    assert!(
+        later["campaign"]["stateDetail"]
+            .as_str()
+            .unwrap()
+            .contains("quota"),
+        "{c}"
+    );
+    let manual = q(&server, &guest, "mutation($c: ID!) { queueExperiment(campaignId: $c, parameters: {T: 130, C: 0.8}) { id } }", json!({ "c": id }));
+    assert_eq!(error_code(&manual).as_deref(), Some("CONFLICT"), "{manual}");
+    println!(
+        "shared lab quota 2/day: the collaborator's 5-loop campaign queued 2 and waits ({})",
+        later["campaign"]["stateDetail"]
+    );
+    mark_ran(Backend::Sqlite, "shared_lab_quota");
+}
+
+/// Presenting a refresh token twice revokes its family and closes that session's sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_closes_the_sessions_websockets_within_a_second() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(&db, &[]).unwrap();
+    let s = server.sign_up("reuse@a.example", "Org R").unwrap();
+    let (mut ws, ack) = GraphqlWs::connect(&server, &s.access_token).unwrap();
+    assert_eq!(ack["type"], "connection_ack");
+    let refresh = "mutation($r: String!) { refreshTokens(refreshToken: $r) { accessToken } }";
+    let first = server
+        .graphql(refresh, json!({ "r": s.refresh_token }))
+        .unwrap();
+    assert!(first.get("errors").is_none(), "{first}");
+    let reused_at = Instant::now();
+    let again = server
+        .graphql(refresh, json!({ "r": s.refresh_token }))
+        .unwrap();
+    assert_eq!(
+        error_code(&again).as_deref(),
+        Some("REFRESH_TOKEN_REUSED"),
+        "{again}"
+    );
+    let closed = ws.next(Duration::from_secs(5)).unwrap().unwrap();
+    let ms = reused_at.elapsed().as_millis();
+    assert_eq!(closed["code"], 4401, "{closed}");
+    assert!(ms < 1000, "closed after {ms} ms");
+    println!("refresh-token reuse: family revoked, socket closed {ms} ms later");
 }

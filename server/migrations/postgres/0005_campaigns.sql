@@ -63,7 +63,10 @@ CREATE TABLE experiments (
     told             BOOLEAN NOT NULL DEFAULT FALSE,
     UNIQUE (campaign_id, seq)
 );
-CREATE INDEX experiments_queue ON experiments(lab_id, state, priority, queued_at);
+-- Claimable experiments only (queued, or leased and maybe expired): claims stay O(queue depth)
+-- however many experiments a lab has run.
+CREATE INDEX experiments_claimable ON experiments(lab_id, priority, queued_at)
+    WHERE state IN ('queued', 'leased');
 CREATE INDEX experiments_state ON experiments(state);
 CREATE INDEX experiments_org_lab ON experiments(lab_id, organization_id, queued_at);
 CREATE INDEX experiments_dispatch ON experiments(lab_id, organization_id, dispatched_at);

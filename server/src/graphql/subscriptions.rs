@@ -254,6 +254,33 @@ async fn campaign_event(
     }
 }
 
+/// A browser sends `Origin`: it must be this server's own (scheme-less host:port match with
+/// `Host`), so another site's page cannot open a socket in the user's name. Non-browser clients
+/// send no `Origin` and authenticate with their token at `connection_init`.
+fn same_origin(req: &HttpRequest) -> bool {
+    let Some(origin) = req.headers().get("origin") else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (
+        origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()),
+        host,
+    ) {
+        (Some(o), Some(host)) => {
+            let authority = match (o.host_str(), o.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_owned(),
+                _ => return false,
+            };
+            authority.eq_ignore_ascii_case(host)
+        }
+        _ => false,
+    }
+}
+
 /// `GET /graphql/ws`: graphql-ws (or the older subscriptions-transport-ws) over WebSocket.
 pub async fn graphql_ws(
     req: HttpRequest,
@@ -270,7 +297,14 @@ pub async fn graphql_ws(
                 .find_map(|p| p.trim().parse::<Protocols>().ok())
         })
         .unwrap_or(Protocols::GraphQLWS);
-    let (mut response, mut session, mut incoming) = actix_ws::handle(&req, body)?;
+    if !same_origin(&req) {
+        return Ok(HttpResponse::Forbidden().json(serde_json::json!({
+            "errors": [{ "message": "cross-origin WebSocket refused", "extensions": { "code": "FORBIDDEN" } }]
+        })));
+    }
+    let (mut response, mut session, incoming) = actix_ws::handle(&req, body)?;
+    // Frames are capped like request bodies.
+    let mut incoming = incoming.max_frame_size(state.config.graphql.max_body_bytes);
     if let Ok(value) =
         actix_web::http::header::HeaderValue::from_str(protocol.sec_websocket_protocol())
     {

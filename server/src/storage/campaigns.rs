@@ -608,8 +608,9 @@ macro_rules! impl_campaign_storage {
             async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>> {
                 in_tx!(&self.pool, tx, {
                     let rows: Vec<(String,)> = sqlx::query_as(
-                        "SELECT DISTINCT lab_id FROM experiments WHERE state = 'queued' \
-                         OR (state = 'leased' AND lease_until < $1)",
+                        "SELECT DISTINCT lab_id FROM experiments \
+                         WHERE state IN ('queued', 'leased') \
+                         AND (state = 'queued' OR lease_until < $1)",
                     )
                     .bind(now_ms)
                     .fetch_all(&mut *tx)
@@ -634,8 +635,8 @@ macro_rules! impl_campaign_storage {
                     "UPDATE experiments SET state = 'leased', lease_owner = $1, \
                      lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
                      WHERE id = (SELECT e.id FROM experiments e \
-                        WHERE e.lab_id = $4 AND (e.state = 'queued' \
-                              OR (e.state = 'leased' AND e.lease_until < $3)) \
+                        WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
+                          AND (e.state = 'queued' OR e.lease_until < $3) \
                         ORDER BY e.priority DESC, \
                           COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
                              WHERE d.lab_id = e.lab_id \
