@@ -19,6 +19,10 @@ use serde_json::{json, Value};
 /// the speeds where a loaded 2-core machine starves the safety kernel's 3 s heater lease).
 const SPEED: f64 = 1000.0;
 const SEED: i64 = 7;
+
+/// One virtual lab at a time: on 2 cores, two labs at 1000x plus their servers starve the
+/// drivers' lab-time timeouts. The tests of this file take turns.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ENV: &[(&str, &str)] = &[("MAOSIC_CAMPAIGNS__TICK_MS", "100")];
 
 fn recipe() -> String {
@@ -91,7 +95,8 @@ fn experiments(server: &TestServer, s: &Session, id: &str) -> Vec<Value> {
         let page = &d["campaign"]["experiments"];
         out.extend(page["nodes"].as_array().unwrap().iter().cloned());
         if page["pageInfo"]["hasNextPage"] != true {
-            assert_eq!(page["totalCount"].as_u64().unwrap() as usize, out.len());
+            // (Counted a moment later: a running campaign may have queued one more since.)
+            assert!(page["totalCount"].as_u64().unwrap() as usize >= out.len());
             return out;
         }
         after = page["pageInfo"]["endCursor"].as_str().unwrap().to_owned();
@@ -222,6 +227,7 @@ async fn paper_campaign(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paper_campaign_finds_the_global_region_on_every_backend() {
+    let _turn = ONE_LAB.lock().await;
     for backend in backends() {
         paper_campaign(backend).await;
     }
@@ -285,6 +291,7 @@ async fn restart(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_completes_after_server_kill_with_nothing_lost_or_repeated() {
+    let _turn = ONE_LAB.lock().await;
     for backend in backends() {
         restart(backend).await;
     }
@@ -295,6 +302,7 @@ async fn campaign_completes_after_server_kill_with_nothing_lost_or_repeated() {
 /// campaign goes on with the next proposals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_lost_with_its_agent_is_interrupted_not_rerun() {
+    let _turn = ONE_LAB.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let env = [
         ("MAOSIC_CAMPAIGNS__TICK_MS", "100"),
