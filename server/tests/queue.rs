@@ -107,6 +107,20 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once() {
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(s.optimizer_in_flight(&c.id).await.unwrap(), 2);
 
+        // A paused campaign's queued experiments wait.
+        assert!(s
+            .set_campaign_state(&c.id, &["running"], "paused", None, 5)
+            .await
+            .unwrap());
+        assert!(s
+            .claim_experiment(&lab.id, "w", 60_000, 6)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .set_campaign_state(&c.id, &["paused"], "running", None, 7)
+            .await
+            .unwrap());
         let e = s
             .claim_experiment(&lab.id, "w", 60_000, 10)
             .await

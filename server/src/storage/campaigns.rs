@@ -256,7 +256,8 @@ pub trait CampaignStorage {
     async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>>;
-    /// Claims the lab's next experiment for `owner` until `now + lease_ms`: highest priority,
+    /// Claims the lab's next experiment of a running campaign (paused and draft campaigns' queued
+    /// experiments wait) for `owner` until `now + lease_ms`: highest priority,
     /// then the organisation served longest ago on this lab (round-robin fair share between the
     /// organisations sharing it), then the oldest.
     async fn claim_experiment(
@@ -637,6 +638,8 @@ macro_rules! impl_campaign_storage {
                      WHERE id = (SELECT e.id FROM experiments e \
                         WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
                           AND (e.state = 'queued' OR e.lease_until < $3) \
+                          AND e.campaign_id IN (SELECT c.id FROM campaigns c \
+                                                WHERE c.state = 'running') \
                         ORDER BY e.priority DESC, \
                           COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
                              WHERE d.lab_id = e.lab_id \
