@@ -533,6 +533,17 @@ impl Work {
                         format!("program {} is already running", params.program_id),
                     ));
                 }
+                // A run past its deadline never starts (and is not remembered as accepted).
+                if let Some(deadline) = params.deadline_ms.filter(|d| crate::now_ms() > *d) {
+                    return Some(Message::error(
+                        Some(id),
+                        error_code::DEADLINE_PASSED,
+                        format!(
+                            "program {} arrived after its deadline ({deadline} ms since the epoch)",
+                            params.program_id
+                        ),
+                    ));
+                }
                 // Remembered durably before anything moves: a re-sent run is refused.
                 match self
                     .spool

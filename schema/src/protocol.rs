@@ -54,6 +54,8 @@ pub mod error_code {
     pub const NOT_READY: i64 = -32001;
     /// `program.run` for a program id the agent already accepted (it is never run twice).
     pub const ALREADY_ACCEPTED: i64 = -32010;
+    /// `program.run` whose `deadline_ms` had passed when it reached the agent (never started).
+    pub const DEADLINE_PASSED: i64 = -32011;
 }
 
 /// A JSON-RPC request or notification id.
@@ -289,6 +291,10 @@ pub struct ProgramRunParams {
     /// Link-loss policy for this run: `continue`, `hold` or `safe_stop` (default: the lab's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_loss: Option<String>,
+    /// Latest start, ms since the Unix epoch: past it the agent refuses the run with
+    /// [`error_code::DEADLINE_PASSED`] and never starts it (RELIABILITY rule 5). None: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
 }
 
 /// Parameters of `program.cancel`.

@@ -78,6 +78,9 @@ pub enum CallError {
 #[derive(Clone, Default)]
 pub struct Gateway {
     live: Arc<Mutex<HashMap<String, LiveConnection>>>,
+    /// Request ids, unique across connections: an agent re-sends answers left over from a lost
+    /// connection, and they must never match a different call on the new one.
+    next_id: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Gateway {
@@ -415,7 +418,6 @@ async fn run_session(
         online: true,
     });
     let mut pending: HashMap<i64, oneshot::Sender<Result<Value, RpcError>>> = HashMap::new();
-    let mut next_id: i64 = 1;
     state.metrics.agents_connected.inc();
     info!(lab.id = %lab_id, generation, peer = ?peer, agent.version = %hello.agent_version, "agent connected");
     let reply = Message::result(
@@ -517,8 +519,7 @@ async fn run_session(
                 }
             }
             Some(call) = commands.recv() => {
-                let id = next_id;
-                next_id += 1;
+                let id = state.gateway.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let request = Message::request(protocol::Id::Number(id), &call.method, call.params);
                 if send(&mut session, &request).await {
                     pending.insert(id, call.reply);

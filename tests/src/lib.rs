@@ -2,6 +2,8 @@
 //! `MAOSIC_TEST_POSTGRES_URL` is set), the real `maosic-server` on port 0, real `maosic-agent`
 //! processes, and a small GraphQL client. Waiting is always on a condition with a deadline.
 
+pub mod chaos;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -212,6 +212,13 @@ async fn conclude(
                 state = %result.state, objective = ?result.objective_value,
                 "experiment concluded"
             );
+            if m.outcome.as_deref() == Some("refused") {
+                let why = result
+                    .error
+                    .as_deref()
+                    .unwrap_or("the lab refused the program");
+                pause_for_lab(state, &campaign, why).await?;
+            }
             publish_experiment(state, e, &result.state);
             state.events.publish(Event::Campaign {
                 organization_id: campaign.organization_id.clone(),
@@ -531,6 +538,28 @@ async fn refuse(state: &AppState, e: &Experiment, why: &str) -> Result<(), Stora
         .await?
     {
         publish_experiment(state, e, "failed");
+        pause_for_lab(state, &campaign, why).await?;
+    }
+    Ok(())
+}
+
+/// A lab that refuses programs (a latched safety fault, a limit the lab's own configuration
+/// sets) would refuse every next one too: the campaign pauses instead of spending its budget,
+/// and says why; a person resets the lab and resumes.
+async fn pause_for_lab(state: &AppState, c: &Campaign, why: &str) -> Result<(), StorageError> {
+    let detail = format!("paused: the lab refused a program ({why}); fix the lab, then resume");
+    if state
+        .storage
+        .set_campaign_state(&c.id, &["running"], "paused", Some(&detail), now_ms())
+        .await?
+    {
+        warn!(campaign.id = %c.id, why, "campaign paused: the lab refuses programs");
+        state.events.publish(Event::Campaign {
+            organization_id: c.organization_id.clone(),
+            campaign_id: c.id.clone(),
+            state: "paused".into(),
+            kind: "state".into(),
+        });
     }
     Ok(())
 }
