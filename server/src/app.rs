@@ -113,6 +113,7 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
             .configure(crate::operator::configure)
             .configure(crate::export::configure)
+            .configure(|cfg| crate::portal::configure(cfg, crate::portal::resolve_dir()))
     })
     .listen(listener)?
     .shutdown_timeout(5)

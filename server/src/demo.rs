@@ -88,7 +88,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     }
     if !opts.json {
         println!(
-            "\nThe server keeps running: GraphiQL at {url}/graphql\n  account {EMAIL}, password {password}\n  \
+            "\nThe server keeps running: the portal at {url}/ and GraphiQL at {url}/graphql\n  account {EMAIL}, password {password}\n  \
              mutation {{ logIn(email: \"{EMAIL}\", password: \"{password}\") {{ accessToken }} }}\n\
              Press Ctrl-C to stop."
         );

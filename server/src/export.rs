@@ -162,12 +162,33 @@ const FEATURE_COLUMNS: [&str; 5] = [
     "fit_r_squared",
 ];
 
-/// Quotes a CSV field when it needs it (RFC 4180).
+/// A text field for CSV: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'` so spreadsheets show
+/// it instead of running it as a formula; quoted when it needs it (RFC 4180).
 fn field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn csv_text_fields_are_quoted_and_never_formulas() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(field("-1+2"), "'-1+2");
     }
 }
 

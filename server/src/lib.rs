@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod graphql;
 pub mod metrics;
 pub mod operator;
+pub mod portal;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
