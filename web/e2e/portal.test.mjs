@@ -402,6 +402,8 @@ test("a viewer invited through the UI sees the campaign but cannot start or stop
   await viewer.goto(ctx.cloneUrl);
   await viewer.getByTestId("campaign-name").waitFor();
   // the campaign is running: an owner would see Pause and Cancel here
+  const clone = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state stateDetail } }", { c: ctx.cloneId });
+  assert.equal(clone.data.campaign.state, "running", `the clone is not running: ${JSON.stringify(clone.data.campaign)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
   await viewer.locator(".titlebar .badge", { hasText: "running" }).waitFor();
   await viewer.getByTestId("read-only").waitFor();
   for (const name of ["Start", "Pause", "Resume", "Cancel campaign", "Queue experiment"]) {

@@ -208,7 +208,7 @@ pub trait CampaignStorage {
     /// Campaigns the engine looks after (`running` or `paused`).
     async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>>;
     /// Moves a campaign from one of `from` to `to`; `false` when it was in none of them.
-    /// Canceling also cancels its queued experiments.
+    /// Ending it (canceled, completed, failed) also cancels its queued experiments.
     async fn set_campaign_state(
         &self,
         id: &str,
@@ -428,7 +428,9 @@ macro_rules! impl_campaign_storage {
                         .execute(&mut *tx)
                         .await
                         .map_err(StorageError::from_sqlx)?;
-                    if done.rows_affected() == 1 && to == "canceled" {
+                    // A campaign that ends (canceled, completed on its target, failed) runs
+                    // nothing more: what was still queued is canceled.
+                    if done.rows_affected() == 1 && finished {
                         sqlx::query(
                             "UPDATE experiments SET state = 'canceled', finished_at = $1 \
                              WHERE campaign_id = $2 AND state = 'queued'",
