@@ -15,14 +15,6 @@ pub enum Event {
         program_id: Option<String>,
         kind: String,
     },
-    /// A measurement of an experiment was stored.
-    Measurement {
-        organization_id: String,
-        campaign_id: String,
-        experiment_id: String,
-        name: String,
-        kind: String,
-    },
     /// An experiment changed state.
     Experiment {
         organization_id: String,

@@ -28,14 +28,13 @@ pub struct CampaignEvent {
     /// The campaign.
     pub campaign_id: ID,
     /// `state` (the campaign changed state), `queued` (new proposals), `result` (an experiment
-    /// was told to the optimizer), `experiment` (an experiment changed state), `measurement`.
+    /// was told to the optimizer), `experiment` (an experiment changed state), `measurement` (an
+    /// experiment streamed a new measurement).
     pub kind: String,
     /// The campaign's state (for `state`), or the experiment's (for `experiment`).
     pub state: Option<String>,
     /// The experiment concerned, if any.
     pub experiment_id: Option<ID>,
-    /// The measurement's kind (`absorption_spectrum`, …) for `measurement`.
-    pub measurement_kind: Option<String>,
 }
 
 /// A lab's agent connected or disconnected.
@@ -218,7 +217,6 @@ async fn campaign_event(
             kind,
             state: Some(state),
             experiment_id: None,
-            measurement_kind: None,
         }),
         Event::Experiment {
             organization_id,
@@ -230,7 +228,6 @@ async fn campaign_event(
             kind: "experiment".into(),
             state: Some(state),
             experiment_id: Some(ID(experiment_id)),
-            measurement_kind: None,
         }),
         Event::RecordStored {
             program_id: Some(program_id),
@@ -247,7 +244,6 @@ async fn campaign_event(
                 kind: "measurement".into(),
                 state: Some(e.state),
                 experiment_id: Some(ID(e.id)),
-                measurement_kind: None,
             })
         }
         _ => None,
