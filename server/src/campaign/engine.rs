@@ -39,6 +39,29 @@ use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A lab shared with `organization_id`: its daily quota and what is left of it in the last 24 h;
+/// `None` when the lab is not shared with that organisation.
+pub async fn daily_quota(
+    storage: &dyn crate::storage::Storage,
+    lab_id: &str,
+    organization_id: &str,
+    now: i64,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let Some(quota) = storage
+        .shares_of_lab(lab_id)
+        .await?
+        .into_iter()
+        .find(|s| s.organization_id == organization_id)
+        .map(|s| s.daily_quota)
+    else {
+        return Ok(None);
+    };
+    let used = storage
+        .experiments_queued_since(lab_id, organization_id, now - DAY_MS)
+        .await?;
+    Ok(Some((quota, quota - used)))
+}
+
 /// Starts the engine on the current tokio runtime.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(state))
@@ -313,14 +336,9 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
     }
     let lab = state.storage.lab(&c.lab_id).await?;
     if lab.organization_id != c.organization_id {
-        let quota = state
-            .storage
-            .shares_of_lab(&lab.id)
-            .await?
-            .into_iter()
-            .find(|s| s.organization_id == c.organization_id)
-            .map(|s| s.daily_quota);
-        let Some(quota) = quota else {
+        let Some((_, left)) =
+            daily_quota(state.storage.as_ref(), &lab.id, &c.organization_id, now).await?
+        else {
             return fail_campaign(
                 state,
                 c,
@@ -328,11 +346,7 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
             )
             .await;
         };
-        let used = state
-            .storage
-            .experiments_queued_since(&lab.id, &c.organization_id, now - DAY_MS)
-            .await?;
-        room = room.min(quota - used);
+        room = room.min(left);
         if room <= 0 {
             let detail = "the shared lab's daily quota is used up; it continues as quota frees";
             if c.state_detail.as_deref() != Some(detail) {

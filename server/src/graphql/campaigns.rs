@@ -782,20 +782,16 @@ impl CampaignMutation {
         let program = compile_point(&c.recipe, &descriptor, &campaign::bindings_of(&space, &x))
             .map_err(|e| fail(ApiError::BadInput(e.to_string())))?;
         if lab.organization_id != c.organization_id {
-            let quota = st
-                .storage
-                .shares_of_lab(&lab.id)
-                .await
-                .api()?
-                .into_iter()
-                .find(|s| s.organization_id == c.organization_id)
-                .map_or(0, |s| s.daily_quota);
-            let used = st
-                .storage
-                .experiments_queued_since(&lab.id, &c.organization_id, now_ms() - 86_400_000)
-                .await
-                .api()?;
-            if used >= quota {
+            let (quota, left) = crate::campaign::engine::daily_quota(
+                st.storage.as_ref(),
+                &lab.id,
+                &c.organization_id,
+                now_ms(),
+            )
+            .await
+            .api()?
+            .unwrap_or((0, 0));
+            if left <= 0 {
                 return Err(fail(ApiError::Conflict(format!(
                     "the shared lab's daily quota ({quota} experiments) is used up"
                 ))));

@@ -76,6 +76,20 @@ fn bus(state: &AppState) -> impl Stream<Item = Event> + Send + 'static {
     })
 }
 
+/// The campaign's organisation, its id and the state, for a subscriber who may read it; checked
+/// in the subscriber's tenant scope (row-level security applies, as for queries).
+async fn campaign_access(
+    ctx: &Context<'_>,
+    campaign_id: &ID,
+) -> ApiResult<(String, String, AppState)> {
+    let setup = async {
+        let p = principal(ctx)?;
+        let org = campaign_org(ctx, p, campaign_id).await?;
+        Ok((org, parse_id(campaign_id)?, state(ctx)?.clone()))
+    };
+    tenant::scoped(scope(ctx), setup).await
+}
+
 async fn campaign_org(ctx: &Context<'_>, p: &Principal, campaign_id: &str) -> ApiResult<String> {
     let id = parse_id(campaign_id)?;
     let c = state(ctx)?
@@ -98,13 +112,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         campaign_id: ID,
     ) -> BoxStream<'static, ApiResult<CampaignEvent>> {
-        let setup = async {
-            let p = principal(ctx)?;
-            let org = campaign_org(ctx, p, &campaign_id).await?;
-            Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
-        };
-        // Checked in the subscriber's tenant scope (row-level security applies, as for queries).
-        let (org, id, st) = match tenant::scoped(scope(ctx), setup).await {
+        let (org, id, st) = match campaign_access(ctx, &campaign_id).await {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
@@ -123,13 +131,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         campaign_id: ID,
     ) -> BoxStream<'static, ApiResult<ExperimentNode>> {
-        let setup = async {
-            let p = principal(ctx)?;
-            let org = campaign_org(ctx, p, &campaign_id).await?;
-            Ok::<_, async_graphql::Error>((org, parse_id(&campaign_id)?, state(ctx)?.clone()))
-        };
-        // Checked in the subscriber's tenant scope (row-level security applies, as for queries).
-        let (org, id, st) = match tenant::scoped(scope(ctx), setup).await {
+        let (org, id, st) = match campaign_access(ctx, &campaign_id).await {
             Ok(v) => v,
             Err(e) => return refused(e),
         };
