@@ -4,6 +4,8 @@
 pub mod backoff;
 pub mod link;
 pub mod spool;
+pub mod ssh;
+pub mod transport;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::spool::{RecordClass, Spool, SpoolError};
+use crate::transport::{BoxIo, Connector, Route};
 
 /// Most spooled records sent per turn of the event loop, so a backlog drains at a bounded rate
 /// and heartbeats and live traffic are not starved (RELIABILITY rule 3).
@@ -40,6 +41,9 @@ pub enum LinkError {
     /// The server URL is unusable.
     #[error("invalid server URL {0:?}: expected http(s)://HOST[:PORT] or ws(s)://HOST[:PORT]")]
     BadUrl(String),
+    /// The transport settings do not fit the URL.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
     /// The server refused the credential.
     #[error("the server refused this agent's credential (HTTP {0}); re-enroll the agent")]
     Refused(u16),
@@ -76,6 +80,10 @@ pub struct LinkConfig {
     pub backoff_cap: Duration,
     /// Time allowed for connect + hello.
     pub connect_timeout: Duration,
+    /// TLS client settings; required for https:// and wss:// servers, refused for plain ones.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The path connections take (direct TCP, or an SSH tunnel).
+    pub route: Route,
 }
 
 /// Turns the configured server URL into the gateway's WebSocket URL.
@@ -126,6 +134,8 @@ pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
 /// Runs the link until `stop` turns true. Returns `Err` only for permanent failures.
 pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<(), LinkError> {
     let url = gateway_url(&config.server)?;
+    let parsed = url::Url::parse(&url).map_err(|_| LinkError::BadUrl(url.clone()))?;
+    let connector = Connector::new(&parsed, config.tls.clone(), config.route.clone())?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut rng = rand::rng();
     let mut work = Work::new(config.lab.clone(), config.spool.clone());
@@ -133,7 +143,15 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
         if *stop.borrow() {
             return Ok(());
         }
-        let ended = connect_and_serve(&url, &config, &mut backoff, &mut work, stop.clone()).await?;
+        let ended = connect_and_serve(
+            &url,
+            &connector,
+            &config,
+            &mut backoff,
+            &mut work,
+            stop.clone(),
+        )
+        .await?;
         if let Some(lab) = &work.lab {
             // Local safety applies the running programs' link-loss policies.
             let _ = lab.link_lost().await;
@@ -152,8 +170,7 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<BoxIo>;
 
 async fn send(socket: &mut Socket, message: &Message) -> Result<(), tungstenite::Error> {
     socket.send(WsMessage::text(message.to_json())).await
@@ -162,6 +179,7 @@ async fn send(socket: &mut Socket, message: &Message) -> Result<(), tungstenite:
 /// Connects, says hello, and serves the connection until it is lost or `stop` turns true.
 async fn connect_and_serve(
     url: &str,
+    connector: &Connector,
     config: &LinkConfig,
     backoff: &mut Backoff,
     work: &mut Work,
@@ -175,10 +193,10 @@ async fn connect_and_serve(
     request.headers_mut().insert("authorization", token);
 
     let connect = tokio::select! {
-        connect = tokio::time::timeout(
-            config.connect_timeout,
-            tokio_tungstenite::connect_async(request),
-        ) => connect,
+        connect = tokio::time::timeout(config.connect_timeout, async {
+            let stream = connector.connect().await.map_err(tungstenite::Error::Io)?;
+            tokio_tungstenite::client_async(request, stream).await
+        }) => connect,
         _ = stop.changed() => return Ok(Ended::Shutdown),
     };
     let mut socket = match connect {
@@ -533,8 +551,16 @@ impl Work {
                         format!("program {} is already running", params.program_id),
                     ));
                 }
-                // A run past its deadline never starts (and is not remembered as accepted).
+                // A run past its deadline never starts (and is not remembered as accepted) —
+                // unless it was accepted before the deadline, which the re-send must learn.
                 if let Some(deadline) = params.deadline_ms.filter(|d| crate::now_ms() > *d) {
+                    if matches!(self.spool.was_accepted(&params.program_id).await, Ok(true)) {
+                        return Some(Message::error(
+                            Some(id),
+                            error_code::ALREADY_ACCEPTED,
+                            format!("program {} was already accepted", params.program_id),
+                        ));
+                    }
                     return Some(Message::error(
                         Some(id),
                         error_code::DEADLINE_PASSED,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use maosic_agent::link::{self, LinkConfig};
+use maosic_agent::spool::SpoolCaps;
+use maosic_agent::transport::{self, TlsSettings};
 use maosic_lab::cli::{DevicesArgs, RunProgramArgs, VirtualLabArgs};
 use maosic_lab::lab::Lab;
 use maosic_schema::capability::LabDescriptor;
@@ -27,6 +29,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: the size of `Run`'s flags costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Connect to the cloud and serve the lab until stopped (SIGINT/SIGTERM say goodbye).
     Run {
@@ -53,6 +57,12 @@ enum Command {
         /// Keep it across restarts; deleting it starts a new record epoch.
         #[arg(long, value_name = "FILE", default_value = "maosic-agent-spool.db")]
         spool: PathBuf,
+        #[command(flatten)]
+        spool_caps: SpoolCapsArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        ssh: SshArgs,
     },
     /// Exchange a one-time enrollment token (from the lab's page or `createEnrollmentToken`)
     /// for this lab's agent credential, written to a file readable only by its owner.
@@ -73,6 +83,119 @@ enum Command {
     RunProgram(RunProgramArgs),
     /// List and ping the lab's devices.
     Devices(DevicesArgs),
+}
+
+/// How the agent verifies an https:// server (default: the public web roots) and identifies
+/// itself with a client certificate when the server asks for one (mutual TLS).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Trust only the CA certificate(s) in this PEM file (e.g. `ca.pem` from
+    /// `maosic-server tls dev-cert`).
+    #[arg(long, value_name = "CA.pem", env = "MAOSIC_AGENT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Trust exactly one server certificate: the hex SHA-256 of its DER (printed by
+    /// `maosic-server tls dev-cert`).
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "MAOSIC_AGENT_TLS_PIN_SHA256",
+        conflicts_with = "tls_ca"
+    )]
+    tls_pin_sha256: Option<String>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    #[arg(long, value_name = "CERT.pem", requires = "tls_client_key")]
+    tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The rustls configuration for `server`, or `None` for a plain-text server.
+    fn client_config(
+        self,
+        server: &str,
+    ) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        let settings = TlsSettings {
+            ca: self.tls_ca,
+            pin_sha256: self.tls_pin_sha256,
+            client_cert: self.tls_client_cert,
+            client_key: self.tls_client_key,
+        };
+        let url = link::gateway_url(server)?;
+        if url.starts_with("wss://") || settings.is_set() {
+            Ok(Some(transport::client_config(&settings)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The SSH route, for labs whose firewall allows only outbound SSH: the WebSocket to
+/// `--server` then runs through a `direct-tcpip` channel of an SSH connection to `--ssh`.
+#[derive(clap::Args)]
+struct SshArgs {
+    /// Reach the server through its SSH endpoint at HOST:PORT (`[ssh]` of the server).
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["ssh_key", "ssh_host_key"])]
+    ssh: Option<String>,
+    /// SSH user (default: the lab id from the credential, which the server expects).
+    #[arg(long, value_name = "USER", requires = "ssh")]
+    ssh_user: Option<String>,
+    /// The lab's SSH private key (OpenSSH format, unencrypted, mode 0600), whose public half
+    /// was registered with `maosic-server admin add-lab-ssh-key`.
+    #[arg(long, value_name = "FILE", requires = "ssh")]
+    ssh_key: Option<PathBuf>,
+    /// The server's pinned host key: its public key ("ssh-ed25519 AAAA…"), a known_hosts line,
+    /// or its fingerprint ("SHA256:…"). Any other host key is refused.
+    #[arg(long, value_name = "KEY|SHA256:…", requires = "ssh")]
+    ssh_host_key: Option<String>,
+    /// Seconds without traffic from the SSH server before an SSH keepalive is sent (three
+    /// unanswered ones close the connection).
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    ssh_keepalive_secs: u64,
+}
+
+impl SshArgs {
+    /// The route connections take.
+    fn route(self, lab_id: &str) -> anyhow::Result<transport::Route> {
+        let (Some(server), Some(key), Some(host_key)) = (self.ssh, self.ssh_key, self.ssh_host_key)
+        else {
+            return Ok(transport::Route::Direct);
+        };
+        let settings = maosic_agent::ssh::SshSettings {
+            server,
+            user: self.ssh_user.unwrap_or_else(|| lab_id.to_owned()),
+            key,
+            host_key,
+            keepalive: Duration::from_secs(self.ssh_keepalive_secs.max(1)),
+        };
+        let tunnel = maosic_agent::ssh::SshTunnel::new(&settings)?;
+        Ok(transport::Route::Ssh(std::sync::Arc::new(tunnel)))
+    }
+}
+
+/// The spool's caps (RELIABILITY rule 2): above 90 % of either, measurements are refused with a
+/// `buffer_full` alarm; status, safety and result events use the reserved 10 % and are never
+/// refused.
+#[derive(clap::Args)]
+struct SpoolCapsArgs {
+    /// Most records waiting in the spool for acknowledgement.
+    #[arg(long, value_name = "N", default_value_t = SpoolCaps::default().max_rows,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    spool_max_rows: u64,
+    /// Most bytes of records waiting in the spool for acknowledgement.
+    #[arg(long, value_name = "BYTES", default_value_t = SpoolCaps::default().max_bytes,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    spool_max_bytes: u64,
+}
+
+impl SpoolCapsArgs {
+    fn caps(&self) -> SpoolCaps {
+        SpoolCaps {
+            max_rows: self.spool_max_rows,
+            max_bytes: self.spool_max_bytes,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -150,10 +273,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backoff_base_ms,
             backoff_cap_ms,
             spool,
+            spool_caps,
+            tls,
+            ssh,
         } => {
             let credential = read_credential(&credential)?;
+            let tls = tls.client_config(&server)?;
+            let route = ssh.route(&credential.lab_id)?;
             let spool = runtime
-                .block_on(maosic_agent::spool::Spool::open(&spool, Default::default()))
+                .block_on(maosic_agent::spool::Spool::open(&spool, spool_caps.caps()))
                 .with_context(|| format!("cannot open the spool {}", spool.display()))?;
             let lab = match lab {
                 Some(path) => {
@@ -174,6 +302,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 backoff_base: Duration::from_millis(backoff_base_ms.max(1)),
                 backoff_cap: Duration::from_millis(backoff_cap_ms.max(backoff_base_ms)),
                 connect_timeout: Duration::from_secs(10),
+                tls,
+                route,
             };
             runtime.block_on(async {
                 let (stop_tx, stop_rx) = link::stop_signal();

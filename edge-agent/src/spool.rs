@@ -214,6 +214,8 @@ impl Spool {
                 .await?;
         }
         tx.commit().await?;
+        // The agent's view of what the cloud has stored (the server-kill tests read it).
+        tracing::debug!(epoch = %self.epoch, seq_hi, deleted = rows, "acknowledged by the cloud");
         Ok(rows.unsigned_abs())
     }
 
@@ -226,6 +228,15 @@ impl Spool {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether a command id was accepted before (without accepting it).
+    pub async fn was_accepted(&self, id: &str) -> Result<bool, SpoolError> {
+        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM commands WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// The next sequence number to be assigned (so `next_seq - 1` records were ever written).
@@ -241,6 +252,20 @@ impl Spool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn accepted_command_ids_are_remembered_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        assert!(!spool.was_accepted("cmd-1").await.unwrap());
+        assert!(spool.accept_command("cmd-1", 1).await.unwrap());
+        assert!(!spool.accept_command("cmd-1", 2).await.unwrap());
+        drop(spool);
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        assert!(spool.was_accepted("cmd-1").await.unwrap());
+        assert!(!spool.was_accepted("cmd-2").await.unwrap());
+    }
 
     #[tokio::test]
     async fn records_survive_reopen_keep_their_epoch_and_leave_only_when_acknowledged() {

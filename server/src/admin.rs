@@ -89,3 +89,76 @@ pub fn write_credential_file(path: &Path, credential: &AgentCredentialFile) -> a
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// Registers an SSH public key for a lab (the SSH endpoint then accepts it for the SSH user
+/// named like the lab); audited. Returns the stored row.
+pub async fn add_lab_ssh_key(
+    storage: &dyn Storage,
+    lab_id: &str,
+    public_key: &str,
+) -> anyhow::Result<crate::storage::LabSshKey> {
+    let lab_id = lab_id.trim();
+    let lab = storage
+        .lab(lab_id)
+        .await
+        .with_context(|| format!("no lab {lab_id:?}"))?;
+    let new = crate::ssh::new_lab_key(&lab.id, public_key)?;
+    let now = now_ms();
+    let key = storage
+        .add_lab_ssh_key(&new, now)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::Conflict(_) => anyhow::anyhow!(
+                "the key {} is already registered (keys in force belong to one lab)",
+                new.fingerprint
+            ),
+            other => other.into(),
+        })?;
+    storage
+        .append_audit(
+            &NewAuditEntry {
+                organization_id: Some(lab.organization_id.clone()),
+                actor: "cli".into(),
+                action: "lab.ssh_key.add".into(),
+                target: format!("lab:{}", lab.id),
+                detail: json!({ "fingerprint": key.fingerprint, "algorithm": key.algorithm, "comment": key.comment }),
+                source: None,
+            },
+            now,
+        )
+        .await?;
+    Ok(key)
+}
+
+/// Revokes a lab's SSH key by fingerprint (`SHA256:…`); audited. False when the lab had no
+/// such key in force.
+pub async fn revoke_lab_ssh_key(
+    storage: &dyn Storage,
+    lab_id: &str,
+    fingerprint: &str,
+) -> anyhow::Result<bool> {
+    let lab = storage
+        .lab(lab_id.trim())
+        .await
+        .with_context(|| format!("no lab {lab_id:?}"))?;
+    let now = now_ms();
+    let revoked = storage
+        .revoke_lab_ssh_key(&lab.id, fingerprint.trim(), now)
+        .await?;
+    if revoked {
+        storage
+            .append_audit(
+                &NewAuditEntry {
+                    organization_id: Some(lab.organization_id.clone()),
+                    actor: "cli".into(),
+                    action: "lab.ssh_key.revoke".into(),
+                    target: format!("lab:{}", lab.id),
+                    detail: json!({ "fingerprint": fingerprint.trim() }),
+                    source: None,
+                },
+                now,
+            )
+            .await?;
+    }
+    Ok(revoked)
+}

@@ -73,6 +73,7 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
     let bind = state.config.bind;
     let listener = TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
+    let tls = crate::tls::server_config(&state.config.tls)?;
     let schema = build_schema(Some(state.clone()));
     let server = HttpServer::new(move || {
         let metrics = state.metrics.clone();
@@ -114,8 +115,11 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             .configure(crate::operator::configure)
             .configure(crate::export::configure)
             .configure(|cfg| crate::portal::configure(cfg, crate::portal::resolve_dir()))
-    })
-    .listen(listener)?
+    });
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
     .shutdown_timeout(5)
     .run();
     Ok((server, addr))
@@ -130,13 +134,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .campaigns
         .engine
         .then(|| crate::campaign::engine::spawn(state.clone()));
-    let (server, addr) = build_server(state)?;
-    info!(%addr, "listening");
-    // The one line on stdout: tools and tests read the bound address from it.
-    println!("maosic-server listening on http://{addr}");
+    let commands = crate::commands::spawn(state.clone());
+    let scheme = if state.config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    let (server, addr) = build_server(state.clone())?;
+    info!(%addr, scheme, "listening");
+    // The line on stdout: tools and tests read the bound address from it.
+    println!("maosic-server listening on {scheme}://{addr}");
+    // With `[ssh] enabled`, a second line gives the SSH endpoint's address.
+    let ssh = if state.config.ssh.enabled {
+        let (task, ssh_addr) = crate::ssh::spawn(state.clone(), addr).await?;
+        println!("maosic-server ssh listening on {ssh_addr}");
+        Some(task)
+    } else {
+        None
+    };
     let result = server.await.context("server stopped with an error");
     if let Some(engine) = engine {
         engine.abort();
+    }
+    commands.abort();
+    if let Some(ssh) = ssh {
+        ssh.abort();
     }
     result
 }

@@ -62,6 +62,12 @@ pub struct RawConfig {
     /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
     #[serde(default)]
     pub operator_token: Option<String>,
+    /// TLS termination.
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
+    /// The SSH endpoint for agents behind SSH-only firewalls.
+    #[serde(default)]
+    pub ssh: crate::ssh::SshConfig,
 }
 
 /// Accounts, tokens and login limits (RELIABILITY rule 8).
@@ -215,6 +221,10 @@ pub struct Config {
     pub campaigns: CampaignsConfig,
     /// Operator API token; `None` disables the operator API.
     pub operator_token: Option<String>,
+    /// TLS termination (plain HTTP when not enabled).
+    pub tls: crate::tls::TlsConfig,
+    /// The SSH endpoint (off unless `ssh.enabled`).
+    pub ssh: crate::ssh::SshConfig,
 }
 
 impl Config {
@@ -293,6 +303,11 @@ impl Config {
                 reason: "access_ttl_secs, issuer and audience must be set".into(),
             });
         }
+        if raw.ssh.enabled {
+            raw.ssh
+                .validate()
+                .map_err(|reason| ConfigError::Invalid { key: "ssh", reason })?;
+        }
         Ok(Config {
             bind,
             database,
@@ -307,6 +322,8 @@ impl Config {
             graphql: raw.graphql,
             auth: raw.auth,
             operator_token: raw.operator_token.filter(|t| !t.trim().is_empty()),
+            tls: raw.tls,
+            ssh: raw.ssh,
         })
     }
 }

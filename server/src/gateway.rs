@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session,
+};
 use futures_util::StreamExt;
 use maosic_schema::protocol::{
     self, error_code, method, AckParams, AgentCredentialFile, HeartbeatParams, HelloParams,
@@ -243,6 +245,16 @@ pub async fn agent_ws(
                 .json(serde_json::json!({"error": "invalid agent credential"})));
         }
     };
+    // Through an SSH tunnel, the credential must be of the lab whose key opened the tunnel.
+    if let Some(tunnel_lab) = req.peer_addr().and_then(|p| state.ssh_tunnels.lab_of(&p)) {
+        if tunnel_lab != lab_id {
+            warn!(lab.id = %lab_id, ssh.lab = %tunnel_lab,
+                "agent connection refused: its SSH tunnel was opened with another lab's key");
+            return Ok(HttpResponse::Forbidden().json(serde_json::json!({
+                "error": "this SSH tunnel was opened with another lab's key"
+            })));
+        }
+    }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let max = state.config.agent.max_message_bytes;
     let stream = stream
@@ -365,6 +377,8 @@ enum End {
     Cut,
     Stale,
     ProtocolError,
+    /// A frame over `agent.max_message_bytes`.
+    TooBig,
     StorageFailed,
 }
 
@@ -503,6 +517,14 @@ async fn run_session(
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
                     Some(Ok(AggregatedMessage::Binary(_))) => end = Some(End::ProtocolError),
                     Some(Ok(AggregatedMessage::Close(_))) | None => end = Some(End::Closed),
+                    Some(Err(ProtocolError::Overflow)) => {
+                        info!(
+                            lab.id = %lab_id,
+                            max_bytes = agent_cfg.max_message_bytes,
+                            "agent frame over the size limit refused"
+                        );
+                        end = Some(End::TooBig);
+                    }
                     Some(Err(e)) => {
                         info!(lab.id = %lab_id, error = %e, "agent connection error");
                         end = Some(End::ProtocolError);
@@ -566,6 +588,7 @@ async fn run_session(
         End::Dead => CloseCode::Away,
         End::Cut | End::Stale => CloseCode::Policy,
         End::ProtocolError => CloseCode::Protocol,
+        End::TooBig => CloseCode::Size,
         End::StorageFailed => CloseCode::Error,
     };
     let _ = session

@@ -58,6 +58,11 @@ enum Command {
     },
     /// Discovery-efficiency benchmark of the optimizers on a noisy landscape.
     OptimizeBench(cli_optimize_bench::OptimizeBenchArgs),
+    /// TLS: development certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// The product end to end: server, demo account, a virtual-lab agent and the paper's
     /// chirality campaign with a progress bar and a summary.
     Demo(DemoArgs),
@@ -98,6 +103,27 @@ struct DemoArgs {
 }
 
 #[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a development CA and a server certificate + key it signs (ECDSA P-256), and
+    /// optionally a client certificate for mutual TLS. Not for production.
+    DevCert {
+        /// Output directory (ca.pem, ca-key.pem, server.pem, server-key.pem[, client*.pem]).
+        #[arg(long, value_name = "DIR", default_value = "tls")]
+        out: PathBuf,
+        /// Host name or IP address the server certificate is valid for (repeatable;
+        /// default: localhost and 127.0.0.1).
+        #[arg(long = "host", value_name = "NAME|IP")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Also issue a client certificate with this common name.
+        #[arg(long, value_name = "CN")]
+        client: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCommand {
     /// Create a lab (and its organisation when missing) with an agent credential file.
     CreateLab {
@@ -110,6 +136,29 @@ enum AdminCommand {
         /// Where to write the agent's credential file (mode 0600).
         #[arg(long, value_name = "FILE")]
         credential_out: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Register an SSH public key for a lab: the SSH endpoint (`[ssh]`) then accepts it, for
+    /// the SSH user named like the lab id.
+    AddLabSshKey {
+        /// The lab's id.
+        #[arg(long, value_name = "LAB_ID")]
+        lab: String,
+        /// One OpenSSH public key line, e.g. "ssh-ed25519 AAAA… lab@host" (Ed25519 or ECDSA).
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
+        #[command(flatten)]
+        db: DatabaseArg,
+    },
+    /// Revoke a lab's SSH key: the SSH endpoint refuses it from the next authentication on.
+    RevokeLabSshKey {
+        /// The lab's id.
+        #[arg(long, value_name = "LAB_ID")]
+        lab: String,
+        /// The key's fingerprint, SHA256:… (as `ssh-keygen -lf KEY.pub` prints it).
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: String,
         #[command(flatten)]
         db: DatabaseArg,
     },
@@ -150,6 +199,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::OptimizeBench(args) => cli_optimize_bench::run(args)?,
+        Command::Tls {
+            command:
+                TlsCommand::DevCert {
+                    out,
+                    hosts,
+                    days,
+                    client,
+                },
+        } => {
+            let dev = maosic_server::tls::dev_cert(
+                &out,
+                &maosic_server::tls::DevCertOptions {
+                    hosts,
+                    days,
+                    client,
+                },
+            )?;
+            println!("wrote {} (CA: give it to agents)", dev.ca.display());
+            println!("wrote {} and {}", dev.cert.display(), dev.key.display());
+            if let Some((cert, key)) = &dev.client {
+                println!("wrote {} and {} (client)", cert.display(), key.display());
+            }
+            println!("server certificate SHA-256: {}", dev.server_sha256);
+            println!();
+            println!("# maosic.toml");
+            println!("[tls]");
+            println!("cert = {:?}", dev.cert.display().to_string());
+            println!("key = {:?}", dev.key.display().to_string());
+            println!();
+            println!(
+                "# agent: maosic-agent run --server https://HOST:PORT --tls-ca {}   (or --tls-pin-sha256 {})",
+                dev.ca.display(),
+                dev.server_sha256
+            );
+        }
         Command::Serve { bind, db } => {
             let config = load(cli.config.as_ref(), bind, db)?;
             system.block_on(app::serve(config))?;
@@ -216,6 +300,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     created.organization_id,
                     credential_out.display()
                 );
+            }
+            AdminCommand::AddLabSshKey {
+                lab,
+                public_key,
+                db,
+            } => {
+                let config = load(cli.config.as_ref(), None, db)?;
+                let key = system.block_on(async {
+                    let storage = app::open_storage(&config).await?;
+                    admin::add_lab_ssh_key(storage.as_ref(), &lab, &public_key).await
+                })?;
+                println!(
+                    "ssh key {} ({}) registered for lab {}; the agent connects as SSH user {}",
+                    key.fingerprint, key.algorithm, key.lab_id, key.lab_id
+                );
+            }
+            AdminCommand::RevokeLabSshKey {
+                lab,
+                fingerprint,
+                db,
+            } => {
+                let config = load(cli.config.as_ref(), None, db)?;
+                let revoked = system.block_on(async {
+                    let storage = app::open_storage(&config).await?;
+                    admin::revoke_lab_ssh_key(storage.as_ref(), &lab, &fingerprint).await
+                })?;
+                if !revoked {
+                    anyhow::bail!("lab {lab} has no SSH key {fingerprint} in force");
+                }
+                println!("ssh key {fingerprint} of lab {lab} revoked");
             }
         },
     }

@@ -1,5 +1,6 @@
-//! Shared application state handed to every handler: storage, configuration, metrics and the
-//! gateway's registry of live agent connections. Passed explicitly, never global.
+//! Shared application state handed to every handler: storage, configuration, metrics, the
+//! gateway's registry of live agent connections and the labs' live-readings cache. Passed
+//! explicitly, never global.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::readings::TelemetryCache;
 use crate::storage::Storage;
 
 /// Everything a request handler needs. Cheap to clone.
@@ -25,6 +27,10 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// In-process events (engine wake-ups, subscriptions).
     pub events: EventBus,
+    /// Labs' live readings, cached per lab for about a second.
+    pub telemetry: TelemetryCache,
+    /// Open SSH tunnels and the lab whose key opened each.
+    pub ssh_tunnels: crate::ssh::Tunnels,
 }
 
 impl AppState {
@@ -37,6 +43,8 @@ impl AppState {
             metrics: Metrics::new(),
             gateway: Gateway::default(),
             events: EventBus::default(),
+            telemetry: TelemetryCache::default(),
+            ssh_tunnels: crate::ssh::Tunnels::default(),
         }
     }
 }

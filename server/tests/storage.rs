@@ -359,6 +359,69 @@ async fn api_tokens_invitations_and_shares_round_trip() {
 }
 
 #[tokio::test]
+async fn the_latest_measurement_of_a_kind_is_found_among_newer_records() {
+    on_every_backend("latest_measurement", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "reactor", 1).await.unwrap();
+        let other = s.create_lab(&org.id, "other", 1).await.unwrap();
+        let record = |lab_id: &str, seq: i64, kind: &str, body: serde_json::Value| {
+            storage::NewRecord {
+                lab_id: lab_id.to_owned(),
+                epoch: "e1".into(),
+                seq,
+                program_id: Some("p1".into()),
+                kind: kind.into(),
+                body: body.to_string(),
+            }
+        };
+        let temperature = |t: f64| {
+            serde_json::json!({ "method": "H.set_temperature", "body": { "type": "measurement",
+                "name": "temperature", "measurement": { "kind": "temperature", "setpoint_c": t } } })
+        };
+        assert_eq!(s.latest_measurement(&lab.id, "temperature").await.unwrap(), None);
+        s.store_record(&record(&lab.id, 1, "measurement", temperature(60.0)), 10)
+            .await
+            .unwrap();
+        s.store_record(&record(&lab.id, 2, "measurement", temperature(130.0)), 20)
+            .await
+            .unwrap();
+        // Newer records of other measurement kinds and other record kinds do not hide it.
+        let spectrum = serde_json::json!({ "body": { "type": "measurement", "name": "cd",
+            "measurement": { "kind": "cd_spectrum", "cd_mdeg": [1.0] } } });
+        s.store_record(&record(&lab.id, 3, "measurement", spectrum), 30)
+            .await
+            .unwrap();
+        let finished = serde_json::json!({ "body": { "type": "program_finished",
+            "note": "\"kind\":\"temperature\"" } });
+        s.store_record(&record(&lab.id, 4, "program_finished", finished), 40)
+            .await
+            .unwrap();
+        // `_` is no wildcard: a newer `cdXspectrum` is not a `cd_spectrum`.
+        let lookalike = serde_json::json!({ "body": { "type": "measurement", "name": "x",
+            "measurement": { "kind": "cdXspectrum" } } });
+        s.store_record(&record(&lab.id, 5, "measurement", lookalike), 50)
+            .await
+            .unwrap();
+        let latest = s
+            .latest_measurement(&lab.id, "temperature")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((latest.seq, latest.received_at), (2, 20));
+        assert!(latest.body.contains("130"));
+        assert_eq!(
+            s.latest_measurement(&lab.id, "cd_spectrum")
+                .await
+                .unwrap()
+                .map(|r| r.seq),
+            Some(3)
+        );
+        assert_eq!(s.latest_measurement(&other.id, "temperature").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn postgres_row_level_security_fences_tenants_on_its_own() {
     use maosic_server::storage::tenant::{scoped, TenantScope};
     if !backends().contains(&maosic_e2e::Backend::Postgres) {
@@ -452,4 +515,226 @@ async fn postgres_row_level_security_fences_tenants_on_its_own() {
     assert_eq!(s.labs_of_organization(&a.id).await.unwrap().len(), 1);
     assert_eq!(s.shares_of_lab(&lab.id).await.unwrap().len(), 1);
     mark_ran(maosic_e2e::Backend::Postgres, "row_level_security");
+}
+
+#[tokio::test]
+async fn lab_ssh_keys_are_unique_in_force_and_accepted_only_while_their_lab_has_a_credential() {
+    use maosic_server::storage::NewLabSshKey;
+    let key = |lab: &str, fingerprint: &str| NewLabSshKey {
+        lab_id: lab.into(),
+        algorithm: "ssh-ed25519".into(),
+        public_key: format!("ssh-ed25519 AAAA{fingerprint}"),
+        fingerprint: fingerprint.into(),
+        comment: "bench".into(),
+    };
+    on_every_backend("lab_ssh_keys", |s| async move {
+        let org = s.create_organization("O", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "a", 1).await.unwrap();
+        let other = s.create_lab(&org.id, "b", 1).await.unwrap();
+        let credential = s.create_agent_credential(&lab.id, "h", 1).await.unwrap();
+
+        let added = s
+            .add_lab_ssh_key(&key(&lab.id, "SHA256:one"), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                added.lab_id.as_str(),
+                added.comment.as_str(),
+                added.created_at
+            ),
+            (lab.id.as_str(), "bench", 2)
+        );
+        assert_eq!(added.revoked_at, None);
+        // A key in force belongs to one lab; the lab must exist.
+        assert!(matches!(
+            s.add_lab_ssh_key(&key(&other.id, "SHA256:one"), 3).await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.add_lab_ssh_key(&key("missing", "SHA256:two"), 3).await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(
+            s.accepted_ssh_key("SHA256:one").await.unwrap(),
+            Some(added.clone())
+        );
+        assert_eq!(s.accepted_ssh_key("SHA256:unknown").await.unwrap(), None);
+
+        // The other lab has no credential in force: its key is registered but not accepted.
+        s.add_lab_ssh_key(&key(&other.id, "SHA256:other"), 4)
+            .await
+            .unwrap();
+        assert_eq!(s.accepted_ssh_key("SHA256:other").await.unwrap(), None);
+
+        // Revoking the lab's only credential closes its SSH door too.
+        assert!(s.revoke_agent_credential(&credential.id, 5).await.unwrap());
+        assert_eq!(s.accepted_ssh_key("SHA256:one").await.unwrap(), None);
+        s.create_agent_credential(&lab.id, "h2", 6).await.unwrap();
+        assert!(s.accepted_ssh_key("SHA256:one").await.unwrap().is_some());
+
+        // Revocation: once, by the owning lab only; a revoked key may be registered again.
+        assert!(!s
+            .revoke_lab_ssh_key(&other.id, "SHA256:one", 7)
+            .await
+            .unwrap());
+        assert!(s
+            .revoke_lab_ssh_key(&lab.id, "SHA256:one", 7)
+            .await
+            .unwrap());
+        assert!(!s
+            .revoke_lab_ssh_key(&lab.id, "SHA256:one", 8)
+            .await
+            .unwrap());
+        assert_eq!(s.accepted_ssh_key("SHA256:one").await.unwrap(), None);
+        let again = s
+            .add_lab_ssh_key(&key(&lab.id, "SHA256:one"), 9)
+            .await
+            .unwrap();
+        assert_ne!(again.id, added.id);
+        let listed = s.ssh_keys_of_lab(&lab.id).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].revoked_at, Some(7));
+        assert_eq!(listed[1], again);
+        assert_eq!(s.ssh_keys_of_lab(&other.id).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_row_level_security_fences_lab_ssh_keys() {
+    use maosic_server::storage::tenant::{scoped, TenantScope};
+    use maosic_server::storage::NewLabSshKey;
+    if !backends().contains(&maosic_e2e::Backend::Postgres) {
+        println!("PostgreSQL not configured: row-level security test did not run");
+        return;
+    }
+    let db = TestDatabase::create(maosic_e2e::Backend::Postgres)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let s: &dyn Storage = &pg;
+    let a = s.create_organization("A", 1).await.unwrap();
+    let b = s.create_organization("B", 1).await.unwrap();
+    let lab = s.create_lab(&a.id, "secret-lab", 1).await.unwrap();
+    s.create_agent_credential(&lab.id, "h", 1).await.unwrap();
+    let new = |fingerprint: &str| NewLabSshKey {
+        lab_id: lab.id.clone(),
+        algorithm: "ssh-ed25519".into(),
+        public_key: "ssh-ed25519 AAAA".into(),
+        fingerprint: fingerprint.into(),
+        comment: String::new(),
+    };
+    s.add_lab_ssh_key(&new("SHA256:a"), 2).await.unwrap();
+    let as_org = |org: &str, admin: bool| TenantScope::Principal {
+        user_id: "u".into(),
+        org_ids: vec![org.to_owned()],
+        admin_org_ids: if admin { vec![org.to_owned()] } else { vec![] },
+        shared_lab_ids: vec![],
+    };
+    // Another organisation's admin, and a viewer of the lab's own, see and change nothing.
+    for scope in [as_org(&b.id, true), as_org(&a.id, false)] {
+        scoped(scope, async {
+            assert!(s.ssh_keys_of_lab(&lab.id).await.unwrap().is_empty());
+            assert_eq!(s.accepted_ssh_key("SHA256:a").await.unwrap(), None);
+            assert!(s.add_lab_ssh_key(&new("SHA256:planted"), 3).await.is_err());
+            assert!(!s.revoke_lab_ssh_key(&lab.id, "SHA256:a", 3).await.unwrap());
+        })
+        .await;
+    }
+    scoped(as_org(&a.id, true), async {
+        assert_eq!(s.ssh_keys_of_lab(&lab.id).await.unwrap().len(), 1);
+    })
+    .await;
+    // Platform work (the SSH endpoint's look-up) sees the key.
+    assert!(s.accepted_ssh_key("SHA256:a").await.unwrap().is_some());
+    mark_ran(
+        maosic_e2e::Backend::Postgres,
+        "lab_ssh_keys_row_level_security",
+    );
+}
+
+#[tokio::test]
+async fn queued_commands_move_forward_only_and_expire_at_their_deadline() {
+    use maosic_server::storage::commands::{CommandEnd, NewLabCommand};
+    on_every_backend("lab_commands", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
+        let new = |deadline_at: i64| NewLabCommand {
+            organization_id: org.id.clone(),
+            lab_id: lab.id.clone(),
+            method: "H.read".into(),
+            params_json: "{}".into(),
+            program_json: "{}".into(),
+            created_by: "u".into(),
+            deadline_at,
+        };
+        let late = s.create_command(&new(100), 10).await.unwrap();
+        let timely = s.create_command(&new(10_000), 10).await.unwrap();
+        let canceled = s.create_command(&new(10_000), 11).await.unwrap();
+        assert_eq!(late.state, "queued");
+        assert_eq!(s.open_commands().await.unwrap().len(), 3);
+
+        // Past its deadline a queued command cannot be claimed; the sweep times it out.
+        assert!(s.claim_command(&late.id, 100).await.unwrap().is_none());
+        let expired = s.expire_commands(100).await.unwrap();
+        assert_eq!(
+            expired.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            [late.id.as_str()]
+        );
+        assert!(s.expire_commands(200).await.unwrap().is_empty());
+
+        // queued → sent (counting attempts; a re-send of sent is allowed) → succeeded.
+        let sent = s.claim_command(&timely.id, 50).await.unwrap().unwrap();
+        assert_eq!((sent.state.as_str(), sent.attempts), ("sent", 1));
+        let again = s.claim_command(&timely.id, 20_000).await.unwrap().unwrap();
+        assert_eq!(
+            again.attempts, 2,
+            "a sent command may be re-sent after its deadline"
+        );
+        assert!(!s
+            .finish_command(&timely.id, CommandEnd::Canceled, None, None, 60)
+            .await
+            .unwrap());
+        assert!(s
+            .finish_command(&timely.id, CommandEnd::Succeeded, Some("{}"), None, 60)
+            .await
+            .unwrap());
+        assert!(s.claim_command(&timely.id, 70).await.unwrap().is_none());
+
+        // Terminal states never change.
+        assert!(s
+            .finish_command(&canceled.id, CommandEnd::Canceled, None, None, 61)
+            .await
+            .unwrap());
+        for end in [
+            CommandEnd::Succeeded,
+            CommandEnd::Failed,
+            CommandEnd::TimedOut,
+            CommandEnd::Canceled,
+        ] {
+            for id in [&late.id, &timely.id, &canceled.id] {
+                assert!(!s.finish_command(id, end, None, None, 99).await.unwrap());
+            }
+        }
+        assert!(s.claim_command(&canceled.id, 70).await.unwrap().is_none());
+        let states: Vec<String> = s
+            .commands_of_lab(&lab.id, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.state)
+            .collect();
+        assert_eq!(states, ["canceled", "succeeded", "timed_out"]);
+        assert!(s.open_commands().await.unwrap().is_empty());
+        assert!(matches!(
+            s.command("00000000-0000-0000-0000-000000000000").await,
+            Err(StorageError::NotFound)
+        ));
+    })
+    .await;
 }

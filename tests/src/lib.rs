@@ -3,6 +3,7 @@
 //! processes, and a small GraphQL client. Waiting is always on a condition with a deadline.
 
 pub mod chaos;
+pub mod streams;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -269,6 +270,8 @@ pub fn error_code(body: &Value) -> Option<String> {
 pub struct TestServer {
     /// Bound address.
     pub addr: SocketAddr,
+    /// The SSH endpoint's address, from its stdout line when `[ssh]` is enabled.
+    ssh: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -309,6 +312,9 @@ impl TestServer {
                     if let Some(rest) = line.strip_prefix("maosic-server listening on http://") {
                         break rest.trim().parse::<SocketAddr>()?;
                     }
+                    if let Some(rest) = line.strip_prefix("maosic-server listening on https://") {
+                        break rest.trim().parse::<SocketAddr>()?;
+                    }
                 }
                 _ => {
                     let _ = child.wait();
@@ -319,14 +325,36 @@ impl TestServer {
                 }
             }
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout so the server never blocks on a full pipe, and pick up the
+        // SSH endpoint's line when it comes.
+        let ssh = std::sync::Arc::new(std::sync::OnceLock::new());
+        let ssh_seen = ssh.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("maosic-server ssh listening on ") {
+                    if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
+                        let _ = ssh_seen.set(addr);
+                    }
+                }
+            }
+        });
         Ok(TestServer {
             addr,
+            ssh,
             child,
             log,
             _dir: dir,
         })
+    }
+
+    /// The SSH endpoint's address (the server must run with `MAOSIC_SSH__ENABLED=true`);
+    /// waits up to 10 s for its stdout line.
+    pub fn ssh_addr(&self) -> anyhow::Result<SocketAddr> {
+        wait_for(Duration::from_secs(10), "the ssh listening line", || {
+            Ok(self.ssh.get().copied())
+        })
+        .map(|(addr, _)| addr)
+        .map_err(|e| anyhow!("{e}\n{}", self.log()))
     }
 
     /// `http://ADDR`.
@@ -485,6 +513,36 @@ impl Drop for TestServer {
     }
 }
 
+/// How [`TestAgent::start`] runs `maosic-agent run`.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `--lab`: the lab configuration (e.g. the virtual lab); none = presence only.
+    pub lab: Option<PathBuf>,
+    /// `--descriptor`, announced when no lab is run.
+    pub descriptor: Option<PathBuf>,
+    /// `--spool`; none = a fresh spool in the agent's own temporary directory.
+    pub spool: Option<PathBuf>,
+    /// `--backoff-base-ms` and `--backoff-cap-ms` (default 100 ms and 1 s).
+    pub backoff_ms: (u64, u64),
+    /// `RUST_LOG` of the agent; none = its default (`info`).
+    pub log_filter: Option<String>,
+    /// Further arguments (e.g. `--spool-max-bytes N`).
+    pub args: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            lab: None,
+            descriptor: None,
+            spool: None,
+            backoff_ms: (100, 1000),
+            log_filter: None,
+            args: Vec::new(),
+        }
+    }
+}
+
 /// A running `maosic-agent run`.
 pub struct TestAgent {
     child: Child,
@@ -551,6 +609,48 @@ impl TestAgent {
             .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
             .arg("--spool")
             .arg(spool)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(TestAgent {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Starts `maosic-agent run --server SERVER --credential CREDENTIAL` as `options` say.
+    pub fn start(
+        server: &str,
+        credential: &Path,
+        options: &AgentOptions,
+    ) -> anyhow::Result<TestAgent> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("agent.log");
+        let spool = options
+            .spool
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool.db"));
+        let (base, cap) = options.backoff_ms;
+        let mut cmd = Command::new(bin("maosic-agent")?);
+        cmd.args(["run", "--server", server, "--credential"])
+            .arg(credential)
+            .args(["--backoff-base-ms", &base.to_string()])
+            .args(["--backoff-cap-ms", &cap.to_string()])
+            .arg("--spool")
+            .arg(spool);
+        if let Some(lab) = &options.lab {
+            cmd.arg("--lab").arg(lab);
+        }
+        if let Some(descriptor) = &options.descriptor {
+            cmd.arg("--descriptor").arg(descriptor);
+        }
+        if let Some(filter) = &options.log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .args(&options.args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -296,6 +296,33 @@ async fn sweep(backend: Backend, app_filter: bool) {
         .as_array()
         .unwrap_or_else(|| panic!("{schema}"))
         .clone();
+    // The lab page's live readings and method list: A reads its own (the readings are cached
+    // per lab right after, so a cache keyed or checked wrongly would hand them to B next).
+    let page =
+        "query($l: ID!) { lab(id: $l) { telemetry { state readAt detail heaters { device source } \
+                pumps { device } } devices { name methods { name params { name } } } } }";
+    let own_page = server
+        .graphql_as(&a.access_token, page, json!({ "l": lab.id }))
+        .unwrap();
+    let own_telemetry = &own_page["data"]["lab"]["telemetry"];
+    assert!(
+        own_telemetry["state"].is_string() && own_telemetry["state"] != "RESTRICTED",
+        "{own_page}"
+    );
+    assert!(
+        own_page["data"]["lab"]["devices"][0]["methods"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "{own_page}"
+    );
+    let b_page = server
+        .graphql_as(&b.access_token, page, json!({ "l": lab.id }))
+        .unwrap();
+    assert_eq!(b_page["data"]["lab"], Value::Null, "{b_page}");
+    assert!(
+        !b_page.to_string().contains("readAt") && !b_page.to_string().contains("set_temperature"),
+        "{b_page}"
+    );
     let before = snapshot(&server, &a, &lab.id);
     // Positive control: the leak detector fires on A's own view of its data.
     let own = before.to_string();

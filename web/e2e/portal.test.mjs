@@ -149,6 +149,31 @@ test("sign up, create a lab and enroll its agent from the lab page", async () =>
   // the labStatus subscription turns the badge online without a reload
   await page.getByTestId("lab-online").first().filter({ hasText: "online" }).waitFor({ timeout: 30_000 });
   await page.getByTestId("devices").getByRole("cell", { name: "H", exact: true }).waitFor();
+
+  // the console's method list is the lab's capability descriptor, as the API gives it
+  const api = await gql(server.url, ctx.ownerToken,
+    "query($l: ID!) { lab(id: $l) { devices { name methods { name description params { name unit min max step } } } } }", { l: ctx.labId });
+  const declared = api.data.lab.devices.flatMap((d) => d.methods.map((m) => `${d.name}.${m.name}`));
+  await waitFor("the console lists the descriptor's methods", async () =>
+    (await page.getByTestId("console-method").locator("option").count()) === declared.length, 10_000);
+  const listed = await page.getByTestId("console-method").locator("option").evaluateAll((os) => os.map((o) => o.value));
+  assert.deepEqual(listed, declared);
+  assert.ok(listed.includes("P1.status") && listed.includes("UV.acquire"), listed.join(", "));
+  await page.getByTestId("console-method").selectOption("H.set_temperature");
+  const setT = api.data.lab.devices.find((d) => d.name === "H").methods.find((m) => m.name === "set_temperature");
+  const help = await page.getByTestId("console-method-help").textContent();
+  assert.ok(help.includes(setT.description), help);
+  const T = setT.params[0];
+  assert.ok(help.includes(`T [${T.min}–${T.max} ${T.unit}, step ${T.step}]`), help);
+
+  // live readings: the heater's temperature and each pump's flow, polled while the page is open
+  const reading = page.getByTestId("temperature-H");
+  await page.locator('[data-testid="telemetry"][data-state="LIVE"]').waitFor({ timeout: 20_000 });
+  await reading.waitFor();
+  const pv0 = Number(await reading.getAttribute("data-pv"));
+  assert.ok(Number.isFinite(pv0) && pv0 < 40, `ambient ${pv0}`);
+  assert.equal(await page.getByTestId("pumps").locator("tbody tr").count(), 3);
+  assert.equal(await page.getByTestId("pump-P1").getAttribute("data-flow"), "0");
   await shot(page, "02-lab");
 
   // the instruction console: read the heater through the agent
@@ -157,6 +182,26 @@ test("sign up, create a lab and enroll its agent from the lab page", async () =>
   const entry = page.getByTestId("console-log").locator("li").first();
   await entry.waitFor();
   assert.match(await entry.getAttribute("class"), /ok/, await entry.textContent());
+
+  // set_temperature from the console: the live temperature follows without a reload
+  const navs = await page.evaluate(() => performance.getEntriesByType("navigation").length);
+  await page.getByTestId("console-method").selectOption("H.set_temperature");
+  await page.getByTestId("console-params").fill('{"T": 60}');
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.getByTestId("console-log").locator("li").nth(1).waitFor({ timeout: 60_000 });
+  const setEntry = page.getByTestId("console-log").locator("li").first();
+  assert.match(await setEntry.getAttribute("class"), /ok/, await setEntry.textContent());
+  const started = Date.now();
+  await waitFor("the live temperature at the new setpoint", async () =>
+    Number(await reading.getAttribute("data-sp")) === 60 && Math.abs(Number(await reading.getAttribute("data-pv")) - 60) < 2, 20_000);
+  figures.live_temperature_update_ms = Date.now() - started;
+  const pv1 = Number(await reading.getAttribute("data-pv"));
+  assert.ok(pv1 - pv0 > 20, `temperature ${pv0} -> ${pv1}`);
+  assert.equal(await page.evaluate(() => performance.getEntriesByType("navigation").length), navs, "no reload");
+  await page.getByTestId("temperature-trend").waitFor();
+  await page.getByRole("heading", { name: "Live readings" }).scrollIntoViewIfNeeded();
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await shot(page, "02b-lab-live-temperature");
   // a value outside the descriptor's range is refused with the server's message
   await page.getByTestId("console-method").selectOption("H.set_temperature");
   await page.getByTestId("console-params").fill('{"T": 900}');
@@ -403,7 +448,10 @@ test("a viewer invited through the UI sees the campaign but cannot start or stop
   await viewer.getByTestId("campaign-name").waitFor();
   // the campaign is running: an owner would see Pause and Cancel here
   const clone = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state stateDetail } }", { c: ctx.cloneId });
-  assert.equal(clone.data.campaign.state, "running", `the clone is not running: ${JSON.stringify(clone.data.campaign)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
+  // when not: the lab's live readings say why its agent refuses (e.g. a latched safety fault)
+  const why = clone.data.campaign.state === "running" ? null
+    : await gql(server.url, ctx.ownerToken, "query($l: ID!) { lab(id: $l) { telemetry { state detail } } }", { l: ctx.labId });
+  assert.equal(clone.data.campaign.state, "running", `the clone is not running: ${JSON.stringify(clone.data.campaign)}\nlab: ${JSON.stringify(why?.data?.lab?.telemetry)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
   await viewer.locator(".titlebar .badge", { hasText: "running" }).waitFor();
   await viewer.getByTestId("read-only").waitFor();
   for (const name of ["Start", "Pause", "Resume", "Cancel campaign", "Queue experiment"]) {

@@ -78,10 +78,26 @@ export const LAB = /* GraphQL */ `
   query Lab($id: ID!) {
     lab(id: $id) {
       id name organizationId online lastSeenAt agentVersion connectionGeneration
-      devices { name kind }
+      devices {
+        name kind description
+        methods { name description measurements setpoint params { name unit min max step required default } }
+      }
       canQueue canManage
       shares { organizationId dailyQuota createdAt }
       agentCredentials { id createdAt revokedAt }
+    }
+  }
+`;
+
+export const LAB_TELEMETRY = /* GraphQL */ `
+  query LabTelemetry($id: ID!) {
+    lab(id: $id) {
+      id
+      telemetry {
+        state readAt detail
+        heaters { device source at pvC setpointC outputPct enabled }
+        pumps { device state rateUlMin flowUlMin infusedUl alarm }
+      }
     }
   }
 `;

@@ -83,6 +83,8 @@ pub trait SyringePump: Send + Sync {
     async fn stop(&self) -> Result<(), DeviceError>;
     async fn clear_dispensed(&self) -> Result<(), DeviceError>;
     async fn status(&self) -> Result<PumpStatus, DeviceError>;
+    /// The programmed pumping rate, µL/min (what the pump moves while it runs).
+    async fn rate(&self) -> Result<f64, DeviceError>;
     async fn version(&self) -> Result<String, DeviceError>;
 }
 

@@ -431,6 +431,7 @@ impl Lab {
                             ),
                             m("stop", "Stop infusing", 200, vec![], &[]),
                             m("refill", "Stop infusing and refill the syringe from the reservoir", 30000, vec![], &[]),
+                            m("status", "Read the pump: state, programmed rate, flow now and dispensed volumes", 200, vec![], &[]),
                         ],
                     )
                 }
@@ -697,7 +698,7 @@ impl Lab {
                 }
             }
             (Device::Pump(p), "status") => CallOutput {
-                result: serde_json::to_value(p.status().await?).unwrap_or_default(),
+                result: Self::pump_status(p.as_ref()).await?,
                 ..Default::default()
             },
             (Device::Heater(h), "set_temperature") => {
@@ -899,6 +900,26 @@ impl Lab {
             p.set_direction(Direction::Infuse).await?;
         }
         Ok(b.content_ul)
+    }
+
+    /// What a pump reports for `status`: its state, the programmed rate, the flow now (the
+    /// rate while it infuses or withdraws, else 0) and the dispensed volumes.
+    async fn pump_status(p: &dyn SyringePump) -> Result<serde_json::Value, DeviceError> {
+        let st = p.status().await?;
+        let rate = if st.alarm.is_some() {
+            0.0
+        } else {
+            p.rate().await?
+        };
+        let moving = matches!(st.state, PumpState::Infusing | PumpState::Withdrawing);
+        Ok(json!({
+            "state": st.state,
+            "alarm": st.alarm,
+            "rate_ul_min": rate,
+            "flow_ul_min": if moving { rate } else { 0.0 },
+            "infused_ul": st.infused_ul,
+            "withdrawn_ul": st.withdrawn_ul,
+        }))
     }
 
     async fn pump_set_rate(

@@ -41,6 +41,8 @@ pub enum Command {
     Stop,
     /// Query dispensed volumes; data `I<float>W<float>UL`.
     QueryDispensed,
+    /// Query the programmed rate; data `<float><unit>` (`UM`, `MM`, `UH` or `MH`).
+    QueryRate,
     /// Clear the dispensed volume of one direction.
     ClearDispensed(Direction),
     /// Query the firmware version.
@@ -83,6 +85,7 @@ pub fn encode(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> 
         Command::Run => "RUN".to_string(),
         Command::Stop => "STP".to_string(),
         Command::QueryDispensed => "DIS".to_string(),
+        Command::QueryRate => "RAT".to_string(),
         Command::ClearDispensed(Direction::Infuse) => "CLDINF".to_string(),
         Command::ClearDispensed(Direction::Withdraw) => "CLDWDR".to_string(),
         Command::Version => "VER".to_string(),
@@ -284,6 +287,22 @@ pub fn parse_dispensed(data: &str) -> Option<(f64, f64)> {
     Some((infused * unit, withdrawn * unit))
 }
 
+/// Parse the data of a `RAT` query reply: `<float><unit>` → µL/min (units `UM` µL/min, `MM`
+/// mL/min, `UH` µL/h, `MH` mL/h).
+pub fn parse_rate(data: &str) -> Option<f64> {
+    let at = data.len().checked_sub(2)?;
+    let (num, unit) = (data.get(..at)?, data.get(at..)?);
+    let scale = match unit {
+        "UM" => 1.0,
+        "MM" => 1000.0,
+        "UH" => 1.0 / 60.0,
+        "MH" => 1000.0 / 60.0,
+        _ => return None,
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v * scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +362,18 @@ mod tests {
         assert_eq!(parse_dispensed("I12.50W0.000UL"), Some((12.5, 0.0)));
         assert_eq!(parse_dispensed("I1.000W2.000ML"), Some((1000.0, 2000.0)));
         assert_eq!(parse_dispensed("I1W"), None);
+    }
+
+    #[test]
+    fn parses_rate() {
+        assert_eq!(parse_rate("12.50UM"), Some(12.5));
+        assert_eq!(parse_rate("1.000MM"), Some(1000.0));
+        assert!((parse_rate("60.00UH").unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(parse_rate("UM"), None);
+        assert_eq!(parse_rate("12.5"), None);
+        assert_eq!(parse_rate("-1.0UM"), None);
+        assert_eq!(parse_rate("1é"), None);
+        assert_eq!(encode(1, &Command::QueryRate).unwrap(), b"01RAT\r");
     }
 
     proptest::proptest! {

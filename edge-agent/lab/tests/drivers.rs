@@ -68,6 +68,7 @@ async fn pump_and_pid_work_over_ptys() {
     p.set_diameter(3.26).await.unwrap();
     p.set_direction(Direction::Infuse).await.unwrap();
     p.set_rate(600.0).await.unwrap();
+    assert!((p.rate().await.unwrap() - 600.0).abs() < 1e-9);
     p.set_volume(100.0).await.unwrap();
     p.run().await.unwrap();
     assert_eq!(p.status().await.unwrap().state, PumpState::Infusing);

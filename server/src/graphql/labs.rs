@@ -1,16 +1,20 @@
 //! Labs: creation, sharing with other organisations under a daily quota, one-time agent
-//! enrollment tokens, and agent-credential revocation (which cuts the live connection).
+//! enrollment tokens, agent-credential revocation (which cuts the live connection), the devices
+//! with the methods of the lab's capability descriptor, and live readings (`readings.rs`).
 
 use async_graphql::{Context, Object, SimpleObject, ID};
 use serde_json::json;
 
-use super::access::{audit, lab_access_of, lab_with_access, require_admin, LabAccess};
+use maosic_schema::capability::{LabDescriptor, MethodDescriptor};
+
+use super::access::{audit, lab_access_of, lab_with_access, org_role, require_admin, LabAccess};
 use super::account::validate_name;
 use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
 use crate::auth::token;
 use crate::gateway::{hash_secret, new_secret};
+use crate::readings::Telemetry;
 use crate::state::AppState;
 use crate::storage::{self, now_ms, StorageError};
 
@@ -42,6 +46,69 @@ pub struct Device {
     pub name: String,
     /// Its kind (e.g. `heater`).
     pub kind: String,
+    /// Free-text description from the capability descriptor (model, notes).
+    pub description: String,
+    /// The operations the capability descriptor declares, callable as `<name>.<method>`
+    /// (empty until the agent has announced a descriptor).
+    pub methods: Vec<DeviceMethod>,
+}
+
+/// One operation of a device, from the lab's capability descriptor.
+#[derive(SimpleObject)]
+pub struct DeviceMethod {
+    /// Method name (e.g. `set_temperature`).
+    pub name: String,
+    /// Free-text description.
+    pub description: String,
+    /// Its parameters.
+    pub params: Vec<MethodParam>,
+    /// Measurements a call yields (e.g. `absorption_spectrum`).
+    pub measurements: Vec<String>,
+    /// Whether it configures the device (run before a stream starts) rather than act on it.
+    pub setpoint: bool,
+}
+
+/// One parameter of a device method.
+#[derive(SimpleObject)]
+pub struct MethodParam {
+    /// Name as written in formulas and `sendInstruction` params (e.g. `T`).
+    pub name: String,
+    /// Unit values are given in (e.g. `°C`; empty when dimensionless).
+    pub unit: String,
+    /// Smallest allowed value.
+    pub min: f64,
+    /// Largest allowed value.
+    pub max: f64,
+    /// Step of the device's setting grid, anchored at `min`; null when continuous.
+    pub step: Option<f64>,
+    /// Whether a call must give it (when it has no default).
+    pub required: bool,
+    /// Value used when a call omits it.
+    pub default: Option<f64>,
+}
+
+impl From<&MethodDescriptor> for DeviceMethod {
+    fn from(m: &MethodDescriptor) -> Self {
+        DeviceMethod {
+            name: m.name.clone(),
+            description: m.description.clone(),
+            params: m
+                .params
+                .iter()
+                .map(|p| MethodParam {
+                    name: p.name.clone(),
+                    unit: p.unit.clone(),
+                    min: p.min,
+                    max: p.max,
+                    step: p.resolution,
+                    required: p.required,
+                    default: p.default,
+                })
+                .collect(),
+            measurements: m.yields.clone(),
+            setpoint: m.setpoint,
+        }
+    }
 }
 
 /// A lab shared with an organisation.
@@ -139,17 +206,46 @@ impl LabNode {
         self.lab.connection_generation
     }
 
-    /// The devices the agent announced in its last hello.
+    /// The devices the agent announced in its last hello, with the methods its capability
+    /// descriptor declares.
     async fn devices(&self) -> Vec<Device> {
         let parsed: Vec<maosic_schema::protocol::DeviceSummary> =
             serde_json::from_str(&self.lab.devices).unwrap_or_default();
+        let descriptor = self
+            .lab
+            .descriptor
+            .as_deref()
+            .and_then(|d| LabDescriptor::from_json_str(d).ok());
         parsed
             .into_iter()
-            .map(|d| Device {
-                name: d.name,
-                kind: d.kind,
+            .map(|d| {
+                let declared = descriptor.as_ref().and_then(|x| x.device(&d.name));
+                Device {
+                    description: declared.map(|x| x.description.clone()).unwrap_or_default(),
+                    methods: declared
+                        .map(|x| x.methods.iter().map(DeviceMethod::from).collect())
+                        .unwrap_or_default(),
+                    name: d.name,
+                    kind: d.kind,
+                }
             })
             .collect()
+    }
+
+    /// Live readings: each heater's temperature and each pump's state and flow, read from the
+    /// agent (cached about a second per lab); a heater that cannot be read live shows the
+    /// latest stored temperature measurement. Never an error for an offline lab: see `state`.
+    /// Members of the lab's own organisation only; others who may see it (a shared lab) get
+    /// `RESTRICTED`.
+    async fn telemetry(&self, ctx: &Context<'_>) -> ApiResult<Telemetry> {
+        let p = principal(ctx)?;
+        // Access first, then the cache: the cached value is the lab's, shared by its readers.
+        if org_role(ctx, p, &self.lab.organization_id).await?.is_none() {
+            return Ok(Telemetry::restricted());
+        }
+        let st = state(ctx)?;
+        let readings = st.telemetry.get(&st.gateway, &st.storage, &self.lab).await;
+        Ok(readings.as_ref().clone())
     }
 
     /// Whether the caller may queue experiments here.

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod account;
 pub mod campaigns;
+pub mod commands;
 pub mod compile;
 pub mod handler;
 pub mod labs;
@@ -37,6 +38,7 @@ pub struct QueryRoot(
     labs::LabQuery,
     compile::CompileQuery,
     campaigns::CampaignQuery,
+    commands::CommandQuery,
 );
 
 /// All mutations.
@@ -47,6 +49,7 @@ pub struct MutationRoot(
     orgs::OrgMutation,
     labs::LabMutation,
     campaigns::CampaignMutation,
+    commands::CommandMutation,
 );
 
 /// Builds the schema; `state` is `None` only for printing the SDL.

@@ -6,10 +6,12 @@
 //! suite in `server/tests/storage.rs` runs against both.
 
 pub mod campaigns;
+pub mod commands;
 pub mod postgres;
 pub mod records;
 mod sql;
 pub mod sqlite;
+pub mod ssh_keys;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub use campaigns::{
 pub use postgres::PgStorage;
 pub use records::{NewRecord, RecordStorage, StoredRecord};
 pub use sqlite::SqliteStorage;
+pub use ssh_keys::{LabSshKey, NewLabSshKey, SshKeyStorage};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -473,7 +476,13 @@ pub struct AgentHello {
 /// The storage port. One implementation per backend; every method is one short transaction.
 #[async_trait]
 pub trait Storage:
-    records::RecordStorage + campaigns::CampaignStorage + Send + Sync + 'static
+    records::RecordStorage
+    + campaigns::CampaignStorage
+    + ssh_keys::SshKeyStorage
+    + commands::CommandStorage
+    + Send
+    + Sync
+    + 'static
 {
     /// Which backend this is.
     fn backend(&self) -> Backend;

@@ -61,6 +61,26 @@ pub trait RecordStorage {
     ) -> StorageResult<Option<StoredRecord>>;
     /// Whether any record of a program run arrived.
     async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool>;
+    /// The lab's newest stored `measurement` record whose measurement is of `measurement_kind`
+    /// (e.g. `temperature`), of any program or none.
+    async fn latest_measurement(
+        &self,
+        lab_id: &str,
+        measurement_kind: &str,
+    ) -> StorageResult<Option<StoredRecord>>;
+}
+
+/// The `LIKE` pattern (escape character `!`) matching a record body that contains a
+/// measurement of `kind`: bodies are compact JSON, so the tag is written `"kind":"<kind>"`.
+fn measurement_pattern(kind: &str) -> String {
+    let mut escaped = String::with_capacity(kind.len() + 4);
+    for c in kind.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            escaped.push('!');
+        }
+        escaped.push(c);
+    }
+    format!("%\"kind\":\"{escaped}\"%")
 }
 
 macro_rules! impl_record_storage {
@@ -138,9 +158,46 @@ macro_rules! impl_record_storage {
                 .map_err(StorageError::from_sqlx)?;
                 Ok(row.is_some())
             }
+
+            async fn latest_measurement(
+                &self,
+                lab_id: &str,
+                measurement_kind: &str,
+            ) -> StorageResult<Option<StoredRecord>> {
+                // Walks `agent_records_recent` from the newest measurement down to the first
+                // match; the body is checked again by the caller when it parses it.
+                sqlx::query_as(
+                    "SELECT lab_id, epoch, seq, program_id, kind, body, received_at \
+                     FROM agent_records WHERE lab_id = $1 AND kind = 'measurement' \
+                     AND body LIKE $2 ESCAPE '!' ORDER BY received_at DESC LIMIT 1",
+                )
+                .bind(lab_id)
+                .bind(measurement_pattern(measurement_kind))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StorageError::from_sqlx)
+            }
         }
     };
 }
 
 impl_record_storage!(SqliteStorage);
 impl_record_storage!(PgStorage);
+
+#[cfg(test)]
+mod tests {
+    use super::measurement_pattern;
+
+    #[test]
+    fn measurement_patterns_escape_like_wildcards() {
+        assert_eq!(
+            measurement_pattern("temperature"),
+            "%\"kind\":\"temperature\"%"
+        );
+        assert_eq!(
+            measurement_pattern("cd_spectrum"),
+            "%\"kind\":\"cd!_spectrum\"%"
+        );
+        assert_eq!(measurement_pattern("a%!"), "%\"kind\":\"a!%!!\"%");
+    }
+}

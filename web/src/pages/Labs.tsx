@@ -3,13 +3,13 @@ import { gql, subscribe } from "../api";
 import { useApp, useRole } from "../App";
 import type {
   CreateLabMutation, CreateLabMutationVariables, EnrollmentTokenMutation, EnrollmentTokenMutationVariables, LabQuery,
-  LabQueryVariables, LabsQuery, LabStatusSubscription, SendInstructionMutation, SendInstructionMutationVariables,
-  StopLabMutation, StopLabMutationVariables,
+  LabQueryVariables, LabsQuery, LabStatusSubscription, LabTelemetryQuery, LabTelemetryQueryVariables,
+  SendInstructionMutation, SendInstructionMutationVariables, StopLabMutation, StopLabMutationVariables,
 } from "../generated/graphql";
-import methodsByKind from "../methods.json";
-import { CREATE_LAB, ENROLLMENT_TOKEN, LAB, LAB_STATUS, LABS, SEND_INSTRUCTION, STOP_LAB } from "../ops";
+import { CREATE_LAB, ENROLLMENT_TOKEN, LAB, LAB_STATUS, LAB_TELEMETRY, LABS, SEND_INSTRUCTION, STOP_LAB } from "../ops";
+import { lineOptions, UPlot } from "../plots";
 import { Link, navigate } from "../router";
-import { CopyField, Empty, ErrorBox, fmtTime, Loading, NotFound, Online, useAction, useQuery } from "../ui";
+import { CopyField, Empty, ErrorBox, fmt, fmtTime, Loading, NotFound, Online, useAction, useQuery } from "../ui";
 
 export function LabsPage() {
   const { orgId } = useApp();
@@ -61,9 +61,14 @@ export function LabsPage() {
   );
 }
 
-type Param = { name: string; unit?: string; min?: number; max?: number; required?: boolean; default?: number };
-type Method = { name: string; description: string; params: Param[] };
-const METHODS = methodsByKind as Record<string, Method[]>;
+type LabDevice = NonNullable<LabQuery["lab"]>["devices"][number];
+type Method = LabDevice["methods"][number];
+type Telemetry = NonNullable<LabTelemetryQuery["lab"]>["telemetry"];
+
+/** How often the lab page asks for live readings while it is visible (the server caches ~1 s). */
+const TELEMETRY_POLL_MS = 2000;
+/** Temperature samples kept for the trend plot (5 minutes at one every 2 s). */
+const TREND_SAMPLES = 150;
 
 export function LabPage({ id }: { id: string }) {
   const q = useQuery<LabQuery, LabQueryVariables>(LAB, { id }, [id]);
@@ -105,11 +110,15 @@ export function LabPage({ id }: { id: string }) {
               <thead><tr><th>Symbol</th><th>Kind</th><th>Methods</th></tr></thead>
               <tbody>
                 {lab.devices.map((d) => (
-                  <tr key={d.name}><td><code>{d.name}</code></td><td>{d.kind}</td><td>{(METHODS[d.kind] ?? []).map((m) => m.name).join(", ") || "—"}</td></tr>
+                  <tr key={d.name} title={d.description || undefined}><td><code>{d.name}</code></td><td>{d.kind}</td><td>{d.methods.map((m) => m.name).join(", ") || "—"}</td></tr>
                 ))}
               </tbody>
             </table>
           )}
+        </section>
+        <section className="card">
+          <h2>Live readings</h2>
+          <LiveReadings labId={lab.id} />
         </section>
         {lab.canManage && (
           <section className="card">
@@ -169,9 +178,126 @@ maosic-agent run --server ${location.origin} --credential credential.json --lab 
   );
 }
 
-function Console({ labId, devices, online }: { labId: string; devices: { name: string; kind: string }[]; online: boolean }) {
+/** Polls `Lab.telemetry` every 2 s while the page is visible: each heater's temperature (process
+ * value against setpoint, with a trend since the page opened) and each pump's flow. */
+function LiveReadings({ labId }: { labId: string }) {
+  const [t, setT] = useState<Telemetry | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const [trend, setTrend] = useState<{ at: number[]; pv: (number | null)[]; sp: number[] }>({ at: [], pv: [], sp: [] });
+  useEffect(() => {
+    let stopped = false;
+    let busy = false;
+    let timer: number | undefined;
+    const t0 = Date.now();
+    setT(null);
+    setError(null);
+    setTrend({ at: [], pv: [], sp: [] });
+    const tick = async () => {
+      window.clearTimeout(timer);
+      if (busy || stopped) return;
+      if (document.visibilityState === "visible") {
+        busy = true;
+        try {
+          const d = await gql<LabTelemetryQuery, LabTelemetryQueryVariables>(LAB_TELEMETRY, { id: labId });
+          if (stopped) return;
+          const next = d.lab?.telemetry ?? null;
+          setT(next);
+          setError(null);
+          const h = next?.heaters[0];
+          if (h && h.source === "AGENT") {
+            const at = (Date.parse(h.at) - t0) / 1000;
+            setTrend((old) => (old.at.length && old.at[old.at.length - 1] >= at ? old : {
+              at: [...old.at, at].slice(-TREND_SAMPLES),
+              pv: [...old.pv, h.pvC ?? null].slice(-TREND_SAMPLES),
+              sp: [...old.sp, h.setpointC].slice(-TREND_SAMPLES),
+            }));
+          }
+        } catch (e) {
+          if (!stopped) setError(e);
+        } finally {
+          busy = false;
+        }
+      }
+      if (!stopped) timer = window.setTimeout(() => void tick(), TELEMETRY_POLL_MS);
+    };
+    const onVisibility = () => {
+      if (document.visibilityState === "visible") void tick();
+    };
+    document.addEventListener("visibilitychange", onVisibility);
+    void tick();
+    return () => {
+      stopped = true;
+      window.clearTimeout(timer);
+      document.removeEventListener("visibilitychange", onVisibility);
+    };
+  }, [labId]);
+  const trendOpts = useMemo(
+    () => lineOptions({
+      xLabel: "s since opened", yLabel: "°C",
+      series: [{ label: "process value", color: "#d62728" }, { label: "setpoint", color: "#1f77b4", dash: [6, 4] }],
+    }),
+    [],
+  );
+  if (!t && !error) return <Loading what="live readings" />;
+  if (!t) return <ErrorBox error={error} title="Cannot read the lab" />;
+  if (t.state === "RESTRICTED") return <Empty>Live readings of a shared lab are visible to its own organisation only.</Empty>;
+  return (
+    <div data-testid="telemetry" data-state={t.state}>
+      <p className="muted">
+        <span className={`badge ${STATE_CLASS[t.state]}`} data-testid="telemetry-state">{STATE_TEXT[t.state]}</span>{" "}
+        read {fmtTime(t.readAt)}{t.detail ? ` · ${t.detail}` : ""}
+      </p>
+      <ErrorBox error={error} title="Live readings stopped updating" />
+      {t.heaters.length === 0 && t.pumps.length === 0 && (
+        <Empty>{t.state === "OFFLINE" ? "No readings: the agent is offline and no temperature has been stored yet." : "This lab reports no heater or pump readings."}</Empty>
+      )}
+      {t.heaters.map((h) => (
+        <p key={h.device} className="reading" data-testid={`temperature-${h.device}`} data-pv={h.pvC ?? ""} data-sp={h.setpointC}>
+          <code>{h.device}</code> <strong className="big">{h.pvC === null || h.pvC === undefined ? "sensor error" : `${h.pvC.toFixed(1)} °C`}</strong>
+          {" "}/ setpoint {h.setpointC.toFixed(1)} °C · output {fmt(h.outputPct, 2)} %
+          {h.enabled === false ? " · heater off" : ""}
+          {h.source === "RECORD" && <span className="muted"> · last stored measurement, {fmtTime(h.at)}</span>}
+        </p>
+      ))}
+      {t.heaters.length > 0 && trend.at.length > 1 && (
+        <UPlot options={trendOpts} data={[trend.at, trend.pv, trend.sp]} height={160} label="Reactor temperature since the page opened" testid="temperature-trend" />
+      )}
+      {t.pumps.length > 0 && (
+        <table data-testid="pumps">
+          <thead><tr><th>Pump</th><th>State</th><th>Flow (µL/min)</th><th>Rate set</th><th>Infused (µL)</th></tr></thead>
+          <tbody>
+            {t.pumps.map((p) => (
+              <tr key={p.device} data-testid={`pump-${p.device}`} data-flow={p.flowUlMin}>
+                <td><code>{p.device}</code></td>
+                <td>{p.state}{p.alarm ? ` (${p.alarm})` : ""}</td>
+                <td>{fmt(p.flowUlMin, 3)}</td>
+                <td>{fmt(p.rateUlMin, 3)}</td>
+                <td>{fmt(p.infusedUl, 3)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </div>
+  );
+}
+
+const STATE_TEXT: Record<Telemetry["state"], string> = {
+  LIVE: "live", PARTIAL: "partly live", OFFLINE: "agent offline", RESTRICTED: "restricted",
+};
+const STATE_CLASS: Record<Telemetry["state"], string> = {
+  LIVE: "online", PARTIAL: "state-paused", OFFLINE: "offline", RESTRICTED: "",
+};
+
+function paramHint(m: Method): string {
+  return m.params
+    .map((p) => `${p.name}${p.required && p.default == null ? "" : "?"} [${p.min}–${p.max}${p.unit ? " " + p.unit : ""}${p.step ? `, step ${p.step}` : ""}${p.default != null ? `, default ${p.default}` : ""}]`)
+    .join(", ");
+}
+
+function Console({ labId, devices, online }: { labId: string; devices: LabDevice[]; online: boolean }) {
   const options = useMemo(
-    () => devices.flatMap((d) => (METHODS[d.kind] ?? []).map((m) => ({ value: `${d.name}.${m.name}`, method: m }))),
+    () => devices.flatMap((d) => d.methods.map((m) => ({ value: `${d.name}.${m.name}`, method: m }))),
     [devices],
   );
   const [method, setMethod] = useState("");
@@ -183,7 +309,7 @@ function Console({ labId, devices, online }: { labId: string; devices: { name: s
     setMethod(v);
     const o = options.find((x) => x.value === v);
     const init: Record<string, number> = {};
-    for (const p of o?.method.params ?? []) if (p.required) init[p.name] = p.default ?? p.min ?? 0;
+    for (const p of o?.method.params ?? []) if (p.required) init[p.name] = p.default ?? p.min;
     setParams(JSON.stringify(init));
   };
   const send = (e: FormEvent) => {
@@ -206,7 +332,7 @@ function Console({ labId, devices, online }: { labId: string; devices: { name: s
       }
     });
   };
-  if (options.length === 0) return <Empty>The console lists the lab's methods once its agent has connected.</Empty>;
+  if (options.length === 0) return <Empty>The console lists the methods of the lab's capability descriptor once its agent has connected.</Empty>;
   return (
     <form onSubmit={send}>
       <label>
@@ -216,9 +342,9 @@ function Console({ labId, devices, online }: { labId: string; devices: { name: s
         </select>
       </label>
       {chosen && (
-        <p className="muted">
+        <p className="muted" data-testid="console-method-help">
           {chosen.method.description}
-          {chosen.method.params.length > 0 && ": " + chosen.method.params.map((p) => `${p.name}${p.required ? "" : "?"} [${p.unit ?? ""} ${p.min ?? ""}–${p.max ?? ""}]`).join(", ")}
+          {chosen.method.params.length > 0 && ": " + paramHint(chosen.method)}
         </p>
       )}
       <label>

@@ -287,6 +287,19 @@ impl SyringePump for Ne1000Pump {
             withdrawn_ul,
         })
     }
+    async fn rate(&self) -> Result<f64, DeviceError> {
+        let r = self.transact(&Command::QueryRate).await?;
+        if r.state == PumpState::Alarm {
+            return Err(DeviceError::Fault {
+                device: self.name.clone(),
+                detail: alarm_text(&r.data).into(),
+            });
+        }
+        ne1000::parse_rate(&r.data).ok_or_else(|| DeviceError::Protocol {
+            device: self.name.clone(),
+            detail: format!("cannot read the rate from {:?}", r.data),
+        })
+    }
     async fn version(&self) -> Result<String, DeviceError> {
         Ok(self.transact(&Command::Version).await?.data)
     }

@@ -1,0 +1,33 @@
+-- Instructions queued for a lab's agent with a deadline (RELIABILITY rule 5): sent when the
+-- agent is connected, as a one-step program whose program id is the command id (the agent
+-- remembers accepted ids durably, so a re-send never runs twice). States move forward only:
+-- queued → sent → succeeded | failed, queued | sent → timed_out (deadline passed before the
+-- agent accepted it), queued → canceled. Terminal states never change.
+CREATE TABLE lab_commands (
+    id               TEXT PRIMARY KEY,
+    organization_id  TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    lab_id           TEXT NOT NULL REFERENCES labs(id) ON DELETE CASCADE,
+    method           TEXT NOT NULL,
+    params_json      TEXT NOT NULL,
+    program_json     TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'succeeded', 'failed', 'timed_out', 'canceled')),
+    created_by       TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    deadline_at      BIGINT NOT NULL,
+    sent_at          BIGINT,
+    attempts         BIGINT NOT NULL DEFAULT 0,
+    finished_at      BIGINT,
+    result_json      TEXT,
+    error            TEXT
+);
+CREATE INDEX lab_commands_lab ON lab_commands(lab_id, created_at);
+CREATE INDEX lab_commands_open ON lab_commands(state, deadline_at) WHERE state IN ('queued', 'sent');
+
+-- Row-level security (second fence): a command belongs to the organisation that queued it;
+-- the dispatcher's work is platform work (maosic.bypass).
+GRANT SELECT, INSERT, UPDATE, DELETE ON lab_commands TO maosic_app;
+ALTER TABLE lab_commands ENABLE ROW LEVEL SECURITY;
+ALTER TABLE lab_commands FORCE ROW LEVEL SECURITY;
+CREATE POLICY lab_commands_all ON lab_commands FOR ALL
+    USING (maosic_bypass() OR organization_id = ANY (maosic_setting_list('maosic.org_ids')))
+    WITH CHECK (maosic_bypass() OR organization_id = ANY (maosic_setting_list('maosic.org_ids')));

@@ -1,0 +1,292 @@
+//! Storage of instructions queued for a lab's agent (the [`CommandStorage`] port, a supertrait
+//! of [`super::Storage`]).
+//!
+//! Invariants (RELIABILITY rule 5):
+//! - a command moves forward only: `queued → sent → succeeded | failed`, `queued | sent →
+//!   timed_out`, `queued → canceled`; every transition is one guarded `UPDATE … WHERE state IN
+//!   (…)`, so a terminal state never changes and two dispatchers cannot both claim a command;
+//! - a command is claimed (`queued → sent`) only before its deadline; one still `queued` at its
+//!   deadline becomes `timed_out` and is never sent;
+//! - `sent` may be sent again with the same id (after a server restart): the agent refuses an
+//!   id it already accepted, so hardware runs it at most once.
+
+use async_trait::async_trait;
+
+use super::{PgStorage, SqliteStorage, StorageError, StorageResult};
+
+/// Columns, in [`LabCommand`] order.
+const COLS: &str = "id, organization_id, lab_id, method, params_json, program_json, state, \
+    created_by, created_at, deadline_at, sent_at, attempts, finished_at, result_json, error";
+
+/// A stored command.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LabCommand {
+    pub id: String,
+    /// The organisation that queued it.
+    pub organization_id: String,
+    pub lab_id: String,
+    /// `SYMBOL.method` as in the capability descriptor.
+    pub method: String,
+    /// Its parameters (JSON object of numbers).
+    pub params_json: String,
+    /// The one-step program sent to the agent (its program id is this command's id).
+    pub program_json: String,
+    /// `queued`, `sent`, `succeeded`, `failed`, `timed_out` or `canceled`.
+    pub state: String,
+    pub created_by: String,
+    pub created_at: i64,
+    /// Not accepted by the agent by then: `timed_out`, never executed.
+    pub deadline_at: i64,
+    pub sent_at: Option<i64>,
+    /// How many times it was sent.
+    pub attempts: i64,
+    pub finished_at: Option<i64>,
+    /// The agent's report (JSON), when finished.
+    pub result_json: Option<String>,
+    pub error: Option<String>,
+}
+
+impl LabCommand {
+    /// Whether the state is final.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "timed_out" | "canceled"
+        )
+    }
+}
+
+/// A command to queue.
+#[derive(Debug, Clone)]
+pub struct NewLabCommand {
+    pub organization_id: String,
+    pub lab_id: String,
+    pub method: String,
+    pub params_json: String,
+    pub program_json: String,
+    pub created_by: String,
+    pub deadline_at: i64,
+}
+
+/// The terminal states a dispatcher may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandEnd {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Canceled,
+}
+
+impl CommandEnd {
+    /// The stored state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandEnd::Succeeded => "succeeded",
+            CommandEnd::Failed => "failed",
+            CommandEnd::TimedOut => "timed_out",
+            CommandEnd::Canceled => "canceled",
+        }
+    }
+
+    /// The states it may follow.
+    fn allowed_from(self) -> &'static str {
+        match self {
+            CommandEnd::Succeeded | CommandEnd::Failed => "('sent')",
+            CommandEnd::TimedOut => "('queued', 'sent')",
+            CommandEnd::Canceled => "('queued')",
+        }
+    }
+}
+
+/// Command storage port.
+#[async_trait]
+pub trait CommandStorage {
+    /// Queues a command.
+    async fn create_command(&self, c: &NewLabCommand, now_ms: i64) -> StorageResult<LabCommand>;
+    /// Reads one command.
+    async fn command(&self, id: &str) -> StorageResult<LabCommand>;
+    /// A lab's commands, newest first, at most `limit`.
+    async fn commands_of_lab(&self, lab_id: &str, limit: i64) -> StorageResult<Vec<LabCommand>>;
+    /// Commands still open (`queued` or `sent`), oldest first: the dispatcher's work list.
+    async fn open_commands(&self) -> StorageResult<Vec<LabCommand>>;
+    /// `queued → sent` if the deadline is still ahead, or a re-send of `sent` (whatever the
+    /// deadline: the agent answers whether it had accepted it); counts the attempt. Returns the
+    /// command when claimed.
+    async fn claim_command(&self, id: &str, now_ms: i64) -> StorageResult<Option<LabCommand>>;
+    /// Moves an open command to a terminal state (guarded: see [`CommandEnd`]); false when it
+    /// was not in a state that may move there.
+    async fn finish_command(
+        &self,
+        id: &str,
+        end: CommandEnd,
+        result_json: Option<&str>,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> StorageResult<bool>;
+    /// Every `queued` command whose deadline has passed becomes `timed_out`; returns them.
+    async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>>;
+}
+
+/// Runs `$body` in one scoped transaction (tenant settings on PostgreSQL), committing on `Ok`.
+macro_rules! in_tx {
+    ($pool:expr, $tx:ident, $body:block) => {{
+        let mut $tx = Self::scoped_tx($pool).await?;
+        let result = async { $body }.await;
+        if result.is_ok() {
+            $tx.commit().await.map_err(StorageError::from_sqlx)?;
+        }
+        result
+    }};
+}
+
+macro_rules! impl_command_storage {
+    ($ty:ident) => {
+        #[async_trait]
+        impl CommandStorage for $ty {
+            async fn create_command(
+                &self,
+                c: &NewLabCommand,
+                now_ms: i64,
+            ) -> StorageResult<LabCommand> {
+                let sql = format!(
+                    "INSERT INTO lab_commands (id, organization_id, lab_id, method, params_json, \
+                     program_json, state, created_by, created_at, deadline_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9) RETURNING {COLS}"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .bind(crate::storage::new_id())
+                        .bind(&c.organization_id)
+                        .bind(&c.lab_id)
+                        .bind(&c.method)
+                        .bind(&c.params_json)
+                        .bind(&c.program_json)
+                        .bind(&c.created_by)
+                        .bind(now_ms)
+                        .bind(c.deadline_at)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn command(&self, id: &str) -> StorageResult<LabCommand> {
+                let sql = format!("SELECT {COLS} FROM lab_commands WHERE id = $1");
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?
+                        .ok_or(StorageError::NotFound)
+                })
+            }
+
+            async fn commands_of_lab(
+                &self,
+                lab_id: &str,
+                limit: i64,
+            ) -> StorageResult<Vec<LabCommand>> {
+                let sql = format!(
+                    "SELECT {COLS} FROM lab_commands WHERE lab_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .bind(lab_id)
+                        .bind(limit.clamp(1, 1000))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn open_commands(&self) -> StorageResult<Vec<LabCommand>> {
+                let sql = format!(
+                    "SELECT {COLS} FROM lab_commands WHERE state IN ('queued', 'sent') \
+                     ORDER BY created_at, id"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn claim_command(
+                &self,
+                id: &str,
+                now_ms: i64,
+            ) -> StorageResult<Option<LabCommand>> {
+                let sql = format!(
+                    "UPDATE lab_commands SET state = 'sent', sent_at = $2, \
+                     attempts = attempts + 1 \
+                     WHERE id = $1 \
+                     AND ((state = 'queued' AND deadline_at > $2) OR state = 'sent') \
+                     RETURNING {COLS}"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .bind(id)
+                        .bind(now_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn finish_command(
+                &self,
+                id: &str,
+                end: CommandEnd,
+                result_json: Option<&str>,
+                error: Option<&str>,
+                now_ms: i64,
+            ) -> StorageResult<bool> {
+                let sql = format!(
+                    "UPDATE lab_commands SET state = $2, finished_at = $3, result_json = $4, \
+                     error = $5 WHERE id = $1 AND state IN {}",
+                    end.allowed_from()
+                );
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(&sql)
+                        .bind(id)
+                        .bind(end.as_str())
+                        .bind(now_ms)
+                        .bind(result_json)
+                        .bind(error)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>> {
+                let sql = format!(
+                    "UPDATE lab_commands SET state = 'timed_out', finished_at = $1, \
+                     error = 'the deadline passed before the agent accepted it' \
+                     WHERE state = 'queued' AND deadline_at <= $1 RETURNING {COLS}"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as::<_, LabCommand>(&sql)
+                        .bind(now_ms)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+        }
+    };
+}
+
+mod sqlite_impl {
+    use super::*;
+    impl_command_storage!(SqliteStorage);
+}
+
+mod postgres_impl {
+    use super::*;
+    impl_command_storage!(PgStorage);
+}
