@@ -161,9 +161,16 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
             Ended::Lost(reason) => {
                 let delay = backoff.next_delay(&mut rng);
                 warn!(%reason, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "link lost; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return Ok(()),
+                // Offline, the lab's records still go to the spool (RELIABILITY rule 2): the
+                // program neither stalls on the in-memory queue nor loses it to a crash.
+                let wake = tokio::time::sleep(delay);
+                tokio::pin!(wake);
+                loop {
+                    tokio::select! {
+                        () = &mut wake => break,
+                        _ = stop.changed() => return Ok(()),
+                        Some(outbound) = work.outbound_rx.recv() => work.spool_offline(outbound).await,
+                    }
                 }
             }
         }
@@ -192,12 +199,18 @@ async fn connect_and_serve(
         .map_err(|_| LinkError::BadCredential)?;
     request.headers_mut().insert("authorization", token);
 
-    let connect = tokio::select! {
-        connect = tokio::time::timeout(config.connect_timeout, async {
-            let stream = connector.connect().await.map_err(tungstenite::Error::Io)?;
-            tokio_tungstenite::client_async(request, stream).await
-        }) => connect,
-        _ = stop.changed() => return Ok(Ended::Shutdown),
+    let connecting = tokio::time::timeout(config.connect_timeout, async {
+        let stream = connector.connect().await.map_err(tungstenite::Error::Io)?;
+        tokio_tungstenite::client_async(request, stream).await
+    });
+    tokio::pin!(connecting);
+    // While connecting, the lab's records still go to the spool (as while waiting to retry).
+    let connect = loop {
+        tokio::select! {
+            connect = &mut connecting => break connect,
+            _ = stop.changed() => return Ok(Ended::Shutdown),
+            Some(outbound) = work.outbound_rx.recv() => work.spool_offline(outbound).await,
+        }
     };
     let mut socket = match connect {
         Err(_) => return Ok(Ended::Lost("connect timed out".into())),
@@ -405,6 +418,14 @@ impl Work {
 
     /// Takes one item from the lab's tasks: a record goes to the spool (it is sent by
     /// [`Work::drain`]); an answer is returned to be sent now.
+    /// Takes the lab's output while there is no connection: records go to the spool, answers
+    /// wait for the next connection.
+    async fn spool_offline(&mut self, outbound: Outbound) {
+        if let Some(message) = self.accept(outbound).await {
+            self.unsent.push_back(message);
+        }
+    }
+
     async fn accept(&mut self, outbound: Outbound) -> Option<Message> {
         match outbound {
             Outbound::Record { program_id, record } => {

@@ -5,7 +5,7 @@
 //! after the deadline (`DEADLINE_PASSED`). A command still queued at its deadline becomes
 //! `timed_out` here and is never sent. States are in [`crate::storage::commands`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,8 +63,10 @@ async fn pass(state: &AppState, in_flight: &InFlight) -> Result<(), StorageError
     for c in state.storage.expire_commands(now).await? {
         info!(command.id = %c.id, lab.id = %c.lab_id, "command timed out before it could be sent");
     }
+    // One command per lab at a time, oldest first: instructions run in the order queued.
+    let mut busy_labs = HashSet::new();
     for c in state.storage.open_commands().await? {
-        if !state.gateway.is_connected(&c.lab_id) {
+        if !busy_labs.insert(c.lab_id.clone()) || !state.gateway.is_connected(&c.lab_id) {
             continue;
         }
         {
@@ -74,8 +76,8 @@ async fn pass(state: &AppState, in_flight: &InFlight) -> Result<(), StorageError
             match flying.get(&c.id) {
                 // Being sent now.
                 Some(None) => continue,
-                // Sent before; its answer was lost: again after a pause (same id, so the agent
-                // refuses it if it had accepted it).
+                // Sent before; its answer was lost or its end is awaited: again after a pause
+                // (same id, so the agent refuses it if it had accepted it).
                 Some(Some(at)) if now - at < RESEND_AFTER_MS => continue,
                 _ => {}
             }
@@ -109,6 +111,15 @@ async fn pass(state: &AppState, in_flight: &InFlight) -> Result<(), StorageError
     Ok(())
 }
 
+/// The outcome in a stored `program_finished` record (the agent's record: `{kind, body}`).
+fn finished_outcome(record_body: &str) -> String {
+    let record: Value = serde_json::from_str(record_body).unwrap_or(Value::Null);
+    record["body"]["outcome"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
 /// Sends one claimed command; true when it reached a final state.
 async fn send(state: &AppState, c: &LabCommand) -> Result<bool, StorageError> {
     let program: Value = serde_json::from_str(&c.program_json).unwrap_or(Value::Null);
@@ -137,6 +148,7 @@ async fn send(state: &AppState, c: &LabCommand) -> Result<bool, StorageError> {
     match answer {
         Ok(report) => {
             let succeeded = report["outcome"] == "succeeded";
+            // (A direct answer is the agent's report itself, not a record.)
             let error = report["error"]
                 .as_str()
                 .map(str::to_owned)
@@ -159,23 +171,42 @@ async fn send(state: &AppState, c: &LabCommand) -> Result<bool, StorageError> {
                 .storage
                 .program_record_of_kind(&c.lab_id, &c.id, "program_finished")
                 .await?;
-            match finished {
-                Some(record) => {
-                    let body: Value = serde_json::from_str(&record.body).unwrap_or(Value::Null);
-                    let outcome = body["outcome"]
-                        .as_str()
-                        .or_else(|| body["report"]["outcome"].as_str())
-                        .unwrap_or("");
-                    let end = if outcome == "succeeded" {
-                        CommandEnd::Succeeded
-                    } else {
-                        CommandEnd::Failed
-                    };
-                    finish(end, Some(record.body), None).await?;
-                    Ok(true)
-                }
-                None => Ok(false),
+            if let Some(record) = finished {
+                let outcome = finished_outcome(&record.body);
+                let (end, error) = if outcome == "succeeded" {
+                    (CommandEnd::Succeeded, None)
+                } else {
+                    (CommandEnd::Failed, Some(format!("program ended {outcome}")))
+                };
+                finish(end, Some(record.body), error).await?;
+                return Ok(true);
             }
+            // Still running on the agent (its refusal says so): wait for the end.
+            if rpc.message.contains("already running") {
+                return Ok(false);
+            }
+            // Accepted, no longer running, no end reported: the agent restarted mid-run. Once
+            // its backlog had time to arrive, the command ends interrupted — never re-run.
+            let grace = i64::try_from(state.config.campaigns.interrupted_grace_ms).unwrap_or(0);
+            let connected_at = state
+                .gateway
+                .hello_of(&c.lab_id)
+                .map_or(i64::MAX, |h| h.connected_at);
+            if now_ms() - connected_at > grace {
+                warn!(command.id = %c.id, lab.id = %c.lab_id, "command interrupted on the agent");
+                finish(
+                    CommandEnd::Failed,
+                    None,
+                    Some(
+                        "interrupted: the agent accepted it but restarted without finishing it; \
+                         what it measured is kept, nothing was re-run"
+                            .into(),
+                    ),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Ok(false)
         }
         Err(CallError::Rejected(rpc)) => {
             finish(
@@ -191,5 +222,18 @@ async fn send(state: &AppState, c: &LabCommand) -> Result<bool, StorageError> {
             warn!(command.id = %c.id, error = ?e, "command answer lost; will re-send");
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_outcome;
+
+    #[test]
+    fn the_outcome_is_read_from_the_record_body() {
+        let record = r#"{"kind":"program_finished","unix_ms":1,"body":{"outcome":"succeeded"}}"#;
+        assert_eq!(finished_outcome(record), "succeeded");
+        assert_eq!(finished_outcome("{}"), "unknown");
+        assert_eq!(finished_outcome("not json"), "unknown");
     }
 }

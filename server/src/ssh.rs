@@ -33,6 +33,9 @@ use crate::storage::{NewLabSshKey, Storage};
 
 /// Most tunnels one SSH connection may hold open at once (an agent needs one).
 const MAX_CHANNELS_PER_CONNECTION: usize = 4;
+/// Most SSH connections at once (authenticated or not): a flood of idle handshakes cannot
+/// exhaust the server; connections beyond it are closed at once.
+const MAX_CONNECTIONS: usize = 256;
 
 /// The `[ssh]` configuration section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +324,7 @@ struct Endpoint {
 
 impl Endpoint {
     async fn accept_loop(self, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -331,6 +335,11 @@ impl Endpoint {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                warn!(%peer, limit = MAX_CONNECTIONS, "ssh connection refused: too many open");
+                drop(socket);
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             let authenticated = Arc::new(AtomicBool::new(false));
             let connection = Connection {
@@ -339,12 +348,14 @@ impl Endpoint {
                 target: self.target,
                 peer,
                 lab_id: None,
+                key: None,
                 authenticated: authenticated.clone(),
                 channels: Arc::new(AtomicUsize::new(0)),
             };
             let config = self.config.clone();
             let grace = self.login_grace;
             tokio::spawn(async move {
+                let _slot = slot;
                 let session = match russh::server::run_stream(config, socket, connection).await {
                     Ok(session) => session,
                     Err(e) => {
@@ -391,6 +402,8 @@ struct Connection {
     target: SocketAddr,
     peer: SocketAddr,
     lab_id: Option<String>,
+    /// The authenticated key, re-checked at every tunnel (a revoked key opens nothing more).
+    key: Option<(String, PublicKey)>,
     authenticated: Arc<AtomicBool>,
     channels: Arc<AtomicUsize>,
 }
@@ -460,6 +473,7 @@ impl russh::server::Handler for Connection {
                 info!(peer = %self.peer, lab = %lab,
                     fingerprint = %public_key.fingerprint(HashAlg::Sha256), "ssh agent authenticated");
                 self.lab_id = Some(lab);
+                self.key = Some((user.to_owned(), public_key.clone()));
                 self.authenticated.store(true, Ordering::Release);
                 Ok(Auth::Accept)
             }
@@ -495,9 +509,14 @@ impl russh::server::Handler for Connection {
         _originator_port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let Some(lab) = self.lab_id.clone() else {
+        let (Some(lab), Some((user, key))) = (self.lab_id.clone(), self.key.clone()) else {
             return Ok(false);
         };
+        // Still registered, still the same lab, its credentials still in force?
+        if self.lab_for(&user, &key).await.as_deref() != Some(lab.as_str()) {
+            warn!(peer = %self.peer, %lab, "ssh tunnel refused: the key is no longer accepted");
+            return Ok(false);
+        }
         if self.channels.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS_PER_CONNECTION {
             self.channels.fetch_sub(1, Ordering::AcqRel);
             warn!(peer = %self.peer, %lab, "ssh tunnel refused: too many open on this connection");

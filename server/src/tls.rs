@@ -166,18 +166,23 @@ fn san(host: &str) -> Result<SanType, rcgen::Error> {
 }
 
 fn write(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write as _;
     let io = |source| TlsError::Write {
         path: path.to_owned(),
         source,
     };
-    std::fs::write(path, text).map_err(io)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        // Created private: a key is never readable by others, not even for a moment.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
     #[cfg(not(unix))]
     let _ = private;
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ fn command(server: &TestServer, s: &Session, id: &str) -> Value {
 }
 
 /// (kind, program id) of every record stored for the lab.
-async fn records(db: &TestDatabase, lab: &str) -> Vec<(String, Option<String>)> {
+async fn stored(db: &TestDatabase, lab: &str) -> Vec<(String, Option<String>)> {
     let sql = "SELECT kind, program_id FROM agent_records WHERE lab_id = $1";
     match db.backend {
         Backend::Sqlite => {
@@ -55,7 +55,15 @@ async fn records(db: &TestDatabase, lab: &str) -> Vec<(String, Option<String>)> 
 
 async fn offline_deadline(backend: Backend) {
     let db = TestDatabase::create(backend).await.unwrap();
-    let server = TestServer::spawn(&db, &[("MAOSIC_AGENT__HEARTBEAT_MS", "500")]).unwrap();
+    let env = [
+        ("MAOSIC_AGENT__HEARTBEAT_MS", "500"),
+        // Fixed, so sessions outlive the server restart below.
+        (
+            "MAOSIC_AUTH__JWT_SECRET",
+            "commands-test-secret-0123456789abcdef",
+        ),
+    ];
+    let mut server = TestServer::spawn(&db, &env).unwrap();
     let a = server.sign_up("owner@a.example", "Org A").unwrap();
     let b = server.sign_up("outsider@b.example", "Org B").unwrap();
     let lab = server.create_enrolled_lab(&a, "paper-lab").unwrap();
@@ -171,7 +179,7 @@ async fn offline_deadline(backend: Backend) {
     );
 
     let late_end = command(&server, &a, &late_id);
-    let records = records(&db, &lab.id).await;
+    let records = stored(&db, &lab.id).await;
     let ran = |id: &str| {
         records
             .iter()
@@ -217,6 +225,53 @@ async fn offline_deadline(backend: Backend) {
         json!({ "l": lab.id }),
     );
     assert_eq!(listed["labCommands"].as_array().unwrap().len(), 3);
+
+    // The server is killed while a command runs (a 3,000 s hold: 3 s at 1000×) and restarted:
+    // the dispatcher sends it again with the same id, the agent answers that it already has it,
+    // and the command ends from its `program_finished` record — executed once.
+    let long = ok(
+        &server,
+        &a,
+        QUEUE,
+        json!({ "l": lab.id, "m": "H.hold", "p": { "time": 3000.0 }, "d": 120 }),
+    )["queueInstruction"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let db_ref = &db;
+    let lab_id = lab.id.clone();
+    wait_for(Duration::from_secs(30), "the long command running", || {
+        let started = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(stored(db_ref, &lab_id))
+        })
+        .iter()
+        .any(|(kind, p)| kind == "program_started" && p.as_deref() == Some(long.as_str()));
+        Ok(started.then_some(()))
+    })
+    .unwrap();
+    let addr = server.addr.to_string();
+    server.kill();
+    let server = TestServer::spawn_on(&db, &addr, &env).unwrap();
+    let long_end = wait_for(Duration::from_secs(60), "the long command done", || {
+        let c = command(&server, &a, &long);
+        Ok((c["state"] != "QUEUED" && c["state"] != "SENT").then_some(c))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", agent.log(), server.log()))
+    .0;
+    let records = stored(&db, &lab.id).await;
+    let started = records
+        .iter()
+        .filter(|(kind, p)| kind == "program_started" && p.as_deref() == Some(long.as_str()))
+        .count();
+    println!(
+        "[{}] server SIGKILLed while a queued command ran, restarted: {} after {} sends, executed {started}",
+        backend.name(),
+        long_end["state"],
+        long_end["attempts"]
+    );
+    assert_eq!(long_end["state"], "SUCCEEDED", "{long_end}");
+    assert!(long_end["attempts"].as_i64().unwrap() >= 2, "{long_end}");
+    assert_eq!(started, 1, "executed once");
     agent.terminate().unwrap();
     mark_ran(backend, "command_deadline_offline");
 }

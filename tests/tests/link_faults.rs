@@ -789,3 +789,182 @@ async fn a_command_past_its_deadline_never_starts_on_every_backend() {
         deadline(backend).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// transport: oversized WebSocket frames on the agent gateway and on /graphql/ws
+
+/// The agent gateway's message cap in this test (`agent.max_message_bytes`; default 16 MiB).
+const AGENT_MAX_BYTES: usize = 1 << 20;
+
+type Socket = tungstenite::WebSocket<std::net::TcpStream>;
+
+/// Opens a WebSocket to `path` on the server with extra request headers.
+fn websocket(server: &TestServer, path: &str, headers: &[(&'static str, String)]) -> Socket {
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}{path}",
+        server.addr
+    ))
+    .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            *name,
+            tungstenite::http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    tungstenite::client(request, stream).unwrap().0
+}
+
+/// How the server ended the connection after `frame`: `Ok(code)` of its close frame, or
+/// `Err(what)` when the connection ended without one.
+fn refusal(socket: &mut Socket, frame: String) -> Result<u16, String> {
+    if let Err(e) = socket.send(tungstenite::Message::text(frame)) {
+        return Err(format!("send failed: {e}"));
+    }
+    socket
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(frame)) => {
+                return Ok(frame.map_or(1005, |f| u16::from(f.code)))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("{e}")),
+        }
+    }
+}
+
+async fn oversized_frames(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let lab = create_lab(&db, "Chirality Group", "paper-lab").unwrap();
+    let max = AGENT_MAX_BYTES.to_string();
+    let server = TestServer::spawn(
+        &db,
+        &[
+            ("MAOSIC_OPERATOR_TOKEN", TOKEN),
+            ("MAOSIC_AGENT__MAX_MESSAGE_BYTES", &max),
+        ],
+    )
+    .unwrap();
+    let session = server
+        .sign_up("owner@chirality.example", "Chirality Group")
+        .unwrap();
+
+    // The agent gateway: an authenticated connection past its hello, then one text frame of a
+    // byte over the cap.
+    let credential: maosic_schema::protocol::AgentCredentialFile =
+        serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
+    let mut agent_ws = websocket(
+        &server,
+        maosic_schema::protocol::AGENT_WS_PATH,
+        &[(
+            "authorization",
+            format!("Bearer {}", credential.bearer_token()),
+        )],
+    );
+    let hello = json!({ "jsonrpc": "2.0", "id": 1, "method": "hello",
+        "params": { "agent_version": "test", "devices": [], "descriptor": null, "running": [] } });
+    agent_ws
+        .send(tungstenite::Message::text(hello.to_string()))
+        .unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = agent_ws.read().unwrap() {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == 1 {
+                assert!(v["result"]["generation"].is_i64(), "{v}");
+                break;
+            }
+        }
+    }
+    let heartbeat = |pad: usize| {
+        let frame = json!({ "jsonrpc": "2.0", "method": "heartbeat", "params": { "time_ms": 0, "pad": "" } })
+            .to_string();
+        frame.replace("\"pad\":\"\"", &format!("\"pad\":\"{}\"", "x".repeat(pad)))
+    };
+    let base = heartbeat(0).len();
+    let at_cap = heartbeat(AGENT_MAX_BYTES - base);
+    assert_eq!(at_cap.len(), AGENT_MAX_BYTES);
+    // A frame of exactly the cap passes: the connection still answers a request after it.
+    agent_ws.send(tungstenite::Message::text(at_cap)).unwrap();
+    let probe = json!({ "jsonrpc": "2.0", "id": 2, "method": "no.such.method" });
+    agent_ws
+        .send(tungstenite::Message::text(probe.to_string()))
+        .unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = agent_ws.read().unwrap() {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == 2 {
+                assert!(v["error"]["code"].is_i64(), "{v}");
+                break;
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let agent_refusal = refusal(&mut agent_ws, heartbeat(AGENT_MAX_BYTES + 1 - base));
+    let agent_took = t0.elapsed();
+
+    // /graphql/ws: an authenticated graphql-ws session, then one frame over the request body
+    // limit (graphql.max_body_bytes, 256 KiB).
+    let graphql_max = 262_144;
+    let mut graphql_ws = websocket(
+        &server,
+        "/graphql/ws",
+        &[("sec-websocket-protocol", "graphql-transport-ws".into())],
+    );
+    graphql_ws
+        .send(tungstenite::Message::text(
+            json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", session.access_token) } })
+                .to_string(),
+        ))
+        .unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = graphql_ws.read().unwrap() {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(v["type"], "connection_ack", "{v}");
+            break;
+        }
+    }
+    let big = json!({ "type": "ping", "payload": { "pad": "x".repeat(graphql_max) } }).to_string();
+    let big_len = big.len();
+    let t0 = Instant::now();
+    let graphql_refusal = refusal(&mut graphql_ws, big);
+    let graphql_took = t0.elapsed();
+
+    // Healthy afterwards: /healthz answers, a normal agent connects and is called.
+    let (health, _) = server.get("/healthz").unwrap();
+    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &lab_config()).unwrap();
+    wait_online(&server, &lab.id, &agent);
+    println!(
+        "[{}] oversized WebSocket frames: agent gateway (cap {AGENT_MAX_BYTES} bytes; a frame of exactly the cap passed) \
+         frame of cap + 1 → {agent_refusal:?} in {} ms; /graphql/ws (cap {graphql_max} bytes) frame of {} bytes → \
+         {graphql_refusal:?} in {} ms; afterwards /healthz {health}, a new agent connected and answered",
+        backend.name(),
+        agent_took.as_millis(),
+        big_len,
+        graphql_took.as_millis()
+    );
+    assert_eq!(
+        agent_refusal,
+        Ok(1009),
+        "the gateway refuses with 1009 (message too big)"
+    );
+    assert_eq!(
+        graphql_refusal,
+        Ok(1009),
+        "/graphql/ws refuses with 1009 too: {graphql_refusal:?}"
+    );
+    assert_eq!(health, 200);
+    mark_ran(backend, "oversized_frames");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_websocket_frames_are_refused_and_the_server_stays_healthy_on_every_backend() {
+    for backend in backends() {
+        oversized_frames(backend).await;
+    }
+}

@@ -23,6 +23,8 @@ use crate::storage::{self, now_ms, Role};
 const MAX_DEADLINE_SECONDS: i32 = 7 * 24 * 3600;
 /// Largest page of commands.
 const MAX_PAGE: i32 = 200;
+/// Most open (queued or sent) commands one lab may have.
+const MAX_OPEN_PER_LAB: usize = 20;
 
 /// Where a queued instruction is.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -275,6 +277,19 @@ impl CommandMutation {
         let program = one_step_program(&descriptor, &method, &params)
             .map_err(|e| fail(ApiError::BadInput(e)))?;
         let st = state(ctx)?;
+        let open = st
+            .storage
+            .commands_of_lab(&lab.id, i64::from(MAX_PAGE))
+            .await
+            .api()?
+            .iter()
+            .filter(|c| !c.is_final())
+            .count();
+        if open >= MAX_OPEN_PER_LAB {
+            return Err(fail(ApiError::Conflict(format!(
+                "the lab already has {open} instructions waiting (at most {MAX_OPEN_PER_LAB})"
+            ))));
+        }
         let now = now_ms();
         let c = st
             .storage

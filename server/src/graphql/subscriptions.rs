@@ -361,6 +361,17 @@ pub async fn graphql_ws(
                     Some(Ok(actix_ws::Message::Ping(b))) => {
                         if session.pong(&b).await.is_err() { break; }
                     }
+                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                        tracing::info!(
+                            max_bytes = state.config.graphql.max_body_bytes,
+                            "subscription frame over the size limit refused"
+                        );
+                        let _ = session.close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Size,
+                            description: Some("frame too large".into()),
+                        })).await;
+                        return;
+                    }
                     Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },

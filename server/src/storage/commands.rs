@@ -107,7 +107,8 @@ pub trait CommandStorage {
     async fn command(&self, id: &str) -> StorageResult<LabCommand>;
     /// A lab's commands, newest first, at most `limit`.
     async fn commands_of_lab(&self, lab_id: &str, limit: i64) -> StorageResult<Vec<LabCommand>>;
-    /// Commands still open (`queued` or `sent`), oldest first: the dispatcher's work list.
+    /// Commands still open (`queued` or `sent`), oldest first, at most 1,000: the dispatcher's
+    /// work list (the API caps open commands per lab, so every lab's oldest is in it).
     async fn open_commands(&self) -> StorageResult<Vec<LabCommand>>;
     /// `queued → sent` if the deadline is still ahead, or a re-send of `sent` (whatever the
     /// deadline: the agent answers whether it had accepted it); counts the attempt. Returns the
@@ -204,7 +205,7 @@ macro_rules! impl_command_storage {
             async fn open_commands(&self) -> StorageResult<Vec<LabCommand>> {
                 let sql = format!(
                     "SELECT {COLS} FROM lab_commands WHERE state IN ('queued', 'sent') \
-                     ORDER BY created_at, id"
+                     ORDER BY created_at, id LIMIT 1000"
                 );
                 in_tx!(&self.pool, tx, {
                     sqlx::query_as::<_, LabCommand>(&sql)
