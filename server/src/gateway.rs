@@ -324,7 +324,12 @@ async fn receive_hello(
 
 /// Stores one `record` notification under the connection's lab and returns the acknowledgement
 /// to send; `None` when it could not be stored (the record stays in the agent's spool).
-async fn store_record(state: &AppState, lab_id: &str, params: Value) -> Option<AckParams> {
+async fn store_record(
+    state: &AppState,
+    lab_id: &str,
+    params: Value,
+    highest: &mut HashMap<String, i64>,
+) -> Option<AckParams> {
     let params: RecordParams = match serde_json::from_value(params) {
         Ok(p) => p,
         Err(e) => {
@@ -348,7 +353,34 @@ async fn store_record(state: &AppState, lab_id: &str, params: Value) -> Option<A
         kind,
         body: params.record.to_string(),
     };
-    match state.storage.store_record(&record, now_ms()).await {
+    // Gap detection: the agent sends each epoch in seq order from its lowest unacknowledged
+    // record, so a seq above the highest stored + 1 means records it never delivered.
+    let before = match highest.get(&record.epoch) {
+        Some(h) => Some(*h),
+        None => match state.storage.max_record_seq(lab_id, &record.epoch).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
+                return None;
+            }
+        },
+    };
+    let expected = before.map_or(1, |h| h.saturating_add(1));
+    if record.seq > expected {
+        let missing = record.seq - expected;
+        warn!(lab.id = %lab_id, epoch = %record.epoch, first_missing = expected,
+            last_missing = record.seq - 1, missing, "gap in the agent's record stream");
+        state
+            .metrics
+            .agent_record_gaps
+            .inc_by(u64::try_from(missing).unwrap_or(0));
+    }
+    let stored = state.storage.store_record(&record, now_ms()).await;
+    if stored.is_ok() {
+        let top = before.unwrap_or(0).max(record.seq);
+        highest.insert(record.epoch.clone(), top);
+    }
+    match stored {
         Ok(true) => {
             state.events.publish(crate::events::Event::RecordStored {
                 lab_id: record.lab_id,
@@ -453,6 +485,8 @@ async fn run_session(
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut last_recorded = Instant::now();
+    // Highest seq stored per epoch (gap detection), learnt from storage once per epoch.
+    let mut highest: HashMap<String, i64> = HashMap::new();
     while end.is_none() {
         tokio::select! {
             frame = stream.next() => {
@@ -465,7 +499,7 @@ async fn run_session(
                             }
                             Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
                             Ok(Message::Notification(n)) if n.method == method::RECORD => {
-                                match store_record(&state, &lab_id, n.params).await {
+                                match store_record(&state, &lab_id, n.params, &mut highest).await {
                                     Some(ack) => {
                                         let note = Message::notification(method::ACK, ack);
                                         if !send(&mut session, &note).await {

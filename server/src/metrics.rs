@@ -35,6 +35,8 @@ pub struct Metrics {
     latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
     /// Agent connections open on this replica.
     pub agents_connected: Gauge,
+    /// Record seqs an agent skipped (never stored): gaps in a delivery stream.
+    pub agent_record_gaps: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,12 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let agents_connected = Gauge::default();
+        let agent_record_gaps = Counter::default();
+        registry.register(
+            "agent_record_gap_seqs",
+            "Record sequence numbers missing from agents' streams (gaps detected at ingestion)",
+            agent_record_gaps.clone(),
+        );
         registry.register("http_requests", "HTTP requests served", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -68,6 +76,7 @@ impl Metrics {
             requests,
             latency,
             agents_connected,
+            agent_record_gaps,
         }
     }
 

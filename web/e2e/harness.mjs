@@ -79,7 +79,7 @@ export function run(bin, args, opts = {}) {
 }
 
 /** The virtual lab's config at the given speed. */
-export function labToml(dir, speed = Number(process.env.MAOSIC_E2E_SPEED ?? 300)) {
+export function labToml(dir, speed = Number(process.env.MAOSIC_E2E_SPEED ?? 100)) {
   const src = readFileSync(join(ROOT, "examples", "agent-lab-virtual.toml"), "utf8");
   const out = src.replace(/^speed\s*=.*$/m, `speed = ${speed.toFixed(1)}`);
   if (out === src) throw new Error("agent-lab-virtual.toml has no speed line");

@@ -61,6 +61,8 @@ pub trait RecordStorage {
     ) -> StorageResult<Option<StoredRecord>>;
     /// Whether any record of a program run arrived.
     async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool>;
+    /// The highest seq stored for the lab under `epoch`, if any.
+    async fn max_record_seq(&self, lab_id: &str, epoch: &str) -> StorageResult<Option<i64>>;
     /// The lab's newest stored `measurement` record whose measurement is of `measurement_kind`
     /// (e.g. `temperature`), of any program or none.
     async fn latest_measurement(
@@ -157,6 +159,22 @@ macro_rules! impl_record_storage {
                 .await
                 .map_err(StorageError::from_sqlx)?;
                 Ok(row.is_some())
+            }
+
+            async fn max_record_seq(
+                &self,
+                lab_id: &str,
+                epoch: &str,
+            ) -> StorageResult<Option<i64>> {
+                let row: (Option<i64>,) = sqlx::query_as(
+                    "SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2",
+                )
+                .bind(lab_id)
+                .bind(epoch)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StorageError::from_sqlx)?;
+                Ok(row.0)
             }
 
             async fn latest_measurement(
