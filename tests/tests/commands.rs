@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use maosic_e2e::streams;
 use maosic_e2e::{
     backends, error_code, mark_ran, virtual_lab_config, wait_for, Backend, Session, TestAgent,
     TestDatabase, TestServer,
 };
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, SqliteConnection};
 
 /// The deadline of the command that must time out (the RELIABILITY row's 30 s, scaled).
 const DEADLINE_S: u64 = 3;
@@ -32,25 +32,12 @@ fn command(server: &TestServer, s: &Session, id: &str) -> Value {
 
 /// (kind, program id) of every record stored for the lab.
 async fn stored(db: &TestDatabase, lab: &str) -> Vec<(String, Option<String>)> {
-    let sql = "SELECT kind, program_id FROM agent_records WHERE lab_id = $1";
-    match db.backend {
-        Backend::Sqlite => {
-            let mut conn = SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sql)
-                .bind(lab)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sql)
-                .bind(lab)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
-        }
-    }
+    streams::rows(db, lab)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.kind, r.program_id))
+        .collect()
 }
 
 async fn offline_deadline(backend: Backend) {

@@ -11,19 +11,19 @@
 //!   order (SQLite: rowid; PostgreSQL: the inserting transaction's id, `xmin`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use maosic_e2e::chaos::ChaosProxy;
+use maosic_e2e::streams::{self, chain, delivery, hold_program, run_body, Row};
 use maosic_e2e::{
     backends, create_lab, mark_ran, wait_for, Backend, GraphqlWs, TestAgent, TestDatabase,
     TestServer,
 };
 use maosic_schema::protocol::error_code;
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection, SqliteConnection};
 
 const TOKEN: &str = "operator-test-token";
 const HEARTBEAT_MS: u64 = 500;
@@ -58,41 +58,12 @@ fn server(db: &TestDatabase, heartbeat_ms: u64) -> TestServer {
 
 /// An operator call to the lab's agent: HTTP status and body.
 fn call(server: &TestServer, lab: &str, body: &Value) -> (u16, Value) {
-    let response = ureq::post(format!("{}/operator/v1/labs/{lab}/call", server.url()))
-        .header("authorization", &format!("Bearer {TOKEN}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send_json(body)
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.into_body().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn run_body(program_id: &str, program: &Value, timeout_ms: u64) -> Value {
-    json!({
-        "method": "program.run",
-        "params": { "program_id": program_id, "program": program },
-        "timeout_ms": timeout_ms
-    })
+    streams::operator_call(&server.url(), TOKEN, lab, body).unwrap()
 }
 
 /// Starts a program run in a thread (its answer may well be lost to the faults).
 fn start_run(server: &TestServer, lab: &str, program_id: &str, program: &Value) {
-    let (url, lab, body) = (
-        server.url(),
-        lab.to_owned(),
-        run_body(program_id, program, 600_000),
-    );
-    std::thread::spawn(move || {
-        let _ = ureq::post(format!("{url}/operator/v1/labs/{lab}/call"))
-            .header("authorization", &format!("Bearer {TOKEN}"))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .send_json(&body);
-    });
+    streams::call_in_background(server, TOKEN, lab, run_body(program_id, program, 600_000));
 }
 
 fn wait_online(server: &TestServer, lab: &str, agent: &TestAgent) {
@@ -103,160 +74,18 @@ fn wait_online(server: &TestServer, lab: &str, agent: &TestAgent) {
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 }
 
-/// A compiled program of `steps` chained steps `method(params)` on the paper lab.
-fn chain(steps: usize, method: &str, params: Value, duration_ms: u64) -> Value {
-    let steps: Vec<Value> = (1..=steps)
-        .map(|id| {
-            json!({
-                "id": id,
-                "request": { "jsonrpc": "2.0", "id": id, "method": method, "params": params },
-                "after": if id == 1 { vec![] } else { vec![id - 1] },
-                "start_ms": (id as u64 - 1) * duration_ms,
-                "duration_ms": duration_ms,
-                "yields": [],
-                "line": 1
-            })
-        })
-        .collect();
-    json!({
-        "format": 1,
-        "recipe": null,
-        "lab": "paper-lab",
-        "variables": {},
-        "estimated_duration_ms": steps.len() as u64 * duration_ms,
-        "steps": steps
-    })
-}
-
-/// `steps` holds of `hold_s` lab seconds each: 2·steps + 2 records (started, each step's start
-/// and success, finished). The virtual lab runs 1000× faster than the wall clock.
-fn hold_program(steps: usize, hold_s: f64) -> Value {
-    chain(steps, "H.hold", json!({ "time": hold_s }), 0)
-}
-
-/// One stored record.
-#[derive(Debug, Clone)]
-struct Row {
-    epoch: String,
-    seq: i64,
-    program_id: Option<String>,
-    kind: String,
-    body: String,
-    /// Storage order (SQLite rowid; PostgreSQL xmin).
-    order: i64,
-}
-
-type RawRow = (String, i64, Option<String>, String, String, i64);
-
 async fn rows(db: &TestDatabase, lab: &str) -> Vec<Row> {
-    let raw: Vec<RawRow> = match db.backend {
-        Backend::Sqlite => {
-            let mut conn = SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(
-                "SELECT epoch, seq, program_id, kind, body, rowid FROM agent_records WHERE lab_id = $1",
-            )
-            .bind(lab)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(
-                "SELECT epoch, seq, program_id, kind, body, xmin::text::bigint FROM agent_records WHERE lab_id = $1",
-            )
-            .bind(lab)
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-        }
-    };
-    let mut rows: Vec<Row> = raw
-        .into_iter()
-        .map(|(epoch, seq, program_id, kind, body, order)| Row {
-            epoch,
-            seq,
-            program_id,
-            kind,
-            body,
-            order,
-        })
-        .collect();
-    rows.sort_by_key(|r| r.order);
-    rows
+    streams::rows(db, lab).await.unwrap()
 }
 
 async fn count(db: &TestDatabase, lab: &str) -> i64 {
-    let sql = "SELECT COUNT(*) FROM agent_records WHERE lab_id = $1";
-    let (n,): (i64,) = match db.backend {
-        Backend::Sqlite => {
-            let mut conn = SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sql)
-                .bind(lab)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sql)
-                .bind(lab)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    n
+    streams::count(db, lab).await.unwrap()
 }
 
 /// (epoch, records ever written, records still waiting) of a spool file.
 async fn spool_state(path: &Path) -> (String, i64, i64) {
-    let url = format!("sqlite://{}", path.display());
-    let mut conn = SqliteConnection::connect(&url).await.unwrap();
-    let (epoch, next): (String, i64) = sqlx::query_as("SELECT epoch, next_seq FROM meta")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let (waiting,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM records")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    (epoch, next - 1, waiting)
-}
-
-/// What a stream delivered, by the definitions at the top of this file.
-#[derive(Debug)]
-struct Delivery {
-    written: i64,
-    stored: usize,
-    lost: usize,
-    duplicates: usize,
-    out_of_order: usize,
-    epochs: usize,
-}
-
-fn delivery(rows: &[Row], epoch: &str, written: i64) -> Delivery {
-    let mine: Vec<&Row> = rows.iter().filter(|r| r.epoch == epoch).collect();
-    let keys: BTreeSet<i64> = mine.iter().map(|r| r.seq).collect();
-    let bodies: BTreeSet<&str> = rows.iter().map(|r| r.body.as_str()).collect();
-    let key_dups = mine.len() - keys.len();
-    let body_dups = rows.len() - bodies.len();
-    let mut highest = 0;
-    let mut out_of_order = 0;
-    for r in &mine {
-        if r.seq < highest {
-            out_of_order += 1;
-        }
-        highest = highest.max(r.seq);
-    }
-    Delivery {
-        written,
-        stored: mine.len(),
-        lost: (1..=written).filter(|s| !keys.contains(s)).count(),
-        duplicates: key_dups + body_dups,
-        out_of_order,
-        epochs: rows.iter().map(|r| &r.epoch).collect::<BTreeSet<_>>().len(),
-    }
+    let state = streams::spool_state(path).await.unwrap();
+    (state.epoch, state.written, state.waiting)
 }
 
 /// How many rows of each kind.

@@ -292,18 +292,6 @@ pub trait CampaignStorage {
     async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64>;
 }
 
-/// Runs `$body` in one scoped transaction, committing when it returns `Ok`.
-macro_rules! in_tx {
-    ($pool:expr, $tx:ident, $body:block) => {{
-        let mut $tx = Self::scoped_tx($pool).await?;
-        let result = async { $body }.await;
-        if result.is_ok() {
-            $tx.commit().await.map_err(StorageError::from_sqlx)?;
-        }
-        result
-    }};
-}
-
 fn state_list(states: &[&str]) -> String {
     // Internal constants only (never user input): quote them for an IN list.
     states

@@ -128,18 +128,6 @@ pub trait CommandStorage {
     async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>>;
 }
 
-/// Runs `$body` in one scoped transaction (tenant settings on PostgreSQL), committing on `Ok`.
-macro_rules! in_tx {
-    ($pool:expr, $tx:ident, $body:block) => {{
-        let mut $tx = Self::scoped_tx($pool).await?;
-        let result = async { $body }.await;
-        if result.is_ok() {
-            $tx.commit().await.map_err(StorageError::from_sqlx)?;
-        }
-        result
-    }};
-}
-
 macro_rules! impl_command_storage {
     ($ty:ident) => {
         #[async_trait]

@@ -5,6 +5,19 @@
 //! in [`sql`]; each has its own migrations under `server/migrations/<backend>/`. The conformance
 //! suite in `server/tests/storage.rs` runs against both.
 
+/// Runs `$body` in one scoped transaction (tenant settings on PostgreSQL), committing on `Ok`;
+/// for the storage ports' backend impls (`Self` is the backend).
+macro_rules! in_tx {
+    ($pool:expr, $tx:ident, $body:block) => {{
+        let mut $tx = Self::scoped_tx($pool).await?;
+        let result = async { $body }.await;
+        if result.is_ok() {
+            $tx.commit().await.map_err(StorageError::from_sqlx)?;
+        }
+        result
+    }};
+}
+
 pub mod campaigns;
 pub mod commands;
 pub mod postgres;

@@ -69,18 +69,6 @@ pub trait SshKeyStorage {
     ) -> StorageResult<bool>;
 }
 
-/// Runs `$body` in one scoped transaction (tenant settings on PostgreSQL), committing on `Ok`.
-macro_rules! in_tx {
-    ($pool:expr, $tx:ident, $body:block) => {{
-        let mut $tx = Self::scoped_tx($pool).await?;
-        let result = async { $body }.await;
-        if result.is_ok() {
-            $tx.commit().await.map_err(StorageError::from_sqlx)?;
-        }
-        result
-    }};
-}
-
 macro_rules! impl_ssh_key_storage {
     ($ty:ident) => {
         #[async_trait]
