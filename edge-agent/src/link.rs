@@ -16,7 +16,7 @@ use maosic_schema::program::Program;
 use maosic_schema::protocol::{
     error_code, method, AckParams, AgentCredentialFile, DeviceCallParams, DeviceSummary,
     GoodbyeParams, HeartbeatParams, HelloParams, HelloResult, Id, Message, ProgramCancelParams,
-    ProgramRunParams, RecordParams, Request, AGENT_WS_PATH,
+    ProgramRunParams, RecordParams, Request, ThrottleParams, AGENT_WS_PATH,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -338,7 +338,7 @@ async fn serve(
                 }
                 backlog = true;
             }
-            _ = drain.tick(), if backlog => {
+            _ = drain.tick(), if backlog || work.throttled() => {
                 match work.drain(socket).await {
                     Ok(more) => backlog = more,
                     Err(reason) => return Ok(Ended::Lost(reason)),
@@ -400,6 +400,9 @@ struct Work {
     spool: Spool,
     /// Highest seq sent on the current connection.
     sent_hi: u64,
+    /// The cloud throttled the lab: no records are sent before this instant (they wait in the
+    /// spool, and are sent again from the first unacknowledged one).
+    paused_until: Option<Instant>,
 }
 
 impl Work {
@@ -413,7 +416,13 @@ impl Work {
             unsent: VecDeque::new(),
             spool,
             sent_hi: 0,
+            paused_until: None,
         }
+    }
+
+    /// Whether the cloud asked to hold records back (a pause not yet over).
+    fn throttled(&self) -> bool {
+        self.paused_until.is_some()
     }
 
     /// Takes one item from the lab's tasks: a record goes to the spool (it is sent by
@@ -473,6 +482,12 @@ impl Work {
 
     /// Sends the next batch of unsent spooled records; `Ok(true)` when more are waiting.
     async fn drain(&mut self, socket: &mut Socket) -> Result<bool, String> {
+        if let Some(until) = self.paused_until {
+            if Instant::now() < until {
+                return Ok(false);
+            }
+            self.paused_until = None;
+        }
         let batch = self
             .spool
             .after(self.sent_hi, DRAIN_BATCH)
@@ -511,6 +526,21 @@ impl Work {
                     }
                     Ok(ack) => debug!(epoch = %ack.epoch, "acknowledgement for another epoch"),
                     Err(e) => debug!(error = %e, "malformed acknowledgement"),
+                }
+                None
+            }
+            Ok(Message::Notification(n)) if n.method == method::THROTTLE => {
+                match serde_json::from_value::<ThrottleParams>(n.params) {
+                    Ok(t) => {
+                        // Everything not acknowledged is sent again, from the first, after
+                        // the pause: the cloud stored nothing past its last acknowledgement.
+                        let pause = Duration::from_millis(t.retry_after_ms.clamp(10, 3_600_000));
+                        info!(reason = %t.reason, pause_ms = pause.as_millis() as u64,
+                              "the cloud throttled this lab's records; they wait in the spool");
+                        self.sent_hi = 0;
+                        self.paused_until = Some(Instant::now() + pause);
+                    }
+                    Err(e) => debug!(error = %e, "malformed throttle"),
                 }
                 None
             }

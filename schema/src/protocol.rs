@@ -36,6 +36,10 @@ pub mod method {
     /// Cloud → agent notification: every record of the epoch up to `seq_hi` is stored
     /// ([`super::AckParams`]); the agent may delete them from its spool.
     pub const ACK: &str = "ack";
+    /// Cloud → agent notification: the lab is over its ingestion limits ([`super::ThrottleParams`]);
+    /// records from the first unacknowledged one on were not stored. The agent keeps them in its
+    /// spool and sends them again from there after `retry_after_ms`.
+    pub const THROTTLE: &str = "throttle";
 }
 
 /// Standard JSON-RPC error codes and the protocol's own.
@@ -335,6 +339,15 @@ pub struct AckParams {
     pub epoch: String,
     /// Highest sequence number stored (records arrive in order on one connection).
     pub seq_hi: u64,
+}
+
+/// Parameters of `throttle`: wait this long, then resend from the first unacknowledged record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleParams {
+    /// How long to hold records back, ms.
+    pub retry_after_ms: u64,
+    /// Which limit: `records_per_second` or `bytes_per_day`.
+    pub reason: String,
 }
 
 /// The agent's credential file: which lab it is and the secret it authenticates with.

@@ -48,7 +48,24 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+/// `/metrics`: with `metrics_token` set, only with that bearer token; without, only to
+/// loopback clients (a scraper on the same host or pod). Anyone else gets 404.
+async fn metrics_text(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let allowed = match state.config.metrics_token.as_deref() {
+        Some(expected) => req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            // Digests compared, so the time taken says nothing about a common prefix.
+            .is_some_and(|given| {
+                crate::gateway::hash_secret(given.trim()) == crate::gateway::hash_secret(expected)
+            }),
+        None => req.peer_addr().is_some_and(|p| p.ip().is_loopback()),
+    };
+    if !allowed {
+        return HttpResponse::NotFound().finish();
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
@@ -80,6 +97,13 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
         App::new()
             .app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(schema.clone()))
+            // Security headers on every response; the portal adds its Content-Security-Policy.
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("Referrer-Policy", "no-referrer"))
+                    .add(("X-Frame-Options", "DENY")),
+            )
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
                 let method = req.method().to_string();

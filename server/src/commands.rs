@@ -28,7 +28,7 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(60);
 
 /// Starts the dispatcher.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(state))
+    tokio::spawn(tenant::system(run(state)))
 }
 
 /// Commands being sent by this process, with the time of the last send.

@@ -60,8 +60,13 @@ pub struct RawConfig {
     /// The campaign engine.
     pub campaigns: CampaignsConfig,
     /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
+    /// At least 32 characters.
     #[serde(default)]
     pub operator_token: Option<String>,
+    /// Bearer token `/metrics` requires; absent = `/metrics` answers loopback clients only
+    /// (a scraper on the same host or pod).
+    #[serde(default)]
+    pub metrics_token: Option<String>,
     /// TLS termination.
     #[serde(default)]
     pub tls: crate::tls::TlsConfig,
@@ -137,6 +142,30 @@ pub struct CampaignsConfig {
     /// After an agent reconnects without a running experiment, wait this long for the end of the
     /// program to be replayed from its spool before reporting it interrupted, ms.
     pub interrupted_grace_ms: u64,
+    /// Time budget of one campaign step (an ask, or the analysis of one experiment), ms. A step
+    /// over it counts as a failure; the engine goes on with the other campaigns meanwhile.
+    #[serde(default = "default_step_timeout_ms")]
+    pub step_timeout_ms: u64,
+    /// Consecutive failed steps (error, panic, timeout) after which a campaign is paused with
+    /// the reason.
+    #[serde(default = "default_max_step_failures")]
+    pub max_step_failures: u32,
+    /// Most records of one experiment the engine reads to conclude it (and an export per
+    /// experiment); more are reported in the experiment's error.
+    #[serde(default = "default_max_records_per_experiment")]
+    pub max_records_per_experiment: usize,
+}
+
+fn default_max_records_per_experiment() -> usize {
+    20_000
+}
+
+fn default_step_timeout_ms() -> u64 {
+    20_000
+}
+
+fn default_max_step_failures() -> u32 {
+    3
 }
 
 /// Agent link settings.
@@ -148,6 +177,37 @@ pub struct AgentConfig {
     pub max_message_bytes: usize,
     /// Seconds allowed before `hello`.
     pub hello_timeout_secs: u64,
+    /// Records per second one lab may store (sustained); over it the agent is throttled and
+    /// its records wait in its spool.
+    #[serde(default = "default_records_per_second")]
+    pub max_records_per_second: u32,
+    /// Records a lab may send at once above the sustained rate.
+    #[serde(default = "default_record_burst")]
+    pub record_burst: u32,
+    /// Bytes of records one lab may store per UTC day; over it the agent is throttled until
+    /// the next day (its records wait in its spool).
+    #[serde(default = "default_bytes_per_day")]
+    pub max_bytes_per_day: u64,
+    /// Most points of one spectrum (any array in a measurement); a longer one is stored as a
+    /// `rejected` record saying why, never as data.
+    #[serde(default = "default_spectrum_points")]
+    pub max_spectrum_points: usize,
+}
+
+fn default_records_per_second() -> u32 {
+    500
+}
+
+fn default_record_burst() -> u32 {
+    2_000
+}
+
+fn default_bytes_per_day() -> u64 {
+    2 * 1024 * 1024 * 1024
+}
+
+fn default_spectrum_points() -> usize {
+    16_384
 }
 
 impl AgentConfig {
@@ -169,6 +229,9 @@ pub struct GraphqlConfig {
     pub graphiql: bool,
     /// Answer introspection queries.
     pub introspection: bool,
+    /// Operations (subscriptions, queries, mutations) one `/graphql/ws` socket may run at once.
+    #[serde(default = "default_max_ws_operations")]
+    pub max_ws_operations: usize,
     /// Deepest accepted selection nesting.
     pub max_depth: usize,
     /// Highest accepted query complexity (one per field, lists count their limit).
@@ -221,6 +284,8 @@ pub struct Config {
     pub campaigns: CampaignsConfig,
     /// Operator API token; `None` disables the operator API.
     pub operator_token: Option<String>,
+    /// `/metrics` token; `None` = loopback clients only.
+    pub metrics_token: Option<String>,
     /// TLS termination (plain HTTP when not enabled).
     pub tls: crate::tls::TlsConfig,
     /// The SSH endpoint (off unless `ssh.enabled`).
@@ -308,6 +373,22 @@ impl Config {
                 .validate()
                 .map_err(|reason| ConfigError::Invalid { key: "ssh", reason })?;
         }
+        let operator_token = raw.operator_token.filter(|t| !t.trim().is_empty());
+        let metrics_token = raw.metrics_token.filter(|t| !t.trim().is_empty());
+        for (key, token) in [
+            ("operator_token", &operator_token),
+            ("metrics_token", &metrics_token),
+        ] {
+            if token
+                .as_ref()
+                .is_some_and(|t| t.trim().len() < MIN_TOKEN_CHARS)
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be at least {MIN_TOKEN_CHARS} characters"),
+                });
+            }
+        }
         Ok(Config {
             bind,
             database,
@@ -321,11 +402,19 @@ impl Config {
             campaigns: raw.campaigns,
             graphql: raw.graphql,
             auth: raw.auth,
-            operator_token: raw.operator_token.filter(|t| !t.trim().is_empty()),
+            operator_token,
+            metrics_token,
             tls: raw.tls,
             ssh: raw.ssh,
         })
     }
+}
+
+/// Shortest operator or metrics token accepted (a guessable token is a configuration error).
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+fn default_max_ws_operations() -> usize {
+    32
 }
 
 #[cfg(test)]

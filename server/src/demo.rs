@@ -52,6 +52,9 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         // Kept in the demo directory, so tokens outlive a restart of the demo.
         config.auth.jwt_secret = read_or_create_secret(&opts.dir.join("jwt-secret"), 32)?;
     }
+    // A local development server: GraphiQL and introspection on (off by default elsewhere).
+    config.graphql.graphiql = true;
+    config.graphql.introspection = true;
     let storage = open_storage(&config).await?;
     let state = AppState::new(storage, config);
     let engine = crate::campaign::engine::spawn(state.clone());

@@ -59,7 +59,9 @@ async fn export(
             "authentication required",
         );
     };
-    let Ok(principal) = state.auth.authenticate(state.storage.as_ref(), token).await else {
+    let Ok(principal) =
+        tenant::system(state.auth.authenticate(state.storage.as_ref(), token)).await
+    else {
         return error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
@@ -80,7 +82,8 @@ async fn export(
             );
         }
     };
-    let loaded = tenant::scoped(scope, async {
+    // The campaign, checked in the caller's tenant scope.
+    let checked = tenant::scoped(scope.clone(), async {
         let c = state.storage.campaign(&id).await?;
         let memberships = state
             .storage
@@ -96,30 +99,11 @@ async fn export(
         {
             return Err(StorageError::NotFound);
         }
-        let mut all = Vec::new();
-        loop {
-            let after = all.last().map_or(0, |e: &Experiment| e.seq);
-            let page = state
-                .storage
-                .experiments_of_campaign(&c.id, after, 500, &ExperimentFilter::default())
-                .await?;
-            let done = page.len() < 500;
-            all.extend(page);
-            if done {
-                break;
-            }
-        }
-        let mut measurements = Vec::new();
-        if query.measurements && format == "json" {
-            for e in &all {
-                measurements.push(state.storage.records_of_program(&e.lab_id, &e.id).await?);
-            }
-        }
-        Ok((c, all, measurements))
+        Ok(c)
     })
     .await;
-    let (c, experiments, measurements) = match loaded {
-        Ok(v) => v,
+    let c = match checked {
+        Ok(c) => c,
         Err(StorageError::NotFound) => {
             return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found")
         }
@@ -134,16 +118,127 @@ async fn export(
     };
     let file = format!("campaign-{}.{format}", c.id);
     let disposition = format!("attachment; filename=\"{file}\"");
-    if format == "csv" {
-        HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header(("content-disposition", disposition))
-            .body(to_csv(&c, &experiments))
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .insert_header(("content-disposition", disposition))
-            .json(to_json(&c, &experiments, &measurements))
+    // Streamed: a page of experiments (and each one's measurements) at a time, never the whole
+    // campaign in memory; every read runs in the caller's tenant scope.
+    let export = Export {
+        state: state.into_inner(),
+        scope,
+        campaign: c,
+        csv: format == "csv",
+        measurements: query.measurements,
+        after_seq: 0,
+        page: std::collections::VecDeque::new(),
+        exhausted: false,
+        started: false,
+        rows: 0,
+        finished: false,
+    };
+    let body = futures_util::stream::unfold(export, |mut ex| async move {
+        match ex.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), ex)),
+            Ok(None) => None,
+            Err(e) => {
+                // Headers are sent: the only signal left is to end the body early.
+                tracing::error!(error = %e, "export stream failed");
+                Some((
+                    Err(actix_web::error::ErrorInternalServerError("export failed")),
+                    ex,
+                ))
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type(if format == "csv" {
+            "text/csv; charset=utf-8"
+        } else {
+            "application/json"
+        })
+        .insert_header(("content-disposition", disposition))
+        .streaming(body)
+}
+
+/// Experiments read per page of an export.
+const EXPORT_PAGE: i64 = 100;
+
+/// The state of one streamed export.
+struct Export {
+    state: std::sync::Arc<AppState>,
+    scope: tenant::TenantScope,
+    campaign: Campaign,
+    csv: bool,
+    measurements: bool,
+    after_seq: i64,
+    page: std::collections::VecDeque<Experiment>,
+    exhausted: bool,
+    started: bool,
+    rows: usize,
+    finished: bool,
+}
+
+impl Export {
+    /// The next piece of the body; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<String>, StorageError> {
+        if self.finished {
+            return Ok(None);
+        }
+        if !self.started {
+            self.started = true;
+            return Ok(Some(if self.csv {
+                csv_header(&self.campaign)
+            } else {
+                let head = campaign_json(&self.campaign).to_string();
+                format!("{{\"campaign\":{head},\"experiments\":[")
+            }));
+        }
+        if self.page.is_empty() && !self.exhausted {
+            let page = tenant::scoped(
+                self.scope.clone(),
+                self.state.storage.experiments_of_campaign(
+                    &self.campaign.id,
+                    self.after_seq,
+                    EXPORT_PAGE,
+                    &ExperimentFilter::default(),
+                ),
+            )
+            .await?;
+            self.exhausted = (page.len() as i64) < EXPORT_PAGE;
+            if let Some(last) = page.last() {
+                self.after_seq = last.seq;
+            }
+            self.page.extend(page);
+        }
+        let Some(e) = self.page.pop_front() else {
+            self.finished = true;
+            return Ok(if self.csv { None } else { Some("]}".into()) });
+        };
+        if self.csv {
+            return Ok(Some(csv_row(&self.campaign, &e)));
+        }
+        let records = if self.measurements {
+            let cap = self
+                .state
+                .config
+                .campaigns
+                .max_records_per_experiment
+                .max(1);
+            Some(
+                tenant::scoped(
+                    self.scope.clone(),
+                    self.state.storage.records_of_program(
+                        &e.lab_id,
+                        &e.id,
+                        i64::try_from(cap).unwrap_or(i64::MAX),
+                    ),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let row = experiment_json(&self.campaign, &e, records.as_deref()).to_string();
+        let sep = if self.rows == 0 { "" } else { "," };
+        self.rows += 1;
+        Ok(Some(format!("{sep}{row}")))
     }
 }
 
@@ -181,8 +276,8 @@ fn number(v: &Value) -> String {
     v.as_f64().map(|x| x.to_string()).unwrap_or_default()
 }
 
-/// The campaign as CSV, one row per experiment in loop order.
-pub fn to_csv(c: &Campaign, experiments: &[Experiment]) -> String {
+/// The CSV header line.
+fn csv_header(c: &Campaign) -> String {
     let vars = variables(c);
     let mut header = vec!["seq", "experiment_id", "name", "source", "state"]
         .into_iter()
@@ -198,29 +293,33 @@ pub fn to_csv(c: &Campaign, experiments: &[Experiment]) -> String {
         .collect::<Vec<_>>()
         .join(",");
     out.push('\n');
-    for e in experiments {
-        let params: Value = serde_json::from_str(&e.params_json).unwrap_or(Value::Null);
-        let features: Value = e
-            .features_json
-            .as_deref()
-            .and_then(|f| serde_json::from_str(f).ok())
-            .unwrap_or(Value::Null);
-        let mut row = vec![
-            e.seq.to_string(),
-            e.id.clone(),
-            field(&e.name),
-            e.source.clone(),
-            e.state.clone(),
-        ];
-        row.extend(vars.iter().map(|v| number(&params[v])));
-        row.push(e.objective_value.map(|v| v.to_string()).unwrap_or_default());
-        row.extend(FEATURE_COLUMNS.iter().map(|f| number(&features[*f])));
-        row.push(e.queued_at.to_string());
-        row.push(e.finished_at.map(|t| t.to_string()).unwrap_or_default());
-        row.push(field(e.error.as_deref().unwrap_or("")));
-        out.push_str(&row.join(","));
-        out.push('\n');
-    }
+    out
+}
+
+/// One experiment as a CSV line.
+fn csv_row(c: &Campaign, e: &Experiment) -> String {
+    let vars = variables(c);
+    let params: Value = serde_json::from_str(&e.params_json).unwrap_or(Value::Null);
+    let features: Value = e
+        .features_json
+        .as_deref()
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or(Value::Null);
+    let mut row = vec![
+        e.seq.to_string(),
+        e.id.clone(),
+        field(&e.name),
+        e.source.clone(),
+        e.state.clone(),
+    ];
+    row.extend(vars.iter().map(|v| number(&params[v])));
+    row.push(e.objective_value.map(|v| v.to_string()).unwrap_or_default());
+    row.extend(FEATURE_COLUMNS.iter().map(|f| number(&features[*f])));
+    row.push(e.queued_at.to_string());
+    row.push(e.finished_at.map(|t| t.to_string()).unwrap_or_default());
+    row.push(field(e.error.as_deref().unwrap_or("")));
+    let mut out = row.join(",");
+    out.push('\n');
     out
 }
 
@@ -229,59 +328,54 @@ fn parsed(text: Option<&str>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The campaign as JSON (raw spectra included when `measurements` is not empty).
-pub fn to_json(
+/// One experiment of a JSON export (raw measurements included when `records` is given).
+fn experiment_json(
     c: &Campaign,
-    experiments: &[Experiment],
-    measurements: &[Vec<crate::storage::StoredRecord>],
+    e: &Experiment,
+    records: Option<&[crate::storage::StoredRecord]>,
 ) -> Value {
-    let rows: Vec<Value> = experiments
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let mut row = json!({
-                "id": e.id,
-                "seq": e.seq,
-                "name": e.name,
-                "source": e.source,
-                "state": e.state,
-                "parameters": parsed(Some(&e.params_json)),
-                "objective": e.objective_value,
-                "features": parsed(e.features_json.as_deref()),
-                "fitted_peaks": parsed(e.peaks_json.as_deref()),
-                "error": e.error,
-                "queued_at_ms": e.queued_at,
-                "started_at_ms": e.started_at,
-                "finished_at_ms": e.finished_at,
-                "provenance": provenance(e, c),
-            });
-            if let Some(records) = measurements.get(i) {
-                row["measurements"] = Value::Array(
-                    records
-                        .iter()
-                        .filter(|r| r.kind == "measurement")
-                        .map(|r| parsed(Some(&r.body))["body"].clone())
-                        .collect(),
-                );
-            }
-            row
-        })
-        .collect();
+    let mut row = json!({
+        "id": e.id,
+        "seq": e.seq,
+        "name": e.name,
+        "source": e.source,
+        "state": e.state,
+        "parameters": parsed(Some(&e.params_json)),
+        "objective": e.objective_value,
+        "features": parsed(e.features_json.as_deref()),
+        "fitted_peaks": parsed(e.peaks_json.as_deref()),
+        "error": e.error,
+        "queued_at_ms": e.queued_at,
+        "started_at_ms": e.started_at,
+        "finished_at_ms": e.finished_at,
+        "provenance": provenance(e, c),
+    });
+    if let Some(records) = records {
+        row["measurements"] = Value::Array(
+            records
+                .iter()
+                .filter(|r| r.kind == "measurement")
+                .map(|r| parsed(Some(&r.body))["body"].clone())
+                .collect(),
+        );
+    }
+    row
+}
+
+/// The campaign's own fields in a JSON export.
+fn campaign_json(c: &Campaign) -> Value {
     json!({
-        "campaign": {
-            "id": c.id,
-            "name": c.name,
-            "organization_id": c.organization_id,
-            "lab_id": c.lab_id,
-            "state": c.state,
-            "objective": c.objective,
-            "optimizer": c.optimizer,
-            "seed": c.seed,
-            "budget": c.budget,
-            "best_value": c.best_value,
-            "best_parameters": parsed(c.best_params_json.as_deref()),
-        },
-        "experiments": rows,
+        "id": c.id,
+        "name": c.name,
+        "organization_id": c.organization_id,
+        "lab_id": c.lab_id,
+        "state": c.state,
+        "objective": c.objective,
+        "optimizer": c.optimizer,
+        "seed": c.seed,
+        "budget": c.budget,
+        "best_value": c.best_value,
+        "best_parameters": parsed(c.best_params_json.as_deref()),
     })
 }
 

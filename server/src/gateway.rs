@@ -14,16 +14,16 @@ use actix_ws::{
 use futures_util::StreamExt;
 use maosic_schema::protocol::{
     self, error_code, method, AckParams, AgentCredentialFile, HeartbeatParams, HelloParams,
-    HelloResult, Message, RecordParams, RpcError,
+    HelloResult, Message, RecordParams, RpcError, ThrottleParams,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::state::AppState;
-use crate::storage::{now_ms, AgentHello, NewRecord, StorageError};
+use crate::storage::{now_ms, tenant, AgentHello, NewRecord, StorageError};
 
 /// Hex SHA-256 of a credential secret (secrets are 256-bit random, so a fast hash suffices).
 pub fn hash_secret(secret: &str) -> String {
@@ -232,7 +232,8 @@ pub async fn agent_ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
-    let lab_id = match authenticate(&state, &req).await {
+    // Agent traffic is platform work, explicitly (a task outside any scope sees nothing).
+    let lab_id = match tenant::system(authenticate(&state, &req)).await {
         Ok(lab_id) => lab_id,
         Err(AuthError::Storage(e)) => {
             warn!(error = %e, "agent authentication could not reach storage");
@@ -264,7 +265,7 @@ pub async fn agent_ws(
     let state = state.into_inner();
     let peer = req.peer_addr().map(|a| a.to_string());
     actix_web::rt::spawn(async move {
-        run_session((*state).clone(), lab_id, session, stream, peer).await;
+        tenant::system(run_session((*state).clone(), lab_id, session, stream, peer)).await;
     });
     Ok(response)
 }
@@ -322,36 +323,172 @@ async fn receive_hello(
     None
 }
 
-/// Stores one `record` notification under the connection's lab and returns the acknowledgement
-/// to send; `None` when it could not be stored (the record stays in the agent's spool).
+/// What became of one `record` notification.
+enum Ingested {
+    /// Stored (or a replay of a stored one): acknowledge it.
+    Ack(AckParams),
+    /// Over the lab's limits: not stored; tell the agent to hold back and resend.
+    Throttle(ThrottleParams),
+    /// Not stored, and the agent was already told (it resends from its spool).
+    Held,
+    /// Could not be stored: close, so the agent resends it.
+    Failed,
+}
+
+/// A lab's ingestion limits on one connection: a token bucket for records per second, and the
+/// bytes stored on the current UTC day (read from storage once per day, so every replica and
+/// every reconnection counts the same day). After a throttle, nothing past the first record
+/// refused is stored until the agent sends that one again: acknowledgements stay contiguous
+/// (an ack of `seq_hi` means every record up to it is stored).
+struct Ingest {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+    max_bytes_per_day: i64,
+    day: Option<(i64, i64)>,
+    /// Epoch and seq of the first record refused: the next stored record of that epoch.
+    resume: Option<(String, i64)>,
+    /// No second throttle notification before this.
+    quiet_until: Option<Instant>,
+}
+
+impl Ingest {
+    fn new(cfg: &crate::config::AgentConfig) -> Self {
+        let rate = f64::from(cfg.max_records_per_second.max(1));
+        let burst = f64::from(cfg.record_burst.max(1));
+        Ingest {
+            rate,
+            burst,
+            tokens: burst,
+            refilled: Instant::now(),
+            max_bytes_per_day: i64::try_from(cfg.max_bytes_per_day).unwrap_or(i64::MAX),
+            day: None,
+            resume: None,
+            quiet_until: None,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.refilled = now;
+    }
+
+    /// Refuses the record `(epoch, seq)`: remembers where to resume, and says whether to tell
+    /// the agent (once per pause).
+    fn refuse(&mut self, epoch: &str, seq: i64, pause: Duration, reason: &str) -> Ingested {
+        if self.resume.is_none() {
+            self.resume = Some((epoch.to_owned(), seq));
+        }
+        let now = Instant::now();
+        if self.quiet_until.is_some_and(|q| now < q) {
+            return Ingested::Held;
+        }
+        self.quiet_until = Some(now + pause);
+        Ingested::Throttle(ThrottleParams {
+            retry_after_ms: u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+/// Why a measurement is not stored as data: an array longer than the spectrum cap.
+fn oversized_measurement(record: &Value, max_points: usize) -> Option<String> {
+    let m = record["body"]["measurement"].as_object()?;
+    m.iter().find_map(|(name, v)| {
+        let n = v.as_array()?.len();
+        (n > max_points).then(|| {
+            format!("the measurement's {name} has {n} points; at most {max_points} are stored")
+        })
+    })
+}
+
+/// Stores one `record` notification under the connection's lab, within the lab's ingestion
+/// limits; see [`Ingested`].
 async fn store_record(
     state: &AppState,
     lab_id: &str,
     params: Value,
     highest: &mut HashMap<String, i64>,
-) -> Option<AckParams> {
+    ingest: &mut Ingest,
+) -> Ingested {
     let params: RecordParams = match serde_json::from_value(params) {
         Ok(p) => p,
         Err(e) => {
             warn!(lab.id = %lab_id, error = %e, "malformed record refused");
-            return None;
+            return Ingested::Failed;
         }
     };
     let ack = AckParams {
         epoch: params.epoch.clone(),
         seq_hi: params.seq,
     };
-    let kind = params.record["body"]["type"]
+    let seq = i64::try_from(params.seq).unwrap_or(i64::MAX);
+    // After a refusal, only the first refused record (or an earlier replay) may be stored next.
+    if let Some((epoch, first)) = &ingest.resume {
+        if *epoch == params.epoch && seq > *first {
+            return Ingested::Held;
+        }
+    }
+    let mut kind = params.record["body"]["type"]
         .as_str()
         .unwrap_or("unknown")
         .to_owned();
+    let mut body = params.record.to_string();
+    // A spectrum over the documented cap is never stored as data: a `rejected` record in its
+    // place (same delivery key, so the stream stays contiguous) says what arrived and why.
+    if let Some(why) = oversized_measurement(&params.record, state.config.agent.max_spectrum_points)
+    {
+        warn!(lab.id = %lab_id, seq, why, "oversized measurement rejected");
+        body = json!({
+            "step": params.record["step"],
+            "unix_ms": params.record["unix_ms"],
+            "body": { "type": "rejected", "reason": why, "original_type": kind, "original_bytes": body.len() },
+        })
+        .to_string();
+        kind = "rejected".into();
+    }
+    let bytes = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    // Ingestion limits: the day's bytes (from storage once per UTC day), then the rate.
+    let now = now_ms();
+    let today = crate::storage::records::utc_day(now);
+    let used = match ingest.day {
+        Some((day, used)) if day == today => used,
+        _ => match state.storage.ingest_usage(lab_id, today).await {
+            Ok(u) => {
+                ingest.day = Some((today, u.bytes));
+                u.bytes
+            }
+            Err(e) => {
+                warn!(lab.id = %lab_id, seq, error = %e, "record not stored");
+                return Ingested::Failed;
+            }
+        },
+    };
+    if used.saturating_add(bytes) > ingest.max_bytes_per_day {
+        let to_midnight = (today + 1) * 86_400_000 - now;
+        let pause = Duration::from_millis(
+            u64::try_from(to_midnight.clamp(1_000, 60_000)).unwrap_or(60_000),
+        );
+        state.metrics.agent_records_throttled.inc();
+        return ingest.refuse(&params.epoch, seq, pause, "bytes_per_day");
+    }
+    ingest.refill();
+    if ingest.tokens < 1.0 {
+        // Long enough for a good part of the burst to refill, so the agent resends in batches.
+        let pause = Duration::from_secs_f64((ingest.burst / 2.0 / ingest.rate).clamp(0.05, 5.0));
+        state.metrics.agent_records_throttled.inc();
+        return ingest.refuse(&params.epoch, seq, pause, "records_per_second");
+    }
     let record = NewRecord {
         lab_id: lab_id.to_owned(),
         epoch: params.epoch,
-        seq: i64::try_from(params.seq).unwrap_or(i64::MAX),
+        seq,
         program_id: params.program_id,
         kind,
-        body: params.record.to_string(),
+        body,
     };
     // Gap detection: the agent sends each epoch in seq order from its lowest unacknowledged
     // record, so a seq above the highest stored + 1 means records it never delivered.
@@ -361,7 +498,7 @@ async fn store_record(
             Ok(h) => h,
             Err(e) => {
                 warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
-                return None;
+                return Ingested::Failed;
             }
         },
     };
@@ -375,27 +512,39 @@ async fn store_record(
             .agent_record_gaps
             .inc_by(u64::try_from(missing).unwrap_or(0));
     }
-    let stored = state.storage.store_record(&record, now_ms()).await;
+    let stored = state.storage.store_record(&record, now).await;
     if stored.is_ok() {
         let top = before.unwrap_or(0).max(record.seq);
         highest.insert(record.epoch.clone(), top);
+        if ingest
+            .resume
+            .as_ref()
+            .is_some_and(|(epoch, first)| *epoch == record.epoch && record.seq >= *first)
+        {
+            ingest.resume = None;
+            ingest.quiet_until = None;
+        }
     }
     match stored {
         Ok(true) => {
+            ingest.tokens -= 1.0;
+            if let Some((_, used)) = ingest.day.as_mut() {
+                *used = used.saturating_add(bytes);
+            }
             state.events.publish(crate::events::Event::RecordStored {
                 lab_id: record.lab_id,
                 program_id: record.program_id,
                 kind: record.kind,
             });
-            Some(ack)
+            Ingested::Ack(ack)
         }
         Ok(false) => {
             debug!(lab.id = %lab_id, seq = record.seq, "replayed record acknowledged again");
-            Some(ack)
+            Ingested::Ack(ack)
         }
         Err(e) => {
             warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
-            None
+            Ingested::Failed
         }
     }
 }
@@ -487,6 +636,7 @@ async fn run_session(
     let mut last_recorded = Instant::now();
     // Highest seq stored per epoch (gap detection), learnt from storage once per epoch.
     let mut highest: HashMap<String, i64> = HashMap::new();
+    let mut ingest = Ingest::new(&agent_cfg);
     while end.is_none() {
         tokio::select! {
             frame = stream.next() => {
@@ -499,15 +649,24 @@ async fn run_session(
                             }
                             Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
                             Ok(Message::Notification(n)) if n.method == method::RECORD => {
-                                match store_record(&state, &lab_id, n.params, &mut highest).await {
-                                    Some(ack) => {
+                                match store_record(&state, &lab_id, n.params, &mut highest, &mut ingest).await {
+                                    Ingested::Ack(ack) => {
                                         let note = Message::notification(method::ACK, ack);
                                         if !send(&mut session, &note).await {
                                             end = Some(End::Closed);
                                         }
                                     }
+                                    Ingested::Throttle(t) => {
+                                        info!(lab.id = %lab_id, reason = %t.reason,
+                                              pause_ms = t.retry_after_ms, "agent throttled");
+                                        let note = Message::notification(method::THROTTLE, t);
+                                        if !send(&mut session, &note).await {
+                                            end = Some(End::Closed);
+                                        }
+                                    }
+                                    Ingested::Held => {}
                                     // Not stored: close, so the agent resends from its spool.
-                                    None => end = Some(End::StorageFailed),
+                                    Ingested::Failed => end = Some(End::StorageFailed),
                                 }
                             }
                             Ok(Message::Response(r)) => {

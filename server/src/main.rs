@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use maosic_server::config::{Config, Overrides};
+use maosic_server::storage::tenant;
 use maosic_server::{admin, app, graphql, telemetry};
 
 /// MAOSIC cloud server: GraphQL API, experiment queue, optimizer and agent gateway.
@@ -288,10 +289,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 db,
             } => {
                 let config = load(cli.config.as_ref(), None, db)?;
-                let created = system.block_on(async {
+                let created = system.block_on(tenant::system(async {
                     let storage = app::open_storage(&config).await?;
                     admin::create_lab(storage.as_ref(), &org, &name).await
-                })?;
+                }))?;
                 admin::write_credential_file(&credential_out, &created.credential)
                     .context("lab created, but its credential file could not be written")?;
                 println!(
@@ -307,10 +308,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 db,
             } => {
                 let config = load(cli.config.as_ref(), None, db)?;
-                let key = system.block_on(async {
+                let key = system.block_on(tenant::system(async {
                     let storage = app::open_storage(&config).await?;
                     admin::add_lab_ssh_key(storage.as_ref(), &lab, &public_key).await
-                })?;
+                }))?;
                 println!(
                     "ssh key {} ({}) registered for lab {}; the agent connects as SSH user {}",
                     key.fingerprint, key.algorithm, key.lab_id, key.lab_id
@@ -322,10 +323,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 db,
             } => {
                 let config = load(cli.config.as_ref(), None, db)?;
-                let revoked = system.block_on(async {
+                let revoked = system.block_on(tenant::system(async {
                     let storage = app::open_storage(&config).await?;
                     admin::revoke_lab_ssh_key(storage.as_ref(), &lab, &fingerprint).await
-                })?;
+                }))?;
                 if !revoked {
                     anyhow::bail!("lab {lab} has no SSH key {fingerprint} in force");
                 }

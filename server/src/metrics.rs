@@ -37,6 +37,8 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     /// Record seqs an agent skipped (never stored): gaps in a delivery stream.
     pub agent_record_gaps: Counter,
+    /// Records refused over a lab's ingestion limits (held in the agent's spool, sent again).
+    pub agent_records_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,12 @@ impl Metrics {
         );
         let agents_connected = Gauge::default();
         let agent_record_gaps = Counter::default();
+        let agent_records_throttled = Counter::default();
+        registry.register(
+            "agent_records_throttled",
+            "Records refused over a lab's ingestion limits (they wait in the agent's spool)",
+            agent_records_throttled.clone(),
+        );
         registry.register(
             "agent_record_gap_seqs",
             "Record sequence numbers missing from agents' streams (gaps detected at ingestion)",
@@ -77,6 +85,7 @@ impl Metrics {
             latency,
             agents_connected,
             agent_record_gaps,
+            agent_records_throttled,
         }
     }
 

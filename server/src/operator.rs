@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::gateway::CallError;
 use crate::state::AppState;
+use crate::storage::tenant;
 
 /// Longest a single operator call may wait for the agent.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -27,10 +28,40 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `None` when the request carries the operator token, else the refusal to send.
+/// Failed attempts after which an address is refused without a check, per window.
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 10;
+/// The window of [`MAX_FAILURES_PER_ADDRESS`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed operator-token attempts per client address, forgotten after [`FAILURE_WINDOW`].
+#[derive(Clone)]
+pub struct Failures(moka::sync::Cache<std::net::IpAddr, u32>);
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
+        )
+    }
+}
+
 fn refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let Some(expected) = state.config.operator_token.as_deref() else {
         return Some(HttpResponse::NotFound().finish());
     };
+    let address = req.peer_addr().map(|p| p.ip());
+    let failures = &state.operator_failures.0;
+    if address
+        .and_then(|ip| failures.get(&ip))
+        .is_some_and(|n| n >= MAX_FAILURES_PER_ADDRESS)
+    {
+        return Some(HttpResponse::TooManyRequests().json(
+            json!({"error": "too many failed attempts; try again later", "code": "RATE_LIMITED"}),
+        ));
+    }
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -40,10 +71,17 @@ fn refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let same = presented.is_some_and(|p| {
         crate::gateway::hash_secret(p.trim()) == crate::gateway::hash_secret(expected)
     });
-    (!same).then(|| {
+    if same {
+        return None;
+    }
+    if let Some(ip) = address {
+        let n = failures.get(&ip).unwrap_or(0);
+        failures.insert(ip, n.saturating_add(1));
+    }
+    Some(
         HttpResponse::Unauthorized()
-            .json(json!({"error": "unauthorized", "code": "UNAUTHENTICATED"}))
-    })
+            .json(json!({"error": "unauthorized", "code": "UNAUTHENTICATED"})),
+    )
 }
 
 /// Body of a call.
@@ -97,7 +135,16 @@ async fn program_records(
         return refused;
     }
     let (lab_id, program_id) = path.into_inner();
-    match state.storage.records_of_program(&lab_id, &program_id).await {
+    // The operator token is the proof: platform work.
+    let cap = state.config.campaigns.max_records_per_experiment.max(1);
+    let limit = i64::try_from(cap).unwrap_or(i64::MAX);
+    match tenant::system(
+        state
+            .storage
+            .records_of_program(&lab_id, &program_id, limit),
+    )
+    .await
+    {
         Ok(records) => {
             let list: Vec<Value> = records
                 .into_iter()

@@ -20,6 +20,13 @@ pub const PORTAL_DIR_ENV: &str = "MAOSIC_PORTAL_DIR";
 /// The default directory, relative to the working directory.
 pub const DEFAULT_PORTAL_DIR: &str = "web/dist";
 
+/// The portal's Content-Security-Policy: its own scripts, styles (uPlot sets inline styles),
+/// images and connections (the API and its WebSocket) only; never framed; no plugins.
+pub const PORTAL_CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; \
+base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 /// Path prefixes that belong to the server, never to the app (no fallback to `index.html`).
 const RESERVED: &[&str] = &[
     "/graphql",
@@ -66,14 +73,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, dir: Option<PathBuf>) {
     };
     let index = dir.join("index.html");
     cfg.service(
-        Files::new("/", &dir)
-            .index_file("index.html")
-            .use_etag(true)
-            .use_last_modified(true)
-            .default_handler(fn_service(move |req: ServiceRequest| {
-                let index = index.clone();
-                async move { fallback(req, &index).await }
-            })),
+        web::scope("")
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Content-Security-Policy", PORTAL_CSP)),
+            )
+            .service(
+                Files::new("/", &dir)
+                    .index_file("index.html")
+                    .use_etag(true)
+                    .use_last_modified(true)
+                    .default_handler(fn_service(move |req: ServiceRequest| {
+                        let index = index.clone();
+                        async move { fallback(req, &index).await }
+                    })),
+            ),
     );
 }
 
@@ -194,6 +208,13 @@ mod tests {
 
         let res = atest::call_service(&app, get("/")).await;
         assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()
+                .get("content-security-policy")
+                .and_then(|v| v.to_str().ok()),
+            Some(PORTAL_CSP),
+            "the portal carries its Content-Security-Policy"
+        );
         let body = atest::read_body(res).await;
         assert!(std::str::from_utf8(&body)
             .unwrap_or("")

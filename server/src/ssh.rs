@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::state::AppState;
-use crate::storage::{NewLabSshKey, Storage};
+use crate::storage::{tenant, NewLabSshKey, Storage};
 
 /// Most tunnels one SSH connection may hold open at once (an agent needs one).
 const MAX_CHANNELS_PER_CONNECTION: usize = 4;
@@ -58,6 +58,9 @@ pub struct SshConfig {
     pub login_grace_secs: u64,
     /// Constant delay of every refused authentication, in ms (no timing oracle on keys).
     pub auth_rejection_ms: u64,
+    /// Connections one client address may hold before authenticating (more are closed at once),
+    /// so one host cannot fill the endpoint with idle handshakes.
+    pub max_unauthenticated_per_address: usize,
 }
 
 impl Default for SshConfig {
@@ -69,8 +72,9 @@ impl Default for SshConfig {
             keepalive_secs: 15,
             keepalive_max: 3,
             inactivity_timeout_secs: 120,
-            login_grace_secs: 30,
+            login_grace_secs: 10,
             auth_rejection_ms: 500,
+            max_unauthenticated_per_address: 8,
         }
     }
 }
@@ -94,6 +98,9 @@ impl SshConfig {
         }
         if self.inactivity_timeout_secs <= self.keepalive_secs {
             return Err("inactivity_timeout_secs must exceed keepalive_secs".into());
+        }
+        if self.max_unauthenticated_per_address == 0 {
+            return Err("max_unauthenticated_per_address must be at least 1".into());
         }
         Ok(())
     }
@@ -271,6 +278,7 @@ pub async fn spawn(
         target: tunnel_target(http_addr),
         config,
         login_grace: Duration::from_secs(settings.login_grace_secs.max(1)),
+        per_address: settings.max_unauthenticated_per_address.max(1),
     };
     let task = tokio::spawn(endpoint.accept_loop(listener));
     Ok((task, addr))
@@ -320,11 +328,52 @@ struct Endpoint {
     target: SocketAddr,
     config: Arc<russh::server::Config>,
     login_grace: Duration,
+    per_address: usize,
+}
+
+/// Connections not yet authenticated, per client address.
+#[derive(Clone, Default)]
+struct PreAuth(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One unauthenticated connection of an address; released when dropped.
+struct PreAuthSlot {
+    pre_auth: PreAuth,
+    ip: IpAddr,
+}
+
+impl PreAuth {
+    /// Takes a slot for `ip`, unless it already holds `limit`.
+    fn take(&self, ip: IpAddr, limit: usize) -> Option<PreAuthSlot> {
+        let mut map = self.0.lock().ok()?;
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PreAuthSlot {
+            pre_auth: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.pre_auth.0.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Endpoint {
     async fn accept_loop(self, listener: TcpListener) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let pre_auth = PreAuth::default();
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -334,6 +383,12 @@ impl Endpoint {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Some(unauthenticated) = pre_auth.take(peer.ip(), self.per_address) else {
+                warn!(%peer, limit = self.per_address,
+                    "ssh connection refused: too many unauthenticated connections from this address");
+                drop(socket);
+                continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 warn!(%peer, limit = MAX_CONNECTIONS, "ssh connection refused: too many open");
@@ -350,19 +405,33 @@ impl Endpoint {
                 lab_id: None,
                 key: None,
                 authenticated: authenticated.clone(),
+                unauthenticated: Arc::new(std::sync::Mutex::new(Some(unauthenticated))),
                 channels: Arc::new(AtomicUsize::new(0)),
             };
             let config = self.config.clone();
             let grace = self.login_grace;
             tokio::spawn(async move {
                 let _slot = slot;
-                let session = match russh::server::run_stream(config, socket, connection).await {
-                    Ok(session) => session,
-                    Err(e) => {
+                let started = tokio::time::Instant::now();
+                // The handshake itself is bounded by the login grace too (a client that sends
+                // nothing never holds a slot longer).
+                let session = match tokio::time::timeout(
+                    grace,
+                    russh::server::run_stream(config, socket, connection),
+                )
+                .await
+                {
+                    Ok(Ok(session)) => session,
+                    Ok(Err(e)) => {
                         debug!(%peer, error = %e, "ssh connection failed before key exchange");
                         return;
                     }
+                    Err(_) => {
+                        info!(%peer, "ssh client did not complete its handshake within the login grace period");
+                        return;
+                    }
                 };
+                let grace = grace.saturating_sub(started.elapsed());
                 let handle = session.handle();
                 tokio::pin!(session);
                 tokio::select! {
@@ -405,6 +474,8 @@ struct Connection {
     /// The authenticated key, re-checked at every tunnel (a revoked key opens nothing more).
     key: Option<(String, PublicKey)>,
     authenticated: Arc<AtomicBool>,
+    /// The address's pre-authentication slot, given back when the client authenticates.
+    unauthenticated: Arc<std::sync::Mutex<Option<PreAuthSlot>>>,
     channels: Arc<AtomicUsize>,
 }
 
@@ -412,7 +483,7 @@ impl Connection {
     /// The lab `key` authenticates `user` for, if any.
     async fn lab_for(&self, user: &str, key: &PublicKey) -> Option<String> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        match self.storage.accepted_ssh_key(&fingerprint).await {
+        match tenant::system(self.storage.accepted_ssh_key(&fingerprint)).await {
             Ok(Some(row)) => {
                 let same_key = PublicKey::from_openssh(&row.public_key)
                     .is_ok_and(|stored| stored.key_data() == key.key_data());
@@ -475,6 +546,9 @@ impl russh::server::Handler for Connection {
                 self.lab_id = Some(lab);
                 self.key = Some((user.to_owned(), public_key.clone()));
                 self.authenticated.store(true, Ordering::Release);
+                if let Ok(mut slot) = self.unauthenticated.lock() {
+                    slot.take();
+                }
                 Ok(Auth::Accept)
             }
             None => Ok(Auth::reject()),

@@ -31,6 +31,8 @@ pub struct AppState {
     pub telemetry: TelemetryCache,
     /// Open SSH tunnels and the lab whose key opened each.
     pub ssh_tunnels: crate::ssh::Tunnels,
+    /// Failed operator-token attempts per client address (throttled).
+    pub operator_failures: crate::operator::Failures,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             events: EventBus::default(),
             telemetry: TelemetryCache::default(),
             ssh_tunnels: crate::ssh::Tunnels::default(),
+            operator_failures: crate::operator::Failures::default(),
         }
     }
 }

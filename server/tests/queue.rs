@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use maosic_e2e::{backends, mark_ran, TestDatabase};
 use maosic_server::storage::{
-    self, now_ms, CampaignTold, DatabaseUrl, ExperimentFilter, ExperimentResult, NewCampaign,
-    NewExperiment, PoolSettings, Storage, StorageError,
+    self, now_ms, tenant, CampaignTold, DatabaseUrl, ExperimentFilter, ExperimentResult,
+    NewCampaign, NewExperiment, PoolSettings, Storage, StorageError,
 };
 
 async fn connect(db: &TestDatabase, max_connections: u32) -> Arc<dyn Storage> {
@@ -66,6 +66,11 @@ fn item(n: usize) -> NewExperiment {
 
 #[tokio::test]
 async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once() {
+    // Storage calls outside any tenant scope see nothing: this is platform work.
+    tenant::system(ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()).await;
+}
+
+async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body() {
     for backend in backends() {
         let db = TestDatabase::create(backend).await.unwrap();
         let s = connect(&db, 4).await;
@@ -191,6 +196,11 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once() {
 
 #[tokio::test]
 async fn a_lab_serves_the_organisation_served_longest_ago_first() {
+    // Storage calls outside any tenant scope see nothing: this is platform work.
+    tenant::system(a_lab_serves_the_organisation_served_longest_ago_first_body()).await;
+}
+
+async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
     for backend in backends() {
         let db = TestDatabase::create(backend).await.unwrap();
         let s = connect(&db, 4).await;
@@ -330,6 +340,14 @@ async fn producer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_workers_claim_and_complete_with_random_kills_without_double_claims_or_losses() {
+    // Storage calls outside any tenant scope see nothing: this is platform work.
+    tenant::system(
+        eight_workers_claim_and_complete_with_random_kills_without_double_claims_or_losses_body(),
+    )
+    .await;
+}
+
+async fn eight_workers_claim_and_complete_with_random_kills_without_double_claims_or_losses_body() {
     let per_worker: usize = std::env::var("MAOSIC_QUEUE_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -352,17 +370,23 @@ async fn eight_workers_claim_and_complete_with_random_kills_without_double_claim
             claims: AtomicUsize::new(0),
         });
         let started = Instant::now();
-        let prod = tokio::spawn(producer(s.clone(), c.id.clone(), total, 64, tally.clone()));
+        let prod = tokio::spawn(tenant::system(producer(
+            s.clone(),
+            c.id.clone(),
+            total,
+            64,
+            tally.clone(),
+        )));
         let mut tasks = Vec::new();
         for w in 0..workers {
-            tasks.push(tokio::spawn(worker(
+            tasks.push(tokio::spawn(tenant::system(worker(
                 s.clone(),
                 lab.id.clone(),
                 total,
                 tally.clone(),
                 w,
                 0xC0FFEE,
-            )));
+            ))));
         }
         prod.await.unwrap();
         for t in tasks {

@@ -22,7 +22,8 @@ where
             .await
             .unwrap();
         storage.migrate().await.unwrap();
-        test(storage).await;
+        // Storage calls outside any tenant scope see nothing: the suite is platform work.
+        maosic_server::storage::tenant::system(test(storage)).await;
         mark_ran(backend, name);
     }
 }
@@ -338,16 +339,29 @@ async fn api_tokens_invitations_and_shares_round_trip() {
         );
 
         let lab = s.create_lab(&org.id, "L", 1).await.unwrap();
-        let share = s.share_lab(&lab.id, &partner.id, 20, 5).await.unwrap();
+        let share = s
+            .share_lab(&lab.id, &partner.id, 20, "run", 5)
+            .await
+            .unwrap();
         assert_eq!(share.daily_quota, 20);
         assert_eq!(
-            s.share_lab(&lab.id, &partner.id, 7, 6)
+            s.share_lab(&lab.id, &partner.id, 7, "instruct", 6)
                 .await
                 .unwrap()
                 .daily_quota,
             7
         );
         assert_eq!(s.shares_of_lab(&lab.id).await.unwrap().len(), 1);
+        assert_eq!(
+            s.shares_of_lab(&lab.id).await.unwrap()[0].rights,
+            "instruct"
+        );
+        assert!(
+            s.share_lab(&lab.id, &partner.id, 7, "everything", 7)
+                .await
+                .is_err(),
+            "rights outside view/run/instruct are refused by the schema"
+        );
         assert_eq!(
             s.shares_with_organization(&partner.id).await.unwrap()[0].lab_id,
             lab.id
@@ -423,6 +437,14 @@ async fn the_latest_measurement_of_a_kind_is_found_among_newer_records() {
 
 #[tokio::test]
 async fn postgres_row_level_security_fences_tenants_on_its_own() {
+    // Set-up is platform work; the checks below run in explicit tenant scopes.
+    maosic_server::storage::tenant::system(
+        postgres_row_level_security_fences_tenants_on_its_own_body(),
+    )
+    .await;
+}
+
+async fn postgres_row_level_security_fences_tenants_on_its_own_body() {
     use maosic_server::storage::tenant::{scoped, TenantScope};
     if !backends().contains(&maosic_e2e::Backend::Postgres) {
         println!("PostgreSQL not configured: row-level security test did not run");
@@ -473,7 +495,7 @@ async fn postgres_row_level_security_fences_tenants_on_its_own() {
             Err(StorageError::NotFound)
         ));
         assert!(s.create_lab(&a.id, "planted", 2).await.is_err());
-        assert!(s.share_lab(&lab.id, &b.id, 1000, 2).await.is_err());
+        assert!(s.share_lab(&lab.id, &b.id, 1000, "run", 2).await.is_err());
         assert!(!s.agent_disconnected(&lab.id, 0, 2).await.unwrap());
         assert!(s.audit_of_organization(&a.id, 10).await.unwrap().is_empty());
     })
@@ -491,7 +513,7 @@ async fn postgres_row_level_security_fences_tenants_on_its_own() {
     .await;
     scoped(as_org(&a.id, true), async {
         assert_eq!(s.agent_credentials_of_lab(&lab.id).await.unwrap().len(), 1);
-        s.share_lab(&lab.id, &b.id, 5, 3).await.unwrap();
+        s.share_lab(&lab.id, &b.id, 5, "run", 3).await.unwrap();
     })
     .await;
     // Once shared, B reads the lab (its scope lists the shared lab) but still cannot manage it.
@@ -603,6 +625,12 @@ async fn lab_ssh_keys_are_unique_in_force_and_accepted_only_while_their_lab_has_
 
 #[tokio::test]
 async fn postgres_row_level_security_fences_lab_ssh_keys() {
+    // Set-up is platform work; the checks below run in explicit tenant scopes.
+    maosic_server::storage::tenant::system(postgres_row_level_security_fences_lab_ssh_keys_body())
+        .await;
+}
+
+async fn postgres_row_level_security_fences_lab_ssh_keys_body() {
     use maosic_server::storage::tenant::{scoped, TenantScope};
     use maosic_server::storage::NewLabSshKey;
     if !backends().contains(&maosic_e2e::Backend::Postgres) {
@@ -737,4 +765,118 @@ async fn queued_commands_move_forward_only_and_expire_at_their_deadline() {
         ));
     })
     .await;
+}
+
+/// Fail-closed tenant scope and full row-level-security coverage (issue 15, item 3): a storage
+/// call made outside any scope sees no tenant's rows (never the platform's view), every table
+/// the application role may touch has row-level security, and records are fenced like the rest.
+#[tokio::test]
+async fn postgres_calls_outside_any_scope_see_nothing_and_every_table_is_fenced() {
+    use maosic_server::storage::records::NewRecord;
+    use maosic_server::storage::tenant::{scoped, system, TenantScope};
+    if !backends().contains(&maosic_e2e::Backend::Postgres) {
+        println!("PostgreSQL not configured: fail-closed scope test did not run");
+        return;
+    }
+    let db = TestDatabase::create(maosic_e2e::Backend::Postgres)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let s: &dyn Storage = &pg;
+    let (a, b, lab, user) = system(async {
+        let a = s.create_organization("A", 1).await.unwrap();
+        let b = s.create_organization("B", 1).await.unwrap();
+        let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
+        let user = s
+            .create_user("someone@example.org", "Someone", Some("hash"), 1)
+            .await
+            .unwrap();
+        s.store_record(
+            &NewRecord {
+                lab_id: lab.id.clone(),
+                epoch: "e".into(),
+                seq: 1,
+                program_id: Some("p".into()),
+                kind: "measurement".into(),
+                body: r#"{"body":{"type":"measurement"}}"#.into(),
+            },
+            5,
+        )
+        .await
+        .unwrap();
+        (a, b, lab, user)
+    })
+    .await;
+
+    // No scope at all: nothing, not the platform's view.
+    assert!(matches!(s.lab(&lab.id).await, Err(StorageError::NotFound)));
+    assert!(s.labs_of_organization(&a.id).await.unwrap().is_empty());
+    assert!(s
+        .records_of_program(&lab.id, "p", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .user_by_email("someone@example.org")
+        .await
+        .unwrap()
+        .is_none());
+    // A's own scope reads A's records; B's scope reads neither records nor A's users.
+    let scope = |org: &str, user_id: &str| TenantScope::Principal {
+        user_id: user_id.into(),
+        org_ids: vec![org.to_owned()],
+        admin_org_ids: vec![],
+        shared_lab_ids: vec![],
+    };
+    scoped(scope(&a.id, "x"), async {
+        assert_eq!(
+            s.records_of_program(&lab.id, "p", 10).await.unwrap().len(),
+            1
+        );
+    })
+    .await;
+    scoped(scope(&b.id, "x"), async {
+        assert!(s
+            .records_of_program(&lab.id, "p", 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .user_by_email("someone@example.org")
+            .await
+            .unwrap()
+            .is_none());
+        // Platform-only accounting: not even readable by a tenant.
+        assert!(s.ingest_usage(&lab.id, 0).await.is_err());
+    })
+    .await;
+    // A user reads itself.
+    scoped(scope(&b.id, &user.id), async {
+        assert!(s
+            .user_by_email("someone@example.org")
+            .await
+            .unwrap()
+            .is_some());
+    })
+    .await;
+
+    // Every table the application role can read has row-level security, forced.
+    let unfenced: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> '_sqlx_migrations' \
+         AND has_table_privilege('maosic_app', c.oid, 'SELECT') \
+         AND NOT (c.relrowsecurity AND c.relforcerowsecurity)",
+    )
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
+    assert!(
+        unfenced.is_empty(),
+        "tables without row-level security: {unfenced:?}"
+    );
+    mark_ran(maosic_e2e::Backend::Postgres, "fail_closed_scope");
 }

@@ -500,6 +500,38 @@ impl TestServer {
         Ok((status, body))
     }
 
+    /// `GET path` with an `Authorization` header: status and body.
+    pub fn get_as(&self, path: &str, authorization: &str) -> anyhow::Result<(u16, String)> {
+        let response = ureq::get(format!("{}{path}", self.url()))
+            .header("authorization", authorization)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string()?;
+        Ok((status, body))
+    }
+
+    /// `GET path`: status and the response headers (lower-case names).
+    pub fn get_with_headers(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(u16, std::collections::HashMap<String, String>)> {
+        let response = ureq::get(format!("{}{path}", self.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_lowercase(), v.to_str().ok()?.to_owned())))
+            .collect();
+        Ok((status, headers))
+    }
+
     /// Stops the server hard (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

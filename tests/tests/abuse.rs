@@ -46,7 +46,8 @@ fn log_in(server: &TestServer, email: &str, password: &str, address: &str) -> (V
 async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
     let _serial = SERIAL.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
-    let server = TestServer::spawn(&db, &[]).unwrap();
+    // Introspection on, so the deep `__schema` query reaches the depth limit.
+    let server = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__INTROSPECTION", "true")]).unwrap();
     let baseline = probe_latencies(&server, 40);
 
     let mut deep = String::from("{ __schema { types { fields { type { ");
@@ -55,7 +56,7 @@ async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
     }
     deep.push_str("name");
     deep.push_str(&" }".repeat(4 + 2 * 23 + 1));
-    let complex = format!("{{ {} }}", "serverInfo { name version } ".repeat(300));
+    let complex = format!("{{ {} }}", "serverInfo { name version } ".repeat(3500));
     let aliases: String = (0..1000)
         .map(|i| format!("a{i}: serverInfo {{ name }} "))
         .collect();
@@ -71,7 +72,7 @@ async fn hostile_queries_are_refused_and_the_server_stays_responsive() {
         for _ in 0..5 {
             for (name, body) in [
                 ("depth 50", json!({ "query": deep })),
-                ("complexity 900", json!({ "query": complex })),
+                ("complexity 10,500", json!({ "query": complex })),
                 ("1,000 aliases", json!({ "query": aliases })),
                 ("batch of 100", Value::Array(batch.clone())),
                 ("1 MiB body", huge.clone()),
@@ -300,15 +301,15 @@ async fn password_guessing_is_limited_with_identical_answers() {
 }
 
 #[tokio::test]
-async fn introspection_can_be_switched_off() {
+async fn introspection_is_off_by_default_and_can_be_switched_on() {
     let _serial = SERIAL.lock().await;
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let query = json!({ "query": "{ __schema { types { name } } }" });
-    let on = TestServer::spawn(&db, &[]).unwrap();
+    let on = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__INTROSPECTION", "true")]).unwrap();
     let (_, open) = on.graphql_with(None, &[], &query).unwrap();
     assert!(open["data"]["__schema"]["types"].is_array(), "{open}");
     drop(on);
-    let off = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__INTROSPECTION", "false")]).unwrap();
+    let off = TestServer::spawn(&db, &[]).unwrap();
     let (_, closed) = off.graphql_with(None, &[], &query).unwrap();
     assert!(closed["data"]["__schema"].is_null(), "{closed}");
     assert_eq!(

@@ -11,7 +11,7 @@ use maosic_e2e::{
 };
 use serde_json::{json, Value};
 
-const TOKEN: &str = "operator-test-token";
+const TOKEN: &str = "operator-test-token-0123456789abcdef";
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

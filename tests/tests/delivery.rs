@@ -23,7 +23,7 @@ use maosic_e2e::{
 };
 use serde_json::{json, Value};
 
-const TOKEN: &str = "operator-test-token";
+const TOKEN: &str = "operator-test-token-0123456789abcdef";
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -616,5 +616,107 @@ async fn reconnect_storm(backend: Backend) {
 async fn two_hundred_agents_reconnect_with_backoff_after_a_server_restart_on_every_backend() {
     for backend in backends() {
         reconnect_storm(backend).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ingestion limits (issue 15): over the records/s or bytes/day budget the agent is throttled;
+// its records wait in its spool and arrive later, none lost, none duplicated
+
+fn throttled_count(server: &TestServer) -> i64 {
+    let (_, text) = server.get("/metrics").unwrap();
+    text.lines()
+        .find(|l| l.starts_with("maosic_agent_records_throttled_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as i64)
+}
+
+async fn ingestion_limits(backend: Backend) {
+    let db = TestDatabase::create(backend).await.unwrap();
+    let lab = create_lab(&db, "Chirality Group", "paper-lab").unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool_path = spool_dir.path().join("spool.db");
+
+    // 1. The rate: 1,002 records as fast as the agent spools them, against 200 records/s.
+    let rate_env = [
+        ("MAOSIC_OPERATOR_TOKEN", TOKEN),
+        ("MAOSIC_AGENT__MAX_RECORDS_PER_SECOND", "200"),
+        ("MAOSIC_AGENT__RECORD_BURST", "100"),
+    ];
+    let mut server = TestServer::spawn(&db, &rate_env).unwrap();
+    let mut agent = lab_agent(&server, &lab, &spool_path);
+    let started = Instant::now();
+    start_run(&server, &lab.id, "rate", &hold_program(500, 0.0));
+    let state = wait_delivered(&db, &lab.id, &spool_path, "rate", &agent);
+    let took = started.elapsed();
+    let d = delivery(&rows(&db, &lab.id), &state.epoch, state.written);
+    let throttled = throttled_count(&server);
+    println!(
+        "[{}] ingestion at 200 records/s (burst 100): {} records spooled, {} stored, lost {}, \
+         duplicates {}, out of order {}, refusals {throttled}, {:.1} s",
+        backend.name(),
+        d.written,
+        d.stored,
+        d.lost,
+        d.duplicates,
+        d.out_of_order,
+        took.as_secs_f64()
+    );
+    assert!(
+        throttled > 0,
+        "the stream outran 200 records/s and was throttled"
+    );
+    assert_eq!((d.lost, d.duplicates, d.out_of_order), (0, 0, 0));
+    assert_eq!(d.stored as i64, d.written);
+    assert!(
+        took >= Duration::from_secs_f64((d.written as f64 - 100.0) / 200.0 * 0.9),
+        "the rate held: {took:?} for {} records",
+        d.written
+    );
+    agent.kill();
+    server.kill();
+
+    // 2. The day's bytes: a budget a little over what is stored; the next stream stops at it,
+    //    waits in the spool, and arrives in full once the budget allows it.
+    let stored_bytes: usize = rows(&db, &lab.id).iter().map(|r| r.body.len()).sum();
+    let budget = (stored_bytes + 20_000).to_string();
+    let bytes_env = [
+        ("MAOSIC_OPERATOR_TOKEN", TOKEN),
+        ("MAOSIC_AGENT__MAX_BYTES_PER_DAY", budget.as_str()),
+    ];
+    let server = TestServer::spawn(&db, &bytes_env).unwrap();
+    let agent = lab_agent(&server, &lab, &spool_path);
+    start_run(&server, &lab.id, "bytes", &hold_program(500, 0.0));
+    wait_for(Duration::from_secs(60), "the day's budget reached", || {
+        let s = spool(&spool_path);
+        Ok((throttled_count(&server) > 0 && s.waiting > 0 && s.written >= 1_000).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let held: usize = rows(&db, &lab.id).iter().map(|r| r.body.len()).sum();
+    assert!(
+        held <= stored_bytes + 20_000,
+        "the budget held: {held} bytes"
+    );
+    drop(agent);
+    drop(server);
+    let server = TestServer::spawn(&db, &[("MAOSIC_OPERATOR_TOKEN", TOKEN)]).unwrap();
+    let agent = lab_agent(&server, &lab, &spool_path);
+    let state = wait_delivered(&db, &lab.id, &spool_path, "bytes", &agent);
+    let d = delivery(&rows(&db, &lab.id), &state.epoch, state.written);
+    println!(
+        "[{}] ingestion over the day's bytes: held at {held} of {budget} bytes; the budget raised: \
+         {} spooled, {} stored, lost {}, duplicates {}",
+        backend.name(), d.written, d.stored, d.lost, d.duplicates
+    );
+    assert_eq!((d.lost, d.duplicates, d.out_of_order), (0, 0, 0));
+    assert_eq!(d.stored as i64, d.written);
+    mark_ran(backend, "ingestion_limits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_limits_hold_records_in_the_spool_and_lose_nothing_on_every_backend() {
+    for backend in backends() {
+        ingestion_limits(backend).await;
     }
 }

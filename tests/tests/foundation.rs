@@ -142,7 +142,20 @@ async fn presence_follows_the_agent_on_every_backend() {
 #[tokio::test]
 async fn health_readiness_metrics_and_graphiql_answer() {
     let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
-    let server = TestServer::spawn(&db, &[]).unwrap();
+    // Production defaults: no GraphiQL unless configured.
+    let plain = TestServer::spawn(&db, &[]).unwrap();
+    assert_eq!(
+        plain.get("/graphql").unwrap().0,
+        404,
+        "GraphiQL is off by default"
+    );
+    let (_, headers) = plain.get_with_headers("/healthz").unwrap();
+    assert_eq!(
+        headers.get("x-content-type-options").map(String::as_str),
+        Some("nosniff")
+    );
+    drop(plain);
+    let server = TestServer::spawn(&db, &[("MAOSIC_GRAPHQL__GRAPHIQL", "true")]).unwrap();
     assert_eq!(server.get("/healthz").unwrap(), (200, "ok\n".into()));
     assert_eq!(server.get("/readyz").unwrap(), (200, "ready\n".into()));
     let (status, page) = server.get("/graphql").unwrap();
@@ -174,6 +187,40 @@ async fn health_readiness_metrics_and_graphiql_answer() {
         .graphql_as(&session.access_token, query, json!({}))
         .unwrap();
     assert_eq!(none["data"], json!({ "a": null, "b": null }), "{none}");
+}
+
+#[tokio::test]
+async fn metrics_behind_a_token_answer_only_with_it() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let token = "metrics-token-0123456789abcdef0123456789";
+    let server = TestServer::spawn(&db, &[("MAOSIC_METRICS_TOKEN", token)]).unwrap();
+    assert_eq!(
+        server.get("/metrics").unwrap().0,
+        404,
+        "no token, no metrics"
+    );
+    let (status, _) = server
+        .get_as("/metrics", "Bearer wrong-token-0123456789abcdef012345")
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, text) = server
+        .get_as("/metrics", &format!("Bearer {token}"))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("maosic_agents_connected"), "{text}");
+}
+
+#[test]
+fn short_operator_and_metrics_tokens_are_configuration_errors() {
+    for key in ["MAOSIC_OPERATOR_TOKEN", "MAOSIC_METRICS_TOKEN"] {
+        let out = run_bin(
+            "maosic-server",
+            &["migrate", "--database", "sqlite::memory:"],
+            &[(key, "short")],
+        )
+        .unwrap();
+        assert_one_clear_error_line(&out, "at least 32 characters");
+    }
 }
 
 #[test]

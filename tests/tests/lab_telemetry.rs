@@ -13,7 +13,7 @@ use maosic_e2e::{
 };
 use serde_json::{json, Value};
 
-const OPERATOR_TOKEN: &str = "telemetry-operator-token";
+const OPERATOR_TOKEN: &str = "telemetry-operator-token-0123456789abcdef";
 const TELEMETRY: &str = "query($l: ID!) { lab(id: $l) { telemetry { state readAt detail \
     heaters { device source at pvC setpointC outputPct enabled } \
     pumps { device state rateUlMin flowUlMin infusedUl alarm } } } }";

@@ -25,7 +25,7 @@ use maosic_e2e::{
 use maosic_schema::protocol::error_code;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "operator-test-token";
+const TOKEN: &str = "operator-test-token-0123456789abcdef";
 const HEARTBEAT_MS: u64 = 500;
 
 fn repo(path: &str) -> PathBuf {

@@ -188,10 +188,14 @@ fn snapshot(server: &TestServer, a: &Session, lab: &str) -> Value {
 
 async fn sweep(backend: Backend, app_filter: bool) {
     let db = TestDatabase::create(backend).await.unwrap();
+    // The sweep finds the schema by introspection (off by default in production).
     let env: &[(&str, &str)] = if app_filter {
-        &[]
+        &[("MAOSIC_GRAPHQL__INTROSPECTION", "true")]
     } else {
-        &[("MAOSIC_GRAPHQL__TEST_DISABLE_APP_FILTER", "true")]
+        &[
+            ("MAOSIC_GRAPHQL__INTROSPECTION", "true"),
+            ("MAOSIC_GRAPHQL__TEST_DISABLE_APP_FILTER", "true"),
+        ]
     };
     let server = TestServer::spawn(&db, env).unwrap();
     let label = if app_filter {

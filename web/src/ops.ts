@@ -82,8 +82,8 @@ export const LAB = /* GraphQL */ `
         name kind description
         methods { name description measurements setpoint params { name unit min max step required default } }
       }
-      canQueue canManage
-      shares { organizationId dailyQuota createdAt }
+      canQueue canInstruct canManage
+      shares { organizationId dailyQuota rights createdAt }
       agentCredentials { id createdAt revokedAt }
     }
   }
@@ -208,7 +208,7 @@ export const EXPERIMENT = /* GraphQL */ `
     experiment(id: $id) {
       id campaignId labId seq name source parameters state outcome error objectiveValue features fittedPeaks
       attempts queuedAt dispatchedAt startedAt finishedAt provenance
-      measurements { seq name kind data }
+      measurements(first: 1000) { seq name kind data }
     }
   }
 `;

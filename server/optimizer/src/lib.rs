@@ -19,6 +19,7 @@
 pub mod baselines;
 pub mod bench;
 pub mod bo;
+pub mod limits;
 mod linalg;
 pub(crate) mod nonfinite;
 pub mod rng;
@@ -207,6 +208,7 @@ impl Optimizer {
     /// Create an optimizer; validates the space and the settings.
     pub fn new(spec: OptimizerSpec) -> Result<Self, OptimizerError> {
         spec.space.validate()?;
+        spec.algorithm.validate_for(&spec.space)?;
         let s = &spec.space;
         let engine = match &spec.algorithm {
             Algorithm::Snobfit(set) => Engine::Snobfit(snobfit::Snobfit::new(s, set, spec.seed)?),
@@ -316,8 +318,16 @@ impl Optimizer {
     }
 
     /// Resume from [`Self::state_json`] output.
+    /// The stored settings are checked against their bounds again, so a state written before
+    /// a bound existed cannot make the server allocate or compute without limit.
     pub fn from_state_json(text: &str) -> Result<Self, OptimizerError> {
-        serde_json::from_str(text).map_err(|e| OptimizerError::State(e.to_string()))
+        let optimizer: Self =
+            serde_json::from_str(text).map_err(|e| OptimizerError::State(e.to_string()))?;
+        optimizer
+            .spec
+            .algorithm
+            .validate_for(&optimizer.spec.space)?;
+        Ok(optimizer)
     }
 }
 

@@ -148,6 +148,12 @@ pub enum Revocation {
         /// The token.
         token_id: String,
     },
+    /// A user's membership changed (removed from an organisation, or its role changed): every
+    /// connection of that user closes, so what it was granted is checked again on reconnect.
+    Membership {
+        /// The user.
+        user_id: String,
+    },
 }
 
 impl Revocation {
@@ -167,6 +173,7 @@ impl Revocation {
             (Revocation::ApiToken { token_id }, Credential::ApiToken { token_id: t, .. }) => {
                 t == token_id
             }
+            (Revocation::Membership { user_id }, _) => *user_id == principal.user_id,
             _ => false,
         }
     }

@@ -16,7 +16,8 @@
 //! Everything the loop needs is in the database after every step, so a restarted server
 //! continues where it was. Records and mutations wake the engine through the event bus.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use maosic_optimizer::{Observation, Optimizer};
@@ -39,8 +40,10 @@ use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// A lab shared with `organization_id`: its daily quota and what is left of it in the last 24 h;
-/// `None` when the lab is not shared with that organisation.
+/// A lab shared with `organization_id`: its daily quota and what is left of it in the last 24 h
+/// (experiments queued, instructions sent and instructions queued all count); `None` when the
+/// lab is not shared with that organisation. Counted as platform work, so the figure is exact
+/// whatever the caller may read.
 pub async fn daily_quota(
     storage: &dyn crate::storage::Storage,
     lab_id: &str,
@@ -56,24 +59,34 @@ pub async fn daily_quota(
     else {
         return Ok(None);
     };
-    let used = storage
-        .experiments_queued_since(lab_id, organization_id, now - DAY_MS)
-        .await?;
-    Ok(Some((quota, quota - used)))
+    let since = now - DAY_MS;
+    let (experiments, instructions) = tenant::system(async {
+        Ok::<_, StorageError>((
+            storage
+                .experiments_queued_since(lab_id, organization_id, since)
+                .await?,
+            storage
+                .instructions_since(lab_id, organization_id, since)
+                .await?,
+        ))
+    })
+    .await?;
+    Ok(Some((quota, quota - experiments - instructions)))
 }
 
 /// Starts the engine on the current tokio runtime.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(state))
+    tokio::spawn(tenant::system(run(state)))
 }
 
 async fn run(state: AppState) {
     let owner = format!("server-{}", uuid::Uuid::new_v4());
     let tick = Duration::from_millis(state.config.campaigns.tick_ms.max(10));
     let mut events = state.events.subscribe();
+    let steps = Steps::default();
     info!(owner = %owner, "campaign engine started");
     loop {
-        if let Err(e) = tenant::system(pass(&state, &owner)).await {
+        if let Err(e) = tenant::system(pass(&state, &owner, &steps)).await {
             warn!(error = %e, "campaign engine pass failed; retrying");
         }
         // Sleep until the tick or an event worth a pass.
@@ -95,34 +108,203 @@ async fn run(state: AppState) {
     }
 }
 
-/// One pass of the engine (observe, advance, dispatch).
-pub async fn pass(state: &AppState, owner: &str) -> Result<(), StorageError> {
+/// Why a campaign step did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The store failed (transient for the platform; not counted against the campaign).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The campaign's own step failed: an error, a panic or a timeout in its ask or analysis,
+    /// or a stored optimizer state that no longer loads. Counted; enough in a row pause it.
+    #[error("{0}")]
+    Campaign(String),
+}
+
+/// What the engine remembers about campaign steps between passes (in memory: a restarted
+/// server starts counting again, and validated settings keep a stored state from crashing it).
+#[derive(Clone, Default)]
+pub struct Steps {
+    /// Campaigns with a step in progress (possibly a blocking computation past its budget,
+    /// which cannot be cancelled): no second step starts until it ends.
+    busy: Arc<Mutex<HashSet<String>>>,
+    /// Consecutive failed steps per campaign.
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Removes a campaign from [`Steps::busy`] when its step ends, however it ends.
+struct BusyGuard {
+    busy: Arc<Mutex<HashSet<String>>>,
+    campaign_id: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.remove(&self.campaign_id);
+        }
+    }
+}
+
+impl Steps {
+    /// Marks the campaign busy; `None` when a step of it is still in progress.
+    fn enter(&self, campaign_id: &str) -> Option<BusyGuard> {
+        let mut busy = self.busy.lock().ok()?;
+        busy.insert(campaign_id.to_owned()).then(|| BusyGuard {
+            busy: self.busy.clone(),
+            campaign_id: campaign_id.to_owned(),
+        })
+    }
+
+    fn succeeded(&self, campaign_id: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(campaign_id);
+        }
+    }
+
+    /// Counts a failed step; `true` when the campaign has now failed too often in a row.
+    fn failed(&self, campaign_id: &str, max: u32) -> bool {
+        let Ok(mut f) = self.failures.lock() else {
+            return false;
+        };
+        let n = f.entry(campaign_id.to_owned()).or_insert(0);
+        *n += 1;
+        if *n >= max.max(1) {
+            f.remove(campaign_id);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs CPU work of one campaign on the blocking pool within the step's time budget. A panic
+/// or an overrun is the campaign's failure, never the server's; a computation past its budget
+/// keeps its thread until it ends, but the engine goes on without it.
+async fn bounded<T: Send + 'static>(
+    state: &AppState,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StepError> {
+    let budget = Duration::from_millis(state.config.campaigns.step_timeout_ms.max(1));
+    let task = tokio::task::spawn_blocking(work);
+    match tokio::time::timeout(budget, task).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(join)) if join.is_panic() => {
+            let payload = join.into_panic();
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            warn!(what, panic = %why, "campaign step panicked");
+            Err(StepError::Campaign(format!(
+                "{what} failed with an internal error"
+            )))
+        }
+        Ok(Err(_)) => Err(StepError::Campaign(format!("{what} was cancelled"))),
+        Err(_) => Err(StepError::Campaign(format!(
+            "{what} took longer than its {} ms budget",
+            budget.as_millis()
+        ))),
+    }
+}
+
+/// One pass of the engine (observe, advance, dispatch). One experiment's or one campaign's
+/// failure never stops the others: each is logged (and counted against its campaign) on its
+/// own, and campaign steps run as their own tasks.
+pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), StorageError> {
     let live = state.storage.live_experiments().await?;
     let mut busy: HashSet<String> = HashSet::new();
     for e in live {
-        if observe(state, &e).await? {
-            busy.insert(e.lab_id.clone());
+        match observe(state, &e).await {
+            Ok(false) => {}
+            Ok(true) => {
+                busy.insert(e.lab_id.clone());
+            }
+            Err(err) => {
+                // Its lab stays occupied until the experiment can be looked at again.
+                busy.insert(e.lab_id.clone());
+                warn!(experiment.id = %e.id, campaign.id = %e.campaign_id, error = %err,
+                      "experiment step failed");
+                if let StepError::Campaign(why) = err {
+                    step_failed(state, steps, &e.campaign_id, &why).await;
+                }
+            }
         }
     }
     for c in state.storage.active_campaigns().await? {
-        if c.state == "running" {
-            if let Err(e) = advance(state, &c).await {
-                warn!(campaign.id = %c.id, error = %e, "campaign step failed");
-            }
+        if c.state != "running" {
+            continue;
         }
+        let Some(guard) = steps.enter(&c.id) else {
+            continue; // Its previous step is still running.
+        };
+        let (state, steps) = (state.clone(), steps.clone());
+        tokio::spawn(tenant::system(async move {
+            let _guard = guard;
+            match advance(&state, &c).await {
+                Ok(true) => {
+                    steps.succeeded(&c.id);
+                    state.events.publish(Event::Wake);
+                }
+                Ok(false) => {}
+                Err(StepError::Campaign(why)) => {
+                    warn!(campaign.id = %c.id, error = %why, "campaign step failed");
+                    step_failed(&state, &steps, &c.id, &why).await;
+                }
+                Err(StepError::Storage(e)) => {
+                    warn!(campaign.id = %c.id, error = %e, "campaign step failed (storage)");
+                }
+            }
+        }));
     }
     let now = now_ms();
     for lab_id in state.storage.labs_with_work(now).await? {
         if busy.contains(&lab_id) || !state.gateway.is_connected(&lab_id) {
             continue;
         }
-        dispatch(state, owner, &lab_id).await?;
+        if let Err(e) = dispatch(state, owner, &lab_id).await {
+            warn!(lab.id = %lab_id, error = %e, "dispatch failed");
+        }
     }
     Ok(())
 }
 
+/// Counts a failed step of the campaign and pauses it, with the reason, once it failed
+/// `max_step_failures` times in a row.
+async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &str, why: &str) {
+    if !steps.failed(campaign_id, state.config.campaigns.max_step_failures) {
+        return;
+    }
+    let detail = format!(
+        "paused: its step failed {} times in a row ({why}); change what causes it, then resume",
+        state.config.campaigns.max_step_failures.max(1)
+    );
+    let paused = async {
+        let c = state.storage.campaign(campaign_id).await?;
+        let moved = state
+            .storage
+            .set_campaign_state(campaign_id, &["running"], "paused", Some(&detail), now_ms())
+            .await?;
+        Ok::<_, StorageError>(moved.then_some(c))
+    };
+    match paused.await {
+        Ok(Some(c)) => {
+            warn!(campaign.id = %campaign_id, why, "campaign paused: its steps keep failing");
+            state.events.publish(Event::Campaign {
+                organization_id: c.organization_id,
+                campaign_id: c.id,
+                state: "paused".into(),
+                kind: "state".into(),
+            });
+        }
+        Ok(None) => {}
+        Err(e) => warn!(campaign.id = %campaign_id, error = %e, "campaign not paused"),
+    }
+}
+
 /// Looks at one experiment in flight; `true` while it occupies its lab.
-async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StorageError> {
+async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
     let now = now_ms();
     let finished = state
         .storage
@@ -166,8 +348,14 @@ async fn conclude(
     state: &AppState,
     e: &Experiment,
     interrupted: Option<String>,
-) -> Result<(), StorageError> {
-    let records = state.storage.records_of_program(&e.lab_id, &e.id).await?;
+) -> Result<(), StepError> {
+    // Bounded: an agent cannot make the engine load an unbounded experiment into memory.
+    let cap = state.config.campaigns.max_records_per_experiment.max(1);
+    let records = state
+        .storage
+        .records_of_program(&e.lab_id, &e.id, i64::try_from(cap).unwrap_or(i64::MAX))
+        .await?;
+    let truncated = records.len() >= cap;
     let m = measured(&records);
     let campaign = state.storage.campaign(&e.campaign_id).await?;
     let objective = parse_objective(&campaign.objective).ok();
@@ -196,15 +384,23 @@ async fn conclude(
             }));
         }
     }
+    if truncated && result.error.is_none() {
+        result.error = Some(format!(
+            "the experiment streamed more than {cap} records; only the first {cap} were read"
+        ));
+    }
     // Whatever was measured is analysed (an interrupted run may still have its spectra).
     if let Some(objective) = &objective {
         if m.absorption.is_some() {
             let measured_copy = m.clone();
             let objective = objective.clone();
-            let evaluated =
-                tokio::task::spawn_blocking(move || evaluate(&measured_copy, &objective))
-                    .await
-                    .map_err(|e| StorageError::Corrupt(format!("analysis task: {e}")))?;
+            // The analysis runs within the step's budget; a panic or an overrun is this
+            // experiment's analysis error (concluded, never retried forever).
+            let evaluated = bounded(state, "the analysis", move || {
+                evaluate(&measured_copy, &objective)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
             match evaluated {
                 Ok(ev) => {
                     result.features_json = Some(ev.features.to_string());
@@ -223,7 +419,8 @@ async fn conclude(
             result.error = Some("no absorption spectrum was measured".into());
         }
     }
-    let told = tell(&campaign, e, result.objective_value)?;
+    let told = tell(&campaign, e, result.objective_value)
+        .map_err(|err| StepError::Campaign(err.to_string()))?;
     match state
         .storage
         .record_result(&result, told.as_ref(), now_ms())
@@ -257,7 +454,7 @@ async fn conclude(
             debug!(experiment.id = %e.id, why, "tell conflicted; retrying next pass");
             Ok(())
         }
-        Err(other) => Err(other),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -310,41 +507,47 @@ fn tell(
     }))
 }
 
-/// Asks for new points, finishes a campaign whose budget or target is reached.
-async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
+/// Asks for new points, finishes a campaign whose budget or target is reached; `true` when
+/// an ask ran and its proposals were queued.
+async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
     let now = now_ms();
     let objective = match parse_objective(&c.objective) {
         Ok(o) => o,
-        Err(e) => return fail_campaign(state, c, &e.to_string()).await,
+        Err(e) => {
+            fail_campaign(state, c, &e.to_string()).await?;
+            return Ok(false);
+        }
     };
     if let (Some(target), Some(best)) = (c.target, c.best_value) {
         if super::reaches(objective.direction(), best, target) {
-            return finish_campaign(state, c, "completed", "target reached").await;
+            finish_campaign(state, c, "completed", "target reached").await?;
+            return Ok(false);
         }
     }
     let in_flight = state.storage.optimizer_in_flight(&c.id).await?;
     let remaining = c.budget - c.proposals;
     if remaining <= 0 {
         if in_flight == 0 {
-            return finish_campaign(state, c, "completed", "budget used").await;
+            finish_campaign(state, c, "completed", "budget used").await?;
         }
-        return Ok(());
+        return Ok(false);
     }
     let mut room = (c.batch_size - in_flight).min(remaining);
     if room <= 0 {
-        return Ok(());
+        return Ok(false);
     }
     let lab = state.storage.lab(&c.lab_id).await?;
     if lab.organization_id != c.organization_id {
         let Some((_, left)) =
             daily_quota(state.storage.as_ref(), &lab.id, &c.organization_id, now).await?
         else {
-            return fail_campaign(
+            fail_campaign(
                 state,
                 c,
                 "the lab is no longer shared with this organisation",
             )
-            .await;
+            .await?;
+            return Ok(false);
         };
         room = room.min(left);
         if room <= 0 {
@@ -355,29 +558,32 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
                     .set_campaign_state(&c.id, &["running"], "running", Some(detail), now)
                     .await?;
             }
-            return Ok(());
+            return Ok(false);
         }
     }
     let Some(descriptor_json) = &lab.descriptor else {
-        return Ok(()); // The agent has not announced its devices yet.
+        return Ok(false); // The agent has not announced its devices yet.
     };
     let descriptor = match LabDescriptor::from_json_str(descriptor_json) {
         Ok(d) => d,
         Err(e) => {
             warn!(lab.id = %lab.id, error = %e, "stored capability descriptor does not parse");
-            return Ok(());
+            return Ok(false);
         }
     };
     let Some(state_json) = &c.optimizer_state else {
-        return fail_campaign(state, c, "the campaign has no optimizer state").await;
+        fail_campaign(state, c, "the campaign has no optimizer state").await?;
+        return Ok(false);
     };
+    // A stored state is validated again as it loads (its settings' bounds).
     let mut optimizer = Optimizer::from_state_json(state_json)
-        .map_err(|e| StorageError::Corrupt(format!("optimizer state: {e}")))?;
+        .map_err(|e| StepError::Campaign(format!("the stored optimizer does not load: {e}")))?;
     let n = usize::try_from(room).unwrap_or(0);
     let recipe = c.recipe.clone();
     let campaign = c.clone();
-    // Asking (model fits) and compiling are CPU work: off the async threads.
-    let planned = tokio::task::spawn_blocking(move || {
+    // Asking (model fits) and compiling are CPU work: on the blocking pool, within the step's
+    // time budget.
+    let planned = bounded(state, "the optimizer's ask", move || {
         let proposals = optimizer.ask(n);
         let space = optimizer.spec().space.clone();
         let mut experiments = Vec::new();
@@ -411,14 +617,16 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
             .map_err(|e| super::CampaignError::Optimizer(e.to_string()))?;
         Ok::<_, super::CampaignError>((state_json, experiments))
     })
-    .await
-    .map_err(|e| StorageError::Corrupt(format!("ask task: {e}")))?;
+    .await?;
     let (new_state, experiments) = match planned {
         Ok(p) => p,
-        Err(e) => return fail_campaign(state, c, &e.to_string()).await,
+        Err(e) => {
+            fail_campaign(state, c, &e.to_string()).await?;
+            return Ok(false);
+        }
     };
     if experiments.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     if state
         .storage
@@ -433,7 +641,7 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<(), StorageError> {
             kind: "queued".into(),
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn finish_campaign(

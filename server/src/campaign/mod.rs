@@ -96,9 +96,33 @@ pub fn new_optimizer(
             ))
         }
     };
-    if Algorithm::from_name(name).is_none() {
+    let Some(defaults) = Algorithm::from_name(name) else {
         return Err(CampaignError::Optimizer(format!(
             "unknown optimizer {name:?}: snobfit, bo, random, sobol or grid"
+        )));
+    };
+    // A misspelt setting would silently fall back to its default: refuse it by name.
+    let known = match serde_json::to_value(&defaults) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !known.contains_key(*k) || *k == "kind")
+    {
+        let mut names: Vec<&str> = known
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "kind")
+            .collect();
+        names.sort_unstable();
+        return Err(CampaignError::Optimizer(format!(
+            "unknown setting {unknown:?} for {name} (settings: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         )));
     }
     fields.insert("kind".into(), Value::String(name.to_owned()));

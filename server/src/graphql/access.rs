@@ -14,10 +14,23 @@ use crate::storage::{now_ms, Lab, NewAuditEntry, Role};
 pub enum LabAccess {
     /// See it (members of its organisation or of one it is shared with, any role).
     Read,
-    /// Queue experiments on it (researchers and up).
+    /// Run campaigns and queue experiments on it (researchers and up of its organisation, or
+    /// of an organisation it is shared with for `run` or `instruct`).
     Queue,
+    /// Also send instructions to its hardware and stop it (researchers and up of its
+    /// organisation, or of an organisation it is shared with for `instruct`).
+    Instruct,
     /// Manage it: agents, enrollment, sharing (owners and admins of its organisation).
     Manage,
+}
+
+/// What a share lets the receiving organisation do on the lab (stored as `lab_shares.rights`).
+pub fn share_level(rights: &str) -> LabAccess {
+    match rights {
+        "instruct" => LabAccess::Instruct,
+        "run" => LabAccess::Queue,
+        _ => LabAccess::Read,
+    }
 }
 
 /// The principal's effective role in an organisation, if any.
@@ -68,10 +81,13 @@ pub async fn require_admin(
     }
 }
 
-fn lab_level(role: Role, own: bool) -> LabAccess {
-    match (role, own) {
-        (Role::Owner | Role::Admin, true) => LabAccess::Manage,
-        (Role::Owner | Role::Admin | Role::Researcher, _) => LabAccess::Queue,
+/// The access a role gives: in the lab's own organisation (`share` = `None`), or through a share
+/// whose rights cap it.
+fn lab_level(role: Role, share: Option<LabAccess>) -> LabAccess {
+    match (role, share) {
+        (Role::Owner | Role::Admin, None) => LabAccess::Manage,
+        (Role::Researcher, None) => LabAccess::Instruct,
+        (Role::Owner | Role::Admin | Role::Researcher, Some(granted)) => granted,
         (Role::Viewer, _) => LabAccess::Read,
     }
 }
@@ -98,10 +114,10 @@ pub async fn lab_access_of(
             .map(|m| m.role);
         principal.effective_role(org, stored)
     };
-    let mut best = role_in(&lab.organization_id).map(|r| lab_level(r, true));
+    let mut best = role_in(&lab.organization_id).map(|r| lab_level(r, None));
     for share in state.storage.shares_of_lab(&lab.id).await.api()? {
         if let Some(role) = role_in(&share.organization_id) {
-            let level = lab_level(role, false);
+            let level = lab_level(role, Some(share_level(&share.rights)));
             best = Some(best.map_or(level, |b| b.max(level)));
         }
     }

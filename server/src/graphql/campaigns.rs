@@ -199,7 +199,9 @@ impl CampaignNode {
     async fn finished_at(&self) -> Option<String> {
         self.c.finished_at.map(rfc3339_ms)
     }
-    /// Experiments in order, a page at a time (`after` is an `endCursor`).
+    /// Experiments in order, a page at a time (`after` is an `endCursor`). Its complexity is
+    /// `first` (default 100) times its selection's, so nested lists cannot multiply unseen.
+    #[graphql(complexity = "first.unwrap_or(100).clamp(1, MAX_PAGE) as usize * child_complexity")]
     async fn experiments(
         &self,
         ctx: &Context<'_>,
@@ -288,6 +290,32 @@ pub struct MeasurementNode {
     pub data: Json<Value>,
     /// When the server stored it (RFC 3339).
     pub received_at: String,
+    /// Pass as `after` to read the measurements that follow this one.
+    pub cursor: String,
+}
+
+/// Most measurements one `Experiment.measurements` page returns.
+pub const MAX_MEASUREMENTS_PAGE: i32 = 1000;
+
+/// The opaque cursor of a record: its delivery order key.
+fn record_cursor(r: &storage::StoredRecord) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!([r.received_at, r.epoch, r.seq]).to_string())
+}
+
+fn parse_record_cursor(cursor: &str) -> ApiResult<(i64, String, i64)> {
+    use base64::Engine as _;
+    let bad = || {
+        fail(ApiError::BadInput(
+            "after is not a measurement cursor".into(),
+        ))
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor.as_bytes())
+        .map_err(|_| bad())?;
+    let (at, epoch, seq): (i64, String, i64) = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((at, epoch, seq))
 }
 
 fn measurement_nodes(records: Vec<storage::StoredRecord>) -> Vec<MeasurementNode> {
@@ -298,6 +326,7 @@ fn measurement_nodes(records: Vec<storage::StoredRecord>) -> Vec<MeasurementNode
             let v: Value = serde_json::from_str(&r.body).ok()?;
             let body = &v["body"];
             Some(MeasurementNode {
+                cursor: record_cursor(&r),
                 seq: r.seq,
                 name: body["name"].as_str().unwrap_or("").to_owned(),
                 kind: body["measurement"]["kind"]
@@ -391,11 +420,30 @@ impl ExperimentNode {
     async fn finished_at(&self) -> Option<String> {
         self.0.finished_at.map(rfc3339_ms)
     }
-    /// The raw measurements it streamed (spectra, temperatures).
-    async fn measurements(&self, ctx: &Context<'_>) -> ApiResult<Vec<MeasurementNode>> {
+    /// The raw measurements it streamed (spectra, temperatures), in delivery order: at most
+    /// `first` (1..=1000) after the cursor `after` (a measurement's `cursor`).
+    #[graphql(complexity = "first.clamp(1, MAX_MEASUREMENTS_PAGE) as usize * child_complexity")]
+    async fn measurements(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] first: i32,
+        after: Option<String>,
+    ) -> ApiResult<Vec<MeasurementNode>> {
+        if !(1..=MAX_MEASUREMENTS_PAGE).contains(&first) {
+            return Err(fail(ApiError::BadInput(format!(
+                "first must be within 1..={MAX_MEASUREMENTS_PAGE}"
+            ))));
+        }
+        let after = after.as_deref().map(parse_record_cursor).transpose()?;
         let records = state(ctx)?
             .storage
-            .records_of_program(&self.0.lab_id, &self.0.id)
+            .program_records_page(
+                &self.0.lab_id,
+                &self.0.id,
+                "measurement",
+                after,
+                i64::from(first),
+            )
             .await
             .api()?;
         Ok(measurement_nodes(records))
@@ -515,6 +563,7 @@ fn define(
     optimizer: &str,
     settings: &Value,
     seed: u64,
+    budget: i64,
     descriptor: Option<&LabDescriptor>,
 ) -> ApiResult<Definition> {
     let bad = |e: campaign::CampaignError| fail(ApiError::BadInput(e.to_string()));
@@ -533,6 +582,12 @@ fn define(
     let space_json = serde_json::to_string(&space).map_err(|_| fail(ApiError::Internal))?;
     let opt =
         new_optimizer(space, optimizer, settings, seed, objective.direction()).map_err(bad)?;
+    let most = opt.spec().algorithm.max_observations();
+    if usize::try_from(budget).map_or(true, |b| b > most) {
+        return Err(fail(ApiError::BadInput(format!(
+            "budget must be between 1 and {most} for {optimizer} (got {budget})"
+        ))));
+    }
     let optimizer_state = opt.state_json().map_err(|_| fail(ApiError::Internal))?;
     Ok(Definition {
         space_json,
@@ -627,6 +682,7 @@ impl CampaignMutation {
             &optimizer,
             &settings,
             seed.unsigned_abs(),
+            i64::from(budget),
             descriptor_of(&lab).as_ref(),
         )?;
         let new = NewCampaign {
@@ -718,6 +774,7 @@ impl CampaignMutation {
             &src.optimizer,
             &settings,
             src.seed.unsigned_abs(),
+            src.budget,
             None,
         )?;
         let new = NewCampaign {
@@ -793,7 +850,7 @@ impl CampaignMutation {
             .unwrap_or((0, 0));
             if left <= 0 {
                 return Err(fail(ApiError::Conflict(format!(
-                    "the shared lab's daily quota ({quota} experiments) is used up"
+                    "the shared lab's daily quota ({quota} experiments and instructions) is used up"
                 ))));
             }
         }
@@ -847,18 +904,24 @@ impl CampaignMutation {
         params: Option<Json<Value>>,
     ) -> ApiResult<Json<Value>> {
         let p = writer(ctx)?;
-        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
         let descriptor = descriptor_of(&lab).ok_or_else(|| fail(ApiError::NoDescriptor))?;
         let params = params.map_or(Value::Object(Default::default()), |j| j.0);
         check_instruction(&descriptor, &method, &params)
             .map_err(|e| fail(ApiError::BadInput(e)))?;
+        let organization_id = super::commands::instructing_org(ctx, p, &lab).await?;
+        state(ctx)?
+            .storage
+            .record_instruction(&lab.id, &organization_id, &p.user_id, &method, now_ms())
+            .await
+            .api()?;
         audit(
             ctx,
             &p.actor(),
             Some(&lab.organization_id),
             "lab.instruction",
             format!("lab:{}", lab.id),
-            json!({ "method": method, "params": params }),
+            json!({ "method": method, "params": params, "on_behalf_of": organization_id }),
         )
         .await?;
         let st = state(ctx)?;
@@ -878,14 +941,20 @@ impl CampaignMutation {
     /// state (pumps stopped, heater off). The hardware e-stop stays the lab's.
     async fn stop_lab(&self, ctx: &Context<'_>, lab_id: ID) -> ApiResult<Json<Value>> {
         let p = writer(ctx)?;
-        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
+        let organization_id = super::commands::instructing_org(ctx, p, &lab).await?;
+        state(ctx)?
+            .storage
+            .record_instruction(&lab.id, &organization_id, &p.user_id, "estop", now_ms())
+            .await
+            .api()?;
         audit(
             ctx,
             &p.actor(),
             Some(&lab.organization_id),
             "lab.stop",
             format!("lab:{}", lab.id),
-            json!({}),
+            json!({ "on_behalf_of": organization_id }),
         )
         .await?;
         let answer = state(ctx)?

@@ -11,7 +11,7 @@ use maosic_schema::capability::LabDescriptor;
 use maosic_schema::program::{Program, RpcRequest, Step, PROGRAM_FORMAT};
 use serde_json::{json, Value};
 
-use super::access::{audit, lab_with_access, org_role, LabAccess};
+use super::access::{audit, lab_with_access, org_role, share_level, LabAccess};
 use super::campaigns::check_instruction;
 use super::{fail, parse_id, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt};
 use crate::auth::Principal;
@@ -23,8 +23,11 @@ use crate::storage::{self, now_ms, Role};
 const MAX_DEADLINE_SECONDS: i32 = 7 * 24 * 3600;
 /// Largest page of commands.
 const MAX_PAGE: i32 = 200;
-/// Most open (queued or sent) commands one lab may have.
-const MAX_OPEN_PER_LAB: usize = 20;
+/// Most open (queued or sent) commands the lab's own organisation may have on it.
+const MAX_OPEN_PER_LAB: i64 = 20;
+/// Most open commands each organisation the lab is shared with may have on it: its own cap,
+/// so a partner can never fill the lab's queue and lock the owner out.
+const MAX_OPEN_PER_SHAREE: i64 = 5;
 
 /// Where a queued instruction is.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -63,6 +66,10 @@ pub struct LabCommandNode(pub LabCommand);
 impl LabCommandNode {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
+    }
+    /// The organisation on whose behalf it was queued.
+    async fn organization_id(&self) -> ID {
+        ID(self.0.organization_id.clone())
     }
     async fn lab_id(&self) -> ID {
         ID(self.0.lab_id.clone())
@@ -111,37 +118,80 @@ fn may_queue(role: Role) -> bool {
     matches!(role, Role::Owner | Role::Admin | Role::Researcher)
 }
 
-/// The organisation on whose behalf the principal queues on `lab`: the lab's own when the
-/// principal is a researcher or more there, else the first sharing organisation where it is.
-async fn queuing_org(ctx: &Context<'_>, p: &Principal, lab: &storage::Lab) -> ApiResult<String> {
+/// The organisation on whose behalf the principal sends instructions to `lab`: the lab's own
+/// when the principal is a researcher or more there, else the first organisation the lab is
+/// shared with for `instruct` where it is; `FORBIDDEN` otherwise. For a sharee, the instruction
+/// must fit in the share's daily quota (experiments and instructions count together).
+pub(crate) async fn instructing_org(
+    ctx: &Context<'_>,
+    p: &Principal,
+    lab: &storage::Lab,
+) -> ApiResult<String> {
     if org_role(ctx, p, &lab.organization_id)
         .await?
         .is_some_and(may_queue)
     {
         return Ok(lab.organization_id.clone());
     }
-    for share in state(ctx)?.storage.shares_of_lab(&lab.id).await.api()? {
-        if org_role(ctx, p, &share.organization_id)
+    let st = state(ctx)?;
+    for share in st.storage.shares_of_lab(&lab.id).await.api()? {
+        if share_level(&share.rights) < LabAccess::Instruct {
+            continue;
+        }
+        if !org_role(ctx, p, &share.organization_id)
             .await?
             .is_some_and(may_queue)
         {
-            return Ok(share.organization_id);
+            continue;
         }
+        let (quota, left) = crate::campaign::engine::daily_quota(
+            st.storage.as_ref(),
+            &lab.id,
+            &share.organization_id,
+            now_ms(),
+        )
+        .await
+        .api()?
+        .unwrap_or((0, 0));
+        if left <= 0 {
+            return Err(fail(ApiError::Conflict(format!(
+                "the shared lab's daily quota ({quota} experiments and instructions) is used up"
+            ))));
+        }
+        return Ok(share.organization_id);
     }
     Err(fail(ApiError::Forbidden))
 }
 
-/// Loads a command the principal may see (`NOT_FOUND` otherwise).
+/// Loads a command the principal may see (`NOT_FOUND` otherwise): members of the organisation
+/// that queued it, and members of the lab's own organisation (which sees everything that
+/// targets its lab). The role returned is the better of the two.
 async fn command_with_access(
     ctx: &Context<'_>,
     p: &Principal,
     id: &str,
 ) -> ApiResult<(LabCommand, Role)> {
     let id = parse_id(id)?;
-    let c = state(ctx)?.storage.command(&id).await.api()?;
-    let role = org_role(ctx, p, &c.organization_id)
-        .await?
-        .ok_or_else(|| fail(ApiError::NotFound))?;
+    let st = state(ctx)?;
+    let c = st.storage.command(&id).await.api()?;
+    let queuer = org_role(ctx, p, &c.organization_id).await?;
+    let owner = match st.storage.lab(&c.lab_id).await {
+        Ok(lab) if lab.organization_id != c.organization_id => {
+            org_role(ctx, p, &lab.organization_id).await?
+        }
+        _ => None,
+    };
+    let role = match (queuer, owner) {
+        (Some(a), Some(b)) => {
+            if may_queue(a) {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(r), None) | (None, Some(r)) => r,
+        (None, None) => return Err(fail(ApiError::NotFound)),
+    };
     Ok((c, role))
 }
 
@@ -203,7 +253,9 @@ pub struct CommandQuery;
 
 #[Object]
 impl CommandQuery {
-    /// The instructions queued on a lab by the caller's organisations, newest first.
+    /// The instructions queued on a lab, newest first: the caller's organisations' own, and
+    /// every organisation's when the caller is a member of the lab's own organisation.
+    #[graphql(complexity = "first.clamp(1, MAX_PAGE) as usize * child_complexity")]
     async fn lab_commands(
         &self,
         ctx: &Context<'_>,
@@ -222,9 +274,10 @@ impl CommandQuery {
             .commands_of_lab(&lab.id, i64::from(first))
             .await
             .api()?;
+        let owner = org_role(ctx, p, &lab.organization_id).await?.is_some();
         let mut visible = Vec::new();
         for c in all {
-            if org_role(ctx, p, &c.organization_id).await?.is_some() {
+            if owner || org_role(ctx, p, &c.organization_id).await?.is_some() {
                 visible.push(LabCommandNode(c));
             }
         }
@@ -259,8 +312,8 @@ impl CommandMutation {
         #[graphql(default = 300)] deadline_seconds: i32,
     ) -> ApiResult<LabCommandNode> {
         let p = writer(ctx)?;
-        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Queue).await?;
-        let organization_id = queuing_org(ctx, p, &lab).await?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
+        let organization_id = instructing_org(ctx, p, &lab).await?;
         if !(1..=MAX_DEADLINE_SECONDS).contains(&deadline_seconds) {
             return Err(fail(ApiError::BadInput(format!(
                 "deadlineSeconds must be within 1..={MAX_DEADLINE_SECONDS}"
@@ -277,17 +330,20 @@ impl CommandMutation {
         let program = one_step_program(&descriptor, &method, &params)
             .map_err(|e| fail(ApiError::BadInput(e)))?;
         let st = state(ctx)?;
-        let open = st
-            .storage
-            .commands_of_lab(&lab.id, i64::from(MAX_PAGE))
-            .await
-            .api()?
-            .iter()
-            .filter(|c| !c.is_final())
-            .count();
-        if open >= MAX_OPEN_PER_LAB {
+        // Each organisation has its own cap on the lab (counted exactly, whatever the caller
+        // may read), so another organisation's commands never lock it out.
+        let cap = if organization_id == lab.organization_id {
+            MAX_OPEN_PER_LAB
+        } else {
+            MAX_OPEN_PER_SHAREE
+        };
+        let open =
+            storage::tenant::system(st.storage.open_commands_of_org(&lab.id, &organization_id))
+                .await
+                .api()?;
+        if open >= cap {
             return Err(fail(ApiError::Conflict(format!(
-                "the lab already has {open} instructions waiting (at most {MAX_OPEN_PER_LAB})"
+                "your organisation already has {open} instructions waiting on this lab (at most {cap})"
             ))));
         }
         let now = now_ms();

@@ -25,12 +25,7 @@ pub(crate) async fn scope_of(
     principal: Option<&Principal>,
 ) -> Result<TenantScope, StorageError> {
     let Some(p) = principal else {
-        return Ok(TenantScope::Principal {
-            user_id: String::new(),
-            org_ids: Vec::new(),
-            admin_org_ids: Vec::new(),
-            shared_lab_ids: Vec::new(),
-        });
+        return Ok(TenantScope::nobody());
     };
     let (mut org_ids, mut admin_org_ids, mut shared_lab_ids) = (Vec::new(), Vec::new(), Vec::new());
     for m in state.storage.memberships_of_user(&p.user_id).await? {
@@ -215,36 +210,58 @@ async fn read_body(
     Ok(body)
 }
 
-async fn execute_one(
+/// The checks every operation passes before it executes, over HTTP and over the WebSocket
+/// alike: it parses, its aliases are within the limit, and it asks for introspection only where
+/// that is on. Returns the type of the operation that will run.
+pub(crate) fn precheck(
+    limits: &GraphqlConfig,
+    request: &async_graphql::Request,
+) -> Result<OperationType, Box<Response>> {
+    let doc = async_graphql::parser::parse_query(&request.query).map_err(|_| {
+        Box::new(refused_response(
+            "GRAPHQL_PARSE_FAILED",
+            "the query does not parse",
+        ))
+    })?;
+    let aliases = count_aliases(&doc);
+    if aliases > limits.max_aliases {
+        return Err(Box::new(refused_response(
+            "TOO_MANY_ALIASES",
+            &format!(
+                "the query uses {aliases} aliases; at most {} are allowed",
+                limits.max_aliases
+            ),
+        )));
+    }
+    if !limits.introspection && uses_introspection(&doc) {
+        return Err(Box::new(refused_response(
+            "INTROSPECTION_DISABLED",
+            "introspection is switched off on this server",
+        )));
+    }
+    let chosen =
+        doc.operations.iter().find(
+            |(name, _)| match (request.operation_name.as_deref(), name) {
+                (Some(wanted), Some(name)) => wanted == name.as_str(),
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
+        );
+    Ok(chosen.map_or(OperationType::Query, |(_, op)| op.node.ty))
+}
+
+/// Runs one query or mutation in the caller's tenant scope under the time limit: the one
+/// execution path of `POST /graphql` and of queries and mutations sent over `/graphql/ws`.
+pub(crate) async fn execute_one(
     schema: &ApiSchema,
     limits: &GraphqlConfig,
     info: &RequestInfo,
     scope: &TenantScope,
     request: async_graphql::Request,
 ) -> Response {
-    let is_mutation = match async_graphql::parser::parse_query(&request.query) {
-        Ok(doc) => {
-            let aliases = count_aliases(&doc);
-            if aliases > limits.max_aliases {
-                return refused_response(
-                    "TOO_MANY_ALIASES",
-                    &format!(
-                        "the query uses {aliases} aliases; at most {} are allowed",
-                        limits.max_aliases
-                    ),
-                );
-            }
-            if !limits.introspection && uses_introspection(&doc) {
-                return refused_response(
-                    "INTROSPECTION_DISABLED",
-                    "introspection is switched off on this server",
-                );
-            }
-            doc.operations
-                .iter()
-                .any(|(_, op)| op.node.ty == OperationType::Mutation)
-        }
-        Err(_) => return refused_response("GRAPHQL_PARSE_FAILED", "the query does not parse"),
+    let is_mutation = match precheck(limits, &request) {
+        Ok(ty) => ty == OperationType::Mutation,
+        Err(refused) => return *refused,
     };
     let request = request.data(info.clone());
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
@@ -308,20 +325,20 @@ pub async fn graphql_handler(
             return HttpResponse::Ok()
                 .json(refused_response("UNAUTHENTICATED", "invalid credentials"))
         }
-        Some(Ok(token)) => match state
-            .auth
-            .authenticate(state.storage.as_ref(), &token)
-            .await
-        {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::info!(reason = %e, "bearer token refused");
-                return HttpResponse::Ok()
-                    .json(refused_response("UNAUTHENTICATED", "invalid credentials"));
+        // Finding who calls is platform work (sessions, API tokens): explicitly so, since a
+        // task outside any scope sees nothing.
+        Some(Ok(token)) => {
+            match tenant::system(state.auth.authenticate(state.storage.as_ref(), &token)).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::info!(reason = %e, "bearer token refused");
+                    return HttpResponse::Ok()
+                        .json(refused_response("UNAUTHENTICATED", "invalid credentials"));
+                }
             }
-        },
+        }
     };
-    let scope = match scope_of(&state, principal.as_ref()).await {
+    let scope = match tenant::system(scope_of(&state, principal.as_ref())).await {
         Ok(scope) => scope,
         Err(e) => {
             tracing::error!(error = %e, "cannot resolve the tenant scope");

@@ -119,10 +119,42 @@ pub struct LabShareNode {
     pub lab_id: ID,
     /// The organisation it is shared with.
     pub organization_id: ID,
-    /// Experiments per day that organisation may queue.
+    /// Experiments and instructions per day that organisation may queue or send.
     pub daily_quota: i64,
+    /// What that organisation may do on the lab.
+    pub rights: ShareRights,
     /// Since when (RFC 3339).
     pub created_at: String,
+}
+
+/// What an organisation a lab is shared with may do on it.
+#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ShareRights {
+    /// See the lab, its status and its capability descriptor.
+    View,
+    /// Also run campaigns and queue experiments on it (within the daily quota).
+    Run,
+    /// Also send and queue instructions and stop the lab (within the daily quota).
+    Instruct,
+}
+
+impl ShareRights {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareRights::View => "view",
+            ShareRights::Run => "run",
+            ShareRights::Instruct => "instruct",
+        }
+    }
+
+    fn parse(stored: &str) -> Self {
+        match stored {
+            "instruct" => ShareRights::Instruct,
+            "run" => ShareRights::Run,
+            _ => ShareRights::View,
+        }
+    }
 }
 
 impl From<storage::LabShare> for LabShareNode {
@@ -131,6 +163,7 @@ impl From<storage::LabShare> for LabShareNode {
             lab_id: ID(s.lab_id),
             organization_id: ID(s.organization_id),
             daily_quota: s.daily_quota,
+            rights: ShareRights::parse(&s.rights),
             created_at: rfc3339_ms(s.created_at),
         }
     }
@@ -251,6 +284,11 @@ impl LabNode {
     /// Whether the caller may queue experiments here.
     async fn can_queue(&self) -> bool {
         self.access >= LabAccess::Queue
+    }
+
+    /// Whether the caller may send instructions to this lab's hardware and stop it.
+    async fn can_instruct(&self) -> bool {
+        self.access >= LabAccess::Instruct
     }
 
     /// Whether the caller manages this lab (agents, enrollment, sharing).
@@ -411,6 +449,7 @@ impl LabMutation {
         lab_id: ID,
         organization_id: ID,
         daily_quota: i32,
+        #[graphql(default_with = "ShareRights::Run")] rights: ShareRights,
     ) -> ApiResult<LabShareNode> {
         let p = writer(ctx)?;
         let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Manage).await?;
@@ -428,7 +467,13 @@ impl LabMutation {
         let state = state(ctx)?;
         let share = match state
             .storage
-            .share_lab(&lab.id, &org_id, i64::from(daily_quota), now_ms())
+            .share_lab(
+                &lab.id,
+                &org_id,
+                i64::from(daily_quota),
+                rights.as_str(),
+                now_ms(),
+            )
             .await
         {
             Ok(s) => s,
@@ -441,7 +486,7 @@ impl LabMutation {
             Some(&lab.organization_id),
             "lab.share",
             format!("lab:{}", lab.id),
-            json!({ "organization_id": org_id, "daily_quota": daily_quota }),
+            json!({ "organization_id": org_id, "daily_quota": daily_quota, "rights": rights.as_str() }),
         )
         .await?;
         Ok(share.into())

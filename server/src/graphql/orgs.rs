@@ -9,7 +9,7 @@ use super::labs::{LabNode, LabShareNode};
 use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
-use crate::auth::token;
+use crate::auth::{token, Revocation};
 use crate::storage::{new_id, now_ms, Invitation, Organization, Role};
 
 /// An organisation (tenant), as seen by one of its members.
@@ -401,6 +401,10 @@ impl OrgMutation {
             .set_membership(&org_id, &user_id, role, now_ms())
             .await
             .api()?;
+        // The member's open subscriptions were granted under the old role: close them.
+        state.auth.announce(Revocation::Membership {
+            user_id: user_id.clone(),
+        });
         audit(
             ctx,
             &p.actor(),
@@ -448,6 +452,10 @@ impl OrgMutation {
             .remove_membership(&org_id, &user_id)
             .await
             .api()?;
+        // A removed member's open subscriptions close at once.
+        state.auth.announce(Revocation::Membership {
+            user_id: user_id.clone(),
+        });
         audit(
             ctx,
             &p.actor(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use async_graphql::http::{WebSocketProtocols as Protocols, WsMessage};
+use async_graphql::parser::types::OperationType;
 use async_graphql::{Context, Data, SimpleObject, Subscription, ID};
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -54,12 +55,7 @@ pub struct SubscriptionRoot;
 fn scope(ctx: &Context<'_>) -> TenantScope {
     ctx.data::<TenantScope>()
         .cloned()
-        .unwrap_or(TenantScope::Principal {
-            user_id: String::new(),
-            org_ids: Vec::new(),
-            admin_org_ids: Vec::new(),
-            shared_lab_ids: Vec::new(),
-        })
+        .unwrap_or_else(|_| TenantScope::nobody())
 }
 
 /// The bus as a stream of events, skipping ahead when the subscriber lags.
@@ -314,21 +310,27 @@ pub async fn graphql_ws(
     let schema = schema.into_inner();
     actix_web::rt::spawn(async move {
         let (to_graphql, from_client) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        let (authed_tx, mut authed_rx) = tokio::sync::watch::channel::<Option<Principal>>(None);
+        // Who the socket authenticated as, and its tenant scope (nobody until `connection_init`).
+        let (authed_tx, authed_rx) =
+            tokio::sync::watch::channel::<Option<(Principal, TenantScope)>>(None);
+        // Frames of queries and mutations run here, sent back through the socket loop.
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(64);
         let init_state = (*state).clone();
         let input = futures_util::stream::unfold(from_client, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
-        let mut ws = Box::pin(
-            async_graphql::http::WebSocket::new((*schema).clone(), input, protocol)
-                .keepalive_timeout(Duration::from_secs(60))
-                .on_connection_init(move |payload| async move {
-                    let token = payload
-                        .get("authorization")
-                        .or_else(|| payload.get("Authorization"))
-                        .and_then(|v| v.as_str())
-                        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned())
-                        .ok_or_else(|| async_graphql::Error::new("authentication required"))?;
+        let protocol_ws = async_graphql::http::WebSocket::new((*schema).clone(), input, protocol)
+            .keepalive_timeout(Duration::from_secs(60))
+            .on_connection_init(move |payload| async move {
+                let token = payload
+                    .get("authorization")
+                    .or_else(|| payload.get("Authorization"))
+                    .and_then(|v| v.as_str())
+                    .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned())
+                    .ok_or_else(|| async_graphql::Error::new("authentication required"))?;
+                // Finding who calls is platform work, explicitly (the socket's own scope is
+                // nobody until this succeeds).
+                let (principal, scope) = tenant::system(async {
                     let principal = init_state
                         .auth
                         .authenticate(init_state.storage.as_ref(), &token)
@@ -337,46 +339,81 @@ pub async fn graphql_ws(
                     let scope = super::handler::scope_of(&init_state, Some(&principal))
                         .await
                         .map_err(|_| async_graphql::Error::new("unavailable"))?;
-                    let _ = authed_tx.send(Some(principal.clone()));
-                    let mut data = Data::default();
-                    data.insert(RequestInfo {
-                        principal: Some(principal),
-                        source: None,
-                    });
-                    data.insert(scope);
-                    Ok(data)
-                }),
-        );
+                    Ok::<_, async_graphql::Error>((principal, scope))
+                })
+                .await?;
+                let _ = authed_tx.send(Some((principal.clone(), scope.clone())));
+                let mut data = Data::default();
+                data.insert(RequestInfo {
+                    principal: Some(principal),
+                    source: None,
+                });
+                data.insert(scope);
+                Ok(data)
+            });
+        // Every poll of the protocol (connection_init, subscription resolvers and their event
+        // streams) runs in the socket's tenant scope.
+        let mut ws = ScopedStream {
+            inner: Box::pin(protocol_ws),
+            authed: authed_rx.clone(),
+        };
+        let mut operations = Operations::default();
         let mut revocations = state.auth.revocations();
         let mut revocations_open = true;
         loop {
             tokio::select! {
-                frame = incoming.next() => match frame {
-                    Some(Ok(actix_ws::Message::Text(t))) => {
-                        if to_graphql.send(t.as_bytes().to_vec()).await.is_err() { break; }
+                frame = incoming.next() => {
+                    let bytes = match frame {
+                        Some(Ok(actix_ws::Message::Text(t))) => t.as_bytes().to_vec(),
+                        Some(Ok(actix_ws::Message::Binary(b))) => b.to_vec(),
+                        Some(Ok(actix_ws::Message::Ping(b))) => {
+                            if session.pong(&b).await.is_err() { break; }
+                            continue;
+                        }
+                        Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                            tracing::info!(
+                                max_bytes = state.config.graphql.max_body_bytes,
+                                "subscription frame over the size limit refused"
+                            );
+                            let _ = session.close(Some(actix_ws::CloseReason {
+                                code: actix_ws::CloseCode::Size,
+                                description: Some("frame too large".into()),
+                            })).await;
+                            return;
+                        }
+                        Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    let authed = authed_rx.borrow().clone();
+                    match classify(&bytes, protocol, &state.config.graphql, &mut operations, authed.is_some()) {
+                        Frame::Forward => {
+                            if to_graphql.send(bytes).await.is_err() { break; }
+                        }
+                        Frame::Reply(text) => {
+                            if session.text(text).await.is_err() { break; }
+                        }
+                        Frame::Execute { id, request } => {
+                            let Some((principal, scope)) = authed else { continue };
+                            let (schema, state, out) = (schema.clone(), state.clone(), out_tx.clone());
+                            actix_web::rt::spawn(async move {
+                                let info = RequestInfo { principal: Some(principal), source: None };
+                                let response = super::handler::execute_one(
+                                    &schema, &state.config.graphql, &info, &scope, *request,
+                                ).await;
+                                for frame in result_frames(protocol, &id, &response) {
+                                    if out.send(frame).await.is_err() { return; }
+                                }
+                            });
+                        }
                     }
-                    Some(Ok(actix_ws::Message::Binary(b))) => {
-                        if to_graphql.send(b.to_vec()).await.is_err() { break; }
-                    }
-                    Some(Ok(actix_ws::Message::Ping(b))) => {
-                        if session.pong(&b).await.is_err() { break; }
-                    }
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
-                        tracing::info!(
-                            max_bytes = state.config.graphql.max_body_bytes,
-                            "subscription frame over the size limit refused"
-                        );
-                        let _ = session.close(Some(actix_ws::CloseReason {
-                            code: actix_ws::CloseCode::Size,
-                            description: Some("frame too large".into()),
-                        })).await;
-                        return;
-                    }
-                    Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
                 },
+                Some(text) = out_rx.recv() => {
+                    operations.observe_outgoing(&text);
+                    if session.text(text).await.is_err() { break; }
+                }
                 out = ws.next() => match out {
                     Some(WsMessage::Text(text)) => {
+                        operations.observe_outgoing(&text);
                         if session.text(text).await.is_err() { break; }
                     }
                     Some(WsMessage::Close(code, reason)) => {
@@ -390,7 +427,7 @@ pub async fn graphql_ws(
                 },
                 revoked = revocations.recv(), if revocations_open => {
                     let applies = match &revoked {
-                        Ok(r) => authed_rx.borrow_and_update().as_ref().is_some_and(|p| r.applies_to(p)),
+                        Ok(r) => authed_rx.borrow().as_ref().is_some_and(|(p, _)| r.applies_to(p)),
                         Err(RecvError::Lagged(_)) => false,
                         Err(RecvError::Closed) => {
                             revocations_open = false;
@@ -410,4 +447,157 @@ pub async fn graphql_ws(
         let _ = session.close(None).await;
     });
     Ok(response)
+}
+
+/// The protocol stream of one socket, polled in the socket's tenant scope: nobody until the
+/// connection is initialised, then the authenticated principal's.
+struct ScopedStream<S> {
+    inner: std::pin::Pin<Box<S>>,
+    authed: tokio::sync::watch::Receiver<Option<(Principal, TenantScope)>>,
+}
+
+impl<S: Stream> Stream for ScopedStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let scope = self
+            .authed
+            .borrow()
+            .as_ref()
+            .map_or_else(TenantScope::nobody, |(_, scope)| scope.clone());
+        let inner = self.inner.as_mut();
+        tenant::sync_scoped(scope, move || inner.poll_next(cx))
+    }
+}
+
+/// What the socket loop does with a client frame.
+enum Frame {
+    /// Hand it to the protocol (connection_init, ping, complete, subscriptions).
+    Forward,
+    /// Answer it directly (a refusal).
+    Reply(String),
+    /// A query or mutation: run it through the HTTP execution pipeline.
+    Execute {
+        id: String,
+        request: Box<async_graphql::Request>,
+    },
+}
+
+/// The operations a socket has started and not yet seen end, capped per socket.
+#[derive(Default)]
+struct Operations {
+    active: std::collections::HashSet<String>,
+}
+
+impl Operations {
+    /// Notes the end of an operation the server announced (`complete`, `error`).
+    fn observe_outgoing(&mut self, text: &str) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+            if matches!(v["type"].as_str(), Some("complete" | "error")) {
+                if let Some(id) = v["id"].as_str() {
+                    self.active.remove(id);
+                }
+            }
+        }
+    }
+}
+
+fn protocol_error_frame(protocol: Protocols, id: &str, code: &str, message: &str) -> String {
+    let error = serde_json::json!({ "message": message, "extensions": { "code": code } });
+    match protocol {
+        Protocols::GraphQLWS => {
+            serde_json::json!({ "type": "error", "id": id, "payload": [error] }).to_string()
+        }
+        Protocols::SubscriptionsTransportWS => {
+            serde_json::json!({ "type": "error", "id": id, "payload": error }).to_string()
+        }
+    }
+}
+
+/// The frames that carry a query's or mutation's response, then its end.
+fn result_frames(protocol: Protocols, id: &str, response: &async_graphql::Response) -> Vec<String> {
+    let data_type = match protocol {
+        Protocols::GraphQLWS => "next",
+        Protocols::SubscriptionsTransportWS => "data",
+    };
+    vec![
+        serde_json::json!({ "type": data_type, "id": id, "payload": response }).to_string(),
+        serde_json::json!({ "type": "complete", "id": id }).to_string(),
+    ]
+}
+
+/// Sorts a client frame: operations pass the same checks as over HTTP (aliases, introspection,
+/// then the tenant scope and the time limit for queries and mutations), and each socket runs at
+/// most `max_ws_operations` at once.
+fn classify(
+    bytes: &[u8],
+    protocol: Protocols,
+    limits: &crate::config::GraphqlConfig,
+    operations: &mut Operations,
+    authenticated: bool,
+) -> Frame {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Frame::Forward; // The protocol answers malformed frames itself.
+    };
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
+    match v["type"].as_str() {
+        Some("subscribe" | "start") => {}
+        Some("complete" | "stop") => {
+            operations.active.remove(&id);
+            return Frame::Forward;
+        }
+        _ => return Frame::Forward,
+    }
+    if !authenticated {
+        return Frame::Forward; // The protocol refuses operations before connection_init.
+    }
+    let Ok(request) = serde_json::from_value::<async_graphql::Request>(v["payload"].clone()) else {
+        return Frame::Forward;
+    };
+    if operations.active.contains(&id) {
+        return Frame::Forward; // A duplicate id: the protocol closes the socket (4409).
+    }
+    if operations.active.len() >= limits.max_ws_operations {
+        return Frame::Reply(protocol_error_frame(
+            protocol,
+            &id,
+            "TOO_MANY_OPERATIONS",
+            &format!(
+                "a socket may run at most {} operations at once",
+                limits.max_ws_operations
+            ),
+        ));
+    }
+    match super::handler::precheck(limits, &request) {
+        Err(refused) => {
+            let (code, message) = refused
+                .errors
+                .first()
+                .map(|e| {
+                    let code = e
+                        .extensions
+                        .as_ref()
+                        .and_then(|x| x.get("code"))
+                        .map(|c| c.to_string().trim_matches('"').to_owned())
+                        .unwrap_or_else(|| "BAD_REQUEST".into());
+                    (code, e.message.clone())
+                })
+                .unwrap_or_else(|| ("BAD_REQUEST".into(), "refused".into()));
+            Frame::Reply(protocol_error_frame(protocol, &id, &code, &message))
+        }
+        Ok(OperationType::Subscription) => {
+            operations.active.insert(id);
+            Frame::Forward
+        }
+        Ok(_) => {
+            operations.active.insert(id.clone());
+            Frame::Execute {
+                id,
+                request: Box::new(request),
+            }
+        }
+    }
 }

@@ -126,6 +126,27 @@ pub trait CommandStorage {
     ) -> StorageResult<bool>;
     /// Every `queued` command whose deadline has passed becomes `timed_out`; returns them.
     async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>>;
+    /// Records a direct instruction (`sendInstruction`, `stopLab`) sent to a lab on behalf of
+    /// an organisation.
+    async fn record_instruction(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        created_by: &str,
+        method: &str,
+        now_ms: i64,
+    ) -> StorageResult<()>;
+    /// Instructions an organisation sent or queued to a lab since `since_ms` (direct ones and
+    /// queued commands), for its daily quota on a shared lab.
+    async fn instructions_since(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        since_ms: i64,
+    ) -> StorageResult<i64>;
+    /// Commands of an organisation still open (`queued` or `sent`) on a lab.
+    async fn open_commands_of_org(&self, lab_id: &str, organization_id: &str)
+        -> StorageResult<i64>;
 }
 
 macro_rules! impl_command_storage {
@@ -249,6 +270,76 @@ macro_rules! impl_command_storage {
                         .await
                         .map_err(StorageError::from_sqlx)?;
                     Ok(done.rows_affected() == 1)
+                })
+            }
+
+            async fn record_instruction(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+                created_by: &str,
+                method: &str,
+                now_ms: i64,
+            ) -> StorageResult<()> {
+                in_tx!(&self.pool, tx, {
+                    sqlx::query(
+                        "INSERT INTO lab_instructions \
+                         (id, lab_id, organization_id, created_by, method, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(crate::storage::new_id())
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .bind(created_by)
+                    .bind(method)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(())
+                })
+            }
+
+            async fn instructions_since(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+                since_ms: i64,
+            ) -> StorageResult<i64> {
+                in_tx!(&self.pool, tx, {
+                    let row: (i64, i64) = sqlx::query_as(
+                        "SELECT \
+                         (SELECT COUNT(*) FROM lab_instructions WHERE lab_id = $1 \
+                          AND organization_id = $2 AND created_at >= $3), \
+                         (SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
+                          AND organization_id = $2 AND created_at >= $3)",
+                    )
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .bind(since_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(row.0 + row.1)
+                })
+            }
+
+            async fn open_commands_of_org(
+                &self,
+                lab_id: &str,
+                organization_id: &str,
+            ) -> StorageResult<i64> {
+                in_tx!(&self.pool, tx, {
+                    let row: (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
+                         AND organization_id = $2 AND state IN ('queued', 'sent')",
+                    )
+                    .bind(lab_id)
+                    .bind(organization_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(row.0)
                 })
             }
 

@@ -452,10 +452,13 @@ pub struct LabShare {
     pub lab_id: String,
     /// The organisation it is shared with.
     pub organization_id: String,
-    /// Experiments per day that organisation may queue.
+    /// Experiments and instructions per day that organisation may queue or send.
     pub daily_quota: i64,
     /// Creation time.
     pub created_at: i64,
+    /// What the organisation may do on the lab: `view`, `run` (campaigns and experiments) or
+    /// `instruct` (also instructions and stops).
+    pub rights: String,
 }
 
 /// A one-time agent enrollment token (only its SHA-256 is stored).
@@ -651,6 +654,7 @@ pub trait Storage:
         lab_id: &str,
         organization_id: &str,
         daily_quota: i64,
+        rights: &str,
         now_ms: i64,
     ) -> StorageResult<LabShare>;
     /// Ends a share; false when there was none.

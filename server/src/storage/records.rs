@@ -41,16 +41,46 @@ pub struct StoredRecord {
     pub received_at: i64,
 }
 
-/// Record storage port.
+/// A lab's ingestion in one UTC day (the unit of the per-lab byte budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct IngestUsage {
+    /// Bytes of record bodies stored.
+    pub bytes: i64,
+    /// Records stored.
+    pub records: i64,
+}
+
+/// The UTC day (days since the Unix epoch) of a time in ms.
+pub fn utc_day(now_ms: i64) -> i64 {
+    now_ms.div_euclid(86_400_000)
+}
+
+/// Record storage port. Every call is one transaction in the caller's tenant scope (on
+/// PostgreSQL, `agent_records` has row-level security: the lab's organisation and the
+/// organisation whose experiment or instruction a record belongs to may read it; only platform
+/// work writes).
 #[async_trait]
 pub trait RecordStorage {
-    /// Stores a record; `false` when its key was already stored (a replay).
+    /// Stores a record and counts it in the lab's usage of the day, in one transaction; `false`
+    /// when its key was already stored (a replay, not counted again).
     async fn store_record(&self, record: &NewRecord, now_ms: i64) -> StorageResult<bool>;
-    /// The records of one program run of a lab, in delivery order.
+    /// The records of one program run of a lab, in delivery order, at most `limit` (the
+    /// engine's and the exports' loads are bounded: see `campaigns.max_records_per_experiment`).
     async fn records_of_program(
         &self,
         lab_id: &str,
         program_id: &str,
+        limit: i64,
+    ) -> StorageResult<Vec<StoredRecord>>;
+    /// One page of a program run's records of `kind`, in delivery order: those after the
+    /// delivery key `after` (`(received_at, epoch, seq)` of the last one seen), at most `limit`.
+    async fn program_records_page(
+        &self,
+        lab_id: &str,
+        program_id: &str,
+        kind: &str,
+        after: Option<(i64, String, i64)>,
+        limit: i64,
     ) -> StorageResult<Vec<StoredRecord>>;
     /// The first record of `kind` (e.g. `program_finished`) of a program run, if any.
     async fn program_record_of_kind(
@@ -70,6 +100,8 @@ pub trait RecordStorage {
         lab_id: &str,
         measurement_kind: &str,
     ) -> StorageResult<Option<StoredRecord>>;
+    /// What the lab stored on the UTC day `day` (see [`utc_day`]).
+    async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage>;
 }
 
 /// The `LIKE` pattern (escape character `!`) matching a record body that contains a
@@ -85,45 +117,99 @@ fn measurement_pattern(kind: &str) -> String {
     format!("%\"kind\":\"{escaped}\"%")
 }
 
+const RECORD_COLS: &str = "lab_id, epoch, seq, program_id, kind, body, received_at";
+
 macro_rules! impl_record_storage {
     ($ty:ident) => {
         #[async_trait]
         impl RecordStorage for $ty {
             async fn store_record(&self, r: &NewRecord, now_ms: i64) -> StorageResult<bool> {
-                let done = sqlx::query(
-                    "INSERT INTO agent_records \
-                     (lab_id, epoch, seq, program_id, kind, body, received_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (lab_id, epoch, seq) DO NOTHING",
-                )
-                .bind(&r.lab_id)
-                .bind(&r.epoch)
-                .bind(r.seq)
-                .bind(r.program_id.as_deref())
-                .bind(&r.kind)
-                .bind(&r.body)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)?;
-                Ok(done.rows_affected() == 1)
+                in_tx!(&self.pool, tx, {
+                    let done = sqlx::query(
+                        "INSERT INTO agent_records \
+                         (lab_id, epoch, seq, program_id, kind, body, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (lab_id, epoch, seq) DO NOTHING",
+                    )
+                    .bind(&r.lab_id)
+                    .bind(&r.epoch)
+                    .bind(r.seq)
+                    .bind(r.program_id.as_deref())
+                    .bind(&r.kind)
+                    .bind(&r.body)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    let stored = done.rows_affected() == 1;
+                    if stored {
+                        sqlx::query(
+                            "INSERT INTO lab_ingest_usage (lab_id, day, bytes, records) \
+                             VALUES ($1, $2, $3, 1) ON CONFLICT (lab_id, day) DO UPDATE \
+                             SET bytes = lab_ingest_usage.bytes + excluded.bytes, \
+                             records = lab_ingest_usage.records + 1",
+                        )
+                        .bind(&r.lab_id)
+                        .bind(utc_day(now_ms))
+                        .bind(i64::try_from(r.body.len()).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                    }
+                    Ok(stored)
+                })
             }
 
             async fn records_of_program(
                 &self,
                 lab_id: &str,
                 program_id: &str,
+                limit: i64,
             ) -> StorageResult<Vec<StoredRecord>> {
-                sqlx::query_as(
-                    "SELECT lab_id, epoch, seq, program_id, kind, body, received_at \
-                     FROM agent_records WHERE lab_id = $1 AND program_id = $2 \
-                     ORDER BY received_at, epoch, seq",
-                )
-                .bind(lab_id)
-                .bind(program_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)
+                let sql = format!(
+                    "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 AND program_id = $2 \
+                     ORDER BY received_at, epoch, seq LIMIT $3"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as(&sql)
+                        .bind(lab_id)
+                        .bind(program_id)
+                        .bind(limit.max(0))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn program_records_page(
+                &self,
+                lab_id: &str,
+                program_id: &str,
+                kind: &str,
+                after: Option<(i64, String, i64)>,
+                limit: i64,
+            ) -> StorageResult<Vec<StoredRecord>> {
+                let (at, epoch, seq) = after.unwrap_or((i64::MIN, String::new(), i64::MIN));
+                let sql = format!(
+                    "SELECT {RECORD_COLS} FROM agent_records \
+                     WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
+                     AND (received_at > $4 OR (received_at = $4 AND epoch > $5) \
+                          OR (received_at = $4 AND epoch = $5 AND seq > $6)) \
+                     ORDER BY received_at, epoch, seq LIMIT $7"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as(&sql)
+                        .bind(lab_id)
+                        .bind(program_id)
+                        .bind(kind)
+                        .bind(at)
+                        .bind(&epoch)
+                        .bind(seq)
+                        .bind(limit.max(0))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
             }
 
             async fn program_record_of_kind(
@@ -132,17 +218,20 @@ macro_rules! impl_record_storage {
                 program_id: &str,
                 kind: &str,
             ) -> StorageResult<Option<StoredRecord>> {
-                sqlx::query_as(
-                    "SELECT lab_id, epoch, seq, program_id, kind, body, received_at \
-                     FROM agent_records WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
-                     ORDER BY received_at, epoch, seq LIMIT 1",
-                )
-                .bind(lab_id)
-                .bind(program_id)
-                .bind(kind)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)
+                let sql = format!(
+                    "SELECT {RECORD_COLS} FROM agent_records \
+                     WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
+                     ORDER BY received_at, epoch, seq LIMIT 1"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as(&sql)
+                        .bind(lab_id)
+                        .bind(program_id)
+                        .bind(kind)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
             }
 
             async fn program_has_records(
@@ -150,15 +239,17 @@ macro_rules! impl_record_storage {
                 lab_id: &str,
                 program_id: &str,
             ) -> StorageResult<bool> {
-                let row: Option<(i64,)> = sqlx::query_as(
-                    "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
-                )
-                .bind(lab_id)
-                .bind(program_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)?;
-                Ok(row.is_some())
+                in_tx!(&self.pool, tx, {
+                    let row: Option<(i64,)> = sqlx::query_as(
+                        "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
+                    )
+                    .bind(lab_id)
+                    .bind(program_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(row.is_some())
+                })
             }
 
             async fn max_record_seq(
@@ -166,15 +257,17 @@ macro_rules! impl_record_storage {
                 lab_id: &str,
                 epoch: &str,
             ) -> StorageResult<Option<i64>> {
-                let row: (Option<i64>,) = sqlx::query_as(
-                    "SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2",
-                )
-                .bind(lab_id)
-                .bind(epoch)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)?;
-                Ok(row.0)
+                in_tx!(&self.pool, tx, {
+                    let row: (Option<i64>,) = sqlx::query_as(
+                        "SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2",
+                    )
+                    .bind(lab_id)
+                    .bind(epoch)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(row.0)
+                })
             }
 
             async fn latest_measurement(
@@ -184,16 +277,33 @@ macro_rules! impl_record_storage {
             ) -> StorageResult<Option<StoredRecord>> {
                 // Walks `agent_records_recent` from the newest measurement down to the first
                 // match; the body is checked again by the caller when it parses it.
-                sqlx::query_as(
-                    "SELECT lab_id, epoch, seq, program_id, kind, body, received_at \
-                     FROM agent_records WHERE lab_id = $1 AND kind = 'measurement' \
-                     AND body LIKE $2 ESCAPE '!' ORDER BY received_at DESC LIMIT 1",
-                )
-                .bind(lab_id)
-                .bind(measurement_pattern(measurement_kind))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StorageError::from_sqlx)
+                let sql = format!(
+                    "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 \
+                     AND kind = 'measurement' AND body LIKE $2 ESCAPE '!' \
+                     ORDER BY received_at DESC LIMIT 1"
+                );
+                in_tx!(&self.pool, tx, {
+                    sqlx::query_as(&sql)
+                        .bind(lab_id)
+                        .bind(measurement_pattern(measurement_kind))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StorageError::from_sqlx)
+                })
+            }
+
+            async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage> {
+                in_tx!(&self.pool, tx, {
+                    let row: Option<IngestUsage> = sqlx::query_as(
+                        "SELECT bytes, records FROM lab_ingest_usage WHERE lab_id = $1 AND day = $2",
+                    )
+                    .bind(lab_id)
+                    .bind(day)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StorageError::from_sqlx)?;
+                    Ok(row.unwrap_or_default())
+                })
             }
         }
     };

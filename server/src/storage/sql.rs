@@ -1031,21 +1031,23 @@ macro_rules! impl_storage {
                 lab_id: &str,
                 organization_id: &str,
                 daily_quota: i64,
+                rights: &str,
                 now_ms: i64,
             ) -> $crate::storage::StorageResult<$crate::storage::LabShare> {
                 let mut tx = Self::scoped_tx(&self.pool).await?;
                 let result: $crate::storage::StorageResult<$crate::storage::LabShare> = async {
                     sqlx::query_as(
-                        "INSERT INTO lab_shares (lab_id, organization_id, daily_quota, created_at) \
-                         VALUES ($1, $2, $3, $4) \
+                        "INSERT INTO lab_shares (lab_id, organization_id, daily_quota, created_at, rights) \
+                         VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT (lab_id, organization_id) \
-                         DO UPDATE SET daily_quota = excluded.daily_quota \
-                         RETURNING lab_id, organization_id, daily_quota, created_at",
+                         DO UPDATE SET daily_quota = excluded.daily_quota, rights = excluded.rights \
+                         RETURNING lab_id, organization_id, daily_quota, created_at, rights",
                     )
                     .bind(lab_id)
                     .bind(organization_id)
                     .bind(daily_quota)
                     .bind(now_ms)
+                    .bind(rights)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err($crate::storage::StorageError::from_sqlx)
@@ -1092,7 +1094,7 @@ macro_rules! impl_storage {
                 let mut tx = Self::scoped_tx(&self.pool).await?;
                 let result: $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> = async {
                     sqlx::query_as(
-                        "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                        "SELECT lab_id, organization_id, daily_quota, created_at, rights FROM lab_shares \
                          WHERE lab_id = $1 ORDER BY created_at, organization_id",
                     )
                     .bind(lab_id)
@@ -1116,7 +1118,7 @@ macro_rules! impl_storage {
                 let mut tx = Self::scoped_tx(&self.pool).await?;
                 let result: $crate::storage::StorageResult<Vec<$crate::storage::LabShare>> = async {
                     sqlx::query_as(
-                        "SELECT lab_id, organization_id, daily_quota, created_at FROM lab_shares \
+                        "SELECT lab_id, organization_id, daily_quota, created_at, rights FROM lab_shares \
                          WHERE organization_id = $1 ORDER BY created_at, lab_id",
                     )
                     .bind(organization_id)

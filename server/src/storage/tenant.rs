@@ -31,14 +31,35 @@ tokio::task_local! {
     static TENANT: TenantScope;
 }
 
-/// The scope of the running task (`System` outside any scope).
+impl TenantScope {
+    /// The scope of nobody: no organisation, no lab. What a task outside any scope gets.
+    pub fn nobody() -> Self {
+        TenantScope::Principal {
+            user_id: String::new(),
+            org_ids: Vec::new(),
+            admin_org_ids: Vec::new(),
+            shared_lab_ids: Vec::new(),
+        }
+    }
+}
+
+/// The scope of the running task. Fails closed: a task outside any scope is [`TenantScope::nobody`]
+/// (no rows under row-level security), never the platform; platform work says so with [`system`].
 pub fn current() -> TenantScope {
-    TENANT.try_with(Clone::clone).unwrap_or(TenantScope::System)
+    TENANT.try_with(Clone::clone).unwrap_or_else(|_| {
+        tracing::debug!("storage call outside any tenant scope: runs as nobody");
+        TenantScope::nobody()
+    })
 }
 
 /// Runs `f` in `scope`.
 pub async fn scoped<F: Future>(scope: TenantScope, f: F) -> F::Output {
     TENANT.scope(scope, f).await
+}
+
+/// Runs the synchronous `f` in `scope` (to poll a stream inside a scope, one poll at a time).
+pub fn sync_scoped<R>(scope: TenantScope, f: impl FnOnce() -> R) -> R {
+    TENANT.sync_scope(scope, f)
 }
 
 /// Runs `f` as platform work, for operations whose proof is a secret token rather than a

@@ -137,7 +137,7 @@ export function LabPage({ id }: { id: string }) {
           </section>
         )}
       </div>
-      {lab.canQueue && (
+      {lab.canInstruct && (
         <div className="grid2">
           <section className="card">
             <h2>Instruction console</h2>

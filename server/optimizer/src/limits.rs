@@ -1,0 +1,178 @@
+//! Documented bounds on every optimizer setting and on the problem size each algorithm accepts.
+//!
+//! A campaign's settings come from a user: an unbounded `candidates` or `restarts` would let one
+//! campaign allocate or compute without limit inside the shared server. [`Algorithm::validate`]
+//! checks each field against the ranges below (the error names the field and its range), and
+//! [`Algorithm::max_observations`] caps the budget an algorithm may be run with (a GP's cost is
+//! cubic in the number of observations).
+
+use crate::{Algorithm, OptimizerError, Space};
+
+/// An inclusive range of a setting, as documented.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// The setting's name as written in `optimizerSettings`.
+    pub field: &'static str,
+    /// Smallest accepted value.
+    pub min: f64,
+    /// Largest accepted value.
+    pub max: f64,
+}
+
+impl Bound {
+    const fn new(field: &'static str, min: f64, max: f64) -> Self {
+        Self { field, min, max }
+    }
+
+    fn check(&self, algorithm: &str, value: f64) -> Result<(), OptimizerError> {
+        if value.is_finite() && value >= self.min && value <= self.max {
+            Ok(())
+        } else {
+            Err(OptimizerError::InvalidSettings(format!(
+                "{algorithm}.{} must be between {} and {} (got {value})",
+                self.field, self.min, self.max
+            )))
+        }
+    }
+}
+
+/// SNOBFIT: `p`, the expected share of class-4 (global) points.
+pub const SNOBFIT_P: Bound = Bound::new("p", 0.0, 1.0);
+/// BO: `initial_points` of the Sobol design.
+pub const BO_INITIAL_POINTS: Bound = Bound::new("initial_points", 1.0, 200.0);
+/// BO: `restarts` of the hyperparameter search.
+pub const BO_RESTARTS: Bound = Bound::new("restarts", 0.0, 20.0);
+/// BO: `refit_growth`, the data growth that triggers a refit.
+pub const BO_REFIT_GROWTH: Bound = Bound::new("refit_growth", 0.0, 10.0);
+/// BO: `candidates` per acquisition step.
+pub const BO_CANDIDATES: Bound = Bound::new("candidates", 16.0, 8192.0);
+/// Grid: `levels` per parameter (the full grid is also capped at 10⁶ points).
+pub const GRID_LEVELS: Bound = Bound::new("levels", 2.0, 1000.0);
+
+/// Every documented bound, by algorithm (for documentation and the API's error messages).
+pub const ALL: &[(&str, Bound)] = &[
+    ("snobfit", SNOBFIT_P),
+    ("bo", BO_INITIAL_POINTS),
+    ("bo", BO_RESTARTS),
+    ("bo", BO_REFIT_GROWTH),
+    ("bo", BO_CANDIDATES),
+    ("grid", GRID_LEVELS),
+];
+
+/// Most parameters a campaign's space may have.
+pub const MAX_DIMENSIONS: usize = 8;
+
+impl Algorithm {
+    /// Checks every setting against its documented [`Bound`].
+    pub fn validate(&self) -> Result<(), OptimizerError> {
+        let name = self.name();
+        match self {
+            Algorithm::Snobfit(s) => SNOBFIT_P.check(name, s.p),
+            Algorithm::Bo(s) => {
+                if let Some(n) = s.initial_points {
+                    BO_INITIAL_POINTS.check(name, n as f64)?;
+                }
+                BO_RESTARTS.check(name, s.restarts as f64)?;
+                BO_REFIT_GROWTH.check(name, s.refit_growth)?;
+                BO_CANDIDATES.check(name, s.candidates as f64)
+            }
+            Algorithm::Grid(s) => match s.levels {
+                Some(l) => GRID_LEVELS.check(name, f64::from(l)),
+                None => Ok(()),
+            },
+            Algorithm::Random | Algorithm::Sobol => Ok(()),
+        }
+    }
+
+    /// The most observations (the campaign budget) the algorithm is run with: a GP's fit is
+    /// cubic in them, SNOBFIT's neighbour search quadratic.
+    pub fn max_observations(&self) -> usize {
+        match self {
+            Algorithm::Bo(_) => 1_000,
+            Algorithm::Snobfit(_) => 5_000,
+            Algorithm::Random | Algorithm::Sobol | Algorithm::Grid(_) => 100_000,
+        }
+    }
+
+    /// Checks the settings and that the space is small enough for the algorithm.
+    pub fn validate_for(&self, space: &Space) -> Result<(), OptimizerError> {
+        self.validate()?;
+        if space.dim() > MAX_DIMENSIONS {
+            return Err(OptimizerError::InvalidSpace(format!(
+                "{} parameters; at most {MAX_DIMENSIONS} are supported",
+                space.dim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bo::BoSettings, snobfit::SnobfitSettings};
+
+    #[test]
+    fn defaults_are_within_their_bounds() {
+        for name in ["snobfit", "bo", "random", "sobol", "grid"] {
+            let a = Algorithm::from_name(name).expect("known");
+            assert!(a.validate().is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_settings_name_the_field_and_range() {
+        let huge = Algorithm::Bo(BoSettings {
+            candidates: 10_000_000_000,
+            ..BoSettings::default()
+        });
+        let err = huge
+            .validate()
+            .expect_err("too many candidates")
+            .to_string();
+        assert!(err.contains("bo.candidates"), "{err}");
+        assert!(err.contains("between 16 and 8192"), "{err}");
+        let nan = Algorithm::Snobfit(SnobfitSettings { p: f64::NAN });
+        assert!(nan.validate().expect_err("NaN").to_string().contains("p"));
+        let restarts = Algorithm::Bo(BoSettings {
+            restarts: 1_000,
+            ..BoSettings::default()
+        });
+        assert!(restarts
+            .validate()
+            .expect_err("restarts")
+            .to_string()
+            .contains("bo.restarts"));
+    }
+
+    #[test]
+    fn every_bound_is_checked_at_its_edges() {
+        for (algo, b) in ALL {
+            let set = |v: f64| -> Algorithm {
+                let mut fields = serde_json::Map::new();
+                fields.insert("kind".into(), (*algo).into());
+                let value = if b.field == "refit_growth" || b.field == "p" {
+                    serde_json::json!(v)
+                } else {
+                    serde_json::json!(v as u64)
+                };
+                fields.insert(b.field.into(), value);
+                serde_json::from_value(serde_json::Value::Object(fields)).expect("parses")
+            };
+            assert!(set(b.min).validate().is_ok(), "{algo}.{} min", b.field);
+            assert!(set(b.max).validate().is_ok(), "{algo}.{} max", b.field);
+            assert!(
+                set(b.max + 1.0).validate().is_err(),
+                "{algo}.{} max+1",
+                b.field
+            );
+            if b.min >= 1.0 {
+                assert!(
+                    set(b.min - 1.0).validate().is_err(),
+                    "{algo}.{} min-1",
+                    b.field
+                );
+            }
+        }
+    }
+}
