@@ -55,6 +55,10 @@ pub struct OptimizeBenchArgs {
     /// First landscape index.
     #[arg(long, default_value_t = 0)]
     pub first: u32,
+    /// Algorithm settings as a JSON object merged over the defaults (e.g.
+    /// `{"explore_every": 4}` for bo, `{"p": 0.5}` for snobfit).
+    #[arg(long, value_name = "JSON")]
+    pub settings: Option<String>,
     /// Write the family's landscape files to DIR/CLASS/NAME.toml and exit.
     #[arg(long, value_name = "DIR")]
     pub write_family: Option<std::path::PathBuf>,
@@ -124,14 +128,32 @@ fn load_landscape(arg: &str) -> anyhow::Result<Landscape> {
     Landscape::from_toml_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Run the benchmark and print the result.
-pub fn run(args: OptimizeBenchArgs) -> anyhow::Result<()> {
+/// The optimizer named by `--optimizer`, with `--settings` merged over its defaults.
+pub fn algorithm_from_args(args: &OptimizeBenchArgs) -> anyhow::Result<Algorithm> {
     let algorithm = Algorithm::from_name(&args.optimizer).with_context(|| {
         format!(
             "unknown optimizer {:?} (snobfit, bo, random, sobol, grid)",
             args.optimizer
         )
     })?;
+    let Some(text) = &args.settings else {
+        return Ok(algorithm);
+    };
+    let mut v = serde_json::to_value(&algorithm)?;
+    let extra: serde_json::Value =
+        serde_json::from_str(text).context("--settings must be a JSON object")?;
+    let (Some(obj), Some(add)) = (v.as_object_mut(), extra.as_object()) else {
+        anyhow::bail!("--settings must be a JSON object");
+    };
+    for (k, x) in add {
+        obj.insert(k.clone(), x.clone());
+    }
+    serde_json::from_value(v).context("--settings do not fit the optimizer")
+}
+
+/// Run the benchmark and print the result.
+pub fn run(args: OptimizeBenchArgs) -> anyhow::Result<()> {
+    let algorithm = algorithm_from_args(&args)?;
     anyhow::ensure!(args.batch >= 1, "--batch must be ≥ 1");
     if let Some(classes) = &args.family {
         return run_family(&args, classes, &algorithm);

@@ -38,8 +38,7 @@ fn main() -> anyhow::Result<()> {
         return cli_optimize_bench::run(cli.bench);
     }
     let landscape = Landscape::builtin(&cli.bench.landscape)?;
-    let mut algorithm = Algorithm::from_name(&cli.bench.optimizer)
-        .ok_or_else(|| anyhow::anyhow!("unknown optimizer"))?;
+    let mut algorithm = cli_optimize_bench::algorithm_from_args(&cli.bench)?;
     if let Algorithm::Bo(s) = &mut algorithm {
         if cli.refit_always {
             s.refit_growth = 0.0;
