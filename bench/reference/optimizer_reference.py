@@ -366,7 +366,12 @@ def main():
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--obs", type=int, default=250)
     ap.add_argument("--random-history", action="store_true")
+    ap.add_argument("--landscape-dir", help="run every *.toml in DIR (a generated family class, "
+                    "written by `optimize_bench --family C --write-family`) and pool the runs")
+    ap.add_argument("--count", type=int, default=0, help="with --landscape-dir: first COUNT files (0 = all)")
     a = ap.parse_args()
+    if a.landscape_dir:
+        return run_family_dir(a)
     L = load_landscape(a.landscape)
     check = L.eval(L.opt_x)
     if abs(check - L.opt_value) > 1e-3 * max(1.0, abs(L.opt_value)):
@@ -404,6 +409,37 @@ def main():
         extra = f" failed calls {failures}/{calls}" if a.optimizer == "sqsnobfit" else ""
         print(f'{L.name:<10} {a.optimizer:<10} batch {a.batch:>2}: median {med:>6} p90 {p90:>6} '
               f'reached {100 * reached:>5.0f}% ask {rep["ask_ms_median"]:.3f} ms (p90 {rep["ask_ms_p90"]:.3f}){extra}')
+
+
+def run_family_dir(a):
+    """Pooled figures over the landscapes of one directory, as `optimize_bench --family`:
+    every (landscape, seed) run counts once; median (unreached = inf), p90 nearest rank (null
+    below 90 % reached), worst reached, ask ms median and p99."""
+    files = sorted(f for f in os.listdir(a.landscape_dir) if f.endswith(".toml"))
+    if a.count:
+        files = files[:a.count]
+    make = OPTIMIZERS[a.optimizer]
+    runs, times, failures, calls = [], [], 0, 0
+    for fname in files:
+        L = load_landscape(os.path.join(a.landscape_dir, fname))
+        for seed in range(a.seeds):
+            r, _, t, fl, cl = run_seed(L, make, seed, a.batch, a.budget)
+            runs.append(r)
+            times += t
+            failures += fl
+            calls += cl
+    reached = sum(e is not None for e in runs) / max(1, len(runs))
+    rep = {
+        "family": os.path.basename(os.path.normpath(a.landscape_dir)), "optimizer": a.optimizer,
+        "batch": a.batch, "landscapes": len(files), "seeds": a.seeds, "budget": a.budget,
+        "reached": reached, "median_experiments": median_inf(runs),
+        "p90_experiments": nearest_rank(runs, 0.9) if reached >= 0.9 else None,
+        "worst_reached": max((e for e in runs if e is not None), default=None),
+        "ask_ms_median": float(np.median(times)) if times else 0.0,
+        "ask_ms_p99": float(np.percentile(times, 99)) if times else 0.0,
+        "failed_calls": failures, "calls": calls, "runs": runs,
+    }
+    print(json.dumps(rep), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 //!
 //! The crate does no I/O: callers read files and hand the text to [`Landscape::from_toml_str`].
 //! The paper's |CD| landscape is embedded ([`Landscape::paper`]), as are Branin and Hartmann-3.
+//! [`family`] generates seeded families of landscapes in the same format (issue #16).
 
 mod builtin;
+pub mod family;
 mod spec;
 
 use rand::Rng;
@@ -44,6 +46,9 @@ pub enum LandscapeError {
     /// No embedded landscape with that name.
     #[error("unknown built-in landscape {0:?} (known: paper, branin, hartmann3)")]
     UnknownBuiltin(String),
+    /// No generated family class or set with that name.
+    #[error("unknown landscape family class or set {0:?} (classes: narrow-broad, edge, twin, rugged, flow; sets: tune, test)")]
+    UnknownFamily(String),
 }
 
 /// Whether larger or smaller values are better.

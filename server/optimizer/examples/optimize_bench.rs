@@ -10,7 +10,7 @@ mod cli_optimize_bench;
 use clap::Parser;
 use cli_optimize_bench::OptimizeBenchArgs;
 use maosic_landscape::Landscape;
-use maosic_optimizer::bench::{ask_latency, ask_latency_random_history};
+use maosic_optimizer::bench::{ask_latency, ask_latency_random_history_clock};
 use maosic_optimizer::Algorithm;
 
 #[derive(Parser, Debug)]
@@ -30,6 +30,18 @@ struct Cli {
     /// BO: refit the hyperparameters on every ask (worst-case latency).
     #[arg(long)]
     refit_always: bool,
+    /// `--latency --random-history`: time with the thread's CPU clock instead of the wall clock
+    /// (what one step costs, not inflated by other load on a shared machine).
+    #[arg(long)]
+    cpu_time: bool,
+    /// Timed repeats for `--latency`.
+    #[arg(long, default_value_t = 21)]
+    repeats: usize,
+}
+
+fn thread_cpu_ms() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 * 1e-6
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,27 +50,32 @@ fn main() -> anyhow::Result<()> {
         return cli_optimize_bench::run(cli.bench);
     }
     let landscape = Landscape::builtin(&cli.bench.landscape)?;
-    let mut algorithm = Algorithm::from_name(&cli.bench.optimizer)
-        .ok_or_else(|| anyhow::anyhow!("unknown optimizer"))?;
+    let mut algorithm = cli_optimize_bench::algorithm_from_args(&cli.bench)?;
     if let Algorithm::Bo(s) = &mut algorithm {
         if cli.refit_always {
             s.refit_growth = 0.0;
         }
     }
     let mut t = if cli.random_history {
-        ask_latency_random_history(&landscape, algorithm, cli.obs, 21, 1)?
+        let t0 = std::time::Instant::now();
+        let wall = move || t0.elapsed().as_secs_f64() * 1e3;
+        let clock: &dyn Fn() -> f64 = if cli.cpu_time { &thread_cpu_ms } else { &wall };
+        ask_latency_random_history_clock(&landscape, algorithm, cli.obs, cli.repeats, 1, clock)?
     } else {
-        ask_latency(&landscape, algorithm, cli.obs, 21, 1)?
+        ask_latency(&landscape, algorithm, cli.obs, cli.repeats, 1)?
     };
     t.sort_by(f64::total_cmp);
     println!(
-        "{{\"landscape\":\"{}\",\"optimizer\":\"{}\",\"obs\":{},\"refit_always\":{},\"random_history\":{},\"ask_ms_median\":{:.3},\"ask_ms_max\":{:.3}}}",
+        "{{\"landscape\":\"{}\",\"optimizer\":\"{}\",\"obs\":{},\"refit_always\":{},\"random_history\":{},\"cpu_time\":{},\"repeats\":{},\"ask_ms_median\":{:.3},\"ask_ms_p99\":{:.3},\"ask_ms_max\":{:.3}}}",
         landscape.name(),
         cli.bench.optimizer,
         cli.obs,
         cli.refit_always,
         cli.random_history,
+        cli.cpu_time,
+        t.len(),
         t[t.len() / 2],
+        t[((0.99 * t.len() as f64).ceil() as usize).clamp(1, t.len()) - 1],
         t[t.len() - 1]
     );
     Ok(())

@@ -258,6 +258,22 @@ pub fn ask_latency_random_history(
     repeats: usize,
     seed: u64,
 ) -> Result<Vec<f64>, OptimizerError> {
+    let t0 = Instant::now();
+    ask_latency_random_history_clock(l, algorithm, n_obs, repeats, seed, &|| {
+        t0.elapsed().as_secs_f64() * 1e3
+    })
+}
+
+/// [`ask_latency_random_history`] timed with `now_ms` (e.g. the thread's CPU time, which a
+/// loaded machine does not inflate).
+pub fn ask_latency_random_history_clock(
+    l: &Landscape,
+    algorithm: Algorithm,
+    n_obs: usize,
+    repeats: usize,
+    seed: u64,
+    now_ms: &dyn Fn() -> f64,
+) -> Result<Vec<f64>, OptimizerError> {
     let spec = spec_for(l, algorithm, seed);
     let space = spec.space.clone();
     let mut opt = Optimizer::new(spec)?;
@@ -283,10 +299,10 @@ pub fn ask_latency_random_history(
     let mut out = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let mut c = opt.clone();
-        let t0 = Instant::now();
+        let t0 = now_ms();
         c.tell(&last, Observation::with_sd(y, l.noise_sd()))?;
         let _ = c.ask(1);
-        out.push(t0.elapsed().as_secs_f64() * 1e3);
+        out.push(now_ms() - t0);
     }
     Ok(out)
 }
@@ -323,4 +339,116 @@ pub fn ask_latency(
         out.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(out)
+}
+
+/// Pooled outcome of one optimizer over several landscapes (a generated family class) and
+/// several seeds each: every (landscape, seed) run counts once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FamilyReport {
+    /// Family class (or any label for the landscape set).
+    pub family: String,
+    /// Optimizer name.
+    pub optimizer: String,
+    /// Points per ask.
+    pub batch: usize,
+    /// Landscapes in the set.
+    pub landscapes: usize,
+    /// Seeds per landscape.
+    pub seeds: u32,
+    /// Budget per run.
+    pub budget: usize,
+    /// Share of runs that reached the target within the budget.
+    pub reached: f64,
+    /// Median experiments to the target over all runs (unreached = ∞; null if the median is ∞).
+    pub median_experiments: Option<f64>,
+    /// 90th percentile, nearest rank (null when fewer than 90 % of the runs reached).
+    pub p90_experiments: Option<f64>,
+    /// Largest experiments-to-target among the runs that reached it.
+    pub worst_reached: Option<f64>,
+    /// Median time of one ask plus the tells of its batch (ms), over all calls of all runs.
+    pub ask_ms_median: f64,
+    /// 99th percentile of that time (ms).
+    pub ask_ms_p99: f64,
+    /// Experiments to target per run, landscape-major (null = not reached).
+    pub runs: Vec<Option<usize>>,
+}
+
+/// Header of [`FamilyReport::table_row`].
+pub const FAMILY_TABLE_HEADER: &str =
+    "family        optimizer  batch  lands  seeds  median    p90  worst  reached  ask ms (median)  ask ms (p99)";
+
+impl FamilyReport {
+    /// One fixed-width table row (`-` for null figures).
+    pub fn table_row(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        format!(
+            "{:<13} {:<10} {:>5} {:>6} {:>6} {:>7} {:>6} {:>6} {:>7.1}% {:>16.3} {:>13.3}",
+            self.family,
+            self.optimizer,
+            self.batch,
+            self.landscapes,
+            self.seeds,
+            f(self.median_experiments),
+            f(self.p90_experiments),
+            f(self.worst_reached),
+            100.0 * self.reached,
+            self.ask_ms_median,
+            self.ask_ms_p99
+        )
+    }
+}
+
+/// Run `algorithm` on every landscape for seeds 0..`seeds` and pool the runs.
+pub fn run_family(
+    family: &str,
+    landscapes: &[Landscape],
+    algorithm: &Algorithm,
+    batch: usize,
+    seeds: u32,
+    budget: usize,
+) -> Result<FamilyReport, OptimizerError> {
+    let mut runs = Vec::new();
+    let mut times = Vec::new();
+    for l in landscapes {
+        let cfg = BenchConfig {
+            landscape: l.clone(),
+            algorithm: algorithm.clone(),
+            batch,
+            seeds,
+            budget,
+            fraction: 0.05,
+            tell_sd: true,
+        };
+        for seed in 0..seeds {
+            let (r, t) = run_seed(&cfg, seed)?;
+            runs.push(r.experiments);
+            times.extend(t);
+        }
+    }
+    let exps: Vec<Option<f64>> = runs.iter().map(|e| e.map(|e| e as f64)).collect();
+    let n_reached = exps.iter().filter(|e| e.is_some()).count();
+    let reached = if exps.is_empty() {
+        0.0
+    } else {
+        n_reached as f64 / exps.len() as f64
+    };
+    Ok(FamilyReport {
+        family: family.to_string(),
+        optimizer: algorithm.name().to_string(),
+        batch,
+        landscapes: landscapes.len(),
+        seeds,
+        budget,
+        reached,
+        median_experiments: percentile(&exps, 0.5),
+        p90_experiments: if reached >= 0.9 {
+            nearest_rank(&exps, 0.9)
+        } else {
+            None
+        },
+        worst_reached: exps.iter().flatten().copied().reduce(f64::max),
+        ask_ms_median: ms_percentile(&mut times.clone(), 0.5),
+        ask_ms_p99: ms_percentile(&mut times, 0.99),
+        runs,
+    })
 }

@@ -30,6 +30,22 @@ pub struct BoSettings {
     pub candidates: usize,
     /// Allow proposing an already measured point (a re-measurement) when EI prefers it.
     pub allow_remeasure: bool,
+    /// Every `explore_every`-th model-based proposal is a space-filling point instead of the EI
+    /// maximiser: the candidate farthest (in the unit cube) from every measured and pending
+    /// point. Keeps BO from locking onto the first basin it finds (issue #16); 0 = never.
+    pub explore_every: usize,
+    /// Standard deviation of the log-normal prior on the length scales (natural-log units,
+    /// centred at 0.25 of the range); larger admits narrow peaks more readily.
+    pub ls_prior_sd: f64,
+    /// Random restarts of the hyperparameter search once a fit exists and the data set has at
+    /// least 30 points (the warm start from the last fit and the default start always run).
+    pub warm_restarts: usize,
+    /// EI is refined by grid hill-climbing from this many of the best candidates (0 = off).
+    pub refine_starts: usize,
+    /// Every `local_every`-th model-based proposal (offset 1) maximises EI of a local GP,
+    /// refitted on the 10·d + 10 points nearest the incumbent, inside their bounding trust box
+    /// (TuRBO-like; resolves a narrow peak the global length scales smooth over); 0 = never.
+    pub local_every: usize,
 }
 
 impl Default for BoSettings {
@@ -40,6 +56,11 @@ impl Default for BoSettings {
             refit_growth: 0.1,
             candidates: 512,
             allow_remeasure: false,
+            explore_every: 3,
+            ls_prior_sd: 1.0,
+            warm_restarts: 1,
+            refine_starts: 0,
+            local_every: 0,
         }
     }
 }
@@ -58,7 +79,7 @@ pub struct Hyper {
 const LS_BOUNDS: (f64, f64) = (-4.6, 1.6); // 0.01 .. 5
 const SF2_BOUNDS: (f64, f64) = (-3.0, 3.0); // 0.05 .. 20
 const SN2_BOUNDS: (f64, f64) = (-13.8, 0.0); // 1e-6 .. 1
-const LS_PRIOR: (f64, f64) = (-1.4, 1.0); // ln 0.25, sd 1
+const LS_PRIOR: (f64, f64) = (-1.4, 1.0); // ln 0.25, default sd 1 (`BoSettings::ls_prior_sd`)
 
 impl Hyper {
     fn to_vec(&self) -> Vec<f64> {
@@ -137,7 +158,7 @@ impl Gp {
     }
 
     /// Negative log marginal likelihood (plus the length-scale prior).
-    fn nlml(x: &[Vec<f64>], y: &[f64], extra: &[f64], h: &Hyper) -> f64 {
+    fn nlml(x: &[Vec<f64>], y: &[f64], extra: &[f64], h: &Hyper, prior_sd: f64) -> f64 {
         let Some(gp) = Self::build(x, y, extra, h) else {
             return f64::INFINITY;
         };
@@ -147,7 +168,7 @@ impl Gp {
         let prior: f64 = h
             .log_ls
             .iter()
-            .map(|l| 0.5 * ((l - LS_PRIOR.0) / LS_PRIOR.1).powi(2))
+            .map(|l| 0.5 * ((l - LS_PRIOR.0) / prior_sd).powi(2))
             .sum();
         let v = fit + logdet + prior;
         if v.is_finite() {
@@ -338,6 +359,9 @@ pub struct Bo {
     sobol_seed: u32,
     initial_asked: usize,
     asks: u32,
+    /// Model-based proposals made so far (counts the `explore_every` cycle).
+    #[serde(default)]
+    model_asks: u64,
 }
 
 impl Bo {
@@ -365,6 +389,7 @@ impl Bo {
             sobol_seed: (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32,
             initial_asked: 0,
             asks: 0,
+            model_asks: 0,
         })
     }
 
@@ -437,7 +462,24 @@ impl Bo {
             let Some(gp) = Gp::build(&train_x, &train_y, &train_extra, &h) else {
                 break;
             };
-            let Some((x, mu)) = self.maximise_ei(&gp, &train_x, &seen) else {
+            self.model_asks = self.model_asks.wrapping_add(1);
+            let explore = self.settings.explore_every > 0
+                && self
+                    .model_asks
+                    .is_multiple_of(self.settings.explore_every as u64);
+            let local = !explore
+                && self.settings.local_every > 0
+                && self.model_asks % self.settings.local_every as u64
+                    == 1 % self.settings.local_every as u64;
+            let pick = if explore {
+                self.farthest_point(&gp, &train_x, &seen)
+            } else if local {
+                self.local_step(&gp, &h, &train_x, &train_y, &train_extra, &seen)
+                    .or_else(|| self.maximise_ei(&gp, &train_x, &seen))
+            } else {
+                self.maximise_ei(&gp, &train_x, &seen)
+            };
+            let Some((x, mu)) = pick else {
                 break;
             };
             let xunit = self.space.to_unit(&x);
@@ -506,13 +548,23 @@ impl Bo {
         // Above FIT_MAX points the likelihood is maximised on a subset: the FIT_MAX/2 best
         // points plus an even stride through the rest (a refit at 250 points takes ≈ 50 ms).
         let (xs, ys, es) = fit_subset(x, y, extra);
-        let cost = |v: &[f64]| Gp::nlml(&xs, &ys, &es, &Hyper::from_vec(v));
+        let prior_sd = if self.settings.ls_prior_sd > 0.0 {
+            self.settings.ls_prior_sd
+        } else {
+            LS_PRIOR.1
+        };
+        let cost = |v: &[f64]| Gp::nlml(&xs, &ys, &es, &Hyper::from_vec(v), prior_sd);
         let mut starts: Vec<Vec<f64>> = Vec::new();
         if let Some(h) = &self.hyper {
             starts.push(h.to_vec());
         }
         starts.push(Hyper::default_for(d).to_vec());
-        for _ in 0..self.settings.restarts {
+        let restarts = if self.hyper.is_some() && n >= 30 {
+            self.settings.warm_restarts
+        } else {
+            self.settings.restarts
+        };
+        for _ in 0..restarts {
             let mut v: Vec<f64> = (0..d).map(|_| self.rng.random_range(-3.0..0.5)).collect();
             v.push(self.rng.random_range(-1.0..1.0));
             v.push(self.rng.random_range(-9.0..-1.0));
@@ -529,6 +581,148 @@ impl Bo {
             self.hyper = Some(Hyper::from_vec(&v));
             self.fitted_n = n;
         }
+    }
+
+    /// EI of a GP fitted to the points nearest the incumbent, maximised in their bounding box.
+    /// Returns the point and the *global* posterior mean there (standardised).
+    #[allow(clippy::too_many_arguments)]
+    fn local_step(
+        &mut self,
+        gp: &Gp,
+        h: &Hyper,
+        train_x: &[Vec<f64>],
+        train_y: &[f64],
+        train_extra: &[f64],
+        seen: &BTreeSet<Vec<i64>>,
+    ) -> Option<(Vec<f64>, f64)> {
+        let d = self.space.dim();
+        let k = (10 * d + 10).min(train_x.len());
+        if k < d + 3 {
+            return None;
+        }
+        let means = gp.predict_mean(train_x);
+        let ibest = (0..train_x.len()).min_by(|&a, &b| means[a].total_cmp(&means[b]))?;
+        let c = &train_x[ibest];
+        let mut order: Vec<usize> = (0..train_x.len()).collect();
+        let dist2 = |i: usize| -> f64 {
+            train_x[i]
+                .iter()
+                .zip(c)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum()
+        };
+        order.sort_by(|&a, &b| dist2(a).total_cmp(&dist2(b)));
+        order.truncate(k);
+        let lx: Vec<Vec<f64>> = order.iter().map(|&i| train_x[i].clone()).collect();
+        let raw: Vec<f64> = order.iter().map(|&i| train_y[i]).collect();
+        let m = raw.iter().sum::<f64>() / k as f64;
+        let sd = (raw.iter().map(|v| (v - m).powi(2)).sum::<f64>() / k as f64).sqrt();
+        let sd = if sd > 1e-12 { sd } else { 1.0 };
+        let ly: Vec<f64> = raw.iter().map(|v| (v - m) / sd).collect();
+        let le: Vec<f64> = order.iter().map(|&i| train_extra[i] / (sd * sd)).collect();
+        let prior_sd = if self.settings.ls_prior_sd > 0.0 {
+            self.settings.ls_prior_sd
+        } else {
+            LS_PRIOR.1
+        };
+        let cost = |v: &[f64]| Gp::nlml(&lx, &ly, &le, &Hyper::from_vec(v), prior_sd);
+        let mut best_h: Option<(Vec<f64>, f64)> = None;
+        for start in [h.to_vec(), Hyper::default_for(d).to_vec()] {
+            let (v, cst) = nelder_mead(&cost, &start, 0.7, 30 * (d + 2));
+            if cst.is_finite() && best_h.as_ref().is_none_or(|b| cst < b.1) {
+                best_h = Some((v, cst));
+            }
+        }
+        let lh = Hyper::from_vec(&best_h?.0);
+        let lgp = Gp::build(&lx, &ly, &le, &lh)?;
+        let lmeans = lgp.predict_mean(&lx);
+        let tau = lmeans.iter().copied().fold(f64::INFINITY, f64::min);
+        // trust box: the bounding box of the local points, at least 4 grid steps wide
+        let dxu: Vec<f64> = self
+            .space
+            .parameters
+            .iter()
+            .map(|p| p.step() / (p.upper - p.lower))
+            .collect();
+        let lo: Vec<f64> = (0..d)
+            .map(|j| {
+                let m = lx.iter().map(|x| x[j]).fold(f64::INFINITY, f64::min);
+                m.min(c[j] - 2.0 * dxu[j]).max(0.0)
+            })
+            .collect();
+        let hi: Vec<f64> = (0..d)
+            .map(|j| {
+                let m = lx.iter().map(|x| x[j]).fold(f64::NEG_INFINITY, f64::max);
+                m.max(c[j] + 2.0 * dxu[j]).min(1.0)
+            })
+            .collect();
+        let seed = self.sobol_seed ^ self.asks.wrapping_mul(0x1656_67B1) ^ 0x0F0F_0F0F;
+        let mut cands: Vec<Vec<f64>> = (0..256)
+            .map(|i| {
+                let u = sobol_point(i as u32, d, seed);
+                let x: Vec<f64> = (0..d).map(|j| lo[j] + u[j] * (hi[j] - lo[j])).collect();
+                self.space.snap(&self.space.from_unit(&x))
+            })
+            .filter(|x| self.settings.allow_remeasure || !seen.contains(&self.space.grid_index(x)))
+            .collect();
+        cands.sort_by_key(|a| self.space.grid_index(a));
+        cands.dedup();
+        if cands.is_empty() {
+            return None;
+        }
+        let units: Vec<Vec<f64>> = cands.iter().map(|x| self.space.to_unit(x)).collect();
+        let (mu, var) = lgp.predict(&units);
+        let mut scored: Vec<(f64, usize)> = (0..units.len())
+            .map(|i| (expected_improvement(mu[i], var[i].sqrt(), tau), i))
+            .filter(|(e, _)| e.is_finite())
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let &(e0, i0) = scored.first()?;
+        let mut best = (e0, cands[i0].clone());
+        for &(e, i) in scored.iter().take(2) {
+            let (e2, x2, _) = self.climb_ei(&lgp, tau, e, cands[i].clone(), mu[i], seen);
+            if e2 > best.0 {
+                best = (e2, x2);
+            }
+        }
+        let gmu = gp.predict_mean(&[self.space.to_unit(&best.1)])[0];
+        Some((best.1, gmu))
+    }
+
+    /// The Sobol candidate farthest from every training point (measured or pending), snapped
+    /// to the grid; returns it with its posterior mean.
+    fn farthest_point(
+        &mut self,
+        gp: &Gp,
+        train_x: &[Vec<f64>],
+        seen: &BTreeSet<Vec<i64>>,
+    ) -> Option<(Vec<f64>, f64)> {
+        let d = self.space.dim();
+        let seed = self.sobol_seed ^ self.asks.wrapping_mul(0x27D4_EB2F) ^ 0x5A5A_5A5A;
+        let mut best: Option<(f64, Vec<f64>)> = None;
+        for i in 0..self.settings.candidates.max(256) {
+            let u = sobol_point(i as u32, d, seed);
+            let x = self.space.snap(&self.space.from_unit(&u));
+            if seen.contains(&self.space.grid_index(&x)) {
+                continue;
+            }
+            let xu = self.space.to_unit(&x);
+            let dmin = train_x
+                .iter()
+                .map(|t| {
+                    t.iter()
+                        .zip(&xu)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f64>()
+                })
+                .fold(f64::INFINITY, f64::min);
+            if best.as_ref().is_none_or(|b| dmin > b.0) {
+                best = Some((dmin, x));
+            }
+        }
+        let (_, x) = best?;
+        let mu = gp.predict_mean(&[self.space.to_unit(&x)])[0];
+        Some((x, mu))
     }
 
     /// Best EI over Sobol and local candidates (snapped to the grid). Returns the point and
@@ -573,14 +767,71 @@ impl Bo {
         }
         let units: Vec<Vec<f64>> = snapped.iter().map(|x| self.space.to_unit(x)).collect();
         let (mu, var) = gp.predict(&units);
-        let mut best: Option<(usize, f64)> = None;
-        for i in 0..units.len() {
-            let ei = expected_improvement(mu[i], var[i].sqrt(), tau);
-            if ei.is_finite() && best.is_none_or(|b| ei > b.1) {
-                best = Some((i, ei));
+        let mut scored: Vec<(f64, usize)> = (0..units.len())
+            .map(|i| (expected_improvement(mu[i], var[i].sqrt(), tau), i))
+            .filter(|(ei, _)| ei.is_finite())
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let &(ei0, i0) = scored.first()?;
+        let mut best = (ei0, snapped[i0].clone(), mu[i0]);
+        // Acquisition refinement on the grid: steepest ascent of EI over the ±k-step
+        // neighbourhoods (k = 8, 2, 1 grid steps) from the best few candidates.
+        for &(ei, i) in scored.iter().take(self.settings.refine_starts) {
+            let (e, x, m) = self.climb_ei(gp, tau, ei, snapped[i].clone(), mu[i], seen);
+            if e > best.0 {
+                best = (e, x, m);
             }
         }
-        let (i, _) = best?;
-        Some((snapped[i].clone(), mu[i]))
+        Some((best.1, best.2))
+    }
+
+    fn climb_ei(
+        &self,
+        gp: &Gp,
+        tau: f64,
+        mut ei: f64,
+        mut x: Vec<f64>,
+        mut mu: f64,
+        seen: &BTreeSet<Vec<i64>>,
+    ) -> (f64, Vec<f64>, f64) {
+        let d = self.space.dim();
+        let dx = self.space.dx();
+        for k in [8.0, 2.0, 1.0] {
+            for _ in 0..12 {
+                let mut nb: Vec<Vec<f64>> = Vec::with_capacity(2 * d);
+                for j in 0..d {
+                    for s in [-k, k] {
+                        let mut q = x.clone();
+                        q[j] += s * dx[j];
+                        let q = self.space.snap(&q);
+                        if q != x
+                            && (self.settings.allow_remeasure
+                                || !seen.contains(&self.space.grid_index(&q)))
+                        {
+                            nb.push(q);
+                        }
+                    }
+                }
+                if nb.is_empty() {
+                    break;
+                }
+                let units: Vec<Vec<f64>> = nb.iter().map(|q| self.space.to_unit(q)).collect();
+                let (m, v) = gp.predict(&units);
+                let mut moved = false;
+                for i in 0..nb.len() {
+                    let e = expected_improvement(m[i], v[i].sqrt(), tau);
+                    if e.is_finite() && e > ei * (1.0 + 1e-9) {
+                        ei = e;
+                        x = nb[i].clone();
+                        mu = m[i];
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        (ei, x, mu)
     }
 }

@@ -392,3 +392,60 @@ proptest! {
         prop_assert_eq!(o.ask(batch), r.ask(batch));
     }
 }
+
+/// A BO state stored before issue #16 (no `explore_every`, `ls_prior_sd`, `warm_restarts`,
+/// `refine_starts`, `local_every` settings, no `model_asks` counter) still loads and asks.
+#[test]
+fn bo_state_without_the_issue_16_fields_loads() {
+    let mut o = opt(Algorithm::from_name("bo").unwrap(), 3);
+    drive(&mut o, 8, 1, 0);
+    let mut v: serde_json::Value = serde_json::from_str(&o.state_json().unwrap()).unwrap();
+    let removed = [
+        "explore_every",
+        "ls_prior_sd",
+        "warm_restarts",
+        "refine_starts",
+        "local_every",
+    ];
+    for key in removed {
+        assert!(v["spec"]["algorithm"]
+            .as_object_mut()
+            .unwrap()
+            .remove(key)
+            .is_some());
+        assert!(v["engine"]["settings"]
+            .as_object_mut()
+            .unwrap()
+            .remove(key)
+            .is_some());
+    }
+    assert!(v["engine"]
+        .as_object_mut()
+        .unwrap()
+        .remove("model_asks")
+        .is_some());
+    let mut r = Optimizer::from_state_json(&v.to_string()).unwrap();
+    let p = r.ask(2);
+    assert_eq!(p.len(), 2);
+    assert!(p.iter().all(|q| on_grid(&paper_space(), &q.x)));
+}
+
+/// Every third model-based proposal is space-filling, and the local / refined acquisitions
+/// (opt-in) still propose valid new points.
+#[test]
+fn bo_exploration_and_local_steps_propose_valid_points() {
+    for settings in [
+        bo::BoSettings::default(),
+        bo::BoSettings {
+            local_every: 2,
+            refine_starts: 2,
+            ..Default::default()
+        },
+    ] {
+        let mut o = opt(Algorithm::Bo(settings), 5);
+        let xs = drive(&mut o, 40, 1, 0);
+        let distinct: BTreeSet<Vec<i64>> = xs.iter().map(|x| paper_space().grid_index(x)).collect();
+        assert_eq!(distinct.len(), xs.len());
+        assert!(xs.iter().all(|x| on_grid(&paper_space(), x)));
+    }
+}

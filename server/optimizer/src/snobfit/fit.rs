@@ -6,7 +6,7 @@ use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 
 use super::{sqdist, Snobfit};
-use crate::linalg::{lstsq, pinv};
+use crate::linalg::{lstsq, lstsq_floored, pinv};
 
 /// 1-D minimiser of a p² + b p over [lo, hi] (`snobqmin`).
 fn qmin(a: f64, b: f64, lo: f64, hi: f64) -> f64 {
@@ -48,7 +48,9 @@ pub(super) fn local_fit(s: &mut Snobfit, j: usize) {
         }
         b[r] = (s.points[q].f - f0) / sc;
     }
-    let g = lstsq(&a, &b);
+    // MATLAB v2.1 snoblocf: singular values floored at 1e-4·σ₁ (a regularised, never
+    // singular solve; SQSnobFit 0.4.5 dropped the floor).
+    let g = lstsq_floored(&a, &b, 1e-4);
     let resid = &a * &g - &b;
     let sigma = (resid.norm_squared() / (k - n) as f64).sqrt();
     let sigma = if sigma.is_finite() { sigma } else { 0.0 };

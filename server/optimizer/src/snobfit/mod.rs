@@ -414,8 +414,6 @@ impl Snobfit {
         let mut req: Vec<Req> = Vec::new();
         let mut ind: Vec<usize> = (0..nx).collect();
         let minsmall = ind.iter().map(|&i| self.points[i].small).min().unwrap_or(0);
-        let maxsmall = ind.iter().map(|&i| self.points[i].small).max().unwrap_or(0);
-        let m1 = (maxsmall - minsmall) / 3;
         let mut k: Vec<usize> = ind
             .iter()
             .copied()
@@ -508,39 +506,29 @@ impl Snobfit {
                 });
             }
         }
-        'outer: while req.len() < nreq && !ind.is_empty() {
-            for m0 in 0..=m1 {
-                // the best box of size level minsmall + m (or the next non-empty level)
-                let mut m = m0;
-                let levels: Vec<i64> = ind.iter().map(|&i| self.points[i].small).collect();
-                let maxlevel = levels.iter().copied().max().unwrap_or(minsmall);
-                while !levels.contains(&(minsmall + m)) {
-                    m += 1;
-                    if minsmall + m > maxlevel {
-                        m = levels.iter().copied().min().unwrap_or(minsmall) - minsmall;
-                        break;
-                    }
-                }
-                let l = ind
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.points[i].small == minsmall + m)
-                    .min_by(|&a, &b| self.points[a].f.total_cmp(&self.points[b].f));
-                let Some(l) = l else { break 'outer };
-                ind.retain(|&i| i != l);
-                let (y1, f1) = self.box_point(l);
-                if self.differ(&y1, &self.points[l].x, &self.dx)
-                    && req.iter().all(|r| self.differ(&r.x, &y1, &dyx))
-                {
-                    req.push(Req {
-                        x: y1,
-                        f: f1,
-                        class: 4,
-                    });
-                }
-                if req.len() >= nreq || ind.is_empty() {
-                    break 'outer;
-                }
+        // MATLAB v2.1 / SQSnobFit: repeatedly the lowest-f box among the largest remaining
+        // boxes (minimal `small`). (Before issue #16 this cycled through the size levels
+        // minsmall .. minsmall + (maxsmall − minsmall)/3, an undocumented deviation.)
+        while req.len() < nreq {
+            let Some(level) = ind.iter().map(|&i| self.points[i].small).min() else {
+                break;
+            };
+            let l = ind
+                .iter()
+                .copied()
+                .filter(|&i| self.points[i].small == level)
+                .min_by(|&a, &b| self.points[a].f.total_cmp(&self.points[b].f));
+            let Some(l) = l else { break };
+            ind.retain(|&i| i != l);
+            let (y1, f1) = self.box_point(l);
+            if self.differ(&y1, &self.points[l].x, &self.dx)
+                && req.iter().all(|r| self.differ(&r.x, &y1, &dyx))
+            {
+                req.push(Req {
+                    x: y1,
+                    f: f1,
+                    class: 4,
+                });
             }
         }
 
