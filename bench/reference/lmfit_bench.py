@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Reference side of the spectral-analysis benchmark: the same synthetic spectra through lmfit.
 
-Reads a JSON file written by `cargo bench -p maosic-analysis --bench fit_vs_lmfit`:
-  {"n_peaks": 3, "spectra": [{"x": [...], "y": [...],
-                              "truth": [[height, center_nm, fwhm_nm], ...]}, ...]}
+Reads a JSON file written by `cargo bench -p maosic-analysis --bench fit_vs_lmfit` (or
+`--bench fit_hard`):
+  {"n_peaks": 3, "baseline_degree": 1,
+   "spectra": [{"x": [...], "y": [...], "n_peaks": 3,
+                "truth": [[height, center_nm, fwhm_nm], ...]}, ...]}
+(a spectrum's own "n_peaks" overrides the top-level one; "baseline_degree" is 1 (LinearModel, the
+default) or 2 (PolynomialModel of degree 2))
 and prints one JSON object on stdout with per-spectrum results and timings.
 
 This is what a spectroscopist's lmfit script looks like: scipy.signal.find_peaks for the initial
 guesses (prominence above the noise, width at half prominence), then GaussianModel x N +
 LinearModel fitted with Levenberg-Marquardt (`leastsq`, lmfit's default method). Time per fit
-covers guessing and fitting, as on the Rust side.
+covers guessing and fitting, as on the Rust side; `times_s` is wall time, `cpu_times_s` the
+thread's CPU time (time.thread_time, CLOCK_THREAD_CPUTIME_ID).
 
 Pinned requirements: bench/reference/requirements-analysis.txt
 """
@@ -19,7 +24,7 @@ import sys
 import time
 
 import numpy as np
-from lmfit.models import GaussianModel, LinearModel
+from lmfit.models import GaussianModel, LinearModel, PolynomialModel
 from scipy.signal import find_peaks, savgol_filter
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -43,10 +48,14 @@ def guess(x, y, n_peaks):
     return out, (y0 - slope * x0, slope)
 
 
-def fit_one(x, y, n_peaks):
+def fit_one(x, y, n_peaks, baseline_degree=1):
     g, (intercept, slope) = guess(x, y, n_peaks)
-    model = LinearModel(prefix="bl_")
-    params = model.make_params(intercept=intercept, slope=slope)
+    if baseline_degree == 2:
+        model = PolynomialModel(degree=2, prefix="bl_")
+        params = model.make_params(c0=intercept, c1=slope, c2=0.0)
+    else:
+        model = LinearModel(prefix="bl_")
+        params = model.make_params(intercept=intercept, slope=slope)
     for j, (h, c, w) in enumerate(g):
         m = GaussianModel(prefix=f"p{j}_")
         sigma = max(w, 1e-3) / FWHM_PER_SIGMA
@@ -83,18 +92,22 @@ def fit_one(x, y, n_peaks):
 def main():
     with open(sys.argv[1]) as f:
         data = json.load(f)
-    n_peaks = data["n_peaks"]
+    n_peaks = data.get("n_peaks", 3)
+    degree = data.get("baseline_degree", 1)
     results = []
     times = []
+    cpu_times = []
     for s in data["spectra"]:
         x = np.asarray(s["x"], dtype=float)
         y = np.asarray(s["y"], dtype=float)
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         try:
-            r = fit_one(x, y, n_peaks)
+            r = fit_one(x, y, s.get("n_peaks", n_peaks), degree)
         except Exception as e:  # report, never hide
             r = {"success": False, "error": repr(e), "peaks": []}
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.thread_time() - c0)
         results.append(r)
     import lmfit
     import scipy
@@ -108,6 +121,7 @@ def main():
                 "lmfit": lmfit.__version__,
             },
             "times_s": times,
+            "cpu_times_s": cpu_times,
             "results": results,
         },
         sys.stdout,

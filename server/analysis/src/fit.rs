@@ -209,7 +209,8 @@ pub struct PeakFit {
     /// Baseline polynomial coefficients in the normalised coordinate t = (λ − mid) / half_range.
     pub baseline: Vec<Parameter>,
     pub statistics: FitStatistics,
-    /// Models compared when the number of peaks was automatic (empty for a fixed count).
+    /// Models fitted while choosing the number of peaks automatically, in the order tried (the
+    /// start, residual-driven additions and moves, removals); empty for a fixed count.
     pub model_selection: Vec<ModelCandidate>,
     /// Wavelength range that was fitted.
     pub window_nm: (f64, f64),
@@ -442,6 +443,7 @@ impl Problem<'_> {
         let mut rr = 0.0;
         let mut full = vec![0.0; all];
         let mut g = vec![0.0; n];
+        let mut nz: Vec<usize> = Vec::with_capacity(n);
         let profiles = self.profiles(&self.external);
         for i in 0..self.x.len() {
             let r = self.model(&profiles, &self.external, i, &mut full) - self.y[i];
@@ -453,12 +455,16 @@ impl Problem<'_> {
                 g.copy_from_slice(&full);
             }
             rr += r * r;
-            for a in 0..n {
+            // Only the non-zero entries: a peak's columns vanish far from it (the Gaussian is
+            // cut at 9σ), so a row touches the baseline and the peaks near the point.
+            nz.clear();
+            nz.extend((0..n).filter(|&a| g[a] != 0.0));
+            for (ia, &a) in nz.iter().enumerate() {
                 let ga = g[a];
                 jtr[a] += ga * r;
-                let row = &mut acc[a * n + a..(a + 1) * n];
-                for (dst, gb) in row.iter_mut().zip(&g[a..]) {
-                    *dst += ga * gb;
+                let row = &mut acc[a * n..(a + 1) * n];
+                for &b in &nz[ia..] {
+                    row[b] += ga * g[b];
                 }
             }
         }
@@ -694,7 +700,7 @@ pub fn guess_peaks(
         .max(1e-3 * span)
         .max(tiny);
     // (strength, guess)
-    let mut cands: Vec<(f64, PeakGuess)> = Vec::new();
+    let mut cands: Vec<((u8, f64), PeakGuess)> = Vec::new();
     for &sign in signs {
         let sig = smoothed.with_values(smoothed.values().iter().map(|a| sign * a).collect())?;
         let found = peaks::find_peaks(
@@ -719,8 +725,11 @@ pub fn guess_peaks(
             let raw = resid.with_values(resid.values().iter().map(|a| sign * a).collect())?;
             bands = peaks::curvature_bands(&raw, w2, 0.05)?;
         }
-        let mut taken = Vec::new();
-        for b in &bands {
+        // Every local maximum of the smoothed signal ranks before every shoulder: a resolved
+        // peak is real, however small, while curvature bands on the flanks of a tall peak can
+        // score high. A maximum takes the position and width of the curvature band under it
+        // (sharper for overlapping peaks); bands under no maximum are shoulders.
+        let band_guess = |b: &peaks::CurvatureBand| {
             let h = sig.values()[b.index];
             let fwhm = b
                 .inflection_width_nm
@@ -728,12 +737,46 @@ pub fn guess_peaks(
             // For a Gaussian, −y''·σ² equals the height; noise bands are narrow and score low.
             let sigma = fwhm / GAUSS_FWHM_PER_SIGMA;
             let strength = (-b.curvature * sigma * sigma).min(h);
+            (h, strength, fwhm)
+        };
+        let mut claimed = vec![false; bands.len()];
+        for p in &found {
+            let near = bands
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| {
+                    !claimed[*i] && (b.wavelength_nm - p.wavelength_nm).abs() < 0.5 * p.width_nm
+                })
+                .min_by(|a, b| {
+                    (a.1.wavelength_nm - p.wavelength_nm)
+                        .abs()
+                        .total_cmp(&(b.1.wavelength_nm - p.wavelength_nm).abs())
+                })
+                .map(|(i, _)| i);
+            let (center, fwhm) = match near {
+                Some(i) => {
+                    claimed[i] = true;
+                    let (_, _, fwhm) = band_guess(&bands[i]);
+                    (bands[i].wavelength_nm, fwhm.min(p.width_nm))
+                }
+                None => (p.wavelength_nm, p.width_nm),
+            };
+            cands.push((
+                (1, p.prominence),
+                PeakGuess {
+                    center_nm: center,
+                    height: sign * p.value,
+                    fwhm_nm: fwhm.max(2.0 * step),
+                },
+            ));
+        }
+        for (b, _) in bands.iter().zip(&claimed).filter(|(_, c)| !**c) {
+            let (h, strength, fwhm) = band_guess(b);
             if h < min_prom || strength < min_prom {
                 continue;
             }
-            taken.push(b.wavelength_nm);
             cands.push((
-                strength,
+                (0, strength),
                 PeakGuess {
                     center_nm: b.wavelength_nm,
                     height: sign * h,
@@ -741,61 +784,128 @@ pub fn guess_peaks(
                 },
             ));
         }
-        for p in &found {
-            if taken
-                .iter()
-                .any(|c| (c - p.wavelength_nm).abs() < 0.5 * p.width_nm)
-            {
-                continue;
-            }
-            cands.push((
-                p.prominence,
-                PeakGuess {
-                    center_nm: p.wavelength_nm,
-                    height: sign * p.value,
-                    fwhm_nm: p.width_nm.max(2.0 * step),
-                },
-            ));
-        }
     }
     if cands.is_empty() {
         return Err(FitError::NoPeaksFound { noise, span });
     }
-    cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+    cands.sort_by(|a, b| b.0 .0.cmp(&a.0 .0).then(b.0 .1.total_cmp(&a.0 .1)));
     Ok((cands.into_iter().map(|c| c.1).take(max).collect(), noise))
 }
 
-/// Guess for one more peak: the largest smoothed residual of `fit` on `spectrum`.
-fn residual_guess(spectrum: &Spectrum, fit: &PeakFit, allow_negative: bool) -> Option<PeakGuess> {
-    let x = spectrum.wavelength_nm();
-    let r: Vec<f64> = x
+/// A smoothed residual bump taller than this many standard deviations of the smoothed noise
+/// (σ/√w for a moving average over w points) is structure the model has not explained: the fit
+/// adds or moves a peak there. White noise alone exceeds 4 such σ about once in 10⁴ spectra
+/// of 2,048 points.
+pub const RESIDUAL_SIGMA: f64 = 6.0;
+/// Most add/swap rounds of the residual-driven repair of one fit.
+const MAX_REPAIR_ROUNDS: usize = 8;
+/// Evaluation budget (per parameter) of a repair's trial fit: a trial starts from a converged
+/// fit plus one moved peak and converges in a few dozen evaluations when it is any good; one
+/// that wanders is abandoned early instead of costing a full budget.
+const REPAIR_PATIENCE: usize = 12;
+
+/// The largest bump of the smoothed residual of a fit (original units).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bump {
+    guess: PeakGuess,
+    /// Points averaged by the smoothing (the smoothed noise is σ/√window).
+    window: usize,
+}
+
+/// Parameter vectors of the fitted peaks, for fast evaluation.
+fn peak_params(fit: &PeakFit) -> Vec<Vec<f64>> {
+    fit.peaks
         .iter()
-        .zip(spectrum.values())
-        .map(|(&xi, &yi)| yi - fit.model_at(xi))
-        .collect();
+        .map(|p| p.params.iter().map(|q| q.value).collect())
+        .collect()
+}
+
+/// Residual y − model (original units) at the prepared points.
+fn residuals(prep: &Prepared, fit: &PeakFit) -> Vec<f64> {
+    let params = peak_params(fit);
+    prep.x
+        .iter()
+        .zip(&prep.y)
+        .map(|(&x, &y)| {
+            let model = fit.baseline_at(x)
+                + params
+                    .iter()
+                    .map(|v| lineshape::eval(fit.shape, v, x))
+                    .sum::<f64>();
+            y * prep.scale + prep.offset - model
+        })
+        .collect()
+}
+
+/// Largest bump of the residual of `fit`, smoothed by a moving average about a quarter of the
+/// narrowest fitted peak wide (so a missing peak keeps its height and the noise shrinks), with its
+/// half-height width. Signed: negative bumps count only when negative peaks are allowed.
+fn residual_bump(prep: &Prepared, fit: &PeakFit, allow_negative: bool, sigma: f64) -> Option<Bump> {
+    let r = residuals(prep, fit);
+    // Junk peaks (stuck, or no taller than the noise) say nothing about the widths present.
+    let narrowest = fit
+        .peaks
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| !junk(fit, *j, sigma))
+        .map(|(_, p)| p.fwhm_nm)
+        .fold(f64::INFINITY, f64::min);
+    bump_of(prep, &r, narrowest, allow_negative)
+}
+
+/// Largest bump of residual `r` (any units) smoothed over about a quarter of `narrowest` nm.
+fn bump_of(prep: &Prepared, r: &[f64], narrowest: f64, allow_negative: bool) -> Option<Bump> {
     let n = r.len();
-    let w = odd((n / 50).clamp(5, 51));
-    let r = if w <= n {
-        preprocess::savgol_filter(&r, w, 2, 0, 1.0).ok()?
+    if n < 3 {
+        return None;
+    }
+    let pts = if narrowest.is_finite() && prep.step > 0.0 {
+        (0.25 * narrowest / prep.step).round() as usize
     } else {
-        r
+        5
     };
+    let w = odd(pts.clamp(3, 51)).min(if n & 1 == 1 { n } else { n - 1 });
+    let half = w / 2;
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    for v in r {
+        let last = prefix.last().copied().unwrap_or(0.0);
+        prefix.push(last + v);
+    }
+    let smoothed: Vec<f64> = (0..n)
+        .map(|i| {
+            let a = i.saturating_sub(half);
+            let b = (i + half + 1).min(n);
+            (prefix[b] - prefix[a]) / (b - a) as f64
+        })
+        .collect();
     let key = |v: f64| if allow_negative { v.abs() } else { v };
-    let (i, v) = r
+    let (i, v) = smoothed
         .iter()
         .copied()
         .enumerate()
         .max_by(|a, b| key(a.1).total_cmp(&key(b.1)))?;
-    if !allow_negative && v <= 0.0 {
+    if !(v.is_finite() && key(v) > 0.0) {
         return None;
     }
-    let mut widths: Vec<f64> = fit.peaks.iter().map(|p| p.fwhm_nm).collect();
-    widths.sort_by(f64::total_cmp);
-    let fwhm = widths.get(widths.len() / 2).copied()?;
-    Some(PeakGuess {
-        center_nm: x[i],
-        height: v,
-        fwhm_nm: fwhm,
+    let above = |k: usize| key(smoothed[k]) > 0.5 * key(v);
+    let mut lo = i;
+    while lo > 0 && above(lo - 1) {
+        lo -= 1;
+    }
+    let mut hi = i;
+    while hi + 1 < n && above(hi + 1) {
+        hi += 1;
+    }
+    let range = prep.window.1 - prep.window.0;
+    let fwhm = (prep.x[hi] - prep.x[lo]).clamp(3.0 * prep.step, 0.5 * range);
+    Some(Bump {
+        guess: PeakGuess {
+            center_nm: prep.x[i],
+            height: v,
+            fwhm_nm: fwhm,
+        },
+        window: w,
     })
 }
 
@@ -816,53 +926,367 @@ fn degenerate(fit: &PeakFit) -> bool {
         .any(|p| p.params.iter().take(3).any(|q| q.at_bound))
 }
 
-/// Best fit with `n` peaks: from detection guesses and, when that is missing or degenerate, by
-/// adding one peak at the largest residual of the best (n − 1)-peak fit.
-fn best_fit_n(
-    cropped: &Spectrum,
+/// Peak `j` is stuck at a bound or no taller than 3 noise σ: it explains nothing visible.
+fn junk(fit: &PeakFit, j: usize, sigma: f64) -> bool {
+    fit.peaks.get(j).is_some_and(|p| {
+        p.params.iter().take(3).any(|q| q.at_bound) || p.amplitude.abs() <= 3.0 * sigma
+    })
+}
+
+/// Peaks worth removing to make room for a new one, most likely first: a [`junk`] peak,
+/// the weakest peak (height² × width), and the weaker of the most overlapping pair.
+fn removal_candidates(fit: &PeakFit, sigma: f64) -> Vec<usize> {
+    let energy = |p: &FittedPeak| p.amplitude * p.amplitude * p.fwhm_nm;
+    let mut out = Vec::new();
+    if let Some(j) = (0..fit.peaks.len()).find(|&j| junk(fit, j, sigma)) {
+        out.push(j);
+    }
+    if let Some((j, _)) = fit
+        .peaks
+        .iter()
+        .enumerate()
+        .min_by(|a, b| energy(a.1).total_cmp(&energy(b.1)))
+    {
+        out.push(j);
+    }
+    // Peaks are sorted by center: neighbours are adjacent.
+    let closest = (1..fit.peaks.len()).min_by(|&a, &b| {
+        let sep = |k: usize| {
+            let (p, q) = (&fit.peaks[k - 1], &fit.peaks[k]);
+            (q.center_nm - p.center_nm) / (0.5 * (p.fwhm_nm + q.fwhm_nm)).max(f64::MIN_POSITIVE)
+        };
+        sep(a).total_cmp(&sep(b))
+    });
+    if let Some(k) = closest {
+        let j = if energy(&fit.peaks[k - 1]) <= energy(&fit.peaks[k]) {
+            k - 1
+        } else {
+            k
+        };
+        out.push(j);
+    }
+    let mut seen = Vec::new();
+    out.retain(|j| {
+        let new = !seen.contains(j);
+        seen.push(*j);
+        new
+    });
+    out
+}
+
+/// Detected guesses without near-duplicates (a weaker guess within a quarter of the narrower
+/// width of a stronger one is dropped); strongest first, as `guess_peaks` returns them.
+fn distinct(detected: &[PeakGuess]) -> Vec<PeakGuess> {
+    let mut out: Vec<PeakGuess> = Vec::new();
+    for g in detected {
+        let dup = out.iter().any(|o| {
+            (o.center_nm - g.center_nm).abs() < 0.25 * o.fwhm_nm.min(g.fwhm_nm)
+                && o.height.signum() == g.height.signum()
+        });
+        if !dup {
+            out.push(*g);
+        }
+    }
+    out
+}
+
+/// How a repair judges a changed model: a fixed count by χ², an automatic count by BIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    Fixed,
+    Auto,
+}
+
+/// Record of the models fitted along the way (for `PeakFit::model_selection`).
+#[derive(Default)]
+struct Trail {
+    tried: Vec<ModelCandidate>,
+    last_err: Option<FitError>,
+}
+
+impl Trail {
+    fn fit(
+        &mut self,
+        prep: &Prepared,
+        settings: &FitSettings,
+        guesses: &[PeakGuess],
+    ) -> Option<PeakFit> {
+        match fit_prepared(prep, settings, guesses) {
+            Ok(f) => {
+                self.tried.push(ModelCandidate {
+                    n_peaks: guesses.len(),
+                    bic: Some(f.statistics.bic),
+                    aic: Some(f.statistics.aic),
+                    error: None,
+                });
+                Some(f)
+            }
+            Err(e) => {
+                self.tried.push(ModelCandidate {
+                    n_peaks: guesses.len(),
+                    bic: None,
+                    aic: None,
+                    error: Some(e.to_string()),
+                });
+                self.last_err = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Residual-driven repair: while the smoothed residual has a bump above [`RESIDUAL_SIGMA`] σ,
+/// add a peak there (when the count allows it and, for an automatic count, the BIC drops) or move
+/// one (remove a candidate from [`removal_candidates`], add the bump) when χ² drops. Ends when the
+/// residual is clean or no change improves the fit.
+fn repair(
+    prep: &Prepared,
+    settings: &FitSettings,
+    mut fit: PeakFit,
+    limit: usize,
+    sigma: f64,
+    judge: Judge,
+    trail: &mut Trail,
+) -> PeakFit {
+    let trial = FitSettings {
+        patience: settings.patience.min(REPAIR_PATIENCE),
+        ..settings.clone()
+    };
+    let settings = &trial;
+    for _ in 0..MAX_REPAIR_ROUNDS {
+        let Some(bump) = residual_bump(prep, &fit, settings.allow_negative, sigma) else {
+            break;
+        };
+        let clean =
+            bump.guess.height.abs() <= RESIDUAL_SIGMA * sigma / (bump.window.max(1) as f64).sqrt();
+        let has_junk = (0..fit.peaks.len()).any(|j| junk(&fit, j, sigma));
+        if clean && !has_junk {
+            break;
+        }
+        let mut next: Option<PeakFit> = None;
+        let better = |cand: &PeakFit, best: &PeakFit, by_bic: bool| {
+            if by_bic {
+                cand.statistics.bic < best.statistics.bic
+            } else {
+                cand.statistics.chi_square < best.statistics.chi_square * (1.0 - 1e-9)
+            }
+        };
+        if !clean && fit.peaks.len() < limit {
+            let mut g = guesses_of(&fit);
+            g.push(bump.guess);
+            if let Some(c) = trail.fit(prep, settings, &g) {
+                if better(&c, &fit, judge == Judge::Auto) {
+                    next = Some(c);
+                }
+            }
+        }
+        if next.is_none() {
+            for j in removal_candidates(&fit, sigma) {
+                let mut g = guesses_of(&fit);
+                g.remove(j);
+                // A fixed count moves the peak to the bump (a stuck one too, however small the
+                // bump); an automatic count drops a stuck peak when the residual is clean.
+                let drop = clean && judge == Judge::Auto;
+                if !drop {
+                    g.push(bump.guess);
+                }
+                if g.is_empty() {
+                    continue;
+                }
+                let Some(c) = trail.fit(prep, settings, &g) else {
+                    continue;
+                };
+                // Moving a peak keeps the count (χ²); dropping a stuck one changes it (BIC).
+                let reference = next.as_ref().unwrap_or(&fit);
+                if better(&c, reference, drop) || (drop && next.is_none() && !degenerate(&c)) {
+                    next = Some(c);
+                }
+            }
+        }
+        match next {
+            Some(n) => fit = n,
+            None => break,
+        }
+    }
+    fit
+}
+
+/// Residuals (scaled units) of one linearised least-squares step from `guesses` (Gaussian
+/// profiles): heights, first-order center and width corrections, and the baseline, all linear.
+/// A cheap stand-in for the nonlinear fit when completing a set of guesses: small errors in the
+/// guessed centers and widths are absorbed, so the residual's largest bump marks a missing peak
+/// rather than a misplaced one. Also returns the guesses moved by that (damped) step. `None` when
+/// the system is singular.
+fn linear_residuals(
+    prep: &Prepared,
+    settings: &FitSettings,
+    guesses: &[PeakGuess],
+) -> Option<(Vec<f64>, Vec<PeakGuess>)> {
+    let n_base = settings.baseline.n_params();
+    let n_peak_cols = 3 * guesses.len();
+    let k = n_peak_cols + n_base;
+    let mut ata: DMatrix<f64> = DMatrix::zeros(k, k);
+    let mut atb: DVector<f64> = DVector::zeros(k);
+    let mut row = vec![0.0; k];
+    let profiles: Vec<lineshape::Profile> = guesses
+        .iter()
+        .map(|g| lineshape::Profile::new(LineShape::Gaussian, &[1.0, g.center_nm, g.fwhm_nm]))
+        .collect();
+    let fill = |i: usize, row: &mut [f64]| {
+        for (j, prof) in profiles.iter().enumerate() {
+            // Value and ∂/∂center, ∂/∂fwhm of a unit-height profile.
+            prof.eval(prep.x[i], &mut row[3 * j..3 * j + 3]);
+        }
+        let mut tp = 1.0;
+        for b in 0..n_base {
+            row[n_peak_cols + b] = tp;
+            tp *= prep.t[i];
+        }
+    };
+    for i in 0..prep.x.len() {
+        fill(i, &mut row);
+        let y = prep.y[i];
+        for a in 0..k {
+            atb[a] += row[a] * y;
+            for b in a..k {
+                ata[(a, b)] += row[a] * row[b];
+            }
+        }
+    }
+    for a in 0..k {
+        for b in 0..a {
+            ata[(a, b)] = ata[(b, a)];
+        }
+    }
+    let coef = ata.cholesky()?.solve(&atb);
+    let r: Vec<f64> = (0..prep.x.len())
+        .map(|i| {
+            fill(i, &mut row);
+            prep.y[i] - row.iter().zip(coef.iter()).map(|(a, c)| a * c).sum::<f64>()
+        })
+        .collect();
+    if !r.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    // The step itself, damped: height a, center + b/a, width + d/a (a·∂g ≈ the correction).
+    let stepped = guesses
+        .iter()
+        .enumerate()
+        .map(|(j, g)| {
+            let (a, b, d) = (coef[3 * j], coef[3 * j + 1], coef[3 * j + 2]);
+            let same_sign = a * g.height.signum() > 0.0 && a.is_finite();
+            if !same_sign {
+                return *g;
+            }
+            let dc = (b / a).clamp(-0.5 * g.fwhm_nm, 0.5 * g.fwhm_nm);
+            let w = (g.fwhm_nm + d / a).clamp(0.5 * g.fwhm_nm, 2.0 * g.fwhm_nm);
+            PeakGuess {
+                center_nm: g.center_nm + dc,
+                height: a * prep.scale,
+                fwhm_nm: w,
+            }
+        })
+        .collect();
+    Some((r, stepped))
+}
+
+/// Fits exactly `n` peaks: the `n` strongest distinct detected guesses, topped up at the
+/// residual's largest bump when fewer were detected, then [`repair`]ed.
+fn fit_fixed(
     prep: &Prepared,
     settings: &FitSettings,
     detected: &[PeakGuess],
     n: usize,
-    previous: Option<&PeakFit>,
-) -> Result<PeakFit, FitError> {
-    let mut best: Option<PeakFit> = None;
-    let mut err = None;
-    let mut consider = |r: Result<PeakFit, FitError>, best: &mut Option<PeakFit>| match r {
-        Ok(f) => {
-            if best
-                .as_ref()
-                .is_none_or(|b| f.statistics.chi_square < b.statistics.chi_square)
-            {
-                *best = Some(f);
+    sigma: f64,
+    trail: &mut Trail,
+) -> Option<PeakFit> {
+    let mut start: Vec<PeakGuess> = distinct(detected).into_iter().take(n).collect();
+    let detected_count = start.len();
+    // Fewer peaks stand out than asked for (most often an unresolved pair): complete the guesses
+    // at the largest bump of the residual of a linear fit (heights and baseline, centers and
+    // widths held), which costs one small solve instead of a nonlinear fit per added peak.
+    while (1..n).contains(&start.len()) {
+        let narrowest = start
+            .iter()
+            .map(|g| g.fwhm_nm)
+            .fold(f64::INFINITY, f64::min);
+        let bump = linear_residuals(prep, settings, &start)
+            .and_then(|(r, _)| bump_of(prep, &r, narrowest, settings.allow_negative));
+        match bump {
+            Some(b) => start.push(PeakGuess {
+                height: b.guess.height * prep.scale,
+                ..b.guess
+            }),
+            None => break,
+        }
+        if start.len() == n {
+            // One linearised step on the completed set shares the signal between the new guess
+            // and its neighbours before the nonlinear fit starts.
+            if let Some((_, stepped)) = linear_residuals(prep, settings, &start) {
+                start = stepped;
             }
         }
-        Err(e) => err = Some(e),
-    };
-    if detected.len() >= n {
-        consider(fit_prepared(prep, settings, &detected[..n]), &mut best);
     }
-    let need_more = best.as_ref().is_none_or(degenerate);
-    if need_more {
-        if let Some(prev) = previous {
-            if let Some(extra) = residual_guess(cropped, prev, settings.allow_negative) {
-                let mut g = guesses_of(prev);
-                g.push(extra);
-                consider(fit_prepared(prep, settings, &g), &mut best);
-            }
-        }
+    let mut fit = trail.fit(prep, settings, &start);
+    if fit.is_none() && detected_count > 0 && detected_count < start.len() {
+        // Without the split: the detected guesses alone, topped up from the residual below.
+        fit = trail.fit(prep, settings, &start[..detected_count.min(start.len())]);
     }
-    match best {
-        Some(b) => Ok(b),
-        None => Err(err.unwrap_or(FitError::NoPeaksFound {
-            noise: 0.0,
-            span: 0.0,
-        })),
+    if fit.is_none() && start.len() > 1 {
+        // Built up from the strongest guess instead.
+        fit = trail.fit(prep, settings, &start[..1]);
     }
+    let mut fit = fit?;
+    while fit.peaks.len() < n {
+        let bump = residual_bump(prep, &fit, settings.allow_negative, sigma)?;
+        let mut g = guesses_of(&fit);
+        g.push(bump.guess);
+        fit = trail.fit(prep, settings, &g)?;
+    }
+    Some(repair(prep, settings, fit, n, sigma, Judge::Fixed, trail))
 }
 
-/// Fits peaks to a spectrum: guesses, then Levenberg–Marquardt fits. With [`PeakCount::Auto`]
-/// models with 1..=max peaks are built up one peak at a time and the lowest BIC wins.
+/// Automatic count: all distinct detected guesses (at most `max`), [`repair`]ed under the BIC,
+/// then weakest peaks dropped while that lowers the BIC (at least one removal is always tried, so
+/// the chosen count is compared with one fewer).
+fn fit_auto(
+    prep: &Prepared,
+    settings: &FitSettings,
+    detected: &[PeakGuess],
+    max: usize,
+    sigma: f64,
+    trail: &mut Trail,
+) -> Option<PeakFit> {
+    let start: Vec<PeakGuess> = distinct(detected).into_iter().take(max).collect();
+    let mut fit = trail.fit(prep, settings, &start);
+    if fit.is_none() && start.len() > 1 {
+        fit = trail.fit(prep, settings, &start[..1]);
+    }
+    let mut fit = repair(prep, settings, fit?, max, sigma, Judge::Auto, trail);
+    while fit.peaks.len() > 1 {
+        let energy = |p: &FittedPeak| p.amplitude * p.amplitude * p.fwhm_nm;
+        let Some((j, _)) = fit
+            .peaks
+            .iter()
+            .enumerate()
+            .min_by(|a, b| energy(a.1).total_cmp(&energy(b.1)))
+        else {
+            break;
+        };
+        let mut g = guesses_of(&fit);
+        g.remove(j);
+        match trail.fit(prep, settings, &g) {
+            Some(c) if c.statistics.bic < fit.statistics.bic => fit = c,
+            _ => break,
+        }
+    }
+    Some(fit)
+}
+
+/// Fits peaks to a spectrum: detection guesses, a Levenberg–Marquardt fit, then a residual-driven
+/// repair that adds or moves peaks while the smoothed residual shows a bump above
+/// [`RESIDUAL_SIGMA`] noise σ (so a visible peak is never left out). [`PeakCount::Fixed`] keeps
+/// the count; [`PeakCount::Auto`] chooses 1..=max peaks by BIC.
 pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit, FitError> {
     validate(settings)?;
     let (cropped, prep) = prepare(spectrum, settings)?;
@@ -870,91 +1294,21 @@ pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit,
         PeakCount::Fixed(n) | PeakCount::Auto { max: n } => n,
     };
     let (detected, noise) = guess_peaks(&cropped, settings, max)?;
-    // A fit whose residuals are much larger than the noise sits in a wrong local minimum.
-    let adequate = |f: &PeakFit| {
-        !degenerate(f) && (noise <= 0.0 || f.statistics.reduced_chi_square <= 1.5 * noise * noise)
+    let mut trail = Trail::default();
+    let fit = match settings.peaks {
+        PeakCount::Fixed(n) => fit_fixed(&prep, settings, &detected, n, noise, &mut trail),
+        PeakCount::Auto { max } => fit_auto(&prep, settings, &detected, max, noise, &mut trail),
     };
-    // Fixed count: the fit from detected guesses, kept as the fallback if building the model
-    // up one peak at a time does no better.
-    let mut first_fit: Option<PeakFit> = None;
-    if let PeakCount::Fixed(n) = settings.peaks {
-        if detected.len() >= n {
-            let first = fit_prepared(&prep, settings, &detected[..n]);
-            if first.as_ref().is_ok_and(adequate) || n == 1 {
-                return first;
-            }
-            first_fit = first.ok();
-        }
-    }
-    let mut previous: Option<PeakFit> = None;
-    let mut best: Option<PeakFit> = None;
-    let mut candidates = Vec::new();
-    let mut last_err = None;
-    let (lo_n, hi_n) = match settings.peaks {
-        PeakCount::Fixed(n) => (1, n),
-        PeakCount::Auto { max } => (1, max),
-    };
-    for n in lo_n..=hi_n {
-        match best_fit_n(&cropped, &prep, settings, &detected, n, previous.as_ref()) {
-            Ok(fit) => {
-                candidates.push(ModelCandidate {
-                    n_peaks: n,
-                    bic: Some(fit.statistics.bic),
-                    aic: Some(fit.statistics.aic),
-                    error: None,
-                });
-                let better = match settings.peaks {
-                    PeakCount::Fixed(k) => n == k,
-                    PeakCount::Auto { .. } => best
-                        .as_ref()
-                        .is_none_or(|b| fit.statistics.bic < b.statistics.bic),
-                };
-                // Forward selection: one more peak that does not lower the BIC ends the search, and
-                // so do residuals already at the noise level (a further peak would only fit noise,
-                // and fits with a superfluous peak are the slowest to converge).
-                let at_noise =
-                    noise > 0.0 && fit.statistics.reduced_chi_square <= 1.2 * noise * noise;
-                let stop =
-                    matches!(settings.peaks, PeakCount::Auto { .. }) && (!better || at_noise);
-                if better {
-                    best = Some(fit.clone());
-                }
-                previous = Some(fit);
-                if stop {
-                    break;
-                }
-            }
-            Err(e) => {
-                candidates.push(ModelCandidate {
-                    n_peaks: n,
-                    bic: None,
-                    aic: None,
-                    error: Some(e.to_string()),
-                });
-                last_err = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(first) = first_fit {
-        if best
-            .as_ref()
-            .is_none_or(|b| first.statistics.chi_square < b.statistics.chi_square)
-        {
-            best = Some(first);
-        }
-    }
-    match best {
+    match fit {
         Some(mut fit) => {
             if matches!(settings.peaks, PeakCount::Auto { .. }) {
-                fit.model_selection = candidates;
+                fit.model_selection = trail.tried;
             }
             Ok(fit)
         }
-        None => Err(last_err.unwrap_or(FitError::NoPeaksFound {
-            noise: 0.0,
-            span: 0.0,
-        })),
+        None => Err(trail
+            .last_err
+            .unwrap_or(FitError::NoPeaksFound { noise, span: 0.0 })),
     }
 }
 

@@ -38,6 +38,7 @@
 //! - [`fit`]: bounded Levenberg–Marquardt multi-peak fits with standard errors and BIC selection.
 //! - [`features`]: first exciton peak, CD at it, CD extremum, g-factor; `analyse_experiment`.
 //! - [`objective`]: `maximize abs(cd_at_exciton)`-style expressions.
+//! - [`synth`]: seeded synthetic spectra with known truth (tests, benchmarks, end-to-end tests).
 
 pub mod csv;
 pub mod features;
@@ -47,6 +48,7 @@ pub mod objective;
 pub mod peaks;
 pub mod preprocess;
 pub mod spectrum;
+pub mod synth;
 
 pub use csv::{parse_spectrum_csv, CsvError};
 pub use features::{

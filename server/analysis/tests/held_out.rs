@@ -1,0 +1,82 @@
+//! Held-out accuracy tests of the fit on generated spectra (`maosic_analysis::synth`): seeds from
+//! `HELD_OUT_SEED_BASE` upwards, never used while tuning the fit (the benchmark `fit_hard` uses
+//! seeds 0..N). Not timed: fit times are measured by the benchmark.
+#![allow(clippy::unwrap_used)]
+
+use maosic_analysis::synth::{self, Family, HELD_OUT_SEED_BASE};
+use maosic_analysis::{fit_peaks, Baseline, FitSettings, LineShape, PeakCount};
+
+/// A visible peak: taller than this many noise standard deviations (issue #19's criterion).
+const VISIBLE_SIGMA: f64 = 10.0;
+
+fn settings(family: Family, peaks: PeakCount) -> FitSettings {
+    FitSettings {
+        shape: LineShape::Gaussian,
+        peaks,
+        baseline: match family {
+            Family::IssueThree => Baseline::Linear,
+            Family::Hard => Baseline::Quadratic,
+        },
+        ..FitSettings::default()
+    }
+}
+
+/// Fits `n` held-out spectra of `family`; returns (visible peaks, missed peaks, failures, a
+/// description of each spectrum with a miss).
+fn run(family: Family, n: u64, auto: bool) -> (usize, usize, usize, Vec<String>) {
+    let (mut visible, mut missed, mut failures) = (0, 0, 0);
+    let mut notes = Vec::new();
+    for seed in HELD_OUT_SEED_BASE..HELD_OUT_SEED_BASE + n {
+        let s = synth::generate(family, seed).unwrap();
+        let count = if auto {
+            PeakCount::Auto { max: 6 }
+        } else {
+            PeakCount::Fixed(s.peaks.len())
+        };
+        visible += s.visible(VISIBLE_SIGMA).count();
+        let centers: Vec<f64> = match fit_peaks(&s.spectrum, &settings(family, count)) {
+            Ok(fit) => fit.peaks.iter().map(|p| p.center_nm).collect(),
+            Err(e) => {
+                failures += 1;
+                notes.push(format!("seed {seed}: fit failed: {e}"));
+                Vec::new()
+            }
+        };
+        let m = synth::missed_peaks(&s, &centers, VISIBLE_SIGMA);
+        if !m.is_empty() {
+            notes.push(format!(
+                "seed {seed}: missed {:?} of truth {:?}, fitted centers {centers:?}",
+                m.iter()
+                    .map(|p| (p.center_nm, p.height / s.noise_sigma))
+                    .collect::<Vec<_>>(),
+                s.peaks
+            ));
+        }
+        missed += m.len();
+    }
+    (visible, missed, failures, notes)
+}
+
+#[test]
+fn issue_spectra_with_the_true_count_never_miss_a_visible_peak() {
+    let (visible, missed, failures, notes) = run(Family::IssueThree, 300, false);
+    assert_eq!(visible, 900);
+    assert_eq!((missed, failures), (0, 0), "{notes:#?}");
+}
+
+#[test]
+fn issue_spectra_with_an_automatic_count_never_miss_a_visible_peak() {
+    let (_, missed, failures, notes) = run(Family::IssueThree, 300, true);
+    assert_eq!((missed, failures), (0, 0), "{notes:#?}");
+}
+
+#[test]
+fn hard_spectra_miss_at_most_three_percent_of_visible_peaks() {
+    let (visible, missed, failures, notes) = run(Family::Hard, 120, false);
+    eprintln!("hard family: {missed} of {visible} visible peaks missed, {failures} failures");
+    assert_eq!(failures, 0, "{notes:#?}");
+    assert!(
+        missed * 100 <= 3 * visible,
+        "{missed} of {visible} missed: {notes:#?}"
+    );
+}
