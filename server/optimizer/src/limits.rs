@@ -46,6 +46,16 @@ pub const BO_RESTARTS: Bound = Bound::new("restarts", 0.0, 20.0);
 pub const BO_REFIT_GROWTH: Bound = Bound::new("refit_growth", 0.0, 10.0);
 /// BO: `candidates` per acquisition step.
 pub const BO_CANDIDATES: Bound = Bound::new("candidates", 16.0, 8192.0);
+/// BO: `explore_every` (0 = never).
+pub const BO_EXPLORE_EVERY: Bound = Bound::new("explore_every", 0.0, 100.0);
+/// BO: `ls_prior_sd`, the length-scale prior's spread (natural-log units).
+pub const BO_LS_PRIOR_SD: Bound = Bound::new("ls_prior_sd", 0.05, 5.0);
+/// BO: `warm_restarts` of the hyperparameter search once a fit exists.
+pub const BO_WARM_RESTARTS: Bound = Bound::new("warm_restarts", 0.0, 20.0);
+/// BO: `refine_starts` of the acquisition hill-climb.
+pub const BO_REFINE_STARTS: Bound = Bound::new("refine_starts", 0.0, 64.0);
+/// BO: `local_every` (0 = never).
+pub const BO_LOCAL_EVERY: Bound = Bound::new("local_every", 0.0, 100.0);
 /// Grid: `levels` per parameter (the full grid is also capped at 10⁶ points).
 pub const GRID_LEVELS: Bound = Bound::new("levels", 2.0, 1000.0);
 
@@ -56,6 +66,11 @@ pub const ALL: &[(&str, Bound)] = &[
     ("bo", BO_RESTARTS),
     ("bo", BO_REFIT_GROWTH),
     ("bo", BO_CANDIDATES),
+    ("bo", BO_EXPLORE_EVERY),
+    ("bo", BO_LS_PRIOR_SD),
+    ("bo", BO_WARM_RESTARTS),
+    ("bo", BO_REFINE_STARTS),
+    ("bo", BO_LOCAL_EVERY),
     ("grid", GRID_LEVELS),
 ];
 
@@ -74,7 +89,12 @@ impl Algorithm {
                 }
                 BO_RESTARTS.check(name, s.restarts as f64)?;
                 BO_REFIT_GROWTH.check(name, s.refit_growth)?;
-                BO_CANDIDATES.check(name, s.candidates as f64)
+                BO_CANDIDATES.check(name, s.candidates as f64)?;
+                BO_EXPLORE_EVERY.check(name, s.explore_every as f64)?;
+                BO_LS_PRIOR_SD.check(name, s.ls_prior_sd)?;
+                BO_WARM_RESTARTS.check(name, s.warm_restarts as f64)?;
+                BO_REFINE_STARTS.check(name, s.refine_starts as f64)?;
+                BO_LOCAL_EVERY.check(name, s.local_every as f64)
             }
             Algorithm::Grid(s) => match s.levels {
                 Some(l) => GRID_LEVELS.check(name, f64::from(l)),
@@ -151,7 +171,7 @@ mod tests {
             let set = |v: f64| -> Algorithm {
                 let mut fields = serde_json::Map::new();
                 fields.insert("kind".into(), (*algo).into());
-                let value = if b.field == "refit_growth" || b.field == "p" {
+                let value = if matches!(b.field, "refit_growth" | "p" | "ls_prior_sd") {
                     serde_json::json!(v)
                 } else {
                     serde_json::json!(v as u64)
