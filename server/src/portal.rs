@@ -25,6 +25,7 @@ const RESERVED: &[&str] = &[
     "/graphql",
     "/api/",
     "/agent/",
+    "/auth/",
     "/healthz",
     "/readyz",
     "/metrics",

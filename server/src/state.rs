@@ -31,6 +31,8 @@ pub struct AppState {
     pub telemetry: TelemetryCache,
     /// Open SSH tunnels and the lab whose key opened each.
     pub ssh_tunnels: crate::ssh::Tunnels,
+    /// Wakes this process's mailer when mail was queued.
+    pub mail_wake: crate::mail::MailWake,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             events: EventBus::default(),
             telemetry: TelemetryCache::default(),
             ssh_tunnels: crate::ssh::Tunnels::default(),
+            mail_wake: crate::mail::MailWake::default(),
         }
     }
 }

@@ -342,6 +342,7 @@ pub async fn graphql_ws(
                     data.insert(RequestInfo {
                         principal: Some(principal),
                         source: None,
+                        cookie_session: false,
                     });
                     data.insert(scope);
                     Ok(data)
