@@ -949,3 +949,52 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach() {
+    use maosic_server::storage::tenant::{scoped, TenantScope};
+    if !backends().contains(&maosic_e2e::Backend::Postgres) {
+        println!("PostgreSQL not configured: platform-table test did not run");
+        return;
+    }
+    let db = TestDatabase::create(maosic_e2e::Backend::Postgres)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let s: &dyn Storage = &pg;
+    let mail = storage::NewMail {
+        recipient: "a@x.example".into(),
+        subject: "s".into(),
+        body: "mvt_secret.token".into(),
+    };
+    s.enqueue_mail(&mail, 1).await.unwrap();
+    assert!(s.reserve_attempts(&[("k", 5)], 60_000, 1).await.unwrap());
+    // A tenant's transaction (role maosic_app) has no privilege on them at all.
+    let tenant = TenantScope::Principal {
+        user_id: "u".into(),
+        org_ids: vec!["o".into()],
+        admin_org_ids: vec!["o".into()],
+        shared_lab_ids: vec![],
+    };
+    scoped(tenant, async {
+        assert!(s.reserve_attempts(&[("k", 5)], 60_000, 1).await.is_err());
+        assert!(s.claim_mail(1, 1_000).await.is_err());
+        assert!(s.signup_request("x").await.is_err());
+    })
+    .await;
+    // And FORCE'd bypass-only policies fence the owner role too.
+    for table in ["auth_throttle", "signup_requests", "mail_outbox"] {
+        let (forced,): (bool,) =
+            sqlx::query_as("SELECT relforcerowsecurity FROM pg_class WHERE relname = $1")
+                .bind(table)
+                .fetch_one(pg.pool())
+                .await
+                .unwrap();
+        assert!(forced, "{table}");
+    }
+    mark_ran(maosic_e2e::Backend::Postgres, "platform_tables");
+}
