@@ -136,6 +136,7 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
             .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
+            .configure(crate::session_cookie::configure)
             .configure(crate::operator::configure)
             .configure(crate::export::configure)
             .configure(|cfg| crate::portal::configure(cfg, crate::portal::resolve_dir()))
@@ -159,6 +160,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .engine
         .then(|| crate::campaign::engine::spawn(state.clone()));
     let commands = crate::commands::spawn(state.clone());
+    let mailer = crate::mail::spawn(state.clone());
     let scheme = if state.config.tls.enabled() {
         "https"
     } else {
@@ -181,6 +183,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         engine.abort();
     }
     commands.abort();
+    mailer.abort();
     if let Some(ssh) = ssh {
         ssh.abort();
     }

@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub graphql: GraphqlConfig,
     /// Accounts, tokens and login limits.
     pub auth: AuthConfig,
+    /// Outgoing mail.
+    pub mail: MailConfig,
     /// The campaign engine.
     pub campaigns: CampaignsConfig,
     /// Bearer token of the operator API (`/operator/v1`); absent = the operator API is off.
@@ -103,10 +105,45 @@ pub struct AuthConfig {
     pub max_failures_per_address: u32,
     /// The failure-counting window in seconds.
     pub failure_window_secs: u64,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Replaced by `trusted_proxies` (issue 15): `true` is refused at start-up with a message
+    /// naming the new key (it trusted the header from anyone); `false` is accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Addresses or CIDR ranges of the reverse proxies whose `X-Forwarded-For` is believed;
+    /// empty = the header is ignored and the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Shortest accepted password.
     pub min_password_len: usize,
+    /// Sign-ups per e-mail address within the sign-up window.
+    pub max_signups_per_email: u32,
+    /// Sign-ups per client address within the sign-up window.
+    pub max_signups_per_address: u32,
+    /// The sign-up counting window in seconds.
+    pub signup_window_secs: u64,
+    /// argon2 hashes that log-in and password change may run at once.
+    pub login_hash_slots: usize,
+    /// argon2 hashes that sign-up may run at once (a separate budget: sign-ups cannot starve
+    /// log-ins).
+    pub signup_hash_slots: usize,
+    /// Mark the refresh-token cookie `Secure` (set it when clients reach the server over HTTPS
+    /// through a TLS-terminating proxy; with `[tls]` on it is always set).
+    pub secure_cookies: bool,
+}
+
+/// Outgoing mail (e-mail verification). Mail is queued in the database (`mail_outbox`) and
+/// delivered by a background task; the development mailer appends each mail to a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailConfig {
+    /// Development mailer: append each mail as one JSON line to this file. Empty = no mailer
+    /// in this process (mail stays queued in the outbox for another deliverer).
+    pub outbox_file: String,
+    /// Sender address written in each mail.
+    pub from: String,
+    /// How long a sign-up's verification token stays valid, in seconds.
+    pub verification_ttl_secs: u64,
+    /// Longest pause between two looks at the outbox, in ms (a queued mail wakes it sooner).
+    pub poll_ms: u64,
 }
 
 /// Log output settings.
@@ -280,6 +317,10 @@ pub struct Config {
     pub graphql: GraphqlConfig,
     /// Accounts and tokens.
     pub auth: AuthConfig,
+    /// The reverse proxies whose `X-Forwarded-For` is believed (from `auth.trusted_proxies`).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// Outgoing mail.
+    pub mail: MailConfig,
     /// The campaign engine.
     pub campaigns: CampaignsConfig,
     /// Operator API token; `None` disables the operator API.
@@ -368,6 +409,27 @@ impl Config {
                 reason: "access_ttl_secs, issuer and audience must be set".into(),
             });
         }
+        if raw.auth.trust_forwarded_for == Some(true) {
+            return Err(ConfigError::Invalid {
+                key: "auth.trust_forwarded_for",
+                reason: "was replaced by auth.trusted_proxies: list the addresses or CIDR ranges \
+                         of your reverse proxies (e.g. trusted_proxies = [\"10.0.0.0/8\"], or \
+                         MAOSIC_AUTH__TRUSTED_PROXIES='[\"10.0.0.5\"]'); X-Forwarded-For is only \
+                         read from those peers"
+                    .into(),
+            });
+        }
+        let trusted_proxies = crate::forwarded::TrustedProxies::parse(&raw.auth.trusted_proxies)
+            .map_err(|reason| ConfigError::Invalid {
+                key: "auth.trusted_proxies",
+                reason,
+            })?;
+        if raw.auth.login_hash_slots == 0 || raw.auth.signup_hash_slots == 0 {
+            return Err(ConfigError::Invalid {
+                key: "auth.login_hash_slots",
+                reason: "login_hash_slots and signup_hash_slots must be at least 1".into(),
+            });
+        }
         if raw.ssh.enabled {
             raw.ssh
                 .validate()
@@ -402,6 +464,8 @@ impl Config {
             campaigns: raw.campaigns,
             graphql: raw.graphql,
             auth: raw.auth,
+            trusted_proxies,
+            mail: raw.mail,
             operator_token,
             metrics_token,
             tls: raw.tls,
@@ -444,6 +508,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bind"));
+    }
+
+    #[test]
+    fn the_old_trust_forwarded_for_key_is_refused_when_true_and_ignored_when_false() {
+        let mut old = raw();
+        old.auth.trust_forwarded_for = Some(true);
+        let err = Config::validate(old).unwrap_err().to_string();
+        assert!(err.contains("auth.trusted_proxies"), "{err}");
+        let mut old = raw();
+        old.auth.trust_forwarded_for = Some(false);
+        assert!(Config::validate(old).unwrap().trusted_proxies.is_empty());
+        let mut bad = raw();
+        bad.auth.trusted_proxies = vec!["10.0.0.0/33".into()];
+        let err = Config::validate(bad).unwrap_err().to_string();
+        assert!(err.contains("auth.trusted_proxies"), "{err}");
+        let from_toml: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(
+                "[auth]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n",
+            ))
+            .extract()
+            .unwrap();
+        let config = Config::validate(from_toml).unwrap();
+        assert!(config.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(!config.trusted_proxies.contains("11.1.2.3".parse().unwrap()));
     }
 
     #[test]

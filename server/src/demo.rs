@@ -55,9 +55,15 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     // A local development server: GraphiQL and introspection on (off by default elsewhere).
     config.graphql.graphiql = true;
     config.graphql.introspection = true;
+    if config.mail.outbox_file.trim().is_empty() {
+        // The demo owns its mailer: the sign-up's verification token is read back from here.
+        config.mail.outbox_file = opts.dir.join("outbox.jsonl").display().to_string();
+    }
+    let outbox = PathBuf::from(config.mail.outbox_file.trim());
     let storage = open_storage(&config).await?;
     let state = AppState::new(storage, config);
     let engine = crate::campaign::engine::spawn(state.clone());
+    let _mailer = crate::mail::spawn(state.clone());
     // Queued instructions from the portal reach the demo lab too.
     let _commands = crate::commands::spawn(state.clone());
     let (server, addr) = build_server(state.clone())?;
@@ -69,7 +75,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     }
     let run_opts = opts.clone();
     let run_url = url.clone();
-    let outcome = tokio::task::spawn_blocking(move || drive(&run_url, &run_opts))
+    let outcome = tokio::task::spawn_blocking(move || drive(&run_url, &run_opts, &outbox))
         .await
         .map_err(|e| anyhow!("demo task: {e}"))?;
     let (summary, mut agent, password) = match outcome {
@@ -153,6 +159,25 @@ fn gql(url: &str, token: Option<&str>, query: &str, variables: Value) -> anyhow:
     Ok(body["data"].clone())
 }
 
+/// The e-mail verification tokens mailed to `email`, oldest first, from a development outbox
+/// file (one JSON object per line, as `[mail] outbox_file` writes them).
+pub fn verification_tokens(outbox: &Path, email: &str) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(outbox) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|mail| mail["to"] == email)
+        .filter_map(|mail| {
+            mail["body"].as_str().and_then(|body| {
+                body.split_whitespace()
+                    .find(|w| w.starts_with(crate::auth::token::VERIFY_PREFIX))
+                    .map(str::to_owned)
+            })
+        })
+        .collect()
+}
+
 fn text(v: &Value, what: &str) -> anyhow::Result<String> {
     v.as_str()
         .map(str::to_owned)
@@ -176,7 +201,11 @@ fn read_or_create_secret(path: &Path, bytes: usize) -> anyhow::Result<String> {
 
 /// The demo's client side: account, lab, agent, campaign, progress. Returns the summary, the
 /// agent process and the demo password.
-fn drive(url: &str, opts: &DemoOptions) -> anyhow::Result<(Value, AgentProcess, String)> {
+fn drive(
+    url: &str,
+    opts: &DemoOptions,
+    outbox: &Path,
+) -> anyhow::Result<(Value, AgentProcess, String)> {
     let password = read_or_create_secret(&opts.dir.join("password"), 12)?;
     let credential = opts.dir.join("credential.json");
     let fields = "accessToken user { memberships { organization { id } } }";
@@ -188,17 +217,40 @@ fn drive(url: &str, opts: &DemoOptions) -> anyhow::Result<(Value, AgentProcess, 
         vars.clone(),
     ) {
         Ok(d) => d["logIn"].clone(),
-        Err(_) => gql(
-            url,
-            None,
-            &format!(
-                "mutation($e: String!, $p: String!) {{ signUp(email: $e, password: $p, \
-                 displayName: \"Demo researcher\", organizationName: \"Demo group\") {{ {fields} }} }}"
-            ),
-            vars,
-        )
-        .context("cannot sign up the demo account")?["signUp"]
-            .clone(),
+        Err(_) => {
+            // A new account: sign up, then verify the address with the token the demo's own
+            // mailer wrote to its outbox file.
+            let seen = verification_tokens(outbox, EMAIL).len();
+            gql(
+                url,
+                None,
+                "mutation($e: String!, $p: String!) { signUp(email: $e, password: $p, \
+                 displayName: \"Demo researcher\", organizationName: \"Demo group\") }",
+                vars,
+            )
+            .context("cannot sign up the demo account")?;
+            let started = Instant::now();
+            let token = loop {
+                if let Some(t) = verification_tokens(outbox, EMAIL).get(seen) {
+                    break t.clone();
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "no verification mail for {EMAIL} in {} after 30 s",
+                        outbox.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            gql(
+                url,
+                None,
+                &format!("mutation($t: String!) {{ verifyEmail(token: $t) {{ {fields} }} }}"),
+                json!({ "t": token }),
+            )
+            .context("cannot verify the demo account")?["verifyEmail"]
+                .clone()
+        }
     };
     let token = text(&auth["accessToken"], "access token")?;
     let org = text(

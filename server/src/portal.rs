@@ -32,6 +32,7 @@ const RESERVED: &[&str] = &[
     "/graphql",
     "/api/",
     "/agent/",
+    "/auth/",
     "/healthz",
     "/readyz",
     "/metrics",

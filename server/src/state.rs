@@ -33,6 +33,8 @@ pub struct AppState {
     pub ssh_tunnels: crate::ssh::Tunnels,
     /// Failed operator-token attempts per client address (throttled).
     pub operator_failures: crate::operator::Failures,
+    /// Wakes this process's mailer when mail was queued.
+    pub mail_wake: crate::mail::MailWake,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             telemetry: TelemetryCache::default(),
             ssh_tunnels: crate::ssh::Tunnels::default(),
             operator_failures: crate::operator::Failures::default(),
+            mail_wake: crate::mail::MailWake::default(),
         }
     }
 }

@@ -880,3 +880,265 @@ async fn postgres_calls_outside_any_scope_see_nothing_and_every_table_is_fenced(
     );
     mark_ran(maosic_e2e::Backend::Postgres, "fail_closed_scope");
 }
+
+#[tokio::test]
+async fn attempt_reservations_are_atomic_and_windows_restart() {
+    on_every_backend("auth_throttle", |s| async move {
+        let now = 1_000_000;
+        // 50 concurrent reservations against a limit of 5: exactly 5 pass.
+        let tries = (0..50).map(|_| {
+            let s = s.clone();
+            tokio::spawn(maosic_server::storage::tenant::system(async move {
+                s.reserve_attempts(&[("k", 5)], 60_000, now).await.unwrap()
+            }))
+        });
+        let passed = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(passed, 5);
+        // Any key over its limit refuses the attempt; every key counts it.
+        assert!(!s
+            .reserve_attempts(&[("k", 5), ("j", 5)], 60_000, now)
+            .await
+            .unwrap());
+        for _ in 0..4 {
+            assert!(s.reserve_attempts(&[("j", 5)], 60_000, now).await.unwrap());
+        }
+        // A refund (a success) gives one attempt back.
+        s.refund_attempt("j").await.unwrap();
+        assert!(s.reserve_attempts(&[("j", 5)], 60_000, now).await.unwrap());
+        assert!(!s.reserve_attempts(&[("j", 5)], 60_000, now).await.unwrap());
+        // A new window starts the count again; clearing forgets the key.
+        assert!(s
+            .reserve_attempts(&[("k", 5)], 60_000, now + 60_000)
+            .await
+            .unwrap());
+        s.clear_attempts("j").await.unwrap();
+        assert!(s.reserve_attempts(&[("j", 1)], 60_000, now).await.unwrap());
+        assert!(s.prune_auth(now + 1, now).await.unwrap() >= 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sign_up_requests_become_accounts_once_and_mail_is_claimed_once() {
+    on_every_backend("signup_outbox", |s| async move {
+        let request = storage::SignupRequest {
+            id: "req-1".into(),
+            email: "new@x.example".into(),
+            display_name: "New".into(),
+            organization_name: "New org".into(),
+            password_hash: "$argon2id$fake".into(),
+            token_hash: "h".into(),
+            created_at: 10,
+            expires_at: 100,
+            used_at: None,
+        };
+        let mail = storage::NewMail {
+            recipient: "new@x.example".into(),
+            subject: "s".into(),
+            body: "token mvt_x.y".into(),
+        };
+        s.create_signup_request(&request, &mail).await.unwrap();
+        assert_eq!(
+            s.signup_request("req-1").await.unwrap(),
+            Some(request.clone())
+        );
+        assert_eq!(
+            s.complete_signup("req-1", 100).await.unwrap(),
+            None,
+            "expired"
+        );
+        let (user, org) = s.complete_signup("req-1", 50).await.unwrap().unwrap();
+        assert_eq!(user.email, "new@x.example");
+        assert_eq!(org.name, "New org");
+        let m = s.memberships_of_user(&user.id).await.unwrap();
+        assert_eq!((m.len(), m[0].role), (1, Role::Owner));
+        assert_eq!(
+            s.complete_signup("req-1", 51).await.unwrap(),
+            None,
+            "single use"
+        );
+        // A second request for the same address cannot make a second account.
+        let again = storage::SignupRequest {
+            id: "req-2".into(),
+            ..request
+        };
+        s.create_signup_request(&again, &mail).await.unwrap();
+        assert!(matches!(
+            s.complete_signup("req-2", 50).await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(s
+            .signup_request("req-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at
+            .is_none());
+        // The outbox: each mail claimed once per lease, blanked when sent.
+        let first = s.claim_mail(1_000, 60_000).await.unwrap().unwrap();
+        let second = s.claim_mail(1_000, 60_000).await.unwrap().unwrap();
+        assert_ne!(first.id, second.id);
+        assert_eq!(s.claim_mail(1_000, 60_000).await.unwrap(), None);
+        s.mark_mail_sent(&first.id, 2_000).await.unwrap();
+        let retried = s.claim_mail(61_001, 60_000).await.unwrap().unwrap();
+        assert_eq!(
+            (retried.id.as_str(), retried.attempts),
+            (second.id.as_str(), 2)
+        );
+        assert_eq!(
+            s.claim_mail(200_000, 60_000).await.unwrap().map(|m| m.id),
+            Some(second.id)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
+    on_every_backend("last_owner", |s| async move {
+        let org = s.create_organization("Owned", 1).await.unwrap();
+        let mut users = Vec::new();
+        for i in 0..8 {
+            let u = s
+                .create_user(&format!("o{i}@x.example"), "O", None, 1)
+                .await
+                .unwrap();
+            s.set_membership(&org.id, &u.id, Role::Owner, 1)
+                .await
+                .unwrap();
+            users.push(u.id);
+        }
+        // Every owner demoted (or removed) at once: exactly one stays.
+        for round in 0..2 {
+            let changes = users.iter().map(|u| {
+                let (s, org, u) = (s.clone(), org.id.clone(), u.clone());
+                tokio::spawn(maosic_server::storage::tenant::system(async move {
+                    if round == 0 {
+                        s.change_member_role(&org, &u, Role::Admin, true)
+                            .await
+                            .unwrap()
+                    } else {
+                        s.remove_member(&org, &u, true).await.unwrap()
+                    }
+                }))
+            });
+            let results: Vec<storage::MemberChange> = futures_util::future::join_all(changes)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            let owners = s
+                .memberships_of_organization(&org.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|m| m.role == Role::Owner)
+                .count();
+            assert_eq!(owners, 1, "round {round}: {results:?}");
+            assert_eq!(
+                results
+                    .iter()
+                    .filter(|r| **r == storage::MemberChange::LastOwner)
+                    .count(),
+                1
+            );
+            if round == 0 {
+                for u in &users {
+                    s.set_membership(&org.id, u, Role::Owner, 2).await.unwrap();
+                }
+            }
+        }
+        let last = s.memberships_of_organization(&org.id).await.unwrap();
+        assert_eq!(last.len(), 1);
+        // Joining with a lower role keeps the higher one; only owners touch owners.
+        assert_eq!(
+            s.join_organization(&org.id, &last[0].user_id, Role::Viewer, 3)
+                .await
+                .unwrap(),
+            Role::Owner
+        );
+        let newcomer = s.create_user("n@x.example", "N", None, 1).await.unwrap();
+        assert_eq!(
+            s.join_organization(&org.id, &newcomer.id, Role::Viewer, 3)
+                .await
+                .unwrap(),
+            Role::Viewer
+        );
+        assert_eq!(
+            s.join_organization(&org.id, &newcomer.id, Role::Admin, 4)
+                .await
+                .unwrap(),
+            Role::Admin
+        );
+        assert_eq!(
+            s.change_member_role(&org.id, &last[0].user_id, Role::Viewer, false)
+                .await
+                .unwrap(),
+            storage::MemberChange::Forbidden
+        );
+        assert_eq!(
+            s.change_member_role(&org.id, "nobody", Role::Viewer, true)
+                .await
+                .unwrap(),
+            storage::MemberChange::NotMember
+        );
+        assert_eq!(
+            s.remove_member(&org.id, &newcomer.id, false).await.unwrap(),
+            storage::MemberChange::Done
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach() {
+    use maosic_server::storage::tenant::{scoped, TenantScope};
+    if !backends().contains(&maosic_e2e::Backend::Postgres) {
+        println!("PostgreSQL not configured: platform-table test did not run");
+        return;
+    }
+    let db = TestDatabase::create(maosic_e2e::Backend::Postgres)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&db.url).unwrap();
+    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+        .await
+        .unwrap();
+    pg.migrate().await.unwrap();
+    let s: &dyn Storage = &pg;
+    let mail = storage::NewMail {
+        recipient: "a@x.example".into(),
+        subject: "s".into(),
+        body: "mvt_secret.token".into(),
+    };
+    s.enqueue_mail(&mail, 1).await.unwrap();
+    assert!(s.reserve_attempts(&[("k", 5)], 60_000, 1).await.unwrap());
+    // A tenant's transaction (role maosic_app) has no privilege on them at all.
+    let tenant = TenantScope::Principal {
+        user_id: "u".into(),
+        org_ids: vec!["o".into()],
+        admin_org_ids: vec!["o".into()],
+        shared_lab_ids: vec![],
+    };
+    scoped(tenant, async {
+        assert!(s.reserve_attempts(&[("k", 5)], 60_000, 1).await.is_err());
+        assert!(s.claim_mail(1, 1_000).await.is_err());
+        assert!(s.signup_request("x").await.is_err());
+    })
+    .await;
+    // And FORCE'd bypass-only policies fence the owner role too.
+    for table in ["auth_throttle", "signup_requests", "mail_outbox"] {
+        let (forced,): (bool,) =
+            sqlx::query_as("SELECT relforcerowsecurity FROM pg_class WHERE relname = $1")
+                .bind(table)
+                .fetch_one(pg.pool())
+                .await
+                .unwrap();
+        assert!(forced, "{table}");
+    }
+    mark_ran(maosic_e2e::Backend::Postgres, "platform_tables");
+}

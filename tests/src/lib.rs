@@ -274,6 +274,7 @@ pub struct TestServer {
     ssh: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
     child: Child,
     log: PathBuf,
+    outbox: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -292,9 +293,14 @@ impl TestServer {
     ) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("server.log");
+        let outbox = dir.path().join("outbox.jsonl");
         let mut child = Command::new(bin("maosic-server")?)
             .args(["serve", "--bind", bind, "--database", &db.url])
             .current_dir(dir.path())
+            // The development mailer, so sign-ups can be verified; tests sign up many accounts
+            // from 127.0.0.1. Both can be overridden through `env`.
+            .env("MAOSIC_MAIL__OUTBOX_FILE", &outbox)
+            .env("MAOSIC_AUTH__MAX_SIGNUPS_PER_ADDRESS", "100000")
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,sqlx=warn")
@@ -343,8 +349,49 @@ impl TestServer {
             ssh,
             child,
             log,
+            outbox,
             _dir: dir,
         })
+    }
+
+    /// The development mailer's file (`[mail] outbox_file`): one JSON object per mail.
+    pub fn outbox_path(&self) -> &Path {
+        &self.outbox
+    }
+
+    /// The mails delivered so far to `email`, oldest first.
+    pub fn mails_to(&self, email: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.outbox)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["to"] == email)
+            .collect()
+    }
+
+    /// The e-mail verification tokens (`mvt_…`) mailed to `email`, oldest first.
+    pub fn verification_tokens(&self, email: &str) -> Vec<String> {
+        self.mails_to(email)
+            .iter()
+            .filter_map(|m| {
+                m["body"].as_str().and_then(|b| {
+                    b.split_whitespace()
+                        .find(|w| w.starts_with("mvt_"))
+                        .map(str::to_owned)
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) for the `n`-th (0-based) verification token mailed to `email`.
+    pub fn wait_verification_token(&self, email: &str, n: usize) -> anyhow::Result<String> {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("verification mail {n} to {email}"),
+            || Ok(self.verification_tokens(email).get(n).cloned()),
+        )
+        .map(|(t, _)| t)
+        .map_err(|e| anyhow!("{e}\n{}", self.log()))
     }
 
     /// The SSH endpoint's address (the server must run with `MAOSIC_SSH__ENABLED=true`);
@@ -408,19 +455,29 @@ impl TestServer {
         Ok(self.graphql_with(Some(token), &[], &body)?.1)
     }
 
-    /// Signs up a new account (with its own organisation named `org`) through the API.
+    /// Signs up a new account (with its own organisation named `org`) through the API:
+    /// `signUp`, the verification token from the development mailer's outbox, `verifyEmail`.
     pub fn sign_up(&self, email: &str, org: &str) -> anyhow::Result<Session> {
+        let seen = self.verification_tokens(email).len();
         let body = self.graphql(
             "mutation($e: String!, $o: String!) { signUp(email: $e, password: \"correct horse battery\", \
-             displayName: \"Test User\", organizationName: $o) { accessToken refreshToken \
-             user { id memberships { organization { id } } } } }",
+             displayName: \"Test User\", organizationName: $o) }",
             json!({ "e": email, "o": org }),
         )?;
-        let s = &body["data"]["signUp"];
+        if body["data"]["signUp"] != json!(true) {
+            bail!("signUp failed: {body}");
+        }
+        let token = self.wait_verification_token(email, seen)?;
+        let body = self.graphql(
+            "mutation($t: String!) { verifyEmail(token: $t) { accessToken refreshToken \
+             user { id memberships { organization { id } } } } }",
+            json!({ "t": token }),
+        )?;
+        let s = &body["data"]["verifyEmail"];
         let text = |v: &Value| -> anyhow::Result<String> {
             v.as_str()
                 .map(str::to_owned)
-                .ok_or_else(|| anyhow!("signUp failed: {body}"))
+                .ok_or_else(|| anyhow!("verifyEmail failed: {body}"))
         };
         Ok(Session {
             access_token: text(&s["accessToken"])?,

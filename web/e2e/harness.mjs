@@ -44,7 +44,8 @@ export async function startServer(dir) {
   if (!existsSync(join(dist, "index.html"))) throw new Error(`${dist}/index.html is missing: run npm run build`);
   const child = spawn(SERVER_BIN, ["serve", "--bind", "127.0.0.1:0", "--database", `sqlite://${join(dir, "db.sqlite")}`], {
     cwd: dir,
-    env: { ...process.env, MAOSIC_CAMPAIGNS__TICK_MS: "100", MAOSIC_PORTAL_DIR: dist, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    // the development mailer: sign-up verification tokens are read back from this file
+    env: { ...process.env, MAOSIC_CAMPAIGNS__TICK_MS: "100", MAOSIC_PORTAL_DIR: dist, MAOSIC_MAIL__OUTBOX_FILE: join(dir, "outbox.jsonl"), RUST_LOG: process.env.RUST_LOG ?? "warn" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   children.add(child);
@@ -64,7 +65,23 @@ export async function startServer(dir) {
   if (probe.status !== 200 || !(await probe.text()).includes('id="root"')) {
     throw new Error(`${SERVER_BIN} does not serve the portal at / (HTTP ${probe.status}): it was built without server/src/portal.rs wired into app.rs, or MAOSIC_PORTAL_DIR=${dist} is not used`);
   }
-  return { url, child, log };
+  return { url, child, log, outbox: join(dir, "outbox.jsonl") };
+}
+
+/** The newest e-mail verification token (`mvt_…`) the server mailed to `email`, waiting up to 10 s. */
+export async function verificationToken(server, email) {
+  const started = Date.now();
+  for (;;) {
+    const lines = existsSync(server.outbox) ? readFileSync(server.outbox, "utf8").split("\n").filter(Boolean) : [];
+    const tokens = lines
+      .map((l) => JSON.parse(l))
+      .filter((m) => m.to === email)
+      .map((m) => /mvt_\S+/.exec(m.body)?.[0])
+      .filter(Boolean);
+    if (tokens.length > 0) return tokens[tokens.length - 1];
+    if (Date.now() - started > 10_000) throw new Error(`no verification mail to ${email} in ${server.outbox}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** Runs a command to completion; rejects with its output on failure. */

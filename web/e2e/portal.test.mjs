@@ -6,7 +6,7 @@ import { readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import {
-  ROOT, WEB, cleanup, gql, launchBrowser, parseCsv, shotsDir, startAgent, startServer, stopAll, tempDir, waitFor,
+  ROOT, WEB, cleanup, gql, launchBrowser, parseCsv, shotsDir, startAgent, startServer, stopAll, tempDir, verificationToken, waitFor,
 } from "./harness.mjs";
 
 const RECIPE = readFileSync(join(ROOT, "examples", "chirality.recipe"), "utf8");
@@ -59,8 +59,28 @@ async function signUp(page, { name, email, org }) {
   await page.getByLabel("Password").fill(PASSWORD);
   if (org) await page.getByLabel(/Organisation name/).fill(org);
   await page.getByRole("button", { name: "Create account" }).click();
+  // the account exists once the mailed token is entered
+  await page.getByRole("heading", { name: "Check your e-mail" }).waitFor();
+  await page.getByLabel("Verification code").fill(await verificationToken(server, email));
+  await page.getByRole("button", { name: "Verify and sign in" }).click();
   await page.getByRole("heading", { name: "Campaigns" }).waitFor();
-  return page.evaluate(() => JSON.parse(localStorage.getItem("maosic.session")).accessToken);
+  // the page keeps no token a script could read: the refresh token is an httpOnly cookie
+  assert.equal(await page.evaluate(() => JSON.stringify(localStorage).includes("mrt_") || document.cookie.includes("mrt_")), false);
+  const cookies = await page.context().cookies();
+  const refresh = cookies.find((c) => c.name === "maosic_refresh");
+  assert.ok(refresh?.httpOnly && refresh.sameSite === "Strict" && refresh.path === "/auth", JSON.stringify(cookies));
+  // an access token of its own for the API calls the tests make
+  const r = await gql(server.url, null, "mutation($e: String!, $p: String!) { logIn(email: $e, password: $p) { accessToken } }", { e: email, p: PASSWORD });
+  return r.data.logIn.accessToken;
+}
+
+/** Signs in through the sign-in page (a new browser context has no session cookie). */
+async function signIn(page, email) {
+  await page.goto(`${server.url}/signin`);
+  await page.getByLabel("E-mail").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Campaigns" }).waitFor();
 }
 
 test("the server serves the portal with an SPA fallback that never shadows the API", async () => {
@@ -406,8 +426,7 @@ test("an experiment named like markup renders as text and runs no script", async
   );
   assert.ok(made.data, JSON.stringify(made.errors));
   const p2 = await newPage();
-  await p2.goto(server.url);
-  await p2.evaluate((s) => localStorage.setItem("maosic.session", s), await page.evaluate(() => localStorage.getItem("maosic.session")));
+  await signIn(p2, "ada@lab.example");
   await p2.goto(`${server.url}/campaigns`);
   await p2.getByTestId("campaigns-table").getByRole("link", { name: XSS }).waitFor();
   await p2.goto(`${server.url}/campaigns/${made.data.createCampaign.id}`);

@@ -1,5 +1,5 @@
 import { createContext, useContext, useEffect, useState, useSyncExternalStore } from "react";
-import { getSession, gql, onSession, setSession } from "./api";
+import { getSession, gql, isRestoring, onSession, setSession } from "./api";
 import type { LogOutMutation, MeQuery } from "./generated/graphql";
 import { LOG_OUT, ME } from "./ops";
 import { Link, match, navigate, usePath } from "./router";
@@ -27,6 +27,7 @@ const ORG_KEY = "maosic.org";
 export function App() {
   const session = useSyncExternalStore(onSession, getSession);
   const path = usePath();
+  if (!session && isRestoring()) return <Loading what="your session" />;
   if (!session) {
     if (path === "/signup") return <SignUp />;
     return <SignIn />;

@@ -1,36 +1,33 @@
 // The portal's only link to the server: GraphQL over fetch (queries, mutations) and graphql-ws
-// (subscriptions), with the session (access + refresh token) kept in localStorage.
+// (subscriptions). The session's access token lives in memory only; the refresh token is an
+// httpOnly cookie the portal cannot read (it asks for it with `X-Session-Cookie: 1`), exchanged
+// at `POST /auth/refresh` with the CSRF token from the `maosic_csrf` cookie as a header. A page
+// load restores the session that way.
 import { createClient, type Client } from "graphql-ws";
 
 export type Session = {
   accessToken: string;
-  refreshToken: string;
   userId: string;
   email: string;
   displayName: string;
 };
 
-const KEY = "maosic.session";
-let session: Session | null = load();
+let session: Session | null = null;
+let restoring = true;
 const listeners = new Set<() => void>();
-
-function load(): Session | null {
-  try {
-    const raw = localStorage.getItem(KEY);
-    return raw ? (JSON.parse(raw) as Session) : null;
-  } catch {
-    return null;
-  }
-}
 
 export function getSession(): Session | null {
   return session;
 }
 
+/** Whether the session of an earlier page load is still being restored (show nothing yet). */
+export function isRestoring(): boolean {
+  return restoring;
+}
+
 export function setSession(s: Session | null): void {
   session = s;
-  if (s) localStorage.setItem(KEY, JSON.stringify(s));
-  else localStorage.removeItem(KEY);
+  restoring = false;
   resetWs();
   listeners.forEach((l) => l());
 }
@@ -61,6 +58,8 @@ async function post<T>(query: string, variables: unknown, token: string | null):
       method: "POST",
       headers: {
         "content-type": "application/json",
+        // refresh tokens come back as an httpOnly cookie, never in the body
+        "x-session-cookie": "1",
         ...(token ? { authorization: `Bearer ${token}` } : {}),
       },
       body: JSON.stringify({ query, variables }),
@@ -77,35 +76,52 @@ async function post<T>(query: string, variables: unknown, token: string | null):
 
 let refreshing: Promise<boolean> | null = null;
 
-const REFRESH = /* GraphQL */ `
-  mutation Refresh($t: String!) {
-    refreshTokens(refreshToken: $t) { accessToken refreshToken user { id email displayName } }
-  }
-`;
+function csrfToken(): string {
+  const m = /(?:^|;\s*)maosic_csrf=([^;]*)/.exec(document.cookie);
+  return m ? decodeURIComponent(m[1]) : "";
+}
 
-/** Exchanges the refresh token once (concurrent callers share the exchange). */
+type Refreshed = { accessToken: string; user: { id: string; email: string; displayName: string } };
+
+async function exchangeCookie(): Promise<Refreshed | null> {
+  const res = await fetch("/auth/refresh", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "x-csrf-token": csrfToken() },
+  });
+  return res.ok ? ((await res.json()) as Refreshed) : null;
+}
+
+/** Exchanges the refresh cookie once (concurrent callers share the exchange; tabs take turns,
+ *  since each exchange rotates the cookie and a stale one would end the session). */
 async function refresh(): Promise<boolean> {
-  const s = session;
-  if (!s) return false;
   refreshing ??= (async () => {
     try {
-      const r = await post<{ refreshTokens: { accessToken: string; refreshToken: string; user: { id: string; email: string; displayName: string } } }>(
-        REFRESH,
-        { t: s.refreshToken },
-        null,
-      );
-      const p = r.data?.refreshTokens;
+      const locks = (navigator as Navigator & { locks?: LockManager }).locks;
+      const p = locks ? await locks.request("maosic-refresh", exchangeCookie) : await exchangeCookie();
       if (!p) {
         setSession(null);
         return false;
       }
-      setSession({ accessToken: p.accessToken, refreshToken: p.refreshToken, userId: p.user.id, email: p.user.email, displayName: p.user.displayName });
+      setSession({ accessToken: p.accessToken, userId: p.user.id, email: p.user.email, displayName: p.user.displayName });
       return true;
+    } catch {
+      setSession(null);
+      return false;
     } finally {
       refreshing = null;
     }
   })();
   return refreshing;
+}
+
+/** Restores the session of an earlier page load from the refresh cookie. */
+export async function restoreSession(): Promise<boolean> {
+  if (!csrfToken()) {
+    setSession(null);
+    return false;
+  }
+  return refresh();
 }
 
 /** Runs one GraphQL operation; throws `ApiError` with the first error. */

@@ -3,15 +3,19 @@
 
 export const SIGN_UP = /* GraphQL */ `
   mutation SignUp($email: String!, $password: String!, $displayName: String!, $org: String) {
-    signUp(email: $email, password: $password, displayName: $displayName, organizationName: $org) {
-      accessToken refreshToken user { id email displayName }
-    }
+    signUp(email: $email, password: $password, displayName: $displayName, organizationName: $org)
+  }
+`;
+
+export const VERIFY_EMAIL = /* GraphQL */ `
+  mutation VerifyEmail($token: String!) {
+    verifyEmail(token: $token) { accessToken user { id email displayName } }
   }
 `;
 
 export const LOG_IN = /* GraphQL */ `
   mutation LogIn($email: String!, $password: String!) {
-    logIn(email: $email, password: $password) { accessToken refreshToken user { id email displayName } }
+    logIn(email: $email, password: $password) { accessToken user { id email displayName } }
   }
 `;
 

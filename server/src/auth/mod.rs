@@ -17,7 +17,7 @@ use crate::config::AuthConfig;
 use crate::storage::{Role, Storage, StorageError};
 
 pub use jwt::JwtKeys;
-pub use limiter::LoginLimiter;
+pub use limiter::{LimiterSettings, LoginLimiter};
 pub use password::PasswordHasherConfig;
 
 /// What an API token may do.
@@ -179,6 +179,16 @@ impl Revocation {
     }
 }
 
+/// Which pool of argon2 slots a hash runs in: sign-up and log-in have separate budgets, so
+/// a flood of one cannot starve the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashBudget {
+    /// Log-in and password change.
+    Login,
+    /// Sign-up.
+    SignUp,
+}
+
 /// Authentication services shared by all requests.
 pub struct AuthService {
     /// Access-token keys.
@@ -190,7 +200,8 @@ pub struct AuthService {
     /// Settings.
     pub config: AuthConfig,
     dummy_hash: String,
-    hash_slots: Arc<Semaphore>,
+    login_slots: Arc<Semaphore>,
+    signup_slots: Arc<Semaphore>,
     revocations: broadcast::Sender<Revocation>,
 }
 
@@ -221,15 +232,20 @@ impl AuthService {
         AuthService {
             jwt: JwtKeys::new(&secret, &config.issuer, &config.audience),
             hasher,
-            limiter: LoginLimiter::new(
-                config.max_failures_per_account,
-                config.max_failures_per_address,
-                Duration::from_secs(config.failure_window_secs.max(1)),
-            ),
+            limiter: LoginLimiter::new(LimiterSettings {
+                max_failures_per_account: config.max_failures_per_account,
+                max_failures_per_address: config.max_failures_per_address,
+                failure_window: Duration::from_secs(config.failure_window_secs.max(1)),
+                max_signups_per_email: config.max_signups_per_email,
+                max_signups_per_address: config.max_signups_per_address,
+                signup_window: Duration::from_secs(config.signup_window_secs.max(1)),
+            }),
             config: config.clone(),
             dummy_hash,
             // argon2 is CPU- and memory-heavy: a few at a time keeps the server responsive.
-            hash_slots: Arc::new(Semaphore::new(2)),
+            // Sign-up has its own budget, so a sign-up flood cannot starve log-ins.
+            login_slots: Arc::new(Semaphore::new(config.login_hash_slots.max(1))),
+            signup_slots: Arc::new(Semaphore::new(config.signup_hash_slots.max(1))),
             revocations: broadcast::channel(1024).0,
         }
     }
@@ -244,9 +260,16 @@ impl AuthService {
         let _ = self.revocations.send(revocation);
     }
 
-    /// Hashes a password off the async threads.
-    pub async fn hash_password(&self, password: &str) -> Option<String> {
-        let _slot = self.hash_slots.acquire().await.ok()?;
+    fn slots(&self, budget: HashBudget) -> &Semaphore {
+        match budget {
+            HashBudget::Login => &self.login_slots,
+            HashBudget::SignUp => &self.signup_slots,
+        }
+    }
+
+    /// Hashes a password off the async threads, within `budget`'s slots.
+    pub async fn hash_password(&self, password: &str, budget: HashBudget) -> Option<String> {
+        let _slot = self.slots(budget).acquire().await.ok()?;
         let hasher = self.hasher.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || hasher.hash(&password).ok())
@@ -255,10 +278,22 @@ impl AuthService {
             .flatten()
     }
 
-    /// Verifies a password off the async threads. With no stored hash (unknown account, or
-    /// one without a password) a dummy hash is checked, so the time taken is the same.
+    /// Verifies a password off the async threads (log-in budget). With no stored hash (unknown
+    /// account, or one without a password) a dummy hash is checked, so the time taken is the
+    /// same.
     pub async fn verify_password(&self, password: &str, stored: Option<&str>) -> bool {
-        let Ok(_slot) = self.hash_slots.acquire().await else {
+        self.verify_password_within(password, stored, HashBudget::Login)
+            .await
+    }
+
+    /// [`AuthService::verify_password`] within `budget`'s slots.
+    pub async fn verify_password_within(
+        &self,
+        password: &str,
+        stored: Option<&str>,
+        budget: HashBudget,
+    ) -> bool {
+        let Ok(_slot) = self.slots(budget).acquire().await else {
             return false;
         };
         let hasher = self.hasher.clone();

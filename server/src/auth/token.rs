@@ -1,4 +1,4 @@
-//! Opaque secrets (refresh, API, enrollment and invitation tokens): `<prefix><id>.<secret>`,
+//! Opaque secrets (refresh, API, enrollment, invitation and e-mail verification tokens): `<prefix><id>.<secret>`,
 //! only the SHA-256 of the secret half is stored; comparison is constant-time.
 
 use sha2::{Digest, Sha256};
@@ -11,6 +11,8 @@ pub const REFRESH_PREFIX: &str = "mrt_";
 pub const ENROLL_PREFIX: &str = "met_";
 /// Prefix of invitation tokens.
 pub const INVITE_PREFIX: &str = "mit_";
+/// Prefix of e-mail verification tokens (sign-up).
+pub const VERIFY_PREFIX: &str = "mvt_";
 
 /// A fresh 256-bit secret, hex.
 pub fn new_secret() -> String {

@@ -1,6 +1,13 @@
-//! Accounts: sign-up, log-in (throttled, same answer and cost for unknown accounts and wrong
-//! passwords), refresh-token rotation with reuse detection, log-out, password change, and
-//! named API tokens (shown once).
+//! Accounts: sign-up with e-mail verification (the same answer for new and registered
+//! addresses), log-in (throttled in the database before hashing, same answer and cost for
+//! unknown accounts and wrong passwords), refresh-token rotation with reuse detection, log-out,
+//! password change (throttled like log-in), and named API tokens (shown once).
+//!
+//! There are no unverified accounts: `signUp` stores a *request* and mails a token; only
+//! `verifyEmail(token)` creates the user, their organisation and the owner membership (one
+//! transaction) and logs in. Until then a log-in for the address answers
+//! `INVALID_CREDENTIALS`, as for any unknown account, and nobody can squat an address they
+//! cannot read. A sign-up for a registered address mails its owner a notice instead.
 
 use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use serde_json::json;
@@ -11,8 +18,8 @@ use super::{
     fail, parse_id, principal, request_info, rfc3339_ms, state, writer, ApiError, ApiResult,
     StorageResultExt,
 };
-use crate::auth::{self, token, Credential, RefreshOutcome, Scope};
-use crate::storage::{now_ms, Role, StorageError, User};
+use crate::auth::{self, token, Credential, HashBudget, RefreshOutcome, Scope};
+use crate::storage::{new_id, now_ms, Role, SignupRequest, StorageError, User};
 
 /// A role in an organisation.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -64,8 +71,10 @@ pub enum TokenScope {
 pub struct AuthPayload {
     /// Short-lived JWT access token (send as `Authorization: Bearer ...`).
     pub access_token: String,
-    /// Single-use refresh token; exchange it with `refreshTokens` for a new pair.
-    pub refresh_token: String,
+    /// Single-use refresh token; exchange it with `refreshTokens` for a new pair. Null when the
+    /// request asked for a cookie session (header `X-Session-Cookie: 1`, browsers): the token
+    /// is then set as an httpOnly cookie for `POST /auth/refresh` instead.
+    pub refresh_token: Option<String>,
     /// Access-token lifetime in seconds.
     pub expires_in: u64,
     /// The account.
@@ -232,10 +241,25 @@ async fn start_session(ctx: &Context<'_>, user: User) -> ApiResult<AuthPayload> 
         })?;
     Ok(AuthPayload {
         access_token: pair.access_token,
-        refresh_token: pair.refresh_token,
+        refresh_token: deliver_refresh_token(ctx, pair.refresh_token),
         expires_in: pair.expires_in,
         user: UserNode { user, via: None },
     })
+}
+
+/// Hands a new refresh token to the client: in the body, or — for a cookie session — as an
+/// httpOnly cookie scoped to `/auth` (with its CSRF companion), leaving the body's field null.
+fn deliver_refresh_token(ctx: &Context<'_>, refresh_token: String) -> Option<String> {
+    if !request_info(ctx).cookie_session {
+        return Some(refresh_token);
+    }
+    let Ok(state) = state(ctx) else {
+        return None;
+    };
+    for cookie in crate::session_cookie::set_cookies(&state.config, &refresh_token) {
+        ctx.append_http_header("set-cookie", cookie);
+    }
+    None
 }
 
 /// Account queries.
@@ -277,7 +301,10 @@ pub struct AccountMutation;
 
 #[Object]
 impl AccountMutation {
-    /// Creates an account and its own organisation (the user is its owner), and logs in.
+    /// Starts a sign-up: a verification token is mailed to `email` (or, when the address
+    /// already has an account, a notice). The answer is `true` either way, so it tells nothing
+    /// about which addresses are registered. Sign-ups are limited per e-mail address and per
+    /// client address (`RATE_LIMITED`). `verifyEmail` completes it.
     async fn sign_up(
         &self,
         ctx: &Context<'_>,
@@ -285,7 +312,7 @@ impl AccountMutation {
         password: String,
         display_name: String,
         organization_name: Option<String>,
-    ) -> ApiResult<AuthPayload> {
+    ) -> ApiResult<bool> {
         // Token-proved or tenant-creating work: platform scope for row-level security.
         crate::storage::tenant::system(async move {
             let state = state(ctx)?;
@@ -296,35 +323,88 @@ impl AccountMutation {
                 Some(n) => validate_name("organizationName", &n, 100)?,
                 None => format!("{display_name}'s organisation"),
             };
+            let address = request_info(ctx)
+                .source
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            if !state
+                .auth
+                .limiter
+                .reserve_signup(state.storage.as_ref(), &email, &address)
+                .await
+                .api()?
+            {
+                return Err(fail(ApiError::RateLimited));
+            }
+            // Both branches hash (in the sign-up budget) and write one row and one mail, so
+            // they cost the same.
             let hash = state
                 .auth
-                .hash_password(&password)
+                .hash_password(&password, HashBudget::SignUp)
                 .await
                 .ok_or_else(|| fail(ApiError::Internal))?;
             let now = now_ms();
-            let user = match state
+            if state.storage.user_by_email(&email).await.api()?.is_some() {
+                state
+                    .storage
+                    .enqueue_mail(&crate::mail::already_registered_mail(&email), now)
+                    .await
+                    .api()?;
+            } else {
+                let ttl_secs = state.config.mail.verification_ttl_secs.max(60);
+                let secret = token::new_secret();
+                let request = SignupRequest {
+                    id: new_id(),
+                    email: email.clone(),
+                    display_name,
+                    organization_name: org_name,
+                    password_hash: hash,
+                    token_hash: token::hash_secret(&secret),
+                    created_at: now,
+                    expires_at: now.saturating_add(
+                        i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    ),
+                    used_at: None,
+                };
+                let token = token::format_token(token::VERIFY_PREFIX, &request.id, &secret);
+                state
+                    .storage
+                    .create_signup_request(
+                        &request,
+                        &crate::mail::verification_mail(&email, &token, ttl_secs),
+                    )
+                    .await
+                    .api()?;
+            }
+            state.mail_wake.wake();
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Completes a sign-up with the token mailed by `signUp`: creates the account and its own
+    /// organisation (the user is its owner) and logs in. Single use; `INVALID_TOKEN` when
+    /// unknown, used or expired (or when the address got an account meanwhile).
+    async fn verify_email(&self, ctx: &Context<'_>, token: String) -> ApiResult<AuthPayload> {
+        // Token-proved, tenant-creating work: platform scope for row-level security.
+        crate::storage::tenant::system(async move {
+            let state = state(ctx)?;
+            let (id, secret) = token::parse_token(token::VERIFY_PREFIX, &token)
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            state
                 .storage
-                .create_user(&email, &display_name, Some(&hash), now)
+                .signup_request(id)
                 .await
-            {
-                Ok(u) => u,
-                Err(StorageError::Conflict(_)) => {
-                    return Err(fail(ApiError::Conflict(
-                        "an account with this e-mail already exists".into(),
-                    )))
+                .api()?
+                .filter(|r| token::secret_matches(secret, &r.token_hash))
+                .ok_or_else(|| fail(ApiError::InvalidToken))?;
+            let (user, org) = match state.storage.complete_signup(id, now_ms()).await {
+                Ok(Some(done)) => done,
+                Ok(None) | Err(StorageError::Conflict(_)) => {
+                    return Err(fail(ApiError::InvalidToken))
                 }
                 Err(e) => return Err(ApiError::from(e).into_gql()),
             };
-            let org = state
-                .storage
-                .create_organization(&org_name, now)
-                .await
-                .api()?;
-            state
-                .storage
-                .set_membership(&org.id, &user.id, Role::Owner, now)
-                .await
-                .api()?;
             audit(
                 ctx,
                 &format!("user:{}", user.id),
@@ -340,7 +420,9 @@ impl AccountMutation {
     }
 
     /// Logs in. Unknown accounts and wrong passwords get the same answer in the same time;
-    /// too many failures per account or per address are refused with `RATE_LIMITED`.
+    /// more attempts than the limits per account or per address within the window are refused
+    /// with `RATE_LIMITED` (counted before hashing, shared by all replicas; a success clears
+    /// the account's count).
     async fn log_in(
         &self,
         ctx: &Context<'_>,
@@ -358,7 +440,14 @@ impl AccountMutation {
             if email.len() > 254 || password.len() > 1024 {
                 return Err(fail(ApiError::InvalidCredentials));
             }
-            if state.auth.limiter.is_limited(&email, &address).await {
+            // Reserve the attempt before hashing: concurrent guesses cannot overtake the count.
+            if !state
+                .auth
+                .limiter
+                .reserve_login(state.storage.as_ref(), &email, &address)
+                .await
+                .api()?
+            {
                 return Err(fail(ApiError::RateLimited));
             }
             let user = state.storage.user_by_email(&email).await.api()?;
@@ -366,13 +455,15 @@ impl AccountMutation {
             let ok = state.auth.verify_password(&password, stored).await;
             match (ok, user) {
                 (true, Some(user)) => {
-                    state.auth.limiter.record_success(&email).await;
+                    state
+                        .auth
+                        .limiter
+                        .login_succeeded(state.storage.as_ref(), &email, &address)
+                        .await
+                        .api()?;
                     start_session(ctx, user).await
                 }
-                _ => {
-                    state.auth.limiter.record_failure(&email, &address).await;
-                    Err(fail(ApiError::InvalidCredentials))
-                }
+                _ => Err(fail(ApiError::InvalidCredentials)),
             }
         })
         .await
@@ -409,7 +500,7 @@ impl AccountMutation {
                         .ok_or_else(|| fail(ApiError::InvalidToken))?;
                     Ok(AuthPayload {
                         access_token: pair.access_token,
-                        refresh_token: pair.refresh_token,
+                        refresh_token: deliver_refresh_token(ctx, pair.refresh_token),
                         expires_in: pair.expires_in,
                         user: UserNode { user, via: None },
                     })
@@ -453,13 +544,19 @@ impl AccountMutation {
                 state.auth.announce(auth::Revocation::Session {
                     session_id: session_id.clone(),
                 });
+                if request_info(ctx).cookie_session {
+                    for cookie in crate::session_cookie::clear_cookies(&state.config) {
+                        ctx.append_http_header("set-cookie", cookie);
+                    }
+                }
                 Ok(done)
             }
             Credential::ApiToken { .. } => Err(fail(ApiError::Forbidden)),
         }
     }
 
-    /// Changes the password; every other session of the user is revoked.
+    /// Changes the password; every other session of the user is revoked. Wrong current
+    /// passwords count against the account's log-in limit (`RATE_LIMITED` beyond it).
     async fn change_password(
         &self,
         ctx: &Context<'_>,
@@ -478,6 +575,16 @@ impl AccountMutation {
             .await
             .api()?
             .ok_or_else(|| fail(ApiError::Unauthenticated))?;
+        // Throttled like log-in: a stolen access token must not become a password oracle.
+        if !state
+            .auth
+            .limiter
+            .reserve_password_check(state.storage.as_ref(), &user.id)
+            .await
+            .api()?
+        {
+            return Err(fail(ApiError::RateLimited));
+        }
         if !state
             .auth
             .verify_password(&current_password, user.password_hash.as_deref())
@@ -485,9 +592,15 @@ impl AccountMutation {
         {
             return Err(fail(ApiError::InvalidCredentials));
         }
+        state
+            .auth
+            .limiter
+            .password_check_succeeded(state.storage.as_ref(), &user.id)
+            .await
+            .api()?;
         let hash = state
             .auth
-            .hash_password(&new_password)
+            .hash_password(&new_password, HashBudget::Login)
             .await
             .ok_or_else(|| fail(ApiError::Internal))?;
         state

@@ -2,7 +2,6 @@
 //! and alias floods before execution, verifies the bearer token into a principal, runs each
 //! operation under a time limit, and makes sure every error carries a stable code.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -106,20 +105,18 @@ pub fn uses_introspection(doc: &ExecutableDocument) -> bool {
             .any(|f| walk(&f.node.selection_set.node))
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
-fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
-    if trust_forwarded_for {
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return Some(ip.to_string());
-        }
-    }
-    req.peer_addr().map(|a| a.ip().to_string())
+/// The client's address: the peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not one (see [`crate::forwarded`]).
+pub(crate) fn client_address(
+    req: &HttpRequest,
+    proxies: &crate::forwarded::TrustedProxies,
+) -> Option<String> {
+    let peer = req.peer_addr()?.ip();
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    Some(proxies.client_address(peer, forwarded).to_string())
 }
 
 fn bearer(req: &HttpRequest) -> Option<Result<String, ()>> {
@@ -291,6 +288,15 @@ pub(crate) async fn execute_one(
     response
 }
 
+/// Copies the HTTP headers resolvers appended (the session cookies) onto the HTTP response.
+fn copy_headers(http: &mut actix_web::HttpResponseBuilder, response: &Response) {
+    for (name, value) in &response.http_headers {
+        if let Ok(value) = value.to_str() {
+            http.append_header((name.as_str(), value));
+        }
+    }
+}
+
 /// `POST /graphql`. Mount with the [`ApiSchema`] and [`AppState`] as app data.
 pub async fn graphql_handler(
     state: web::Data<AppState>,
@@ -318,7 +324,7 @@ pub async fn graphql_handler(
             )
         }
     };
-    let source = client_address(&req, state.config.auth.trust_forwarded_for);
+    let source = client_address(&req, &state.config.trusted_proxies);
     let principal = match bearer(&req) {
         None => None,
         Some(Err(())) => {
@@ -345,10 +351,21 @@ pub async fn graphql_handler(
             return HttpResponse::Ok().json(refused_response("INTERNAL", "internal error"));
         }
     };
-    let info = RequestInfo { principal, source };
+    let cookie_session = req
+        .headers()
+        .get(crate::session_cookie::COOKIE_SESSION_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let info = RequestInfo {
+        principal,
+        source,
+        cookie_session,
+    };
     match batch {
         BatchRequest::Single(request) => {
-            HttpResponse::Ok().json(execute_one(&schema, limits, &info, &scope, request).await)
+            let response = execute_one(&schema, limits, &info, &scope, request).await;
+            let mut http = HttpResponse::Ok();
+            copy_headers(&mut http, &response);
+            http.json(response)
         }
         BatchRequest::Batch(requests) => {
             if requests.len() > limits.max_batch {
@@ -363,10 +380,13 @@ pub async fn graphql_handler(
                 );
             }
             let mut responses = Vec::with_capacity(requests.len());
+            let mut http = HttpResponse::Ok();
             for request in requests {
-                responses.push(execute_one(&schema, limits, &info, &scope, request).await);
+                let response = execute_one(&schema, limits, &info, &scope, request).await;
+                copy_headers(&mut http, &response);
+                responses.push(response);
             }
-            HttpResponse::Ok().json(BatchResponse::Batch(responses))
+            http.json(BatchResponse::Batch(responses))
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct RequestInfo {
     pub principal: Option<Principal>,
     /// The client's address (for the audit log and login throttling).
     pub source: Option<String>,
+    /// The client asked for a cookie session (`X-Session-Cookie: 1`): refresh tokens are set
+    /// as httpOnly cookies instead of being returned in the body.
+    pub cookie_session: bool,
 }
 
 /// Client-facing errors, each with a stable machine-readable code.
@@ -210,6 +213,7 @@ pub fn request_info<'a>(ctx: &Context<'a>) -> &'a RequestInfo {
     static EMPTY: RequestInfo = RequestInfo {
         principal: None,
         source: None,
+        cookie_session: false,
     };
     ctx.data::<RequestInfo>().unwrap_or(&EMPTY)
 }

@@ -10,7 +10,7 @@ use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
 use crate::auth::{token, Revocation};
-use crate::storage::{new_id, now_ms, Invitation, Organization, Role};
+use crate::storage::{new_id, now_ms, Invitation, MemberChange, Organization, Role};
 
 /// An organisation (tenant), as seen by one of its members.
 pub struct OrganizationNode {
@@ -147,6 +147,18 @@ pub struct AuditEntry {
     pub source: Option<String>,
     /// When (RFC 3339).
     pub created_at: String,
+}
+
+/// The API answer to a guarded membership change.
+fn member_change(change: MemberChange) -> ApiResult<()> {
+    match change {
+        MemberChange::Done => Ok(()),
+        MemberChange::NotMember => Err(fail(ApiError::NotFound)),
+        MemberChange::Forbidden => Err(fail(ApiError::Forbidden)),
+        MemberChange::LastOwner => Err(fail(ApiError::Conflict(
+            "an organisation keeps at least one owner".into(),
+        ))),
+    }
 }
 
 /// Organisation queries.
@@ -300,7 +312,8 @@ impl OrgMutation {
         })
     }
 
-    /// Accepts an invitation addressed to the caller's e-mail; single use.
+    /// Accepts an invitation addressed to the caller's e-mail; single use. A member keeps a
+    /// higher role than the invitation's.
     async fn accept_invitation(
         &self,
         ctx: &Context<'_>,
@@ -341,9 +354,11 @@ impl OrgMutation {
             {
                 return Err(fail(ApiError::InvalidToken));
             }
-            state
+            // Never lowers an existing role: accepting cannot demote the last owner, and an
+            // admin cannot demote an owner by inviting them with a lower role.
+            let held = state
                 .storage
-                .set_membership(&invitation.organization_id, &user.id, role, now)
+                .join_organization(&invitation.organization_id, &user.id, role, now)
                 .await
                 .api()?;
             audit(
@@ -352,7 +367,7 @@ impl OrgMutation {
                 Some(&invitation.organization_id),
                 "member.join",
                 format!("user:{}", user.id),
-                json!({ "role": role.as_str(), "invitation": invitation.id }),
+                json!({ "role": held.as_str(), "invited_as": role.as_str(), "invitation": invitation.id }),
             )
             .await?;
             let org = state
@@ -377,32 +392,17 @@ impl OrgMutation {
         let org_id = parse_id(&organization_id)?;
         let user_id = parse_id(&user_id)?;
         let my_role = require_admin(ctx, p, &org_id).await?;
-        let state = state(ctx)?;
-        let members = state
-            .storage
-            .memberships_of_organization(&org_id)
-            .await
-            .api()?;
-        let Some(current) = members.iter().find(|m| m.user_id == user_id) else {
-            return Err(fail(ApiError::NotFound));
-        };
         let role: Role = role.into();
-        if (role == Role::Owner || current.role == Role::Owner) && my_role != Role::Owner {
-            return Err(fail(ApiError::Forbidden));
-        }
-        let owners = members.iter().filter(|m| m.role == Role::Owner).count();
-        if current.role == Role::Owner && role != Role::Owner && owners <= 1 {
-            return Err(fail(ApiError::Conflict(
-                "an organisation keeps at least one owner".into(),
-            )));
-        }
-        state
+        // Checked and written in one transaction under the organisation's lock, so concurrent
+        // demotions cannot leave it without an owner.
+        let change = state(ctx)?
             .storage
-            .set_membership(&org_id, &user_id, role, now_ms())
+            .change_member_role(&org_id, &user_id, role, my_role == Role::Owner)
             .await
             .api()?;
+        member_change(change)?;
         // The member's open subscriptions were granted under the old role: close them.
-        state.auth.announce(Revocation::Membership {
+        state(ctx)?.auth.announce(Revocation::Membership {
             user_id: user_id.clone(),
         });
         audit(
@@ -428,32 +428,15 @@ impl OrgMutation {
         let org_id = parse_id(&organization_id)?;
         let user_id = parse_id(&user_id)?;
         let my_role = require_admin(ctx, p, &org_id).await?;
-        let state = state(ctx)?;
-        let members = state
+        let change = state(ctx)?
             .storage
-            .memberships_of_organization(&org_id)
+            .remove_member(&org_id, &user_id, my_role == Role::Owner)
             .await
             .api()?;
-        let Some(current) = members.iter().find(|m| m.user_id == user_id) else {
-            return Err(fail(ApiError::NotFound));
-        };
-        if current.role == Role::Owner {
-            if my_role != Role::Owner {
-                return Err(fail(ApiError::Forbidden));
-            }
-            if members.iter().filter(|m| m.role == Role::Owner).count() <= 1 {
-                return Err(fail(ApiError::Conflict(
-                    "an organisation keeps at least one owner".into(),
-                )));
-            }
-        }
-        let done = state
-            .storage
-            .remove_membership(&org_id, &user_id)
-            .await
-            .api()?;
+        member_change(change)?;
+        let done = true;
         // A removed member's open subscriptions close at once.
-        state.auth.announce(Revocation::Membership {
+        state(ctx)?.auth.announce(Revocation::Membership {
             user_id: user_id.clone(),
         });
         audit(

@@ -347,6 +347,7 @@ pub async fn graphql_ws(
                 data.insert(RequestInfo {
                     principal: Some(principal),
                     source: None,
+                    cookie_session: false,
                 });
                 data.insert(scope);
                 Ok(data)
@@ -396,7 +397,7 @@ pub async fn graphql_ws(
                             let Some((principal, scope)) = authed else { continue };
                             let (schema, state, out) = (schema.clone(), state.clone(), out_tx.clone());
                             actix_web::rt::spawn(async move {
-                                let info = RequestInfo { principal: Some(principal), source: None };
+                                let info = RequestInfo { principal: Some(principal), source: None, cookie_session: false };
                                 let response = super::handler::execute_one(
                                     &schema, &state.config.graphql, &info, &scope, *request,
                                 ).await;

@@ -18,6 +18,7 @@ macro_rules! in_tx {
     }};
 }
 
+pub mod auth;
 pub mod campaigns;
 pub mod commands;
 pub mod postgres;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthStorage, MemberChange, NewMail, OutboxMail, SignupRequest};
 pub use campaigns::{
     Campaign, CampaignStorage, CampaignTold, Experiment, ExperimentFilter, ExperimentResult,
     NewCampaign, NewExperiment,
@@ -493,6 +495,7 @@ pub struct AgentHello {
 #[async_trait]
 pub trait Storage:
     records::RecordStorage
+    + auth::AuthStorage
     + campaigns::CampaignStorage
     + ssh_keys::SshKeyStorage
     + commands::CommandStorage

@@ -1,14 +1,22 @@
 import { useState, type FormEvent } from "react";
 import { gql, setSession } from "../api";
-import type { LogInMutation, LogInMutationVariables, SignUpMutation, SignUpMutationVariables } from "../generated/graphql";
-import { LOG_IN, SIGN_UP } from "../ops";
+import type {
+  LogInMutation,
+  LogInMutationVariables,
+  SignUpMutation,
+  SignUpMutationVariables,
+  VerifyEmailMutation,
+  VerifyEmailMutationVariables,
+} from "../generated/graphql";
+import { LOG_IN, SIGN_UP, VERIFY_EMAIL } from "../ops";
 import { Link, navigate } from "../router";
 import { ErrorBox, useAction } from "../ui";
 
-type Payload = { accessToken: string; refreshToken: string; user: { id: string; email: string; displayName: string } };
+type Payload = { accessToken: string; user: { id: string; email: string; displayName: string } };
 
 function start(p: Payload) {
-  setSession({ accessToken: p.accessToken, refreshToken: p.refreshToken, userId: p.user.id, email: p.user.email, displayName: p.user.displayName });
+  // the refresh token came as an httpOnly cookie; only the access token is kept, in memory
+  setSession({ accessToken: p.accessToken, userId: p.user.id, email: p.user.email, displayName: p.user.displayName });
   const next = location.pathname === "/signin" || location.pathname === "/signup" ? "/campaigns" : location.pathname;
   navigate(next, true);
 }
@@ -49,14 +57,16 @@ export function SignUp() {
   const [password, setPassword] = useState("");
   const [displayName, setDisplayName] = useState("");
   const [org, setOrg] = useState("");
+  const [sent, setSent] = useState(false);
   const a = useAction();
   const submit = (e: FormEvent) => {
     e.preventDefault();
     void a.run(async () => {
-      const r = await gql<SignUpMutation, SignUpMutationVariables>(SIGN_UP, { email, password, displayName, org: org || null });
-      start(r.signUp);
+      await gql<SignUpMutation, SignUpMutationVariables>(SIGN_UP, { email, password, displayName, org: org || null });
+      setSent(true);
     });
   };
+  if (sent) return <VerifyEmail email={email} />;
   return (
     <main className="auth">
       <h1>Create a MAOSIC account</h1>
@@ -80,6 +90,37 @@ export function SignUp() {
         </label>
         <ErrorBox error={a.error} title="Sign-up failed" />
         <button type="submit" className="primary" disabled={a.busy}>{a.busy ? "Creating…" : "Create account"}</button>
+        <p>Have an account? <Link to="/signin">Sign in</Link></p>
+      </form>
+    </main>
+  );
+}
+
+/** The second step of sign-up: the token mailed to the address creates the account. */
+function VerifyEmail({ email }: { email: string }) {
+  const [token, setToken] = useState(() => new URLSearchParams(location.search).get("token") ?? "");
+  const a = useAction();
+  const submit = (e: FormEvent) => {
+    e.preventDefault();
+    void a.run(async () => {
+      const r = await gql<VerifyEmailMutation, VerifyEmailMutationVariables>(VERIFY_EMAIL, { token: token.trim() });
+      start(r.verifyEmail);
+    });
+  };
+  return (
+    <main className="auth">
+      <h1>Check your e-mail</h1>
+      <form onSubmit={submit} className="card">
+        <p role="status">
+          We sent a verification code to <strong>{email}</strong>. (If the address already has an account, the mail says so
+          instead: sign in.)
+        </p>
+        <label>
+          Verification code
+          <input required autoComplete="one-time-code" value={token} onChange={(e) => setToken(e.target.value)} />
+        </label>
+        <ErrorBox error={a.error} title="Verification failed" />
+        <button type="submit" className="primary" disabled={a.busy}>{a.busy ? "Verifying…" : "Verify and sign in"}</button>
         <p>Have an account? <Link to="/signin">Sign in</Link></p>
       </form>
     </main>
