@@ -291,7 +291,7 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         "the outsider received nothing"
     );
 
-    let c = ok(&server, &a, "query($c: ID!) { campaign(id: $c) { state results proposals bestValue experiments(first: 100) { nodes { id seq source state objectiveValue features fittedPeaks measurements { kind name data } provenance } totalCount } } }", json!({ "c": campaign }));
+    let c = ok(&server, &a, "query($c: ID!) { campaign(id: $c) { state results proposals bestValue experiments(first: 20) { nodes { id seq source state objectiveValue features fittedPeaks measurements(first: 50) { kind name data } provenance } totalCount } } }", json!({ "c": campaign }));
     let c = &c["campaign"];
     assert_eq!(c["results"], budget + 1, "manual result told too: {c}");
     assert_eq!(c["proposals"], budget);

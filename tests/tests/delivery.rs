@@ -685,7 +685,7 @@ async fn ingestion_limits(backend: Backend) {
         ("MAOSIC_OPERATOR_TOKEN", TOKEN),
         ("MAOSIC_AGENT__MAX_BYTES_PER_DAY", budget.as_str()),
     ];
-    let server = TestServer::spawn(&db, &bytes_env).unwrap();
+    let mut server = TestServer::spawn(&db, &bytes_env).unwrap();
     let agent = lab_agent(&server, &lab, &spool_path);
     start_run(&server, &lab.id, "bytes", &hold_program(500, 0.0));
     wait_for(Duration::from_secs(60), "the day's budget reached", || {
@@ -698,10 +698,11 @@ async fn ingestion_limits(backend: Backend) {
         held <= stored_bytes + 20_000,
         "the budget held: {held} bytes"
     );
-    drop(agent);
-    drop(server);
-    let server = TestServer::spawn(&db, &[("MAOSIC_OPERATOR_TOKEN", TOKEN)]).unwrap();
-    let agent = lab_agent(&server, &lab, &spool_path);
+    // The operator raises the budget (a restart on the same address); the same agent, its
+    // program run to its end meanwhile, reconnects and delivers what waited in its spool.
+    let addr = server.addr.to_string();
+    server.kill();
+    let server = TestServer::spawn_on(&db, &addr, &[("MAOSIC_OPERATOR_TOKEN", TOKEN)]).unwrap();
     let state = wait_delivered(&db, &lab.id, &spool_path, "bytes", &agent);
     let d = delivery(&rows(&db, &lab.id), &state.epoch, state.written);
     println!(
@@ -711,6 +712,7 @@ async fn ingestion_limits(backend: Backend) {
     );
     assert_eq!((d.lost, d.duplicates, d.out_of_order), (0, 0, 0));
     assert_eq!(d.stored as i64, d.written);
+    drop(server);
     mark_ran(backend, "ingestion_limits");
 }
 

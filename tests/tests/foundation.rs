@@ -338,3 +338,22 @@ async fn wrong_agent_credential_is_refused_with_one_clear_error() {
     .unwrap();
     assert_one_clear_error_line(&out, "malformed");
 }
+
+#[tokio::test]
+async fn operator_token_guesses_are_throttled_per_address() {
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let token = "operator-token-0123456789abcdef0123456789";
+    let server = TestServer::spawn(&db, &[("MAOSIC_OPERATOR_TOKEN", token)]).unwrap();
+    let path = "/operator/v1/labs/x/programs/y/records";
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        let (status, _) = server
+            .get_as(path, &format!("Bearer guess-{i}-0123456789abcdef0123456789"))
+            .unwrap();
+        codes.push(status);
+    }
+    assert_eq!(&codes[..10], &[401; 10], "{codes:?}");
+    assert_eq!(&codes[10..], &[429, 429], "{codes:?}");
+    // Even the right token waits out the window from that address.
+    assert_eq!(server.get_as(path, &format!("Bearer {token}")).unwrap().0, 429);
+}

@@ -467,3 +467,56 @@ async fn the_ssh_endpoint_generates_a_missing_host_key_and_refuses_sessions() {
     assert_eq!(server.get("/healthz").unwrap().0, 200);
     drop(silent);
 }
+
+/// Issue 15, item 8: one address cannot fill the SSH endpoint with unauthenticated
+/// connections: past `max_unauthenticated_per_address` a connection is closed at once, and a
+/// client that never completes its handshake is cut after the login grace.
+#[tokio::test]
+async fn one_address_cannot_fill_the_ssh_endpoint_with_idle_handshakes() {
+    use std::io::Read as _;
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let server = TestServer::spawn(
+        &db,
+        &[
+            ("MAOSIC_SSH__ENABLED", "true"),
+            ("MAOSIC_SSH__BIND", "127.0.0.1:0"),
+            ("MAOSIC_SSH__MAX_UNAUTHENTICATED_PER_ADDRESS", "4"),
+            ("MAOSIC_SSH__LOGIN_GRACE_SECS", "2"),
+        ],
+    )
+    .unwrap();
+    let ssh = server.ssh_addr().unwrap();
+    // Each reads the server's identification line, then stays silent.
+    let banner = |stream: &mut std::net::TcpStream| -> usize {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut buf = [0_u8; 256];
+        stream.read(&mut buf).unwrap_or(0)
+    };
+    let mut idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(ssh).unwrap())
+        .collect();
+    for s in &mut idle {
+        assert!(banner(s) > 0, "the first 4 get the SSH banner");
+    }
+    let mut fifth = std::net::TcpStream::connect(ssh).unwrap();
+    assert_eq!(banner(&mut fifth), 0, "the 5th from the same address is closed at once");
+    assert!(server.log().contains("too many unauthenticated connections from this address"));
+    // The silent ones are cut after the 2 s login grace, and the address may connect again.
+    let started = Instant::now();
+    for s in &mut idle {
+        let mut buf = [0_u8; 256];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "cut within the grace");
+    let mut again = std::net::TcpStream::connect(ssh).unwrap();
+    assert!(banner(&mut again) > 0, "a new connection is served again");
+    assert_eq!(server.get("/healthz").unwrap().0, 200);
+}
