@@ -23,11 +23,11 @@ pub struct OptimizeBenchArgs {
         value_name = "FILE|paper|branin|hartmann3"
     )]
     pub landscape: String,
-    /// Optimizer: snobfit, bo, random, sobol or grid (default settings).
+    /// Optimizer: snobfit, bo, portfolio, random, sobol or grid (default settings).
     #[arg(
         long,
         default_value = "snobfit",
-        value_name = "snobfit|bo|random|sobol|grid"
+        value_name = "snobfit|bo|portfolio|random|sobol|grid"
     )]
     pub optimizer: String,
     /// Points per ask (SNOBFIT's reference batch is n + 6).
@@ -132,7 +132,7 @@ fn load_landscape(arg: &str) -> anyhow::Result<Landscape> {
 pub fn algorithm_from_args(args: &OptimizeBenchArgs) -> anyhow::Result<Algorithm> {
     let algorithm = Algorithm::from_name(&args.optimizer).with_context(|| {
         format!(
-            "unknown optimizer {:?} (snobfit, bo, random, sobol, grid)",
+            "unknown optimizer {:?} (snobfit, bo, portfolio, random, sobol, grid)",
             args.optimizer
         )
     })?;

@@ -3,7 +3,10 @@
 //! weak log-normal prior on the length scales) from several Nelder–Mead restarts, noise-aware
 //! expected improvement (plug-in incumbent: the best posterior mean at a measured point), batches
 //! by Kriging believer, a scrambled Sobol initial design, proposals rounded to the grid and never
-//! duplicating a measured point unless `allow_remeasure` is set.
+//! duplicating a measured point unless `allow_remeasure` is set. Every third model-based
+//! proposal is space-filling (farthest from all measured and pending points), so the search
+//! does not lock onto the first basin; opt-in: EI grid hill-climbing and a local (trust-region)
+//! GP step.
 
 use std::collections::BTreeSet;
 
@@ -35,7 +38,7 @@ pub struct BoSettings {
     /// point. Keeps BO from locking onto the first basin it finds (issue #16); 0 = never.
     pub explore_every: usize,
     /// Standard deviation of the log-normal prior on the length scales (natural-log units,
-    /// centred at 0.25 of the range); larger admits narrow peaks more readily.
+    /// centred at 0.25 of the range); larger admits narrow peaks more readily. Not > 0 → 1.
     pub ls_prior_sd: f64,
     /// Random restarts of the hyperparameter search once a fit exists and the data set has at
     /// least 30 points (the warm start from the last fit and the default start always run).
@@ -546,7 +549,8 @@ impl Bo {
         }
         let d = self.space.dim();
         // Above FIT_MAX points the likelihood is maximised on a subset: the FIT_MAX/2 best
-        // points plus an even stride through the rest (a refit at 250 points takes ≈ 50 ms).
+        // points plus an even stride through the rest (a refit at 250 points, warm, with
+        // `warm_restarts` = 1: ≈ 23 ms of CPU, bench/RESULTS.md).
         let (xs, ys, es) = fit_subset(x, y, extra);
         let prior_sd = if self.settings.ls_prior_sd > 0.0 {
             self.settings.ls_prior_sd

@@ -22,6 +22,7 @@ pub mod bo;
 pub mod limits;
 mod linalg;
 pub(crate) mod nonfinite;
+pub mod portfolio;
 pub mod rng;
 pub mod snobfit;
 pub mod space;
@@ -72,6 +73,8 @@ pub enum Algorithm {
     Sobol,
     /// Full-factorial grid in random order.
     Grid(#[serde(default)] baselines::GridSettings),
+    /// BO and SNOBFIT sharing the asks (issue #16).
+    Portfolio(#[serde(default)] portfolio::PortfolioSettings),
 }
 
 impl Algorithm {
@@ -83,6 +86,7 @@ impl Algorithm {
             "random" => Self::Random,
             "sobol" => Self::Sobol,
             "grid" => Self::Grid(Default::default()),
+            "portfolio" => Self::Portfolio(Default::default()),
             _ => return None,
         })
     }
@@ -95,6 +99,7 @@ impl Algorithm {
             Self::Random => "random",
             Self::Sobol => "sobol",
             Self::Grid(_) => "grid",
+            Self::Portfolio(_) => "portfolio",
         }
     }
 }
@@ -202,6 +207,7 @@ enum Engine {
     Random(baselines::RandomSearch),
     Sobol(baselines::SobolSearch),
     Grid(baselines::GridSearch),
+    Portfolio(Box<portfolio::Portfolio>),
 }
 
 impl Optimizer {
@@ -216,6 +222,9 @@ impl Optimizer {
             Algorithm::Random => Engine::Random(baselines::RandomSearch::new(s, spec.seed)),
             Algorithm::Sobol => Engine::Sobol(baselines::SobolSearch::new(s, spec.seed)),
             Algorithm::Grid(set) => Engine::Grid(baselines::GridSearch::new(s, set, spec.seed)?),
+            Algorithm::Portfolio(set) => {
+                Engine::Portfolio(Box::new(portfolio::Portfolio::new(s, set, spec.seed)?))
+            }
         };
         Ok(Self {
             spec,
@@ -242,6 +251,7 @@ impl Optimizer {
             Engine::Random(e) => e.ask(n),
             Engine::Sobol(e) => e.ask(n),
             Engine::Grid(e) => e.ask(n),
+            Engine::Portfolio(e) => e.ask(n),
         };
         if self.spec.goal == Goal::Maximize {
             for p in &mut out {
@@ -289,6 +299,7 @@ impl Optimizer {
             Engine::Random(e) => e.tell(xs),
             Engine::Sobol(e) => e.tell(xs),
             Engine::Grid(e) => e.tell(xs),
+            Engine::Portfolio(e) => e.tell(xs, loss, obs.sd),
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ fn paper_space() -> Space {
 }
 
 fn all_algorithms() -> Vec<Algorithm> {
-    ["snobfit", "bo", "random", "sobol", "grid"]
+    ["snobfit", "bo", "random", "sobol", "grid", "portfolio"]
         .iter()
         .filter_map(|n| Algorithm::from_name(n))
         .collect()
