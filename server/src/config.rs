@@ -232,11 +232,11 @@ pub struct AgentConfig {
 }
 
 fn default_records_per_second() -> u32 {
-    500
+    1_000
 }
 
 fn default_record_burst() -> u32 {
-    2_000
+    20_000
 }
 
 fn default_bytes_per_day() -> u64 {

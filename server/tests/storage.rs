@@ -1018,11 +1018,11 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
                 let (s, org, u) = (s.clone(), org.id.clone(), u.clone());
                 tokio::spawn(maosic_server::storage::tenant::system(async move {
                     if round == 0 {
-                        s.change_member_role(&org, &u, Role::Admin, true)
+                        s.change_member_role(&org, &u, Role::Admin, &u)
                             .await
                             .unwrap()
                     } else {
-                        s.remove_member(&org, &u, true).await.unwrap()
+                        s.remove_member(&org, &u, &u).await.unwrap()
                     }
                 }))
             });
@@ -1054,7 +1054,8 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
         }
         let last = s.memberships_of_organization(&org.id).await.unwrap();
         assert_eq!(last.len(), 1);
-        // Joining with a lower role keeps the higher one; only owners touch owners.
+        // Joining with a lower role keeps the higher one; only owners touch owners (an admin
+        // may not demote an owner).
         assert_eq!(
             s.join_organization(&org.id, &last[0].user_id, Role::Viewer, 3)
                 .await
@@ -1075,19 +1076,28 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
             Role::Admin
         );
         assert_eq!(
-            s.change_member_role(&org.id, &last[0].user_id, Role::Viewer, false)
+            s.change_member_role(&org.id, &last[0].user_id, Role::Viewer, &newcomer.id)
                 .await
                 .unwrap(),
             storage::MemberChange::Forbidden
         );
         assert_eq!(
-            s.change_member_role(&org.id, "nobody", Role::Viewer, true)
+            s.change_member_role(&org.id, "nobody", Role::Viewer, &last[0].user_id)
                 .await
                 .unwrap(),
             storage::MemberChange::NotMember
         );
+        // The actor's role is read under the lock too: a non-manager changes nothing.
         assert_eq!(
-            s.remove_member(&org.id, &newcomer.id, false).await.unwrap(),
+            s.change_member_role(&org.id, &newcomer.id, Role::Viewer, "nobody")
+                .await
+                .unwrap(),
+            storage::MemberChange::Forbidden
+        );
+        assert_eq!(
+            s.remove_member(&org.id, &newcomer.id, &newcomer.id)
+                .await
+                .unwrap(),
             storage::MemberChange::Done
         );
     })

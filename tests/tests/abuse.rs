@@ -257,8 +257,10 @@ async fn password_guessing_is_limited_with_identical_answers() {
         started.elapsed().as_millis()
     );
     assert_eq!(accepted, 0);
+    // Attempts are reserved in the database before hashing: never one over the limit, however
+    // many run at once (it was 10 + the number of concurrent workers with the old counter).
     assert!(
-        invalid <= 10 + 4,
+        invalid <= 10,
         "the account lock engaged late: {invalid} checked"
     );
     assert_eq!(invalid + limited, 1000);

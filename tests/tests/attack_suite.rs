@@ -21,8 +21,12 @@ fn gql(server: &TestServer, s: &Session, query: &str, vars: Value) -> Value {
 }
 
 fn results(server: &TestServer, s: &Session, id: &str) -> i64 {
-    gql(server, s, "query($c: ID!) { campaign(id: $c) { results } }", json!({ "c": id }))["campaign"]
-        ["results"]
+    gql(
+        server,
+        s,
+        "query($c: ID!) { campaign(id: $c) { results } }",
+        json!({ "c": id }),
+    )["campaign"]["results"]
         .as_i64()
         .unwrap_or(0)
 }
@@ -58,7 +62,10 @@ async fn suite(backend: Backend) {
     let server = Arc::new(
         TestServer::spawn(
             &db,
-            &[("MAOSIC_CAMPAIGNS__TICK_MS", "100"), ("MAOSIC_OPERATOR_TOKEN", token)],
+            &[
+                ("MAOSIC_CAMPAIGNS__TICK_MS", "100"),
+                ("MAOSIC_OPERATOR_TOKEN", token),
+            ],
         )
         .unwrap(),
     );
@@ -69,8 +76,17 @@ async fn suite(backend: Backend) {
     let config = virtual_lab_config(dir.path(), 1000.0, 11).unwrap();
     let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
     wait_for(Duration::from_secs(30), "the victim's lab online", || {
-        let d = gql(&server, &victim, "query($l: ID!) { lab(id: $l) { online devices { name } } }", json!({ "l": lab.id }));
-        Ok((d["lab"]["online"] == true && d["lab"]["devices"].as_array().is_some_and(|v| !v.is_empty())).then_some(()))
+        let d = gql(
+            &server,
+            &victim,
+            "query($l: ID!) { lab(id: $l) { online devices { name } } }",
+            json!({ "l": lab.id }),
+        );
+        Ok((d["lab"]["online"] == true
+            && d["lab"]["devices"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty()))
+        .then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let recipe = std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap();
@@ -99,72 +115,114 @@ async fn suite(backend: Backend) {
         counters.push((name, rounds.clone()));
         threads.push(attacker(stop.clone(), rounds, attack));
     };
-    let aliases: String = (0..1000).map(|i| format!("a{i}: serverInfo {{ name }} ")).collect();
+    let aliases: String = (0..1000)
+        .map(|i| format!("a{i}: serverInfo {{ name }} "))
+        .collect();
     let complex = format!("{{ {} }}", "serverInfo { name version } ".repeat(3500));
     {
         let (server, evil, aliases) = (server.clone(), evil.clone(), aliases.clone());
-        add("hostile queries (aliases, complexity, batch)", Box::new(move || {
-            let _ = server.graphql_as(&evil.access_token, &format!("{{ {aliases} }}"), json!({}));
-            let _ = server.graphql_as(&evil.access_token, &complex, json!({}));
-            let batch: Vec<Value> = (0..100).map(|_| json!({ "query": "{ serverInfo { name } }" })).collect();
-            let _ = server.graphql_with(Some(&evil.access_token), &[], &Value::Array(batch));
-        }));
+        add(
+            "hostile queries (aliases, complexity, batch)",
+            Box::new(move || {
+                let _ =
+                    server.graphql_as(&evil.access_token, &format!("{{ {aliases} }}"), json!({}));
+                let _ = server.graphql_as(&evil.access_token, &complex, json!({}));
+                let batch: Vec<Value> = (0..100)
+                    .map(|_| json!({ "query": "{ serverInfo { name } }" }))
+                    .collect();
+                let _ = server.graphql_with(Some(&evil.access_token), &[], &Value::Array(batch));
+            }),
+        );
     }
     {
         let (server, evil, aliases) = (server.clone(), evil.clone(), aliases.clone());
-        add("the same over /graphql/ws", Box::new(move || {
-            if let Ok((mut ws, _)) = GraphqlWs::connect(&server, &evil.access_token) {
-                for i in 0..40 {
-                    let _ = ws.subscribe(&format!("q{i}"), &format!("{{ {aliases} }}"), json!({}));
+        add(
+            "the same over /graphql/ws",
+            Box::new(move || {
+                if let Ok((mut ws, _)) = GraphqlWs::connect(&server, &evil.access_token) {
+                    for i in 0..40 {
+                        let _ =
+                            ws.subscribe(&format!("q{i}"), &format!("{{ {aliases} }}"), json!({}));
+                    }
+                    let _ = ws.next(Duration::from_millis(200));
                 }
-                let _ = ws.next(Duration::from_millis(200));
-            }
-        }));
+            }),
+        );
     }
     {
         let (server, evil) = (server.clone(), evil.clone());
-        let lab_of_evil = gql(&server, &evil, "mutation($o: ID!) { createLab(organizationId: $o, name: \"x\") { id } }", json!({ "o": evil.organization_id }))["createLab"]["id"].as_str().unwrap().to_owned();
-        let recipe = std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap();
-        add("unbounded optimizer settings", Box::new(move || {
-            let _ = server.graphql_as(
+        let lab_of_evil = gql(
+            &server,
+            &evil,
+            "mutation($o: ID!) { createLab(organizationId: $o, name: \"x\") { id } }",
+            json!({ "o": evil.organization_id }),
+        )["createLab"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let recipe =
+            std::fs::read_to_string(repo_root().join("examples/chirality.recipe")).unwrap();
+        add(
+            "unbounded optimizer settings",
+            Box::new(move || {
+                let _ = server.graphql_as(
                 &evil.access_token,
                 "mutation($o: ID!, $l: ID!, $r: String!) { createCampaign(organizationId: $o, labId: $l, name: \"x\", \
                    recipe: $r, objective: \"maximize abs(cd_at_exciton)\", optimizer: \"bo\", \
                    optimizerSettings: {candidates: 10000000000, restarts: 100000}, budget: 100000, start: true) { id } }",
                 json!({ "o": evil.organization_id, "l": lab_of_evil, "r": recipe }),
             );
-        }));
+            }),
+        );
     }
     {
         let (server, lab_id, campaign) = (server.clone(), lab.id.clone(), campaign.clone());
         let evil = evil.clone();
-        add("another tenant's lab and campaign", Box::new(move || {
-            for q in [
+        add(
+            "another tenant's lab and campaign",
+            Box::new(move || {
+                for q in [
                 "mutation($l: ID!) { stopLab(labId: $l) }",
                 "mutation($l: ID!) { sendInstruction(labId: $l, method: \"H.set_temperature\", params: {T: 180}) }",
                 "mutation($l: ID!) { queueInstruction(labId: $l, method: \"H.set_temperature\", params: {T: 180}) { id } }",
             ] {
                 let _ = server.graphql_as(&evil.access_token, q, json!({ "l": lab_id }));
             }
-            let _ = server.graphql_as(&evil.access_token, "mutation($c: ID!) { pauseCampaign(id: $c) { id } }", json!({ "c": campaign }));
-            let _ = server.get(&format!("/api/v1/campaigns/{campaign}/export.json?measurements=true"));
-        }));
+                let _ = server.graphql_as(
+                    &evil.access_token,
+                    "mutation($c: ID!) { pauseCampaign(id: $c) { id } }",
+                    json!({ "c": campaign }),
+                );
+                let _ = server.get(&format!(
+                    "/api/v1/campaigns/{campaign}/export.json?measurements=true"
+                ));
+            }),
+        );
     }
     {
         let server = server.clone();
-        add("password guessing and sign-up floods", Box::new(move || {
-            let body = json!({ "query": "mutation { logIn(email: \"victim@example.org\", password: \"guess-guess\") { accessToken } }" });
-            let _ = server.graphql_with(None, &[("x-forwarded-for", "203.0.113.9")], &body);
-            let body = json!({ "query": "mutation { signUp(email: \"victim@example.org\", password: \"whatever-1234\", displayName: \"x\", organizationName: \"x\") }" });
-            let _ = server.graphql_with(None, &[], &body);
-        }));
+        add(
+            "password guessing and sign-up floods",
+            Box::new(move || {
+                let body = json!({ "query": "mutation { logIn(email: \"victim@example.org\", password: \"guess-guess\") { accessToken } }" });
+                let _ = server.graphql_with(None, &[("x-forwarded-for", "203.0.113.9")], &body);
+                let body = json!({ "query": "mutation { signUp(email: \"victim@example.org\", password: \"whatever-1234\", displayName: \"x\", organizationName: \"x\") }" });
+                let _ = server.graphql_with(None, &[], &body);
+            }),
+        );
     }
     {
         let server = server.clone();
-        add("operator-token guessing and /metrics", Box::new(move || {
-            let _ = server.get_as("/operator/v1/labs/x/programs/y/records", "Bearer guess-0123456789-0123456789-0123456789");
-            let _ = server.get_as("/metrics", "Bearer guess");
-        }));
+        add(
+            "operator-token guessing and /metrics",
+            Box::new(move || {
+                let _ = server.get_as(
+                    "/operator/v1/labs/x/programs/y/records",
+                    "Bearer guess-0123456789-0123456789-0123456789",
+                );
+                let _ = server.get_as("/metrics", "Bearer guess");
+            }),
+        );
     }
     let attacked = time_loops(&server, &victim, &campaign, 12);
     stop.store(true, Ordering::Relaxed);
@@ -183,14 +241,32 @@ async fn suite(backend: Backend) {
         ratio * 100.0,
         rounds.join("; ")
     );
-    assert_eq!(server.get("/readyz").unwrap().0, 200, "the server stays ready");
-    assert!(ratio >= 0.8, "the victim kept {:.0} % of its loop rate", ratio * 100.0);
+    assert_eq!(
+        server.get("/readyz").unwrap().0,
+        200,
+        "the server stays ready"
+    );
+    assert!(
+        ratio >= 0.8,
+        "the victim kept {:.0} % of its loop rate",
+        ratio * 100.0
+    );
 
     // The victim's campaign completes, every experiment run once and told.
-    let done = wait_for(Duration::from_secs(300), "the victim's campaign done", || {
-        let c = gql(&server, &victim, "query($c: ID!) { campaign(id: $c) { state results proposals } }", json!({ "c": campaign }))["campaign"].clone();
-        Ok((c["state"] == "completed").then_some(c))
-    })
+    let done = wait_for(
+        Duration::from_secs(300),
+        "the victim's campaign done",
+        || {
+            let c = gql(
+                &server,
+                &victim,
+                "query($c: ID!) { campaign(id: $c) { state results proposals } }",
+                json!({ "c": campaign }),
+            )["campaign"]
+                .clone();
+            Ok((c["state"] == "completed").then_some(c))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log()))
     .0;
     assert_eq!(done["results"], budget, "{done}");
@@ -200,11 +276,17 @@ async fn suite(backend: Backend) {
         "query($c: ID!) { campaign(id: $c) { experiments(first: 100) { nodes { state attempts objectiveValue } } } }",
         json!({ "c": campaign }),
     );
-    let nodes = page["campaign"]["experiments"]["nodes"].as_array().unwrap().clone();
+    let nodes = page["campaign"]["experiments"]["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(nodes.len() as i64, budget);
     for e in &nodes {
         assert_eq!(e["state"], "completed", "{e}");
-        assert!(e["objectiveValue"].as_f64().is_some_and(f64::is_finite), "{e}");
+        assert!(
+            e["objectiveValue"].as_f64().is_some_and(f64::is_finite),
+            "{e}"
+        );
     }
     // Nothing of the attacker reached the victim's lab.
     let log = server.log();

@@ -348,12 +348,18 @@ async fn operator_token_guesses_are_throttled_per_address() {
     let mut codes = Vec::new();
     for i in 0..12 {
         let (status, _) = server
-            .get_as(path, &format!("Bearer guess-{i}-0123456789abcdef0123456789"))
+            .get_as(
+                path,
+                &format!("Bearer guess-{i}-0123456789abcdef0123456789"),
+            )
             .unwrap();
         codes.push(status);
     }
     assert_eq!(&codes[..10], &[401; 10], "{codes:?}");
     assert_eq!(&codes[10..], &[429, 429], "{codes:?}");
     // Even the right token waits out the window from that address.
-    assert_eq!(server.get_as(path, &format!("Bearer {token}")).unwrap().0, 429);
+    assert_eq!(
+        server.get_as(path, &format!("Bearer {token}")).unwrap().0,
+        429
+    );
 }

@@ -501,8 +501,14 @@ async fn one_address_cannot_fill_the_ssh_endpoint_with_idle_handshakes() {
         assert!(banner(s) > 0, "the first 4 get the SSH banner");
     }
     let mut fifth = std::net::TcpStream::connect(ssh).unwrap();
-    assert_eq!(banner(&mut fifth), 0, "the 5th from the same address is closed at once");
-    assert!(server.log().contains("too many unauthenticated connections from this address"));
+    assert_eq!(
+        banner(&mut fifth),
+        0,
+        "the 5th from the same address is closed at once"
+    );
+    assert!(server
+        .log()
+        .contains("too many unauthenticated connections from this address"));
     // The silent ones are cut after the 2 s login grace, and the address may connect again.
     let started = Instant::now();
     for s in &mut idle {
@@ -515,7 +521,10 @@ async fn one_address_cannot_fill_the_ssh_endpoint_with_idle_handshakes() {
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "cut within the grace");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cut within the grace"
+    );
     let mut again = std::net::TcpStream::connect(ssh).unwrap();
     assert!(banner(&mut again) > 0, "a new connection is served again");
     assert_eq!(server.get("/healthz").unwrap().0, 200);

@@ -56,6 +56,8 @@ pub const BO_WARM_RESTARTS: Bound = Bound::new("warm_restarts", 0.0, 20.0);
 pub const BO_REFINE_STARTS: Bound = Bound::new("refine_starts", 0.0, 64.0);
 /// BO: `local_every` (0 = never).
 pub const BO_LOCAL_EVERY: Bound = Bound::new("local_every", 0.0, 100.0);
+/// Portfolio: every `snobfit_every`-th proposal is SNOBFIT's (1 = SNOBFIT only).
+pub const PORTFOLIO_SNOBFIT_EVERY: Bound = Bound::new("snobfit_every", 1.0, 100.0);
 /// Grid: `levels` per parameter (the full grid is also capped at 10⁶ points).
 pub const GRID_LEVELS: Bound = Bound::new("levels", 2.0, 1000.0);
 
@@ -71,11 +73,27 @@ pub const ALL: &[(&str, Bound)] = &[
     ("bo", BO_WARM_RESTARTS),
     ("bo", BO_REFINE_STARTS),
     ("bo", BO_LOCAL_EVERY),
+    ("portfolio", PORTFOLIO_SNOBFIT_EVERY),
     ("grid", GRID_LEVELS),
 ];
 
 /// Most parameters a campaign's space may have.
 pub const MAX_DIMENSIONS: usize = 8;
+
+/// Checks every BO setting (`prefix` names where they sit, e.g. `bo` or `portfolio.bo`).
+fn validate_bo(prefix: &str, s: &crate::bo::BoSettings) -> Result<(), OptimizerError> {
+    if let Some(n) = s.initial_points {
+        BO_INITIAL_POINTS.check(prefix, n as f64)?;
+    }
+    BO_RESTARTS.check(prefix, s.restarts as f64)?;
+    BO_REFIT_GROWTH.check(prefix, s.refit_growth)?;
+    BO_CANDIDATES.check(prefix, s.candidates as f64)?;
+    BO_EXPLORE_EVERY.check(prefix, s.explore_every as f64)?;
+    BO_LS_PRIOR_SD.check(prefix, s.ls_prior_sd)?;
+    BO_WARM_RESTARTS.check(prefix, s.warm_restarts as f64)?;
+    BO_REFINE_STARTS.check(prefix, s.refine_starts as f64)?;
+    BO_LOCAL_EVERY.check(prefix, s.local_every as f64)
+}
 
 impl Algorithm {
     /// Checks every setting against its documented [`Bound`].
@@ -83,18 +101,11 @@ impl Algorithm {
         let name = self.name();
         match self {
             Algorithm::Snobfit(s) => SNOBFIT_P.check(name, s.p),
-            Algorithm::Bo(s) => {
-                if let Some(n) = s.initial_points {
-                    BO_INITIAL_POINTS.check(name, n as f64)?;
-                }
-                BO_RESTARTS.check(name, s.restarts as f64)?;
-                BO_REFIT_GROWTH.check(name, s.refit_growth)?;
-                BO_CANDIDATES.check(name, s.candidates as f64)?;
-                BO_EXPLORE_EVERY.check(name, s.explore_every as f64)?;
-                BO_LS_PRIOR_SD.check(name, s.ls_prior_sd)?;
-                BO_WARM_RESTARTS.check(name, s.warm_restarts as f64)?;
-                BO_REFINE_STARTS.check(name, s.refine_starts as f64)?;
-                BO_LOCAL_EVERY.check(name, s.local_every as f64)
+            Algorithm::Bo(s) => validate_bo(name, s),
+            Algorithm::Portfolio(s) => {
+                PORTFOLIO_SNOBFIT_EVERY.check(name, s.snobfit_every as f64)?;
+                validate_bo("portfolio.bo", &s.bo)?;
+                SNOBFIT_P.check("portfolio.snobfit", s.snobfit.p)
             }
             Algorithm::Grid(s) => match s.levels {
                 Some(l) => GRID_LEVELS.check(name, f64::from(l)),
@@ -108,7 +119,7 @@ impl Algorithm {
     /// cubic in them, SNOBFIT's neighbour search quadratic.
     pub fn max_observations(&self) -> usize {
         match self {
-            Algorithm::Bo(_) => 1_000,
+            Algorithm::Bo(_) | Algorithm::Portfolio(_) => 1_000,
             Algorithm::Snobfit(_) => 5_000,
             Algorithm::Random | Algorithm::Sobol | Algorithm::Grid(_) => 100_000,
         }
@@ -134,7 +145,7 @@ mod tests {
 
     #[test]
     fn defaults_are_within_their_bounds() {
-        for name in ["snobfit", "bo", "random", "sobol", "grid"] {
+        for name in ["snobfit", "bo", "random", "sobol", "grid", "portfolio"] {
             let a = Algorithm::from_name(name).expect("known");
             assert!(a.validate().is_ok(), "{name}");
         }

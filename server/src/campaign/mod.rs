@@ -98,7 +98,7 @@ pub fn new_optimizer(
     };
     let Some(defaults) = Algorithm::from_name(name) else {
         return Err(CampaignError::Optimizer(format!(
-            "unknown optimizer {name:?}: snobfit, bo, random, sobol or grid"
+            "unknown optimizer {name:?}: snobfit, bo, portfolio, random, sobol or grid"
         )));
     };
     // A misspelt setting would silently fall back to its default: refuse it by name.

@@ -391,13 +391,13 @@ impl OrgMutation {
         let p = writer(ctx)?;
         let org_id = parse_id(&organization_id)?;
         let user_id = parse_id(&user_id)?;
-        let my_role = require_admin(ctx, p, &org_id).await?;
+        require_admin(ctx, p, &org_id).await?;
         let role: Role = role.into();
-        // Checked and written in one transaction under the organisation's lock, so concurrent
-        // demotions cannot leave it without an owner.
+        // Checked (the actor's role too) and written in one transaction under the
+        // organisation's lock, so concurrent demotions cannot leave it without an owner.
         let change = state(ctx)?
             .storage
-            .change_member_role(&org_id, &user_id, role, my_role == Role::Owner)
+            .change_member_role(&org_id, &user_id, role, &p.user_id)
             .await
             .api()?;
         member_change(change)?;
@@ -427,10 +427,10 @@ impl OrgMutation {
         let p = writer(ctx)?;
         let org_id = parse_id(&organization_id)?;
         let user_id = parse_id(&user_id)?;
-        let my_role = require_admin(ctx, p, &org_id).await?;
+        require_admin(ctx, p, &org_id).await?;
         let change = state(ctx)?
             .storage
-            .remove_member(&org_id, &user_id, my_role == Role::Owner)
+            .remove_member(&org_id, &user_id, &p.user_id)
             .await
             .api()?;
         member_change(change)?;

@@ -137,21 +137,22 @@ pub trait AuthStorage {
         role: Role,
         now_ms: i64,
     ) -> StorageResult<Role>;
-    /// Changes a member's role, unless the member or the new role is an owner and
-    /// `actor_is_owner` is false, or the organisation would be left without an owner.
+    /// Changes a member's role on behalf of `actor_user_id`, whose role is read under the same
+    /// lock: `Forbidden` unless the actor is an owner or admin, and an owner when the member or
+    /// the new role is an owner; `LastOwner` when the organisation would be left without one.
     async fn change_member_role(
         &self,
         organization_id: &str,
         user_id: &str,
         role: Role,
-        actor_is_owner: bool,
+        actor_user_id: &str,
     ) -> StorageResult<MemberChange>;
     /// Removes a member under the same rules as [`AuthStorage::change_member_role`].
     async fn remove_member(
         &self,
         organization_id: &str,
         user_id: &str,
-        actor_is_owner: bool,
+        actor_user_id: &str,
     ) -> StorageResult<MemberChange>;
 }
 
@@ -195,6 +196,28 @@ macro_rules! impl_auth_storage {
                     .await
                     .map_err(StorageError::from_sqlx)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            /// Whether the actor is an owner (`Some(true)`) or an admin (`Some(false)`) of the
+            /// organisation, read under the lock; `None` for anyone else.
+            async fn actor_manages(
+                tx: &mut sqlx::Transaction<'static, <$ty as BackendDb>::Db>,
+                organization_id: &str,
+                actor_user_id: &str,
+            ) -> StorageResult<Option<bool>> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
+                )
+                .bind(organization_id)
+                .bind(actor_user_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StorageError::from_sqlx)?;
+                Ok(match row.and_then(|(r,)| Role::parse(&r)) {
+                    Some(Role::Owner) => Some(true),
+                    Some(Role::Admin) => Some(false),
+                    _ => None,
+                })
             }
 
             /// The member's role and the organisation's owner count, read under the lock.
@@ -468,12 +491,17 @@ macro_rules! impl_auth_storage {
                 organization_id: &str,
                 user_id: &str,
                 role: Role,
-                actor_is_owner: bool,
+                actor_user_id: &str,
             ) -> StorageResult<MemberChange> {
                 in_tx!(&self.pool, tx, {
                     if !Self::lock_organization(&mut tx, organization_id).await? {
                         return Ok(MemberChange::NotMember);
                     }
+                    let Some(actor_is_owner) =
+                        Self::actor_manages(&mut tx, organization_id, actor_user_id).await?
+                    else {
+                        return Ok(MemberChange::Forbidden);
+                    };
                     let Some((current, owners)) =
                         Self::role_and_owners(&mut tx, organization_id, user_id).await?
                     else {
@@ -503,12 +531,17 @@ macro_rules! impl_auth_storage {
                 &self,
                 organization_id: &str,
                 user_id: &str,
-                actor_is_owner: bool,
+                actor_user_id: &str,
             ) -> StorageResult<MemberChange> {
                 in_tx!(&self.pool, tx, {
                     if !Self::lock_organization(&mut tx, organization_id).await? {
                         return Ok(MemberChange::NotMember);
                     }
+                    let Some(actor_is_owner) =
+                        Self::actor_manages(&mut tx, organization_id, actor_user_id).await?
+                    else {
+                        return Ok(MemberChange::Forbidden);
+                    };
                     let Some((current, owners)) =
                         Self::role_and_owners(&mut tx, organization_id, user_id).await?
                     else {
