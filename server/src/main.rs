@@ -1,5 +1,6 @@
 //! `maosic-server`: the command line of the MAOSIC cloud server.
 
+mod cli_analyze;
 mod cli_lang;
 mod cli_optimize_bench;
 
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Discovery-efficiency benchmark of the optimizers on a noisy landscape.
     OptimizeBench(cli_optimize_bench::OptimizeBenchArgs),
+    /// Fit the peaks of an absorption spectrum (CSV) and, with `--cd`, read the CD at the
+    /// first exciton peak; no server needed.
+    Analyze(cli_analyze::AnalyzeArgs),
     /// TLS: development certificates.
     Tls {
         #[command(subcommand)]
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::OptimizeBench(args) => cli_optimize_bench::run(args)?,
+        Command::Analyze(args) => cli_analyze::run(args)?,
         Command::Tls {
             command:
                 TlsCommand::DevCert {
