@@ -1107,7 +1107,10 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
 #[tokio::test]
 async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach() {
     // Set-up is platform work; the checks below run in explicit tenant scopes.
-    maosic_server::storage::tenant::system(postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body()).await;
+    maosic_server::storage::tenant::system(
+        postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body(),
+    )
+    .await;
 }
 
 async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body() {

@@ -243,11 +243,14 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         tokio::spawn(tenant::system(async move {
             let _guard = guard;
             match advance(&state, &c).await {
-                Ok(true) => {
+                Ok(Some(queued)) => {
                     steps.succeeded(&c.id);
-                    state.events.publish(Event::Wake);
+                    if queued {
+                        // New experiments: dispatch them now rather than at the next tick.
+                        state.events.publish(Event::Wake);
+                    }
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(StepError::Campaign(why)) => {
                     warn!(campaign.id = %c.id, error = %why, "campaign step failed");
                     step_failed(&state, &steps, &c.id, &why).await;
@@ -507,21 +510,21 @@ fn tell(
     }))
 }
 
-/// Asks for new points, finishes a campaign whose budget or target is reached; `true` when
-/// an ask ran and its proposals were queued.
-async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
+/// Asks for new points, finishes a campaign whose budget or target is reached. `Some(queued)`
+/// when an ask ran (`queued`: it queued experiments), `None` when none was due.
+async fn advance(state: &AppState, c: &Campaign) -> Result<Option<bool>, StepError> {
     let now = now_ms();
     let objective = match parse_objective(&c.objective) {
         Ok(o) => o,
         Err(e) => {
             fail_campaign(state, c, &e.to_string()).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
     if let (Some(target), Some(best)) = (c.target, c.best_value) {
         if super::reaches(objective.direction(), best, target) {
             finish_campaign(state, c, "completed", "target reached").await?;
-            return Ok(false);
+            return Ok(None);
         }
     }
     let in_flight = state.storage.optimizer_in_flight(&c.id).await?;
@@ -530,11 +533,11 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
         if in_flight == 0 {
             finish_campaign(state, c, "completed", "budget used").await?;
         }
-        return Ok(false);
+        return Ok(None);
     }
     let mut room = (c.batch_size - in_flight).min(remaining);
     if room <= 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let lab = state.storage.lab(&c.lab_id).await?;
     if lab.organization_id != c.organization_id {
@@ -547,7 +550,7 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
                 "the lab is no longer shared with this organisation",
             )
             .await?;
-            return Ok(false);
+            return Ok(None);
         };
         room = room.min(left);
         if room <= 0 {
@@ -558,22 +561,22 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
                     .set_campaign_state(&c.id, &["running"], "running", Some(detail), now)
                     .await?;
             }
-            return Ok(false);
+            return Ok(None);
         }
     }
     let Some(descriptor_json) = &lab.descriptor else {
-        return Ok(false); // The agent has not announced its devices yet.
+        return Ok(None); // The agent has not announced its devices yet.
     };
     let descriptor = match LabDescriptor::from_json_str(descriptor_json) {
         Ok(d) => d,
         Err(e) => {
             warn!(lab.id = %lab.id, error = %e, "stored capability descriptor does not parse");
-            return Ok(false);
+            return Ok(None);
         }
     };
     let Some(state_json) = &c.optimizer_state else {
         fail_campaign(state, c, "the campaign has no optimizer state").await?;
-        return Ok(false);
+        return Ok(None);
     };
     // A stored state is validated again as it loads (its settings' bounds).
     let mut optimizer = Optimizer::from_state_json(state_json)
@@ -622,11 +625,11 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
         Ok(p) => p,
         Err(e) => {
             fail_campaign(state, c, &e.to_string()).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
     if experiments.is_empty() {
-        return Ok(true);
+        return Ok(Some(false));
     }
     if state
         .storage
@@ -640,8 +643,10 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<bool, StepError> {
             state: c.state.clone(),
             kind: "queued".into(),
         });
+        return Ok(Some(true));
     }
-    Ok(true)
+    // The campaign moved meanwhile (another writer): the next pass asks again.
+    Ok(Some(false))
 }
 
 async fn finish_campaign(

@@ -4,10 +4,12 @@ with a one-time token. Needs the two binaries (``cargo build --workspace --bins`
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,26 @@ def _binary(bin_dir: Path, name: str) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build it first (cargo build --workspace --bins)")
     return str(path)
+
+
+def _mailed_token(outbox: Path, email: str, timeout_s: float = 10.0) -> Optional[str]:
+    """The verification token mailed to ``email`` by the development mailer (one JSON object
+    per line in ``outbox``), waiting up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if outbox.exists():
+            for line in outbox.read_text().splitlines():
+                try:
+                    mail = json.loads(line)
+                except ValueError:
+                    continue
+                if mail.get("to") != email:
+                    continue
+                for word in str(mail.get("body", "")).split():
+                    if word.startswith("mvt_"):
+                        return word
+        time.sleep(0.05)
+    return None
 
 
 def virtual_lab_config(template: Path, out: Path, speed: float, seed: int) -> Path:
@@ -101,7 +123,14 @@ def start_local_lab(
         tmp = tempfile.TemporaryDirectory(prefix="maosic-local-")
         directory = Path(tmp.name)
     directory.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    outbox = directory / "outbox.jsonl"
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+        # The development mailer: verification mail is appended to this file.
+        "MAOSIC_MAIL__OUTBOX_FILE": str(outbox),
+    }
     server_log = open(directory / "server.log", "w")
     server = subprocess.Popen(
         [server_bin, "serve", "--bind", "127.0.0.1:0", "--database",
@@ -138,7 +167,12 @@ def start_local_lab(
 
     email = f"local-{uuid.uuid4().hex[:8]}@maosic.test"
     password = uuid.uuid4().hex
-    client = Client.sign_up(url, email, password, "Local researcher", "Local group")
+    Client.sign_up(url, email, password, "Local researcher", "Local group")
+    token = _mailed_token(outbox, email)
+    if token is None:
+        fail(f"no verification mail to {email} in {outbox}")
+    assert token is not None
+    client = Client.verify_email(url, token)
     org = client.me().organizations[0].id
     lab = client.create_lab(org, "virtual-lab")
     token = client.create_enrollment_token(lab.id)
