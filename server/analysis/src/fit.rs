@@ -1258,23 +1258,10 @@ fn fit_auto(
     trail: &mut Trail,
 ) -> Option<PeakFit> {
     let start: Vec<PeakGuess> = distinct(detected).into_iter().take(max).collect();
-    // Several detected bands may include spurious shoulders: that start gets a small evaluation
-    // budget, and the fallback (the strongest band alone, then the residual-driven repair) the
-    // full one, instead of a full budget spent on a fit that wanders.
-    let first = if start.len() > 1 {
-        let trial = FitSettings {
-            patience: settings.patience.min(REPAIR_PATIENCE),
-            ..settings.clone()
-        };
-        trail.fit(prep, &trial, &start)
-    } else {
-        trail.fit(prep, settings, &start)
-    };
-    let fit = match first {
-        Some(f) => Some(f),
-        None if start.len() > 1 => trail.fit(prep, settings, &start[..1]),
-        None => None,
-    };
+    let mut fit = trail.fit(prep, settings, &start);
+    if fit.is_none() && start.len() > 1 {
+        fit = trail.fit(prep, settings, &start[..1]);
+    }
     let mut fit = repair(prep, settings, fit?, max, sigma, Judge::Auto, trail);
     while fit.peaks.len() > 1 {
         let energy = |p: &FittedPeak| p.amplitude * p.amplitude * p.fwhm_nm;
