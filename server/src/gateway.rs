@@ -346,7 +346,9 @@ struct Ingest {
     tokens: f64,
     refilled: Instant,
     max_bytes_per_day: i64,
-    day: Option<(i64, i64)>,
+    /// The UTC day, the lab's bytes stored that day, and when that figure was read from
+    /// storage (re-read every few seconds: other connections and replicas store too).
+    day: Option<(i64, i64, Instant)>,
     /// Epoch and seq of the first record refused: the next stored record of that epoch.
     resume: Option<(String, i64)>,
     /// No second throttle notification before this.
@@ -439,7 +441,10 @@ async fn store_record(
     let mut body = params.record.to_string();
     // A spectrum over the documented cap is never stored as data: a `rejected` record in its
     // place (same delivery key, so the stream stays contiguous) says what arrived and why.
-    if let Some(why) = oversized_measurement(&params.record, state.config.agent.max_spectrum_points)
+    let too_big_for_a_day = (body.len() as u64 > state.config.agent.max_bytes_per_day)
+        .then(|| "the record alone is larger than the lab's daily byte budget".to_owned());
+    if let Some(why) = too_big_for_a_day
+        .or_else(|| oversized_measurement(&params.record, state.config.agent.max_spectrum_points))
     {
         warn!(lab.id = %lab_id, seq, why, "oversized measurement rejected");
         body = json!({
@@ -454,11 +459,12 @@ async fn store_record(
     // Ingestion limits: the day's bytes (from storage once per UTC day), then the rate.
     let now = now_ms();
     let today = crate::storage::records::utc_day(now);
+    let fresh = |read: &Instant| read.elapsed() < Duration::from_secs(5);
     let used = match ingest.day {
-        Some((day, used)) if day == today => used,
+        Some((day, used, read)) if day == today && fresh(&read) => used,
         _ => match state.storage.ingest_usage(lab_id, today).await {
             Ok(u) => {
-                ingest.day = Some((today, u.bytes));
+                ingest.day = Some((today, u.bytes, Instant::now()));
                 u.bytes
             }
             Err(e) => {
@@ -528,7 +534,7 @@ async fn store_record(
     match stored {
         Ok(true) => {
             ingest.tokens -= 1.0;
-            if let Some((_, used)) = ingest.day.as_mut() {
+            if let Some((_, used, _)) = ingest.day.as_mut() {
                 *used = used.saturating_add(bytes);
             }
             state.events.publish(crate::events::Event::RecordStored {

@@ -93,7 +93,7 @@ struct DemoArgs {
     /// Virtual lab clock speed (x real time).
     #[arg(long, default_value_t = 2500.0)]
     speed: f64,
-    /// Optimizer: snobfit (the paper's), bo, random, sobol or grid.
+    /// Optimizer: snobfit (the paper's), bo, portfolio, random, sobol or grid.
     #[arg(long, default_value = "snobfit")]
     optimizer: String,
     /// Exit when the campaign ends (default: keep serving).

@@ -300,6 +300,29 @@ async fn ws_pipeline(backend: Backend, app_filter: bool) {
         me["payload"]["data"]["me"]["email"], "b@example.org",
         "{me}"
     );
+    let done = ws.next(Duration::from_secs(10)).unwrap().expect("complete");
+    assert_eq!(done["type"], "complete", "{done}");
+
+    // An id still in use cannot smuggle an unchecked operation past the pipeline.
+    let own = create_lab(&server, &b, "b-lab");
+    ws.subscribe(
+        "s",
+        "subscription($l: ID!) { labStatus(labId: $l) { online } }",
+        json!({ "l": own }),
+    )
+    .unwrap();
+    assert!(
+        ws.next(Duration::from_millis(300)).unwrap().is_none(),
+        "subscribed, quiet"
+    );
+    ws.subscribe("s", &format!("{{ {aliases} }}"), json!({}))
+        .unwrap();
+    let dup = ws
+        .next(Duration::from_secs(10))
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(dup["type"], "error", "{dup}");
+    assert!(dup.to_string().contains("still running"), "{dup}");
 }
 
 /// Item 6: a share says what the partner may do; instructions count against its daily quota;

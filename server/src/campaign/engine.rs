@@ -240,9 +240,11 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
             continue; // Its previous step is still running.
         };
         let (state, steps) = (state.clone(), steps.clone());
+        // The campaign stays busy until its step's task and its blocking computation both end
+        // (a computation past its budget cannot be cancelled: no second one starts meanwhile).
+        let guard = Arc::new(guard);
         tokio::spawn(tenant::system(async move {
-            let _guard = guard;
-            match advance(&state, &c).await {
+            match advance(&state, &c, guard).await {
                 Ok(Some(queued)) => {
                     steps.succeeded(&c.id);
                     if queued {
@@ -512,7 +514,11 @@ fn tell(
 
 /// Asks for new points, finishes a campaign whose budget or target is reached. `Some(queued)`
 /// when an ask ran (`queued`: it queued experiments), `None` when none was due.
-async fn advance(state: &AppState, c: &Campaign) -> Result<Option<bool>, StepError> {
+async fn advance(
+    state: &AppState,
+    c: &Campaign,
+    busy: Arc<BusyGuard>,
+) -> Result<Option<bool>, StepError> {
     let now = now_ms();
     let objective = match parse_objective(&c.objective) {
         Ok(o) => o,
@@ -587,6 +593,7 @@ async fn advance(state: &AppState, c: &Campaign) -> Result<Option<bool>, StepErr
     // Asking (model fits) and compiling are CPU work: on the blocking pool, within the step's
     // time budget.
     let planned = bounded(state, "the optimizer's ask", move || {
+        let _busy = busy;
         let proposals = optimizer.ask(n);
         let space = optimizer.spec().space.clone();
         let mut experiments = Vec::new();

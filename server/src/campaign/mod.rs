@@ -78,7 +78,7 @@ pub fn parse_objective(text: &str) -> Result<Objective, CampaignError> {
     Objective::parse(text).map_err(|e| CampaignError::Objective(e.to_string()))
 }
 
-/// The optimizer a campaign starts with: `name` (`snobfit`, `bo`, `random`, `sobol`, `grid`)
+/// The optimizer a campaign starts with: `name` (`snobfit`, `bo`, `portfolio`, `random`, `sobol`, `grid`)
 /// with `settings` (the algorithm's fields, JSON object), the objective's direction and a seed.
 pub fn new_optimizer(
     space: Space,

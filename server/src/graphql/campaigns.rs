@@ -909,7 +909,7 @@ impl CampaignMutation {
         let params = params.map_or(Value::Object(Default::default()), |j| j.0);
         check_instruction(&descriptor, &method, &params)
             .map_err(|e| fail(ApiError::BadInput(e)))?;
-        let organization_id = super::commands::instructing_org(ctx, p, &lab).await?;
+        let organization_id = super::commands::instructing_org(ctx, p, &lab, true).await?;
         state(ctx)?
             .storage
             .record_instruction(&lab.id, &organization_id, &p.user_id, &method, now_ms())
@@ -942,7 +942,7 @@ impl CampaignMutation {
     async fn stop_lab(&self, ctx: &Context<'_>, lab_id: ID) -> ApiResult<Json<Value>> {
         let p = writer(ctx)?;
         let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
-        let organization_id = super::commands::instructing_org(ctx, p, &lab).await?;
+        let organization_id = super::commands::instructing_org(ctx, p, &lab, false).await?;
         state(ctx)?
             .storage
             .record_instruction(&lab.id, &organization_id, &p.user_id, "estop", now_ms())

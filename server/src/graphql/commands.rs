@@ -120,12 +120,14 @@ fn may_queue(role: Role) -> bool {
 
 /// The organisation on whose behalf the principal sends instructions to `lab`: the lab's own
 /// when the principal is a researcher or more there, else the first organisation the lab is
-/// shared with for `instruct` where it is; `FORBIDDEN` otherwise. For a sharee, the instruction
-/// must fit in the share's daily quota (experiments and instructions count together).
+/// shared with for `instruct` where it is; `FORBIDDEN` otherwise. With `quota`, a sharee's
+/// instruction must fit in the share's daily quota (experiments and instructions count
+/// together); a software stop does not (a safety action is never refused for quota).
 pub(crate) async fn instructing_org(
     ctx: &Context<'_>,
     p: &Principal,
     lab: &storage::Lab,
+    quota: bool,
 ) -> ApiResult<String> {
     if org_role(ctx, p, &lab.organization_id)
         .await?
@@ -134,6 +136,7 @@ pub(crate) async fn instructing_org(
         return Ok(lab.organization_id.clone());
     }
     let st = state(ctx)?;
+    let mut used_up = None;
     for share in st.storage.shares_of_lab(&lab.id).await.api()? {
         if share_level(&share.rights) < LabAccess::Instruct {
             continue;
@@ -143,6 +146,9 @@ pub(crate) async fn instructing_org(
             .is_some_and(may_queue)
         {
             continue;
+        }
+        if !quota {
+            return Ok(share.organization_id);
         }
         let (quota, left) = crate::campaign::engine::daily_quota(
             st.storage.as_ref(),
@@ -154,13 +160,18 @@ pub(crate) async fn instructing_org(
         .api()?
         .unwrap_or((0, 0));
         if left <= 0 {
-            return Err(fail(ApiError::Conflict(format!(
-                "the shared lab's daily quota ({quota} experiments and instructions) is used up"
-            ))));
+            // Another organisation of the caller's may still have quota on this lab.
+            used_up = Some(quota);
+            continue;
         }
         return Ok(share.organization_id);
     }
-    Err(fail(ApiError::Forbidden))
+    match used_up {
+        Some(quota) => Err(fail(ApiError::Conflict(format!(
+            "the shared lab's daily quota ({quota} experiments and instructions) is used up"
+        )))),
+        None => Err(fail(ApiError::Forbidden)),
+    }
 }
 
 /// Loads a command the principal may see (`NOT_FOUND` otherwise): members of the organisation
@@ -313,7 +324,7 @@ impl CommandMutation {
     ) -> ApiResult<LabCommandNode> {
         let p = writer(ctx)?;
         let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
-        let organization_id = instructing_org(ctx, p, &lab).await?;
+        let organization_id = instructing_org(ctx, p, &lab, true).await?;
         if !(1..=MAX_DEADLINE_SECONDS).contains(&deadline_seconds) {
             return Err(fail(ApiError::BadInput(format!(
                 "deadlineSeconds must be within 1..={MAX_DEADLINE_SECONDS}"

@@ -502,11 +502,21 @@ impl LabMutation {
         let p = writer(ctx)?;
         let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Manage).await?;
         let org_id = parse_id(&organization_id)?;
-        let done = state(ctx)?
-            .storage
-            .unshare_lab(&lab.id, &org_id)
-            .await
-            .api()?;
+        let st = state(ctx)?;
+        let done = st.storage.unshare_lab(&lab.id, &org_id).await.api()?;
+        if done {
+            // The former partner's open sockets were granted the lab: they close, and what a
+            // reconnect is granted is worked out again (the partner's members, as platform
+            // work: the owner cannot read another organisation's members).
+            let members =
+                crate::storage::tenant::system(st.storage.memberships_of_organization(&org_id))
+                    .await
+                    .api()?;
+            for m in members {
+                st.auth
+                    .announce(crate::auth::Revocation::Membership { user_id: m.user_id });
+            }
+        }
         audit(
             ctx,
             &p.actor(),

@@ -306,16 +306,21 @@ pub async fn graphql_ws(
             .headers_mut()
             .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
+    let source = super::handler::client_address(&req, &state.config.trusted_proxies);
     let state = state.into_inner();
     let schema = schema.into_inner();
     actix_web::rt::spawn(async move {
-        let (to_graphql, from_client) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        // Frames for the protocol. Bounded, and never awaited: a client that sends faster than
+        // the protocol reads (e.g. pings behind a pending connection_init) is closed, never
+        // allowed to stall this loop.
+        let (to_graphql, from_client) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
         // Who the socket authenticated as, and its tenant scope (nobody until `connection_init`).
         let (authed_tx, authed_rx) =
             tokio::sync::watch::channel::<Option<(Principal, TenantScope)>>(None);
         // Frames of queries and mutations run here, sent back through the socket loop.
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<String>(64);
         let init_state = (*state).clone();
+        let init_source = source.clone();
         let input = futures_util::stream::unfold(from_client, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
@@ -346,7 +351,7 @@ pub async fn graphql_ws(
                 let mut data = Data::default();
                 data.insert(RequestInfo {
                     principal: Some(principal),
-                    source: None,
+                    source: init_source,
                     cookie_session: false,
                 });
                 data.insert(scope);
@@ -387,17 +392,27 @@ pub async fn graphql_ws(
                     };
                     let authed = authed_rx.borrow().clone();
                     match classify(&bytes, protocol, &state.config.graphql, &mut operations, authed.is_some()) {
-                        Frame::Forward => {
-                            if to_graphql.send(bytes).await.is_err() { break; }
-                        }
+                        Frame::Forward => match to_graphql.try_send(bytes) {
+                            Ok(()) => {}
+                            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                                tracing::info!("graphql-ws client sends faster than it is served: closed");
+                                let _ = session.close(Some(actix_ws::CloseReason {
+                                    code: actix_ws::CloseCode::Policy,
+                                    description: Some("too many frames in flight".into()),
+                                })).await;
+                                return;
+                            }
+                            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+                        },
                         Frame::Reply(text) => {
                             if session.text(text).await.is_err() { break; }
                         }
                         Frame::Execute { id, request } => {
                             let Some((principal, scope)) = authed else { continue };
                             let (schema, state, out) = (schema.clone(), state.clone(), out_tx.clone());
+                            let source = source.clone();
                             actix_web::rt::spawn(async move {
-                                let info = RequestInfo { principal: Some(principal), source: None, cookie_session: false };
+                                let info = RequestInfo { principal: Some(principal), source, cookie_session: false };
                                 let response = super::handler::execute_one(
                                     &schema, &state.config.graphql, &info, &scope, *request,
                                 ).await;
@@ -491,6 +506,9 @@ enum Frame {
 #[derive(Default)]
 struct Operations {
     active: std::collections::HashSet<String>,
+    /// Queries and mutations running here: they end when their result is sent, whatever the
+    /// client says (a client `complete` cannot free their slot while they still run).
+    executing: std::collections::HashSet<String>,
 }
 
 impl Operations {
@@ -500,6 +518,7 @@ impl Operations {
             if matches!(v["type"].as_str(), Some("complete" | "error")) {
                 if let Some(id) = v["id"].as_str() {
                     self.active.remove(id);
+                    self.executing.remove(id);
                 }
             }
         }
@@ -547,7 +566,9 @@ fn classify(
     match v["type"].as_str() {
         Some("subscribe" | "start") => {}
         Some("complete" | "stop") => {
-            operations.active.remove(&id);
+            if !operations.executing.contains(&id) {
+                operations.active.remove(&id);
+            }
             return Frame::Forward;
         }
         _ => return Frame::Forward,
@@ -559,7 +580,13 @@ fn classify(
         return Frame::Forward;
     };
     if operations.active.contains(&id) {
-        return Frame::Forward; // A duplicate id: the protocol closes the socket (4409).
+        // An id still in use: refused here (the protocol would run the payload unchecked).
+        return Frame::Reply(protocol_error_frame(
+            protocol,
+            &id,
+            "BAD_REQUEST",
+            "an operation with this id is still running",
+        ));
     }
     if operations.active.len() >= limits.max_ws_operations {
         return Frame::Reply(protocol_error_frame(
@@ -595,6 +622,7 @@ fn classify(
         }
         Ok(_) => {
             operations.active.insert(id.clone());
+            operations.executing.insert(id.clone());
             Frame::Execute {
                 id,
                 request: Box::new(request),

@@ -41,7 +41,7 @@ pub struct Campaign {
     pub space_json: String,
     /// Objective expression (`maximize abs(cd_at_exciton)`).
     pub objective: String,
-    /// Optimizer name (`snobfit`, `bo`, `random`, `sobol`, `grid`).
+    /// Optimizer name (`snobfit`, `bo`, `portfolio`, `random`, `sobol`, `grid`).
     pub optimizer: String,
     /// Optimizer settings (JSON object).
     pub settings_json: String,

@@ -137,7 +137,8 @@ pub trait CommandStorage {
         now_ms: i64,
     ) -> StorageResult<()>;
     /// Instructions an organisation sent or queued to a lab since `since_ms` (direct ones and
-    /// queued commands), for its daily quota on a shared lab.
+    /// queued commands; software stops are recorded but not counted), for its daily quota on a
+    /// shared lab.
     async fn instructions_since(
         &self,
         lab_id: &str,
@@ -310,7 +311,7 @@ macro_rules! impl_command_storage {
                     let row: (i64, i64) = sqlx::query_as(
                         "SELECT \
                          (SELECT COUNT(*) FROM lab_instructions WHERE lab_id = $1 \
-                          AND organization_id = $2 AND created_at >= $3), \
+                          AND organization_id = $2 AND created_at >= $3 AND method <> 'estop'), \
                          (SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
                           AND organization_id = $2 AND created_at >= $3)",
                     )
