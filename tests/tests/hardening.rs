@@ -140,43 +140,29 @@ async fn poisoned_campaign(backend: Backend) {
         .unwrap()
         .to_owned();
     // Write the state an unvalidated server would have stored.
-    let sql_get = "SELECT optimizer_state FROM campaigns WHERE id = $1";
-    let sql_set = "UPDATE campaigns SET optimizer_state = $1 WHERE id = $2";
+    macro_rules! poison {
+        ($pool:expr) => {{
+            let pool = $pool;
+            let (s,): (String,) =
+                sqlx::query_as("SELECT optimizer_state FROM campaigns WHERE id = $1")
+                    .bind(&poisoned)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let bad = s.replace("\"candidates\":512", "\"candidates\":10000000000");
+            assert_ne!(bad, s, "the stored state names candidates");
+            sqlx::query("UPDATE campaigns SET optimizer_state = $1 WHERE id = $2")
+                .bind(&bad)
+                .bind(&poisoned)
+                .execute(&pool)
+                .await
+                .unwrap();
+            bad
+        }};
+    }
     let state: String = match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-            let (s,): (String,) = sqlx::query_as(sql_get)
-                .bind(&poisoned)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            let bad = s.replace("\"candidates\":512", "\"candidates\":10000000000");
-            assert_ne!(bad, s, "the stored state names candidates");
-            sqlx::query(sql_set)
-                .bind(&bad)
-                .bind(&poisoned)
-                .execute(&pool)
-                .await
-                .unwrap();
-            bad
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            let (s,): (String,) = sqlx::query_as(sql_get)
-                .bind(&poisoned)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            let bad = s.replace("\"candidates\":512", "\"candidates\":10000000000");
-            assert_ne!(bad, s, "the stored state names candidates");
-            sqlx::query(sql_set)
-                .bind(&bad)
-                .bind(&poisoned)
-                .execute(&pool)
-                .await
-                .unwrap();
-            bad
-        }
+        Backend::Sqlite => poison!(sqlx::SqlitePool::connect(&db.url).await.unwrap()),
+        Backend::Postgres => poison!(sqlx::PgPool::connect(&db.url).await.unwrap()),
     };
     assert!(state.contains("10000000000"));
     gql(
