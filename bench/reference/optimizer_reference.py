@@ -2,7 +2,7 @@
 """Reference side of the optimizer benchmark: public implementations on the same landscapes.
 
 Evaluates the same landscape TOML files as `maosic-server optimize-bench` (the term kinds of
-edge-agent/landscape/README.md are re-implemented here), with the same additive Gaussian noise
+landscape/README.md are re-implemented here), with the same additive Gaussian noise
 (sd from the file), the same resolution grid and the same figure of merit: experiments until the
 best TRUE (noise-free) value among the measured points is within 5 % of the global optimum
 (median over seeds with unreached seeds as +inf; p90 by nearest rank, null when < 90 % reached).

@@ -10,14 +10,13 @@
 //! part of the state).
 //!
 //! Algorithms: [`snobfit`] (Huyer & Neumaier 2008), [`bo`] (GP with Matérn 5/2 ARD kernel and
-//! noise-aware expected improvement), and the random / Sobol / grid [`baselines`].
-//! [`bench`] measures experiments-to-95 % on a landscape.
+//! noise-aware expected improvement), and the random / Sobol / grid [`baselines`]. The
+//! benchmark against response landscapes lives outside, in the `maosic-bench` crate.
 
 // Numerical kernels index several parallel arrays by coordinate; index loops read clearer there.
 #![allow(clippy::needless_range_loop)]
 
 pub mod baselines;
-pub mod bench;
 pub mod bo;
 pub mod limits;
 mod linalg;

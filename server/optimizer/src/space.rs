@@ -46,15 +46,6 @@ impl Space {
         }
     }
 
-    /// The space of a landscape's variables (bounds and resolution).
-    pub fn from_landscape(l: &maosic_landscape::Landscape) -> Self {
-        Self::new(
-            l.variables()
-                .iter()
-                .map(|v| (v.name.clone(), v.lower, v.upper, v.resolution)),
-        )
-    }
-
     /// Check bounds and resolutions.
     pub fn validate(&self) -> Result<(), OptimizerError> {
         if self.parameters.is_empty() {

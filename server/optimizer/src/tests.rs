@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use maosic_landscape::Landscape;
 use proptest::prelude::*;
 
-use crate::bench::{nearest_rank, percentile, spec_for};
 use crate::snobfit::{check_partition, Snobfit, SnobfitSettings};
 use crate::*;
 
@@ -23,14 +22,18 @@ fn all_algorithms() -> Vec<Algorithm> {
         .collect()
 }
 
-fn opt(alg: Algorithm, seed: u64) -> Optimizer {
-    Optimizer::new(OptimizerSpec {
+/// The spec of a campaign on the paper's space (maximising, like the paper landscape).
+fn paper_spec(alg: Algorithm, seed: u64) -> OptimizerSpec {
+    OptimizerSpec {
         space: paper_space(),
         goal: Goal::Maximize,
         seed,
         algorithm: alg,
-    })
-    .unwrap()
+    }
+}
+
+fn opt(alg: Algorithm, seed: u64) -> Optimizer {
+    Optimizer::new(paper_spec(alg, seed)).unwrap()
 }
 
 fn on_grid(space: &Space, x: &[f64]) -> bool {
@@ -275,7 +278,7 @@ fn expected_improvement_behaves() {
 #[test]
 fn bo_learns_the_paper_peak() {
     let l = Landscape::paper();
-    let mut o = Optimizer::new(spec_for(&l, Algorithm::from_name("bo").unwrap(), 4)).unwrap();
+    let mut o = opt(Algorithm::from_name("bo").unwrap(), 4);
     for _ in 0..30 {
         for p in o.ask(1) {
             o.tell(&p.x, Observation::new(l.eval(&p.x))).unwrap();
@@ -286,23 +289,8 @@ fn bo_learns_the_paper_peak() {
 }
 
 #[test]
-fn percentiles_treat_unreached_as_infinite() {
-    let v = [Some(1.0), Some(3.0), None];
-    assert_eq!(percentile(&v, 0.5), Some(3.0));
-    assert_eq!(percentile(&[Some(1.0), Some(2.0)], 0.5), Some(1.5));
-    assert_eq!(percentile(&[Some(1.0), None, None], 0.5), None);
-    let ten: Vec<Option<f64>> = (1..=9).map(|i| Some(i as f64)).chain([None]).collect();
-    assert_eq!(nearest_rank(&ten, 0.9), Some(9.0));
-    assert_eq!(nearest_rank(&ten, 1.0), None);
-}
-
-#[test]
 fn spec_serde_round_trip() {
-    let spec = spec_for(
-        &Landscape::paper(),
-        Algorithm::from_name("snobfit").unwrap(),
-        9,
-    );
+    let spec = paper_spec(Algorithm::from_name("snobfit").unwrap(), 9);
     let j = serde_json::to_string(&spec).unwrap();
     let back: OptimizerSpec = serde_json::from_str(&j).unwrap();
     assert_eq!(spec, back);

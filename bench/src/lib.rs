@@ -1,6 +1,9 @@
 //! Discovery-efficiency benchmark: run an optimizer for several seeds against a noisy landscape
 //! and count the experiments until the best TRUE value seen is within a fraction (5 %) of the
-//! global optimum; also time every `ask`.
+//! global optimum; also time every `ask`. Simulation-side code: it joins the optimizer
+//! (`maosic-optimizer`, pure) with the response landscapes (`maosic-landscape`), so neither
+//! production crate carries the other or the benchmark in its public API. Used by
+//! `maosic-server optimize-bench` and `examples/optimize_bench.rs`.
 
 use std::time::Instant;
 
@@ -9,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Goal, Observation, Optimizer, OptimizerError, OptimizerSpec, Space};
+use maosic_optimizer::{
+    Algorithm, Goal, Observation, Optimizer, OptimizerError, OptimizerSpec, Space,
+};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -138,10 +143,19 @@ fn ms_percentile(v: &mut [f64], p: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
+/// The optimizer's search space of a landscape's variables (bounds and resolution).
+pub fn space_of(l: &Landscape) -> Space {
+    Space::new(
+        l.variables()
+            .iter()
+            .map(|v| (v.name.clone(), v.lower, v.upper, v.resolution)),
+    )
+}
+
 /// The optimizer spec the benchmark uses for a landscape.
 pub fn spec_for(l: &Landscape, algorithm: Algorithm, seed: u64) -> OptimizerSpec {
     OptimizerSpec {
-        space: Space::from_landscape(l),
+        space: space_of(l),
         goal: match l.sense() {
             Sense::Maximize => Goal::Maximize,
             Sense::Minimize => Goal::Minimize,
@@ -451,4 +465,31 @@ pub fn run_family(
         ask_ms_p99: ms_percentile(&mut times, 0.99),
         runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_treat_unreached_as_infinite() {
+        let v = [Some(1.0), Some(3.0), None];
+        assert_eq!(percentile(&v, 0.5), Some(3.0));
+        assert_eq!(percentile(&[Some(1.0), Some(2.0)], 0.5), Some(1.5));
+        assert_eq!(percentile(&[Some(1.0), None, None], 0.5), None);
+        let ten: Vec<Option<f64>> = (1..=9).map(|i| Some(i as f64)).chain([None]).collect();
+        assert_eq!(nearest_rank(&ten, 0.9), Some(9.0));
+        assert_eq!(nearest_rank(&ten, 1.0), None);
+    }
+
+    #[test]
+    fn the_paper_landscape_gives_the_paper_space() {
+        let space = space_of(&Landscape::paper());
+        let names: Vec<&str> = space.parameters.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["T", "C"]);
+        assert_eq!(space.parameters[0].lower, 90.0);
+        assert_eq!(space.parameters[1].resolution, Some(0.01));
+        let spec = spec_for(&Landscape::paper(), Algorithm::from_name("bo").unwrap(), 3);
+        assert_eq!(spec.goal, Goal::Maximize);
+    }
 }

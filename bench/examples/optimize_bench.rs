@@ -1,16 +1,16 @@
 //! Runner of the optimizer benchmark until `maosic-server optimize-bench` is wired: it compiles
-//! the server's own `cli_optimize_bench.rs` (same arguments, same output) and adds a latency
+//! the server's own `cli/optimize_bench.rs` (same arguments, same output) and adds a latency
 //! mode. Examples:
-//! `cargo run --release -p maosic-optimizer --example optimize_bench -- --landscape paper --optimizer bo --seeds 20 --budget 250 [--batch N] [--json]`
+//! `cargo run --release -p maosic-bench --example optimize_bench -- --landscape paper --optimizer bo --seeds 20 --budget 250 [--batch N] [--json]`
 //! `... --example optimize_bench -- --landscape paper --optimizer bo --latency [--obs 250] [--refit-always]`
 
-#[path = "../../src/cli_optimize_bench.rs"]
+#[path = "../../server/src/cli/optimize_bench.rs"]
 mod cli_optimize_bench;
 
 use clap::Parser;
 use cli_optimize_bench::OptimizeBenchArgs;
+use maosic_bench::{ask_latency, ask_latency_random_history_clock};
 use maosic_landscape::Landscape;
-use maosic_optimizer::bench::{ask_latency, ask_latency_random_history_clock};
 use maosic_optimizer::Algorithm;
 
 #[derive(Parser, Debug)]
