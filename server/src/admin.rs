@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use maosic_schema::protocol::AgentCredentialFile;
 use serde_json::json;
 
-use crate::gateway::{hash_secret, new_secret};
+use crate::agents::{hash_secret, new_secret};
 use crate::storage::{now_ms, NewAuditEntry, Storage};
 
 /// What `admin create-lab` made.
@@ -102,7 +102,7 @@ pub async fn add_lab_ssh_key(
         .lab(lab_id)
         .await
         .with_context(|| format!("no lab {lab_id:?}"))?;
-    let new = crate::ssh::new_lab_key(&lab.id, public_key)?;
+    let new = crate::agents::ssh::new_lab_key(&lab.id, public_key)?;
     let now = now_ms();
     let key = storage
         .add_lab_ssh_key(&new, now)

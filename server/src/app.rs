@@ -12,8 +12,8 @@ use futures_util::FutureExt;
 use maosic_schema::protocol::AGENT_WS_PATH;
 use tracing::info;
 
+use crate::api::graphql::build_schema;
 use crate::config::Config;
-use crate::graphql::build_schema;
 use crate::metrics::HttpLabels;
 use crate::state::AppState;
 use crate::storage;
@@ -59,7 +59,7 @@ async fn metrics_text(req: actix_web::HttpRequest, state: web::Data<AppState>) -
             .and_then(|v| v.strip_prefix("Bearer "))
             // Digests compared, so the time taken says nothing about a common prefix.
             .is_some_and(|given| {
-                crate::gateway::hash_secret(given.trim()) == crate::gateway::hash_secret(expected)
+                crate::agents::hash_secret(given.trim()) == crate::agents::hash_secret(expected)
             }),
         None => req.peer_addr().is_some_and(|p| p.ip().is_loopback()),
     };
@@ -126,20 +126,26 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
                     res
                 })
             })
-            .route("/graphql", web::post().to(crate::graphql::graphql_handler))
+            .route(
+                "/graphql",
+                web::post().to(crate::api::graphql::graphql_handler),
+            )
             .route("/graphql", web::get().to(graphiql))
             .route(
                 "/graphql/ws",
-                web::get().to(crate::graphql::subscriptions::graphql_ws),
+                web::get().to(crate::api::graphql::subscriptions::graphql_ws),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics_text))
-            .route(AGENT_WS_PATH, web::get().to(crate::gateway::agent_ws))
-            .configure(crate::session_cookie::configure)
-            .configure(crate::operator::configure)
-            .configure(crate::export::configure)
-            .configure(|cfg| crate::portal::configure(cfg, crate::portal::resolve_dir()))
+            .route(
+                AGENT_WS_PATH,
+                web::get().to(crate::agents::gateway::agent_ws),
+            )
+            .configure(crate::auth::session_cookie::configure)
+            .configure(crate::api::operator::configure)
+            .configure(crate::api::export::configure)
+            .configure(|cfg| crate::api::portal::configure(cfg, crate::api::portal::resolve_dir()))
     });
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
@@ -158,9 +164,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .config
         .campaigns
         .engine
-        .then(|| crate::campaign::engine::spawn(state.clone()));
-    let commands = crate::commands::spawn(state.clone());
-    let mailer = crate::mail::spawn(state.clone());
+        .then(|| crate::engine::scheduler::spawn(state.clone()));
+    let commands = crate::agents::commands::spawn(state.clone());
+    let mailer = crate::auth::mail::spawn(state.clone());
     let scheme = if state.config.tls.enabled() {
         "https"
     } else {
@@ -172,7 +178,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     println!("maosic-server listening on {scheme}://{addr}");
     // With `[ssh] enabled`, a second line gives the SSH endpoint's address.
     let ssh = if state.config.ssh.enabled {
-        let (task, ssh_addr) = crate::ssh::spawn(state.clone(), addr).await?;
+        let (task, ssh_addr) = crate::agents::ssh::spawn(state.clone(), addr).await?;
         println!("maosic-server ssh listening on {ssh_addr}");
         Some(task)
     } else {

@@ -74,7 +74,7 @@ pub struct RawConfig {
     pub tls: crate::tls::TlsConfig,
     /// The SSH endpoint for agents behind SSH-only firewalls.
     #[serde(default)]
-    pub ssh: crate::ssh::SshConfig,
+    pub ssh: SshConfig,
 }
 
 /// Accounts, tokens and login limits (RELIABILITY rule 8).
@@ -318,7 +318,7 @@ pub struct Config {
     /// Accounts and tokens.
     pub auth: AuthConfig,
     /// The reverse proxies whose `X-Forwarded-For` is believed (from `auth.trusted_proxies`).
-    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    pub trusted_proxies: crate::api::forwarded::TrustedProxies,
     /// Outgoing mail.
     pub mail: MailConfig,
     /// The campaign engine.
@@ -330,7 +330,7 @@ pub struct Config {
     /// TLS termination (plain HTTP when not enabled).
     pub tls: crate::tls::TlsConfig,
     /// The SSH endpoint (off unless `ssh.enabled`).
-    pub ssh: crate::ssh::SshConfig,
+    pub ssh: SshConfig,
 }
 
 impl Config {
@@ -419,11 +419,13 @@ impl Config {
                     .into(),
             });
         }
-        let trusted_proxies = crate::forwarded::TrustedProxies::parse(&raw.auth.trusted_proxies)
-            .map_err(|reason| ConfigError::Invalid {
-                key: "auth.trusted_proxies",
-                reason,
-            })?;
+        let trusted_proxies = crate::api::forwarded::TrustedProxies::parse(
+            &raw.auth.trusted_proxies,
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            key: "auth.trusted_proxies",
+            reason,
+        })?;
         if raw.auth.login_hash_slots == 0 || raw.auth.signup_hash_slots == 0 {
             return Err(ConfigError::Invalid {
                 key: "auth.login_hash_slots",
@@ -479,6 +481,75 @@ pub const MIN_TOKEN_CHARS: usize = 32;
 
 fn default_max_ws_operations() -> usize {
     32
+}
+
+/// The `[ssh]` configuration section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SshConfig {
+    /// Run the SSH endpoint.
+    pub enabled: bool,
+    /// Listen address, ADDRESS:PORT (port 0 picks a free port).
+    pub bind: String,
+    /// The host key (OpenSSH private key, unencrypted); generated (Ed25519, mode 0600) when the
+    /// file does not exist.
+    pub host_key: PathBuf,
+    /// Seconds without traffic from a client before the server sends an SSH keepalive.
+    pub keepalive_secs: u64,
+    /// Unanswered keepalives after which the connection is closed.
+    pub keepalive_max: usize,
+    /// Seconds without any traffic after which a connection is closed.
+    pub inactivity_timeout_secs: u64,
+    /// Seconds a client has to authenticate after connecting.
+    pub login_grace_secs: u64,
+    /// Constant delay of every refused authentication, in ms (no timing oracle on keys).
+    pub auth_rejection_ms: u64,
+    /// Connections one client address may hold before authenticating (more are closed at once),
+    /// so one host cannot fill the endpoint with idle handshakes.
+    pub max_unauthenticated_per_address: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            enabled: false,
+            bind: "127.0.0.1:2222".into(),
+            host_key: PathBuf::from("maosic-ssh-host-key"),
+            keepalive_secs: 15,
+            keepalive_max: 3,
+            inactivity_timeout_secs: 120,
+            login_grace_secs: 10,
+            auth_rejection_ms: 500,
+            max_unauthenticated_per_address: 8,
+        }
+    }
+}
+
+impl SshConfig {
+    /// The parsed listen address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        self.bind
+            .parse()
+            .map_err(|e| format!("{:?} is not ADDRESS:PORT ({e})", self.bind))
+    }
+
+    /// Checks the values (called by `Config::validate` when the endpoint is enabled).
+    pub fn validate(&self) -> Result<(), String> {
+        self.bind_addr()?;
+        if self.host_key.as_os_str().is_empty() {
+            return Err("host_key must name a file".into());
+        }
+        if self.keepalive_secs == 0 || self.inactivity_timeout_secs == 0 {
+            return Err("keepalive_secs and inactivity_timeout_secs must be at least 1".into());
+        }
+        if self.inactivity_timeout_secs <= self.keepalive_secs {
+            return Err("inactivity_timeout_secs must exceed keepalive_secs".into());
+        }
+        if self.max_unauthenticated_per_address == 0 {
+            return Err("max_unauthenticated_per_address must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

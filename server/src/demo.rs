@@ -62,10 +62,10 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let outbox = PathBuf::from(config.mail.outbox_file.trim());
     let storage = open_storage(&config).await?;
     let state = AppState::new(storage, config);
-    let engine = crate::campaign::engine::spawn(state.clone());
-    let _mailer = crate::mail::spawn(state.clone());
+    let engine = crate::engine::scheduler::spawn(state.clone());
+    let _mailer = crate::auth::mail::spawn(state.clone());
     // Queued instructions from the portal reach the demo lab too.
-    let _commands = crate::commands::spawn(state.clone());
+    let _commands = crate::agents::commands::spawn(state.clone());
     let (server, addr) = build_server(state.clone())?;
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);

@@ -6,6 +6,8 @@
 
 use tokio::sync::broadcast;
 
+use crate::storage::{CampaignState, ExperimentState};
+
 /// Something happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -20,13 +22,13 @@ pub enum Event {
         organization_id: String,
         campaign_id: String,
         experiment_id: String,
-        state: String,
+        state: ExperimentState,
     },
     /// A campaign changed (state, a new result, a new best).
     Campaign {
         organization_id: String,
         campaign_id: String,
-        state: String,
+        state: CampaignState,
         kind: String,
     },
     /// A lab's agent connected or disconnected.

@@ -1,17 +1,16 @@
 //! `maosic-server`: the command line of the MAOSIC cloud server.
 
-mod cli_analyze;
-mod cli_lang;
-mod cli_optimize_bench;
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use maosic_server::api::graphql;
 use maosic_server::config::{Config, Overrides};
 use maosic_server::storage::tenant;
-use maosic_server::{admin, app, graphql, telemetry};
+use maosic_server::{admin, app, telemetry};
 
 /// MAOSIC cloud server: GraphQL API, experiment queue, optimizer and agent gateway.
 #[derive(Parser)]
@@ -56,13 +55,13 @@ enum Command {
     /// The instruction language: check, compile and format recipes.
     Lang {
         #[command(subcommand)]
-        command: cli_lang::LangCommand,
+        command: cli::lang::LangCommand,
     },
     /// Discovery-efficiency benchmark of the optimizers on a noisy landscape.
-    OptimizeBench(cli_optimize_bench::OptimizeBenchArgs),
+    OptimizeBench(cli::optimize_bench::OptimizeBenchArgs),
     /// Fit the peaks of an absorption spectrum (CSV) and, with `--cd`, read the CD at the
     /// first exciton peak; no server needed.
-    Analyze(cli_analyze::AnalyzeArgs),
+    Analyze(cli::analyze::AnalyzeArgs),
     /// TLS: development certificates.
     Tls {
         #[command(subcommand)]
@@ -200,11 +199,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", graphql::sdl());
         }
         Command::Lang { command } => {
-            let code = cli_lang::run(command)?;
+            let code = cli::lang::run(command)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
-        Command::OptimizeBench(args) => cli_optimize_bench::run(args)?,
-        Command::Analyze(args) => cli_analyze::run(args)?,
+        Command::OptimizeBench(args) => cli::optimize_bench::run(args)?,
+        Command::Analyze(args) => cli::analyze::run(args)?,
         Command::Tls {
             command:
                 TlsCommand::DevCert {

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::agents::readings::TelemetryCache;
+use crate::agents::registry::Gateway;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::readings::TelemetryCache;
 use crate::storage::Storage;
 
 /// Everything a request handler needs. Cheap to clone.
@@ -30,11 +30,11 @@ pub struct AppState {
     /// Labs' live readings, cached per lab for about a second.
     pub telemetry: TelemetryCache,
     /// Open SSH tunnels and the lab whose key opened each.
-    pub ssh_tunnels: crate::ssh::Tunnels,
+    pub ssh_tunnels: crate::agents::ssh::Tunnels,
     /// Failed operator-token attempts per client address (throttled).
-    pub operator_failures: crate::operator::Failures,
+    pub operator_failures: crate::api::operator::Failures,
     /// Wakes this process's mailer when mail was queued.
-    pub mail_wake: crate::mail::MailWake,
+    pub mail_wake: crate::auth::mail::MailWake,
 }
 
 impl AppState {
@@ -48,9 +48,9 @@ impl AppState {
             gateway: Gateway::default(),
             events: EventBus::default(),
             telemetry: TelemetryCache::default(),
-            ssh_tunnels: crate::ssh::Tunnels::default(),
-            operator_failures: crate::operator::Failures::default(),
-            mail_wake: crate::mail::MailWake::default(),
+            ssh_tunnels: crate::agents::ssh::Tunnels::default(),
+            operator_failures: crate::api::operator::Failures::default(),
+            mail_wake: crate::auth::mail::MailWake::default(),
         }
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use maosic_e2e::{backends, mark_ran, TestDatabase};
 use maosic_server::storage::{
-    self, now_ms, tenant, CampaignTold, DatabaseUrl, ExperimentFilter, ExperimentResult,
-    NewCampaign, NewExperiment, PoolSettings, Storage, StorageError,
+    self, now_ms, tenant, CampaignState, CampaignTold, DatabaseUrl, ExperimentFilter,
+    ExperimentResult, ExperimentState, NewCampaign, NewExperiment, PoolSettings, Storage,
+    StorageError,
 };
 
 async fn connect(db: &TestDatabase, max_connections: u32) -> Arc<dyn Storage> {
@@ -77,18 +78,30 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
         let org = s.create_organization("A", 1).await.unwrap();
         let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
         let c = campaign(s.as_ref(), &org.id, &lab.id).await;
-        assert_eq!(c.state, "draft");
+        assert_eq!(c.state, CampaignState::Draft);
         // Asking a draft campaign writes nothing.
         assert!(!s
             .enqueue_proposals(&c.id, c.version, "state-1", &[item(1)], 2)
             .await
             .unwrap());
         assert!(s
-            .set_campaign_state(&c.id, &["draft"], "running", None, 3)
+            .set_campaign_state(
+                &c.id,
+                &[CampaignState::Draft],
+                CampaignState::Running,
+                None,
+                3
+            )
             .await
             .unwrap());
         assert!(!s
-            .set_campaign_state(&c.id, &["draft"], "running", None, 3)
+            .set_campaign_state(
+                &c.id,
+                &[CampaignState::Draft],
+                CampaignState::Running,
+                None,
+                3
+            )
             .await
             .unwrap());
         assert!(s
@@ -114,7 +127,13 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
 
         // A paused campaign's queued experiments wait.
         assert!(s
-            .set_campaign_state(&c.id, &["running"], "paused", None, 5)
+            .set_campaign_state(
+                &c.id,
+                &[CampaignState::Running],
+                CampaignState::Paused,
+                None,
+                5
+            )
             .await
             .unwrap());
         assert!(s
@@ -123,7 +142,13 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
             .unwrap()
             .is_none());
         assert!(s
-            .set_campaign_state(&c.id, &["paused"], "running", None, 7)
+            .set_campaign_state(
+                &c.id,
+                &[CampaignState::Paused],
+                CampaignState::Running,
+                None,
+                7
+            )
             .await
             .unwrap());
         let e = s
@@ -136,7 +161,7 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
         assert!(!s.mark_running(&e.id, 11).await.unwrap(), "forward only");
         let result = ExperimentResult {
             experiment_id: e.id.clone(),
-            state: "completed".into(),
+            state: ExperimentState::Completed,
             outcome: Some("succeeded".into()),
             error: None,
             features_json: Some("{}".into()),
@@ -156,7 +181,10 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
             s.record_result(&result, Some(&stale), 12).await,
             Err(StorageError::Conflict(_))
         ));
-        assert_eq!(s.experiment(&e.id).await.unwrap().state, "running");
+        assert_eq!(
+            s.experiment(&e.id).await.unwrap().state,
+            ExperimentState::Running
+        );
         let told = CampaignTold {
             expected_version: 1,
             optimizer_state: "state-2".into(),
@@ -178,7 +206,13 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
         assert_eq!(s.optimizer_in_flight(&c.id).await.unwrap(), 1);
         // Canceling cancels what is queued.
         assert!(s
-            .set_campaign_state(&c.id, &["running"], "canceled", None, 16)
+            .set_campaign_state(
+                &c.id,
+                &[CampaignState::Running],
+                CampaignState::Canceled,
+                None,
+                16
+            )
             .await
             .unwrap());
         let states: Vec<String> = s
@@ -186,7 +220,7 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.state)
+            .map(|e| e.state.to_string())
             .collect();
         assert_eq!(states, vec!["completed", "canceled", "canceled"]);
         assert!(s.enqueue_manual(&c.id, &item(10), 17).await.is_err());
@@ -210,9 +244,15 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
         let ca = campaign(s.as_ref(), &a.id, &lab.id).await;
         let cb = campaign(s.as_ref(), &b.id, &lab.id).await;
         for c in [&ca, &cb] {
-            s.set_campaign_state(&c.id, &["draft"], "running", None, 2)
-                .await
-                .unwrap();
+            s.set_campaign_state(
+                &c.id,
+                &[CampaignState::Draft],
+                CampaignState::Running,
+                None,
+                2,
+            )
+            .await
+            .unwrap();
         }
         // A queues 4 first, then B queues 2: they alternate instead of A going first.
         s.enqueue_proposals(&ca.id, 0, "s", &(0..4).map(item).collect::<Vec<_>>(), 3)
@@ -229,7 +269,7 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
                 .unwrap()
                 .unwrap();
             order.push(if e.organization_id == a.id { 'A' } else { 'B' });
-            s.finish_claim(&e.id, "w", "completed", 10 + t)
+            s.finish_claim(&e.id, "w", ExperimentState::Completed, 10 + t)
                 .await
                 .unwrap();
         }
@@ -296,7 +336,7 @@ async fn worker(
             owner = format!("w{w}.{incarnation}");
             continue;
         }
-        if s.finish_claim(&e.id, &owner, "completed", now_ms())
+        if s.finish_claim(&e.id, &owner, ExperimentState::Completed, now_ms())
             .await
             .unwrap()
         {
@@ -359,9 +399,15 @@ async fn eight_workers_claim_and_complete_with_random_kills_without_double_claim
         let org = s.create_organization("A", 1).await.unwrap();
         let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
         let c = campaign(s.as_ref(), &org.id, &lab.id).await;
-        s.set_campaign_state(&c.id, &["draft"], "running", None, 2)
-            .await
-            .unwrap();
+        s.set_campaign_state(
+            &c.id,
+            &[CampaignState::Draft],
+            CampaignState::Running,
+            None,
+            2,
+        )
+        .await
+        .unwrap();
         let total = per_worker * workers;
         let tally = Arc::new(Tally {
             completions: Mutex::new(HashMap::new()),
@@ -408,7 +454,7 @@ async fn eight_workers_claim_and_complete_with_random_kills_without_double_claim
                 0,
                 i64::MAX,
                 &ExperimentFilter {
-                    state: Some("leased".into()),
+                    state: Some(ExperimentState::Leased),
                     source: None,
                 },
             )

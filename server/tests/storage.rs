@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use maosic_e2e::{backends, mark_ran, TestDatabase};
 use maosic_server::storage::{
-    self, AgentHello, DatabaseUrl, NewAuditEntry, PoolSettings, Role, Storage, StorageError,
+    self, AgentHello, CommandState, DatabaseUrl, NewAuditEntry, PoolSettings, Role, Storage,
+    StorageError,
 };
 
 async fn on_every_backend<F, Fut>(name: &str, test: F)
@@ -454,7 +455,7 @@ async fn postgres_row_level_security_fences_tenants_on_its_own_body() {
         .await
         .unwrap();
     let url = DatabaseUrl::parse(&db.url).unwrap();
-    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+    let pg = storage::SqlStorage::connect(&url, &PoolSettings::default())
         .await
         .unwrap();
     pg.migrate().await.unwrap();
@@ -474,7 +475,7 @@ async fn postgres_row_level_security_fences_tenants_on_its_own_body() {
     let (owner, forced): (String, bool) = sqlx::query_as(
         "SELECT pg_get_userbyid(relowner)::text, relforcerowsecurity FROM pg_class WHERE relname = 'labs'",
     )
-    .fetch_one(pg.pool())
+    .fetch_one(pg.postgres_pool().expect("a PostgreSQL URL"))
     .await
     .unwrap();
     assert_ne!(owner, "maosic_app");
@@ -641,7 +642,7 @@ async fn postgres_row_level_security_fences_lab_ssh_keys_body() {
         .await
         .unwrap();
     let url = DatabaseUrl::parse(&db.url).unwrap();
-    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+    let pg = storage::SqlStorage::connect(&url, &PoolSettings::default())
         .await
         .unwrap();
     pg.migrate().await.unwrap();
@@ -704,7 +705,7 @@ async fn queued_commands_move_forward_only_and_expire_at_their_deadline() {
         let late = s.create_command(&new(100), 10).await.unwrap();
         let timely = s.create_command(&new(10_000), 10).await.unwrap();
         let canceled = s.create_command(&new(10_000), 11).await.unwrap();
-        assert_eq!(late.state, "queued");
+        assert_eq!(late.state, CommandState::Queued);
         assert_eq!(s.open_commands().await.unwrap().len(), 3);
 
         // Past its deadline a queued command cannot be claimed; the sweep times it out.
@@ -755,7 +756,7 @@ async fn queued_commands_move_forward_only_and_expire_at_their_deadline() {
             .await
             .unwrap()
             .into_iter()
-            .map(|c| c.state)
+            .map(|c| c.state.to_string())
             .collect();
         assert_eq!(states, ["canceled", "succeeded", "timed_out"]);
         assert!(s.open_commands().await.unwrap().is_empty());
@@ -782,7 +783,7 @@ async fn postgres_calls_outside_any_scope_see_nothing_and_every_table_is_fenced(
         .await
         .unwrap();
     let url = DatabaseUrl::parse(&db.url).unwrap();
-    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+    let pg = storage::SqlStorage::connect(&url, &PoolSettings::default())
         .await
         .unwrap();
     pg.migrate().await.unwrap();
@@ -871,7 +872,7 @@ async fn postgres_calls_outside_any_scope_see_nothing_and_every_table_is_fenced(
          AND has_table_privilege('maosic_app', c.oid, 'SELECT') \
          AND NOT (c.relrowsecurity AND c.relforcerowsecurity)",
     )
-    .fetch_all(pg.pool())
+    .fetch_all(pg.postgres_pool().expect("a PostgreSQL URL"))
     .await
     .unwrap();
     assert!(
@@ -1123,7 +1124,7 @@ async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body() {
         .await
         .unwrap();
     let url = DatabaseUrl::parse(&db.url).unwrap();
-    let pg = storage::PgStorage::connect(&url, &PoolSettings::default())
+    let pg = storage::SqlStorage::connect(&url, &PoolSettings::default())
         .await
         .unwrap();
     pg.migrate().await.unwrap();
@@ -1153,7 +1154,7 @@ async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body() {
         let (forced,): (bool,) =
             sqlx::query_as("SELECT relforcerowsecurity FROM pg_class WHERE relname = $1")
                 .bind(table)
-                .fetch_one(pg.pool())
+                .fetch_one(pg.postgres_pool().expect("a PostgreSQL URL"))
                 .await
                 .unwrap();
         assert!(forced, "{table}");

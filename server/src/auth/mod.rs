@@ -1,11 +1,14 @@
 //! Authentication: who is calling. Passwords (argon2id), access tokens (JWT, HS256 pinned),
 //! rotating refresh tokens in families (sessions), API tokens, and login throttling. The
 //! tenant is never taken from the request: it follows from the verified principal's
-//! memberships (and, for an API token, its one organisation).
+//! memberships (and, for an API token, its one organisation). Also here: the refresh-token
+//! cookie and the account mail (verification links) that sign-up sends.
 
 pub mod jwt;
 pub mod limiter;
+pub mod mail;
 pub mod password;
+pub mod session_cookie;
 pub mod token;
 
 use std::sync::Arc;

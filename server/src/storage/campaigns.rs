@@ -14,7 +14,9 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, PgStorage, SqliteStorage, StorageError, StorageResult};
+use super::db::{query, SqlStorage, Tx};
+use super::states::{CampaignState, ExperimentState};
+use super::{Backend, StorageError, StorageResult};
 
 /// Campaign columns, in [`Campaign`] order.
 const CAMPAIGN_COLS: &str = "id, organization_id, lab_id, name, recipe, space_json, objective, \
@@ -51,8 +53,9 @@ pub struct Campaign {
     /// Stop once the objective reaches this value (in the objective's direction).
     pub target: Option<f64>,
     pub priority: i64,
-    /// `draft`, `running`, `paused`, `completed`, `canceled` or `failed`.
-    pub state: String,
+    /// Where it is in its life (see [`CampaignState`]).
+    #[sqlx(try_from = "String")]
+    pub state: CampaignState,
     /// Why it is in this state (e.g. a quota, a failure).
     pub state_detail: Option<String>,
     /// Serialised optimizer (`Optimizer::state_json`).
@@ -114,8 +117,9 @@ pub struct Experiment {
     /// The compiled program.
     pub program_json: String,
     pub priority: i64,
-    /// `queued`, `leased`, `running`, `completed`, `failed`, `interrupted` or `canceled`.
-    pub state: String,
+    /// Where it is in the queue (see [`ExperimentState`]).
+    #[sqlx(try_from = "String")]
+    pub state: ExperimentState,
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
     /// Times it was claimed.
@@ -140,10 +144,7 @@ pub struct Experiment {
 impl Experiment {
     /// Whether the experiment reached a final state.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "completed" | "failed" | "interrupted" | "canceled"
-        )
+        self.state.is_final()
     }
 }
 
@@ -165,7 +166,7 @@ pub struct NewExperiment {
 pub struct ExperimentResult {
     pub experiment_id: String,
     /// `completed`, `failed` or `interrupted`.
-    pub state: String,
+    pub state: ExperimentState,
     pub outcome: Option<String>,
     pub error: Option<String>,
     pub features_json: Option<String>,
@@ -188,7 +189,7 @@ pub struct CampaignTold {
 #[derive(Debug, Clone, Default)]
 pub struct ExperimentFilter {
     /// Only this state.
-    pub state: Option<String>,
+    pub state: Option<ExperimentState>,
     /// Only this source (`optimizer` / `manual`).
     pub source: Option<String>,
 }
@@ -207,13 +208,14 @@ pub trait CampaignStorage {
     ) -> StorageResult<Vec<Campaign>>;
     /// Campaigns the engine looks after (`running` or `paused`).
     async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>>;
-    /// Moves a campaign from one of `from` to `to`; `false` when it was in none of them.
+    /// Moves a campaign from one of `from` to `to`; `false` when it was in none of them, or
+    /// the transition table ([`CampaignState::can_move_to`]) allows none of those moves.
     /// Ending it (canceled, completed, failed) also cancels its queued experiments.
     async fn set_campaign_state(
         &self,
         id: &str,
-        from: &[&str],
-        to: &str,
+        from: &[CampaignState],
+        to: CampaignState,
         detail: Option<&str>,
         now_ms: i64,
     ) -> StorageResult<bool>;
@@ -276,7 +278,7 @@ pub trait CampaignStorage {
         &self,
         id: &str,
         owner: &str,
-        state: &str,
+        state: ExperimentState,
         now_ms: i64,
     ) -> StorageResult<bool>;
     /// Experiments an organisation queued on a lab since `since_ms` (shared-lab quotas).
@@ -292,515 +294,468 @@ pub trait CampaignStorage {
     async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64>;
 }
 
-fn state_list(states: &[&str]) -> String {
-    // Internal constants only (never user input): quote them for an IN list.
-    states
-        .iter()
-        .filter(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+#[async_trait]
+impl CampaignStorage for SqlStorage {
+    async fn create_campaign(&self, c: &NewCampaign, now_ms: i64) -> StorageResult<Campaign> {
+        let sql = format!(
+            "INSERT INTO campaigns (id, organization_id, lab_id, name, recipe, space_json, \
+             objective, optimizer, settings_json, seed, budget, batch_size, target, \
+             priority, state, optimizer_state, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'draft', \
+             $15, $16, $17, $17) RETURNING {CAMPAIGN_COLS}"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(crate::storage::new_id())
+                .bind(&c.organization_id)
+                .bind(&c.lab_id)
+                .bind(&c.name)
+                .bind(&c.recipe)
+                .bind(&c.space_json)
+                .bind(&c.objective)
+                .bind(&c.optimizer)
+                .bind(&c.settings_json)
+                .bind(c.seed)
+                .bind(c.budget)
+                .bind(c.batch_size)
+                .bind(c.target)
+                .bind(c.priority)
+                .bind(&c.optimizer_state)
+                .bind(&c.created_by)
+                .bind(now_ms)
+                .fetch_one(tx)
+                .await
+        })
+        .await
+    }
 
-const FINAL_CAMPAIGN_STATES: [&str; 3] = ["completed", "canceled", "failed"];
+    async fn campaign(&self, id: &str) -> StorageResult<Campaign> {
+        let sql = format!("SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1");
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(id)
+                .fetch_optional(tx)
+                .await?
+                .ok_or(StorageError::NotFound)
+        })
+        .await
+    }
 
-macro_rules! impl_campaign_storage {
-    ($ty:ident) => {
-        #[async_trait]
-        impl CampaignStorage for $ty {
-            async fn create_campaign(
-                &self,
-                c: &NewCampaign,
-                now_ms: i64,
-            ) -> StorageResult<Campaign> {
-                let sql = format!(
-                    "INSERT INTO campaigns (id, organization_id, lab_id, name, recipe, space_json, \
-                     objective, optimizer, settings_json, seed, budget, batch_size, target, \
-                     priority, state, optimizer_state, created_by, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'draft', \
-                     $15, $16, $17, $17) RETURNING {CAMPAIGN_COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Campaign>(&sql)
-                        .bind(crate::storage::new_id())
-                        .bind(&c.organization_id)
-                        .bind(&c.lab_id)
-                        .bind(&c.name)
-                        .bind(&c.recipe)
-                        .bind(&c.space_json)
-                        .bind(&c.objective)
-                        .bind(&c.optimizer)
-                        .bind(&c.settings_json)
-                        .bind(c.seed)
-                        .bind(c.budget)
-                        .bind(c.batch_size)
-                        .bind(c.target)
-                        .bind(c.priority)
-                        .bind(&c.optimizer_state)
-                        .bind(&c.created_by)
-                        .bind(now_ms)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn campaigns_of_organization(
+        &self,
+        organization_id: &str,
+    ) -> StorageResult<Vec<Campaign>> {
+        let sql = format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE organization_id = $1 \
+             ORDER BY created_at DESC, id"
+        );
+        self.tx(async |tx| query(&sql).bind(organization_id).fetch_all(tx).await)
+            .await
+    }
 
-            async fn campaign(&self, id: &str) -> StorageResult<Campaign> {
-                let sql = format!("SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1");
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Campaign>(&sql)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?
-                        .ok_or(StorageError::NotFound)
-                })
-            }
+    async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>> {
+        let sql = format!(
+            "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE state IN ('running', 'paused') \
+             ORDER BY priority DESC, created_at, id"
+        );
+        self.tx(async |tx| query(&sql).fetch_all(tx).await).await
+    }
 
-            async fn campaigns_of_organization(
-                &self,
-                organization_id: &str,
-            ) -> StorageResult<Vec<Campaign>> {
-                let sql = format!(
-                    "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE organization_id = $1 \
-                     ORDER BY created_at DESC, id"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Campaign>(&sql)
-                        .bind(organization_id)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-
-            async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>> {
-                let sql = format!(
-                    "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE state IN ('running', 'paused') \
-                     ORDER BY priority DESC, created_at, id"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Campaign>(&sql)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-
-            async fn set_campaign_state(
-                &self,
-                id: &str,
-                from: &[&str],
-                to: &str,
-                detail: Option<&str>,
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                let from = state_list(from);
-                if from.is_empty() {
-                    return Ok(false);
-                }
-                let finished = FINAL_CAMPAIGN_STATES.contains(&to);
-                let sql = format!(
-                    "UPDATE campaigns SET state = $1, state_detail = $2, updated_at = $3, \
-                     started_at = CASE WHEN $1 = 'running' THEN COALESCE(started_at, $3) ELSE started_at END, \
-                     finished_at = CASE WHEN $4 THEN $3 ELSE finished_at END \
-                     WHERE id = $5 AND state IN ({from})"
-                );
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(&sql)
-                        .bind(to)
-                        .bind(detail)
-                        .bind(now_ms)
-                        .bind(finished)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?;
-                    // A campaign that ends (canceled, completed on its target, failed) runs
-                    // nothing more: what was still queued is canceled.
-                    if done.rows_affected() == 1 && finished {
-                        sqlx::query(
-                            "UPDATE experiments SET state = 'canceled', finished_at = $1 \
-                             WHERE campaign_id = $2 AND state = 'queued'",
-                        )
-                        .bind(now_ms)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?;
-                    }
-                    Ok(done.rows_affected() == 1)
-                })
-            }
-
-            async fn enqueue_proposals(
-                &self,
-                campaign_id: &str,
-                expected_version: i64,
-                optimizer_state: &str,
-                experiments: &[NewExperiment],
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                let proposals = i64::try_from(experiments.len()).unwrap_or(i64::MAX);
-                in_tx!(&self.pool, tx, {
-                    // The campaign row first: it takes the write lock (SQLite) / row lock (PG).
-                    let done = sqlx::query(
-                        "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
-                         proposals = proposals + $2, updated_at = $3 \
-                         WHERE id = $4 AND version = $5 AND state = 'running'",
-                    )
-                    .bind(optimizer_state)
-                    .bind(proposals)
-                    .bind(now_ms)
-                    .bind(campaign_id)
-                    .bind(expected_version)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    if done.rows_affected() != 1 {
-                        return Ok(false);
-                    }
-                    for e in experiments {
-                        insert_experiment(&mut tx, campaign_id, e, now_ms).await?;
-                    }
-                    Ok(true)
-                })
-            }
-
-            async fn enqueue_manual(
-                &self,
-                campaign_id: &str,
-                experiment: &NewExperiment,
-                now_ms: i64,
-            ) -> StorageResult<Experiment> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE campaigns SET updated_at = $1 WHERE id = $2 \
-                         AND state IN ('draft', 'running', 'paused')",
-                    )
-                    .bind(now_ms)
-                    .bind(campaign_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    if done.rows_affected() != 1 {
-                        return Err(StorageError::NotFound);
-                    }
-                    insert_experiment(&mut tx, campaign_id, experiment, now_ms).await
-                })
-            }
-
-            async fn record_result(
-                &self,
-                r: &ExperimentResult,
-                told: Option<&CampaignTold>,
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE experiments SET state = $1, outcome = $2, error = $3, \
-                         features_json = $4, peaks_json = $5, objective_value = $6, \
-                         finished_at = $7, told = $8, lease_owner = NULL, lease_until = NULL \
-                         WHERE id = $9 AND state IN ('leased', 'running')",
-                    )
-                    .bind(&r.state)
-                    .bind(r.outcome.as_deref())
-                    .bind(r.error.as_deref())
-                    .bind(r.features_json.as_deref())
-                    .bind(r.peaks_json.as_deref())
-                    .bind(r.objective_value)
-                    .bind(now_ms)
-                    .bind(told.is_some())
-                    .bind(&r.experiment_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    if done.rows_affected() != 1 {
-                        return Ok(false);
-                    }
-                    if let Some(t) = told {
-                        let done = sqlx::query(
-                            "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
-                             results = results + 1, best_value = $2, best_params_json = $3, \
-                             best_experiment_id = $4, updated_at = $5 \
-                             WHERE id = $6 AND version = $7",
-                        )
-                        .bind(&t.optimizer_state)
-                        .bind(t.best_value)
-                        .bind(t.best_params_json.as_deref())
-                        .bind(t.best_experiment_id.as_deref())
-                        .bind(now_ms)
-                        .bind(&t.campaign_id)
-                        .bind(t.expected_version)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?;
-                        if done.rows_affected() != 1 {
-                            // Roll the experiment back too: the caller reloads and retries.
-                            return Err(StorageError::Conflict(
-                                "campaign version changed during a tell".into(),
-                            ));
-                        }
-                    }
-                    Ok(true)
-                })
-            }
-
-            async fn experiment(&self, id: &str) -> StorageResult<Experiment> {
-                let sql = format!("SELECT {EXPERIMENT_COLS} FROM experiments WHERE id = $1");
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Experiment>(&sql)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?
-                        .ok_or(StorageError::NotFound)
-                })
-            }
-
-            async fn experiments_of_campaign(
-                &self,
-                campaign_id: &str,
-                after_seq: i64,
-                limit: i64,
-                filter: &ExperimentFilter,
-            ) -> StorageResult<Vec<Experiment>> {
-                let sql = format!(
-                    "SELECT {EXPERIMENT_COLS} FROM experiments WHERE campaign_id = $1 AND seq > $2 \
-                     AND ($3 = '' OR state = $3) AND ($4 = '' OR source = $4) \
-                     ORDER BY seq LIMIT $5"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Experiment>(&sql)
-                        .bind(campaign_id)
-                        .bind(after_seq)
-                        .bind(filter.state.as_deref().unwrap_or(""))
-                        .bind(filter.source.as_deref().unwrap_or(""))
-                        .bind(limit)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-
-            async fn live_experiments(&self) -> StorageResult<Vec<Experiment>> {
-                let sql = format!(
-                    "SELECT {EXPERIMENT_COLS} FROM experiments \
-                     WHERE state IN ('leased', 'running') ORDER BY queued_at, seq"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Experiment>(&sql)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-
-            async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>> {
-                in_tx!(&self.pool, tx, {
-                    let rows: Vec<(String,)> = sqlx::query_as(
-                        "SELECT DISTINCT lab_id FROM experiments \
-                         WHERE state IN ('queued', 'leased') \
-                         AND (state = 'queued' OR lease_until < $1)",
-                    )
-                    .bind(now_ms)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(rows.into_iter().map(|r| r.0).collect())
-                })
-            }
-
-            async fn claim_experiment(
-                &self,
-                lab_id: &str,
-                owner: &str,
-                lease_ms: i64,
-                now_ms: i64,
-            ) -> StorageResult<Option<Experiment>> {
-                let lock = match <$ty as $crate::storage::Storage>::backend(self) {
-                    Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-                    Backend::Sqlite => "",
-                };
-                let sql = format!(
-                    "UPDATE experiments SET state = 'leased', lease_owner = $1, \
-                     lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
-                     WHERE id = (SELECT e.id FROM experiments e \
-                        WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
-                          AND (e.state = 'queued' OR e.lease_until < $3) \
-                          AND e.campaign_id IN (SELECT c.id FROM campaigns c \
-                                                WHERE c.state = 'running') \
-                        ORDER BY e.priority DESC, \
-                          COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
-                             WHERE d.lab_id = e.lab_id \
-                             AND d.organization_id = e.organization_id), 0) ASC, \
-                          e.queued_at, e.seq \
-                        LIMIT 1 {lock}) \
-                     AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) \
-                     RETURNING {EXPERIMENT_COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, Experiment>(&sql)
-                        .bind(owner)
-                        .bind(now_ms.saturating_add(lease_ms))
-                        .bind(now_ms)
-                        .bind(lab_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-
-            async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE experiments SET state = 'running', \
-                         started_at = COALESCE(started_at, $1), lease_until = NULL \
-                         WHERE id = $2 AND state = 'leased'",
-                    )
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }
-
-            async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE experiments SET state = 'queued', lease_owner = NULL, \
-                         lease_until = NULL WHERE id = $1 AND state = 'leased' AND lease_owner = $2",
-                    )
-                    .bind(id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }
-
-            async fn finish_claim(
-                &self,
-                id: &str,
-                owner: &str,
-                state: &str,
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE experiments SET state = $1, finished_at = $2, lease_until = NULL \
-                         WHERE id = $3 AND state = 'leased' AND lease_owner = $4",
-                    )
-                    .bind(state)
-                    .bind(now_ms)
-                    .bind(id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }
-
-            async fn experiments_queued_since(
-                &self,
-                lab_id: &str,
-                organization_id: &str,
-                since_ms: i64,
-            ) -> StorageResult<i64> {
-                in_tx!(&self.pool, tx, {
-                    let (n,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM experiments WHERE lab_id = $1 \
-                         AND organization_id = $2 AND queued_at >= $3",
-                    )
-                    .bind(lab_id)
-                    .bind(organization_id)
-                    .bind(since_ms)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(n)
-                })
-            }
-
-            async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64> {
-                in_tx!(&self.pool, tx, {
-                    let (n,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM experiments WHERE campaign_id = $1 \
-                         AND source = 'optimizer' AND state IN ('queued', 'leased', 'running')",
-                    )
-                    .bind(campaign_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(n)
-                })
-            }
-
-            async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64> {
-                in_tx!(&self.pool, tx, {
-                    let (n,): (i64,) =
-                        sqlx::query_as("SELECT COUNT(*) FROM experiments WHERE campaign_id = $1")
-                            .bind(campaign_id)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(StorageError::from_sqlx)?;
-                    Ok(n)
-                })
-            }
+    async fn set_campaign_state(
+        &self,
+        id: &str,
+        from: &[CampaignState],
+        to: CampaignState,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        let from = CampaignState::allowed_sql(from, to);
+        if from.is_empty() {
+            return Ok(false);
         }
-    };
+        let finished = to.is_final();
+        let sql = format!(
+            "UPDATE campaigns SET state = $1, state_detail = $2, updated_at = $3, \
+             started_at = CASE WHEN $1 = 'running' THEN COALESCE(started_at, $3) ELSE started_at END, \
+             finished_at = CASE WHEN $4 THEN $3 ELSE finished_at END \
+             WHERE id = $5 AND state IN ({from})"
+        );
+        self.tx(async |tx| {
+            let done = query(&sql)
+                .bind(to)
+                .bind(detail)
+                .bind(now_ms)
+                .bind(finished)
+                .bind(id)
+                .execute(tx)
+                .await?;
+            // A campaign that ends (canceled, completed on its target, failed) runs
+            // nothing more: what was still queued is canceled.
+            if done == 1 && finished {
+                query(
+                    "UPDATE experiments SET state = 'canceled', finished_at = $1 \
+                     WHERE campaign_id = $2 AND state = 'queued'",
+                )
+                .bind(now_ms)
+                .bind(id)
+                .execute(tx)
+                .await?;
+            }
+            Ok(done == 1)
+        })
+        .await
+    }
+
+    async fn enqueue_proposals(
+        &self,
+        campaign_id: &str,
+        expected_version: i64,
+        optimizer_state: &str,
+        experiments: &[NewExperiment],
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        let proposals = i64::try_from(experiments.len()).unwrap_or(i64::MAX);
+        self.tx(async |tx| {
+            // The campaign row first: it takes the write lock (SQLite) / row lock (PG).
+            let done = query(
+                "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
+                 proposals = proposals + $2, updated_at = $3 \
+                 WHERE id = $4 AND version = $5 AND state = 'running'",
+            )
+            .bind(optimizer_state)
+            .bind(proposals)
+            .bind(now_ms)
+            .bind(campaign_id)
+            .bind(expected_version)
+            .execute(tx)
+            .await?;
+            if done != 1 {
+                return Ok(false);
+            }
+            for e in experiments {
+                insert_experiment(tx, campaign_id, e, now_ms).await?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn enqueue_manual(
+        &self,
+        campaign_id: &str,
+        experiment: &NewExperiment,
+        now_ms: i64,
+    ) -> StorageResult<Experiment> {
+        self.tx(async |tx| {
+            let done = query(
+                "UPDATE campaigns SET updated_at = $1 WHERE id = $2 \
+                 AND state IN ('draft', 'running', 'paused')",
+            )
+            .bind(now_ms)
+            .bind(campaign_id)
+            .execute(tx)
+            .await?;
+            if done != 1 {
+                return Err(StorageError::NotFound);
+            }
+            insert_experiment(tx, campaign_id, experiment, now_ms).await
+        })
+        .await
+    }
+
+    async fn record_result(
+        &self,
+        r: &ExperimentResult,
+        told: Option<&CampaignTold>,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        let from = ExperimentState::sources_sql(r.state);
+        if !r.state.is_final() || from.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "UPDATE experiments SET state = $1, outcome = $2, error = $3, \
+             features_json = $4, peaks_json = $5, objective_value = $6, \
+             finished_at = $7, told = $8, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $9 AND state IN ({from})"
+        );
+        self.tx(async |tx| {
+            let done = query(&sql)
+                .bind(r.state)
+                .bind(r.outcome.as_deref())
+                .bind(r.error.as_deref())
+                .bind(r.features_json.as_deref())
+                .bind(r.peaks_json.as_deref())
+                .bind(r.objective_value)
+                .bind(now_ms)
+                .bind(told.is_some())
+                .bind(&r.experiment_id)
+                .execute(tx)
+                .await?;
+            if done != 1 {
+                return Ok(false);
+            }
+            if let Some(t) = told {
+                let done = query(
+                    "UPDATE campaigns SET optimizer_state = $1, version = version + 1, \
+                     results = results + 1, best_value = $2, best_params_json = $3, \
+                     best_experiment_id = $4, updated_at = $5 \
+                     WHERE id = $6 AND version = $7",
+                )
+                .bind(&t.optimizer_state)
+                .bind(t.best_value)
+                .bind(t.best_params_json.as_deref())
+                .bind(t.best_experiment_id.as_deref())
+                .bind(now_ms)
+                .bind(&t.campaign_id)
+                .bind(t.expected_version)
+                .execute(tx)
+                .await?;
+                if done != 1 {
+                    // Roll the experiment back too: the caller reloads and retries.
+                    return Err(StorageError::Conflict(
+                        "campaign version changed during a tell".into(),
+                    ));
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn experiment(&self, id: &str) -> StorageResult<Experiment> {
+        let sql = format!("SELECT {EXPERIMENT_COLS} FROM experiments WHERE id = $1");
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(id)
+                .fetch_optional(tx)
+                .await?
+                .ok_or(StorageError::NotFound)
+        })
+        .await
+    }
+
+    async fn experiments_of_campaign(
+        &self,
+        campaign_id: &str,
+        after_seq: i64,
+        limit: i64,
+        filter: &ExperimentFilter,
+    ) -> StorageResult<Vec<Experiment>> {
+        let sql = format!(
+            "SELECT {EXPERIMENT_COLS} FROM experiments WHERE campaign_id = $1 AND seq > $2 \
+             AND ($3 = '' OR state = $3) AND ($4 = '' OR source = $4) \
+             ORDER BY seq LIMIT $5"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(campaign_id)
+                .bind(after_seq)
+                .bind(filter.state.map_or("", ExperimentState::as_str))
+                .bind(filter.source.as_deref().unwrap_or(""))
+                .bind(limit)
+                .fetch_all(tx)
+                .await
+        })
+        .await
+    }
+
+    async fn live_experiments(&self) -> StorageResult<Vec<Experiment>> {
+        let sql = format!(
+            "SELECT {EXPERIMENT_COLS} FROM experiments \
+             WHERE state IN ('leased', 'running') ORDER BY queued_at, seq"
+        );
+        self.tx(async |tx| query(&sql).fetch_all(tx).await).await
+    }
+
+    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>> {
+        self.tx(async |tx| {
+            let rows: Vec<(String,)> = query(
+                "SELECT DISTINCT lab_id FROM experiments \
+                 WHERE state IN ('queued', 'leased') \
+                 AND (state = 'queued' OR lease_until < $1)",
+            )
+            .bind(now_ms)
+            .fetch_all(tx)
+            .await?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        })
+        .await
+    }
+
+    async fn claim_experiment(
+        &self,
+        lab_id: &str,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<Option<Experiment>> {
+        let lock = match SqlStorage::backend(self) {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE experiments SET state = 'leased', lease_owner = $1, \
+             lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
+             WHERE id = (SELECT e.id FROM experiments e \
+                WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
+                  AND (e.state = 'queued' OR e.lease_until < $3) \
+                  AND e.campaign_id IN (SELECT c.id FROM campaigns c \
+                                        WHERE c.state = 'running') \
+                ORDER BY e.priority DESC, \
+                  COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
+                     WHERE d.lab_id = e.lab_id \
+                     AND d.organization_id = e.organization_id), 0) ASC, \
+                  e.queued_at, e.seq \
+                LIMIT 1 {lock}) \
+             AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) \
+             RETURNING {EXPERIMENT_COLS}"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(owner)
+                .bind(now_ms.saturating_add(lease_ms))
+                .bind(now_ms)
+                .bind(lab_id)
+                .fetch_optional(tx)
+                .await
+        })
+        .await
+    }
+
+    async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool> {
+        self.tx(async |tx| {
+            let done = query(
+                "UPDATE experiments SET state = 'running', \
+                 started_at = COALESCE(started_at, $1), lease_until = NULL \
+                 WHERE id = $2 AND state = 'leased'",
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(tx)
+            .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
+
+    async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool> {
+        self.tx(async |tx| {
+            let done = query(
+                "UPDATE experiments SET state = 'queued', lease_owner = NULL, \
+                 lease_until = NULL WHERE id = $1 AND state = 'leased' AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(tx)
+            .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
+
+    async fn finish_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        state: ExperimentState,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        if !state.is_final() || !ExperimentState::Leased.can_move_to(state) {
+            return Ok(false);
+        }
+        self.tx(async |tx| {
+            let done = query(
+                "UPDATE experiments SET state = $1, finished_at = $2, lease_until = NULL \
+                 WHERE id = $3 AND state = 'leased' AND lease_owner = $4",
+            )
+            .bind(state)
+            .bind(now_ms)
+            .bind(id)
+            .bind(owner)
+            .execute(tx)
+            .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
+
+    async fn experiments_queued_since(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        since_ms: i64,
+    ) -> StorageResult<i64> {
+        self.tx(async |tx| {
+            let (n,): (i64,) = query(
+                "SELECT COUNT(*) FROM experiments WHERE lab_id = $1 \
+                 AND organization_id = $2 AND queued_at >= $3",
+            )
+            .bind(lab_id)
+            .bind(organization_id)
+            .bind(since_ms)
+            .fetch_one(tx)
+            .await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64> {
+        self.tx(async |tx| {
+            let (n,): (i64,) = query(
+                "SELECT COUNT(*) FROM experiments WHERE campaign_id = $1 \
+                 AND source = 'optimizer' AND state IN ('queued', 'leased', 'running')",
+            )
+            .bind(campaign_id)
+            .fetch_one(tx)
+            .await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64> {
+        self.tx(async |tx| {
+            let (n,): (i64,) = query("SELECT COUNT(*) FROM experiments WHERE campaign_id = $1")
+                .bind(campaign_id)
+                .fetch_one(tx)
+                .await?;
+            Ok(n)
+        })
+        .await
+    }
 }
 
 /// Inserts one experiment of a campaign (its organisation and lab come from the campaign row)
 /// with the next `seq`. Runs inside the caller's transaction, after it locked the campaign row.
-macro_rules! impl_insert_experiment {
-    ($fn:ident, $db:ty) => {
-        async fn $fn(
-            tx: &mut sqlx::Transaction<'static, $db>,
-            campaign_id: &str,
-            e: &NewExperiment,
-            now_ms: i64,
-        ) -> StorageResult<Experiment> {
-            let sql = format!(
-                "INSERT INTO experiments (id, campaign_id, organization_id, lab_id, seq, name, \
-                 source, params_json, proposal_json, program_json, priority, state, created_by, \
-                 queued_at) \
-                 SELECT $1, c.id, c.organization_id, c.lab_id, \
-                   (SELECT COALESCE(MAX(x.seq), 0) + 1 FROM experiments x WHERE x.campaign_id = c.id), \
-                   $2, $3, $4, $5, $6, $7, 'queued', $8, $9 FROM campaigns c WHERE c.id = $10 \
-                 RETURNING {EXPERIMENT_COLS}"
-            );
-            sqlx::query_as::<_, Experiment>(&sql)
-                .bind(&e.id)
-                .bind(&e.name)
-                .bind(&e.source)
-                .bind(&e.params_json)
-                .bind(e.proposal_json.as_deref())
-                .bind(&e.program_json)
-                .bind(e.priority)
-                .bind(&e.created_by)
-                .bind(now_ms)
-                .bind(campaign_id)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(StorageError::from_sqlx)?
-                .ok_or(StorageError::NotFound)
-        }
-    };
-}
-
-mod sqlite_impl {
-    use super::*;
-    impl_insert_experiment!(insert_experiment, sqlx::Sqlite);
-    impl_campaign_storage!(SqliteStorage);
-}
-
-mod postgres_impl {
-    use super::*;
-    impl_insert_experiment!(insert_experiment, sqlx::Postgres);
-    impl_campaign_storage!(PgStorage);
+async fn insert_experiment(
+    tx: &mut Tx,
+    campaign_id: &str,
+    e: &NewExperiment,
+    now_ms: i64,
+) -> StorageResult<Experiment> {
+    let sql = format!(
+        "INSERT INTO experiments (id, campaign_id, organization_id, lab_id, seq, name, \
+         source, params_json, proposal_json, program_json, priority, state, created_by, \
+         queued_at) \
+         SELECT $1, c.id, c.organization_id, c.lab_id, \
+           (SELECT COALESCE(MAX(x.seq), 0) + 1 FROM experiments x WHERE x.campaign_id = c.id), \
+           $2, $3, $4, $5, $6, $7, 'queued', $8, $9 FROM campaigns c WHERE c.id = $10 \
+         RETURNING {EXPERIMENT_COLS}"
+    );
+    query(&sql)
+        .bind(&e.id)
+        .bind(&e.name)
+        .bind(&e.source)
+        .bind(&e.params_json)
+        .bind(e.proposal_json.as_deref())
+        .bind(&e.program_json)
+        .bind(e.priority)
+        .bind(&e.created_by)
+        .bind(now_ms)
+        .bind(campaign_id)
+        .fetch_optional(tx)
+        .await?
+        .ok_or(StorageError::NotFound)
 }

@@ -12,7 +12,9 @@
 
 use async_trait::async_trait;
 
-use super::{PgStorage, SqliteStorage, StorageError, StorageResult};
+use super::db::{query, SqlStorage};
+use super::states::CommandState;
+use super::{StorageError, StorageResult};
 
 /// Columns, in [`LabCommand`] order.
 const COLS: &str = "id, organization_id, lab_id, method, params_json, program_json, state, \
@@ -31,8 +33,9 @@ pub struct LabCommand {
     pub params_json: String,
     /// The one-step program sent to the agent (its program id is this command's id).
     pub program_json: String,
-    /// `queued`, `sent`, `succeeded`, `failed`, `timed_out` or `canceled`.
-    pub state: String,
+    /// Where it is (see [`CommandState`]).
+    #[sqlx(try_from = "String")]
+    pub state: CommandState,
     pub created_by: String,
     pub created_at: i64,
     /// Not accepted by the agent by then: `timed_out`, never executed.
@@ -49,10 +52,7 @@ pub struct LabCommand {
 impl LabCommand {
     /// Whether the state is final.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "succeeded" | "failed" | "timed_out" | "canceled"
-        )
+        self.state.is_final()
     }
 }
 
@@ -78,23 +78,19 @@ pub enum CommandEnd {
 }
 
 impl CommandEnd {
-    /// The stored state.
-    pub fn as_str(self) -> &'static str {
+    /// The state it sets.
+    pub fn state(self) -> CommandState {
         match self {
-            CommandEnd::Succeeded => "succeeded",
-            CommandEnd::Failed => "failed",
-            CommandEnd::TimedOut => "timed_out",
-            CommandEnd::Canceled => "canceled",
+            CommandEnd::Succeeded => CommandState::Succeeded,
+            CommandEnd::Failed => CommandState::Failed,
+            CommandEnd::TimedOut => CommandState::TimedOut,
+            CommandEnd::Canceled => CommandState::Canceled,
         }
     }
 
-    /// The states it may follow.
-    fn allowed_from(self) -> &'static str {
-        match self {
-            CommandEnd::Succeeded | CommandEnd::Failed => "('sent')",
-            CommandEnd::TimedOut => "('queued', 'sent')",
-            CommandEnd::Canceled => "('queued')",
-        }
+    /// The stored state.
+    pub fn as_str(self) -> &'static str {
+        self.state().as_str()
     }
 }
 
@@ -150,224 +146,182 @@ pub trait CommandStorage {
         -> StorageResult<i64>;
 }
 
-macro_rules! impl_command_storage {
-    ($ty:ident) => {
-        #[async_trait]
-        impl CommandStorage for $ty {
-            async fn create_command(
-                &self,
-                c: &NewLabCommand,
-                now_ms: i64,
-            ) -> StorageResult<LabCommand> {
-                let sql = format!(
-                    "INSERT INTO lab_commands (id, organization_id, lab_id, method, params_json, \
-                     program_json, state, created_by, created_at, deadline_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9) RETURNING {COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .bind(crate::storage::new_id())
-                        .bind(&c.organization_id)
-                        .bind(&c.lab_id)
-                        .bind(&c.method)
-                        .bind(&c.params_json)
-                        .bind(&c.program_json)
-                        .bind(&c.created_by)
-                        .bind(now_ms)
-                        .bind(c.deadline_at)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+#[async_trait]
+impl CommandStorage for SqlStorage {
+    async fn create_command(&self, c: &NewLabCommand, now_ms: i64) -> StorageResult<LabCommand> {
+        let sql = format!(
+            "INSERT INTO lab_commands (id, organization_id, lab_id, method, params_json, \
+             program_json, state, created_by, created_at, deadline_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9) RETURNING {COLS}"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(crate::storage::new_id())
+                .bind(&c.organization_id)
+                .bind(&c.lab_id)
+                .bind(&c.method)
+                .bind(&c.params_json)
+                .bind(&c.program_json)
+                .bind(&c.created_by)
+                .bind(now_ms)
+                .bind(c.deadline_at)
+                .fetch_one(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn command(&self, id: &str) -> StorageResult<LabCommand> {
-                let sql = format!("SELECT {COLS} FROM lab_commands WHERE id = $1");
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?
-                        .ok_or(StorageError::NotFound)
-                })
-            }
+    async fn command(&self, id: &str) -> StorageResult<LabCommand> {
+        let sql = format!("SELECT {COLS} FROM lab_commands WHERE id = $1");
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(id)
+                .fetch_optional(tx)
+                .await?
+                .ok_or(StorageError::NotFound)
+        })
+        .await
+    }
 
-            async fn commands_of_lab(
-                &self,
-                lab_id: &str,
-                limit: i64,
-            ) -> StorageResult<Vec<LabCommand>> {
-                let sql = format!(
-                    "SELECT {COLS} FROM lab_commands WHERE lab_id = $1 \
-                     ORDER BY created_at DESC, id DESC LIMIT $2"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .bind(lab_id)
-                        .bind(limit.clamp(1, 1000))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn commands_of_lab(&self, lab_id: &str, limit: i64) -> StorageResult<Vec<LabCommand>> {
+        let sql = format!(
+            "SELECT {COLS} FROM lab_commands WHERE lab_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(lab_id)
+                .bind(limit.clamp(1, 1000))
+                .fetch_all(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn open_commands(&self) -> StorageResult<Vec<LabCommand>> {
-                let sql = format!(
-                    "SELECT {COLS} FROM lab_commands WHERE state IN ('queued', 'sent') \
-                     ORDER BY created_at, id LIMIT 1000"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn open_commands(&self) -> StorageResult<Vec<LabCommand>> {
+        let sql = format!(
+            "SELECT {COLS} FROM lab_commands WHERE state IN ('queued', 'sent') \
+             ORDER BY created_at, id LIMIT 1000"
+        );
+        self.tx(async |tx| query(&sql).fetch_all(tx).await).await
+    }
 
-            async fn claim_command(
-                &self,
-                id: &str,
-                now_ms: i64,
-            ) -> StorageResult<Option<LabCommand>> {
-                let sql = format!(
-                    "UPDATE lab_commands SET state = 'sent', sent_at = $2, \
-                     attempts = attempts + 1 \
-                     WHERE id = $1 \
-                     AND ((state = 'queued' AND deadline_at > $2) OR state = 'sent') \
-                     RETURNING {COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .bind(id)
-                        .bind(now_ms)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn claim_command(&self, id: &str, now_ms: i64) -> StorageResult<Option<LabCommand>> {
+        let sql = format!(
+            "UPDATE lab_commands SET state = 'sent', sent_at = $2, \
+             attempts = attempts + 1 \
+             WHERE id = $1 \
+             AND ((state = 'queued' AND deadline_at > $2) OR state = 'sent') \
+             RETURNING {COLS}"
+        );
+        self.tx(async |tx| query(&sql).bind(id).bind(now_ms).fetch_optional(tx).await)
+            .await
+    }
 
-            async fn finish_command(
-                &self,
-                id: &str,
-                end: CommandEnd,
-                result_json: Option<&str>,
-                error: Option<&str>,
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                let sql = format!(
-                    "UPDATE lab_commands SET state = $2, finished_at = $3, result_json = $4, \
-                     error = $5 WHERE id = $1 AND state IN {}",
-                    end.allowed_from()
-                );
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(&sql)
-                        .bind(id)
-                        .bind(end.as_str())
-                        .bind(now_ms)
-                        .bind(result_json)
-                        .bind(error)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }
+    async fn finish_command(
+        &self,
+        id: &str,
+        end: CommandEnd,
+        result_json: Option<&str>,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        let sql = format!(
+            "UPDATE lab_commands SET state = $2, finished_at = $3, result_json = $4, \
+             error = $5 WHERE id = $1 AND state IN ({})",
+            CommandState::sources_sql(end.state())
+        );
+        self.tx(async |tx| {
+            let done = query(&sql)
+                .bind(id)
+                .bind(end.as_str())
+                .bind(now_ms)
+                .bind(result_json)
+                .bind(error)
+                .execute(tx)
+                .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
 
-            async fn record_instruction(
-                &self,
-                lab_id: &str,
-                organization_id: &str,
-                created_by: &str,
-                method: &str,
-                now_ms: i64,
-            ) -> StorageResult<()> {
-                in_tx!(&self.pool, tx, {
-                    sqlx::query(
-                        "INSERT INTO lab_instructions \
-                         (id, lab_id, organization_id, created_by, method, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(crate::storage::new_id())
-                    .bind(lab_id)
-                    .bind(organization_id)
-                    .bind(created_by)
-                    .bind(method)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(())
-                })
-            }
+    async fn record_instruction(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        created_by: &str,
+        method: &str,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        self.tx(async |tx| {
+            query(
+                "INSERT INTO lab_instructions \
+                 (id, lab_id, organization_id, created_by, method, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(crate::storage::new_id())
+            .bind(lab_id)
+            .bind(organization_id)
+            .bind(created_by)
+            .bind(method)
+            .bind(now_ms)
+            .execute(tx)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
 
-            async fn instructions_since(
-                &self,
-                lab_id: &str,
-                organization_id: &str,
-                since_ms: i64,
-            ) -> StorageResult<i64> {
-                in_tx!(&self.pool, tx, {
-                    let row: (i64, i64) = sqlx::query_as(
-                        "SELECT \
-                         (SELECT COUNT(*) FROM lab_instructions WHERE lab_id = $1 \
-                          AND organization_id = $2 AND created_at >= $3 AND method <> 'estop'), \
-                         (SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
-                          AND organization_id = $2 AND created_at >= $3)",
-                    )
-                    .bind(lab_id)
-                    .bind(organization_id)
-                    .bind(since_ms)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(row.0 + row.1)
-                })
-            }
+    async fn instructions_since(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+        since_ms: i64,
+    ) -> StorageResult<i64> {
+        self.tx(async |tx| {
+            let row: (i64, i64) = query(
+                "SELECT \
+                 (SELECT COUNT(*) FROM lab_instructions WHERE lab_id = $1 \
+                  AND organization_id = $2 AND created_at >= $3 AND method <> 'estop'), \
+                 (SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
+                  AND organization_id = $2 AND created_at >= $3)",
+            )
+            .bind(lab_id)
+            .bind(organization_id)
+            .bind(since_ms)
+            .fetch_one(tx)
+            .await?;
+            Ok(row.0 + row.1)
+        })
+        .await
+    }
 
-            async fn open_commands_of_org(
-                &self,
-                lab_id: &str,
-                organization_id: &str,
-            ) -> StorageResult<i64> {
-                in_tx!(&self.pool, tx, {
-                    let row: (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
-                         AND organization_id = $2 AND state IN ('queued', 'sent')",
-                    )
-                    .bind(lab_id)
-                    .bind(organization_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(row.0)
-                })
-            }
+    async fn open_commands_of_org(
+        &self,
+        lab_id: &str,
+        organization_id: &str,
+    ) -> StorageResult<i64> {
+        self.tx(async |tx| {
+            let row: (i64,) = query(
+                "SELECT COUNT(*) FROM lab_commands WHERE lab_id = $1 \
+                 AND organization_id = $2 AND state IN ('queued', 'sent')",
+            )
+            .bind(lab_id)
+            .bind(organization_id)
+            .fetch_one(tx)
+            .await?;
+            Ok(row.0)
+        })
+        .await
+    }
 
-            async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>> {
-                let sql = format!(
-                    "UPDATE lab_commands SET state = 'timed_out', finished_at = $1, \
-                     error = 'the deadline passed before the agent accepted it' \
-                     WHERE state = 'queued' AND deadline_at <= $1 RETURNING {COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabCommand>(&sql)
-                        .bind(now_ms)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
-        }
-    };
-}
-
-mod sqlite_impl {
-    use super::*;
-    impl_command_storage!(SqliteStorage);
-}
-
-mod postgres_impl {
-    use super::*;
-    impl_command_storage!(PgStorage);
+    async fn expire_commands(&self, now_ms: i64) -> StorageResult<Vec<LabCommand>> {
+        let sql = format!(
+            "UPDATE lab_commands SET state = 'timed_out', finished_at = $1, \
+             error = 'the deadline passed before the agent accepted it' \
+             WHERE state = 'queued' AND deadline_at <= $1 RETURNING {COLS}"
+        );
+        self.tx(async |tx| query(&sql).bind(now_ms).fetch_all(tx).await)
+            .await
+    }
 }

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 
-use super::{PgStorage, SqliteStorage, StorageError, StorageResult};
+use super::db::{query, SqlStorage};
+use super::StorageResult;
 
 /// A record as received from an agent.
 #[derive(Debug, Clone)]
@@ -119,198 +120,180 @@ fn measurement_pattern(kind: &str) -> String {
 
 const RECORD_COLS: &str = "lab_id, epoch, seq, program_id, kind, body, received_at";
 
-macro_rules! impl_record_storage {
-    ($ty:ident) => {
-        #[async_trait]
-        impl RecordStorage for $ty {
-            async fn store_record(&self, r: &NewRecord, now_ms: i64) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "INSERT INTO agent_records \
-                         (lab_id, epoch, seq, program_id, kind, body, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         ON CONFLICT (lab_id, epoch, seq) DO NOTHING",
-                    )
-                    .bind(&r.lab_id)
-                    .bind(&r.epoch)
-                    .bind(r.seq)
-                    .bind(r.program_id.as_deref())
-                    .bind(&r.kind)
-                    .bind(&r.body)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    let stored = done.rows_affected() == 1;
-                    if stored {
-                        sqlx::query(
-                            "INSERT INTO lab_ingest_usage (lab_id, day, bytes, records) \
-                             VALUES ($1, $2, $3, 1) ON CONFLICT (lab_id, day) DO UPDATE \
-                             SET bytes = lab_ingest_usage.bytes + excluded.bytes, \
-                             records = lab_ingest_usage.records + 1",
-                        )
-                        .bind(&r.lab_id)
-                        .bind(utc_day(now_ms))
-                        .bind(i64::try_from(r.body.len()).unwrap_or(i64::MAX))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)?;
-                    }
-                    Ok(stored)
-                })
+#[async_trait]
+impl RecordStorage for SqlStorage {
+    async fn store_record(&self, r: &NewRecord, now_ms: i64) -> StorageResult<bool> {
+        self.tx(async |tx| {
+            let done = query(
+                "INSERT INTO agent_records \
+                 (lab_id, epoch, seq, program_id, kind, body, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (lab_id, epoch, seq) DO NOTHING",
+            )
+            .bind(&r.lab_id)
+            .bind(&r.epoch)
+            .bind(r.seq)
+            .bind(r.program_id.as_deref())
+            .bind(&r.kind)
+            .bind(&r.body)
+            .bind(now_ms)
+            .execute(tx)
+            .await?;
+            let stored = done == 1;
+            if stored {
+                query(
+                    "INSERT INTO lab_ingest_usage (lab_id, day, bytes, records) \
+                     VALUES ($1, $2, $3, 1) ON CONFLICT (lab_id, day) DO UPDATE \
+                     SET bytes = lab_ingest_usage.bytes + excluded.bytes, \
+                     records = lab_ingest_usage.records + 1",
+                )
+                .bind(&r.lab_id)
+                .bind(utc_day(now_ms))
+                .bind(i64::try_from(r.body.len()).unwrap_or(i64::MAX))
+                .execute(tx)
+                .await?;
             }
+            Ok(stored)
+        })
+        .await
+    }
 
-            async fn records_of_program(
-                &self,
-                lab_id: &str,
-                program_id: &str,
-                limit: i64,
-            ) -> StorageResult<Vec<StoredRecord>> {
-                let sql = format!(
-                    "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 AND program_id = $2 \
-                     ORDER BY received_at, epoch, seq LIMIT $3"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as(&sql)
-                        .bind(lab_id)
-                        .bind(program_id)
-                        .bind(limit.max(0))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn records_of_program(
+        &self,
+        lab_id: &str,
+        program_id: &str,
+        limit: i64,
+    ) -> StorageResult<Vec<StoredRecord>> {
+        let sql = format!(
+            "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 AND program_id = $2 \
+             ORDER BY received_at, epoch, seq LIMIT $3"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(lab_id)
+                .bind(program_id)
+                .bind(limit.max(0))
+                .fetch_all(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn program_records_page(
-                &self,
-                lab_id: &str,
-                program_id: &str,
-                kind: &str,
-                after: Option<(i64, String, i64)>,
-                limit: i64,
-            ) -> StorageResult<Vec<StoredRecord>> {
-                let (at, epoch, seq) = after.unwrap_or((i64::MIN, String::new(), i64::MIN));
-                let sql = format!(
-                    "SELECT {RECORD_COLS} FROM agent_records \
-                     WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
-                     AND (received_at > $4 OR (received_at = $4 AND epoch > $5) \
-                          OR (received_at = $4 AND epoch = $5 AND seq > $6)) \
-                     ORDER BY received_at, epoch, seq LIMIT $7"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as(&sql)
-                        .bind(lab_id)
-                        .bind(program_id)
-                        .bind(kind)
-                        .bind(at)
-                        .bind(&epoch)
-                        .bind(seq)
-                        .bind(limit.max(0))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn program_records_page(
+        &self,
+        lab_id: &str,
+        program_id: &str,
+        kind: &str,
+        after: Option<(i64, String, i64)>,
+        limit: i64,
+    ) -> StorageResult<Vec<StoredRecord>> {
+        let (at, epoch, seq) = after.unwrap_or((i64::MIN, String::new(), i64::MIN));
+        let sql = format!(
+            "SELECT {RECORD_COLS} FROM agent_records \
+             WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
+             AND (received_at > $4 OR (received_at = $4 AND epoch > $5) \
+                  OR (received_at = $4 AND epoch = $5 AND seq > $6)) \
+             ORDER BY received_at, epoch, seq LIMIT $7"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(lab_id)
+                .bind(program_id)
+                .bind(kind)
+                .bind(at)
+                .bind(&epoch)
+                .bind(seq)
+                .bind(limit.max(0))
+                .fetch_all(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn program_record_of_kind(
-                &self,
-                lab_id: &str,
-                program_id: &str,
-                kind: &str,
-            ) -> StorageResult<Option<StoredRecord>> {
-                let sql = format!(
-                    "SELECT {RECORD_COLS} FROM agent_records \
-                     WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
-                     ORDER BY received_at, epoch, seq LIMIT 1"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as(&sql)
-                        .bind(lab_id)
-                        .bind(program_id)
-                        .bind(kind)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn program_record_of_kind(
+        &self,
+        lab_id: &str,
+        program_id: &str,
+        kind: &str,
+    ) -> StorageResult<Option<StoredRecord>> {
+        let sql = format!(
+            "SELECT {RECORD_COLS} FROM agent_records \
+             WHERE lab_id = $1 AND program_id = $2 AND kind = $3 \
+             ORDER BY received_at, epoch, seq LIMIT 1"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(lab_id)
+                .bind(program_id)
+                .bind(kind)
+                .fetch_optional(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn program_has_records(
-                &self,
-                lab_id: &str,
-                program_id: &str,
-            ) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let row: Option<(i64,)> = sqlx::query_as(
-                        "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
-                    )
-                    .bind(lab_id)
-                    .bind(program_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(row.is_some())
-                })
-            }
+    async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool> {
+        self.tx(async |tx| {
+            let row: Option<(i64,)> = query(
+                "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
+            )
+            .bind(lab_id)
+            .bind(program_id)
+            .fetch_optional(tx)
+            .await?;
+            Ok(row.is_some())
+        })
+        .await
+    }
 
-            async fn max_record_seq(
-                &self,
-                lab_id: &str,
-                epoch: &str,
-            ) -> StorageResult<Option<i64>> {
-                in_tx!(&self.pool, tx, {
-                    let row: (Option<i64>,) = sqlx::query_as(
-                        "SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2",
-                    )
+    async fn max_record_seq(&self, lab_id: &str, epoch: &str) -> StorageResult<Option<i64>> {
+        self.tx(async |tx| {
+            let row: (Option<i64>,) =
+                query("SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2")
                     .bind(lab_id)
                     .bind(epoch)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(row.0)
-                })
-            }
+                    .fetch_one(tx)
+                    .await?;
+            Ok(row.0)
+        })
+        .await
+    }
 
-            async fn latest_measurement(
-                &self,
-                lab_id: &str,
-                measurement_kind: &str,
-            ) -> StorageResult<Option<StoredRecord>> {
-                // Walks `agent_records_recent` from the newest measurement down to the first
-                // match; the body is checked again by the caller when it parses it.
-                let sql = format!(
-                    "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 \
-                     AND kind = 'measurement' AND body LIKE $2 ESCAPE '!' \
-                     ORDER BY received_at DESC LIMIT 1"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as(&sql)
-                        .bind(lab_id)
-                        .bind(measurement_pattern(measurement_kind))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn latest_measurement(
+        &self,
+        lab_id: &str,
+        measurement_kind: &str,
+    ) -> StorageResult<Option<StoredRecord>> {
+        // Walks `agent_records_recent` from the newest measurement down to the first
+        // match; the body is checked again by the caller when it parses it.
+        let sql = format!(
+            "SELECT {RECORD_COLS} FROM agent_records WHERE lab_id = $1 \
+             AND kind = 'measurement' AND body LIKE $2 ESCAPE '!' \
+             ORDER BY received_at DESC LIMIT 1"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(lab_id)
+                .bind(measurement_pattern(measurement_kind))
+                .fetch_optional(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage> {
-                in_tx!(&self.pool, tx, {
-                    let row: Option<IngestUsage> = sqlx::query_as(
-                        "SELECT bytes, records FROM lab_ingest_usage WHERE lab_id = $1 AND day = $2",
-                    )
+    async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage> {
+        self.tx(async |tx| {
+            let row: Option<IngestUsage> =
+                query("SELECT bytes, records FROM lab_ingest_usage WHERE lab_id = $1 AND day = $2")
                     .bind(lab_id)
                     .bind(day)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(row.unwrap_or_default())
-                })
-            }
-        }
-    };
+                    .fetch_optional(tx)
+                    .await?;
+            Ok(row.unwrap_or_default())
+        })
+        .await
+    }
 }
-
-impl_record_storage!(SqliteStorage);
-impl_record_storage!(PgStorage);
 
 #[cfg(test)]
 mod tests {

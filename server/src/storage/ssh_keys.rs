@@ -7,7 +7,8 @@
 
 use async_trait::async_trait;
 
-use super::{PgStorage, SqliteStorage, StorageError, StorageResult};
+use super::db::{query, SqlStorage};
+use super::StorageResult;
 
 /// Columns, in [`LabSshKey`] order.
 const COLS: &str =
@@ -69,90 +70,65 @@ pub trait SshKeyStorage {
     ) -> StorageResult<bool>;
 }
 
-macro_rules! impl_ssh_key_storage {
-    ($ty:ident) => {
-        #[async_trait]
-        impl SshKeyStorage for $ty {
-            async fn add_lab_ssh_key(
-                &self,
-                key: &NewLabSshKey,
-                now_ms: i64,
-            ) -> StorageResult<LabSshKey> {
-                let sql = format!(
-                    "INSERT INTO lab_ssh_keys \
-                     (id, lab_id, algorithm, public_key, fingerprint, comment, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabSshKey>(&sql)
-                        .bind(crate::storage::new_id())
-                        .bind(&key.lab_id)
-                        .bind(&key.algorithm)
-                        .bind(&key.public_key)
-                        .bind(&key.fingerprint)
-                        .bind(&key.comment)
-                        .bind(now_ms)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+#[async_trait]
+impl SshKeyStorage for SqlStorage {
+    async fn add_lab_ssh_key(&self, key: &NewLabSshKey, now_ms: i64) -> StorageResult<LabSshKey> {
+        let sql = format!(
+            "INSERT INTO lab_ssh_keys \
+             (id, lab_id, algorithm, public_key, fingerprint, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
+        );
+        self.tx(async |tx| {
+            query(&sql)
+                .bind(crate::storage::new_id())
+                .bind(&key.lab_id)
+                .bind(&key.algorithm)
+                .bind(&key.public_key)
+                .bind(&key.fingerprint)
+                .bind(&key.comment)
+                .bind(now_ms)
+                .fetch_one(tx)
+                .await
+        })
+        .await
+    }
 
-            async fn ssh_keys_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabSshKey>> {
-                let sql = format!(
-                    "SELECT {COLS} FROM lab_ssh_keys WHERE lab_id = $1 ORDER BY created_at, id"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabSshKey>(&sql)
-                        .bind(lab_id)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn ssh_keys_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabSshKey>> {
+        let sql =
+            format!("SELECT {COLS} FROM lab_ssh_keys WHERE lab_id = $1 ORDER BY created_at, id");
+        self.tx(async |tx| query(&sql).bind(lab_id).fetch_all(tx).await)
+            .await
+    }
 
-            async fn accepted_ssh_key(
-                &self,
-                fingerprint: &str,
-            ) -> StorageResult<Option<LabSshKey>> {
-                let sql = format!(
-                    "SELECT {COLS} FROM lab_ssh_keys k \
-                     WHERE k.fingerprint = $1 AND k.revoked_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM agent_credentials c \
-                                 WHERE c.lab_id = k.lab_id AND c.revoked_at IS NULL)"
-                );
-                in_tx!(&self.pool, tx, {
-                    sqlx::query_as::<_, LabSshKey>(&sql)
-                        .bind(fingerprint)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StorageError::from_sqlx)
-                })
-            }
+    async fn accepted_ssh_key(&self, fingerprint: &str) -> StorageResult<Option<LabSshKey>> {
+        let sql = format!(
+            "SELECT {COLS} FROM lab_ssh_keys k \
+             WHERE k.fingerprint = $1 AND k.revoked_at IS NULL \
+             AND EXISTS (SELECT 1 FROM agent_credentials c \
+                         WHERE c.lab_id = k.lab_id AND c.revoked_at IS NULL)"
+        );
+        self.tx(async |tx| query(&sql).bind(fingerprint).fetch_optional(tx).await)
+            .await
+    }
 
-            async fn revoke_lab_ssh_key(
-                &self,
-                lab_id: &str,
-                fingerprint: &str,
-                now_ms: i64,
-            ) -> StorageResult<bool> {
-                in_tx!(&self.pool, tx, {
-                    let done = sqlx::query(
-                        "UPDATE lab_ssh_keys SET revoked_at = $3 \
-                         WHERE lab_id = $1 AND fingerprint = $2 AND revoked_at IS NULL",
-                    )
-                    .bind(lab_id)
-                    .bind(fingerprint)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from_sqlx)?;
-                    Ok(done.rows_affected() == 1)
-                })
-            }
-        }
-    };
+    async fn revoke_lab_ssh_key(
+        &self,
+        lab_id: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
+        self.tx(async |tx| {
+            let done = query(
+                "UPDATE lab_ssh_keys SET revoked_at = $3 \
+                 WHERE lab_id = $1 AND fingerprint = $2 AND revoked_at IS NULL",
+            )
+            .bind(lab_id)
+            .bind(fingerprint)
+            .bind(now_ms)
+            .execute(tx)
+            .await?;
+            Ok(done == 1)
+        })
+        .await
+    }
 }
-
-impl_ssh_key_storage!(SqliteStorage);
-impl_ssh_key_storage!(PgStorage);

@@ -3,7 +3,7 @@
 //! compiling it against the lab, and turning an experiment's records into features and an
 //! objective value. [`engine`] runs them against storage and the agent gateway.
 
-pub mod engine;
+pub mod scheduler;
 
 use maosic_analysis::features::{analyse_experiment, AnalysisSettings, ExperimentAnalysis};
 use maosic_analysis::objective::{Direction, Objective};

@@ -12,9 +12,9 @@ use super::account::validate_name;
 use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
+use crate::agents::readings::Telemetry;
+use crate::agents::{hash_secret, new_secret};
 use crate::auth::token;
-use crate::gateway::{hash_secret, new_secret};
-use crate::readings::Telemetry;
 use crate::state::AppState;
 use crate::storage::{self, now_ms, StorageError};
 

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::graphql::campaigns::provenance;
+use crate::api::graphql::campaigns::provenance;
 use crate::state::AppState;
 use crate::storage::{tenant, Campaign, Experiment, ExperimentFilter, StorageError};
 
@@ -71,7 +71,7 @@ async fn export(
     let Ok(id) = uuid::Uuid::parse_str(&id).map(|u| u.to_string()) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found");
     };
-    let scope = match crate::graphql::handler::scope_of(&state, Some(&principal)).await {
+    let scope = match crate::api::graphql::handler::scope_of(&state, Some(&principal)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot resolve the tenant scope");
@@ -310,7 +310,7 @@ fn csv_row(c: &Campaign, e: &Experiment) -> String {
         e.id.clone(),
         field(&e.name),
         e.source.clone(),
-        e.state.clone(),
+        e.state.to_string(),
     ];
     row.extend(vars.iter().map(|v| number(&params[v])));
     row.push(e.objective_value.map(|v| v.to_string()).unwrap_or_default());

@@ -106,10 +106,10 @@ pub fn uses_introspection(doc: &ExecutableDocument) -> bool {
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the rightmost
-/// `X-Forwarded-For` entry that is not one (see [`crate::forwarded`]).
+/// `X-Forwarded-For` entry that is not one (see [`crate::api::forwarded`]).
 pub(crate) fn client_address(
     req: &HttpRequest,
-    proxies: &crate::forwarded::TrustedProxies,
+    proxies: &crate::api::forwarded::TrustedProxies,
 ) -> Option<String> {
     let peer = req.peer_addr()?.ip();
     let forwarded = req
@@ -353,7 +353,7 @@ pub async fn graphql_handler(
     };
     let cookie_session = req
         .headers()
-        .get(crate::session_cookie::COOKIE_SESSION_HEADER)
+        .get(crate::auth::session_cookie::COOKIE_SESSION_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1");
     let info = RequestInfo {
         principal,

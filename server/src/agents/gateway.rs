@@ -4,7 +4,6 @@
 //! (rule 3), and records presence in storage. Only the current generation may change presence.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,181 +16,14 @@ use maosic_schema::protocol::{
     HelloResult, Message, RecordParams, RpcError, ThrottleParams,
 };
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::hash_secret;
+use super::registry::HelloInfo;
 use crate::state::AppState;
 use crate::storage::{now_ms, tenant, AgentHello, NewRecord, StorageError};
-
-/// Hex SHA-256 of a credential secret (secrets are 256-bit random, so a fast hash suffices).
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// A new random credential secret (256 bits, hex).
-pub fn new_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    hex::encode(bytes)
-}
-
-struct LiveConnection {
-    generation: i64,
-    hello: HelloInfo,
-    cut: oneshot::Sender<&'static str>,
-    commands: mpsc::Sender<Outgoing>,
-}
-
-/// What the current connection of a lab said in its `hello`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HelloInfo {
-    /// When the connection was accepted, ms since the Unix epoch.
-    pub connected_at: i64,
-    /// Program runs the agent was executing at that moment.
-    pub running: Vec<String>,
-}
-
-/// A call from the cloud to an agent, waiting for the agent's answer.
-struct Outgoing {
-    method: String,
-    params: Value,
-    reply: oneshot::Sender<Result<Value, RpcError>>,
-}
-
-/// Why a call to an agent did not return a result.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The lab's agent is not connected to this replica.
-    #[error("the lab's agent is not connected")]
-    Offline,
-    /// The agent did not answer in time.
-    #[error("the agent did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection closed before the answer.
-    #[error("the connection closed before the agent answered")]
-    Closed,
-    /// The agent answered with an error.
-    #[error("the agent refused: {0}")]
-    Rejected(RpcError),
-}
-
-/// Registry of the agent connections open on this replica, by lab.
-#[derive(Clone, Default)]
-pub struct Gateway {
-    live: Arc<Mutex<HashMap<String, LiveConnection>>>,
-    /// Request ids, unique across connections: an agent re-sends answers left over from a lost
-    /// connection, and they must never match a different call on the new one.
-    next_id: Arc<std::sync::atomic::AtomicI64>,
-}
-
-impl Gateway {
-    /// Registers a connection; an older connection of the same lab is told to close.
-    fn register(
-        &self,
-        lab_id: &str,
-        generation: i64,
-        hello: HelloInfo,
-    ) -> (oneshot::Receiver<&'static str>, mpsc::Receiver<Outgoing>) {
-        let (cut, cut_rx) = oneshot::channel();
-        let (commands, commands_rx) = mpsc::channel(64);
-        let connection = LiveConnection {
-            generation,
-            hello,
-            cut,
-            commands,
-        };
-        let previous = self
-            .live
-            .lock()
-            .map(|mut live| live.insert(lab_id.to_owned(), connection))
-            .ok()
-            .flatten();
-        if let Some(previous) = previous {
-            let _ = previous.cut.send("superseded by a newer connection");
-        }
-        (cut_rx, commands_rx)
-    }
-
-    /// Calls `method` on the lab's agent and waits up to `timeout` for its answer.
-    pub async fn call(
-        &self,
-        lab_id: &str,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, CallError> {
-        let commands = self
-            .live
-            .lock()
-            .ok()
-            .and_then(|live| live.get(lab_id).map(|c| c.commands.clone()))
-            .ok_or(CallError::Offline)?;
-        let (reply, answer) = oneshot::channel();
-        let outgoing = Outgoing {
-            method: method.to_owned(),
-            params,
-            reply,
-        };
-        commands
-            .send(outgoing)
-            .await
-            .map_err(|_| CallError::Offline)?;
-        match tokio::time::timeout(timeout, answer).await {
-            Err(_) => Err(CallError::Timeout(timeout)),
-            Ok(Err(_)) => Err(CallError::Closed),
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(rpc))) => Err(CallError::Rejected(rpc)),
-        }
-    }
-
-    fn unregister(&self, lab_id: &str, generation: i64) {
-        if let Ok(mut live) = self.live.lock() {
-            if live.get(lab_id).is_some_and(|c| c.generation == generation) {
-                live.remove(lab_id);
-            }
-        }
-    }
-
-    /// Closes the lab's live connection on this replica, if any (e.g. after revocation).
-    pub fn cut(&self, lab_id: &str, reason: &'static str) -> bool {
-        let removed = self
-            .live
-            .lock()
-            .ok()
-            .and_then(|mut live| live.remove(lab_id));
-        match removed {
-            Some(conn) => conn.cut.send(reason).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Whether the lab's agent is connected to this replica.
-    pub fn is_connected(&self, lab_id: &str) -> bool {
-        self.live
-            .lock()
-            .map(|live| live.contains_key(lab_id))
-            .unwrap_or(false)
-    }
-
-    /// What the lab's current connection said in its `hello`, if it is connected here.
-    pub fn hello_of(&self, lab_id: &str) -> Option<HelloInfo> {
-        self.live
-            .lock()
-            .ok()
-            .and_then(|live| live.get(lab_id).map(|c| c.hello.clone()))
-    }
-
-    /// Number of open agent connections on this replica.
-    pub fn len(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
-    }
-
-    /// Whether no agent is connected to this replica.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Errors authenticating an agent.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::gateway::CallError;
+use crate::agents::registry::CallError;
 use crate::state::AppState;
 use crate::storage::tenant;
 
@@ -69,7 +69,7 @@ fn refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
         .and_then(|v| v.strip_prefix("Bearer "));
     // Compare digests so the comparison time does not depend on the common prefix.
     let same = presented.is_some_and(|p| {
-        crate::gateway::hash_secret(p.trim()) == crate::gateway::hash_secret(expected)
+        crate::agents::hash_secret(p.trim()) == crate::agents::hash_secret(expected)
     });
     if same {
         return None;

@@ -16,12 +16,11 @@ use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
 use crate::auth::Principal;
-use crate::campaign::{self, check_point, compile_point, new_optimizer, parse_objective};
+use crate::engine::{self as campaign, check_point, compile_point, new_optimizer, parse_objective};
 use crate::events::Event;
-use crate::gateway::CallError;
 use crate::storage::{
-    self, now_ms, Campaign, Experiment, ExperimentFilter, NewCampaign, NewExperiment, Role,
-    StorageError,
+    self, now_ms, Campaign, CampaignState, Experiment, ExperimentFilter, ExperimentState,
+    NewCampaign, NewExperiment, Role, StorageError,
 };
 
 /// Longest accepted recipe source, in bytes.
@@ -153,7 +152,7 @@ impl CampaignNode {
     }
     /// `DRAFT`-like lowercase state: draft, running, paused, completed, canceled, failed.
     async fn state(&self) -> &str {
-        &self.c.state
+        self.c.state.as_str()
     }
     /// Why it is in this state.
     async fn state_detail(&self) -> Option<&str> {
@@ -221,6 +220,26 @@ impl CampaignNode {
             Some(cursor) => cursor
                 .parse::<i64>()
                 .map_err(|_| fail(ApiError::BadInput("after is not a cursor".into())))?,
+        };
+        // A state no experiment can be in matches none (as the text filter always did).
+        let state = match state.as_deref().map(str::parse::<ExperimentState>) {
+            None => None,
+            Some(Ok(state)) => Some(state),
+            Some(Err(_)) => {
+                let total_count = super::state(ctx)?
+                    .storage
+                    .count_experiments(&self.c.id)
+                    .await
+                    .api()?;
+                return Ok(ExperimentPage {
+                    nodes: Vec::new(),
+                    page_info: PageInfo {
+                        has_next_page: false,
+                        end_cursor: None,
+                    },
+                    total_count,
+                });
+            }
         };
         let filter = ExperimentFilter { state, source };
         let storage = &super::state(ctx)?.storage;
@@ -378,7 +397,7 @@ impl ExperimentNode {
     }
     /// queued, leased, running, completed, failed, interrupted, canceled.
     async fn state(&self) -> &str {
-        &self.0.state
+        self.0.state.as_str()
     }
     /// The agent's program outcome.
     async fn outcome(&self) -> Option<&str> {
@@ -595,7 +614,7 @@ fn define(
     })
 }
 
-fn descriptor_of(lab: &storage::Lab) -> Option<LabDescriptor> {
+pub(super) fn descriptor_of(lab: &storage::Lab) -> Option<LabDescriptor> {
     lab.descriptor
         .as_deref()
         .and_then(|d| LabDescriptor::from_json_str(d).ok())
@@ -718,25 +737,54 @@ impl CampaignMutation {
         )
         .await?;
         if start.unwrap_or(false) {
-            c = transition(ctx, p, c, &["draft"], "running", "campaign.start").await?;
+            c = transition(
+                ctx,
+                p,
+                c,
+                &[CampaignState::Draft],
+                CampaignState::Running,
+                "campaign.start",
+            )
+            .await?;
         }
         Ok(CampaignNode { c, role })
     }
 
     /// Starts a draft campaign.
     async fn start_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
-        control(ctx, &id, &["draft"], "running", "campaign.start").await
+        control(
+            ctx,
+            &id,
+            &[CampaignState::Draft],
+            CampaignState::Running,
+            "campaign.start",
+        )
+        .await
     }
 
     /// Pauses a running campaign: nothing new is queued; experiments in flight finish and are
     /// recorded.
     async fn pause_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
-        control(ctx, &id, &["running"], "paused", "campaign.pause").await
+        control(
+            ctx,
+            &id,
+            &[CampaignState::Running],
+            CampaignState::Paused,
+            "campaign.pause",
+        )
+        .await
     }
 
     /// Resumes a paused campaign.
     async fn resume_campaign(&self, ctx: &Context<'_>, id: ID) -> ApiResult<CampaignNode> {
-        control(ctx, &id, &["paused"], "running", "campaign.resume").await
+        control(
+            ctx,
+            &id,
+            &[CampaignState::Paused],
+            CampaignState::Running,
+            "campaign.resume",
+        )
+        .await
     }
 
     /// Cancels a campaign: queued experiments are canceled; one running on the lab finishes and
@@ -745,8 +793,12 @@ impl CampaignMutation {
         control(
             ctx,
             &id,
-            &["draft", "running", "paused"],
-            "canceled",
+            &[
+                CampaignState::Draft,
+                CampaignState::Running,
+                CampaignState::Paused,
+            ],
+            CampaignState::Canceled,
             "campaign.cancel",
         )
         .await
@@ -822,7 +874,7 @@ impl CampaignMutation {
     ) -> ApiResult<ExperimentNode> {
         let p = writer(ctx)?;
         let (c, _) = campaign_with_access(ctx, p, &campaign_id, CampaignAccess::Control).await?;
-        if !matches!(c.state.as_str(), "draft" | "running" | "paused") {
+        if c.state.is_final() {
             return Err(fail(ApiError::Conflict(format!(
                 "the campaign is {}; nothing more can be queued",
                 c.state
@@ -839,7 +891,7 @@ impl CampaignMutation {
         let program = compile_point(&c.recipe, &descriptor, &campaign::bindings_of(&space, &x))
             .map_err(|e| fail(ApiError::BadInput(e.to_string())))?;
         if lab.organization_id != c.organization_id {
-            let (quota, left) = crate::campaign::engine::daily_quota(
+            let (quota, left) = crate::engine::scheduler::daily_quota(
                 st.storage.as_ref(),
                 &lab.id,
                 &c.organization_id,
@@ -887,160 +939,18 @@ impl CampaignMutation {
             organization_id: e.organization_id.clone(),
             campaign_id: e.campaign_id.clone(),
             experiment_id: e.id.clone(),
-            state: e.state.clone(),
+            state: e.state,
         });
         st.events.publish(Event::Wake);
         Ok(ExperimentNode(e))
     }
-
-    /// Sends one low-level instruction to a lab's agent (e.g. `H.set_temperature` with
-    /// `{"T": 25}`), checked against the lab's capability descriptor; the agent checks its own
-    /// limits again. Researchers and up of an organisation that may queue on the lab.
-    async fn send_instruction(
-        &self,
-        ctx: &Context<'_>,
-        lab_id: ID,
-        method: String,
-        params: Option<Json<Value>>,
-    ) -> ApiResult<Json<Value>> {
-        let p = writer(ctx)?;
-        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
-        let descriptor = descriptor_of(&lab).ok_or_else(|| fail(ApiError::NoDescriptor))?;
-        let params = params.map_or(Value::Object(Default::default()), |j| j.0);
-        check_instruction(&descriptor, &method, &params)
-            .map_err(|e| fail(ApiError::BadInput(e)))?;
-        let organization_id = super::commands::instructing_org(ctx, p, &lab, true).await?;
-        state(ctx)?
-            .storage
-            .record_instruction(&lab.id, &organization_id, &p.user_id, &method, now_ms())
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &p.actor(),
-            Some(&lab.organization_id),
-            "lab.instruction",
-            format!("lab:{}", lab.id),
-            json!({ "method": method, "params": params, "on_behalf_of": organization_id }),
-        )
-        .await?;
-        let st = state(ctx)?;
-        let answer = st
-            .gateway
-            .call(
-                &lab.id,
-                "device.call",
-                json!({ "method": method, "params": params }),
-                std::time::Duration::from_secs(60),
-            )
-            .await;
-        call_answer(answer).map(Json)
-    }
-
-    /// Software stop of a lab: the agent cancels its programs and puts the hardware in its safe
-    /// state (pumps stopped, heater off). The hardware e-stop stays the lab's.
-    async fn stop_lab(&self, ctx: &Context<'_>, lab_id: ID) -> ApiResult<Json<Value>> {
-        let p = writer(ctx)?;
-        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Instruct).await?;
-        let organization_id = super::commands::instructing_org(ctx, p, &lab, false).await?;
-        state(ctx)?
-            .storage
-            .record_instruction(&lab.id, &organization_id, &p.user_id, "estop", now_ms())
-            .await
-            .api()?;
-        audit(
-            ctx,
-            &p.actor(),
-            Some(&lab.organization_id),
-            "lab.stop",
-            format!("lab:{}", lab.id),
-            json!({ "on_behalf_of": organization_id }),
-        )
-        .await?;
-        let answer = state(ctx)?
-            .gateway
-            .call(
-                &lab.id,
-                "estop",
-                json!({}),
-                std::time::Duration::from_secs(30),
-            )
-            .await;
-        call_answer(answer).map(Json)
-    }
-}
-
-fn call_answer(answer: Result<Value, CallError>) -> ApiResult<Value> {
-    match answer {
-        Ok(v) => Ok(v),
-        Err(CallError::Offline) => Err(fail(ApiError::Conflict(
-            "the lab's agent is offline".into(),
-        ))),
-        Err(CallError::Rejected(rpc)) => Err(fail(ApiError::BadInput(format!(
-            "the agent refused: {}",
-            rpc.message
-        )))),
-        Err(CallError::Timeout(_)) | Err(CallError::Closed) => Err(fail(ApiError::Conflict(
-            "the agent did not answer in time".into(),
-        ))),
-    }
-}
-
-/// Checks a `SYMBOL.method` call and its parameters against the lab's capability descriptor.
-pub fn check_instruction(
-    descriptor: &LabDescriptor,
-    method: &str,
-    params: &Value,
-) -> Result<(), String> {
-    let (device, m) = descriptor.method(method).ok_or_else(|| {
-        let known: Vec<String> = descriptor
-            .devices
-            .iter()
-            .flat_map(|d| {
-                d.methods
-                    .iter()
-                    .map(move |m| format!("{}.{}", d.symbol, m.name))
-            })
-            .collect();
-        format!(
-            "unknown method {method:?}; this lab offers {}",
-            known.join(", ")
-        )
-    })?;
-    let Value::Object(given) = params else {
-        return Err("params must be a JSON object".into());
-    };
-    for (name, value) in given {
-        let spec = m
-            .param(name)
-            .ok_or_else(|| format!("{}.{} has no parameter {name:?}", device.symbol, m.name))?;
-        let v = value
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| format!("{name} must be a finite number (in {})", spec.unit))?;
-        if v < spec.min || v > spec.max {
-            return Err(format!(
-                "{}.{}: {name} must be within {}..{} {}; got {v}",
-                device.symbol, m.name, spec.min, spec.max, spec.unit
-            ));
-        }
-    }
-    for spec in &m.params {
-        if spec.required && spec.default.is_none() && !given.contains_key(&spec.name) {
-            return Err(format!(
-                "{}.{} needs {} ({})",
-                device.symbol, m.name, spec.name, spec.unit
-            ));
-        }
-    }
-    Ok(())
 }
 
 async fn control(
     ctx: &Context<'_>,
     id: &ID,
-    from: &[&str],
-    to: &str,
+    from: &[CampaignState],
+    to: CampaignState,
     action: &str,
 ) -> ApiResult<CampaignNode> {
     let p = writer(ctx)?;
@@ -1053,8 +963,8 @@ async fn transition(
     ctx: &Context<'_>,
     p: &Principal,
     c: Campaign,
-    from: &[&str],
-    to: &str,
+    from: &[CampaignState],
+    to: CampaignState,
     action: &str,
 ) -> ApiResult<Campaign> {
     let st = state(ctx)?;
@@ -1081,7 +991,7 @@ async fn transition(
     st.events.publish(Event::Campaign {
         organization_id: c.organization_id.clone(),
         campaign_id: c.id.clone(),
-        state: to.to_owned(),
+        state: to,
         kind: "state".into(),
     });
     st.events.publish(Event::Wake);

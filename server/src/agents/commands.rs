@@ -13,8 +13,8 @@ use maosic_schema::protocol::error_code;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::agents::registry::CallError;
 use crate::events::Event;
-use crate::gateway::CallError;
 use crate::state::AppState;
 use crate::storage::commands::{CommandEnd, LabCommand};
 use crate::storage::{now_ms, tenant, StorageError};

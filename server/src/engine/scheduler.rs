@@ -28,12 +28,12 @@ use tracing::{debug, info, warn};
 use super::{
     bindings_of, compile_point, evaluate, measured, params_json, parse_objective, point_of,
 };
+use crate::agents::registry::CallError;
 use crate::events::Event;
-use crate::gateway::CallError;
 use crate::state::AppState;
 use crate::storage::{
-    self, now_ms, tenant, Campaign, CampaignTold, Experiment, ExperimentResult, NewExperiment,
-    StorageError,
+    self, now_ms, tenant, Campaign, CampaignState, CampaignTold, Experiment, ExperimentResult,
+    ExperimentState, NewExperiment, StorageError,
 };
 
 use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
@@ -233,7 +233,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         }
     }
     for c in state.storage.active_campaigns().await? {
-        if c.state != "running" {
+        if c.state != CampaignState::Running {
             continue;
         }
         let Some(guard) = steps.enter(&c.id) else {
@@ -289,7 +289,13 @@ async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &str, why: &s
         let c = state.storage.campaign(campaign_id).await?;
         let moved = state
             .storage
-            .set_campaign_state(campaign_id, &["running"], "paused", Some(&detail), now_ms())
+            .set_campaign_state(
+                campaign_id,
+                &[CampaignState::Running],
+                CampaignState::Paused,
+                Some(&detail),
+                now_ms(),
+            )
             .await?;
         Ok::<_, StorageError>(moved.then_some(c))
     };
@@ -299,7 +305,7 @@ async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &str, why: &s
             state.events.publish(Event::Campaign {
                 organization_id: c.organization_id,
                 campaign_id: c.id,
-                state: "paused".into(),
+                state: CampaignState::Paused,
                 kind: "state".into(),
             });
         }
@@ -319,10 +325,10 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
         conclude(state, e, None).await?;
         return Ok(false);
     }
-    if e.state == "leased" {
+    if e.state == ExperimentState::Leased {
         if state.storage.program_has_records(&e.lab_id, &e.id).await? {
             if state.storage.mark_running(&e.id, now).await? {
-                publish_experiment(state, e, "running");
+                publish_experiment(state, e, ExperimentState::Running);
             }
             return Ok(true);
         }
@@ -366,7 +372,7 @@ async fn conclude(
     let objective = parse_objective(&campaign.objective).ok();
     let mut result = ExperimentResult {
         experiment_id: e.id.clone(),
-        state: "completed".into(),
+        state: ExperimentState::Completed,
         outcome: m.outcome.clone(),
         error: None,
         features_json: None,
@@ -375,12 +381,12 @@ async fn conclude(
     };
     match (&interrupted, m.outcome.as_deref()) {
         (Some(why), _) => {
-            result.state = "interrupted".into();
+            result.state = ExperimentState::Interrupted;
             result.error = Some(why.clone());
         }
         (None, Some("succeeded")) => {}
         (None, outcome) => {
-            result.state = "failed".into();
+            result.state = ExperimentState::Failed;
             result.error = Some(m.step_error.clone().unwrap_or_else(|| {
                 format!(
                     "the program ended {}",
@@ -410,17 +416,17 @@ async fn conclude(
                 Ok(ev) => {
                     result.features_json = Some(ev.features.to_string());
                     result.peaks_json = Some(ev.peaks.to_string());
-                    if result.state == "completed" {
+                    if result.state == ExperimentState::Completed {
                         result.objective_value = ev.objective;
                         if result.error.is_none() {
                             result.error = ev.error;
                         }
                     }
                 }
-                Err(why) if result.state == "completed" => result.error = Some(why),
+                Err(why) if result.state == ExperimentState::Completed => result.error = Some(why),
                 Err(_) => {}
             }
-        } else if result.state == "completed" {
+        } else if result.state == ExperimentState::Completed {
             result.error = Some("no absorption spectrum was measured".into());
         }
     }
@@ -444,11 +450,11 @@ async fn conclude(
                     .unwrap_or("the lab refused the program");
                 pause_for_lab(state, &campaign, why).await?;
             }
-            publish_experiment(state, e, &result.state);
+            publish_experiment(state, e, result.state);
             state.events.publish(Event::Campaign {
                 organization_id: campaign.organization_id.clone(),
                 campaign_id: campaign.id.clone(),
-                state: campaign.state.clone(),
+                state: campaign.state,
                 kind: "result".into(),
             });
             Ok(())
@@ -529,7 +535,7 @@ async fn advance(
     };
     if let (Some(target), Some(best)) = (c.target, c.best_value) {
         if super::reaches(objective.direction(), best, target) {
-            finish_campaign(state, c, "completed", "target reached").await?;
+            finish_campaign(state, c, CampaignState::Completed, "target reached").await?;
             return Ok(None);
         }
     }
@@ -537,7 +543,7 @@ async fn advance(
     let remaining = c.budget - c.proposals;
     if remaining <= 0 {
         if in_flight == 0 {
-            finish_campaign(state, c, "completed", "budget used").await?;
+            finish_campaign(state, c, CampaignState::Completed, "budget used").await?;
         }
         return Ok(None);
     }
@@ -564,7 +570,13 @@ async fn advance(
             if c.state_detail.as_deref() != Some(detail) {
                 state
                     .storage
-                    .set_campaign_state(&c.id, &["running"], "running", Some(detail), now)
+                    .set_campaign_state(
+                        &c.id,
+                        &[CampaignState::Running],
+                        CampaignState::Running,
+                        Some(detail),
+                        now,
+                    )
                     .await?;
             }
             return Ok(None);
@@ -647,7 +659,7 @@ async fn advance(
         state.events.publish(Event::Campaign {
             organization_id: c.organization_id.clone(),
             campaign_id: c.id.clone(),
-            state: c.state.clone(),
+            state: c.state,
             kind: "queued".into(),
         });
         return Ok(Some(true));
@@ -659,19 +671,25 @@ async fn advance(
 async fn finish_campaign(
     state: &AppState,
     c: &Campaign,
-    to: &str,
+    to: CampaignState,
     detail: &str,
 ) -> Result<(), StorageError> {
     if state
         .storage
-        .set_campaign_state(&c.id, &["running", "paused"], to, Some(detail), now_ms())
+        .set_campaign_state(
+            &c.id,
+            &[CampaignState::Running, CampaignState::Paused],
+            to,
+            Some(detail),
+            now_ms(),
+        )
         .await?
     {
-        info!(campaign.id = %c.id, state = to, detail, "campaign finished");
+        info!(campaign.id = %c.id, state = %to, detail, "campaign finished");
         state.events.publish(Event::Campaign {
             organization_id: c.organization_id.clone(),
             campaign_id: c.id.clone(),
-            state: to.to_owned(),
+            state: to,
             kind: "state".into(),
         });
     }
@@ -680,15 +698,15 @@ async fn finish_campaign(
 
 async fn fail_campaign(state: &AppState, c: &Campaign, why: &str) -> Result<(), StorageError> {
     warn!(campaign.id = %c.id, why, "campaign failed");
-    finish_campaign(state, c, "failed", why).await
+    finish_campaign(state, c, CampaignState::Failed, why).await
 }
 
-fn publish_experiment(state: &AppState, e: &Experiment, new_state: &str) {
+fn publish_experiment(state: &AppState, e: &Experiment, new_state: ExperimentState) {
     state.events.publish(Event::Experiment {
         organization_id: e.organization_id.clone(),
         campaign_id: e.campaign_id.clone(),
         experiment_id: e.id.clone(),
-        state: new_state.to_owned(),
+        state: new_state,
     });
 }
 
@@ -711,7 +729,7 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &str) -> Result<(), Sto
         }
     };
     info!(experiment.id = %e.id, lab.id = %lab_id, seq = e.seq, attempt = e.attempts, "dispatching");
-    publish_experiment(state, &e, "leased");
+    publish_experiment(state, &e, ExperimentState::Leased);
     let state = state.clone();
     let owner = owner.to_owned();
     tokio::spawn(tenant::system(async move {
@@ -759,7 +777,7 @@ async fn refuse(state: &AppState, e: &Experiment, why: &str) -> Result<(), Stora
     let told = tell(&campaign, e, None)?;
     let result = ExperimentResult {
         experiment_id: e.id.clone(),
-        state: "failed".into(),
+        state: ExperimentState::Failed,
         outcome: Some("refused".into()),
         error: Some(format!("the agent refused the program: {why}")),
         features_json: None,
@@ -771,7 +789,7 @@ async fn refuse(state: &AppState, e: &Experiment, why: &str) -> Result<(), Stora
         .record_result(&result, told.as_ref(), now_ms())
         .await?
     {
-        publish_experiment(state, e, "failed");
+        publish_experiment(state, e, ExperimentState::Failed);
         pause_for_lab(state, &campaign, why).await?;
     }
     Ok(())
@@ -784,14 +802,20 @@ async fn pause_for_lab(state: &AppState, c: &Campaign, why: &str) -> Result<(), 
     let detail = format!("paused: the lab refused a program ({why}); fix the lab, then resume");
     if state
         .storage
-        .set_campaign_state(&c.id, &["running"], "paused", Some(&detail), now_ms())
+        .set_campaign_state(
+            &c.id,
+            &[CampaignState::Running],
+            CampaignState::Paused,
+            Some(&detail),
+            now_ms(),
+        )
         .await?
     {
         warn!(campaign.id = %c.id, why, "campaign paused: the lab refuses programs");
         state.events.publish(Event::Campaign {
             organization_id: c.organization_id.clone(),
             campaign_id: c.id.clone(),
-            state: "paused".into(),
+            state: CampaignState::Paused,
             kind: "state".into(),
         });
     }

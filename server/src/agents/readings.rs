@@ -19,9 +19,9 @@ use maosic_schema::capability::{DeviceKind, LabDescriptor};
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::gateway::{CallError, Gateway};
-use crate::graphql::rfc3339_ms;
+use crate::agents::registry::{CallError, Gateway};
 use crate::storage::{now_ms, Lab, Storage, StoredRecord};
+use crate::time::rfc3339_ms;
 
 /// How long a lab's readings are served from the cache.
 pub const TTL: Duration = Duration::from_secs(1);

@@ -256,7 +256,7 @@ fn deliver_refresh_token(ctx: &Context<'_>, refresh_token: String) -> Option<Str
     let Ok(state) = state(ctx) else {
         return None;
     };
-    for cookie in crate::session_cookie::set_cookies(&state.config, &refresh_token) {
+    for cookie in crate::auth::session_cookie::set_cookies(&state.config, &refresh_token) {
         ctx.append_http_header("set-cookie", cookie);
     }
     None
@@ -347,7 +347,7 @@ impl AccountMutation {
             if state.storage.user_by_email(&email).await.api()?.is_some() {
                 state
                     .storage
-                    .enqueue_mail(&crate::mail::already_registered_mail(&email), now)
+                    .enqueue_mail(&crate::auth::mail::already_registered_mail(&email), now)
                     .await
                     .api()?;
             } else {
@@ -371,7 +371,7 @@ impl AccountMutation {
                     .storage
                     .create_signup_request(
                         &request,
-                        &crate::mail::verification_mail(&email, &token, ttl_secs),
+                        &crate::auth::mail::verification_mail(&email, &token, ttl_secs),
                     )
                     .await
                     .api()?;
@@ -545,7 +545,7 @@ impl AccountMutation {
                     session_id: session_id.clone(),
                 });
                 if request_info(ctx).cookie_session {
-                    for cookie in crate::session_cookie::clear_cookies(&state.config) {
+                    for cookie in crate::auth::session_cookie::clear_cookies(&state.config) {
                         ctx.append_http_header("set-cookie", cookie);
                     }
                 }

@@ -1,6 +1,6 @@
 //! `maosic-server optimize-bench`: experiments-to-95 % benchmark of an optimizer on a landscape.
 //! Thin: resolves the landscape (built-in name or TOML file), calls
-//! `maosic_optimizer::bench::run`, prints a table row or the JSON report. With `--family` it runs
+//! `maosic_bench::run`, prints a table row or the JSON report. With `--family` it runs
 //! a generated landscape family (issue #16) instead and pools the runs per class; with
 //! `--write-family DIR` it writes that family's landscape files (for the Python references).
 
@@ -8,9 +8,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use clap::Args;
+use maosic_bench::{self as bench, BenchConfig};
 use maosic_landscape::family::{self, FamilyClass, FamilySet};
 use maosic_landscape::Landscape;
-use maosic_optimizer::bench::{self, BenchConfig};
 use maosic_optimizer::Algorithm;
 
 /// Arguments of `optimize-bench`.

@@ -1,5 +1,5 @@
 //! Instructions queued for a lab with a deadline (`queueInstruction`), for labs whose agent may
-//! be offline when the researcher acts: the dispatcher (`crate::commands`) sends each when the
+//! be offline when the researcher acts: the dispatcher (`crate::agents::commands`) sends each when the
 //! agent is connected and before its deadline; otherwise it ends `TIMED_OUT`, never executed.
 //!
 //! Who may do what: researchers and up of an organisation that may queue on the lab queue and
@@ -12,7 +12,7 @@ use maosic_schema::program::{Program, RpcRequest, Step, PROGRAM_FORMAT};
 use serde_json::{json, Value};
 
 use super::access::{audit, lab_with_access, org_role, share_level, LabAccess};
-use super::campaigns::check_instruction;
+use super::lab_control::check_instruction;
 use super::{fail, parse_id, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt};
 use crate::auth::Principal;
 use crate::events::Event;
@@ -46,15 +46,15 @@ pub enum CommandState {
     Canceled,
 }
 
-impl CommandState {
-    fn of(state: &str) -> CommandState {
+impl From<storage::CommandState> for CommandState {
+    fn from(state: storage::CommandState) -> CommandState {
         match state {
-            "queued" => CommandState::Queued,
-            "sent" => CommandState::Sent,
-            "succeeded" => CommandState::Succeeded,
-            "timed_out" => CommandState::TimedOut,
-            "canceled" => CommandState::Canceled,
-            _ => CommandState::Failed,
+            storage::CommandState::Queued => CommandState::Queued,
+            storage::CommandState::Sent => CommandState::Sent,
+            storage::CommandState::Succeeded => CommandState::Succeeded,
+            storage::CommandState::Failed => CommandState::Failed,
+            storage::CommandState::TimedOut => CommandState::TimedOut,
+            storage::CommandState::Canceled => CommandState::Canceled,
         }
     }
 }
@@ -82,7 +82,7 @@ impl LabCommandNode {
         Json(serde_json::from_str(&self.0.params_json).unwrap_or(Value::Null))
     }
     async fn state(&self) -> CommandState {
-        CommandState::of(&self.0.state)
+        self.0.state.into()
     }
     async fn created_at(&self) -> String {
         rfc3339_ms(self.0.created_at)
@@ -150,7 +150,7 @@ pub(crate) async fn instructing_org(
         if !quota {
             return Ok(share.organization_id);
         }
-        let (quota, left) = crate::campaign::engine::daily_quota(
+        let (quota, left) = crate::engine::scheduler::daily_quota(
             st.storage.as_ref(),
             &lab.id,
             &share.organization_id,

@@ -213,7 +213,7 @@ async fn campaign_event(
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
             campaign_id: ID(campaign_id),
             kind,
-            state: Some(state),
+            state: Some(state.to_string()),
             experiment_id: None,
         }),
         Event::Experiment {
@@ -224,7 +224,7 @@ async fn campaign_event(
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
             campaign_id: ID(campaign_id),
             kind: "experiment".into(),
-            state: Some(state),
+            state: Some(state.to_string()),
             experiment_id: Some(ID(experiment_id)),
         }),
         Event::RecordStored {
@@ -240,7 +240,7 @@ async fn campaign_event(
             (e.organization_id == org && e.campaign_id == campaign).then(|| CampaignEvent {
                 campaign_id: ID(e.campaign_id),
                 kind: "measurement".into(),
-                state: Some(e.state),
+                state: Some(e.state.to_string()),
                 experiment_id: Some(ID(e.id)),
             })
         }

@@ -1,0 +1,170 @@
+//! The registry of the agent connections open on this replica, and calls from the cloud to a
+//! lab's agent through it. The gateway ([`super::gateway`]) registers each accepted connection
+//! under its generation (docs/reliability.md rule 4); everything else (the engine, the API, the
+//! command dispatcher) calls agents through [`Gateway::call`]. No I/O of its own: it hands calls
+//! to the connection's task and waits for the answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maosic_schema::protocol::RpcError;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+struct LiveConnection {
+    generation: i64,
+    hello: HelloInfo,
+    cut: oneshot::Sender<&'static str>,
+    commands: mpsc::Sender<Outgoing>,
+}
+
+/// What the current connection of a lab said in its `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// When the connection was accepted, ms since the Unix epoch.
+    pub connected_at: i64,
+    /// Program runs the agent was executing at that moment.
+    pub running: Vec<String>,
+}
+
+/// A call from the cloud to an agent, waiting for the agent's answer.
+pub(crate) struct Outgoing {
+    pub(crate) method: String,
+    pub(crate) params: Value,
+    pub(crate) reply: oneshot::Sender<Result<Value, RpcError>>,
+}
+
+/// Why a call to an agent did not return a result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The lab's agent is not connected to this replica.
+    #[error("the lab's agent is not connected")]
+    Offline,
+    /// The agent did not answer in time.
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer.
+    #[error("the connection closed before the agent answered")]
+    Closed,
+    /// The agent answered with an error.
+    #[error("the agent refused: {0}")]
+    Rejected(RpcError),
+}
+
+/// Registry of the agent connections open on this replica, by lab.
+#[derive(Clone, Default)]
+pub struct Gateway {
+    live: Arc<Mutex<HashMap<String, LiveConnection>>>,
+    /// Request ids, unique across connections: an agent re-sends answers left over from a lost
+    /// connection, and they must never match a different call on the new one.
+    pub(crate) next_id: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Gateway {
+    /// Registers a connection; an older connection of the same lab is told to close.
+    pub(crate) fn register(
+        &self,
+        lab_id: &str,
+        generation: i64,
+        hello: HelloInfo,
+    ) -> (oneshot::Receiver<&'static str>, mpsc::Receiver<Outgoing>) {
+        let (cut, cut_rx) = oneshot::channel();
+        let (commands, commands_rx) = mpsc::channel(64);
+        let connection = LiveConnection {
+            generation,
+            hello,
+            cut,
+            commands,
+        };
+        let previous = self
+            .live
+            .lock()
+            .map(|mut live| live.insert(lab_id.to_owned(), connection))
+            .ok()
+            .flatten();
+        if let Some(previous) = previous {
+            let _ = previous.cut.send("superseded by a newer connection");
+        }
+        (cut_rx, commands_rx)
+    }
+
+    /// Calls `method` on the lab's agent and waits up to `timeout` for its answer.
+    pub async fn call(
+        &self,
+        lab_id: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let commands = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(lab_id).map(|c| c.commands.clone()))
+            .ok_or(CallError::Offline)?;
+        let (reply, answer) = oneshot::channel();
+        let outgoing = Outgoing {
+            method: method.to_owned(),
+            params,
+            reply,
+        };
+        commands
+            .send(outgoing)
+            .await
+            .map_err(|_| CallError::Offline)?;
+        match tokio::time::timeout(timeout, answer).await {
+            Err(_) => Err(CallError::Timeout(timeout)),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(rpc))) => Err(CallError::Rejected(rpc)),
+        }
+    }
+
+    pub(crate) fn unregister(&self, lab_id: &str, generation: i64) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(lab_id).is_some_and(|c| c.generation == generation) {
+                live.remove(lab_id);
+            }
+        }
+    }
+
+    /// Closes the lab's live connection on this replica, if any (e.g. after revocation).
+    pub fn cut(&self, lab_id: &str, reason: &'static str) -> bool {
+        let removed = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|mut live| live.remove(lab_id));
+        match removed {
+            Some(conn) => conn.cut.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether the lab's agent is connected to this replica.
+    pub fn is_connected(&self, lab_id: &str) -> bool {
+        self.live
+            .lock()
+            .map(|live| live.contains_key(lab_id))
+            .unwrap_or(false)
+    }
+
+    /// What the lab's current connection said in its `hello`, if it is connected here.
+    pub fn hello_of(&self, lab_id: &str) -> Option<HelloInfo> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(lab_id).map(|c| c.hello.clone()))
+    }
+
+    /// Number of open agent connections on this replica.
+    pub fn len(&self) -> usize {
+        self.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Whether no agent is connected to this replica.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
