@@ -1,4 +1,4 @@
-//! Reconnect backoff: full-jitter exponential (RELIABILITY rule 3), pure and seedable.
+//! Reconnect backoff: full-jitter exponential (docs/reliability.md rule 3), pure and seedable.
 
 use std::time::Duration;
 

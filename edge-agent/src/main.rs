@@ -174,7 +174,7 @@ impl SshArgs {
     }
 }
 
-/// The spool's caps (RELIABILITY rule 2): above 90 % of either, measurements are refused with a
+/// The spool's caps (docs/reliability.md rule 2): above 90 % of either, measurements are refused with a
 /// `buffer_full` alarm; status, safety and result events use the reserved 10 % and are never
 /// refused.
 #[derive(clap::Args)]

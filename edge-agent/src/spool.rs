@@ -1,4 +1,4 @@
-//! The agent's durable outbox (RELIABILITY rules 1–2): every record is written to an SQLite file
+//! The agent's durable outbox (docs/reliability.md rules 1–2): every record is written to an SQLite file
 //! (WAL, `synchronous=FULL`) and numbered `(epoch, seq)` before it is sent, and deleted only when
 //! the cloud acknowledges it. The epoch is random and created with the file, so `seq` never
 //! restarts within an epoch; losing the file starts a new epoch. Capped in rows and bytes:

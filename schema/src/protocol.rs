@@ -296,7 +296,7 @@ pub struct ProgramRunParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_loss: Option<String>,
     /// Latest start, ms since the Unix epoch: past it the agent refuses the run with
-    /// [`error_code::DEADLINE_PASSED`] and never starts it (RELIABILITY rule 5). None: no deadline.
+    /// [`error_code::DEADLINE_PASSED`] and never starts it (docs/reliability.md rule 5). None: no deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<i64>,
 }
@@ -318,7 +318,7 @@ pub struct DeviceCallParams {
     pub params: std::collections::BTreeMap<String, f64>,
 }
 
-/// Parameters of `record`: one record with its delivery key `(epoch, seq)` (RELIABILITY rule 1).
+/// Parameters of `record`: one record with its delivery key `(epoch, seq)` (docs/reliability.md rule 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordParams {
     /// Random id of the agent's record stream; a new epoch restarts `seq`.

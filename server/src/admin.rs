@@ -8,15 +8,15 @@ use maosic_schema::protocol::AgentCredentialFile;
 use serde_json::json;
 
 use crate::agents::{hash_secret, new_secret};
-use crate::storage::{now_ms, NewAuditEntry, Storage};
+use crate::storage::{now_ms, LabId, NewAuditEntry, OrganizationId, Storage};
 
 /// What `admin create-lab` made.
 #[derive(Debug)]
 pub struct CreatedLab {
     /// The organisation (found or created).
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// The new lab.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// The new credential (secret included, shown once).
     pub credential: AgentCredentialFile,
 }
@@ -62,7 +62,7 @@ pub async fn create_lab(
         organization_id: org.id,
         lab_id: lab.id.clone(),
         credential: AgentCredentialFile {
-            lab_id: lab.id,
+            lab_id: lab.id.into_string(),
             credential_id: credential.id,
             secret,
         },
@@ -99,7 +99,7 @@ pub async fn add_lab_ssh_key(
 ) -> anyhow::Result<crate::storage::LabSshKey> {
     let lab_id = lab_id.trim();
     let lab = storage
-        .lab(lab_id)
+        .lab(&lab_id.into())
         .await
         .with_context(|| format!("no lab {lab_id:?}"))?;
     let new = crate::agents::ssh::new_lab_key(&lab.id, public_key)?;
@@ -138,7 +138,7 @@ pub async fn revoke_lab_ssh_key(
     fingerprint: &str,
 ) -> anyhow::Result<bool> {
     let lab = storage
-        .lab(lab_id.trim())
+        .lab(&lab_id.trim().into())
         .await
         .with_context(|| format!("no lab {lab_id:?}"))?;
     let now = now_ms();

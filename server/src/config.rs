@@ -77,7 +77,7 @@ pub struct RawConfig {
     pub ssh: SshConfig,
 }
 
-/// Accounts, tokens and login limits (RELIABILITY rule 8).
+/// Accounts, tokens and login limits (docs/reliability.md rule 8).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthConfig {
     /// HS256 key for access tokens, at least 32 bytes; empty = a random key per process
@@ -253,7 +253,7 @@ impl AgentConfig {
         Duration::from_millis(self.heartbeat_ms)
     }
 
-    /// Silence after which a peer is dead: three heartbeat periods (RELIABILITY rule 3).
+    /// Silence after which a peer is dead: three heartbeat periods (docs/reliability.md rule 3).
     pub fn dead_after(&self) -> Duration {
         self.heartbeat() * 3
     }

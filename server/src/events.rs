@@ -6,33 +6,35 @@
 
 use tokio::sync::broadcast;
 
-use crate::storage::{CampaignState, ExperimentState};
+use crate::storage::{
+    CampaignId, CampaignState, ExperimentId, ExperimentState, LabId, OrganizationId,
+};
 
 /// Something happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// An agent record was stored (the engine wakes on program starts and ends).
     RecordStored {
-        lab_id: String,
+        lab_id: LabId,
         program_id: Option<String>,
         kind: String,
     },
     /// An experiment changed state.
     Experiment {
-        organization_id: String,
-        campaign_id: String,
-        experiment_id: String,
+        organization_id: OrganizationId,
+        campaign_id: CampaignId,
+        experiment_id: ExperimentId,
         state: ExperimentState,
     },
     /// A campaign changed (state, a new result, a new best).
     Campaign {
-        organization_id: String,
-        campaign_id: String,
+        organization_id: OrganizationId,
+        campaign_id: CampaignId,
         state: CampaignState,
         kind: String,
     },
     /// A lab's agent connected or disconnected.
-    LabStatus { lab_id: String, online: bool },
+    LabStatus { lab_id: LabId, online: bool },
     /// Something the engine should look at now (a new campaign, a resumed one).
     Wake,
 }

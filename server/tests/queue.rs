@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use maosic_e2e::{backends, mark_ran, TestDatabase};
 use maosic_server::storage::{
-    self, now_ms, tenant, CampaignState, CampaignTold, DatabaseUrl, ExperimentFilter,
-    ExperimentResult, ExperimentState, NewCampaign, NewExperiment, PoolSettings, Storage,
-    StorageError,
+    self, now_ms, tenant, CampaignId, CampaignState, CampaignTold, DatabaseUrl, ExperimentFilter,
+    ExperimentId, ExperimentResult, ExperimentState, LabId, NewCampaign, NewExperiment,
+    PoolSettings, Storage, StorageError,
 };
 
 async fn connect(db: &TestDatabase, max_connections: u32) -> Arc<dyn Storage> {
@@ -54,7 +54,7 @@ async fn campaign(s: &dyn Storage, org: &str, lab: &str) -> storage::Campaign {
 
 fn item(n: usize) -> NewExperiment {
     NewExperiment {
-        id: storage::new_id(),
+        id: ExperimentId::generate(),
         name: format!("item {n}"),
         source: "optimizer".into(),
         params_json: format!("{{\"T\": {n}}}"),
@@ -282,21 +282,14 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
 type Lease = (i64, i64, String);
 
 struct Tally {
-    completions: Mutex<HashMap<String, usize>>,
+    completions: Mutex<HashMap<ExperimentId, usize>>,
     /// Every claim's lease interval per experiment, as the database granted it.
-    leases: Mutex<HashMap<String, Vec<Lease>>>,
+    leases: Mutex<HashMap<ExperimentId, Vec<Lease>>>,
     kills: AtomicUsize,
     claims: AtomicUsize,
 }
 
-async fn worker(
-    s: Arc<dyn Storage>,
-    lab: String,
-    n: usize,
-    tally: Arc<Tally>,
-    w: usize,
-    seed: u64,
-) {
+async fn worker(s: Arc<dyn Storage>, lab: LabId, n: usize, tally: Arc<Tally>, w: usize, seed: u64) {
     let mut rng = seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next = move || {
         rng ^= rng << 13;
@@ -354,7 +347,7 @@ async fn worker(
 /// were queued.
 async fn producer(
     s: Arc<dyn Storage>,
-    campaign_id: String,
+    campaign_id: CampaignId,
     total: usize,
     depth: usize,
     tally: Arc<Tally>,

@@ -56,7 +56,7 @@ async fn organizations_users_and_memberships_round_trip() {
             Some(org.clone())
         );
         assert!(matches!(
-            s.organization("missing").await,
+            s.organization(&"missing".into()).await,
             Err(StorageError::NotFound)
         ));
 
@@ -85,7 +85,8 @@ async fn organizations_users_and_memberships_round_trip() {
         assert_eq!(memberships[0].role, Role::Admin);
         // A membership must point at existing rows.
         assert!(matches!(
-            s.set_membership("no-org", &user.id, Role::Viewer, 6).await,
+            s.set_membership(&"no-org".into(), &user.id, Role::Viewer, 6)
+                .await,
             Err(StorageError::Conflict(_))
         ));
     })
@@ -175,7 +176,7 @@ async fn only_the_current_connection_generation_changes_presence() {
         assert!(!row.online);
         assert_eq!(row.last_seen_at, Some(41));
         assert!(matches!(
-            s.agent_connected("missing", &hello("x"), 1).await,
+            s.agent_connected(&"missing".into(), &hello("x"), 1).await,
             Err(StorageError::NotFound)
         ));
     })
@@ -381,7 +382,7 @@ async fn the_latest_measurement_of_a_kind_is_found_among_newer_records() {
         let other = s.create_lab(&org.id, "other", 1).await.unwrap();
         let record = |lab_id: &str, seq: i64, kind: &str, body: serde_json::Value| {
             storage::NewRecord {
-                lab_id: lab_id.to_owned(),
+                lab_id: lab_id.into(),
                 epoch: "e1".into(),
                 seq,
                 program_id: Some("p1".into()),
@@ -466,8 +467,8 @@ async fn postgres_row_level_security_fences_tenants_on_its_own_body() {
     s.create_agent_credential(&lab.id, "h", 1).await.unwrap();
     let as_org = |org: &str, admin: bool| TenantScope::Principal {
         user_id: "u".into(),
-        org_ids: vec![org.to_owned()],
-        admin_org_ids: if admin { vec![org.to_owned()] } else { vec![] },
+        org_ids: vec![org.into()],
+        admin_org_ids: if admin { vec![org.into()] } else { vec![] },
         shared_lab_ids: vec![],
     };
 
@@ -661,8 +662,8 @@ async fn postgres_row_level_security_fences_lab_ssh_keys_body() {
     s.add_lab_ssh_key(&new("SHA256:a"), 2).await.unwrap();
     let as_org = |org: &str, admin: bool| TenantScope::Principal {
         user_id: "u".into(),
-        org_ids: vec![org.to_owned()],
-        admin_org_ids: if admin { vec![org.to_owned()] } else { vec![] },
+        org_ids: vec![org.into()],
+        admin_org_ids: if admin { vec![org.into()] } else { vec![] },
         shared_lab_ids: vec![],
     };
     // Another organisation's admin, and a viewer of the lab's own, see and change nothing.
@@ -761,7 +762,8 @@ async fn queued_commands_move_forward_only_and_expire_at_their_deadline() {
         assert_eq!(states, ["canceled", "succeeded", "timed_out"]);
         assert!(s.open_commands().await.unwrap().is_empty());
         assert!(matches!(
-            s.command("00000000-0000-0000-0000-000000000000").await,
+            s.command(&"00000000-0000-0000-0000-000000000000".into())
+                .await,
             Err(StorageError::NotFound)
         ));
     })
@@ -829,7 +831,7 @@ async fn postgres_calls_outside_any_scope_see_nothing_and_every_table_is_fenced(
     // A's own scope reads A's records; B's scope reads neither records nor A's users.
     let scope = |org: &str, user_id: &str| TenantScope::Principal {
         user_id: user_id.into(),
-        org_ids: vec![org.to_owned()],
+        org_ids: vec![org.into()],
         admin_org_ids: vec![],
         shared_lab_ids: vec![],
     };
@@ -1083,14 +1085,14 @@ async fn an_organisation_keeps_an_owner_whatever_the_interleaving() {
             storage::MemberChange::Forbidden
         );
         assert_eq!(
-            s.change_member_role(&org.id, "nobody", Role::Viewer, &last[0].user_id)
+            s.change_member_role(&org.id, &"nobody".into(), Role::Viewer, &last[0].user_id)
                 .await
                 .unwrap(),
             storage::MemberChange::NotMember
         );
         // The actor's role is read under the lock too: a non-manager changes nothing.
         assert_eq!(
-            s.change_member_role(&org.id, &newcomer.id, Role::Viewer, "nobody")
+            s.change_member_role(&org.id, &newcomer.id, Role::Viewer, &"nobody".into())
                 .await
                 .unwrap(),
             storage::MemberChange::Forbidden

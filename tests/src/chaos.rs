@@ -1,4 +1,4 @@
-//! A chaos proxy for fault-injection tests (RELIABILITY.md, "Scenarios"): a TCP relay on
+//! A chaos proxy for fault-injection tests (docs/reliability.md, "Fault scenarios"): a TCP relay on
 //! `127.0.0.1:0` in front of a server's address. The agent connects to the proxy instead of the
 //! server; the test then injects faults on command:
 //!

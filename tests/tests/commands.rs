@@ -1,4 +1,4 @@
-//! Instructions queued for an offline lab (RELIABILITY "commands": a command with a deadline to
+//! Instructions queued for an offline lab (docs/reliability.md, "commands": a command with a deadline to
 //! an offline agent that returns after it ends `TIMED_OUT` and is never executed), on every
 //! backend: the real server's dispatcher, a real agent with the virtual lab stopped and
 //! restarted, and the records the agent streams as the evidence of what ran.
@@ -13,7 +13,7 @@ use maosic_e2e::{
 };
 use serde_json::{json, Value};
 
-/// The deadline of the command that must time out (the RELIABILITY row's 30 s, scaled).
+/// The deadline of the command that must time out (the docs/reliability.md row's 30 s, scaled).
 const DEADLINE_S: u64 = 3;
 
 fn ok(server: &TestServer, s: &Session, query: &str, vars: Value) -> Value {

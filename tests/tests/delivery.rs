@@ -1,6 +1,6 @@
 //! Nothing lost, nothing duplicated: the agent writes every record to its spool before sending
 //! it, the server stores it under (lab, epoch, seq) and only then acknowledges, and a restarted
-//! agent resends what was not acknowledged. The RELIABILITY "delivery" rows that kill processes
+//! agent resends what was not acknowledged. The docs/reliability.md, "delivery" rows that kill processes
 //! or lose files: agent SIGKILLs during 10,000 records, server kill -9s during a stream, a
 //! deleted spool (new epoch), an agent offline for twice its spool cap, and 200 agents
 //! reconnecting after a server restart. Each test prints its figures (bench/RESULTS.md,

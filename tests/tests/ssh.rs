@@ -1,4 +1,4 @@
-//! The SSH transport (issue #10, RELIABILITY rule 10): an agent whose lab allows only outbound
+//! The SSH transport (issue #10, docs/reliability.md rule 10): an agent whose lab allows only outbound
 //! SSH reaches the server's SSH endpoint, and its WebSocket runs through a `direct-tcpip`
 //! channel. On both backends: the agent comes online over SSH and a program's records are
 //! stored exactly like a direct agent's; an unknown client key, a key used for another SSH user

@@ -1,4 +1,4 @@
-//! The TLS transport (RELIABILITY "transport" row): the real server terminating TLS with the
+//! The TLS transport (docs/reliability.md, "transport" row): the real server terminating TLS with the
 //! certificates `maosic-server tls dev-cert` writes, and real agents that verify it against a
 //! CA or a pinned certificate — and refuse untrusted, wrong-host and expired certificates; a
 //! TLS 1.1 ClientHello is refused; mutual TLS refuses an agent without a client certificate.

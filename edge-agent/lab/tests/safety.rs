@@ -1,4 +1,4 @@
-//! Safety kernel scenarios (RELIABILITY "safety" rows) on the virtual lab, each printing its figures.
+//! Safety kernel scenarios (docs/reliability.md, "safety" rows) on the virtual lab, each printing its figures.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

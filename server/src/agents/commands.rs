@@ -17,7 +17,7 @@ use crate::agents::registry::CallError;
 use crate::events::Event;
 use crate::state::AppState;
 use crate::storage::commands::{CommandEnd, LabCommand};
-use crate::storage::{now_ms, tenant, StorageError};
+use crate::storage::{now_ms, tenant, CommandId, StorageError};
 
 /// How often the dispatcher looks at open commands without an event.
 const TICK: Duration = Duration::from_millis(200);
@@ -32,7 +32,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
 }
 
 /// Commands being sent by this process, with the time of the last send.
-type InFlight = Arc<Mutex<HashMap<String, Option<i64>>>>;
+type InFlight = Arc<Mutex<HashMap<CommandId, Option<i64>>>>;
 
 async fn run(state: AppState) {
     let in_flight: InFlight = Arc::default();

@@ -1,5 +1,5 @@
 //! The agent gateway: the WebSocket endpoint agents connect to. It authenticates the lab
-//! credential on upgrade, waits for `hello`, assigns the connection a generation (RELIABILITY
+//! credential on upgrade, waits for `hello`, assigns the connection a generation (docs/reliability.md
 //! rule 4), pings every heartbeat period, declares the peer dead after three silent periods
 //! (rule 3), and records presence in storage. Only the current generation may change presence.
 
@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::hash_secret;
 use super::registry::HelloInfo;
 use crate::state::AppState;
-use crate::storage::{now_ms, tenant, AgentHello, NewRecord, StorageError};
+use crate::storage::{now_ms, tenant, AgentHello, LabId, NewRecord, StorageError};
 
 /// Errors authenticating an agent.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ enum AuthError {
     Storage(#[from] StorageError),
 }
 
-async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<String, AuthError> {
+async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<LabId, AuthError> {
     let token = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -243,7 +243,7 @@ fn oversized_measurement(record: &Value, max_points: usize) -> Option<String> {
 /// limits; see [`Ingested`].
 async fn store_record(
     state: &AppState,
-    lab_id: &str,
+    lab_id: &LabId,
     params: Value,
     highest: &mut HashMap<String, i64>,
     ingest: &mut Ingest,
@@ -403,7 +403,7 @@ enum End {
 
 async fn run_session(
     state: AppState,
-    lab_id: String,
+    lab_id: LabId,
     mut session: Session,
     mut stream: AggregatedMessageStream,
     peer: Option<String>,
@@ -456,7 +456,7 @@ async fn run_session(
     let reply = Message::result(
         hello_id,
         HelloResult {
-            lab_id: lab_id.clone(),
+            lab_id: lab_id.to_string(),
             generation,
             heartbeat_ms: agent_cfg.heartbeat_ms,
         },

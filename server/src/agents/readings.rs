@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::agents::registry::{CallError, Gateway};
-use crate::storage::{now_ms, Lab, Storage, StoredRecord};
+use crate::storage::{now_ms, Lab, LabId, Storage, StoredRecord};
 use crate::time::rfc3339_ms;
 
 /// How long a lab's readings are served from the cache.
@@ -127,7 +127,7 @@ impl Telemetry {
 /// The per-lab cache of readings.
 #[derive(Clone)]
 pub struct TelemetryCache {
-    cache: moka::future::Cache<String, Arc<Telemetry>>,
+    cache: moka::future::Cache<LabId, Arc<Telemetry>>,
 }
 
 impl Default for TelemetryCache {
@@ -266,7 +266,7 @@ pub async fn read(gateway: &Gateway, storage: &dyn Storage, lab: &Lab) -> Teleme
 /// `device.call` of `<sym>.<method>` without parameters; the agent's `result` or why not.
 async fn device_call(
     gateway: &Gateway,
-    lab_id: &str,
+    lab_id: &LabId,
     sym: &str,
     method: &str,
 ) -> Result<Value, String> {
@@ -314,7 +314,7 @@ fn pump_of(sym: &str, v: &Value) -> Option<PumpReading> {
 /// the reading). Storage errors are logged and count as none.
 async fn latest_temperature(
     storage: &dyn Storage,
-    lab_id: &str,
+    lab_id: &LabId,
 ) -> Option<(Option<String>, HeaterReading)> {
     match storage.latest_measurement(lab_id, "temperature").await {
         Ok(record) => record.as_ref().and_then(stored_temperature),

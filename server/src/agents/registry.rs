@@ -12,6 +12,8 @@ use maosic_schema::protocol::RpcError;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::storage::LabId;
+
 struct LiveConnection {
     generation: i64,
     hello: HelloInfo,
@@ -55,7 +57,7 @@ pub enum CallError {
 /// Registry of the agent connections open on this replica, by lab.
 #[derive(Clone, Default)]
 pub struct Gateway {
-    live: Arc<Mutex<HashMap<String, LiveConnection>>>,
+    live: Arc<Mutex<HashMap<LabId, LiveConnection>>>,
     /// Request ids, unique across connections: an agent re-sends answers left over from a lost
     /// connection, and they must never match a different call on the new one.
     pub(crate) next_id: Arc<std::sync::atomic::AtomicI64>,
@@ -65,7 +67,7 @@ impl Gateway {
     /// Registers a connection; an older connection of the same lab is told to close.
     pub(crate) fn register(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         generation: i64,
         hello: HelloInfo,
     ) -> (oneshot::Receiver<&'static str>, mpsc::Receiver<Outgoing>) {
@@ -80,7 +82,7 @@ impl Gateway {
         let previous = self
             .live
             .lock()
-            .map(|mut live| live.insert(lab_id.to_owned(), connection))
+            .map(|mut live| live.insert(lab_id.clone(), connection))
             .ok()
             .flatten();
         if let Some(previous) = previous {
@@ -92,7 +94,7 @@ impl Gateway {
     /// Calls `method` on the lab's agent and waits up to `timeout` for its answer.
     pub async fn call(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         method: &str,
         params: Value,
         timeout: Duration,
@@ -121,7 +123,7 @@ impl Gateway {
         }
     }
 
-    pub(crate) fn unregister(&self, lab_id: &str, generation: i64) {
+    pub(crate) fn unregister(&self, lab_id: &LabId, generation: i64) {
         if let Ok(mut live) = self.live.lock() {
             if live.get(lab_id).is_some_and(|c| c.generation == generation) {
                 live.remove(lab_id);
@@ -130,7 +132,7 @@ impl Gateway {
     }
 
     /// Closes the lab's live connection on this replica, if any (e.g. after revocation).
-    pub fn cut(&self, lab_id: &str, reason: &'static str) -> bool {
+    pub fn cut(&self, lab_id: &LabId, reason: &'static str) -> bool {
         let removed = self
             .live
             .lock()
@@ -143,7 +145,7 @@ impl Gateway {
     }
 
     /// Whether the lab's agent is connected to this replica.
-    pub fn is_connected(&self, lab_id: &str) -> bool {
+    pub fn is_connected(&self, lab_id: &LabId) -> bool {
         self.live
             .lock()
             .map(|live| live.contains_key(lab_id))
@@ -151,7 +153,7 @@ impl Gateway {
     }
 
     /// What the lab's current connection said in its `hello`, if it is connected here.
-    pub fn hello_of(&self, lab_id: &str) -> Option<HelloInfo> {
+    pub fn hello_of(&self, lab_id: &LabId) -> Option<HelloInfo> {
         self.live
             .lock()
             .ok()

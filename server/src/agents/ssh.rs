@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::config::SshConfig;
 use crate::state::AppState;
-use crate::storage::{tenant, NewLabSshKey, Storage};
+use crate::storage::{tenant, LabId, NewLabSshKey, Storage};
 
 /// Most tunnels one SSH connection may hold open at once (an agent needs one).
 const MAX_CHANNELS_PER_CONNECTION: usize = 4;
@@ -120,7 +120,7 @@ pub fn host_public_line(key: &PrivateKey) -> String {
 
 /// Parses a public key given for registration (`ssh-ed25519 AAAA… comment`, as in a `.pub`
 /// file or an `authorized_keys` line) into the row to store. Ed25519 and ECDSA keys only.
-pub fn new_lab_key(lab_id: &str, text: &str) -> Result<NewLabSshKey, SshError> {
+pub fn new_lab_key(lab_id: &LabId, text: &str) -> Result<NewLabSshKey, SshError> {
     let text = text.trim();
     if text.is_empty() || text.contains('\n') {
         return Err(SshError::PublicKey(
@@ -148,7 +148,7 @@ pub fn new_lab_key(lab_id: &str, text: &str) -> Result<NewLabSshKey, SshError> {
         .trim()
         .to_owned();
     Ok(NewLabSshKey {
-        lab_id: lab_id.to_owned(),
+        lab_id: lab_id.clone(),
         algorithm: key.algorithm().as_str().to_owned(),
         public_key,
         fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
@@ -218,13 +218,13 @@ pub async fn spawn(
 /// The open SSH tunnels by their source address on the server's own listener, with the lab
 /// whose key opened each: the gateway requires the WebSocket's credential to be of that lab.
 #[derive(Clone, Default)]
-pub struct Tunnels(Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, String>>>);
+pub struct Tunnels(Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, LabId>>>);
 
 impl Tunnels {
     /// Records a tunnel; the returned guard forgets it when dropped.
-    fn bind(&self, local: SocketAddr, lab: &str) -> TunnelBinding {
+    fn bind(&self, local: SocketAddr, lab: &LabId) -> TunnelBinding {
         if let Ok(mut map) = self.0.lock() {
-            map.insert(local, lab.to_owned());
+            map.insert(local, lab.clone());
         }
         TunnelBinding {
             tunnels: self.clone(),
@@ -234,7 +234,7 @@ impl Tunnels {
 
     /// The lab whose SSH key opened the tunnel a connection from `peer` comes through, if it
     /// comes through one.
-    pub fn lab_of(&self, peer: &SocketAddr) -> Option<String> {
+    pub fn lab_of(&self, peer: &SocketAddr) -> Option<LabId> {
         self.0.lock().ok().and_then(|map| map.get(peer).cloned())
     }
 }
@@ -401,7 +401,7 @@ struct Connection {
     tunnels: Tunnels,
     target: SocketAddr,
     peer: SocketAddr,
-    lab_id: Option<String>,
+    lab_id: Option<LabId>,
     /// The authenticated key, re-checked at every tunnel (a revoked key opens nothing more).
     key: Option<(String, PublicKey)>,
     authenticated: Arc<AtomicBool>,
@@ -412,7 +412,7 @@ struct Connection {
 
 impl Connection {
     /// The lab `key` authenticates `user` for, if any.
-    async fn lab_for(&self, user: &str, key: &PublicKey) -> Option<String> {
+    async fn lab_for(&self, user: &str, key: &PublicKey) -> Option<LabId> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         match tenant::system(self.storage.accepted_ssh_key(&fingerprint)).await {
             Ok(Some(row)) => {
@@ -601,15 +601,15 @@ mod tests {
         let public = host_public_line(&key);
         let bare: Vec<&str> = public.split_whitespace().take(2).collect();
         let line = format!("{} lab@bench", bare.join(" "));
-        let row = new_lab_key("lab-1", &line).unwrap();
+        let row = new_lab_key(&"lab-1".into(), &line).unwrap();
         assert_eq!(row.algorithm, "ssh-ed25519");
         assert_eq!(row.comment, "lab@bench");
         assert!(row.public_key.starts_with("ssh-ed25519 AAAA"));
         assert!(!row.public_key.contains("lab@bench"));
         assert!(row.fingerprint.starts_with("SHA256:"));
-        assert!(new_lab_key("lab-1", "").is_err());
-        assert!(new_lab_key("lab-1", "ssh-ed25519 not-base64").is_err());
-        assert!(new_lab_key("lab-1", &format!("{line}\n{line}")).is_err());
+        assert!(new_lab_key(&"lab-1".into(), "").is_err());
+        assert!(new_lab_key(&"lab-1".into(), "ssh-ed25519 not-base64").is_err());
+        assert!(new_lab_key(&"lab-1".into(), &format!("{line}\n{line}")).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::api::graphql::campaigns::provenance;
 use crate::state::AppState;
-use crate::storage::{tenant, Campaign, Experiment, ExperimentFilter, StorageError};
+use crate::storage::{tenant, Campaign, CampaignId, Experiment, ExperimentFilter, StorageError};
 
 /// Routes of the export API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -68,7 +68,7 @@ async fn export(
             "invalid credentials",
         );
     };
-    let Ok(id) = uuid::Uuid::parse_str(&id).map(|u| u.to_string()) else {
+    let Ok(id) = uuid::Uuid::parse_str(&id).map(|u| CampaignId::from(u.to_string())) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "not found");
     };
     let scope = match crate::api::graphql::handler::scope_of(&state, Some(&principal)).await {
@@ -307,7 +307,7 @@ fn csv_row(c: &Campaign, e: &Experiment) -> String {
         .unwrap_or(Value::Null);
     let mut row = vec![
         e.seq.to_string(),
-        e.id.clone(),
+        e.id.to_string(),
         field(&e.name),
         e.source.clone(),
         e.state.to_string(),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::agents::registry::CallError;
 use crate::state::AppState;
-use crate::storage::tenant;
+use crate::storage::{tenant, LabId};
 
 /// Longest a single operator call may wait for the agent.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -105,7 +105,7 @@ async fn call_agent(
     if let Some(refused) = refusal(&req, &state) {
         return refused;
     }
-    let lab_id = path.into_inner();
+    let lab_id = LabId::from(path.into_inner());
     let body = body.into_inner();
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(60_000)).min(MAX_TIMEOUT);
     tracing::info!(lab.id = %lab_id, method = %body.method, "operator call");
@@ -135,6 +135,7 @@ async fn program_records(
         return refused;
     }
     let (lab_id, program_id) = path.into_inner();
+    let lab_id = LabId::from(lab_id);
     // The operator token is the proof: platform work.
     let cap = state.config.campaigns.max_records_per_experiment.max(1);
     let limit = i64::try_from(cap).unwrap_or(i64::MAX);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Semaphore};
 
 use crate::config::AuthConfig;
-use crate::storage::{Role, Storage, StorageError};
+use crate::storage::{OrganizationId, Role, SessionId, Storage, StorageError, UserId};
 
 pub use jwt::JwtKeys;
 pub use limiter::{LimiterSettings, LoginLimiter};
@@ -57,14 +57,14 @@ pub enum Credential {
     /// A JWT access token of a login session.
     Session {
         /// The session (refresh-token family).
-        session_id: String,
+        session_id: SessionId,
     },
     /// An API token bound to one organisation.
     ApiToken {
         /// The token's id.
         token_id: String,
         /// The only organisation it may act in.
-        organization_id: String,
+        organization_id: OrganizationId,
         /// What it may do.
         scope: Scope,
     },
@@ -74,7 +74,7 @@ pub enum Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// How they authenticated.
     pub credential: Credential,
 }
@@ -87,7 +87,11 @@ impl Principal {
 
     /// The role this principal effectively holds in an organisation, given the user's stored
     /// role there: an API token acts only in its organisation, and a read token as a viewer.
-    pub fn effective_role(&self, organization_id: &str, stored: Option<Role>) -> Option<Role> {
+    pub fn effective_role(
+        &self,
+        organization_id: &OrganizationId,
+        stored: Option<Role>,
+    ) -> Option<Role> {
         let role = stored?;
         match &self.credential {
             Credential::Session { .. } => Some(role),
@@ -131,20 +135,20 @@ pub enum AuthFailure {
 }
 
 /// A revocation that live connections must honour: a WebSocket authenticated by a revoked
-/// session or token is closed (RELIABILITY rule 8). Announced on this replica only.
+/// session or token is closed (docs/reliability.md rule 8). Announced on this replica only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
     /// One session ended (log-out, refresh-token reuse).
     Session {
         /// The session.
-        session_id: String,
+        session_id: SessionId,
     },
     /// Every session of a user ended but one (password change).
     UserSessions {
         /// The user.
-        user_id: String,
+        user_id: UserId,
         /// The session that stays.
-        except_session: Option<String>,
+        except_session: Option<SessionId>,
     },
     /// An API token was revoked.
     ApiToken {
@@ -155,7 +159,7 @@ pub enum Revocation {
     /// connection of that user closes, so what it was granted is checked again on reconnect.
     Membership {
         /// The user.
-        user_id: String,
+        user_id: UserId,
     },
 }
 
@@ -340,14 +344,14 @@ impl AuthService {
             .verify(bearer)
             .map_err(|_| AuthFailure::Invalid("bad access token"))?;
         let session = storage
-            .session(&claims.sid)
+            .session(&SessionId::from(claims.sid))
             .await?
             .ok_or(AuthFailure::Invalid("unknown session"))?;
         if session.revoked_at.is_some() || session.user_id != claims.sub {
             return Err(AuthFailure::Invalid("session revoked"));
         }
         Ok(Principal {
-            user_id: claims.sub,
+            user_id: UserId::from(claims.sub),
             credential: Credential::Session {
                 session_id: session.id,
             },
@@ -370,8 +374,8 @@ pub struct TokenPair {
 pub async fn issue_tokens(
     auth: &AuthService,
     storage: &dyn Storage,
-    user_id: &str,
-    session_id: &str,
+    user_id: &UserId,
+    session_id: &SessionId,
 ) -> Result<TokenPair, AuthFailure> {
     let now = crate::storage::now_ms();
     let access_token = auth
@@ -411,14 +415,14 @@ pub enum RefreshOutcome {
     /// The token was already used: the whole family has been revoked.
     ReuseDetected {
         /// The revoked session.
-        session_id: String,
+        session_id: SessionId,
         /// Its user.
-        user_id: String,
+        user_id: UserId,
     },
 }
 
 /// Exchanges a refresh token for new tokens; a second use of the same token revokes the
-/// whole family (RELIABILITY rule 8).
+/// whole family (docs/reliability.md rule 8).
 pub async fn refresh(
     auth: &AuthService,
     storage: &dyn Storage,

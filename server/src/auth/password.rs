@@ -1,4 +1,4 @@
-//! Password hashing with argon2id (RELIABILITY rule 8: m ≥ 19 MiB, t ≥ 2, p = 1), and a dummy
+//! Password hashing with argon2id (docs/reliability.md rule 8: m ≥ 19 MiB, t ≥ 2, p = 1), and a dummy
 //! hash so that a login for an unknown account costs the same time as a wrong password.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

@@ -147,7 +147,7 @@ async fn refresh(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         let outcome = auth::refresh(&state.auth, state.storage.as_ref(), &presented).await?;
         let user = match &outcome {
             RefreshOutcome::Rotated(pair) => match state.auth.jwt.verify(&pair.access_token) {
-                Ok(claims) => state.storage.user(&claims.sub).await?,
+                Ok(claims) => state.storage.user(&claims.sub.into()).await?,
                 Err(_) => None,
             },
             _ => None,

@@ -32,8 +32,8 @@ use crate::agents::registry::CallError;
 use crate::events::Event;
 use crate::state::AppState;
 use crate::storage::{
-    self, now_ms, tenant, Campaign, CampaignState, CampaignTold, Experiment, ExperimentResult,
-    ExperimentState, NewExperiment, StorageError,
+    now_ms, tenant, Campaign, CampaignId, CampaignState, CampaignTold, Experiment, ExperimentId,
+    ExperimentResult, ExperimentState, LabId, NewExperiment, OrganizationId, StorageError,
 };
 
 use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
@@ -46,8 +46,8 @@ const DAY_MS: i64 = 86_400_000;
 /// whatever the caller may read.
 pub async fn daily_quota(
     storage: &dyn crate::storage::Storage,
-    lab_id: &str,
-    organization_id: &str,
+    lab_id: &LabId,
+    organization_id: &OrganizationId,
     now: i64,
 ) -> Result<Option<(i64, i64)>, StorageError> {
     let Some(quota) = storage
@@ -126,15 +126,15 @@ pub enum StepError {
 pub struct Steps {
     /// Campaigns with a step in progress (possibly a blocking computation past its budget,
     /// which cannot be cancelled): no second step starts until it ends.
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Arc<Mutex<HashSet<CampaignId>>>,
     /// Consecutive failed steps per campaign.
-    failures: Arc<Mutex<HashMap<String, u32>>>,
+    failures: Arc<Mutex<HashMap<CampaignId, u32>>>,
 }
 
 /// Removes a campaign from [`Steps::busy`] when its step ends, however it ends.
 struct BusyGuard {
-    busy: Arc<Mutex<HashSet<String>>>,
-    campaign_id: String,
+    busy: Arc<Mutex<HashSet<CampaignId>>>,
+    campaign_id: CampaignId,
 }
 
 impl Drop for BusyGuard {
@@ -147,26 +147,26 @@ impl Drop for BusyGuard {
 
 impl Steps {
     /// Marks the campaign busy; `None` when a step of it is still in progress.
-    fn enter(&self, campaign_id: &str) -> Option<BusyGuard> {
+    fn enter(&self, campaign_id: &CampaignId) -> Option<BusyGuard> {
         let mut busy = self.busy.lock().ok()?;
-        busy.insert(campaign_id.to_owned()).then(|| BusyGuard {
+        busy.insert(campaign_id.clone()).then(|| BusyGuard {
             busy: self.busy.clone(),
-            campaign_id: campaign_id.to_owned(),
+            campaign_id: campaign_id.clone(),
         })
     }
 
-    fn succeeded(&self, campaign_id: &str) {
+    fn succeeded(&self, campaign_id: &CampaignId) {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(campaign_id);
         }
     }
 
     /// Counts a failed step; `true` when the campaign has now failed too often in a row.
-    fn failed(&self, campaign_id: &str, max: u32) -> bool {
+    fn failed(&self, campaign_id: &CampaignId, max: u32) -> bool {
         let Ok(mut f) = self.failures.lock() else {
             return false;
         };
-        let n = f.entry(campaign_id.to_owned()).or_insert(0);
+        let n = f.entry(campaign_id.clone()).or_insert(0);
         *n += 1;
         if *n >= max.max(1) {
             f.remove(campaign_id);
@@ -214,7 +214,7 @@ async fn bounded<T: Send + 'static>(
 /// own, and campaign steps run as their own tasks.
 pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), StorageError> {
     let live = state.storage.live_experiments().await?;
-    let mut busy: HashSet<String> = HashSet::new();
+    let mut busy: HashSet<LabId> = HashSet::new();
     for e in live {
         match observe(state, &e).await {
             Ok(false) => {}
@@ -277,7 +277,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
 
 /// Counts a failed step of the campaign and pauses it, with the reason, once it failed
 /// `max_step_failures` times in a row.
-async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &str, why: &str) {
+async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &CampaignId, why: &str) {
     if !steps.failed(campaign_id, state.config.campaigns.max_step_failures) {
         return;
     }
@@ -340,7 +340,7 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
     if let Some(hello) = state.gateway.hello_of(&e.lab_id) {
         let dispatched = e.dispatched_at.unwrap_or(0);
         if hello.connected_at > dispatched
-            && !hello.running.iter().any(|id| id == &e.id)
+            && !hello.running.iter().any(|id| *id == e.id)
             && now - hello.connected_at > grace
         {
             let why = "the agent reconnected without this program (restarted or lost it); \
@@ -614,7 +614,7 @@ async fn advance(
             let program = compile_point(&recipe, &descriptor, &bindings)?;
             let seq_hint = campaign.proposals + i as i64 + 1;
             experiments.push(NewExperiment {
-                id: storage::new_id(),
+                id: ExperimentId::generate(),
                 name: format!("{} #{seq_hint}", campaign.name),
                 source: "optimizer".into(),
                 params_json: params_json(&space, &p.x).to_string(),
@@ -711,7 +711,7 @@ fn publish_experiment(state: &AppState, e: &Experiment, new_state: ExperimentSta
 }
 
 /// Claims the lab's next experiment and sends it to the agent.
-async fn dispatch(state: &AppState, owner: &str, lab_id: &str) -> Result<(), StorageError> {
+async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<(), StorageError> {
     let now = now_ms();
     let lease = i64::try_from(state.config.campaigns.lease_ms).unwrap_or(i64::MAX);
     let Some(e) = state

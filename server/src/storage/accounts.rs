@@ -12,13 +12,15 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage, Tx};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::{new_id, Organization, StorageResult};
 
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     /// Identifier (UUID text).
-    pub id: String,
+    pub id: UserId,
     /// Unique e-mail address (lower-cased).
     pub email: String,
     /// Name shown to others.
@@ -116,9 +118,9 @@ pub trait AccountStorage {
     /// Reads a user by e-mail (case-insensitive).
     async fn user_by_email(&self, email: &str) -> StorageResult<Option<User>>;
     /// Reads a user by id.
-    async fn user(&self, id: &str) -> StorageResult<Option<User>>;
+    async fn user(&self, id: &UserId) -> StorageResult<Option<User>>;
     /// Replaces a user's password hash.
-    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StorageResult<()>;
+    async fn set_password_hash(&self, user_id: &UserId, password_hash: &str) -> StorageResult<()>;
 
     /// Counts one attempt under each `(key, limit)` in one transaction and returns whether
     /// every key is still within its limit. Windows are fixed: a key's count restarts once
@@ -202,7 +204,7 @@ impl AccountStorage for SqlStorage {
         .await
     }
 
-    async fn user(&self, id: &str) -> StorageResult<Option<User>> {
+    async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
         self.tx(async |tx| {
             query(
                 "SELECT id, email, display_name, password_hash, created_at FROM users \
@@ -215,7 +217,7 @@ impl AccountStorage for SqlStorage {
         .await
     }
 
-    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> StorageResult<()> {
+    async fn set_password_hash(&self, user_id: &UserId, password_hash: &str) -> StorageResult<()> {
         self.tx(async |tx| {
             query("UPDATE users SET password_hash = $2 WHERE id = $1")
                 .bind(user_id)

@@ -15,6 +15,8 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage, Tx};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::states::{CampaignState, ExperimentState};
 use super::{Backend, StorageError, StorageResult};
 
@@ -33,9 +35,9 @@ const EXPERIMENT_COLS: &str = "id, campaign_id, organization_id, lab_id, seq, na
 /// A stored campaign.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Campaign {
-    pub id: String,
-    pub organization_id: String,
-    pub lab_id: String,
+    pub id: CampaignId,
+    pub organization_id: OrganizationId,
+    pub lab_id: LabId,
     pub name: String,
     /// Recipe source (instruction language).
     pub recipe: String,
@@ -68,7 +70,7 @@ pub struct Campaign {
     pub results: i64,
     pub best_value: Option<f64>,
     pub best_params_json: Option<String>,
-    pub best_experiment_id: Option<String>,
+    pub best_experiment_id: Option<ExperimentId>,
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -79,8 +81,8 @@ pub struct Campaign {
 /// A campaign to create.
 #[derive(Debug, Clone)]
 pub struct NewCampaign {
-    pub organization_id: String,
-    pub lab_id: String,
+    pub organization_id: OrganizationId,
+    pub lab_id: LabId,
     pub name: String,
     pub recipe: String,
     pub space_json: String,
@@ -101,10 +103,10 @@ pub struct NewCampaign {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Experiment {
     /// Identifier; also the program id the agent's records carry.
-    pub id: String,
-    pub campaign_id: String,
-    pub organization_id: String,
-    pub lab_id: String,
+    pub id: ExperimentId,
+    pub campaign_id: CampaignId,
+    pub organization_id: OrganizationId,
+    pub lab_id: LabId,
     /// 1-based position in its campaign.
     pub seq: i64,
     pub name: String,
@@ -151,7 +153,7 @@ impl Experiment {
 /// An experiment to queue.
 #[derive(Debug, Clone)]
 pub struct NewExperiment {
-    pub id: String,
+    pub id: ExperimentId,
     pub name: String,
     pub source: String,
     pub params_json: String,
@@ -164,7 +166,7 @@ pub struct NewExperiment {
 /// The end of an experiment.
 #[derive(Debug, Clone)]
 pub struct ExperimentResult {
-    pub experiment_id: String,
+    pub experiment_id: ExperimentId,
     /// `completed`, `failed` or `interrupted`.
     pub state: ExperimentState,
     pub outcome: Option<String>,
@@ -177,12 +179,12 @@ pub struct ExperimentResult {
 /// The campaign side of a tell: the optimizer state after it, and the best so far.
 #[derive(Debug, Clone)]
 pub struct CampaignTold {
-    pub campaign_id: String,
+    pub campaign_id: CampaignId,
     pub expected_version: i64,
     pub optimizer_state: String,
     pub best_value: Option<f64>,
     pub best_params_json: Option<String>,
-    pub best_experiment_id: Option<String>,
+    pub best_experiment_id: Option<ExperimentId>,
 }
 
 /// Filters for listing a campaign's experiments.
@@ -200,11 +202,11 @@ pub trait CampaignStorage {
     /// Creates a campaign in `draft`.
     async fn create_campaign(&self, c: &NewCampaign, now_ms: i64) -> StorageResult<Campaign>;
     /// One campaign (`NotFound` if absent or invisible).
-    async fn campaign(&self, id: &str) -> StorageResult<Campaign>;
+    async fn campaign(&self, id: &CampaignId) -> StorageResult<Campaign>;
     /// An organisation's campaigns, newest first.
     async fn campaigns_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
     ) -> StorageResult<Vec<Campaign>>;
     /// Campaigns the engine looks after (`running` or `paused`).
     async fn active_campaigns(&self) -> StorageResult<Vec<Campaign>>;
@@ -213,7 +215,7 @@ pub trait CampaignStorage {
     /// Ending it (canceled, completed, failed) also cancels its queued experiments.
     async fn set_campaign_state(
         &self,
-        id: &str,
+        id: &CampaignId,
         from: &[CampaignState],
         to: CampaignState,
         detail: Option<&str>,
@@ -223,7 +225,7 @@ pub trait CampaignStorage {
     /// in one transaction; `false` (nothing written) on a version mismatch.
     async fn enqueue_proposals(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         expected_version: i64,
         optimizer_state: &str,
         experiments: &[NewExperiment],
@@ -232,7 +234,7 @@ pub trait CampaignStorage {
     /// Queues a person's experiment into a campaign (not counted against the budget).
     async fn enqueue_manual(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         experiment: &NewExperiment,
         now_ms: i64,
     ) -> StorageResult<Experiment>;
@@ -245,11 +247,11 @@ pub trait CampaignStorage {
         now_ms: i64,
     ) -> StorageResult<bool>;
     /// One experiment.
-    async fn experiment(&self, id: &str) -> StorageResult<Experiment>;
+    async fn experiment(&self, id: &ExperimentId) -> StorageResult<Experiment>;
     /// A campaign's experiments with `seq > after_seq`, in order, at most `limit`.
     async fn experiments_of_campaign(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         after_seq: i64,
         limit: i64,
         filter: &ExperimentFilter,
@@ -257,26 +259,26 @@ pub trait CampaignStorage {
     /// Experiments in flight (`leased` or `running`), for the engine.
     async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
-    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>>;
+    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>>;
     /// Claims the lab's next experiment of a running campaign (paused and draft campaigns' queued
     /// experiments wait) for `owner` until `now + lease_ms`: highest priority,
     /// then the organisation served longest ago on this lab (round-robin fair share between the
     /// organisations sharing it), then the oldest.
     async fn claim_experiment(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         owner: &str,
         lease_ms: i64,
         now_ms: i64,
     ) -> StorageResult<Option<Experiment>>;
     /// `leased → running` (the agent accepted it).
-    async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+    async fn mark_running(&self, id: &ExperimentId, now_ms: i64) -> StorageResult<bool>;
     /// Gives a claim back (`leased → queued`) when it certainly did not reach the agent.
-    async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool>;
+    async fn release_claim(&self, id: &ExperimentId, owner: &str) -> StorageResult<bool>;
     /// Ends a claim held by `owner` (`leased → state`); `false` when the lease was lost.
     async fn finish_claim(
         &self,
-        id: &str,
+        id: &ExperimentId,
         owner: &str,
         state: ExperimentState,
         now_ms: i64,
@@ -284,14 +286,14 @@ pub trait CampaignStorage {
     /// Experiments an organisation queued on a lab since `since_ms` (shared-lab quotas).
     async fn experiments_queued_since(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         since_ms: i64,
     ) -> StorageResult<i64>;
     /// The campaign's optimizer experiments not yet ended (queued, leased or running).
-    async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64>;
+    async fn optimizer_in_flight(&self, campaign_id: &CampaignId) -> StorageResult<i64>;
     /// Number of experiments of a campaign (any state).
-    async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64>;
+    async fn count_experiments(&self, campaign_id: &CampaignId) -> StorageResult<i64>;
 }
 
 #[async_trait]
@@ -329,7 +331,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn campaign(&self, id: &str) -> StorageResult<Campaign> {
+    async fn campaign(&self, id: &CampaignId) -> StorageResult<Campaign> {
         let sql = format!("SELECT {CAMPAIGN_COLS} FROM campaigns WHERE id = $1");
         self.tx(async |tx| {
             query(&sql)
@@ -343,7 +345,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn campaigns_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
     ) -> StorageResult<Vec<Campaign>> {
         let sql = format!(
             "SELECT {CAMPAIGN_COLS} FROM campaigns WHERE organization_id = $1 \
@@ -363,7 +365,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn set_campaign_state(
         &self,
-        id: &str,
+        id: &CampaignId,
         from: &[CampaignState],
         to: CampaignState,
         detail: Option<&str>,
@@ -408,7 +410,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn enqueue_proposals(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         expected_version: i64,
         optimizer_state: &str,
         experiments: &[NewExperiment],
@@ -442,7 +444,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn enqueue_manual(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         experiment: &NewExperiment,
         now_ms: i64,
     ) -> StorageResult<Experiment> {
@@ -523,7 +525,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn experiment(&self, id: &str) -> StorageResult<Experiment> {
+    async fn experiment(&self, id: &ExperimentId) -> StorageResult<Experiment> {
         let sql = format!("SELECT {EXPERIMENT_COLS} FROM experiments WHERE id = $1");
         self.tx(async |tx| {
             query(&sql)
@@ -537,7 +539,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn experiments_of_campaign(
         &self,
-        campaign_id: &str,
+        campaign_id: &CampaignId,
         after_seq: i64,
         limit: i64,
         filter: &ExperimentFilter,
@@ -568,9 +570,9 @@ impl CampaignStorage for SqlStorage {
         self.tx(async |tx| query(&sql).fetch_all(tx).await).await
     }
 
-    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<String>> {
+    async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>> {
         self.tx(async |tx| {
-            let rows: Vec<(String,)> = query(
+            let rows: Vec<(LabId,)> = query(
                 "SELECT DISTINCT lab_id FROM experiments \
                  WHERE state IN ('queued', 'leased') \
                  AND (state = 'queued' OR lease_until < $1)",
@@ -585,7 +587,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn claim_experiment(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         owner: &str,
         lease_ms: i64,
         now_ms: i64,
@@ -623,7 +625,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn mark_running(&self, id: &str, now_ms: i64) -> StorageResult<bool> {
+    async fn mark_running(&self, id: &ExperimentId, now_ms: i64) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query(
                 "UPDATE experiments SET state = 'running', \
@@ -639,7 +641,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn release_claim(&self, id: &str, owner: &str) -> StorageResult<bool> {
+    async fn release_claim(&self, id: &ExperimentId, owner: &str) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query(
                 "UPDATE experiments SET state = 'queued', lease_owner = NULL, \
@@ -656,7 +658,7 @@ impl CampaignStorage for SqlStorage {
 
     async fn finish_claim(
         &self,
-        id: &str,
+        id: &ExperimentId,
         owner: &str,
         state: ExperimentState,
         now_ms: i64,
@@ -682,8 +684,8 @@ impl CampaignStorage for SqlStorage {
 
     async fn experiments_queued_since(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         since_ms: i64,
     ) -> StorageResult<i64> {
         self.tx(async |tx| {
@@ -701,7 +703,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn optimizer_in_flight(&self, campaign_id: &str) -> StorageResult<i64> {
+    async fn optimizer_in_flight(&self, campaign_id: &CampaignId) -> StorageResult<i64> {
         self.tx(async |tx| {
             let (n,): (i64,) = query(
                 "SELECT COUNT(*) FROM experiments WHERE campaign_id = $1 \
@@ -715,7 +717,7 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn count_experiments(&self, campaign_id: &str) -> StorageResult<i64> {
+    async fn count_experiments(&self, campaign_id: &CampaignId) -> StorageResult<i64> {
         self.tx(async |tx| {
             let (n,): (i64,) = query("SELECT COUNT(*) FROM experiments WHERE campaign_id = $1")
                 .bind(campaign_id)
@@ -731,7 +733,7 @@ impl CampaignStorage for SqlStorage {
 /// with the next `seq`. Runs inside the caller's transaction, after it locked the campaign row.
 async fn insert_experiment(
     tx: &mut Tx,
-    campaign_id: &str,
+    campaign_id: &CampaignId,
     e: &NewExperiment,
     now_ms: i64,
 ) -> StorageResult<Experiment> {

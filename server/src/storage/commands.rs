@@ -1,7 +1,7 @@
 //! Storage of instructions queued for a lab's agent (the [`CommandStorage`] port, a supertrait
 //! of [`super::Storage`]).
 //!
-//! Invariants (RELIABILITY rule 5):
+//! Invariants (docs/reliability.md rule 5):
 //! - a command moves forward only: `queued → sent → succeeded | failed`, `queued | sent →
 //!   timed_out`, `queued → canceled`; every transition is one guarded `UPDATE … WHERE state IN
 //!   (…)`, so a terminal state never changes and two dispatchers cannot both claim a command;
@@ -13,6 +13,8 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::states::CommandState;
 use super::{StorageError, StorageResult};
 
@@ -23,10 +25,10 @@ const COLS: &str = "id, organization_id, lab_id, method, params_json, program_js
 /// A stored command.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LabCommand {
-    pub id: String,
+    pub id: CommandId,
     /// The organisation that queued it.
-    pub organization_id: String,
-    pub lab_id: String,
+    pub organization_id: OrganizationId,
+    pub lab_id: LabId,
     /// `SYMBOL.method` as in the capability descriptor.
     pub method: String,
     /// Its parameters (JSON object of numbers).
@@ -59,8 +61,8 @@ impl LabCommand {
 /// A command to queue.
 #[derive(Debug, Clone)]
 pub struct NewLabCommand {
-    pub organization_id: String,
-    pub lab_id: String,
+    pub organization_id: OrganizationId,
+    pub lab_id: LabId,
     pub method: String,
     pub params_json: String,
     pub program_json: String,
@@ -100,21 +102,22 @@ pub trait CommandStorage {
     /// Queues a command.
     async fn create_command(&self, c: &NewLabCommand, now_ms: i64) -> StorageResult<LabCommand>;
     /// Reads one command.
-    async fn command(&self, id: &str) -> StorageResult<LabCommand>;
+    async fn command(&self, id: &CommandId) -> StorageResult<LabCommand>;
     /// A lab's commands, newest first, at most `limit`.
-    async fn commands_of_lab(&self, lab_id: &str, limit: i64) -> StorageResult<Vec<LabCommand>>;
+    async fn commands_of_lab(&self, lab_id: &LabId, limit: i64) -> StorageResult<Vec<LabCommand>>;
     /// Commands still open (`queued` or `sent`), oldest first, at most 1,000: the dispatcher's
     /// work list (the API caps open commands per lab, so every lab's oldest is in it).
     async fn open_commands(&self) -> StorageResult<Vec<LabCommand>>;
     /// `queued → sent` if the deadline is still ahead, or a re-send of `sent` (whatever the
     /// deadline: the agent answers whether it had accepted it); counts the attempt. Returns the
     /// command when claimed.
-    async fn claim_command(&self, id: &str, now_ms: i64) -> StorageResult<Option<LabCommand>>;
+    async fn claim_command(&self, id: &CommandId, now_ms: i64)
+        -> StorageResult<Option<LabCommand>>;
     /// Moves an open command to a terminal state (guarded: see [`CommandEnd`]); false when it
     /// was not in a state that may move there.
     async fn finish_command(
         &self,
-        id: &str,
+        id: &CommandId,
         end: CommandEnd,
         result_json: Option<&str>,
         error: Option<&str>,
@@ -126,8 +129,8 @@ pub trait CommandStorage {
     /// an organisation.
     async fn record_instruction(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         created_by: &str,
         method: &str,
         now_ms: i64,
@@ -137,13 +140,16 @@ pub trait CommandStorage {
     /// shared lab.
     async fn instructions_since(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         since_ms: i64,
     ) -> StorageResult<i64>;
     /// Commands of an organisation still open (`queued` or `sent`) on a lab.
-    async fn open_commands_of_org(&self, lab_id: &str, organization_id: &str)
-        -> StorageResult<i64>;
+    async fn open_commands_of_org(
+        &self,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<i64>;
 }
 
 #[async_trait]
@@ -171,7 +177,7 @@ impl CommandStorage for SqlStorage {
         .await
     }
 
-    async fn command(&self, id: &str) -> StorageResult<LabCommand> {
+    async fn command(&self, id: &CommandId) -> StorageResult<LabCommand> {
         let sql = format!("SELECT {COLS} FROM lab_commands WHERE id = $1");
         self.tx(async |tx| {
             query(&sql)
@@ -183,7 +189,7 @@ impl CommandStorage for SqlStorage {
         .await
     }
 
-    async fn commands_of_lab(&self, lab_id: &str, limit: i64) -> StorageResult<Vec<LabCommand>> {
+    async fn commands_of_lab(&self, lab_id: &LabId, limit: i64) -> StorageResult<Vec<LabCommand>> {
         let sql = format!(
             "SELECT {COLS} FROM lab_commands WHERE lab_id = $1 \
              ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -206,7 +212,11 @@ impl CommandStorage for SqlStorage {
         self.tx(async |tx| query(&sql).fetch_all(tx).await).await
     }
 
-    async fn claim_command(&self, id: &str, now_ms: i64) -> StorageResult<Option<LabCommand>> {
+    async fn claim_command(
+        &self,
+        id: &CommandId,
+        now_ms: i64,
+    ) -> StorageResult<Option<LabCommand>> {
         let sql = format!(
             "UPDATE lab_commands SET state = 'sent', sent_at = $2, \
              attempts = attempts + 1 \
@@ -220,7 +230,7 @@ impl CommandStorage for SqlStorage {
 
     async fn finish_command(
         &self,
-        id: &str,
+        id: &CommandId,
         end: CommandEnd,
         result_json: Option<&str>,
         error: Option<&str>,
@@ -247,8 +257,8 @@ impl CommandStorage for SqlStorage {
 
     async fn record_instruction(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         created_by: &str,
         method: &str,
         now_ms: i64,
@@ -274,8 +284,8 @@ impl CommandStorage for SqlStorage {
 
     async fn instructions_since(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         since_ms: i64,
     ) -> StorageResult<i64> {
         self.tx(async |tx| {
@@ -298,8 +308,8 @@ impl CommandStorage for SqlStorage {
 
     async fn open_commands_of_org(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
     ) -> StorageResult<i64> {
         self.tx(async |tx| {
             let row: (i64,) = query(

@@ -151,7 +151,7 @@ impl SqlStorage {
                          set_config('maosic.admin_org_ids', $3, true), \
                          set_config('maosic.lab_ids', $4, true)",
                     )
-                    .bind(user_id)
+                    .bind(&user_id)
                     .bind(org_ids.join(","))
                     .bind(admin_org_ids.join(","))
                     .bind(shared_lab_ids.join(",")),

@@ -4,6 +4,8 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::{new_id, StorageError, StorageResult};
 
 /// The columns of a [`Lab`] row, in struct order.
@@ -14,9 +16,9 @@ const LAB_COLUMNS: &str = "id, organization_id, name, created_at, connection_gen
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Lab {
     /// Identifier (UUID text).
-    pub id: String,
+    pub id: LabId,
     /// Owning organisation.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Name, unique within the organisation.
     pub name: String,
     /// Creation time, ms since the Unix epoch.
@@ -52,7 +54,7 @@ pub struct AgentCredential {
     /// Identifier, also the public half of the credential.
     pub id: String,
     /// The lab it authenticates.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// Hex SHA-256 of the secret half.
     pub secret_hash: String,
     /// Creation time, ms since the Unix epoch.
@@ -65,9 +67,9 @@ pub struct AgentCredential {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LabShare {
     /// The lab.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// The organisation it is shared with.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Experiments and instructions per day that organisation may queue or send.
     pub daily_quota: i64,
     /// Creation time.
@@ -94,18 +96,21 @@ pub trait LabStorage {
     /// Creates a lab in an organisation.
     async fn create_lab(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
         name: &str,
         now_ms: i64,
     ) -> StorageResult<Lab>;
     /// Reads a lab.
-    async fn lab(&self, id: &str) -> StorageResult<Lab>;
+    async fn lab(&self, id: &LabId) -> StorageResult<Lab>;
     /// The labs of an organisation, by name.
-    async fn labs_of_organization(&self, organization_id: &str) -> StorageResult<Vec<Lab>>;
+    async fn labs_of_organization(
+        &self,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<Vec<Lab>>;
     /// Stores a new agent credential for a lab.
     async fn create_agent_credential(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         secret_hash: &str,
         now_ms: i64,
     ) -> StorageResult<AgentCredential>;
@@ -114,46 +119,54 @@ pub trait LabStorage {
     /// Revokes an agent credential; returns false when it was already revoked or absent.
     async fn revoke_agent_credential(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
     /// The agent credentials of a lab, newest first.
-    async fn agent_credentials_of_lab(&self, lab_id: &str) -> StorageResult<Vec<AgentCredential>>;
+    async fn agent_credentials_of_lab(&self, lab_id: &LabId)
+        -> StorageResult<Vec<AgentCredential>>;
     /// Records an accepted agent connection; returns its new generation.
     async fn agent_connected(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         hello: &AgentHello,
         now_ms: i64,
     ) -> StorageResult<i64>;
     /// Records traffic on a connection; false when `generation` is no longer current.
-    async fn agent_seen(&self, lab_id: &str, generation: i64, now_ms: i64) -> StorageResult<bool>;
+    async fn agent_seen(&self, lab_id: &LabId, generation: i64, now_ms: i64)
+        -> StorageResult<bool>;
     /// Records the close of a connection; changes presence only when `generation` is current.
     async fn agent_disconnected(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         generation: i64,
         now_ms: i64,
     ) -> StorageResult<bool>;
     /// Shares a lab with an organisation (or changes the quota of an existing share).
     async fn share_lab(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         daily_quota: i64,
         rights: &str,
         now_ms: i64,
     ) -> StorageResult<LabShare>;
     /// Ends a share; false when there was none.
-    async fn unshare_lab(&self, lab_id: &str, organization_id: &str) -> StorageResult<bool>;
+    async fn unshare_lab(
+        &self,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<bool>;
     /// The shares of a lab.
-    async fn shares_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabShare>>;
+    async fn shares_of_lab(&self, lab_id: &LabId) -> StorageResult<Vec<LabShare>>;
     /// The shares granted to an organisation.
-    async fn shares_with_organization(&self, organization_id: &str)
-        -> StorageResult<Vec<LabShare>>;
+    async fn shares_with_organization(
+        &self,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<Vec<LabShare>>;
 }
 
 #[async_trait]
 impl LabStorage for SqlStorage {
     async fn create_lab(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
         name: &str,
         now_ms: i64,
     ) -> StorageResult<Lab> {
@@ -173,7 +186,7 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn lab(&self, id: &str) -> StorageResult<Lab> {
+    async fn lab(&self, id: &LabId) -> StorageResult<Lab> {
         let sql = format!("SELECT {LAB_COLUMNS} FROM labs WHERE id = $1");
         self.tx(async |tx| {
             query(&sql)
@@ -185,7 +198,10 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn labs_of_organization(&self, organization_id: &str) -> StorageResult<Vec<Lab>> {
+    async fn labs_of_organization(
+        &self,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<Vec<Lab>> {
         let sql =
             format!("SELECT {LAB_COLUMNS} FROM labs WHERE organization_id = $1 ORDER BY name, id");
         self.tx(async |tx| query(&sql).bind(organization_id).fetch_all(tx).await)
@@ -194,7 +210,7 @@ impl LabStorage for SqlStorage {
 
     async fn create_agent_credential(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         secret_hash: &str,
         now_ms: i64,
     ) -> StorageResult<AgentCredential> {
@@ -242,7 +258,10 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn agent_credentials_of_lab(&self, lab_id: &str) -> StorageResult<Vec<AgentCredential>> {
+    async fn agent_credentials_of_lab(
+        &self,
+        lab_id: &LabId,
+    ) -> StorageResult<Vec<AgentCredential>> {
         self.tx(async |tx| {
             query(
                 "SELECT id, lab_id, secret_hash, created_at, revoked_at \
@@ -257,7 +276,7 @@ impl LabStorage for SqlStorage {
 
     async fn agent_connected(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         hello: &AgentHello,
         now_ms: i64,
     ) -> StorageResult<i64> {
@@ -280,7 +299,12 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn agent_seen(&self, lab_id: &str, generation: i64, now_ms: i64) -> StorageResult<bool> {
+    async fn agent_seen(
+        &self,
+        lab_id: &LabId,
+        generation: i64,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query(
                 "UPDATE labs SET last_seen_at = $3 \
@@ -298,7 +322,7 @@ impl LabStorage for SqlStorage {
 
     async fn agent_disconnected(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         generation: i64,
         now_ms: i64,
     ) -> StorageResult<bool> {
@@ -319,8 +343,8 @@ impl LabStorage for SqlStorage {
 
     async fn share_lab(
         &self,
-        lab_id: &str,
-        organization_id: &str,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
         daily_quota: i64,
         rights: &str,
         now_ms: i64,
@@ -344,7 +368,11 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn unshare_lab(&self, lab_id: &str, organization_id: &str) -> StorageResult<bool> {
+    async fn unshare_lab(
+        &self,
+        lab_id: &LabId,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query("DELETE FROM lab_shares WHERE lab_id = $1 AND organization_id = $2")
                 .bind(lab_id)
@@ -356,7 +384,7 @@ impl LabStorage for SqlStorage {
         .await
     }
 
-    async fn shares_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabShare>> {
+    async fn shares_of_lab(&self, lab_id: &LabId) -> StorageResult<Vec<LabShare>> {
         self.tx(async |tx| {
             query(
                 "SELECT lab_id, organization_id, daily_quota, created_at, rights FROM lab_shares \
@@ -371,7 +399,7 @@ impl LabStorage for SqlStorage {
 
     async fn shares_with_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
     ) -> StorageResult<Vec<LabShare>> {
         self.tx(async |tx| {
             query(

@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod campaigns;
 pub mod commands;
 pub mod db;
+pub mod ids;
 pub mod labs;
 pub mod organizations;
 pub mod records;
@@ -43,6 +44,7 @@ pub use campaigns::{
 };
 pub use commands::CommandStorage;
 pub use db::SqlStorage;
+pub use ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 pub use labs::{AgentCredential, AgentHello, Lab, LabShare, LabStorage};
 pub use organizations::{
     AuditEntry, Invitation, MemberChange, Membership, NewAuditEntry, Organization,

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::db::{query, SqlStorage, Tx};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::{new_id, StorageError, StorageResult};
 
 /// Role of a user in an organisation.
@@ -54,7 +56,7 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Organization {
     /// Identifier (UUID text).
-    pub id: String,
+    pub id: OrganizationId,
     /// Display name.
     pub name: String,
     /// Creation time, ms since the Unix epoch.
@@ -65,9 +67,9 @@ pub struct Organization {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
     /// The organisation.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The role.
     pub role: Role,
 }
@@ -78,7 +80,7 @@ pub struct Invitation {
     /// Identifier, the public half of the invitation token.
     pub id: String,
     /// The organisation.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Invited address (lower-cased).
     pub email: String,
     /// Role granted on acceptance (stored text).
@@ -101,7 +103,7 @@ pub struct AuditEntry {
     /// Sequence number.
     pub id: i64,
     /// Organisation concerned, if any.
-    pub organization_id: Option<String>,
+    pub organization_id: Option<OrganizationId>,
     /// Who (e.g. `user:<id>`, `agent:<id>`, `cli`).
     pub actor: String,
     /// What (e.g. `lab.create`).
@@ -120,7 +122,7 @@ pub struct AuditEntry {
 #[derive(Debug, Clone)]
 pub struct NewAuditEntry {
     /// Organisation concerned, if any.
-    pub organization_id: Option<String>,
+    pub organization_id: Option<OrganizationId>,
     /// Who.
     pub actor: String,
     /// What.
@@ -149,7 +151,10 @@ pub enum MemberChange {
 impl SqlStorage {
     /// Locks the organisation for a membership change (row lock on PostgreSQL, the
     /// database's write lock on SQLite); false when it is not visible.
-    async fn lock_organization(tx: &mut Tx, organization_id: &str) -> StorageResult<bool> {
+    async fn lock_organization(
+        tx: &mut Tx,
+        organization_id: &OrganizationId,
+    ) -> StorageResult<bool> {
         let done = query("UPDATE organizations SET name = name WHERE id = $1")
             .bind(organization_id)
             .execute(tx)
@@ -161,8 +166,8 @@ impl SqlStorage {
     /// organisation, read under the lock; `None` for anyone else.
     async fn actor_manages(
         tx: &mut Tx,
-        organization_id: &str,
-        actor_user_id: &str,
+        organization_id: &OrganizationId,
+        actor_user_id: &UserId,
     ) -> StorageResult<Option<bool>> {
         let row: Option<(String,)> =
             query("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
@@ -180,8 +185,8 @@ impl SqlStorage {
     /// The member's role and the organisation's owner count, read under the lock.
     async fn role_and_owners(
         tx: &mut Tx,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
     ) -> StorageResult<Option<(Role, i64)>> {
         let row: Option<(String, i64)> = query(
             "SELECT m.role, (SELECT count(*) FROM memberships o \
@@ -210,26 +215,30 @@ pub trait OrganizationStorage {
     /// Creates an organisation.
     async fn create_organization(&self, name: &str, now_ms: i64) -> StorageResult<Organization>;
     /// Reads an organisation.
-    async fn organization(&self, id: &str) -> StorageResult<Organization>;
+    async fn organization(&self, id: &OrganizationId) -> StorageResult<Organization>;
     /// Finds an organisation by name (names are not unique; the oldest wins).
     async fn organization_by_name(&self, name: &str) -> StorageResult<Option<Organization>>;
     /// Gives a user a role in an organisation (replacing an earlier role).
     async fn set_membership(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
         now_ms: i64,
     ) -> StorageResult<()>;
     /// The organisations a user belongs to, with roles.
-    async fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<Membership>>;
+    async fn memberships_of_user(&self, user_id: &UserId) -> StorageResult<Vec<Membership>>;
     /// The members of an organisation, with roles.
     async fn memberships_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
     ) -> StorageResult<Vec<Membership>>;
     /// Removes a member; false when there was no such membership.
-    async fn remove_membership(&self, organization_id: &str, user_id: &str) -> StorageResult<bool>;
+    async fn remove_membership(
+        &self,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+    ) -> StorageResult<bool>;
     /// Stores an invitation.
     async fn create_invitation(&self, invitation: &Invitation) -> StorageResult<()>;
     /// Reads an invitation.
@@ -241,7 +250,7 @@ pub trait OrganizationStorage {
     /// The newest audit entries of an organisation, newest first.
     async fn audit_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
         limit: i64,
     ) -> StorageResult<Vec<AuditEntry>>;
 
@@ -250,8 +259,8 @@ pub trait OrganizationStorage {
     /// admin demote an owner through an invitation). Returns the role held afterwards.
     async fn join_organization(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
         now_ms: i64,
     ) -> StorageResult<Role>;
@@ -260,17 +269,17 @@ pub trait OrganizationStorage {
     /// the new role is an owner; `LastOwner` when the organisation would be left without one.
     async fn change_member_role(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
-        actor_user_id: &str,
+        actor_user_id: &UserId,
     ) -> StorageResult<MemberChange>;
     /// Removes a member under the same rules as [`AuthStorage::change_member_role`].
     async fn remove_member(
         &self,
-        organization_id: &str,
-        user_id: &str,
-        actor_user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+        actor_user_id: &UserId,
     ) -> StorageResult<MemberChange>;
 }
 
@@ -291,7 +300,7 @@ impl OrganizationStorage for SqlStorage {
         .await
     }
 
-    async fn organization(&self, id: &str) -> StorageResult<Organization> {
+    async fn organization(&self, id: &OrganizationId) -> StorageResult<Organization> {
         self.tx(async |tx| {
             query("SELECT id, name, created_at FROM organizations WHERE id = $1")
                 .bind(id)
@@ -317,8 +326,8 @@ impl OrganizationStorage for SqlStorage {
 
     async fn set_membership(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
         now_ms: i64,
     ) -> StorageResult<()> {
@@ -339,9 +348,9 @@ impl OrganizationStorage for SqlStorage {
         .await
     }
 
-    async fn memberships_of_user(&self, user_id: &str) -> StorageResult<Vec<Membership>> {
+    async fn memberships_of_user(&self, user_id: &UserId) -> StorageResult<Vec<Membership>> {
         self.tx(async |tx| {
-            let rows: Vec<(String, String, String)> = query(
+            let rows: Vec<(OrganizationId, UserId, String)> = query(
                 "SELECT organization_id, user_id, role FROM memberships \
                  WHERE user_id = $1 ORDER BY created_at, organization_id",
             )
@@ -365,10 +374,10 @@ impl OrganizationStorage for SqlStorage {
 
     async fn memberships_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
     ) -> StorageResult<Vec<Membership>> {
         self.tx(async |tx| {
-            let rows: Vec<(String, String, String)> = query(
+            let rows: Vec<(OrganizationId, UserId, String)> = query(
                 "SELECT organization_id, user_id, role FROM memberships \
                  WHERE organization_id = $1 ORDER BY created_at, user_id",
             )
@@ -390,7 +399,11 @@ impl OrganizationStorage for SqlStorage {
         .await
     }
 
-    async fn remove_membership(&self, organization_id: &str, user_id: &str) -> StorageResult<bool> {
+    async fn remove_membership(
+        &self,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+    ) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
                 .bind(organization_id)
@@ -476,7 +489,7 @@ impl OrganizationStorage for SqlStorage {
 
     async fn audit_of_organization(
         &self,
-        organization_id: &str,
+        organization_id: &OrganizationId,
         limit: i64,
     ) -> StorageResult<Vec<AuditEntry>> {
         self.tx(async |tx| {
@@ -494,8 +507,8 @@ impl OrganizationStorage for SqlStorage {
 
     async fn join_organization(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
         now_ms: i64,
     ) -> StorageResult<Role> {
@@ -525,10 +538,10 @@ impl OrganizationStorage for SqlStorage {
 
     async fn change_member_role(
         &self,
-        organization_id: &str,
-        user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
         role: Role,
-        actor_user_id: &str,
+        actor_user_id: &UserId,
     ) -> StorageResult<MemberChange> {
         self.tx(async |tx| {
             if !Self::lock_organization(tx, organization_id).await? {
@@ -566,9 +579,9 @@ impl OrganizationStorage for SqlStorage {
 
     async fn remove_member(
         &self,
-        organization_id: &str,
-        user_id: &str,
-        actor_user_id: &str,
+        organization_id: &OrganizationId,
+        user_id: &UserId,
+        actor_user_id: &UserId,
     ) -> StorageResult<MemberChange> {
         self.tx(async |tx| {
             if !Self::lock_organization(tx, organization_id).await? {

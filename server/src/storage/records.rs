@@ -4,13 +4,15 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::StorageResult;
 
 /// A record as received from an agent.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     /// The lab (from the authenticated connection, never from the message).
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// The agent's record-stream epoch.
     pub epoch: String,
     /// Sequence number within the epoch.
@@ -27,7 +29,7 @@ pub struct NewRecord {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredRecord {
     /// The lab.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// Epoch.
     pub epoch: String,
     /// Sequence number.
@@ -69,7 +71,7 @@ pub trait RecordStorage {
     /// engine's and the exports' loads are bounded: see `campaigns.max_records_per_experiment`).
     async fn records_of_program(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         limit: i64,
     ) -> StorageResult<Vec<StoredRecord>>;
@@ -77,7 +79,7 @@ pub trait RecordStorage {
     /// delivery key `after` (`(received_at, epoch, seq)` of the last one seen), at most `limit`.
     async fn program_records_page(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         kind: &str,
         after: Option<(i64, String, i64)>,
@@ -86,23 +88,23 @@ pub trait RecordStorage {
     /// The first record of `kind` (e.g. `program_finished`) of a program run, if any.
     async fn program_record_of_kind(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         kind: &str,
     ) -> StorageResult<Option<StoredRecord>>;
     /// Whether any record of a program run arrived.
-    async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool>;
+    async fn program_has_records(&self, lab_id: &LabId, program_id: &str) -> StorageResult<bool>;
     /// The highest seq stored for the lab under `epoch`, if any.
-    async fn max_record_seq(&self, lab_id: &str, epoch: &str) -> StorageResult<Option<i64>>;
+    async fn max_record_seq(&self, lab_id: &LabId, epoch: &str) -> StorageResult<Option<i64>>;
     /// The lab's newest stored `measurement` record whose measurement is of `measurement_kind`
     /// (e.g. `temperature`), of any program or none.
     async fn latest_measurement(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         measurement_kind: &str,
     ) -> StorageResult<Option<StoredRecord>>;
     /// What the lab stored on the UTC day `day` (see [`utc_day`]).
-    async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage>;
+    async fn ingest_usage(&self, lab_id: &LabId, day: i64) -> StorageResult<IngestUsage>;
 }
 
 /// The `LIKE` pattern (escape character `!`) matching a record body that contains a
@@ -160,7 +162,7 @@ impl RecordStorage for SqlStorage {
 
     async fn records_of_program(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         limit: i64,
     ) -> StorageResult<Vec<StoredRecord>> {
@@ -181,7 +183,7 @@ impl RecordStorage for SqlStorage {
 
     async fn program_records_page(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         kind: &str,
         after: Option<(i64, String, i64)>,
@@ -212,7 +214,7 @@ impl RecordStorage for SqlStorage {
 
     async fn program_record_of_kind(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         program_id: &str,
         kind: &str,
     ) -> StorageResult<Option<StoredRecord>> {
@@ -232,7 +234,7 @@ impl RecordStorage for SqlStorage {
         .await
     }
 
-    async fn program_has_records(&self, lab_id: &str, program_id: &str) -> StorageResult<bool> {
+    async fn program_has_records(&self, lab_id: &LabId, program_id: &str) -> StorageResult<bool> {
         self.tx(async |tx| {
             let row: Option<(i64,)> = query(
                 "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
@@ -246,7 +248,7 @@ impl RecordStorage for SqlStorage {
         .await
     }
 
-    async fn max_record_seq(&self, lab_id: &str, epoch: &str) -> StorageResult<Option<i64>> {
+    async fn max_record_seq(&self, lab_id: &LabId, epoch: &str) -> StorageResult<Option<i64>> {
         self.tx(async |tx| {
             let row: (Option<i64>,) =
                 query("SELECT MAX(seq) FROM agent_records WHERE lab_id = $1 AND epoch = $2")
@@ -261,7 +263,7 @@ impl RecordStorage for SqlStorage {
 
     async fn latest_measurement(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         measurement_kind: &str,
     ) -> StorageResult<Option<StoredRecord>> {
         // Walks `agent_records_recent` from the newest measurement down to the first
@@ -281,7 +283,7 @@ impl RecordStorage for SqlStorage {
         .await
     }
 
-    async fn ingest_usage(&self, lab_id: &str, day: i64) -> StorageResult<IngestUsage> {
+    async fn ingest_usage(&self, lab_id: &LabId, day: i64) -> StorageResult<IngestUsage> {
         self.tx(async |tx| {
             let row: Option<IngestUsage> =
                 query("SELECT bytes, records FROM lab_ingest_usage WHERE lab_id = $1 AND day = $2")

@@ -8,6 +8,8 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::StorageResult;
 
 /// Columns, in [`LabSshKey`] order.
@@ -20,7 +22,7 @@ pub struct LabSshKey {
     /// Identifier (UUID text).
     pub id: String,
     /// The lab it authenticates.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// SSH algorithm name (`ssh-ed25519`, `ecdsa-sha2-nistp256`, …).
     pub algorithm: String,
     /// The key in OpenSSH format without its comment (`ssh-ed25519 AAAA…`).
@@ -39,7 +41,7 @@ pub struct LabSshKey {
 #[derive(Debug, Clone)]
 pub struct NewLabSshKey {
     /// The lab.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// SSH algorithm name.
     pub algorithm: String,
     /// OpenSSH format without comment.
@@ -57,14 +59,14 @@ pub trait SshKeyStorage {
     /// (whatever lab it belongs to) or the lab does not exist.
     async fn add_lab_ssh_key(&self, key: &NewLabSshKey, now_ms: i64) -> StorageResult<LabSshKey>;
     /// The keys of a lab (revoked ones included), oldest first.
-    async fn ssh_keys_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabSshKey>>;
+    async fn ssh_keys_of_lab(&self, lab_id: &LabId) -> StorageResult<Vec<LabSshKey>>;
     /// The key in force with this fingerprint, if its lab still has an agent credential in
     /// force; `None` otherwise (unknown, revoked, or the lab's credentials all revoked).
     async fn accepted_ssh_key(&self, fingerprint: &str) -> StorageResult<Option<LabSshKey>>;
     /// Revokes a lab's key in force by fingerprint; false when there was none.
     async fn revoke_lab_ssh_key(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         fingerprint: &str,
         now_ms: i64,
     ) -> StorageResult<bool>;
@@ -93,7 +95,7 @@ impl SshKeyStorage for SqlStorage {
         .await
     }
 
-    async fn ssh_keys_of_lab(&self, lab_id: &str) -> StorageResult<Vec<LabSshKey>> {
+    async fn ssh_keys_of_lab(&self, lab_id: &LabId) -> StorageResult<Vec<LabSshKey>> {
         let sql =
             format!("SELECT {COLS} FROM lab_ssh_keys WHERE lab_id = $1 ORDER BY created_at, id");
         self.tx(async |tx| query(&sql).bind(lab_id).fetch_all(tx).await)
@@ -113,7 +115,7 @@ impl SshKeyStorage for SqlStorage {
 
     async fn revoke_lab_ssh_key(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         fingerprint: &str,
         now_ms: i64,
     ) -> StorageResult<bool> {

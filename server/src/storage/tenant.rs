@@ -9,6 +9,8 @@
 
 use std::future::Future;
 
+use super::ids::{LabId, OrganizationId, UserId};
+
 /// Whose data the current task may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantScope {
@@ -17,13 +19,13 @@ pub enum TenantScope {
     /// A verified principal's request.
     Principal {
         /// The user.
-        user_id: String,
+        user_id: UserId,
         /// Organisations the principal may read.
-        org_ids: Vec<String>,
+        org_ids: Vec<OrganizationId>,
         /// Organisations where the principal is owner or admin.
-        admin_org_ids: Vec<String>,
+        admin_org_ids: Vec<OrganizationId>,
         /// Labs of other organisations shared with `org_ids`.
-        shared_lab_ids: Vec<String>,
+        shared_lab_ids: Vec<LabId>,
     },
 }
 
@@ -35,7 +37,7 @@ impl TenantScope {
     /// The scope of nobody: no organisation, no lab. What a task outside any scope gets.
     pub fn nobody() -> Self {
         TenantScope::Principal {
-            user_id: String::new(),
+            user_id: UserId::default(),
             org_ids: Vec::new(),
             admin_org_ids: Vec::new(),
             shared_lab_ids: Vec::new(),

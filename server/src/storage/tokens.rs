@@ -5,15 +5,17 @@
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
+#[allow(unused_imports)]
+use super::ids::{CampaignId, CommandId, ExperimentId, LabId, OrganizationId, SessionId, UserId};
 use super::{new_id, StorageResult};
 
 /// A login session: one refresh-token family. Revoking it ends every token of the family.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Session {
     /// Identifier (the `sid` claim of access tokens).
-    pub id: String,
+    pub id: SessionId,
     /// The user logged in.
-    pub user_id: String,
+    pub user_id: UserId,
     /// Creation time, ms since the Unix epoch.
     pub created_at: i64,
     /// Revocation time (log-out, reuse detected, password changed).
@@ -26,7 +28,7 @@ pub struct RefreshToken {
     /// Identifier, the public half of the token.
     pub id: String,
     /// Its family.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// Hex SHA-256 of the secret half.
     pub token_hash: String,
     /// Creation time.
@@ -43,9 +45,9 @@ pub struct ApiToken {
     /// Identifier, the public half of the token.
     pub id: String,
     /// Owner.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The only organisation it acts in.
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     /// Name given by the user.
     pub name: String,
     /// `read` or `write`.
@@ -64,7 +66,7 @@ pub struct EnrollmentToken {
     /// Identifier, the public half.
     pub id: String,
     /// The lab it enrolls.
-    pub lab_id: String,
+    pub lab_id: LabId,
     /// Hex SHA-256 of the secret half.
     pub token_hash: String,
     /// Creation time.
@@ -79,22 +81,22 @@ pub struct EnrollmentToken {
 #[async_trait]
 pub trait TokenStorage {
     /// Opens a login session (a refresh-token family).
-    async fn create_session(&self, user_id: &str, now_ms: i64) -> StorageResult<Session>;
+    async fn create_session(&self, user_id: &UserId, now_ms: i64) -> StorageResult<Session>;
     /// Reads a session.
-    async fn session(&self, id: &str) -> StorageResult<Option<Session>>;
+    async fn session(&self, id: &SessionId) -> StorageResult<Option<Session>>;
     /// Revokes a session; false when already revoked or absent.
-    async fn revoke_session(&self, id: &str, now_ms: i64) -> StorageResult<bool>;
+    async fn revoke_session(&self, id: &SessionId, now_ms: i64) -> StorageResult<bool>;
     /// Revokes every open session of a user except `keep`; returns how many.
     async fn revoke_sessions_of_user(
         &self,
-        user_id: &str,
-        keep: Option<&str>,
+        user_id: &UserId,
+        keep: Option<&SessionId>,
         now_ms: i64,
     ) -> StorageResult<u64>;
     /// Stores a refresh token of a session.
     async fn create_refresh_token(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         token_hash: &str,
         expires_at: i64,
         now_ms: i64,
@@ -106,8 +108,8 @@ pub trait TokenStorage {
     /// Stores an API token.
     async fn create_api_token(
         &self,
-        user_id: &str,
-        organization_id: &str,
+        user_id: &UserId,
+        organization_id: &OrganizationId,
         name: &str,
         scope: &str,
         token_hash: &str,
@@ -116,13 +118,18 @@ pub trait TokenStorage {
     /// Reads an API token.
     async fn api_token(&self, id: &str) -> StorageResult<Option<ApiToken>>;
     /// The API tokens of a user, newest first.
-    async fn api_tokens_of_user(&self, user_id: &str) -> StorageResult<Vec<ApiToken>>;
+    async fn api_tokens_of_user(&self, user_id: &UserId) -> StorageResult<Vec<ApiToken>>;
     /// Revokes a user's API token; false when absent, not theirs or already revoked.
-    async fn revoke_api_token(&self, id: &str, user_id: &str, now_ms: i64) -> StorageResult<bool>;
+    async fn revoke_api_token(
+        &self,
+        id: &str,
+        user_id: &UserId,
+        now_ms: i64,
+    ) -> StorageResult<bool>;
     /// Stores a one-time enrollment token for a lab.
     async fn create_enrollment_token(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         token_hash: &str,
         expires_at: i64,
         now_ms: i64,
@@ -135,7 +142,7 @@ pub trait TokenStorage {
 
 #[async_trait]
 impl TokenStorage for SqlStorage {
-    async fn create_session(&self, user_id: &str, now_ms: i64) -> StorageResult<Session> {
+    async fn create_session(&self, user_id: &UserId, now_ms: i64) -> StorageResult<Session> {
         self.tx(async |tx| {
             query(
                 "INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3) \
@@ -150,7 +157,7 @@ impl TokenStorage for SqlStorage {
         .await
     }
 
-    async fn session(&self, id: &str) -> StorageResult<Option<Session>> {
+    async fn session(&self, id: &SessionId) -> StorageResult<Option<Session>> {
         self.tx(async |tx| {
             query("SELECT id, user_id, created_at, revoked_at FROM sessions WHERE id = $1")
                 .bind(id)
@@ -160,7 +167,7 @@ impl TokenStorage for SqlStorage {
         .await
     }
 
-    async fn revoke_session(&self, id: &str, now_ms: i64) -> StorageResult<bool> {
+    async fn revoke_session(&self, id: &SessionId, now_ms: i64) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done =
                 query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
@@ -175,8 +182,8 @@ impl TokenStorage for SqlStorage {
 
     async fn revoke_sessions_of_user(
         &self,
-        user_id: &str,
-        keep: Option<&str>,
+        user_id: &UserId,
+        keep: Option<&SessionId>,
         now_ms: i64,
     ) -> StorageResult<u64> {
         self.tx(async |tx| {
@@ -186,7 +193,7 @@ impl TokenStorage for SqlStorage {
             )
             .bind(user_id)
             .bind(now_ms)
-            .bind(keep.unwrap_or(""))
+            .bind(keep.map_or("", SessionId::as_str))
             .execute(tx)
             .await?;
             Ok(done)
@@ -196,7 +203,7 @@ impl TokenStorage for SqlStorage {
 
     async fn create_refresh_token(
         &self,
-        session_id: &str,
+        session_id: &SessionId,
         token_hash: &str,
         expires_at: i64,
         now_ms: i64,
@@ -246,8 +253,8 @@ impl TokenStorage for SqlStorage {
 
     async fn create_api_token(
         &self,
-        user_id: &str,
-        organization_id: &str,
+        user_id: &UserId,
+        organization_id: &OrganizationId,
         name: &str,
         scope: &str,
         token_hash: &str,
@@ -287,7 +294,7 @@ impl TokenStorage for SqlStorage {
         .await
     }
 
-    async fn api_tokens_of_user(&self, user_id: &str) -> StorageResult<Vec<ApiToken>> {
+    async fn api_tokens_of_user(&self, user_id: &UserId) -> StorageResult<Vec<ApiToken>> {
         self.tx(async |tx| {
             query(
                 "SELECT id, user_id, organization_id, name, scope, token_hash, created_at, \
@@ -300,7 +307,12 @@ impl TokenStorage for SqlStorage {
         .await
     }
 
-    async fn revoke_api_token(&self, id: &str, user_id: &str, now_ms: i64) -> StorageResult<bool> {
+    async fn revoke_api_token(
+        &self,
+        id: &str,
+        user_id: &UserId,
+        now_ms: i64,
+    ) -> StorageResult<bool> {
         self.tx(async |tx| {
             let done = query(
                 "UPDATE api_tokens SET revoked_at = $3 \
@@ -318,7 +330,7 @@ impl TokenStorage for SqlStorage {
 
     async fn create_enrollment_token(
         &self,
-        lab_id: &str,
+        lab_id: &LabId,
         token_hash: &str,
         expires_at: i64,
         now_ms: i64,

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{fail, request_info, state, ApiError, ApiResult, StorageResultExt};
 use crate::auth::Principal;
-use crate::storage::{now_ms, Lab, NewAuditEntry, Role};
+use crate::storage::{now_ms, Lab, LabId, NewAuditEntry, OrganizationId, Role};
 
 /// What a principal may do to a lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,7 +37,7 @@ pub fn share_level(rights: &str) -> LabAccess {
 pub async fn org_role(
     ctx: &Context<'_>,
     principal: &Principal,
-    organization_id: &str,
+    organization_id: &OrganizationId,
 ) -> ApiResult<Option<Role>> {
     let state = state(ctx)?;
     if state.config.graphql.test_disable_app_filter {
@@ -59,7 +59,7 @@ pub async fn org_role(
 pub async fn require_member(
     ctx: &Context<'_>,
     principal: &Principal,
-    organization_id: &str,
+    organization_id: &OrganizationId,
 ) -> ApiResult<Role> {
     org_role(ctx, principal, organization_id)
         .await?
@@ -71,7 +71,7 @@ pub async fn require_member(
 pub async fn require_admin(
     ctx: &Context<'_>,
     principal: &Principal,
-    organization_id: &str,
+    organization_id: &OrganizationId,
 ) -> ApiResult<Role> {
     let role = require_member(ctx, principal, organization_id).await?;
     if matches!(role, Role::Owner | Role::Admin) {
@@ -107,7 +107,7 @@ pub async fn lab_access_of(
         .memberships_of_user(&principal.user_id)
         .await
         .api()?;
-    let role_in = |org: &str| {
+    let role_in = |org: &OrganizationId| {
         let stored = memberships
             .iter()
             .find(|m| m.organization_id == org)
@@ -133,7 +133,7 @@ pub async fn lab_with_access(
     needed: LabAccess,
 ) -> ApiResult<(Lab, LabAccess)> {
     let state = state(ctx)?;
-    let id = super::parse_id(lab_id)?;
+    let id: LabId = super::parse_id(lab_id)?;
     let lab = state.storage.lab(&id).await.api()?;
     match lab_access_of(ctx, principal, &lab).await? {
         None => Err(fail(ApiError::NotFound)),
@@ -147,7 +147,7 @@ pub async fn lab_with_access(
 pub async fn audit(
     ctx: &Context<'_>,
     actor: &str,
-    organization_id: Option<&str>,
+    organization_id: Option<&OrganizationId>,
     action: &str,
     target: String,
     detail: Value,
@@ -157,7 +157,7 @@ pub async fn audit(
         .storage
         .append_audit(
             &NewAuditEntry {
-                organization_id: organization_id.map(str::to_owned),
+                organization_id: organization_id.cloned(),
                 actor: actor.to_owned(),
                 action: action.to_owned(),
                 target,

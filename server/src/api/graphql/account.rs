@@ -92,7 +92,7 @@ pub struct UserNode {
 impl UserNode {
     /// Identifier.
     async fn id(&self) -> ID {
-        ID(self.user.id.clone())
+        ID(self.user.id.to_string())
     }
     /// E-mail address.
     async fn email(&self) -> &str {
@@ -167,7 +167,7 @@ impl From<crate::storage::ApiToken> for ApiTokenNode {
         ApiTokenNode {
             id: ID(t.id),
             name: t.name,
-            organization_id: ID(t.organization_id),
+            organization_id: ID(t.organization_id.into()),
             scope: if t.scope == "write" {
                 TokenScope::Write
             } else {
@@ -494,7 +494,7 @@ impl AccountMutation {
                         .map_err(|_| fail(ApiError::Internal))?;
                     let user = state
                         .storage
-                        .user(&claims.sub)
+                        .user(&claims.sub.clone().into())
                         .await
                         .api()?
                         .ok_or_else(|| fail(ApiError::InvalidToken))?;
@@ -679,7 +679,7 @@ impl AccountMutation {
     /// Revokes one of the caller's API tokens.
     async fn revoke_api_token(&self, ctx: &Context<'_>, id: ID) -> ApiResult<bool> {
         let p = writer(ctx)?;
-        let id = parse_id(&id)?;
+        let id: String = parse_id(&id)?;
         let state = state(ctx)?;
         let Some(t) = state.storage.api_token(&id).await.api()? else {
             return Err(fail(ApiError::NotFound));

@@ -19,8 +19,8 @@ use crate::auth::Principal;
 use crate::engine::{self as campaign, check_point, compile_point, new_optimizer, parse_objective};
 use crate::events::Event;
 use crate::storage::{
-    self, now_ms, Campaign, CampaignState, Experiment, ExperimentFilter, ExperimentState,
-    NewCampaign, NewExperiment, Role, StorageError,
+    self, now_ms, Campaign, CampaignState, Experiment, ExperimentFilter, ExperimentId,
+    ExperimentState, NewCampaign, NewExperiment, Role, StorageError,
 };
 
 /// Longest accepted recipe source, in bytes.
@@ -83,7 +83,7 @@ pub struct CampaignParameter {
 impl CampaignNode {
     /// Identifier.
     async fn id(&self) -> ID {
-        ID(self.c.id.clone())
+        ID(self.c.id.to_string())
     }
     /// Name.
     async fn name(&self) -> &str {
@@ -91,11 +91,11 @@ impl CampaignNode {
     }
     /// The organisation running it.
     async fn organization_id(&self) -> ID {
-        ID(self.c.organization_id.clone())
+        ID(self.c.organization_id.to_string())
     }
     /// The lab it runs on.
     async fn lab_id(&self) -> ID {
-        ID(self.c.lab_id.clone())
+        ID(self.c.lab_id.to_string())
     }
     /// Recipe source (instruction language).
     async fn recipe(&self) -> &str {
@@ -180,7 +180,10 @@ impl CampaignNode {
     }
     /// The best experiment so far.
     async fn best_experiment_id(&self) -> Option<ID> {
-        self.c.best_experiment_id.clone().map(ID)
+        self.c
+            .best_experiment_id
+            .as_ref()
+            .map(|id| ID(id.to_string()))
     }
     /// Whether the caller may start, pause, resume, cancel and queue.
     async fn can_control(&self) -> bool {
@@ -369,15 +372,15 @@ fn json_field(text: Option<&str>) -> Option<Json<Value>> {
 impl ExperimentNode {
     /// Identifier (also the program id of its records).
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.0.id.to_string())
     }
     /// The campaign.
     async fn campaign_id(&self) -> ID {
-        ID(self.0.campaign_id.clone())
+        ID(self.0.campaign_id.to_string())
     }
     /// The lab it ran on.
     async fn lab_id(&self) -> ID {
-        ID(self.0.lab_id.clone())
+        ID(self.0.lab_id.to_string())
     }
     /// 1-based position in the campaign (the loop number).
     async fn seq(&self) -> i64 {
@@ -723,7 +726,7 @@ impl CampaignMutation {
             target,
             priority: i64::from(priority),
             optimizer_state: def.optimizer_state,
-            created_by: p.user_id.clone(),
+            created_by: p.user_id.to_string(),
         };
         let st = state(ctx)?;
         let mut c = st.storage.create_campaign(&new, now_ms()).await.api()?;
@@ -844,7 +847,7 @@ impl CampaignMutation {
             target: src.target,
             priority: src.priority,
             optimizer_state: def.optimizer_state,
-            created_by: p.user_id.clone(),
+            created_by: p.user_id.to_string(),
         };
         let c = state(ctx)?
             .storage
@@ -912,14 +915,14 @@ impl CampaignMutation {
             200,
         )?;
         let new = NewExperiment {
-            id: storage::new_id(),
+            id: ExperimentId::generate(),
             name,
             source: "manual".into(),
             params_json: campaign::params_json(&space, &x).to_string(),
             proposal_json: None,
             program_json: serde_json::to_string(&program).map_err(|_| fail(ApiError::Internal))?,
             priority: c.priority + 1,
-            created_by: p.user_id.clone(),
+            created_by: p.user_id.to_string(),
         };
         let e = st
             .storage

@@ -17,7 +17,7 @@ use super::{fail, parse_id, rfc3339_ms, state, writer, ApiError, ApiResult, Stor
 use crate::auth::Principal;
 use crate::events::Event;
 use crate::storage::commands::{CommandEnd, LabCommand, NewLabCommand};
-use crate::storage::{self, now_ms, Role};
+use crate::storage::{self, now_ms, OrganizationId, Role};
 
 /// Longest deadline of a queued instruction.
 const MAX_DEADLINE_SECONDS: i32 = 7 * 24 * 3600;
@@ -65,14 +65,14 @@ pub struct LabCommandNode(pub LabCommand);
 #[Object(name = "LabCommand")]
 impl LabCommandNode {
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.0.id.to_string())
     }
     /// The organisation on whose behalf it was queued.
     async fn organization_id(&self) -> ID {
-        ID(self.0.organization_id.clone())
+        ID(self.0.organization_id.to_string())
     }
     async fn lab_id(&self) -> ID {
-        ID(self.0.lab_id.clone())
+        ID(self.0.lab_id.to_string())
     }
     /// `SYMBOL.method`.
     async fn method(&self) -> &str {
@@ -128,7 +128,7 @@ pub(crate) async fn instructing_org(
     p: &Principal,
     lab: &storage::Lab,
     quota: bool,
-) -> ApiResult<String> {
+) -> ApiResult<OrganizationId> {
     if org_role(ctx, p, &lab.organization_id)
         .await?
         .is_some_and(may_queue)
@@ -367,7 +367,7 @@ impl CommandMutation {
                     method: method.clone(),
                     params_json: params.to_string(),
                     program_json: serde_json::to_string(&program).unwrap_or_default(),
-                    created_by: p.user_id.clone(),
+                    created_by: p.user_id.to_string(),
                     deadline_at: now + i64::from(deadline_seconds) * 1000,
                 },
                 now,

@@ -16,7 +16,7 @@ use crate::agents::readings::Telemetry;
 use crate::agents::{hash_secret, new_secret};
 use crate::auth::token;
 use crate::state::AppState;
-use crate::storage::{self, now_ms, StorageError};
+use crate::storage::{self, now_ms, LabId, StorageError};
 
 /// A lab and its agent's presence, as one caller may see it.
 pub struct LabNode {
@@ -160,8 +160,8 @@ impl ShareRights {
 impl From<storage::LabShare> for LabShareNode {
     fn from(s: storage::LabShare) -> Self {
         LabShareNode {
-            lab_id: ID(s.lab_id),
-            organization_id: ID(s.organization_id),
+            lab_id: ID(s.lab_id.into()),
+            organization_id: ID(s.organization_id.into()),
             daily_quota: s.daily_quota,
             rights: ShareRights::parse(&s.rights),
             created_at: rfc3339_ms(s.created_at),
@@ -206,7 +206,7 @@ pub struct EnrolledAgent {
 impl LabNode {
     /// Identifier.
     async fn id(&self) -> ID {
-        ID(self.lab.id.clone())
+        ID(self.lab.id.to_string())
     }
 
     /// Name, unique within the organisation.
@@ -216,7 +216,7 @@ impl LabNode {
 
     /// The owning organisation's id.
     async fn organization_id(&self) -> ID {
-        ID(self.lab.organization_id.clone())
+        ID(self.lab.organization_id.to_string())
     }
 
     /// Whether the lab's agent is connected now.
@@ -357,7 +357,7 @@ impl LabQuery {
     async fn labs(&self, ctx: &Context<'_>) -> ApiResult<Vec<LabNode>> {
         let p = principal(ctx)?;
         let state = state(ctx)?;
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: Vec<LabId> = Vec::new();
         for m in state.storage.memberships_of_user(&p.user_id).await.api()? {
             if p.effective_role(&m.organization_id, Some(m.role)).is_none() {
                 continue;
@@ -563,7 +563,7 @@ impl LabMutation {
         )
         .await?;
         Ok(EnrollmentToken {
-            lab_id: ID(lab.id),
+            lab_id: ID(lab.id.into()),
             token: token::format_token(token::ENROLL_PREFIX, &stored.id, &secret),
             expires_at: rfc3339_ms(stored.expires_at),
         })
@@ -610,7 +610,7 @@ impl LabMutation {
             )
             .await?;
             Ok(EnrolledAgent {
-                lab_id: ID(lab.id),
+                lab_id: ID(lab.id.into()),
                 credential_id: ID(credential.id),
                 secret: credential_secret,
             })
@@ -628,7 +628,7 @@ impl LabMutation {
     ) -> ApiResult<bool> {
         let p = writer(ctx)?;
         let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Manage).await?;
-        let credential_id = parse_id(&credential_id)?;
+        let credential_id: String = parse_id(&credential_id)?;
         let state = state(ctx)?;
         let credential = state
             .storage

@@ -238,9 +238,9 @@ pub fn writer<'a>(ctx: &Context<'a>) -> ApiResult<&'a Principal> {
 }
 
 /// Parses an id argument; malformed ids are simply not found.
-pub fn parse_id(id: &str) -> ApiResult<String> {
+pub fn parse_id<T: From<String>>(id: &str) -> ApiResult<T> {
     uuid::Uuid::parse_str(id)
-        .map(|u| u.to_string())
+        .map(|u| T::from(u.to_string()))
         .map_err(|_| fail(ApiError::NotFound))
 }
 

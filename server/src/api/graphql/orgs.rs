@@ -41,7 +41,7 @@ pub struct Member {
 impl OrganizationNode {
     /// Identifier.
     async fn id(&self) -> ID {
-        ID(self.org.id.clone())
+        ID(self.org.id.to_string())
     }
     /// Name.
     async fn name(&self) -> &str {
@@ -65,7 +65,7 @@ impl OrganizationNode {
         {
             if let Some(user) = state.storage.user(&m.user_id).await.api()? {
                 out.push(Member {
-                    user_id: ID(user.id),
+                    user_id: ID(user.id.into()),
                     email: user.email,
                     display_name: user.display_name,
                     role: m.role.into(),
@@ -304,7 +304,7 @@ impl OrgMutation {
             token: token::format_token(token::INVITE_PREFIX, &invitation.id, &secret),
             invitation: InvitationNode {
                 id: ID(invitation.id),
-                organization_id: ID(org_id),
+                organization_id: ID(org_id.into()),
                 email,
                 role: role.into(),
                 expires_at: rfc3339_ms(invitation.expires_at),

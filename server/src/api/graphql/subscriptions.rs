@@ -22,6 +22,7 @@ use crate::auth::Principal;
 use crate::events::Event;
 use crate::state::AppState;
 use crate::storage::tenant::{self, TenantScope};
+use crate::storage::{CampaignId, OrganizationId};
 
 /// Something happened in a campaign.
 #[derive(SimpleObject, Clone)]
@@ -77,7 +78,7 @@ fn bus(state: &AppState) -> impl Stream<Item = Event> + Send + 'static {
 async fn campaign_access(
     ctx: &Context<'_>,
     campaign_id: &ID,
-) -> ApiResult<(String, String, AppState)> {
+) -> ApiResult<(OrganizationId, CampaignId, AppState)> {
     let setup = async {
         let p = principal(ctx)?;
         let org = campaign_org(ctx, p, campaign_id).await?;
@@ -86,8 +87,12 @@ async fn campaign_access(
     tenant::scoped(scope(ctx), setup).await
 }
 
-async fn campaign_org(ctx: &Context<'_>, p: &Principal, campaign_id: &str) -> ApiResult<String> {
-    let id = parse_id(campaign_id)?;
+async fn campaign_org(
+    ctx: &Context<'_>,
+    p: &Principal,
+    campaign_id: &str,
+) -> ApiResult<OrganizationId> {
+    let id: CampaignId = parse_id(campaign_id)?;
     let c = state(ctx)?
         .storage
         .campaign(&id)
@@ -179,7 +184,7 @@ impl SubscriptionRoot {
                     match ev {
                         Event::LabStatus { lab_id: l, online } if l == lab_id => {
                             Some(Ok(LabStatusEvent {
-                                lab_id: ID(l),
+                                lab_id: ID(l.into()),
                                 online,
                             }))
                         }
@@ -200,8 +205,8 @@ fn refused<T: Send + 'static>(e: async_graphql::Error) -> BoxStream<'static, Api
 async fn campaign_event(
     st: &AppState,
     scope: TenantScope,
-    org: &str,
-    campaign: &str,
+    org: &OrganizationId,
+    campaign: &CampaignId,
     ev: Event,
 ) -> Option<CampaignEvent> {
     match ev {
@@ -211,7 +216,7 @@ async fn campaign_event(
             state,
             kind,
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
-            campaign_id: ID(campaign_id),
+            campaign_id: ID(campaign_id.into()),
             kind,
             state: Some(state.to_string()),
             experiment_id: None,
@@ -222,10 +227,10 @@ async fn campaign_event(
             experiment_id,
             state,
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
-            campaign_id: ID(campaign_id),
+            campaign_id: ID(campaign_id.into()),
             kind: "experiment".into(),
             state: Some(state.to_string()),
-            experiment_id: Some(ID(experiment_id)),
+            experiment_id: Some(ID(experiment_id.into())),
         }),
         Event::RecordStored {
             program_id: Some(program_id),
@@ -234,14 +239,14 @@ async fn campaign_event(
         } if kind == "measurement" => {
             // Records carry the experiment id as their program id; look it up in the
             // subscriber's own scope.
-            let e = tenant::scoped(scope, st.storage.experiment(&program_id))
+            let e = tenant::scoped(scope, st.storage.experiment(&program_id.into()))
                 .await
                 .ok()?;
             (e.organization_id == org && e.campaign_id == campaign).then(|| CampaignEvent {
-                campaign_id: ID(e.campaign_id),
+                campaign_id: ID(e.campaign_id.into()),
                 kind: "measurement".into(),
                 state: Some(e.state.to_string()),
-                experiment_id: Some(ID(e.id)),
+                experiment_id: Some(ID(e.id.into())),
             })
         }
         _ => None,
