@@ -16,7 +16,7 @@ use crate::api::graphql::build_schema;
 use crate::config::Config;
 use crate::metrics::HttpLabels;
 use crate::state::AppState;
-use crate::storage;
+use crate::storage::{self, Storage as _};
 
 async fn graphiql(state: web::Data<AppState>) -> HttpResponse {
     if !state.config.graphql.graphiql {
@@ -72,9 +72,10 @@ async fn metrics_text(req: actix_web::HttpRequest, state: web::Data<AppState>) -
 }
 
 /// Connects to the configured database and applies migrations when configured to.
-pub async fn open_storage(config: &Config) -> anyhow::Result<std::sync::Arc<dyn storage::Storage>> {
-    let storage = storage::connect(&config.database, &config.pool)
+pub async fn open_storage(config: &Config) -> anyhow::Result<std::sync::Arc<storage::SqlStorage>> {
+    let storage = storage::SqlStorage::connect(&config.database, &config.pool)
         .await
+        .map(std::sync::Arc::new)
         .with_context(|| format!("cannot open database {}", config.database))?;
     if config.auto_migrate {
         storage
@@ -159,7 +160,17 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
 /// `maosic-server serve`: runs until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config).await?;
+    // Replicas on one PostgreSQL must accept each other's access tokens.
+    if storage.postgres_pool().is_some() && config.auth.jwt_secret.is_empty() {
+        anyhow::bail!(
+            "auth.jwt_secret is required with PostgreSQL: every replica must sign and verify \
+             access tokens with the same key (set MAOSIC_AUTH__JWT_SECRET to at least 32 bytes)"
+        );
+    }
+    let pg = storage.postgres_pool().cloned();
     let state = AppState::new(storage, config);
+    // On PostgreSQL, events and revocations reach the other replicas (LISTEN/NOTIFY).
+    let cluster = pg.map(|pool| crate::cluster::spawn(state.clone(), pool));
     let engine = state
         .config
         .campaigns
@@ -190,6 +201,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     commands.abort();
     mailer.abort();
+    if let Some((notifier, listener)) = cluster {
+        notifier.abort();
+        listener.abort();
+    }
     if let Some(ssh) = ssh {
         ssh.abort();
     }

@@ -83,6 +83,10 @@ pub struct AuthConfig {
     /// HS256 key for access tokens, at least 32 bytes; empty = a random key per process
     /// (tokens then die with the process; a warning is logged).
     pub jwt_secret: String,
+    /// Previous HS256 keys, still accepted for verification (not for signing) while the tokens
+    /// they signed expire: the key set for rotation. Each at least 32 bytes.
+    #[serde(default)]
+    pub jwt_previous_secrets: Vec<String>,
     /// `iss` claim issued and required.
     pub issuer: String,
     /// `aud` claim issued and required.
@@ -398,6 +402,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.jwt_secret",
                 reason: "must be at least 32 bytes (or empty for a random per-process key)".into(),
+            });
+        }
+        if raw.auth.jwt_previous_secrets.iter().any(|s| s.len() < 32) {
+            return Err(ConfigError::Invalid {
+                key: "auth.jwt_previous_secrets",
+                reason: "every previous key must be at least 32 bytes".into(),
             });
         }
         if raw.auth.access_ttl_secs == 0

@@ -3,7 +3,13 @@
 //! to. Every event names the organisation whose data it is, so a subscription filters by the
 //! subscriber's tenant before anything leaves the server. Events are hints: the database stays
 //! the truth, and a subscriber that lags simply skips ahead.
+//!
+//! With several replicas on one PostgreSQL, [`crate::cluster`] attaches a [`Forward`] so what
+//! one replica publishes is published on the others too.
 
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::storage::{
@@ -11,7 +17,8 @@ use crate::storage::{
 };
 
 /// Something happened.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// An agent record was stored (the engine wakes on program starts and ends).
     RecordStored {
@@ -39,23 +46,72 @@ pub enum Event {
     Wake,
 }
 
-/// Publish/subscribe of [`Event`]s within one server process.
+/// Where what this replica announces also goes, so the other replicas see it: set once (by
+/// [`crate::cluster`]), a no-op until then and on a single replica.
+pub struct Forward<T>(Arc<OnceLock<Sink<T>>>);
+
+/// Where a [`Forward`] sends.
+type Sink<T> = Box<dyn Fn(&T) + Send + Sync>;
+
+impl<T> Clone for Forward<T> {
+    fn clone(&self) -> Self {
+        Forward(self.0.clone())
+    }
+}
+
+impl<T> Default for Forward<T> {
+    fn default() -> Self {
+        Forward(Arc::new(OnceLock::new()))
+    }
+}
+
+impl<T> Forward<T> {
+    /// Sets where values go; `false` if it was already set (the first stays).
+    pub fn set(&self, to: impl Fn(&T) + Send + Sync + 'static) -> bool {
+        self.0.set(Box::new(to)).is_ok()
+    }
+
+    /// Passes `value` on, if a destination is set.
+    pub fn send(&self, value: &T) {
+        if let Some(to) = self.0.get() {
+            to(value);
+        }
+    }
+}
+
+/// Publish/subscribe of [`Event`]s within one server process, forwarded to the other replicas
+/// when a [`Forward`] is attached.
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    forward: Forward<Event>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        EventBus { tx }
+        EventBus {
+            tx,
+            forward: Forward::default(),
+        }
     }
 }
 
 impl EventBus {
-    /// Publishes (nobody listening is fine).
+    /// Publishes here and on the other replicas (nobody listening is fine).
     pub fn publish(&self, event: Event) {
+        self.forward.send(&event);
+        self.publish_local(event);
+    }
+
+    /// Publishes on this replica only (what another replica published).
+    pub fn publish_local(&self, event: Event) {
         let _ = self.tx.send(event);
+    }
+
+    /// Where published events also go (see [`Forward`]).
+    pub fn forward(&self) -> &Forward<Event> {
+        &self.forward
     }
 
     /// A new subscription, seeing events published from now on.

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -22,6 +22,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels of a message between replicas.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// `sent`, `received`, `failed` or `dropped`.
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -39,6 +46,7 @@ pub struct Metrics {
     pub agent_record_gaps: Counter,
     /// Records refused over a lab's ingestion limits (held in the agent's spool, sent again).
     pub agent_records_throttled: Counter,
+    cluster_messages: Family<ClusterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +66,12 @@ impl Metrics {
         let agents_connected = Gauge::default();
         let agent_record_gaps = Counter::default();
         let agent_records_throttled = Counter::default();
+        let cluster_messages = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "cluster_messages",
+            "Messages between replicas over PostgreSQL NOTIFY, by outcome",
+            cluster_messages.clone(),
+        );
         registry.register(
             "agent_records_throttled",
             "Records refused over a lab's ingestion limits (they wait in the agent's spool)",
@@ -86,7 +100,15 @@ impl Metrics {
             agents_connected,
             agent_record_gaps,
             agent_records_throttled,
+            cluster_messages,
         }
+    }
+
+    /// Counts one message between replicas (`sent`, `received`, `failed`, `dropped`).
+    pub fn cluster_message(&self, outcome: &'static str) {
+        self.cluster_messages
+            .get_or_create(&ClusterLabels { outcome })
+            .inc();
     }
 
     /// Records one served request.

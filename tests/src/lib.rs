@@ -266,6 +266,9 @@ pub fn error_code(body: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The access-token key every test server gets unless a test sets its own.
+pub const TEST_JWT_SECRET: &str = "maosic-test-jwt-secret-0123456789abcdef";
+
 /// A running `maosic-server serve` on a free port.
 pub struct TestServer {
     /// Bound address.
@@ -301,6 +304,8 @@ impl TestServer {
             // from 127.0.0.1. Both can be overridden through `env`.
             .env("MAOSIC_MAIL__OUTBOX_FILE", &outbox)
             .env("MAOSIC_AUTH__MAX_SIGNUPS_PER_ADDRESS", "100000")
+            // Replicas on one database share the key (required with PostgreSQL).
+            .env("MAOSIC_AUTH__JWT_SECRET", TEST_JWT_SECRET)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,sqlx=warn")

@@ -1,8 +1,16 @@
 //! Access tokens: JWT signed with HS256 only (the algorithm is pinned; `alg: none` and every
 //! other algorithm are refused), with `exp`, `iss`, `aud` and `sub` required.
+//!
+//! A key set for rotation: tokens are signed with the current key and carry its `kid` (the
+//! first 8 bytes of the key's SHA-256, in hex: it names the key without revealing it); they are
+//! verified with the key their `kid` names, the current one or one of the previous keys still
+//! accepted. A token without `kid` (issued before key sets) is checked against the current key.
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The one accepted algorithm.
 pub const ALGORITHM: Algorithm = Algorithm::HS256;
@@ -30,13 +38,23 @@ pub enum JwtError {
     /// Signature, algorithm, claims or expiry are wrong.
     #[error("invalid access token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    /// The token names a key this server does not hold (retired, or another deployment's).
+    #[error("access token signed with an unknown key {0:?}")]
+    UnknownKey(String),
+}
+
+/// The `kid` of a secret: the first 8 bytes of its SHA-256, in hex.
+pub fn key_id(secret: &[u8]) -> String {
+    hex::encode(&Sha256::digest(secret)[..8])
 }
 
 /// Issues and verifies access tokens.
 #[derive(Clone)]
 pub struct JwtKeys {
+    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// Current key first, then the previous keys still accepted.
+    decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -46,8 +64,11 @@ impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "JwtKeys(HS256, iss={}, aud={})",
-            self.issuer, self.audience
+            "JwtKeys(HS256, kid={}, {} key(s), iss={}, aud={})",
+            self.kid,
+            self.decoding.len(),
+            self.issuer,
+            self.audience
         )
     }
 }
@@ -55,15 +76,25 @@ impl std::fmt::Debug for JwtKeys {
 impl JwtKeys {
     /// Keys from a shared secret, with the issuer and audience to issue and require.
     pub fn new(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        Self::with_previous(secret, &[], issuer, audience)
+    }
+
+    /// Keys that sign with `secret` and also accept tokens signed with any of `previous`.
+    pub fn with_previous(secret: &[u8], previous: &[&[u8]], issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(ALGORITHM);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 0;
         validation.validate_exp = true;
+        let decoding = std::iter::once(secret)
+            .chain(previous.iter().copied())
+            .map(|key| (key_id(key), DecodingKey::from_secret(key)))
+            .collect();
         JwtKeys {
+            kid: key_id(secret),
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            decoding,
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -86,12 +117,29 @@ impl JwtKeys {
             iat: now_secs,
             sid: sid.to_owned(),
         };
-        Ok(encode(&Header::new(ALGORITHM), &claims, &self.encoding)?)
+        let mut header = Header::new(ALGORITHM);
+        header.kid = Some(self.kid.clone());
+        Ok(encode(&header, &claims, &self.encoding)?)
     }
 
-    /// Verifies signature, algorithm, issuer, audience and expiry; returns the claims.
+    /// The `kid` tokens are signed with now.
+    pub fn current_kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Verifies signature (with the key the token's `kid` names), algorithm, issuer, audience
+    /// and expiry; returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
-        Ok(decode::<Claims>(token, &self.decoding, &self.validation)?.claims)
+        let header = decode_header(token)?;
+        let key = match header.kid {
+            None => self.decoding.first().map(|(_, k)| k),
+            Some(kid) => match self.decoding.iter().find(|(id, _)| *id == kid) {
+                Some((_, k)) => Some(k),
+                None => return Err(JwtError::UnknownKey(kid)),
+            },
+        };
+        let key = key.ok_or_else(|| JwtError::UnknownKey(String::new()))?;
+        Ok(decode::<Claims>(token, key, &self.validation)?.claims)
     }
 }
 
@@ -159,6 +207,49 @@ mod tests {
         assert_eq!(k.verify(&token).unwrap().sub, "u1");
         let crafted = raw(json!({"alg": "HS256", "typ": "JWT"}), good_claims(), SECRET);
         assert_eq!(k.verify(&crafted).unwrap().sid, "s1");
+    }
+
+    #[test]
+    fn a_rotated_key_set_accepts_tokens_of_the_previous_key_and_signs_with_the_new_one() {
+        const NEW: &[u8] = b"fedcba9876543210fedcba9876543210";
+        let old = keys();
+        let old_token = old.issue("u1", "s1", now_secs(), 600).unwrap();
+        let rotated = JwtKeys::with_previous(NEW, &[SECRET], "maosic", "maosic-api");
+        assert_eq!(rotated.verify(&old_token).unwrap().sub, "u1");
+        let new_token = rotated.issue("u2", "s2", now_secs(), 600).unwrap();
+        assert_eq!(
+            decode_header(&new_token).unwrap().kid.as_deref(),
+            Some(key_id(NEW).as_str())
+        );
+        assert_ne!(key_id(NEW), key_id(SECRET));
+        // The old key alone does not know the new one; once retired, old tokens are refused.
+        assert!(matches!(
+            old.verify(&new_token),
+            Err(JwtError::UnknownKey(_))
+        ));
+        let retired = JwtKeys::new(NEW, "maosic", "maosic-api");
+        assert!(matches!(
+            retired.verify(&old_token),
+            Err(JwtError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn a_kid_naming_one_key_with_the_signature_of_another_is_refused() {
+        const OTHER: &[u8] = b"fedcba9876543210fedcba9876543210";
+        let k = JwtKeys::with_previous(SECRET, &[OTHER], "maosic", "maosic-api");
+        let lying = raw(
+            json!({"alg": "HS256", "typ": "JWT", "kid": key_id(SECRET)}),
+            good_claims(),
+            OTHER,
+        );
+        assert!(k.verify(&lying).is_err());
+        let unknown = raw(
+            json!({"alg": "HS256", "typ": "JWT", "kid": "0011223344556677"}),
+            good_claims(),
+            SECRET,
+        );
+        assert!(matches!(k.verify(&unknown), Err(JwtError::UnknownKey(_))));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Semaphore};
 
 use crate::config::AuthConfig;
-use crate::storage::{OrganizationId, Role, SessionId, Storage, StorageError, UserId};
+use crate::storage::{LabId, OrganizationId, Role, SessionId, Storage, StorageError, UserId};
 
 pub use jwt::JwtKeys;
 pub use limiter::{LimiterSettings, LoginLimiter};
@@ -135,8 +135,9 @@ pub enum AuthFailure {
 }
 
 /// A revocation that live connections must honour: a WebSocket authenticated by a revoked
-/// session or token is closed (docs/reliability.md rule 8). Announced on this replica only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// session or token is closed (docs/reliability.md rule 8). Announced on every replica (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Revocation {
     /// One session ended (log-out, refresh-token reuse).
     Session {
@@ -160,6 +161,12 @@ pub enum Revocation {
     Membership {
         /// The user.
         user_id: UserId,
+    },
+    /// A lab's agent credential was revoked: the replica holding the lab's agent connection
+    /// cuts it (no user connection is concerned).
+    AgentCredential {
+        /// The lab.
+        lab_id: LabId,
     },
 }
 
@@ -210,6 +217,7 @@ pub struct AuthService {
     login_slots: Arc<Semaphore>,
     signup_slots: Arc<Semaphore>,
     revocations: broadcast::Sender<Revocation>,
+    forward: crate::events::Forward<Revocation>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -237,7 +245,16 @@ impl AuthService {
             .unwrap_or_else(|_| PasswordHasherConfig::default_cost());
         let dummy_hash = hasher.hash(&token::new_secret()).unwrap_or_default();
         AuthService {
-            jwt: JwtKeys::new(&secret, &config.issuer, &config.audience),
+            jwt: JwtKeys::with_previous(
+                &secret,
+                &config
+                    .jwt_previous_secrets
+                    .iter()
+                    .map(|s| s.as_bytes())
+                    .collect::<Vec<_>>(),
+                &config.issuer,
+                &config.audience,
+            ),
             hasher,
             limiter: LoginLimiter::new(LimiterSettings {
                 max_failures_per_account: config.max_failures_per_account,
@@ -254,6 +271,7 @@ impl AuthService {
             login_slots: Arc::new(Semaphore::new(config.login_hash_slots.max(1))),
             signup_slots: Arc::new(Semaphore::new(config.signup_hash_slots.max(1))),
             revocations: broadcast::channel(1024).0,
+            forward: crate::events::Forward::default(),
         }
     }
 
@@ -262,9 +280,21 @@ impl AuthService {
         self.revocations.subscribe()
     }
 
-    /// Announces a revocation to this replica's live connections.
+    /// Announces a revocation to the live connections of this replica and of the others.
     pub fn announce(&self, revocation: Revocation) {
+        self.forward.send(&revocation);
+        self.announce_local(revocation);
+    }
+
+    /// Announces a revocation to this replica's live connections only (one another replica
+    /// announced).
+    pub fn announce_local(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
+    }
+
+    /// Where announced revocations also go (see [`crate::events::Forward`]).
+    pub fn forward(&self) -> &crate::events::Forward<Revocation> {
+        &self.forward
     }
 
     fn slots(&self, budget: HashBudget) -> &Semaphore {

@@ -642,8 +642,14 @@ impl LabMutation {
             .revoke_agent_credential(&credential.id, now_ms())
             .await
             .api()?;
-        // The gateway keys live connections by lab; the lab has one agent at a time.
+        // The gateway keys live connections by lab; the lab has one agent at a time. Another
+        // replica holding it cuts it when the revocation reaches it.
         let cut = state.gateway.cut(&lab.id, "agent credential revoked");
+        state
+            .auth
+            .announce(crate::auth::Revocation::AgentCredential {
+                lab_id: lab.id.clone(),
+            });
         audit(
             ctx,
             &p.actor(),

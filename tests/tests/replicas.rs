@@ -1,0 +1,166 @@
+//! Several server replicas on one PostgreSQL (issue #17): each accepts the others' access
+//! tokens, a subscriber on one replica sees what happens on another (LISTEN/NOTIFY), a log-out
+//! on one closes the session's sockets on the others, and a lab credential revoked through one
+//! replica cuts the agent connection another replica holds. Without a shared JWT key a server
+//! on PostgreSQL refuses to start.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use maosic_e2e::{
+    backends, mark_ran, Backend, GraphqlWs, Session, TestAgent, TestDatabase, TestServer,
+};
+use serde_json::{json, Value};
+
+fn paper_lab() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/paper-lab.toml")
+}
+
+fn postgres() -> bool {
+    let on = backends().contains(&Backend::Postgres);
+    if !on {
+        eprintln!("skipped: MAOSIC_TEST_POSTGRES_URL is not set");
+    }
+    on
+}
+
+fn ok(server: &TestServer, s: &Session, query: &str, vars: Value) -> Value {
+    let body = server.graphql_as(&s.access_token, query, vars).unwrap();
+    assert!(body.get("errors").is_none(), "{query}: {body}");
+    body["data"].clone()
+}
+
+/// The next `labStatus` event's `online`, within `timeout`.
+fn next_status(ws: &mut GraphqlWs, timeout: Duration) -> Option<bool> {
+    let deadline = Instant::now() + timeout;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let message = ws.next(left).unwrap()?;
+        if message["type"] == "next" {
+            return message["payload"]["data"]["labStatus"]["online"].as_bool();
+        }
+        assert_ne!(message["type"], "error", "{message}");
+        assert_ne!(message["type"], "close", "{message}");
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_tokens_lab_status_log_outs_and_credential_revocations() {
+    if !postgres() {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await.unwrap();
+    let replicas: Vec<TestServer> = (0..3)
+        .map(|_| TestServer::spawn(&db, &[]).unwrap())
+        .collect();
+    let (r1, r2, r3) = (&replicas[0], &replicas[1], &replicas[2]);
+
+    // A token issued by replica 1 works on every replica.
+    let s = r1.sign_up("ops@replicas.example", "Org R").unwrap();
+    for r in &replicas {
+        let me = ok(r, &s, "query { me { email } }", json!({}));
+        assert_eq!(me["me"]["email"], "ops@replicas.example");
+    }
+
+    // A subscriber on replica 3 sees the lab go online when its agent connects to replica 1.
+    let lab = r1.create_enrolled_lab(&s, "Bench").unwrap();
+    let (mut ws3, ack) = GraphqlWs::connect(r3, &s.access_token).unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    ws3.subscribe(
+        "status",
+        "subscription($l: ID!) { labStatus(labId: $l) { online } }",
+        json!({ "l": lab.id }),
+    )
+    .unwrap();
+    // Give the subscription a moment to be registered before the agent connects.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = TestAgent::spawn(&r1.url(), &lab.credential, Some(&paper_lab())).unwrap();
+    assert_eq!(
+        next_status(&mut ws3, Duration::from_secs(15)),
+        Some(true),
+        "replica 3 saw the agent connect to replica 1\n{}\n{}",
+        agent.log(),
+        r3.log()
+    );
+
+    // Revoking the credential through replica 2 cuts the connection replica 1 holds; the
+    // agent's reconnect is refused and it gives up; replica 3's subscriber sees it offline.
+    let cred: Value =
+        serde_json::from_str(&std::fs::read_to_string(&lab.credential).unwrap()).unwrap();
+    let revoked_at = Instant::now();
+    let revoked = ok(
+        r2,
+        &s,
+        "mutation($l: ID!, $c: ID!) { revokeAgentCredential(labId: $l, credentialId: $c) }",
+        json!({ "l": lab.id, "c": cred["credential_id"] }),
+    );
+    assert_eq!(revoked["revokeAgentCredential"], true);
+    assert_eq!(
+        next_status(&mut ws3, Duration::from_secs(10)),
+        Some(false),
+        "replica 3 saw the agent held by replica 1 go offline\n{}",
+        r1.log()
+    );
+    let offline_ms = revoked_at.elapsed().as_millis();
+    let status = agent.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the agent gives up on its revoked credential: {}",
+        agent.log()
+    );
+    let lab_row = ok(
+        r1,
+        &s,
+        "query($l: ID!) { lab(id: $l) { online } }",
+        json!({ "l": lab.id }),
+    );
+    assert_eq!(lab_row["lab"]["online"], false);
+
+    // Logging out on replica 1 closes the session's socket on replica 3.
+    let (mut ws_other, ack) = GraphqlWs::connect(r2, &s.access_token).unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let out_at = Instant::now();
+    ok(r1, &s, "mutation { logOut }", json!({}));
+    let closed = ws3.next(Duration::from_secs(5)).unwrap().unwrap();
+    let close_ms = out_at.elapsed().as_millis();
+    assert_eq!(closed["type"], "close", "{closed}");
+    assert_eq!(closed["code"], 4401, "{closed}");
+    let closed_other = ws_other.next(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(closed_other["code"], 4401, "{closed_other}");
+    assert!(
+        close_ms < 1000,
+        "socket on replica 3 closed {close_ms} ms after log-out on replica 1"
+    );
+    // And the revoked session's token is refused everywhere.
+    for r in &replicas {
+        let body = r
+            .graphql_as(&s.access_token, "query { me { email } }", json!({}))
+            .unwrap();
+        assert!(body.get("errors").is_some(), "{body}");
+    }
+    println!(
+        "replicas: 3 on one PostgreSQL; credential revoked on replica 2 → agent on replica 1 \
+         offline seen on replica 3 after {offline_ms} ms; log-out on replica 1 → socket on \
+         replica 3 closed after {close_ms} ms"
+    );
+    mark_ran(Backend::Postgres, "replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_without_a_jwt_key_refuses_to_start_with_one_clear_error() {
+    if !postgres() {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await.unwrap();
+    let refused = TestServer::spawn(&db, &[("MAOSIC_AUTH__JWT_SECRET", "")]);
+    let message = match refused {
+        Ok(_) => panic!("a server on PostgreSQL started without auth.jwt_secret"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("auth.jwt_secret is required"), "{message}");
+    // SQLite (one process) still starts with a per-process key.
+    let sqlite = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    TestServer::spawn(&sqlite, &[("MAOSIC_AUTH__JWT_SECRET", "")]).unwrap();
+    mark_ran(Backend::Postgres, "replicas_need_a_jwt_key");
+}
