@@ -45,7 +45,7 @@ use crate::spool::Spooled;
 mod tests;
 
 /// Most spooled records sent per turn, so a backlog drains at a bounded rate and heartbeats and
-/// live traffic are not starved (RELIABILITY rule 3).
+/// live traffic are not starved (docs/reliability.md rule 3).
 pub const DRAIN_BATCH: u32 = 128;
 
 /// Time between two drains of the spool while records wait.
