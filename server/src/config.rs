@@ -616,6 +616,39 @@ mod tests {
     }
 
     #[test]
+    fn previous_jwt_keys_come_from_the_environment_as_a_list_and_short_ones_are_refused() {
+        // A prefix of its own: no other test reads it.
+        std::env::set_var(
+            "MAOSIC_CFGTEST_AUTH__JWT_PREVIOUS_SECRETS",
+            "[\"old-key-old-key-old-key-old-key-1\", \"old-key-old-key-old-key-old-key-2\"]",
+        );
+        std::env::set_var(
+            "MAOSIC_CFGTEST_AUTH__JWT_SECRET",
+            "new-key-new-key-new-key-new-key-0",
+        );
+        let raw: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Env::prefixed("MAOSIC_CFGTEST_").split("__"))
+            .extract()
+            .unwrap();
+        assert_eq!(raw.auth.jwt_previous_secrets.len(), 2);
+        let config = Config::validate(raw).unwrap();
+        assert_eq!(
+            config.auth.jwt_previous_secrets[1],
+            "old-key-old-key-old-key-old-key-2"
+        );
+        let mut short = raw_with_secret();
+        short.auth.jwt_previous_secrets = vec!["short".into()];
+        let err = Config::validate(short).unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_previous_secrets"), "{err}");
+    }
+
+    fn raw_with_secret() -> RawConfig {
+        let mut r = raw();
+        r.auth.jwt_secret = "new-key-new-key-new-key-new-key-0".into();
+        r
+    }
+
+    #[test]
     fn overrides_win_over_defaults() {
         let overrides = Overrides {
             bind: Some("127.0.0.1:0".into()),
