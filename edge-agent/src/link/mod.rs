@@ -182,6 +182,14 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
     }
 }
 
+/// `future`'s output, or `None` when `deadline` passes first.
+async fn until<F: Future>(deadline: Option<tokio::time::Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -273,7 +281,8 @@ impl<'a> Io<'a> {
                     Exit::Refused(status) => Err(LinkError::Refused(status)),
                 }));
             }
-            if let Some(event) = self.perform_one(action).await? {
+            let send_deadline = state.send_deadline().map(tokio::time::Instant::from_std);
+            if let Some(event) = self.perform_one(action, send_deadline).await? {
                 let more = state.handle(now(), event);
                 for action in more.into_iter().rev() {
                     queue.push_front(action);
@@ -283,7 +292,13 @@ impl<'a> Io<'a> {
         Ok(None)
     }
 
-    async fn perform_one(&mut self, action: Action) -> Result<Option<Event>, LinkError> {
+    /// Performs one action; a send or close blocked past `send_deadline` is abandoned (a peer
+    /// that stops reading must not stall the loop: docs/reliability.md rule 3).
+    async fn perform_one(
+        &mut self,
+        action: Action,
+        send_deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Event>, LinkError> {
         let spool = &self.config.spool;
         Ok(match action {
             Action::Connect => {
@@ -291,12 +306,14 @@ impl<'a> Io<'a> {
                 None
             }
             Action::Send { id, message } => match &mut self.socket {
-                Some(socket) => Some(
-                    match socket.send(WsMessage::text(message.to_json())).await {
-                        Ok(()) => Event::SendCompleted(id),
-                        Err(e) => Event::SendFailed(id, e.to_string()),
-                    },
-                ),
+                Some(socket) => {
+                    let send = socket.send(WsMessage::text(message.to_json()));
+                    Some(match until(send_deadline, send).await {
+                        Some(Ok(())) => Event::SendCompleted(id),
+                        Some(Err(e)) => Event::SendFailed(id, e.to_string()),
+                        None => Event::SendTimedOut(id),
+                    })
+                }
                 None => None,
             },
             Action::Disconnect => {
@@ -306,7 +323,7 @@ impl<'a> Io<'a> {
             }
             Action::Close => {
                 if let Some(socket) = &mut self.socket {
-                    let _ = socket.close(None).await;
+                    let _ = until(send_deadline, socket.close(None)).await;
                 }
                 None
             }

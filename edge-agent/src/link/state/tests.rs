@@ -43,6 +43,9 @@ struct Harness {
     old_wires: Vec<Vec<Message>>,
     /// Sends fail (a broken connection the loop has not noticed yet).
     broken: bool,
+    /// Sends block (a peer that stops reading): they wait in `stuck`.
+    stalled: bool,
+    stuck: Vec<(SendId, Message)>,
     /// Every action performed, in order.
     log: Vec<Action>,
     exit: Option<Exit>,
@@ -74,6 +77,8 @@ impl Harness {
             wire: Vec::new(),
             old_wires: Vec::new(),
             broken: false,
+            stalled: false,
+            stuck: Vec::new(),
             log: Vec::new(),
             exit: None,
         }
@@ -116,6 +121,10 @@ impl Harness {
                         None
                     } else if self.broken {
                         Some(Event::SendFailed(id, "broken pipe".into()))
+                    } else if self.stalled || !self.stuck.is_empty() {
+                        // Frames are written in order: nothing passes a blocked one.
+                        self.stuck.push((id, message));
+                        None
                     } else {
                         self.wire.push(message);
                         Some(Event::SendCompleted(id))
@@ -123,6 +132,7 @@ impl Harness {
                 }
                 Action::Disconnect => {
                     self.connecting = false;
+                    self.stuck.clear();
                     if self.open {
                         self.open = false;
                         self.old_wires.push(std::mem::take(&mut self.wire));
@@ -188,6 +198,12 @@ impl Harness {
         while let Some(deadline) = self.state.next_deadline().filter(|d| *d <= end) {
             self.now = self.now.max(deadline);
             self.event(Event::Tick);
+            // A deadline the tick did not move would make the event loop spin.
+            assert!(
+                self.state.next_deadline().is_none_or(|d| d > self.now),
+                "the state asked for a tick at {:?} and did nothing with it",
+                deadline - self.start
+            );
         }
         self.now = self.now.max(end);
     }
@@ -1114,4 +1130,125 @@ fn a_stop_before_hello_is_answered_says_goodbye_once_it_is() {
     h.run_for(CONNECT_TIMEOUT.as_millis() as u64);
     assert_eq!(h.exit, Some(Exit::Stopped));
     assert_eq!(h.count(is_connect), 1);
+}
+
+// ---- send timeouts ------------------------------------------------------------------------------
+
+impl Harness {
+    /// The peer reads again: `n` blocked frames are written.
+    fn unblock(&mut self, n: usize) {
+        for _ in 0..n {
+            if self.stuck.is_empty() {
+                return;
+            }
+            let (id, message) = self.stuck.remove(0);
+            self.wire.push(message);
+            self.event(Event::SendCompleted(id));
+        }
+    }
+}
+
+#[test]
+fn a_send_that_writes_nothing_for_three_periods_is_a_lost_link_even_while_frames_arrive() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.spool_records(5);
+    h.run_for(0);
+    assert_eq!(h.stuck.len(), 5);
+    let blocked_at = h.now;
+    assert_eq!(
+        h.state.send_deadline(),
+        Some(blocked_at + Duration::from_millis(3 * HEARTBEAT_MS))
+    );
+    // The cloud keeps talking (its frames could be read beside the blocked send).
+    for _ in 0..5 {
+        h.run_for(HEARTBEAT_MS / 2);
+        h.event(Event::Frame(Incoming::Other));
+    }
+    assert!(h.state.is_up());
+    h.run_until(3 * HEARTBEAT_MS - 1);
+    assert!(h.state.is_up(), "not before the timeout");
+    h.run_until(3 * HEARTBEAT_MS);
+    assert_eq!(
+        h.state.last_loss(),
+        Some("send timed out: nothing written for 3000 ms")
+    );
+    assert!(!h.open);
+    // The records wait in the spool and go out on the next connection.
+    h.stalled = false;
+    h.reconnect();
+    h.run_for(0);
+    assert_eq!(records(&h.wire), [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_slow_send_that_keeps_writing_is_not_a_timeout() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.spool_records(20);
+    h.run_for(0);
+    // One frame written every 2 s (each under the 3 s timeout), the cloud talking meanwhile.
+    for _ in 0..10 {
+        h.run_for(2000);
+        h.event(Event::Frame(Incoming::Other));
+        h.unblock(1);
+    }
+    assert!(h.state.is_up(), "{:?}", h.state.last_loss());
+    assert_eq!(records(&h.wire), (1..=10).collect::<Vec<_>>());
+    // The deadline follows the last progress.
+    assert_eq!(
+        h.state.send_deadline(),
+        Some(h.now + Duration::from_millis(3 * HEARTBEAT_MS))
+    );
+}
+
+#[test]
+fn a_send_abandoned_at_its_deadline_is_a_lost_link_and_its_answer_is_kept() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.event(Event::Reply {
+        message: Message::result(Id::Number(8), json!({ "ok": true })),
+        finished: None,
+    });
+    let (id, _) = h.stuck[0].clone();
+    // The loop gives up on the blocked send when the deadline passes; nothing was heard from
+    // the cloud either, so the dead-link reason is the one given.
+    let deadline = h.state.send_deadline().unwrap();
+    assert_eq!(deadline, h.now + Duration::from_millis(3 * HEARTBEAT_MS));
+    h.now = deadline;
+    h.event(Event::SendTimedOut(id));
+    assert_eq!(
+        h.state.last_loss(),
+        Some("no traffic from the server for 3000 ms")
+    );
+    assert!(!h.open);
+    h.stalled = false;
+    h.reconnect();
+    assert!(
+        matches!(&h.wire[1], Message::Response(r) if r.id == Some(Id::Number(8))),
+        "the answer goes first on the next connection: {:?}",
+        h.wire
+    );
+}
+
+#[test]
+fn sends_before_hello_and_after_goodbye_are_bounded_too() {
+    let mut h = Harness::new(true);
+    h.start();
+    h.stalled = true;
+    h.connect_succeeds();
+    assert_eq!(h.state.send_deadline(), Some(h.now + CONNECT_TIMEOUT));
+    let (hello, _) = h.stuck[0].clone();
+    h.now = h.state.send_deadline().unwrap();
+    h.event(Event::SendTimedOut(hello));
+    assert_eq!(h.state.last_loss(), Some("no answer to hello"));
+
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.event(Event::Stop);
+    assert_eq!(h.state.send_deadline(), Some(h.now + GOODBYE_GRACE));
+    let (goodbye, _) = h.stuck[0].clone();
+    h.now = h.state.send_deadline().unwrap();
+    h.event(Event::SendTimedOut(goodbye));
+    assert_eq!(h.exit, Some(Exit::Stopped));
 }
