@@ -337,21 +337,21 @@ impl<'a> Io<'a> {
                 None
             }
             Action::LookUpCommand { program_id } => {
-                let accepted_before = spool
-                    .was_accepted(&program_id)
+                let known = spool
+                    .known_command(&program_id)
                     .await
                     .map_err(|e| e.to_string());
-                Some(Event::CommandLookedUp {
-                    program_id,
-                    accepted_before,
-                })
+                Some(Event::CommandLookedUp { program_id, known })
             }
             Action::AcceptCommand { program_id, at_ms } => {
-                let newly = spool
+                let acceptance = spool
                     .accept_command(&program_id, at_ms)
                     .await
                     .map_err(|e| e.to_string());
-                Some(Event::CommandAccepted { program_id, newly })
+                Some(Event::CommandAccepted {
+                    program_id,
+                    acceptance,
+                })
             }
             Action::RunProgram {
                 request,
@@ -367,14 +367,18 @@ impl<'a> Io<'a> {
                         program_id: Some(program_id.clone()),
                         link_loss,
                     };
-                    tokio::spawn(run_program(
-                        lab.clone(),
-                        self.outbound_tx.clone(),
+                    let run = Run {
                         request,
                         program_id,
                         program,
                         options,
                         cancel,
+                    };
+                    tokio::spawn(run_program(
+                        lab.clone(),
+                        spool.clone(),
+                        self.outbound_tx.clone(),
+                        run,
                     ));
                 }
                 None
@@ -488,17 +492,25 @@ async fn spool_record(spool: &Spool, program_id: Option<&str>, record: &Value) {
     }
 }
 
-/// Runs one program on the lab; its records go through the outbound queue (every one before
-/// the answer), then the answer.
-async fn run_program(
-    lab: Arc<Lab>,
-    out: mpsc::Sender<Outbound>,
+/// One accepted program run, handed to its task.
+struct Run {
     request: maosic_schema::protocol::Id,
     program_id: String,
     program: maosic_schema::program::Program,
     options: ExecOptions,
     cancel: CancellationToken,
-) {
+}
+
+/// Runs one program on the lab; its records go through the outbound queue (every one before
+/// the answer), its result to the spool (a re-sent run is answered with it), then the answer.
+async fn run_program(lab: Arc<Lab>, spool: Spool, out: mpsc::Sender<Outbound>, run: Run) {
+    let Run {
+        request,
+        program_id,
+        program,
+        options,
+        cancel,
+    } = run;
     let (records_tx, mut records_rx) = mpsc::channel(64);
     let forward_out = out.clone();
     let forward_id = program_id.clone();
@@ -518,9 +530,14 @@ async fn run_program(
     // Every record is queued before the answer.
     let _ = forward.await;
     info!(program.id = %program_id, outcome = ?report.outcome, "program run ended");
+    let result = serde_json::to_value(&report).unwrap_or(Value::Null);
+    if let Err(e) = spool.finish_command(&program_id, &result).await {
+        // The run stays accepted: a re-send is refused, never run again.
+        warn!(program.id = %program_id, error = %e, "program result not stored in the spool");
+    }
     let _ = out
         .send(Outbound::Reply {
-            message: Message::result(request, report),
+            message: Message::result(request, result),
             finished: Some(program_id),
         })
         .await;

@@ -21,8 +21,10 @@
 //! - a heartbeat every period; three periods without a frame from the cloud is a dead link,
 //!   and so is a send that writes nothing for three periods (a peer that stops reading fills
 //!   the socket's buffers: the send blocks, and [`LinkState::send_deadline`] bounds it);
-//! - a `program.run` is remembered durably before it runs, so a re-sent id is refused and
-//!   never runs twice; a run past its deadline never starts.
+//! - a `program.run` is remembered durably before it runs, so a re-sent id never runs twice:
+//!   it is answered with the result the spool stored when the run ended (the first answer may
+//!   have been lost), or refused as `ALREADY_ACCEPTED` while it runs or when it never ended
+//!   here; a run past its deadline never starts.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -41,7 +43,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::spool::Spooled;
+use crate::spool::{Acceptance, KnownCommand, Spooled};
 
 #[cfg(test)]
 mod tests;
@@ -176,20 +178,19 @@ pub enum Event {
     },
     /// The answer to [`Action::ReadSpool`].
     SpoolRead(Result<Vec<Spooled>, String>),
-    /// The answer to [`Action::LookUpCommand`]: whether the id was accepted before.
+    /// The answer to [`Action::LookUpCommand`]: the id as accepted before, if it was.
     CommandLookedUp {
         /// The program run.
         program_id: String,
-        /// Whether it was accepted before (or why the spool could not say).
-        accepted_before: Result<bool, String>,
+        /// What the spool knows of it (or why it could not say).
+        known: Result<Option<KnownCommand>, String>,
     },
-    /// The answer to [`Action::AcceptCommand`]: `true` when newly accepted, `false` when the
-    /// spool knew the id already.
+    /// The answer to [`Action::AcceptCommand`].
     CommandAccepted {
         /// The program run.
         program_id: String,
-        /// Newly accepted (or why it could not be recorded).
-        newly: Result<bool, String>,
+        /// Newly accepted, or known before with its result (or why it could not be recorded).
+        acceptance: Result<Acceptance, String>,
     },
     /// [`Action::ApplyLinkLoss`] is done.
     LinkLossApplied,
@@ -489,13 +490,13 @@ impl LinkState {
             Event::RecordsSpooled => self.records_spooled(),
             Event::Reply { message, finished } => self.reply(now, message, finished),
             Event::SpoolRead(batch) => self.spool_read(now, batch),
-            Event::CommandLookedUp {
-                program_id,
-                accepted_before,
-            } => self.command_looked_up(now, &program_id, accepted_before),
-            Event::CommandAccepted { program_id, newly } => {
-                self.command_accepted(now, program_id, newly)
+            Event::CommandLookedUp { program_id, known } => {
+                self.command_looked_up(now, &program_id, known)
             }
+            Event::CommandAccepted {
+                program_id,
+                acceptance,
+            } => self.command_accepted(now, program_id, acceptance),
             Event::LinkLossApplied => self.link_loss_applied(now),
         }
         std::mem::take(&mut self.actions)
@@ -930,7 +931,7 @@ impl LinkState {
         &mut self,
         now: Now,
         program_id: &str,
-        accepted_before: Result<bool, String>,
+        known: Result<Option<KnownCommand>, String>,
     ) {
         let Some(Pending::Late {
             request,
@@ -939,19 +940,25 @@ impl LinkState {
         else {
             return;
         };
-        let reply = if matches!(accepted_before, Ok(true)) {
-            already_accepted(request, program_id)
-        } else {
-            Message::error(
-                Some(request),
-                error_code::DEADLINE_PASSED,
-                format!("program {program_id} arrived after its deadline ({deadline_ms} ms since the epoch)"),
-            )
-        };
-        self.reply_now(now, reply);
+        match known {
+            Ok(Some(known)) => self.answer_known(now, request, program_id, known),
+            Ok(None) | Err(_) => self.reply_now(
+                now,
+                Message::error(
+                    Some(request),
+                    error_code::DEADLINE_PASSED,
+                    format!("program {program_id} arrived after its deadline ({deadline_ms} ms since the epoch)"),
+                ),
+            ),
+        }
     }
 
-    fn command_accepted(&mut self, now: Now, program_id: String, newly: Result<bool, String>) {
+    fn command_accepted(
+        &mut self,
+        now: Now,
+        program_id: String,
+        acceptance: Result<Acceptance, String>,
+    ) {
         let Some(Pending::Run {
             request,
             program,
@@ -960,8 +967,8 @@ impl LinkState {
         else {
             return;
         };
-        match newly {
-            Ok(true) => {
+        match acceptance {
+            Ok(Acceptance::New) => {
                 self.running.insert(program_id.clone());
                 self.actions.push(Action::RunProgram {
                     request,
@@ -970,7 +977,7 @@ impl LinkState {
                     link_loss,
                 });
             }
-            Ok(false) => self.reply_now(now, already_accepted(request, &program_id)),
+            Ok(Acceptance::Known(known)) => self.answer_known(now, request, &program_id, known),
             Err(e) => {
                 warn!(error = %e, "command not recorded; refusing to run it");
                 self.reply_now(
@@ -982,6 +989,21 @@ impl LinkState {
                     ),
                 );
             }
+        }
+    }
+
+    /// A re-sent `program.run` of a run accepted before: its stored result, as the first
+    /// answer said it (and, like it, after every spooled record); refused as already accepted
+    /// when the run never ended here (the agent stopped during it).
+    fn answer_known(&mut self, now: Now, request: Id, program_id: &str, known: KnownCommand) {
+        match known.result {
+            Some(result) => {
+                info!(program.id = %program_id, "re-sent program run answered with its stored result");
+                if self.is_up() {
+                    self.reply(now, Message::result(request, result), None);
+                }
+            }
+            None => self.reply_now(now, already_accepted(request, program_id)),
         }
     }
 

@@ -22,7 +22,8 @@ const WALL_START: i64 = 1_700_000_000_000;
 struct FakeSpool {
     records: BTreeMap<u64, Value>,
     written: u64,
-    accepted: BTreeSet<String>,
+    /// Accepted command ids, with the result stored when the run ended.
+    accepted: BTreeMap<String, Option<Value>>,
     unreadable: bool,
     unwritable: bool,
 }
@@ -110,82 +111,92 @@ impl Harness {
     fn perform(&mut self, actions: Vec<Action>) {
         for action in actions {
             self.log.push(action.clone());
-            let report = match action {
-                Action::Connect => {
-                    assert!(!self.connecting && !self.open, "one connection at a time");
-                    self.connecting = true;
-                    None
-                }
-                Action::Send { id, message } => {
-                    if !self.open {
+            let report =
+                match action {
+                    Action::Connect => {
+                        assert!(!self.connecting && !self.open, "one connection at a time");
+                        self.connecting = true;
                         None
-                    } else if self.broken {
-                        Some(Event::SendFailed(id, "broken pipe".into()))
-                    } else if self.stalled || !self.stuck.is_empty() {
-                        // Frames are written in order: nothing passes a blocked one.
-                        self.stuck.push((id, message));
+                    }
+                    Action::Send { id, message } => {
+                        if !self.open {
+                            None
+                        } else if self.broken {
+                            Some(Event::SendFailed(id, "broken pipe".into()))
+                        } else if self.stalled || !self.stuck.is_empty() {
+                            // Frames are written in order: nothing passes a blocked one.
+                            self.stuck.push((id, message));
+                            None
+                        } else {
+                            self.wire.push(message);
+                            Some(Event::SendCompleted(id))
+                        }
+                    }
+                    Action::Disconnect => {
+                        self.connecting = false;
+                        self.stuck.clear();
+                        if self.open {
+                            self.open = false;
+                            self.old_wires.push(std::mem::take(&mut self.wire));
+                        }
                         None
-                    } else {
-                        self.wire.push(message);
-                        Some(Event::SendCompleted(id))
                     }
-                }
-                Action::Disconnect => {
-                    self.connecting = false;
-                    self.stuck.clear();
-                    if self.open {
-                        self.open = false;
-                        self.old_wires.push(std::mem::take(&mut self.wire));
+                    Action::ReadSpool { after, limit } => {
+                        Some(Event::SpoolRead(if self.spool.unreadable {
+                            Err("disk I/O error".into())
+                        } else {
+                            Ok(self
+                                .spool
+                                .records
+                                .range(after + 1..)
+                                .take(limit as usize)
+                                .map(|(seq, record)| Spooled {
+                                    seq: *seq,
+                                    program_id: None,
+                                    record: record.clone(),
+                                })
+                                .collect())
+                        }))
                     }
-                    None
-                }
-                Action::ReadSpool { after, limit } => {
-                    Some(Event::SpoolRead(if self.spool.unreadable {
-                        Err("disk I/O error".into())
-                    } else {
-                        Ok(self
-                            .spool
-                            .records
-                            .range(after + 1..)
-                            .take(limit as usize)
-                            .map(|(seq, record)| Spooled {
-                                seq: *seq,
-                                program_id: None,
-                                record: record.clone(),
-                            })
-                            .collect())
-                    }))
-                }
-                Action::AckSpool { seq_hi } => {
-                    self.spool.records.retain(|seq, _| *seq > seq_hi);
-                    None
-                }
-                Action::LookUpCommand { program_id } => Some(Event::CommandLookedUp {
-                    accepted_before: Ok(self.spool.accepted.contains(&program_id)),
-                    program_id,
-                }),
-                Action::AcceptCommand { program_id, .. } => Some(Event::CommandAccepted {
-                    newly: if self.spool.unwritable {
-                        Err("disk full".into())
-                    } else {
-                        Ok(self.spool.accepted.insert(program_id.clone()))
-                    },
-                    program_id,
-                }),
-                Action::ApplyLinkLoss => Some(Event::LinkLossApplied),
-                Action::Exit(exit) => {
-                    assert!(self.exit.is_none(), "exits once");
-                    self.exit = Some(exit);
-                    None
-                }
-                Action::Close
-                | Action::RunProgram { .. }
-                | Action::CancelProgram { .. }
-                | Action::CancelAll
-                | Action::DeviceCall { .. }
-                | Action::Estop { .. }
-                | Action::LinkRestored => None,
-            };
+                    Action::AckSpool { seq_hi } => {
+                        self.spool.records.retain(|seq, _| *seq > seq_hi);
+                        None
+                    }
+                    Action::LookUpCommand { program_id } => Some(Event::CommandLookedUp {
+                        known: Ok(self.spool.accepted.get(&program_id).map(|result| {
+                            KnownCommand {
+                                result: result.clone(),
+                            }
+                        })),
+                        program_id,
+                    }),
+                    Action::AcceptCommand { program_id, .. } => Some(Event::CommandAccepted {
+                        acceptance: if self.spool.unwritable {
+                            Err("disk full".into())
+                        } else if let Some(result) = self.spool.accepted.get(&program_id) {
+                            Ok(Acceptance::Known(KnownCommand {
+                                result: result.clone(),
+                            }))
+                        } else {
+                            self.spool.accepted.insert(program_id.clone(), None);
+                            Ok(Acceptance::New)
+                        },
+                        program_id,
+                    }),
+                    Action::ApplyLinkLoss => Some(Event::LinkLossApplied),
+                    Action::Exit(exit) => {
+                        assert!(self.exit.is_none(), "exits once");
+                        self.exit = Some(exit);
+                        None
+                    }
+                    Action::Close
+                    | Action::RunProgram { .. }
+                    | Action::CancelProgram { .. }
+                    | Action::CancelAll
+                    | Action::DeviceCall { .. }
+                    | Action::Estop { .. }
+                    | Action::LinkRestored => None,
+                };
             if let Some(event) = report {
                 self.event(event);
             }
@@ -894,7 +905,7 @@ fn a_program_run_is_remembered_durably_before_it_runs() {
         .position(|a| matches!(a, Action::RunProgram { program_id, request, .. } if program_id == "run-1" && *request == Id::Number(3)))
         .expect("run");
     assert!(accept < run);
-    assert!(h.spool.accepted.contains("run-1"));
+    assert!(h.spool.accepted.contains_key("run-1"));
     assert_eq!(h.state.running().collect::<Vec<_>>(), ["run-1"]);
     assert!(responses(&h.wire).is_empty(), "answered when it ends");
 }
@@ -922,10 +933,11 @@ fn a_duplicate_of_a_running_program_is_refused_as_already_running() {
 }
 
 #[test]
-fn a_duplicate_of_a_program_accepted_before_never_runs_again() {
+fn a_duplicate_of_a_program_that_never_ended_here_is_refused_and_never_runs_again() {
     let mut h = Harness::up(true);
-    // Accepted by an earlier run of the agent (the spool survives restarts).
-    h.spool.accepted.insert("run-1".into());
+    // Accepted by an earlier run of the agent that stopped during it (the spool survives
+    // restarts; no result was stored).
+    h.spool.accepted.insert("run-1".into(), None);
     h.run_program(3, "run-1", None);
     let replies = responses(&h.wire);
     assert_eq!(
@@ -940,17 +952,66 @@ fn a_duplicate_of_a_program_accepted_before_never_runs_again() {
         .contains("run-1 was already accepted"));
     assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 0);
     assert_eq!(h.state.running().count(), 0);
-    // Ended and re-sent: refused the same way, still not run.
-    h.run_program(4, "run-2", None);
+}
+
+/// The program's task stores its result in the spool before the answer exists.
+fn end_run(h: &mut Harness, request: i64, program_id: &str, result: Value) {
+    h.spool
+        .accepted
+        .insert(program_id.into(), Some(result.clone()));
     h.event(Event::Reply {
-        message: Message::result(Id::Number(4), json!({ "outcome": "succeeded" })),
-        finished: Some("run-2".into()),
+        message: Message::result(Id::Number(request), result),
+        finished: Some(program_id.into()),
     });
+}
+
+#[test]
+fn a_duplicate_of_an_ended_program_is_answered_with_its_stored_result_and_never_runs_again() {
+    let mut h = Harness::up(true);
+    let report = json!({ "outcome": "succeeded", "steps_succeeded": 2, "steps_total": 2 });
+    h.run_program(4, "run-2", None);
+    end_run(&mut h, 4, "run-2", report.clone());
+    // Its answer was lost (say); the cloud sends the run again, twice, on a new connection.
+    h.event(Event::Closed(Closure::Error("reset".into())));
+    h.reconnect();
     h.run_program(5, "run-2", None);
-    let last = *responses(&h.wire).last().unwrap();
-    assert_eq!(last.id, Some(Id::Number(5)));
-    assert_eq!(error_code_of(last), Some(error_code::ALREADY_ACCEPTED));
-    assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 1);
+    h.run_program(6, "run-2", None);
+    let answers: Vec<_> = responses(&h.wire)
+        .iter()
+        .filter(|r| r.id != Some(Id::Number(4)))
+        .map(|r| (r.id.clone(), r.result.clone(), r.error.clone()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (Some(Id::Number(5)), Some(report.clone()), None),
+            (Some(Id::Number(6)), Some(report), None),
+        ]
+    );
+    assert_eq!(
+        h.count(|a| matches!(a, Action::RunProgram { .. })),
+        1,
+        "run exactly once"
+    );
+    assert_eq!(h.state.running().count(), 0);
+}
+
+#[test]
+fn a_stored_result_goes_after_every_spooled_record_like_the_first_answer() {
+    let mut h = Harness::up(true);
+    h.run_program(4, "run-2", None);
+    end_run(&mut h, 4, "run-2", json!({ "outcome": "failed" }));
+    h.event(Event::Closed(Closure::Error("reset".into())));
+    // The run's records (and more) still wait in the spool when the re-send arrives.
+    h.spool_records(200);
+    h.reconnect();
+    h.run_program(5, "run-2", None);
+    let at = h
+        .wire
+        .iter()
+        .position(|m| matches!(m, Message::Response(r) if r.id == Some(Id::Number(5))))
+        .expect("answered");
+    assert_eq!(records(&h.wire[..at]), (1..=200).collect::<Vec<_>>());
 }
 
 #[test]
@@ -961,11 +1022,18 @@ fn a_program_past_its_deadline_never_starts_and_is_not_remembered() {
     assert_eq!(error_code_of(replies[0]), Some(error_code::DEADLINE_PASSED));
     assert_eq!(h.count(|a| matches!(a, Action::AcceptCommand { .. })), 0);
     assert!(h.spool.accepted.is_empty());
-    // Accepted before its deadline, re-sent after it: the re-send learns it was accepted.
-    h.spool.accepted.insert("early".into());
+    // Accepted before its deadline, re-sent after it: the re-send learns it was accepted
+    // (refused while it never ended here, its stored result once it did).
+    h.spool.accepted.insert("early".into(), None);
     h.run_program(4, "early", Some(WALL_START - 1));
     let last = *responses(&h.wire).last().unwrap();
     assert_eq!(error_code_of(last), Some(error_code::ALREADY_ACCEPTED));
+    h.spool
+        .accepted
+        .insert("ended".into(), Some(json!({ "outcome": "succeeded" })));
+    h.run_program(5, "ended", Some(WALL_START - 1));
+    let last = *responses(&h.wire).last().unwrap();
+    assert_eq!(last.result, Some(json!({ "outcome": "succeeded" })));
     assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 0);
 }
 
