@@ -4,6 +4,11 @@
 //! restarts within an epoch; losing the file starts a new epoch. Capped in rows and bytes:
 //! measurements are refused above 90 % of the cap (the caller raises a `buffer_full` alarm),
 //! events (status, safety, results) use the reserved 10 % and are never refused.
+//!
+//! The file also remembers the command ids (program runs) the agent accepted and, once a run
+//! ended, its result, so a command the cloud sends again is never run twice and is answered
+//! with what the first run reported. The file's format version is SQLite's `user_version`;
+//! [`Spool::open`] brings older files up to date in place.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -53,6 +58,27 @@ impl Default for SpoolCaps {
             max_bytes: 1 << 30,
         }
     }
+}
+
+/// The format version of the spool file (`PRAGMA user_version`): 0 before commands kept their
+/// result, 1 since.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// What [`Spool::accept_command`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acceptance {
+    /// Accepted now, for the first time: run it.
+    New,
+    /// Accepted before: never run it again.
+    Known(KnownCommand),
+}
+
+/// A command id the spool remembers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownCommand {
+    /// What the run reported when it ended (`None` while it runs, or when the agent stopped
+    /// before it ended).
+    pub result: Option<Value>,
 }
 
 /// One record waiting for acknowledgement.
@@ -105,6 +131,7 @@ impl Spool {
         )
         .execute(&pool)
         .await?;
+        migrate(&pool).await?;
         let fresh: [u8; 8] = rand::random();
         let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
         sqlx::query("INSERT OR IGNORE INTO meta (id, epoch, next_seq) VALUES (1, $1, 1)")
@@ -219,24 +246,47 @@ impl Spool {
         Ok(rows.unsigned_abs())
     }
 
-    /// Remembers a command id (a program run) durably before it is executed; `false` when it
-    /// was accepted before, so a command the cloud re-sends is never executed twice.
-    pub async fn accept_command(&self, id: &str, now_ms: i64) -> Result<bool, SpoolError> {
+    /// Remembers a command id (a program run) durably before it is executed; when it was
+    /// accepted before, says so with its stored result, so a command the cloud re-sends is
+    /// never executed twice.
+    pub async fn accept_command(&self, id: &str, now_ms: i64) -> Result<Acceptance, SpoolError> {
         let done = sqlx::query("INSERT OR IGNORE INTO commands (id, accepted_at) VALUES ($1, $2)")
             .bind(id)
             .bind(now_ms)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(Acceptance::New);
+        }
+        // Ignored, so the id is there: never run it again, whatever the read says.
+        let known = self.known_command(id).await?;
+        Ok(Acceptance::Known(
+            known.unwrap_or(KnownCommand { result: None }),
+        ))
     }
 
-    /// Whether a command id was accepted before (without accepting it).
-    pub async fn was_accepted(&self, id: &str) -> Result<bool, SpoolError> {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM commands WHERE id = $1")
+    /// The command id if it was accepted before (without accepting it), with its result.
+    pub async fn known_command(&self, id: &str) -> Result<Option<KnownCommand>, SpoolError> {
+        let found: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT result FROM commands WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.map(|(result,)| KnownCommand {
+            // A result that no longer parses is treated as unknown, never as another answer.
+            result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        }))
+    }
+
+    /// Stores what an accepted command's run reported when it ended (before the answer is
+    /// sent, so a re-send whose first answer was lost gets the same answer).
+    pub async fn finish_command(&self, id: &str, result: &Value) -> Result<(), SpoolError> {
+        sqlx::query("UPDATE commands SET result = $2 WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .bind(result.to_string())
+            .execute(&self.pool)
             .await?;
-        Ok(found.is_some())
+        Ok(())
     }
 
     /// The next sequence number to be assigned (so `next_seq - 1` records were ever written).
@@ -248,23 +298,128 @@ impl Spool {
     }
 }
 
+/// Brings a spool file written by an older agent up to [`FORMAT_VERSION`], in one transaction
+/// per step (a crash leaves the file at the old or the new version, never between).
+async fn migrate(pool: &SqlitePool) -> Result<(), SpoolError> {
+    let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
+        .fetch_one(pool)
+        .await?;
+    if version < 1 {
+        let mut tx = pool.begin().await?;
+        sqlx::query("ALTER TABLE commands ADD COLUMN result TEXT")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("PRAGMA user_version = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[tokio::test]
-    async fn accepted_command_ids_are_remembered_across_reopen() {
+    async fn accepted_command_ids_and_their_results_are_remembered_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
-        assert!(!spool.was_accepted("cmd-1").await.unwrap());
-        assert!(spool.accept_command("cmd-1", 1).await.unwrap());
-        assert!(!spool.accept_command("cmd-1", 2).await.unwrap());
+        assert_eq!(spool.known_command("cmd-1").await.unwrap(), None);
+        assert_eq!(
+            spool.accept_command("cmd-1", 1).await.unwrap(),
+            Acceptance::New
+        );
+        let running = KnownCommand { result: None };
+        assert_eq!(
+            spool.accept_command("cmd-1", 2).await.unwrap(),
+            Acceptance::Known(running.clone())
+        );
+        assert_eq!(spool.known_command("cmd-1").await.unwrap(), Some(running));
+        let report = json!({ "outcome": "succeeded", "steps_total": 2 });
+        spool.finish_command("cmd-1", &report).await.unwrap();
         drop(spool);
         let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
-        assert!(spool.was_accepted("cmd-1").await.unwrap());
-        assert!(!spool.was_accepted("cmd-2").await.unwrap());
+        let ended = KnownCommand {
+            result: Some(report),
+        };
+        assert_eq!(
+            spool.known_command("cmd-1").await.unwrap(),
+            Some(ended.clone())
+        );
+        assert_eq!(
+            spool.accept_command("cmd-1", 3).await.unwrap(),
+            Acceptance::Known(ended)
+        );
+        assert_eq!(spool.known_command("cmd-2").await.unwrap(), None);
+    }
+
+    /// A spool file of an agent before commands kept their result (format 0) opens with its
+    /// epoch, records and accepted ids, and keeps results from then on.
+    #[tokio::test]
+    async fn a_spool_file_of_the_previous_format_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let options = SqliteConnectOptions::from_str("sqlite://")
+                .unwrap()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            for sql in [
+                "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), epoch TEXT NOT NULL, \
+                 next_seq INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0, \
+                 bytes INTEGER NOT NULL DEFAULT 0)",
+                "CREATE TABLE records (seq INTEGER PRIMARY KEY, program_id TEXT, \
+                 class TEXT NOT NULL, body TEXT NOT NULL, bytes INTEGER NOT NULL)",
+                "CREATE TABLE commands (id TEXT PRIMARY KEY, accepted_at INTEGER NOT NULL)",
+                "INSERT INTO meta (id, epoch, next_seq, rows, bytes) VALUES (1, 'old-epoch', 2, 1, 2)",
+                "INSERT INTO records (seq, program_id, class, body, bytes) \
+                 VALUES (1, 'cmd-old', 'event', '{}', 2)",
+                "INSERT INTO commands (id, accepted_at) VALUES ('cmd-old', 5)",
+            ] {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+        for _ in 0..2 {
+            // Opened twice: the migration runs once.
+            let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+            assert_eq!(spool.epoch(), "old-epoch");
+            assert_eq!(spool.after(0, 10).await.unwrap().len(), 1);
+            assert_eq!(spool.next_seq().await.unwrap(), 2);
+            assert!(matches!(
+                spool.accept_command("cmd-old", 9).await.unwrap(),
+                Acceptance::Known(_)
+            ));
+            let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
+                .fetch_one(&spool.pool)
+                .await
+                .unwrap();
+            assert_eq!(version, FORMAT_VERSION);
+        }
+        let spool = Spool::open(&path, SpoolCaps::default()).await.unwrap();
+        assert_eq!(
+            spool.known_command("cmd-old").await.unwrap(),
+            Some(KnownCommand { result: None }),
+            "accepted by the old agent, result unknown"
+        );
+        spool
+            .finish_command("cmd-old", &json!({ "outcome": "failed" }))
+            .await
+            .unwrap();
+        assert_eq!(
+            spool.known_command("cmd-old").await.unwrap(),
+            Some(KnownCommand {
+                result: Some(json!({ "outcome": "failed" }))
+            })
+        );
     }
 
     #[tokio::test]

@@ -182,6 +182,14 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
     }
 }
 
+/// `future`'s output, or `None` when `deadline` passes first.
+async fn until<F: Future>(deadline: Option<tokio::time::Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -273,7 +281,8 @@ impl<'a> Io<'a> {
                     Exit::Refused(status) => Err(LinkError::Refused(status)),
                 }));
             }
-            if let Some(event) = self.perform_one(action).await? {
+            let send_deadline = state.send_deadline().map(tokio::time::Instant::from_std);
+            if let Some(event) = self.perform_one(action, send_deadline).await? {
                 let more = state.handle(now(), event);
                 for action in more.into_iter().rev() {
                     queue.push_front(action);
@@ -283,7 +292,13 @@ impl<'a> Io<'a> {
         Ok(None)
     }
 
-    async fn perform_one(&mut self, action: Action) -> Result<Option<Event>, LinkError> {
+    /// Performs one action; a send or close blocked past `send_deadline` is abandoned (a peer
+    /// that stops reading must not stall the loop: docs/reliability.md rule 3).
+    async fn perform_one(
+        &mut self,
+        action: Action,
+        send_deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Event>, LinkError> {
         let spool = &self.config.spool;
         Ok(match action {
             Action::Connect => {
@@ -291,12 +306,14 @@ impl<'a> Io<'a> {
                 None
             }
             Action::Send { id, message } => match &mut self.socket {
-                Some(socket) => Some(
-                    match socket.send(WsMessage::text(message.to_json())).await {
-                        Ok(()) => Event::SendCompleted(id),
-                        Err(e) => Event::SendFailed(id, e.to_string()),
-                    },
-                ),
+                Some(socket) => {
+                    let send = socket.send(WsMessage::text(message.to_json()));
+                    Some(match until(send_deadline, send).await {
+                        Some(Ok(())) => Event::SendCompleted(id),
+                        Some(Err(e)) => Event::SendFailed(id, e.to_string()),
+                        None => Event::SendTimedOut(id),
+                    })
+                }
                 None => None,
             },
             Action::Disconnect => {
@@ -306,7 +323,7 @@ impl<'a> Io<'a> {
             }
             Action::Close => {
                 if let Some(socket) = &mut self.socket {
-                    let _ = socket.close(None).await;
+                    let _ = until(send_deadline, socket.close(None)).await;
                 }
                 None
             }
@@ -320,21 +337,21 @@ impl<'a> Io<'a> {
                 None
             }
             Action::LookUpCommand { program_id } => {
-                let accepted_before = spool
-                    .was_accepted(&program_id)
+                let known = spool
+                    .known_command(&program_id)
                     .await
                     .map_err(|e| e.to_string());
-                Some(Event::CommandLookedUp {
-                    program_id,
-                    accepted_before,
-                })
+                Some(Event::CommandLookedUp { program_id, known })
             }
             Action::AcceptCommand { program_id, at_ms } => {
-                let newly = spool
+                let acceptance = spool
                     .accept_command(&program_id, at_ms)
                     .await
                     .map_err(|e| e.to_string());
-                Some(Event::CommandAccepted { program_id, newly })
+                Some(Event::CommandAccepted {
+                    program_id,
+                    acceptance,
+                })
             }
             Action::RunProgram {
                 request,
@@ -350,14 +367,18 @@ impl<'a> Io<'a> {
                         program_id: Some(program_id.clone()),
                         link_loss,
                     };
-                    tokio::spawn(run_program(
-                        lab.clone(),
-                        self.outbound_tx.clone(),
+                    let run = Run {
                         request,
                         program_id,
                         program,
                         options,
                         cancel,
+                    };
+                    tokio::spawn(run_program(
+                        lab.clone(),
+                        spool.clone(),
+                        self.outbound_tx.clone(),
+                        run,
                     ));
                 }
                 None
@@ -471,17 +492,25 @@ async fn spool_record(spool: &Spool, program_id: Option<&str>, record: &Value) {
     }
 }
 
-/// Runs one program on the lab; its records go through the outbound queue (every one before
-/// the answer), then the answer.
-async fn run_program(
-    lab: Arc<Lab>,
-    out: mpsc::Sender<Outbound>,
+/// One accepted program run, handed to its task.
+struct Run {
     request: maosic_schema::protocol::Id,
     program_id: String,
     program: maosic_schema::program::Program,
     options: ExecOptions,
     cancel: CancellationToken,
-) {
+}
+
+/// Runs one program on the lab; its records go through the outbound queue (every one before
+/// the answer), its result to the spool (a re-sent run is answered with it), then the answer.
+async fn run_program(lab: Arc<Lab>, spool: Spool, out: mpsc::Sender<Outbound>, run: Run) {
+    let Run {
+        request,
+        program_id,
+        program,
+        options,
+        cancel,
+    } = run;
     let (records_tx, mut records_rx) = mpsc::channel(64);
     let forward_out = out.clone();
     let forward_id = program_id.clone();
@@ -501,9 +530,14 @@ async fn run_program(
     // Every record is queued before the answer.
     let _ = forward.await;
     info!(program.id = %program_id, outcome = ?report.outcome, "program run ended");
+    let result = serde_json::to_value(&report).unwrap_or(Value::Null);
+    if let Err(e) = spool.finish_command(&program_id, &result).await {
+        // The run stays accepted: a re-send is refused, never run again.
+        warn!(program.id = %program_id, error = %e, "program result not stored in the spool");
+    }
     let _ = out
         .send(Outbound::Reply {
-            message: Message::result(request, report),
+            message: Message::result(request, result),
             finished: Some(program_id),
         })
         .await;

@@ -18,9 +18,13 @@
 //! - the answer that ends a program goes after every record the spool holds (the program's
 //!   records are spooled before its answer exists); answers that could not be sent wait for
 //!   the next connection and go first on it;
-//! - a heartbeat every period; three periods without a frame from the cloud is a dead link;
-//! - a `program.run` is remembered durably before it runs, so a re-sent id is refused and
-//!   never runs twice; a run past its deadline never starts.
+//! - a heartbeat every period; three periods without a frame from the cloud is a dead link,
+//!   and so is a send that writes nothing for three periods (a peer that stops reading fills
+//!   the socket's buffers: the send blocks, and [`LinkState::send_deadline`] bounds it);
+//! - a `program.run` is remembered durably before it runs, so a re-sent id never runs twice:
+//!   it is answered with the result the spool stored when the run ended (the first answer may
+//!   have been lost), or refused as `ALREADY_ACCEPTED` while it runs or when it never ended
+//!   here; a run past its deadline never starts.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -39,7 +43,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::spool::Spooled;
+use crate::spool::{Acceptance, KnownCommand, Spooled};
 
 #[cfg(test)]
 mod tests;
@@ -159,6 +163,9 @@ pub enum Event {
     SendCompleted(SendId),
     /// An [`Action::Send`] failed.
     SendFailed(SendId, String),
+    /// An [`Action::Send`] was abandoned at [`LinkState::send_deadline`] (the connection
+    /// must be dropped: the frame may be half written).
+    SendTimedOut(SendId),
     /// The lab's records were written to the spool: there is something to send.
     RecordsSpooled,
     /// The answer to a request the lab's tasks worked on; `finished` names the program run it
@@ -171,20 +178,19 @@ pub enum Event {
     },
     /// The answer to [`Action::ReadSpool`].
     SpoolRead(Result<Vec<Spooled>, String>),
-    /// The answer to [`Action::LookUpCommand`]: whether the id was accepted before.
+    /// The answer to [`Action::LookUpCommand`]: the id as accepted before, if it was.
     CommandLookedUp {
         /// The program run.
         program_id: String,
-        /// Whether it was accepted before (or why the spool could not say).
-        accepted_before: Result<bool, String>,
+        /// What the spool knows of it (or why it could not say).
+        known: Result<Option<KnownCommand>, String>,
     },
-    /// The answer to [`Action::AcceptCommand`]: `true` when newly accepted, `false` when the
-    /// spool knew the id already.
+    /// The answer to [`Action::AcceptCommand`].
     CommandAccepted {
         /// The program run.
         program_id: String,
-        /// Newly accepted (or why it could not be recorded).
-        newly: Result<bool, String>,
+        /// Newly accepted, or known before with its result (or why it could not be recorded).
+        acceptance: Result<Acceptance, String>,
     },
     /// [`Action::ApplyLinkLoss`] is done.
     LinkLossApplied,
@@ -196,8 +202,9 @@ pub enum Action {
     /// Open a connection (transport + WebSocket handshake with the credential); report
     /// [`Event::Connected`] or [`Event::ConnectFailed`].
     Connect,
-    /// Write a frame; report [`Event::SendCompleted`] or [`Event::SendFailed`] (nothing when
-    /// there is no connection any more).
+    /// Write a frame; report [`Event::SendCompleted`] or [`Event::SendFailed`], or give up at
+    /// [`LinkState::send_deadline`] and report [`Event::SendTimedOut`] (nothing when there is
+    /// no connection any more).
     Send {
         /// Reported back with the outcome.
         id: SendId,
@@ -206,7 +213,8 @@ pub enum Action {
     },
     /// Drop the connection (or the attempt) without a word.
     Disconnect,
-    /// Send a close frame and keep reading until the cloud closes too.
+    /// Send a close frame (giving up at [`LinkState::send_deadline`]) and keep reading until
+    /// the cloud closes too.
     Close,
     /// Read up to `limit` spooled records after `after`; report [`Event::SpoolRead`].
     ReadSpool {
@@ -300,9 +308,11 @@ enum Pending {
 }
 
 /// A connection whose `hello` the cloud answered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Up {
     dead_after: Duration,
+    /// A send that writes nothing for this long is a dead link.
+    send_timeout: Duration,
     period: Duration,
     last_heard: Instant,
     heartbeat_at: Instant,
@@ -355,6 +365,9 @@ pub struct LinkState {
     held: VecDeque<Message>,
     /// Frames handed to the socket and not yet reported written, in order.
     in_flight: VecDeque<(SendId, Sent)>,
+    /// When a frame was last written (or, if none since, handed over while nothing was in
+    /// flight): the start of the send timeout.
+    send_progress_at: Option<Instant>,
     next_send: u64,
     /// Highest seq sent on the current connection.
     sent_hi: u64,
@@ -384,6 +397,7 @@ impl LinkState {
             unsent: VecDeque::new(),
             held: VecDeque::new(),
             in_flight: VecDeque::new(),
+            send_progress_at: None,
             next_send: 0,
             sent_hi: 0,
             backlog: true,
@@ -427,10 +441,38 @@ impl LinkState {
                 if self.backlog || self.paused_until.is_some() {
                     next = next.min(up.drain_at);
                 }
+                if let Some(stalled) = self.send_stalled_at(up) {
+                    next = next.min(stalled);
+                }
                 Some(next)
             }
             Phase::Idle | Phase::ApplyingLinkLoss(_) | Phase::Exited => None,
         }
+    }
+
+    /// The latest moment a send (or the close) in progress may still complete: past it the
+    /// event loop abandons the send and reports [`Event::SendTimedOut`]. Connected, that is
+    /// the earlier of the dead-link deadline and the send timeout (a send that blocks must not
+    /// hold the dead-link timer back); before `hello` is answered, the hello deadline; after
+    /// `goodbye`, the end of the grace.
+    pub fn send_deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Hello { deadline } => Some(*deadline),
+            Phase::Closing { until } => Some(*until),
+            Phase::Up(up) => {
+                let dead = up.last_heard + up.dead_after;
+                Some(self.send_stalled_at(up).map_or(dead, |s| s.min(dead)))
+            }
+            _ => None,
+        }
+    }
+
+    /// When the frames in flight count as stalled, if any are.
+    fn send_stalled_at(&self, up: &Up) -> Option<Instant> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        self.send_progress_at.map(|at| at + up.send_timeout)
     }
 
     /// Handles one event at `now`; returns what to do, in order.
@@ -442,18 +484,19 @@ impl LinkState {
             Event::ConnectFailed(failure) => self.connect_failed(failure),
             Event::Frame(frame) => self.frame(now, frame),
             Event::Closed(closure) => self.closed(closure),
-            Event::SendCompleted(id) => self.send_completed(id),
+            Event::SendCompleted(id) => self.send_completed(now, id),
             Event::SendFailed(id, error) => self.send_failed(id, error),
+            Event::SendTimedOut(id) => self.send_timed_out(now, id),
             Event::RecordsSpooled => self.records_spooled(),
             Event::Reply { message, finished } => self.reply(now, message, finished),
             Event::SpoolRead(batch) => self.spool_read(now, batch),
-            Event::CommandLookedUp {
-                program_id,
-                accepted_before,
-            } => self.command_looked_up(now, &program_id, accepted_before),
-            Event::CommandAccepted { program_id, newly } => {
-                self.command_accepted(now, program_id, newly)
+            Event::CommandLookedUp { program_id, known } => {
+                self.command_looked_up(now, &program_id, known)
             }
+            Event::CommandAccepted {
+                program_id,
+                acceptance,
+            } => self.command_accepted(now, program_id, acceptance),
             Event::LinkLossApplied => self.link_loss_applied(now),
         }
         std::mem::take(&mut self.actions)
@@ -514,6 +557,7 @@ impl LinkState {
         let period = Duration::from_millis(welcome.heartbeat_ms).max(MIN_PERIOD);
         self.phase = Phase::Up(Up {
             dead_after: period * DEAD_AFTER_PERIODS,
+            send_timeout: period * DEAD_AFTER_PERIODS,
             period,
             last_heard: now.at,
             heartbeat_at: now.at + period,
@@ -621,7 +665,7 @@ impl LinkState {
     }
 
     fn tick(&mut self, now: Now) {
-        match &mut self.phase {
+        match &self.phase {
             Phase::Waiting { until } if now.at >= *until => self.connect(now),
             Phase::Connecting { deadline } if now.at >= *deadline => {
                 self.lose("connect timed out".into());
@@ -631,33 +675,41 @@ impl LinkState {
             }
             Phase::Closing { until } if now.at >= *until => self.closed_after_goodbye(),
             Phase::Up(up) => {
-                if now.at >= up.last_heard + up.dead_after {
-                    let ms = up.dead_after.as_millis();
-                    self.lose(format!("no traffic from the server for {ms} ms"));
-                    return;
-                }
-                if now.at >= up.heartbeat_at {
-                    up.heartbeat_at += up.period;
-                    if up.heartbeat_at <= now.at {
-                        up.heartbeat_at = now.at + up.period;
-                    }
-                    let note = Message::notification(
-                        method::HEARTBEAT,
-                        HeartbeatParams {
-                            time_ms: now.unix_ms,
-                        },
-                    );
-                    self.send(now, Sent::Heartbeat, note);
-                }
-                let due = match &self.phase {
-                    Phase::Up(up) => now.at >= up.drain_at,
-                    _ => false,
-                };
-                if due && (self.backlog || self.paused_until.is_some()) {
-                    self.drain(now);
-                }
+                let up = *up;
+                self.tick_up(now, up);
             }
             _ => {}
+        }
+    }
+
+    fn tick_up(&mut self, now: Now, up: Up) {
+        if now.at >= up.last_heard + up.dead_after {
+            let ms = up.dead_after.as_millis();
+            self.lose(format!("no traffic from the server for {ms} ms"));
+            return;
+        }
+        if self.send_stalled_at(&up).is_some_and(|at| now.at >= at) {
+            let ms = up.send_timeout.as_millis();
+            self.lose(format!("send timed out: nothing written for {ms} ms"));
+            return;
+        }
+        if now.at >= up.heartbeat_at {
+            if let Phase::Up(up) = &mut self.phase {
+                up.heartbeat_at += up.period;
+                if up.heartbeat_at <= now.at {
+                    up.heartbeat_at = now.at + up.period;
+                }
+            }
+            let note = Message::notification(
+                method::HEARTBEAT,
+                HeartbeatParams {
+                    time_ms: now.unix_ms,
+                },
+            );
+            self.send(now, Sent::Heartbeat, note);
+        }
+        if now.at >= up.drain_at && (self.backlog || self.paused_until.is_some()) {
+            self.drain(now);
         }
     }
 
@@ -879,7 +931,7 @@ impl LinkState {
         &mut self,
         now: Now,
         program_id: &str,
-        accepted_before: Result<bool, String>,
+        known: Result<Option<KnownCommand>, String>,
     ) {
         let Some(Pending::Late {
             request,
@@ -888,19 +940,25 @@ impl LinkState {
         else {
             return;
         };
-        let reply = if matches!(accepted_before, Ok(true)) {
-            already_accepted(request, program_id)
-        } else {
-            Message::error(
-                Some(request),
-                error_code::DEADLINE_PASSED,
-                format!("program {program_id} arrived after its deadline ({deadline_ms} ms since the epoch)"),
-            )
-        };
-        self.reply_now(now, reply);
+        match known {
+            Ok(Some(known)) => self.answer_known(now, request, program_id, known),
+            Ok(None) | Err(_) => self.reply_now(
+                now,
+                Message::error(
+                    Some(request),
+                    error_code::DEADLINE_PASSED,
+                    format!("program {program_id} arrived after its deadline ({deadline_ms} ms since the epoch)"),
+                ),
+            ),
+        }
     }
 
-    fn command_accepted(&mut self, now: Now, program_id: String, newly: Result<bool, String>) {
+    fn command_accepted(
+        &mut self,
+        now: Now,
+        program_id: String,
+        acceptance: Result<Acceptance, String>,
+    ) {
         let Some(Pending::Run {
             request,
             program,
@@ -909,8 +967,8 @@ impl LinkState {
         else {
             return;
         };
-        match newly {
-            Ok(true) => {
+        match acceptance {
+            Ok(Acceptance::New) => {
                 self.running.insert(program_id.clone());
                 self.actions.push(Action::RunProgram {
                     request,
@@ -919,7 +977,7 @@ impl LinkState {
                     link_loss,
                 });
             }
-            Ok(false) => self.reply_now(now, already_accepted(request, &program_id)),
+            Ok(Acceptance::Known(known)) => self.answer_known(now, request, &program_id, known),
             Err(e) => {
                 warn!(error = %e, "command not recorded; refusing to run it");
                 self.reply_now(
@@ -931,6 +989,21 @@ impl LinkState {
                     ),
                 );
             }
+        }
+    }
+
+    /// A re-sent `program.run` of a run accepted before: its stored result, as the first
+    /// answer said it (and, like it, after every spooled record); refused as already accepted
+    /// when the run never ended here (the agent stopped during it).
+    fn answer_known(&mut self, now: Now, request: Id, program_id: &str, known: KnownCommand) {
+        match known.result {
+            Some(result) => {
+                info!(program.id = %program_id, "re-sent program run answered with its stored result");
+                if self.is_up() {
+                    self.reply(now, Message::result(request, result), None);
+                }
+            }
+            None => self.reply_now(now, already_accepted(request, program_id)),
         }
     }
 
@@ -1048,7 +1121,10 @@ impl LinkState {
 
     // ---- sends --------------------------------------------------------------------------------
 
-    fn send(&mut self, _now: Now, kind: Sent, message: Message) {
+    fn send(&mut self, now: Now, kind: Sent, message: Message) {
+        if self.in_flight.is_empty() {
+            self.send_progress_at = Some(now.at);
+        }
         let id = SendId(self.next_send);
         self.next_send += 1;
         self.in_flight.push_back((id, kind));
@@ -1060,8 +1136,39 @@ impl LinkState {
         self.in_flight.remove(at).map(|(_, sent)| sent)
     }
 
-    fn send_completed(&mut self, id: SendId) {
-        self.take_in_flight(id);
+    fn send_completed(&mut self, now: Now, id: SendId) {
+        if self.take_in_flight(id).is_some() {
+            self.send_progress_at = Some(now.at);
+        }
+    }
+
+    /// The event loop gave up on a send at [`LinkState::send_deadline`].
+    fn send_timed_out(&mut self, now: Now, id: SendId) {
+        let Some(sent) = self.take_in_flight(id) else {
+            return;
+        };
+        if let Sent::Answer(message) = sent {
+            self.in_flight.push_front((id, Sent::Answer(message)));
+        }
+        match &self.phase {
+            Phase::Hello { .. } => self.lose("no answer to hello".into()),
+            Phase::Up(up) => {
+                let reason = if now.at >= up.last_heard + up.dead_after {
+                    format!(
+                        "no traffic from the server for {} ms",
+                        up.dead_after.as_millis()
+                    )
+                } else {
+                    format!(
+                        "send timed out: nothing written for {} ms",
+                        up.send_timeout.as_millis()
+                    )
+                };
+                self.lose(reason);
+            }
+            Phase::Closing { .. } => self.closed_after_goodbye(),
+            _ => {}
+        }
     }
 
     fn send_failed(&mut self, id: SendId, error: String) {

@@ -22,7 +22,8 @@ const WALL_START: i64 = 1_700_000_000_000;
 struct FakeSpool {
     records: BTreeMap<u64, Value>,
     written: u64,
-    accepted: BTreeSet<String>,
+    /// Accepted command ids, with the result stored when the run ended.
+    accepted: BTreeMap<String, Option<Value>>,
     unreadable: bool,
     unwritable: bool,
 }
@@ -43,6 +44,9 @@ struct Harness {
     old_wires: Vec<Vec<Message>>,
     /// Sends fail (a broken connection the loop has not noticed yet).
     broken: bool,
+    /// Sends block (a peer that stops reading): they wait in `stuck`.
+    stalled: bool,
+    stuck: Vec<(SendId, Message)>,
     /// Every action performed, in order.
     log: Vec<Action>,
     exit: Option<Exit>,
@@ -74,6 +78,8 @@ impl Harness {
             wire: Vec::new(),
             old_wires: Vec::new(),
             broken: false,
+            stalled: false,
+            stuck: Vec::new(),
             log: Vec::new(),
             exit: None,
         }
@@ -105,77 +111,92 @@ impl Harness {
     fn perform(&mut self, actions: Vec<Action>) {
         for action in actions {
             self.log.push(action.clone());
-            let report = match action {
-                Action::Connect => {
-                    assert!(!self.connecting && !self.open, "one connection at a time");
-                    self.connecting = true;
-                    None
-                }
-                Action::Send { id, message } => {
-                    if !self.open {
+            let report =
+                match action {
+                    Action::Connect => {
+                        assert!(!self.connecting && !self.open, "one connection at a time");
+                        self.connecting = true;
                         None
-                    } else if self.broken {
-                        Some(Event::SendFailed(id, "broken pipe".into()))
-                    } else {
-                        self.wire.push(message);
-                        Some(Event::SendCompleted(id))
                     }
-                }
-                Action::Disconnect => {
-                    self.connecting = false;
-                    if self.open {
-                        self.open = false;
-                        self.old_wires.push(std::mem::take(&mut self.wire));
+                    Action::Send { id, message } => {
+                        if !self.open {
+                            None
+                        } else if self.broken {
+                            Some(Event::SendFailed(id, "broken pipe".into()))
+                        } else if self.stalled || !self.stuck.is_empty() {
+                            // Frames are written in order: nothing passes a blocked one.
+                            self.stuck.push((id, message));
+                            None
+                        } else {
+                            self.wire.push(message);
+                            Some(Event::SendCompleted(id))
+                        }
                     }
-                    None
-                }
-                Action::ReadSpool { after, limit } => {
-                    Some(Event::SpoolRead(if self.spool.unreadable {
-                        Err("disk I/O error".into())
-                    } else {
-                        Ok(self
-                            .spool
-                            .records
-                            .range(after + 1..)
-                            .take(limit as usize)
-                            .map(|(seq, record)| Spooled {
-                                seq: *seq,
-                                program_id: None,
-                                record: record.clone(),
-                            })
-                            .collect())
-                    }))
-                }
-                Action::AckSpool { seq_hi } => {
-                    self.spool.records.retain(|seq, _| *seq > seq_hi);
-                    None
-                }
-                Action::LookUpCommand { program_id } => Some(Event::CommandLookedUp {
-                    accepted_before: Ok(self.spool.accepted.contains(&program_id)),
-                    program_id,
-                }),
-                Action::AcceptCommand { program_id, .. } => Some(Event::CommandAccepted {
-                    newly: if self.spool.unwritable {
-                        Err("disk full".into())
-                    } else {
-                        Ok(self.spool.accepted.insert(program_id.clone()))
-                    },
-                    program_id,
-                }),
-                Action::ApplyLinkLoss => Some(Event::LinkLossApplied),
-                Action::Exit(exit) => {
-                    assert!(self.exit.is_none(), "exits once");
-                    self.exit = Some(exit);
-                    None
-                }
-                Action::Close
-                | Action::RunProgram { .. }
-                | Action::CancelProgram { .. }
-                | Action::CancelAll
-                | Action::DeviceCall { .. }
-                | Action::Estop { .. }
-                | Action::LinkRestored => None,
-            };
+                    Action::Disconnect => {
+                        self.connecting = false;
+                        self.stuck.clear();
+                        if self.open {
+                            self.open = false;
+                            self.old_wires.push(std::mem::take(&mut self.wire));
+                        }
+                        None
+                    }
+                    Action::ReadSpool { after, limit } => {
+                        Some(Event::SpoolRead(if self.spool.unreadable {
+                            Err("disk I/O error".into())
+                        } else {
+                            Ok(self
+                                .spool
+                                .records
+                                .range(after + 1..)
+                                .take(limit as usize)
+                                .map(|(seq, record)| Spooled {
+                                    seq: *seq,
+                                    program_id: None,
+                                    record: record.clone(),
+                                })
+                                .collect())
+                        }))
+                    }
+                    Action::AckSpool { seq_hi } => {
+                        self.spool.records.retain(|seq, _| *seq > seq_hi);
+                        None
+                    }
+                    Action::LookUpCommand { program_id } => Some(Event::CommandLookedUp {
+                        known: Ok(self.spool.accepted.get(&program_id).map(|result| {
+                            KnownCommand {
+                                result: result.clone(),
+                            }
+                        })),
+                        program_id,
+                    }),
+                    Action::AcceptCommand { program_id, .. } => Some(Event::CommandAccepted {
+                        acceptance: if self.spool.unwritable {
+                            Err("disk full".into())
+                        } else if let Some(result) = self.spool.accepted.get(&program_id) {
+                            Ok(Acceptance::Known(KnownCommand {
+                                result: result.clone(),
+                            }))
+                        } else {
+                            self.spool.accepted.insert(program_id.clone(), None);
+                            Ok(Acceptance::New)
+                        },
+                        program_id,
+                    }),
+                    Action::ApplyLinkLoss => Some(Event::LinkLossApplied),
+                    Action::Exit(exit) => {
+                        assert!(self.exit.is_none(), "exits once");
+                        self.exit = Some(exit);
+                        None
+                    }
+                    Action::Close
+                    | Action::RunProgram { .. }
+                    | Action::CancelProgram { .. }
+                    | Action::CancelAll
+                    | Action::DeviceCall { .. }
+                    | Action::Estop { .. }
+                    | Action::LinkRestored => None,
+                };
             if let Some(event) = report {
                 self.event(event);
             }
@@ -188,6 +209,12 @@ impl Harness {
         while let Some(deadline) = self.state.next_deadline().filter(|d| *d <= end) {
             self.now = self.now.max(deadline);
             self.event(Event::Tick);
+            // A deadline the tick did not move would make the event loop spin.
+            assert!(
+                self.state.next_deadline().is_none_or(|d| d > self.now),
+                "the state asked for a tick at {:?} and did nothing with it",
+                deadline - self.start
+            );
         }
         self.now = self.now.max(end);
     }
@@ -878,7 +905,7 @@ fn a_program_run_is_remembered_durably_before_it_runs() {
         .position(|a| matches!(a, Action::RunProgram { program_id, request, .. } if program_id == "run-1" && *request == Id::Number(3)))
         .expect("run");
     assert!(accept < run);
-    assert!(h.spool.accepted.contains("run-1"));
+    assert!(h.spool.accepted.contains_key("run-1"));
     assert_eq!(h.state.running().collect::<Vec<_>>(), ["run-1"]);
     assert!(responses(&h.wire).is_empty(), "answered when it ends");
 }
@@ -906,10 +933,11 @@ fn a_duplicate_of_a_running_program_is_refused_as_already_running() {
 }
 
 #[test]
-fn a_duplicate_of_a_program_accepted_before_never_runs_again() {
+fn a_duplicate_of_a_program_that_never_ended_here_is_refused_and_never_runs_again() {
     let mut h = Harness::up(true);
-    // Accepted by an earlier run of the agent (the spool survives restarts).
-    h.spool.accepted.insert("run-1".into());
+    // Accepted by an earlier run of the agent that stopped during it (the spool survives
+    // restarts; no result was stored).
+    h.spool.accepted.insert("run-1".into(), None);
     h.run_program(3, "run-1", None);
     let replies = responses(&h.wire);
     assert_eq!(
@@ -924,17 +952,66 @@ fn a_duplicate_of_a_program_accepted_before_never_runs_again() {
         .contains("run-1 was already accepted"));
     assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 0);
     assert_eq!(h.state.running().count(), 0);
-    // Ended and re-sent: refused the same way, still not run.
-    h.run_program(4, "run-2", None);
+}
+
+/// The program's task stores its result in the spool before the answer exists.
+fn end_run(h: &mut Harness, request: i64, program_id: &str, result: Value) {
+    h.spool
+        .accepted
+        .insert(program_id.into(), Some(result.clone()));
     h.event(Event::Reply {
-        message: Message::result(Id::Number(4), json!({ "outcome": "succeeded" })),
-        finished: Some("run-2".into()),
+        message: Message::result(Id::Number(request), result),
+        finished: Some(program_id.into()),
     });
+}
+
+#[test]
+fn a_duplicate_of_an_ended_program_is_answered_with_its_stored_result_and_never_runs_again() {
+    let mut h = Harness::up(true);
+    let report = json!({ "outcome": "succeeded", "steps_succeeded": 2, "steps_total": 2 });
+    h.run_program(4, "run-2", None);
+    end_run(&mut h, 4, "run-2", report.clone());
+    // Its answer was lost (say); the cloud sends the run again, twice, on a new connection.
+    h.event(Event::Closed(Closure::Error("reset".into())));
+    h.reconnect();
     h.run_program(5, "run-2", None);
-    let last = *responses(&h.wire).last().unwrap();
-    assert_eq!(last.id, Some(Id::Number(5)));
-    assert_eq!(error_code_of(last), Some(error_code::ALREADY_ACCEPTED));
-    assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 1);
+    h.run_program(6, "run-2", None);
+    let answers: Vec<_> = responses(&h.wire)
+        .iter()
+        .filter(|r| r.id != Some(Id::Number(4)))
+        .map(|r| (r.id.clone(), r.result.clone(), r.error.clone()))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (Some(Id::Number(5)), Some(report.clone()), None),
+            (Some(Id::Number(6)), Some(report), None),
+        ]
+    );
+    assert_eq!(
+        h.count(|a| matches!(a, Action::RunProgram { .. })),
+        1,
+        "run exactly once"
+    );
+    assert_eq!(h.state.running().count(), 0);
+}
+
+#[test]
+fn a_stored_result_goes_after_every_spooled_record_like_the_first_answer() {
+    let mut h = Harness::up(true);
+    h.run_program(4, "run-2", None);
+    end_run(&mut h, 4, "run-2", json!({ "outcome": "failed" }));
+    h.event(Event::Closed(Closure::Error("reset".into())));
+    // The run's records (and more) still wait in the spool when the re-send arrives.
+    h.spool_records(200);
+    h.reconnect();
+    h.run_program(5, "run-2", None);
+    let at = h
+        .wire
+        .iter()
+        .position(|m| matches!(m, Message::Response(r) if r.id == Some(Id::Number(5))))
+        .expect("answered");
+    assert_eq!(records(&h.wire[..at]), (1..=200).collect::<Vec<_>>());
 }
 
 #[test]
@@ -945,11 +1022,18 @@ fn a_program_past_its_deadline_never_starts_and_is_not_remembered() {
     assert_eq!(error_code_of(replies[0]), Some(error_code::DEADLINE_PASSED));
     assert_eq!(h.count(|a| matches!(a, Action::AcceptCommand { .. })), 0);
     assert!(h.spool.accepted.is_empty());
-    // Accepted before its deadline, re-sent after it: the re-send learns it was accepted.
-    h.spool.accepted.insert("early".into());
+    // Accepted before its deadline, re-sent after it: the re-send learns it was accepted
+    // (refused while it never ended here, its stored result once it did).
+    h.spool.accepted.insert("early".into(), None);
     h.run_program(4, "early", Some(WALL_START - 1));
     let last = *responses(&h.wire).last().unwrap();
     assert_eq!(error_code_of(last), Some(error_code::ALREADY_ACCEPTED));
+    h.spool
+        .accepted
+        .insert("ended".into(), Some(json!({ "outcome": "succeeded" })));
+    h.run_program(5, "ended", Some(WALL_START - 1));
+    let last = *responses(&h.wire).last().unwrap();
+    assert_eq!(last.result, Some(json!({ "outcome": "succeeded" })));
     assert_eq!(h.count(|a| matches!(a, Action::RunProgram { .. })), 0);
 }
 
@@ -1114,4 +1198,125 @@ fn a_stop_before_hello_is_answered_says_goodbye_once_it_is() {
     h.run_for(CONNECT_TIMEOUT.as_millis() as u64);
     assert_eq!(h.exit, Some(Exit::Stopped));
     assert_eq!(h.count(is_connect), 1);
+}
+
+// ---- send timeouts ------------------------------------------------------------------------------
+
+impl Harness {
+    /// The peer reads again: `n` blocked frames are written.
+    fn unblock(&mut self, n: usize) {
+        for _ in 0..n {
+            if self.stuck.is_empty() {
+                return;
+            }
+            let (id, message) = self.stuck.remove(0);
+            self.wire.push(message);
+            self.event(Event::SendCompleted(id));
+        }
+    }
+}
+
+#[test]
+fn a_send_that_writes_nothing_for_three_periods_is_a_lost_link_even_while_frames_arrive() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.spool_records(5);
+    h.run_for(0);
+    assert_eq!(h.stuck.len(), 5);
+    let blocked_at = h.now;
+    assert_eq!(
+        h.state.send_deadline(),
+        Some(blocked_at + Duration::from_millis(3 * HEARTBEAT_MS))
+    );
+    // The cloud keeps talking (its frames could be read beside the blocked send).
+    for _ in 0..5 {
+        h.run_for(HEARTBEAT_MS / 2);
+        h.event(Event::Frame(Incoming::Other));
+    }
+    assert!(h.state.is_up());
+    h.run_until(3 * HEARTBEAT_MS - 1);
+    assert!(h.state.is_up(), "not before the timeout");
+    h.run_until(3 * HEARTBEAT_MS);
+    assert_eq!(
+        h.state.last_loss(),
+        Some("send timed out: nothing written for 3000 ms")
+    );
+    assert!(!h.open);
+    // The records wait in the spool and go out on the next connection.
+    h.stalled = false;
+    h.reconnect();
+    h.run_for(0);
+    assert_eq!(records(&h.wire), [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_slow_send_that_keeps_writing_is_not_a_timeout() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.spool_records(20);
+    h.run_for(0);
+    // One frame written every 2 s (each under the 3 s timeout), the cloud talking meanwhile.
+    for _ in 0..10 {
+        h.run_for(2000);
+        h.event(Event::Frame(Incoming::Other));
+        h.unblock(1);
+    }
+    assert!(h.state.is_up(), "{:?}", h.state.last_loss());
+    assert_eq!(records(&h.wire), (1..=10).collect::<Vec<_>>());
+    // The deadline follows the last progress.
+    assert_eq!(
+        h.state.send_deadline(),
+        Some(h.now + Duration::from_millis(3 * HEARTBEAT_MS))
+    );
+}
+
+#[test]
+fn a_send_abandoned_at_its_deadline_is_a_lost_link_and_its_answer_is_kept() {
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.event(Event::Reply {
+        message: Message::result(Id::Number(8), json!({ "ok": true })),
+        finished: None,
+    });
+    let (id, _) = h.stuck[0].clone();
+    // The loop gives up on the blocked send when the deadline passes; nothing was heard from
+    // the cloud either, so the dead-link reason is the one given.
+    let deadline = h.state.send_deadline().unwrap();
+    assert_eq!(deadline, h.now + Duration::from_millis(3 * HEARTBEAT_MS));
+    h.now = deadline;
+    h.event(Event::SendTimedOut(id));
+    assert_eq!(
+        h.state.last_loss(),
+        Some("no traffic from the server for 3000 ms")
+    );
+    assert!(!h.open);
+    h.stalled = false;
+    h.reconnect();
+    assert!(
+        matches!(&h.wire[1], Message::Response(r) if r.id == Some(Id::Number(8))),
+        "the answer goes first on the next connection: {:?}",
+        h.wire
+    );
+}
+
+#[test]
+fn sends_before_hello_and_after_goodbye_are_bounded_too() {
+    let mut h = Harness::new(true);
+    h.start();
+    h.stalled = true;
+    h.connect_succeeds();
+    assert_eq!(h.state.send_deadline(), Some(h.now + CONNECT_TIMEOUT));
+    let (hello, _) = h.stuck[0].clone();
+    h.now = h.state.send_deadline().unwrap();
+    h.event(Event::SendTimedOut(hello));
+    assert_eq!(h.state.last_loss(), Some("no answer to hello"));
+
+    let mut h = Harness::up(true);
+    h.stalled = true;
+    h.event(Event::Stop);
+    assert_eq!(h.state.send_deadline(), Some(h.now + GOODBYE_GRACE));
+    let (goodbye, _) = h.stuck[0].clone();
+    h.now = h.state.send_deadline().unwrap();
+    h.event(Event::SendTimedOut(goodbye));
+    assert_eq!(h.exit, Some(Exit::Stopped));
 }
