@@ -8,13 +8,12 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use maosic_schema::program::Program;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LinkLossPolicy;
 use crate::error::DeviceError;
 use crate::lab::{CallOutput, Lab};
-use crate::record::{unix_ms, Outcome, Record, RecordBody};
+use crate::record::{unix_ms, Outcome, Record, RecordBody, RecordSink};
 
 /// Options for one run.
 #[derive(Debug, Clone, Default)]
@@ -36,13 +35,13 @@ pub struct ProgramReport {
     pub error: Option<String>,
 }
 
-struct Ctx<'a> {
+struct Ctx<'a, S> {
     lab: &'a Lab,
-    sink: mpsc::Sender<Record>,
+    sink: S,
     program_id: Option<String>,
 }
 
-impl Ctx<'_> {
+impl<S: RecordSink> Ctx<'_, S> {
     async fn emit(&self, step: Option<u32>, method: Option<&str>, body: RecordBody) {
         let r = Record {
             program: self.program_id.clone(),
@@ -52,8 +51,8 @@ impl Ctx<'_> {
             unix_ms: unix_ms(),
             body,
         };
-        // A closed sink means nobody listens; the run still completes safely.
-        let _ = self.sink.send(r).await;
+        // Kept before the run goes on (the agent's sink: written to its spool).
+        self.sink.record(r).await;
     }
 
     async fn safety_events(&self) {
@@ -71,12 +70,12 @@ impl Ctx<'_> {
     }
 }
 
-/// Run `program` on `lab`.
-pub async fn run_program(
+/// Run `program` on `lab`; every record goes to `sink`, each kept before the run goes on.
+pub async fn run_program<S: RecordSink>(
     lab: &Lab,
     program: &Program,
     opts: ExecOptions,
-    sink: mpsc::Sender<Record>,
+    sink: S,
     cancel: CancellationToken,
 ) -> ProgramReport {
     let ctx = Ctx {

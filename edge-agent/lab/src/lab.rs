@@ -335,12 +335,13 @@ impl Lab {
         self.kernel.link_restored()
     }
 
-    /// Run a compiled program (see [`crate::executor`]).
-    pub async fn run_program(
+    /// Run a compiled program (see [`crate::executor`]); each record is kept by `sink` before
+    /// the run goes on.
+    pub async fn run_program<S: crate::record::RecordSink>(
         &self,
         program: &maosic_schema::program::Program,
         opts: crate::executor::ExecOptions,
-        sink: tokio::sync::mpsc::Sender<crate::record::Record>,
+        sink: S,
         cancel: CancellationToken,
     ) -> crate::executor::ProgramReport {
         crate::executor::run_program(self, program, opts, sink, cancel).await

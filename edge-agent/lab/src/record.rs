@@ -3,6 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where a run's records go. [`RecordSink::record`] returns once the record is kept, and the
+/// executor awaits it before going on, so a run never gets ahead of what is kept: the agent's
+/// sink writes each record to its durable spool (a crash loses nothing already recorded); a
+/// channel sender keeps it in the channel.
+pub trait RecordSink: Send + Sync {
+    /// Keeps one record.
+    fn record(&self, record: Record) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl RecordSink for tokio::sync::mpsc::Sender<Record> {
+    async fn record(&self, record: Record) {
+        // A closed channel means nobody listens; the run still completes safely.
+        let _ = self.send(record).await;
+    }
+}
+
 /// One record. The link adds its own (agent, epoch, seq) envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {

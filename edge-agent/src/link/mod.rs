@@ -7,8 +7,10 @@
 //! their records, duplicate commands, reconnect backoff — live in `state.rs`, without I/O.
 //!
 //! Cloud requests that take time (`program.run`, `device.call`, `estop`) run on tasks that
-//! answer through a queue, so heartbeats never stall behind a synthesis; the records those
-//! tasks produce are written to the spool, and sent from there only.
+//! answer through a queue, so heartbeats never stall behind a synthesis. The records a run
+//! produces are written to the spool by the run's own task before the executor goes on
+//! ([`SpoolSink`]), never held in a queue on the way, so a crash loses nothing recorded; the
+//! loop only hears that there is something to send, and sends it from the spool.
 
 pub mod state;
 
@@ -21,6 +23,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use maosic_lab::executor::ExecOptions;
 use maosic_lab::lab::Lab;
+use maosic_lab::record::{Record, RecordSink};
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::protocol::{error_code, AgentCredentialFile, Message, AGENT_WS_PATH};
 use serde_json::{json, Value};
@@ -213,14 +216,11 @@ async fn next_frame(socket: &mut Option<Socket>) -> Option<Result<WsMessage, tun
     }
 }
 
-/// Something the lab's tasks want sent to the cloud.
+/// What the lab's tasks tell the loop.
 #[derive(Debug)]
 enum Outbound {
-    /// A record of a program run (or of the lab).
-    Record {
-        program_id: Option<String>,
-        record: Value,
-    },
+    /// Records were written to the spool: there is something to send.
+    Spooled,
     /// The answer to a request; `finished` names a program run that ended with it.
     Reply {
         message: Message,
@@ -253,10 +253,7 @@ impl<'a> Io<'a> {
     /// from there); an answer goes to the state.
     async fn outbound(&mut self, outbound: Outbound) -> Event {
         match outbound {
-            Outbound::Record { program_id, record } => {
-                spool_record(&self.config.spool, program_id.as_deref(), &record).await;
-                Event::RecordsSpooled
-            }
+            Outbound::Spooled => Event::RecordsSpooled,
             Outbound::Reply { message, finished } => {
                 if let Some(program_id) = &finished {
                     self.tokens.remove(program_id);
@@ -492,6 +489,24 @@ async fn spool_record(spool: &Spool, program_id: Option<&str>, record: &Value) {
     }
 }
 
+/// The records of one program run: each written to the spool (a measurement over the cap
+/// replaced by a `buffer_full` alarm) before the executor goes on, then the loop told.
+struct SpoolSink {
+    spool: Spool,
+    program_id: String,
+    notify: mpsc::Sender<Outbound>,
+}
+
+impl RecordSink for SpoolSink {
+    async fn record(&self, record: Record) {
+        let record = serde_json::to_value(record).unwrap_or(Value::Null);
+        spool_record(&self.spool, Some(&self.program_id), &record).await;
+        // Only a wake-up: when the queue is full, the loop has wake-ups enough (and the record
+        // is on disk whatever happens to this one).
+        let _ = self.notify.try_send(Outbound::Spooled);
+    }
+}
+
 /// One accepted program run, handed to its task.
 struct Run {
     request: maosic_schema::protocol::Id,
@@ -511,24 +526,13 @@ async fn run_program(lab: Arc<Lab>, spool: Spool, out: mpsc::Sender<Outbound>, r
         options,
         cancel,
     } = run;
-    let (records_tx, mut records_rx) = mpsc::channel(64);
-    let forward_out = out.clone();
-    let forward_id = program_id.clone();
-    let forward = tokio::spawn(async move {
-        while let Some(record) = records_rx.recv().await {
-            let record = serde_json::to_value(record).unwrap_or(Value::Null);
-            let item = Outbound::Record {
-                program_id: Some(forward_id.clone()),
-                record,
-            };
-            if forward_out.send(item).await.is_err() {
-                break;
-            }
-        }
-    });
-    let report = lab.run_program(&program, options, records_tx, cancel).await;
-    // Every record is queued before the answer.
-    let _ = forward.await;
+    let sink = SpoolSink {
+        spool: spool.clone(),
+        program_id: program_id.clone(),
+        notify: out.clone(),
+    };
+    // Every record is in the spool when this returns, before the answer exists.
+    let report = lab.run_program(&program, options, sink, cancel).await;
     info!(program.id = %program_id, outcome = ?report.outcome, "program run ended");
     let result = serde_json::to_value(&report).unwrap_or(Value::Null);
     if let Err(e) = spool.finish_command(&program_id, &result).await {
