@@ -283,6 +283,24 @@ pub trait OrganizationStorage {
     ) -> StorageResult<MemberChange>;
 }
 
+/// A `memberships` row as selected: organisation, user, role text.
+type MembershipRow = (OrganizationId, UserId, String);
+
+/// Rows into memberships; an unknown role is a corrupt row.
+fn memberships(rows: Vec<MembershipRow>) -> StorageResult<Vec<Membership>> {
+    rows.into_iter()
+        .map(|(organization_id, user_id, role)| {
+            let role = Role::parse(&role)
+                .ok_or_else(|| StorageError::Corrupt(format!("unknown role {role:?}")))?;
+            Ok(Membership {
+                organization_id,
+                user_id,
+                role,
+            })
+        })
+        .collect()
+}
+
 #[async_trait]
 impl OrganizationStorage for SqlStorage {
     async fn create_organization(&self, name: &str, now_ms: i64) -> StorageResult<Organization> {
@@ -350,24 +368,14 @@ impl OrganizationStorage for SqlStorage {
 
     async fn memberships_of_user(&self, user_id: &UserId) -> StorageResult<Vec<Membership>> {
         self.tx(async |tx| {
-            let rows: Vec<(OrganizationId, UserId, String)> = query(
+            let rows: Vec<MembershipRow> = query(
                 "SELECT organization_id, user_id, role FROM memberships \
                  WHERE user_id = $1 ORDER BY created_at, organization_id",
             )
             .bind(user_id)
             .fetch_all(tx)
             .await?;
-            rows.into_iter()
-                .map(|(organization_id, user_id, role)| {
-                    let role = Role::parse(&role)
-                        .ok_or_else(|| StorageError::Corrupt(format!("unknown role {role:?}")))?;
-                    Ok(Membership {
-                        organization_id,
-                        user_id,
-                        role,
-                    })
-                })
-                .collect()
+            memberships(rows)
         })
         .await
     }
@@ -377,24 +385,14 @@ impl OrganizationStorage for SqlStorage {
         organization_id: &OrganizationId,
     ) -> StorageResult<Vec<Membership>> {
         self.tx(async |tx| {
-            let rows: Vec<(OrganizationId, UserId, String)> = query(
+            let rows: Vec<MembershipRow> = query(
                 "SELECT organization_id, user_id, role FROM memberships \
                  WHERE organization_id = $1 ORDER BY created_at, user_id",
             )
             .bind(organization_id)
             .fetch_all(tx)
             .await?;
-            rows.into_iter()
-                .map(|(organization_id, user_id, role)| {
-                    let role = Role::parse(&role)
-                        .ok_or_else(|| StorageError::Corrupt(format!("unknown role {role:?}")))?;
-                    Ok(Membership {
-                        organization_id,
-                        user_id,
-                        role,
-                    })
-                })
-                .collect()
+            memberships(rows)
         })
         .await
     }
