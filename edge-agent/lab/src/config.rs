@@ -167,6 +167,14 @@ pub struct DeviceConfig {
     /// Virtual pumps: Cs+ content of the reagent, mmol/ml.
     #[serde(default)]
     pub cs_mmol_per_ml: Option<f64>,
+    /// Temperature controllers: the register-map profile (`maosic-twin`, `eurotherm-3200`,
+    /// `omron-e5cc`; default `maosic-twin`). See `drivers::profiles` and docs/hardware.md.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Temperature controllers: implied decimals of temperatures on the wire (the instrument's
+    /// configured decimal point), overriding the profile's default.
+    #[serde(default)]
+    pub decimals: Option<u8>,
     /// Local limits (keys depend on the kind).
     #[serde(default)]
     pub limits: BTreeMap<String, f64>,
@@ -244,6 +252,22 @@ impl LabConfig {
                     d.symbol
                 ));
             }
+            if d.driver == DriverKind::ModbusPid {
+                if let Err(e) = d.controller_profile() {
+                    p.push(format!("{}: {e}", d.symbol));
+                }
+                if d.decimals.is_some_and(|n| n > 3) {
+                    p.push(format!(
+                        "{}: decimals must be 0 to 3, got {:?}",
+                        d.symbol, d.decimals
+                    ));
+                }
+            } else if d.profile.is_some() || d.decimals.is_some() {
+                p.push(format!(
+                    "{}: `profile` and `decimals` apply only to driver \"modbus-pid\"",
+                    d.symbol
+                ));
+            }
             for (k, v) in &d.limits {
                 if !v.is_finite() {
                     p.push(format!("{}: limit {k} is not finite", d.symbol));
@@ -312,6 +336,20 @@ impl DeviceConfig {
         Ok(l)
     }
 
+    /// The controller's register-map profile (default `maosic-twin`).
+    pub fn controller_profile(
+        &self,
+    ) -> Result<
+        &'static crate::drivers::profiles::ControllerProfile,
+        crate::drivers::profiles::UnknownProfile,
+    > {
+        crate::drivers::profiles::by_name(
+            self.profile
+                .as_deref()
+                .unwrap_or(crate::drivers::profiles::DEFAULT_PROFILE),
+        )
+    }
+
     /// A named limit, if given.
     pub fn limit(&self, key: &str) -> Option<f64> {
         self.limits.get(key).copied()
@@ -352,6 +390,46 @@ mod tests {
         for n in ["declared twice", "cannot drive", "needs `port`", "not sane"] {
             assert!(e.contains(n), "{n} missing in {e}");
         }
+    }
+
+    #[test]
+    fn controller_profile_is_validated_at_load() {
+        let lab = |extra: &str| {
+            format!(
+                r#"
+            [lab]
+            name = "x"
+            [[devices]]
+            symbol = "H"
+            kind = "temperature_controller"
+            driver = "modbus-pid"
+            port = "virtual"
+            {extra}
+            "#
+            )
+        };
+        let c = LabConfig::from_toml_str(&lab("")).unwrap();
+        assert_eq!(
+            c.devices[0].controller_profile().unwrap().name,
+            "maosic-twin"
+        );
+        let c = LabConfig::from_toml_str(&lab("profile = \"eurotherm-3200\"")).unwrap();
+        assert_eq!(
+            c.devices[0].controller_profile().unwrap().name,
+            "eurotherm-3200"
+        );
+        let e = LabConfig::from_toml_str(&lab("profile = \"eurotherm-2408\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("H: unknown controller profile \"eurotherm-2408\"")
+                && e.contains("omron-e5cc"),
+            "{e}"
+        );
+        let e = LabConfig::from_toml_str(&lab("decimals = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decimals must be 0 to 3"), "{e}");
     }
 }
 

@@ -148,7 +148,17 @@ impl Lab {
                         ports.push((d.symbol.clone(), TwinPortKind::Pump));
                     }
                     DriverKind::ModbusPid => {
-                        ports.push((d.symbol.clone(), TwinPortKind::Pid { slave: d.address }))
+                        let profile = d
+                            .controller_profile()
+                            .map_err(|e| LabError::Invalid(format!("{}: {e}", d.symbol)))?;
+                        ports.push((
+                            d.symbol.clone(),
+                            TwinPortKind::Pid {
+                                slave: d.address,
+                                profile,
+                                decimals: d.decimals.unwrap_or(profile.decimals),
+                            },
+                        ))
                     }
                     DriverKind::Virtual => {}
                 }
@@ -204,13 +214,18 @@ impl Lab {
                 (DeviceKind::TemperatureController, DriverKind::ModbusPid) => {
                     let path = path.unwrap_or_default();
                     let limits = d.heater_limits().map_err(LabError::Invalid)?;
-                    let h = Arc::new(PidModbus::open(
-                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
-                    )?);
+                    let profile = d
+                        .controller_profile()
+                        .map_err(|e| LabError::Invalid(format!("{}: {e}", d.symbol)))?;
+                    let h = Arc::new(
+                        PidModbus::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?
+                            .with_profile(profile, d.decimals),
+                    );
+                    tracing::info!(device = %d.symbol, profile = profile.name, "temperature controller");
                     emergency.push(EmergencyWrite {
                         path,
                         baud: d.baud,
-                        bytes: emergency_off_frame(d.address),
+                        bytes: emergency_off_frame(profile, d.address),
                     });
                     heater = Some(h.clone());
                     pid = Some(h.clone());

@@ -4,17 +4,24 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::controller::ControllerFace;
 use super::servers::{serve_pid, serve_pump, PortFaults};
 use super::world::World;
 use crate::clock::Clock;
+use crate::drivers::profiles::ControllerProfile;
 
 /// Which protocol a twin port serves.
 #[derive(Debug, Clone)]
 pub enum TwinPortKind {
     /// NE-1000 pump with its symbol (key in `World::pumps`).
     Pump,
-    /// Modbus RTU PID controller with this slave id.
-    Pid { slave: u8 },
+    /// Modbus RTU PID controller with this slave id, showing the registers of `profile` with
+    /// `decimals` implied decimals.
+    Pid {
+        slave: u8,
+        profile: &'static ControllerProfile,
+        decimals: u8,
+    },
 }
 
 /// A running twin: the shared world and the serial ports it serves.
@@ -81,10 +88,17 @@ impl TwinHandle {
                                     faults,
                                 ));
                             }
-                            TwinPortKind::Pid { slave } => {
+                            TwinPortKind::Pid {
+                                slave,
+                                profile,
+                                decimals,
+                            } => {
+                                let face = ControllerFace::new(profile, decimals);
+                                face.configure(&mut super::servers::lock(&w).heater);
                                 tokio::spawn(serve_pid(
                                     pty.master,
                                     slave,
+                                    face,
                                     w.clone(),
                                     c.clone(),
                                     faults,
