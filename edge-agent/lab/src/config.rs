@@ -287,11 +287,83 @@ impl LabConfig {
                 _ => {}
             }
         }
+        p.extend(self.shared_port_problems());
+        p.extend(self.mixing_problem());
         if p.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(p))
         }
+    }
+
+    /// Devices on one real port: only NE-1000 pumps may share one (a pump network), each with its
+    /// own address, all at the same baud rate.
+    fn shared_port_problems(&self) -> Vec<String> {
+        let mut by_port: BTreeMap<&str, Vec<&DeviceConfig>> = BTreeMap::new();
+        for d in &self.devices {
+            if let Some(port) = d.port.as_deref().filter(|p| *p != VIRTUAL_PORT) {
+                by_port.entry(port).or_default().push(d);
+            }
+        }
+        let mut p = Vec::new();
+        for (port, ds) in by_port.into_iter().filter(|(_, ds)| ds.len() > 1) {
+            let names = ds
+                .iter()
+                .map(|d| d.symbol.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if ds.iter().any(|d| d.driver != DriverKind::Ne1000) {
+                p.push(format!(
+                    "{names} share port {port}: only NE-1000 pumps can share a port (a pump network)"
+                ));
+                continue;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for d in &ds {
+                if !seen.insert(d.address) {
+                    p.push(format!(
+                        "{names} share port {port}: address {} is used twice (each pump on a network needs its own address)",
+                        d.address
+                    ));
+                }
+            }
+            if ds.iter().any(|d| d.baud != ds[0].baud) {
+                p.push(format!(
+                    "{names} share port {port} with different baud rates"
+                ));
+            }
+        }
+        p
+    }
+
+    /// The twin's virtual instruments read the twin's own pumps and heater: a lab that puts pumps
+    /// or a heater on real ports beside them would show the instruments no flow and no
+    /// temperature. Refused, naming both sides.
+    fn mixing_problem(&self) -> Option<String> {
+        let virtual_instruments: Vec<&str> = self
+            .devices
+            .iter()
+            .filter(|d| d.driver == DriverKind::Virtual)
+            .map(|d| d.symbol.as_str())
+            .collect();
+        let real: Vec<&str> = self
+            .devices
+            .iter()
+            .filter(|d| d.driver != DriverKind::Virtual)
+            .filter(|d| d.port.as_deref().is_some_and(|p| p != VIRTUAL_PORT))
+            .map(|d| d.symbol.as_str())
+            .collect();
+        if virtual_instruments.is_empty() || real.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "virtual instruments ({}) cannot be mixed with devices on real ports ({}): the virtual \
+             instruments see only the virtual lab's pumps and heater, so they would find no flow; \
+             make every device virtual (port = \"virtual\"), or leave the virtual instruments out \
+             until they have real drivers",
+            virtual_instruments.join(", "),
+            real.join(", ")
+        ))
     }
 
     /// Is any device served by the twin?
@@ -430,6 +502,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("decimals must be 0 to 3"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod networks {
+    use super::*;
+
+    fn lab(devices: &str) -> Result<LabConfig, ConfigError> {
+        LabConfig::from_toml_str(&format!("[lab]\nname = \"x\"\n{devices}"))
+    }
+
+    fn pump(symbol: &str, port: &str, address: u8) -> String {
+        format!(
+            "[[devices]]\nsymbol = \"{symbol}\"\nkind = \"syringe_pump\"\ndriver = \"ne1000\"\nport = \"{port}\"\naddress = {address}\n"
+        )
+    }
+
+    #[test]
+    fn pumps_with_distinct_addresses_share_a_port() {
+        let c = lab(&[pump("P1", "/dev/ttyS0", 1), pump("P2", "/dev/ttyS0", 2)].concat()).unwrap();
+        assert_eq!(c.devices.len(), 2);
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), pump("P2", "/dev/ttyS0", 1)].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("P1, P2 share port /dev/ttyS0: address 1 is used twice"),
+            "{e}"
+        );
+        let heater = "[[devices]]\nsymbol = \"H\"\nkind = \"temperature_controller\"\ndriver = \"modbus-pid\"\nport = \"/dev/ttyS0\"\naddress = 5\n";
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), heater.to_string()].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only NE-1000 pumps can share a port"), "{e}");
+    }
+
+    #[test]
+    fn real_pumps_beside_virtual_instruments_are_refused_with_both_named() {
+        let uv = "[[devices]]\nsymbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"virtual\"\n";
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), uv.to_string()].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("virtual instruments (UV) cannot be mixed with devices on real ports (P1)")
+                && e.contains("no flow"),
+            "{e}"
+        );
+        // all virtual, or all real: fine
+        lab(&[pump("P1", "virtual", 1), uv.to_string()].concat()).unwrap();
+        lab(&pump("P1", "/dev/ttyS0", 1)).unwrap();
     }
 }
 

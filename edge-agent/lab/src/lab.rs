@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{DeviceConfig, DriverKind, LabConfig, VIRTUAL_PORT};
 use crate::devices::*;
-use crate::drivers::ne1000_pump::Ne1000Pump;
+use crate::drivers::ne1000_pump::{Ne1000Bus, Ne1000Pump};
 use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
 use crate::error::DeviceError;
 use crate::record::Measurement;
@@ -178,6 +178,8 @@ impl Lab {
         let mut heater: Option<Arc<dyn TemperatureController>> = None;
         let mut pumps: Vec<Arc<dyn SyringePump>> = Vec::new();
         let mut lasers: Vec<Arc<dyn Laser>> = Vec::new();
+        // one bus per port: pumps on a network share it (validated: same baud, distinct addresses)
+        let mut buses: BTreeMap<String, Arc<Ne1000Bus>> = BTreeMap::new();
         for d in &config.devices {
             let path = match (&d.port, &twin) {
                 (Some(p), Some(t)) if p == VIRTUAL_PORT => t.path(&d.symbol).map(str::to_string),
@@ -189,9 +191,17 @@ impl Lab {
                     let path = path.unwrap_or_default();
                     let limits = d.pump_limits().map_err(LabError::Invalid)?;
                     let cap = limits.syringe_volume_ul;
-                    let p = Arc::new(Ne1000Pump::open(
-                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
-                    )?);
+                    let bus = match buses.get(&path) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = Ne1000Bus::open(&d.symbol, &path, d.baud)?;
+                            buses.insert(path.clone(), b.clone());
+                            b
+                        }
+                    };
+                    let p = Arc::new(Ne1000Pump::on_bus(
+                        &d.symbol, bus, d.address, limits, d.timing,
+                    ));
                     emergency.push(EmergencyWrite {
                         path: path.clone(),
                         baud: d.baud,

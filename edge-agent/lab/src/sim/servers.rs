@@ -31,10 +31,11 @@ pub fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
     }
 }
 
-/// Serve pump `symbol` on `master` until the port closes.
+/// Serve the pumps `symbols` (one, or a network of several addresses) on `master` until the port
+/// closes. Each command goes to the pump whose address it carries; the others stay silent.
 pub async fn serve_pump(
     mut master: SerialStream,
-    symbol: String,
+    symbols: Vec<String>,
     world: Arc<Mutex<World>>,
     clock: Clock,
     faults: Arc<PortFaults>,
@@ -60,7 +61,9 @@ pub async fn serve_pump(
             let reply = {
                 let mut w = lock(&world);
                 w.advance_to(clock.now_s());
-                w.pumps.get_mut(&symbol).and_then(|p| p.handle(line))
+                symbols
+                    .iter()
+                    .find_map(|s| w.pumps.get_mut(s).and_then(|p| p.handle(line)))
             };
             if faults.mute.load(Ordering::Relaxed) {
                 continue;

@@ -15,6 +15,8 @@ use crate::drivers::profiles::ControllerProfile;
 pub enum TwinPortKind {
     /// NE-1000 pump with its symbol (key in `World::pumps`).
     Pump,
+    /// Several NE-1000 pumps (keys in `World::pumps`, each with its own address) on one port.
+    PumpNetwork(Vec<String>),
     /// Modbus RTU PID controller with this slave id, showing the registers of `profile` with
     /// `decimals` implied decimals.
     Pid {
@@ -82,7 +84,16 @@ impl TwinHandle {
                             TwinPortKind::Pump => {
                                 tokio::spawn(serve_pump(
                                     pty.master,
-                                    sym,
+                                    vec![sym],
+                                    w.clone(),
+                                    c.clone(),
+                                    faults,
+                                ));
+                            }
+                            TwinPortKind::PumpNetwork(symbols) => {
+                                tokio::spawn(serve_pump(
+                                    pty.master,
+                                    symbols,
                                     w.clone(),
                                     c.clone(),
                                     faults,
