@@ -32,7 +32,7 @@ pub struct PidModbus {
     decimals: u8,
     /// The profile's start-up writes went through on the current port.
     prepared: AtomicBool,
-    ctx: Mutex<Option<Context>>,
+    ctx: Mutex<Option<Conn>>,
     transactions: AtomicU64,
 }
 
@@ -44,6 +44,14 @@ impl std::fmt::Debug for PidModbus {
             .field("profile", &self.profile.name)
             .finish()
     }
+}
+
+/// An open port: the Modbus context and a second handle on the same port to discard stale input
+/// (a late reply to a timed-out request, the echo of a stop frame the watchdog wrote) before each
+/// request — RTU replies carry no transaction id.
+struct Conn {
+    ctx: Context,
+    input: Option<Box<dyn tokio_serial::SerialPort>>,
 }
 
 /// What a gated write writes.
@@ -119,17 +127,20 @@ impl PidModbus {
         }
     }
 
-    fn connect(&self) -> Result<Context, DeviceError> {
+    fn connect(&self) -> Result<Conn, DeviceError> {
+        use tokio_serial::SerialPort;
         let port =
             crate::pty::open_serial(&self.path, self.baud).map_err(|e| DeviceError::Open {
                 device: self.name.clone(),
                 port: self.path.clone(),
                 detail: e.to_string(),
             })?;
-        Ok(tokio_modbus::client::rtu::attach_slave(
-            port,
-            Slave(self.slave),
-        ))
+        let input = port.try_clone().ok();
+        crate::pty::discard_input(&port);
+        Ok(Conn {
+            ctx: tokio_modbus::client::rtu::attach_slave(port, Slave(self.slave)),
+            input,
+        })
     }
 
     async fn op(&self, op: Op) -> Result<Vec<u16>, DeviceError> {
@@ -150,9 +161,12 @@ impl PidModbus {
             }
             // Taken out for the transaction: if this future is dropped half-way, the context (and
             // its half-read frame) is dropped too and the next call starts on a fresh port.
-            let Some(mut ctx) = guard.take() else {
+            let Some(Conn { mut ctx, input }) = guard.take() else {
                 continue;
             };
+            if let Some(i) = &input {
+                let _ = i.clear(tokio_serial::ClearBuffer::Input);
+            }
             self.transactions.fetch_add(1, Ordering::Relaxed);
             let fut = async {
                 let r = match &op {
@@ -173,11 +187,11 @@ impl PidModbus {
             };
             match tokio::time::timeout(self.timing.timeout(), fut).await {
                 Ok((Ok(Ok(v)), ctx)) => {
-                    *guard = Some(ctx);
+                    *guard = Some(Conn { ctx, input });
                     return Ok(v);
                 }
                 Ok((Ok(Err(exc)), ctx)) => {
-                    *guard = Some(ctx);
+                    *guard = Some(Conn { ctx, input });
                     return Err(DeviceError::Refused {
                         device: self.name.clone(),
                         detail: format!("Modbus exception {exc:?}"),
@@ -364,8 +378,9 @@ impl TemperatureController for PidModbus {
         let mut got = BTreeMap::new();
         for &(start, count) in p.read_blocks {
             let v = self.op(Op::Read(p.read_function, start, count)).await?;
-            if v.len() < usize::from(count) {
-                return Err(self.proto("short register read"));
+            if v.len() != usize::from(count) {
+                // a reply to another request (RTU has no transaction id): never use it
+                return Err(self.proto("register read of the wrong length"));
             }
             for (i, x) in v.into_iter().take(usize::from(count)).enumerate() {
                 got.insert(start.saturating_add(i as u16), x);
