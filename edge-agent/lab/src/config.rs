@@ -171,6 +171,10 @@ pub struct DeviceConfig {
     /// `omron-e5cc`; default `maosic-twin`). See `drivers::profiles` and docs/hardware.md.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Lasers: the symbol of the laser's beam shutter (a `shutter` device of the lab). The safety
+    /// kernel closes it on e-stop, on a trip and when the cloud link is lost.
+    #[serde(default)]
+    pub shutter: Option<String>,
     /// Temperature controllers: implied decimals of temperatures on the wire (the instrument's
     /// configured decimal point), overriding the profile's default.
     #[serde(default)]
@@ -236,7 +240,8 @@ impl LabConfig {
                             | DeviceKind::CdSpectrometer
                             | DeviceKind::RotationSampler
                             | DeviceKind::RobotArm
-                            | DeviceKind::Laser,
+                            | DeviceKind::Laser
+                            | DeviceKind::Shutter,
                         DriverKind::Virtual
                     )
             );
@@ -267,6 +272,20 @@ impl LabConfig {
                     "{}: `profile` and `decimals` apply only to driver \"modbus-pid\"",
                     d.symbol
                 ));
+            }
+            if let Some(sh) = &d.shutter {
+                if d.kind != DeviceKind::Laser {
+                    p.push(format!("{}: only a laser has a `shutter`", d.symbol));
+                } else if !self
+                    .devices
+                    .iter()
+                    .any(|x| &x.symbol == sh && x.kind == DeviceKind::Shutter)
+                {
+                    p.push(format!(
+                        "{}: shutter {sh} is not a device of kind \"shutter\" in this lab",
+                        d.symbol
+                    ));
+                }
             }
             for (k, v) in &d.limits {
                 if !v.is_finite() {
