@@ -389,9 +389,12 @@ impl TemperatureController for PidModbus {
         let w = p.words();
         let pv = self.regs(&got, p.pv, w)?;
         let status_regs = self.regs(&got, p.status.address, u16::from(p.status.words))?;
-        let status = p
-            .join(&status_regs)
-            .ok_or_else(|| self.proto("status of the wrong width"))?;
+        let status = match status_regs.as_slice() {
+            [one] => u32::from(*one),
+            regs => p
+                .join(regs)
+                .ok_or_else(|| self.proto("status of the wrong width"))?,
+        };
         let bit = |b: u8| status & (1u32 << b.min(31)) != 0;
         let sentinel = w == 1 && p.sensor_break_pv.is_some_and(|s| pv.first() == Some(&s));
         let sensor_break = bit(p.status.sensor_break_bit) || sentinel;
