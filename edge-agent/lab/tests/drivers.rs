@@ -232,6 +232,51 @@ async fn omron_controller_is_set_up_again_after_a_power_cycle() {
     assert!(!t.with_world(|w| w.heater.enabled));
 }
 
+/// A 20 mL syringe: volumes above 9999 µL and rates above 9999 µL/min do not fit the pump's four
+/// digits in µL; the driver switches to mL (and mL/min) for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_syringes_are_programmed_in_millilitres() {
+    let mut w = World::new(
+        maosic_landscape::Landscape::paper(),
+        Chemistry {
+            cs_mmol_per_ml: Default::default(),
+            reactor_volume_ul: 100.0,
+        },
+        ThermalParams::default(),
+        1,
+    );
+    let mut sim = PumpSim::new(1, 20_000.0);
+    sim.max_rate_ul_min = 30_000.0;
+    w.pumps.insert("P1".into(), sim);
+    let t = TwinHandle::start(
+        Arc::new(Mutex::new(w)),
+        Clock::new(100.0).unwrap(),
+        vec![("P1".into(), TwinPortKind::Pump)],
+    )
+    .unwrap();
+    let limits = PumpLimits {
+        max_rate_ul_min: 20_000.0,
+        syringe_volume_ul: 20_000.0,
+        min_diameter_mm: 1.0,
+        max_diameter_mm: 30.0,
+    };
+    let p = Ne1000Pump::open("P1", t.path("P1").unwrap(), 19200, 1, limits, timing()).unwrap();
+    p.set_diameter(19.13).await.unwrap();
+    p.set_rate(12_000.0).await.unwrap();
+    p.set_volume(15_000.0).await.unwrap();
+    let (rate, vol) = t.with_world(|w| (w.pumps["P1"].rate_ul_min, w.pumps["P1"].volume_ul));
+    assert_eq!((rate, vol), (12_000.0, 15_000.0));
+    assert_eq!(p.rate().await.unwrap(), 12_000.0);
+    p.run().await.unwrap();
+    t.clock.sleep(Duration::from_secs(120)).await; // 15 mL at 12 mL/min = 75 s
+    let st = p.status().await.unwrap();
+    println!("20 mL syringe: {st:?}");
+    assert!((st.infused_ul - 15_000.0).abs() < 10.0, "{st:?}");
+    // small volumes still go in µL
+    p.set_volume(250.5).await.unwrap();
+    assert_eq!(t.with_world(|w| w.pumps["P1"].volume_ul), 250.5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_closed_mid_command_fails_without_hanging() {
     let t = twin(10.0);

@@ -291,8 +291,14 @@ impl SyringePump for Ne1000Pump {
     }
     async fn set_volume(&self, ul: f64) -> Result<(), DeviceError> {
         self.check(&Command::Volume(ul))?;
-        self.expect_ok(Command::VolumeUnitsUl).await?;
-        self.expect_ok(Command::Volume(ul)).await
+        // four digits: µL up to 9999, mL above (large syringes)
+        if ul < 9999.5 {
+            self.expect_ok(Command::VolumeUnitsUl).await?;
+            self.expect_ok(Command::Volume(ul)).await
+        } else {
+            self.expect_ok(Command::VolumeUnitsMl).await?;
+            self.expect_ok(Command::Volume(ul / 1000.0)).await
+        }
     }
     async fn set_direction(&self, dir: Direction) -> Result<(), DeviceError> {
         self.expect_ok(Command::Direction(dir)).await
