@@ -167,6 +167,18 @@ pub struct DeviceConfig {
     /// Virtual pumps: Cs+ content of the reagent, mmol/ml.
     #[serde(default)]
     pub cs_mmol_per_ml: Option<f64>,
+    /// Temperature controllers: the register-map profile (`maosic-twin`, `eurotherm-3200`,
+    /// `omron-e5cc`; default `maosic-twin`). See `drivers::profiles` and docs/hardware.md.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Lasers: the symbol of the laser's beam shutter (a `shutter` device of the lab). The safety
+    /// kernel closes it on e-stop, on a trip and when the cloud link is lost.
+    #[serde(default)]
+    pub shutter: Option<String>,
+    /// Temperature controllers: implied decimals of temperatures on the wire (the instrument's
+    /// configured decimal point), overriding the profile's default.
+    #[serde(default)]
+    pub decimals: Option<u8>,
     /// Local limits (keys depend on the kind).
     #[serde(default)]
     pub limits: BTreeMap<String, f64>,
@@ -228,7 +240,8 @@ impl LabConfig {
                             | DeviceKind::CdSpectrometer
                             | DeviceKind::RotationSampler
                             | DeviceKind::RobotArm
-                            | DeviceKind::Laser,
+                            | DeviceKind::Laser
+                            | DeviceKind::Shutter,
                         DriverKind::Virtual
                     )
             );
@@ -243,6 +256,36 @@ impl LabConfig {
                     "{}: a serial driver needs `port` (a path or \"virtual\")",
                     d.symbol
                 ));
+            }
+            if d.driver == DriverKind::ModbusPid {
+                if let Err(e) = d.controller_profile() {
+                    p.push(format!("{}: {e}", d.symbol));
+                }
+                if d.decimals.is_some_and(|n| n > 3) {
+                    p.push(format!(
+                        "{}: decimals must be 0 to 3, got {:?}",
+                        d.symbol, d.decimals
+                    ));
+                }
+            } else if d.profile.is_some() || d.decimals.is_some() {
+                p.push(format!(
+                    "{}: `profile` and `decimals` apply only to driver \"modbus-pid\"",
+                    d.symbol
+                ));
+            }
+            if let Some(sh) = &d.shutter {
+                if d.kind != DeviceKind::Laser {
+                    p.push(format!("{}: only a laser has a `shutter`", d.symbol));
+                } else if !self
+                    .devices
+                    .iter()
+                    .any(|x| &x.symbol == sh && x.kind == DeviceKind::Shutter)
+                {
+                    p.push(format!(
+                        "{}: shutter {sh} is not a device of kind \"shutter\" in this lab",
+                        d.symbol
+                    ));
+                }
             }
             for (k, v) in &d.limits {
                 if !v.is_finite() {
@@ -263,11 +306,83 @@ impl LabConfig {
                 _ => {}
             }
         }
+        p.extend(self.shared_port_problems());
+        p.extend(self.mixing_problem());
         if p.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(p))
         }
+    }
+
+    /// Devices on one real port: only NE-1000 pumps may share one (a pump network), each with its
+    /// own address, all at the same baud rate.
+    fn shared_port_problems(&self) -> Vec<String> {
+        let mut by_port: BTreeMap<&str, Vec<&DeviceConfig>> = BTreeMap::new();
+        for d in &self.devices {
+            if let Some(port) = d.port.as_deref().filter(|p| *p != VIRTUAL_PORT) {
+                by_port.entry(port).or_default().push(d);
+            }
+        }
+        let mut p = Vec::new();
+        for (port, ds) in by_port.into_iter().filter(|(_, ds)| ds.len() > 1) {
+            let names = ds
+                .iter()
+                .map(|d| d.symbol.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if ds.iter().any(|d| d.driver != DriverKind::Ne1000) {
+                p.push(format!(
+                    "{names} share port {port}: only NE-1000 pumps can share a port (a pump network)"
+                ));
+                continue;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for d in &ds {
+                if !seen.insert(d.address) {
+                    p.push(format!(
+                        "{names} share port {port}: address {} is used twice (each pump on a network needs its own address)",
+                        d.address
+                    ));
+                }
+            }
+            if ds.iter().any(|d| d.baud != ds[0].baud) {
+                p.push(format!(
+                    "{names} share port {port} with different baud rates"
+                ));
+            }
+        }
+        p
+    }
+
+    /// The twin's virtual instruments read the twin's own pumps and heater: a lab that puts pumps
+    /// or a heater on real ports beside them would show the instruments no flow and no
+    /// temperature. Refused, naming both sides.
+    fn mixing_problem(&self) -> Option<String> {
+        let virtual_instruments: Vec<&str> = self
+            .devices
+            .iter()
+            .filter(|d| d.driver == DriverKind::Virtual)
+            .map(|d| d.symbol.as_str())
+            .collect();
+        let real: Vec<&str> = self
+            .devices
+            .iter()
+            .filter(|d| d.driver != DriverKind::Virtual)
+            .filter(|d| d.port.as_deref().is_some_and(|p| p != VIRTUAL_PORT))
+            .map(|d| d.symbol.as_str())
+            .collect();
+        if virtual_instruments.is_empty() || real.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "virtual instruments ({}) cannot be mixed with devices on real ports ({}): the virtual \
+             instruments see only the virtual lab's pumps and heater, so they would find no flow; \
+             make every device virtual (port = \"virtual\"), or leave the virtual instruments out \
+             until they have real drivers",
+            virtual_instruments.join(", "),
+            real.join(", ")
+        ))
     }
 
     /// Is any device served by the twin?
@@ -312,6 +427,20 @@ impl DeviceConfig {
         Ok(l)
     }
 
+    /// The controller's register-map profile (default `maosic-twin`).
+    pub fn controller_profile(
+        &self,
+    ) -> Result<
+        &'static crate::drivers::profiles::ControllerProfile,
+        crate::drivers::profiles::UnknownProfile,
+    > {
+        crate::drivers::profiles::by_name(
+            self.profile
+                .as_deref()
+                .unwrap_or(crate::drivers::profiles::DEFAULT_PROFILE),
+        )
+    }
+
     /// A named limit, if given.
     pub fn limit(&self, key: &str) -> Option<f64> {
         self.limits.get(key).copied()
@@ -352,6 +481,95 @@ mod tests {
         for n in ["declared twice", "cannot drive", "needs `port`", "not sane"] {
             assert!(e.contains(n), "{n} missing in {e}");
         }
+    }
+
+    #[test]
+    fn controller_profile_is_validated_at_load() {
+        let lab = |extra: &str| {
+            format!(
+                r#"
+            [lab]
+            name = "x"
+            [[devices]]
+            symbol = "H"
+            kind = "temperature_controller"
+            driver = "modbus-pid"
+            port = "virtual"
+            {extra}
+            "#
+            )
+        };
+        let c = LabConfig::from_toml_str(&lab("")).unwrap();
+        assert_eq!(
+            c.devices[0].controller_profile().unwrap().name,
+            "maosic-twin"
+        );
+        let c = LabConfig::from_toml_str(&lab("profile = \"eurotherm-3200\"")).unwrap();
+        assert_eq!(
+            c.devices[0].controller_profile().unwrap().name,
+            "eurotherm-3200"
+        );
+        let e = LabConfig::from_toml_str(&lab("profile = \"eurotherm-2408\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("H: unknown controller profile \"eurotherm-2408\"")
+                && e.contains("omron-e5cc"),
+            "{e}"
+        );
+        let e = LabConfig::from_toml_str(&lab("decimals = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decimals must be 0 to 3"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod networks {
+    use super::*;
+
+    fn lab(devices: &str) -> Result<LabConfig, ConfigError> {
+        LabConfig::from_toml_str(&format!("[lab]\nname = \"x\"\n{devices}"))
+    }
+
+    fn pump(symbol: &str, port: &str, address: u8) -> String {
+        format!(
+            "[[devices]]\nsymbol = \"{symbol}\"\nkind = \"syringe_pump\"\ndriver = \"ne1000\"\nport = \"{port}\"\naddress = {address}\n"
+        )
+    }
+
+    #[test]
+    fn pumps_with_distinct_addresses_share_a_port() {
+        let c = lab(&[pump("P1", "/dev/ttyS0", 1), pump("P2", "/dev/ttyS0", 2)].concat()).unwrap();
+        assert_eq!(c.devices.len(), 2);
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), pump("P2", "/dev/ttyS0", 1)].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("P1, P2 share port /dev/ttyS0: address 1 is used twice"),
+            "{e}"
+        );
+        let heater = "[[devices]]\nsymbol = \"H\"\nkind = \"temperature_controller\"\ndriver = \"modbus-pid\"\nport = \"/dev/ttyS0\"\naddress = 5\n";
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), heater.to_string()].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only NE-1000 pumps can share a port"), "{e}");
+    }
+
+    #[test]
+    fn real_pumps_beside_virtual_instruments_are_refused_with_both_named() {
+        let uv = "[[devices]]\nsymbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"virtual\"\n";
+        let e = lab(&[pump("P1", "/dev/ttyS0", 1), uv.to_string()].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("virtual instruments (UV) cannot be mixed with devices on real ports (P1)")
+                && e.contains("no flow"),
+            "{e}"
+        );
+        // all virtual, or all real: fine
+        lab(&[pump("P1", "virtual", 1), uv.to_string()].concat()).unwrap();
+        lab(&pump("P1", "/dev/ttyS0", 1)).unwrap();
     }
 }
 

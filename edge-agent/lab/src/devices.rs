@@ -20,6 +20,8 @@ pub enum DeviceKind {
     RotationSampler,
     RobotArm,
     Laser,
+    /// The laser's beam shutter: a device of its own, closed by the safety kernel.
+    Shutter,
 }
 
 /// Local limits of a syringe pump, enforced before any byte is written.
@@ -241,4 +243,13 @@ pub trait Laser: Send + Sync {
     async fn irradiate(&self, wavelength_nm: f64, duration_s: f64) -> Result<(), DeviceError>;
     /// Shutter closed, emission off.
     async fn off(&self) -> Result<(), DeviceError>;
+}
+
+/// A beam shutter: light reaches the sample only while it is open. Closing is the safe state.
+#[async_trait]
+pub trait Shutter: Send + Sync {
+    fn name(&self) -> &str;
+    async fn open(&self) -> Result<(), DeviceError>;
+    async fn close(&self) -> Result<(), DeviceError>;
+    fn is_open(&self) -> bool;
 }

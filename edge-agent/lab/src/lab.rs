@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{DeviceConfig, DriverKind, LabConfig, VIRTUAL_PORT};
 use crate::devices::*;
-use crate::drivers::ne1000_pump::Ne1000Pump;
+use crate::drivers::ne1000_pump::{Ne1000Bus, Ne1000Pump};
 use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
 use crate::error::DeviceError;
 use crate::record::Measurement;
 use crate::safety::{EmergencyWrite, SafeStateReport, SafetyKernel};
 use crate::sim::instruments::{
-    Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualUv,
+    Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualShutter, VirtualUv,
 };
 use crate::sim::pump::PumpSim;
 use crate::sim::thermal::ThermalParams;
@@ -41,6 +41,7 @@ pub enum Device {
     Sampler(Arc<dyn RotationSampler>),
     Arm(Arc<dyn RobotArm>),
     Laser(Arc<dyn Laser>),
+    Shutter(Arc<dyn Shutter>),
 }
 
 /// What a call returned: a JSON result and the measurements it yielded.
@@ -148,7 +149,17 @@ impl Lab {
                         ports.push((d.symbol.clone(), TwinPortKind::Pump));
                     }
                     DriverKind::ModbusPid => {
-                        ports.push((d.symbol.clone(), TwinPortKind::Pid { slave: d.address }))
+                        let profile = d
+                            .controller_profile()
+                            .map_err(|e| LabError::Invalid(format!("{}: {e}", d.symbol)))?;
+                        ports.push((
+                            d.symbol.clone(),
+                            TwinPortKind::Pid {
+                                slave: d.address,
+                                profile,
+                                decimals: d.decimals.unwrap_or(profile.decimals),
+                            },
+                        ))
                     }
                     DriverKind::Virtual => {}
                 }
@@ -168,6 +179,25 @@ impl Lab {
         let mut heater: Option<Arc<dyn TemperatureController>> = None;
         let mut pumps: Vec<Arc<dyn SyringePump>> = Vec::new();
         let mut lasers: Vec<Arc<dyn Laser>> = Vec::new();
+        // one bus per port: pumps on a network share it (validated: same baud, distinct addresses)
+        let mut buses: BTreeMap<String, Arc<Ne1000Bus>> = BTreeMap::new();
+        // beam shutters first: a laser names its shutter, which may be declared after it
+        let mut virtual_shutters: BTreeMap<String, Arc<VirtualShutter>> = BTreeMap::new();
+        if let Some(t) = &twin {
+            for d in &config.devices {
+                if d.kind == DeviceKind::Shutter && d.driver == DriverKind::Virtual {
+                    let twin = Twin {
+                        world: t.world.clone(),
+                        clock: clock.clone(),
+                    };
+                    virtual_shutters.insert(
+                        d.symbol.clone(),
+                        Arc::new(VirtualShutter::new(d.symbol.clone(), twin)),
+                    );
+                }
+            }
+        }
+        let mut shutters: Vec<Arc<dyn Shutter>> = Vec::new();
         for d in &config.devices {
             let path = match (&d.port, &twin) {
                 (Some(p), Some(t)) if p == VIRTUAL_PORT => t.path(&d.symbol).map(str::to_string),
@@ -179,9 +209,17 @@ impl Lab {
                     let path = path.unwrap_or_default();
                     let limits = d.pump_limits().map_err(LabError::Invalid)?;
                     let cap = limits.syringe_volume_ul;
-                    let p = Arc::new(Ne1000Pump::open(
-                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
-                    )?);
+                    let bus = match buses.get(&path) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = Ne1000Bus::open(&d.symbol, &path, d.baud)?;
+                            buses.insert(path.clone(), b.clone());
+                            b
+                        }
+                    };
+                    let p = Arc::new(Ne1000Pump::on_bus(
+                        &d.symbol, bus, d.address, limits, d.timing,
+                    ));
                     emergency.push(EmergencyWrite {
                         path: path.clone(),
                         baud: d.baud,
@@ -204,13 +242,18 @@ impl Lab {
                 (DeviceKind::TemperatureController, DriverKind::ModbusPid) => {
                     let path = path.unwrap_or_default();
                     let limits = d.heater_limits().map_err(LabError::Invalid)?;
-                    let h = Arc::new(PidModbus::open(
-                        &d.symbol, &path, d.baud, d.address, limits, d.timing,
-                    )?);
+                    let profile = d
+                        .controller_profile()
+                        .map_err(|e| LabError::Invalid(format!("{}: {e}", d.symbol)))?;
+                    let h = Arc::new(
+                        PidModbus::open(&d.symbol, &path, d.baud, d.address, limits, d.timing)?
+                            .with_profile(profile, d.decimals),
+                    );
+                    tracing::info!(device = %d.symbol, profile = profile.name, "temperature controller");
                     emergency.push(EmergencyWrite {
                         path,
                         baud: d.baud,
-                        bytes: emergency_off_frame(d.address),
+                        bytes: emergency_off_frame(profile, d.address),
                     });
                     heater = Some(h.clone());
                     pid = Some(h.clone());
@@ -245,9 +288,33 @@ impl Lab {
                             move_s: config.twin.arm_move_s,
                         })),
                         DeviceKind::Laser => {
-                            let l: Arc<dyn Laser> = Arc::new(VirtualLaser { name, twin });
+                            let shutter = d
+                                .shutter
+                                .as_ref()
+                                .map(|s| {
+                                    virtual_shutters.get(s).cloned().ok_or_else(|| {
+                                        LabError::Invalid(format!(
+                                            "{}: shutter {s} is not a virtual shutter",
+                                            d.symbol
+                                        ))
+                                    })
+                                })
+                                .transpose()?;
+                            let l: Arc<dyn Laser> = Arc::new(VirtualLaser {
+                                name,
+                                twin,
+                                shutter,
+                            });
                             lasers.push(l.clone());
                             Device::Laser(l)
+                        }
+                        DeviceKind::Shutter => {
+                            let s: Arc<dyn Shutter> =
+                                virtual_shutters.get(&d.symbol).cloned().ok_or_else(|| {
+                                    LabError::Invalid(format!("{}: no virtual shutter", d.symbol))
+                                })?;
+                            shutters.push(s.clone());
+                            Device::Shutter(s)
                         }
                         _ => {
                             return Err(LabError::Invalid(format!(
@@ -272,6 +339,7 @@ impl Lab {
             heater.clone(),
             pumps,
             lasers,
+            shutters,
             emergency,
         );
         if let Some(h) = &heater {
@@ -364,6 +432,11 @@ impl Lab {
                 Device::Sampler(u) => Ok(format!("{} (virtual rotation sampler)", u.name())),
                 Device::Arm(u) => Ok(format!("{} (virtual robot arm)", u.name())),
                 Device::Laser(u) => Ok(format!("{} (virtual laser)", u.name())),
+                Device::Shutter(u) => Ok(format!(
+                    "{} (virtual beam shutter, {})",
+                    u.name(),
+                    if u.is_open() { "open" } else { "closed" }
+                )),
             };
             out.push((s.clone(), r));
         }
@@ -592,6 +665,21 @@ impl Lab {
                     irr.duration_param = Some("duration".into());
                     (SchemaKind::Laser, false, false, vec![irr])
                 }
+                Device::Shutter(_) => (
+                    SchemaKind::Other,
+                    false,
+                    false,
+                    vec![
+                        m("close", "Close the laser's beam shutter", 200, vec![], &[]),
+                        m(
+                            "open",
+                            "Open the laser's beam shutter (refused while the cloud link is lost)",
+                            200,
+                            vec![],
+                            &[],
+                        ),
+                    ],
+                ),
             };
             let default_method = methods.first().map(|x| x.name.clone());
             devices.push(DeviceDescriptor {
@@ -826,7 +914,23 @@ impl Lab {
                     }
                 }
             }
+            (Device::Shutter(s), "close") => {
+                s.close().await?;
+                CallOutput {
+                    result: json!({"open": false}),
+                    ..Default::default()
+                }
+            }
+            (Device::Shutter(s), "open") => {
+                self.shutter_permitted(method)?;
+                s.open().await?;
+                CallOutput {
+                    result: json!({"open": true}),
+                    ..Default::default()
+                }
+            }
             (Device::Laser(l), "irradiate") => {
+                self.shutter_permitted(method)?;
                 let wl = need("wavelength")?;
                 let d = need("duration")?;
                 l.irradiate(wl, d).await?;
@@ -838,6 +942,16 @@ impl Lab {
             _ => return Err(unknown()),
         };
         Ok(out)
+    }
+
+    /// The shutters stay closed while the cloud link is lost.
+    fn shutter_permitted(&self, method: &str) -> Result<(), DeviceError> {
+        if self.kernel.shutters_inhibited() {
+            return Err(DeviceError::Interlock(format!(
+                "{method} refused: the beam shutter stays closed while the cloud link is lost"
+            )));
+        }
+        Ok(())
     }
 
     /// `H.hold(time)`: the stream keeps flowing through the coil at the set temperature (the

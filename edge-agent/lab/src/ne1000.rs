@@ -30,11 +30,13 @@ pub enum Direction {
 pub enum Command {
     /// Syringe inside diameter, mm.
     Diameter(f64),
-    /// Pumping rate, µL/min.
+    /// Pumping rate, µL/min (sent in µL/min, or in mL/min above 9999 µL/min).
     Rate(f64),
     /// Volume units to µL.
     VolumeUnitsUl,
-    /// Volume to dispense, µL (units set by `VolumeUnitsUl`).
+    /// Volume units to mL (volumes above 9999 µL do not fit four digits in µL).
+    VolumeUnitsMl,
+    /// Volume to dispense, in the units last set (`VolumeUnitsUl` / `VolumeUnitsMl`).
     Volume(f64),
     Direction(Direction),
     Run,
@@ -77,8 +79,10 @@ pub fn format_number(v: f64) -> Result<String, NumberFormatError> {
 pub fn encode(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> {
     let body = match cmd {
         Command::Diameter(v) => format!("DIA{}", format_number(*v)?),
-        Command::Rate(v) => format!("RAT{}UM", format_number(*v)?),
+        Command::Rate(v) if *v < 9999.5 => format!("RAT{}UM", format_number(*v)?),
+        Command::Rate(v) => format!("RAT{}MM", format_number(*v / 1000.0)?),
         Command::VolumeUnitsUl => "VOLUL".to_string(),
+        Command::VolumeUnitsMl => "VOLML".to_string(),
         Command::Volume(v) => format!("VOL{}", format_number(*v)?),
         Command::Direction(Direction::Infuse) => "DIRINF".to_string(),
         Command::Direction(Direction::Withdraw) => "DIRWDR".to_string(),
@@ -321,6 +325,11 @@ mod tests {
     #[test]
     fn encodes_commands() {
         assert_eq!(encode(1, &Command::Rate(12.5)).unwrap(), b"01RAT12.50UM\r");
+        assert_eq!(
+            encode(1, &Command::Rate(12_000.0)).unwrap(),
+            b"01RAT12.00MM\r"
+        );
+        assert_eq!(encode(2, &Command::VolumeUnitsMl).unwrap(), b"02VOLML\r");
         assert_eq!(encode(0, &Command::Run).unwrap(), b"00RUN\r");
         assert_eq!(
             encode(3, &Command::Direction(Direction::Withdraw)).unwrap(),

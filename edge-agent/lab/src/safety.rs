@@ -1,8 +1,10 @@
 //! Safety kernel, independent of the cloud link: a periodic loop that reads the heater, detects
 //! over-temperature, sensor break and thermal runaway, refreshes the heater output lease, latches
 //! faults (a reset clears the latch but restarts nothing), puts the lab in its safe state (pumps
-//! stopped, heater off, laser off) on a fault, an e-stop or shutdown, and a wall-clock watchdog
-//! thread that writes the safe-state frames straight to the serial ports if the runtime stalls.
+//! stopped, heater off, laser off, beam shutters closed) on a fault, an e-stop or shutdown, closes
+//! the shutters when the cloud link is lost (and keeps them closed until it is back), and a
+//! wall-clock watchdog thread that writes the safe-state frames straight to the serial ports if
+//! the runtime stalls.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{LinkLossPolicy, SafetyConfig};
-use crate::devices::{Laser, SyringePump, TemperatureController};
+use crate::devices::{Laser, Shutter, SyringePump, TemperatureController};
 use crate::error::DeviceError;
 
 /// Kinds of latched faults.
@@ -77,6 +79,8 @@ struct State {
     program_policy: Option<LinkLossPolicy>,
     program_cancel: Option<CancellationToken>,
     hold: bool,
+    /// The cloud link is lost: shutters stay closed.
+    link_down: bool,
     events: Vec<SafetyEvent>,
 }
 
@@ -87,6 +91,7 @@ pub struct SafetyKernel {
     heater: Option<Arc<dyn TemperatureController>>,
     pumps: Vec<Arc<dyn SyringePump>>,
     lasers: Vec<Arc<dyn Laser>>,
+    shutters: Vec<Arc<dyn Shutter>>,
     state: Mutex<State>,
     trip: Mutex<CancellationToken>,
     heartbeat_ms: Arc<AtomicU64>,
@@ -119,6 +124,7 @@ impl SafetyKernel {
         heater: Option<Arc<dyn TemperatureController>>,
         pumps: Vec<Arc<dyn SyringePump>>,
         lasers: Vec<Arc<dyn Laser>>,
+        shutters: Vec<Arc<dyn Shutter>>,
         emergency: Vec<EmergencyWrite>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -127,6 +133,7 @@ impl SafetyKernel {
             heater,
             pumps,
             lasers,
+            shutters,
             state: Mutex::new(State::default()),
             trip: Mutex::new(CancellationToken::new()),
             heartbeat_ms: Arc::new(AtomicU64::new(0)),
@@ -417,11 +424,12 @@ impl SafetyKernel {
         self.safe_state().await
     }
 
-    /// Heater off, pumps stopped, laser off. Each device is tried even if another fails.
+    /// Heater off, pumps stopped, shutters closed, laser off. Each device is tried even if another
+    /// fails; the shutters go first (closing one is immediate).
     pub async fn safe_state(&self) -> SafeStateReport {
         let t0 = self.clock.now_s();
         let w0 = Instant::now();
-        let mut failures = Vec::new();
+        let mut failures = self.close_shutters().await;
         let heater = async {
             if let Some(h) = &self.heater {
                 if let Err(e) = h.set_enabled(false).await {
@@ -472,8 +480,37 @@ impl SafetyKernel {
         self.hold_changed.notify_waiters();
     }
 
-    /// The link calls this when the cloud link is lost. Returns the policy applied.
+    /// Close every beam shutter; the failures, worded for the report.
+    async fn close_shutters(&self) -> Vec<String> {
+        futures_util::future::join_all(
+            self.shutters.iter().map(|s| async move {
+                s.close().await.err().map(|e| format!("{}: {e}", s.name()))
+            }),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Whether the lab's shutters must stay closed (it has some, and the cloud link is lost).
+    /// A lab without shutters keeps its laser's behaviour under the link-loss policy.
+    pub fn shutters_inhibited(&self) -> bool {
+        !self.shutters.is_empty() && lock_state(&self.state).link_down
+    }
+
+    /// The link calls this when the cloud link is lost: the shutters close (whatever the
+    /// program's policy) and stay closed until the link is back; then the program's policy
+    /// applies. Returns the policy applied, if a program runs.
     pub async fn link_lost(&self) -> Option<LinkLossPolicy> {
+        lock_state(&self.state).link_down = true;
+        if !self.shutters.is_empty() {
+            let failures = self.close_shutters().await;
+            self.event(
+                "shutter_closed",
+                format!("cloud link lost; failures {failures:?}"),
+            );
+        }
         let (policy, cancel) = {
             let st = lock_state(&self.state);
             (st.program_policy, st.program_cancel.clone())
@@ -500,7 +537,11 @@ impl SafetyKernel {
 
     /// The link calls this when the cloud link is back.
     pub fn link_restored(&self) {
-        lock_state(&self.state).hold = false;
+        {
+            let mut st = lock_state(&self.state);
+            st.hold = false;
+            st.link_down = false;
+        }
         self.event("link_restored", String::new());
         self.hold_changed.notify_waiters();
     }

@@ -1,6 +1,7 @@
 //! Real drivers against virtual devices on real pseudo-terminals: normal operation, a device that
 //! closes mid-command, 10,000 random or partial frames, and out-of-range parameters refused before
-//! any byte is written.
+//! any byte is written. The temperature-controller tests run once per register-map profile, each
+//! against the virtual controller emulating that profile.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use maosic_lab::devices::{
     Direction, HeaterLimits, PumpLimits, PumpState, SyringePump, TemperatureController,
 };
 use maosic_lab::drivers::ne1000_pump::Ne1000Pump;
-use maosic_lab::drivers::pid_modbus::PidModbus;
+use maosic_lab::drivers::pid_modbus::{emergency_off_frame, PidModbus};
+use maosic_lab::drivers::profiles::{ControllerProfile, Watchdog, PROFILES};
 use maosic_lab::drivers::SerialTiming;
 use maosic_lab::error::DeviceError;
 use maosic_lab::sim::pump::PumpSim;
@@ -23,6 +25,11 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn twin(speed: f64) -> TwinHandle {
+    twin_with(speed, PROFILES[0])
+}
+
+/// A twin whose controller `H` (slave 1) shows `profile`'s registers.
+fn twin_with(speed: f64, profile: &'static ControllerProfile) -> TwinHandle {
     let mut w = World::new(
         maosic_landscape::Landscape::paper(),
         Chemistry {
@@ -39,7 +46,14 @@ fn twin(speed: f64) -> TwinHandle {
         clock,
         vec![
             ("P1".into(), TwinPortKind::Pump),
-            ("H".into(), TwinPortKind::Pid { slave: 1 }),
+            (
+                "H".into(),
+                TwinPortKind::Pid {
+                    slave: 1,
+                    profile,
+                    decimals: profile.decimals,
+                },
+            ),
         ],
     )
     .unwrap()
@@ -53,7 +67,7 @@ fn timing() -> SerialTiming {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pump_and_pid_work_over_ptys() {
+async fn pump_works_over_ptys() {
     let t = twin(100.0);
     let p = Ne1000Pump::open(
         "P1",
@@ -77,8 +91,10 @@ async fn pump_and_pid_work_over_ptys() {
     println!("pump after 20 s lab: {st:?}");
     assert_eq!(st.state, PumpState::Stopped);
     assert!((st.infused_ul - 100.0).abs() < 0.5);
+}
 
-    let h = PidModbus::open(
+fn controller(t: &TwinHandle, profile: &'static ControllerProfile) -> PidModbus {
+    PidModbus::open(
         "H",
         t.path("H").unwrap(),
         9600,
@@ -86,13 +102,179 @@ async fn pump_and_pid_work_over_ptys() {
         HeaterLimits::default(),
         timing(),
     )
-    .unwrap();
-    h.set_setpoint(120.5).await.unwrap();
+    .unwrap()
+    .with_profile(profile, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_sets_runs_reads_and_stops_with_every_profile() {
+    for profile in PROFILES {
+        let t = twin_with(100.0, profile);
+        let h = controller(&t, profile);
+        h.set_high_alarm(190.0).await.unwrap();
+        h.set_setpoint(120.5).await.unwrap();
+        h.set_enabled(true).await.unwrap();
+        h.refresh_lease().await.unwrap();
+        let r = h.read().await.unwrap();
+        assert_eq!(r.sp_c, 120.5, "{}", profile.name);
+        assert!(r.enabled, "{}", profile.name);
+        assert!(!r.alarms.any_fault(), "{}", profile.name);
+        let (sp, alarm, on) =
+            t.with_world(|w| (w.heater.sp_c, w.heater.high_alarm_c, w.heater.enabled));
+        assert_eq!((sp, alarm, on), (120.5, 190.0, true), "{}", profile.name);
+        // heating: the controller's output shows up in the reading
+        t.clock.sleep(Duration::from_secs(2)).await;
+        let r = h.read().await.unwrap();
+        let pv = r.pv_c.unwrap();
+        println!(
+            "{}: PV {pv:.1} °C, output {:.1} %",
+            profile.name, r.output_pct
+        );
+        assert!(r.output_pct > 50.0, "{}: {r:?}", profile.name);
+        h.set_enabled(false).await.unwrap();
+        let r = h.read().await.unwrap();
+        assert!(!r.enabled, "{}", profile.name);
+        t.clock.sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.read().await.unwrap().output_pct, 0.0, "{}", profile.name);
+        // an open thermocouple reads as no PV and a sensor-break alarm
+        t.with_world(|w| w.heater.faults.broken = true);
+        t.clock.sleep(Duration::from_secs(1)).await;
+        let r = h.read().await.unwrap();
+        assert!(
+            r.pv_c.is_none() && r.alarms.sensor_break,
+            "{}: {r:?}",
+            profile.name
+        );
+    }
+}
+
+/// Watchdog expiry, per profile. Where the controller has its own comms-loss feature (the twin's
+/// output lease) silence alone cuts the output. Every profile is also stopped by the agent's
+/// wall-clock watchdog, which writes the profile's stop frame straight to the port with blocking
+/// I/O: the controller stops, and no value register (PV, setpoint, alarm) changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_expiry_reaches_the_safe_state_with_every_profile() {
+    for profile in PROFILES {
+        let t = twin_with(20.0, profile);
+        let h = controller(&t, profile);
+        h.set_high_alarm(190.0).await.unwrap();
+        h.set_setpoint(150.0).await.unwrap();
+        h.refresh_lease().await.unwrap();
+        h.set_enabled(true).await.unwrap();
+        if let Watchdog::Lease { .. } = profile.watchdog {
+            // no refresh for longer than the lease (3 s lab): the device cuts its output itself
+            t.clock.sleep(Duration::from_secs(5)).await;
+            let r = h.read().await.unwrap();
+            println!(
+                "{}: lease lapsed -> output {} %, alarms {:?}",
+                profile.name, r.output_pct, r.alarms
+            );
+            assert_eq!(r.output_pct, 0.0, "{}", profile.name);
+            assert!(r.alarms.lease_expired, "{}", profile.name);
+            h.refresh_lease().await.unwrap();
+        } else {
+            t.clock.sleep(Duration::from_secs(5)).await;
+            let r = h.read().await.unwrap();
+            println!(
+                "{}: no device watchdog; after 5 s silence output {:.1} %",
+                profile.name, r.output_pct
+            );
+            assert!(r.output_pct > 0.0 && r.enabled, "{}: {r:?}", profile.name);
+        }
+        let before = t.with_world(|w| (w.heater.sp_c, w.heater.high_alarm_c));
+        let frame = emergency_off_frame(profile, 1);
+        let path = t.path("H").unwrap().to_string();
+        let wrote = std::thread::spawn(move || {
+            maosic_lab::safety::emergency_write(&maosic_lab::safety::EmergencyWrite {
+                path,
+                baud: 9600,
+                bytes: frame,
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(wrote, "{}", profile.name);
+        let t0 = Instant::now();
+        while t.with_world(|w| w.heater.enabled) && t0.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        t.clock.sleep(Duration::from_secs(1)).await;
+        let (after, enabled, out) = t.with_world(|w| {
+            (
+                (w.heater.sp_c, w.heater.high_alarm_c),
+                w.heater.enabled,
+                w.heater.output_pct,
+            )
+        });
+        println!("{}: stop frame -> enabled {enabled}, output {out} %, (SP, alarm) {before:?} -> {after:?}", profile.name);
+        assert!(!enabled && out == 0.0, "{}", profile.name);
+        assert_eq!(before, after, "{}", profile.name);
+        let r = h.read().await.unwrap();
+        assert!(!r.enabled && r.sp_c == 150.0, "{}: {r:?}", profile.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omron_controller_is_set_up_again_after_a_power_cycle() {
+    let profile = &maosic_lab::drivers::profiles::OMRON_E5CC;
+    let t = twin_with(20.0, profile);
+    let h = controller(&t, profile);
+    h.set_setpoint(80.0).await.unwrap();
+    // a power cycle turns "communications writing" off: the controller refuses writes until the
+    // driver sends its start-up writes again
+    t.with_world(|w| w.heater.comms_writing = false);
+    h.set_setpoint(90.0).await.unwrap();
+    assert_eq!(t.with_world(|w| w.heater.sp_c), 90.0);
+    // and the stop goes through the same way
     h.set_enabled(true).await.unwrap();
-    h.refresh_lease().await.unwrap();
-    let r = h.read().await.unwrap();
-    assert_eq!(r.sp_c, 120.5);
-    assert!(r.enabled);
+    t.with_world(|w| w.heater.comms_writing = false);
+    h.set_enabled(false).await.unwrap();
+    assert!(!t.with_world(|w| w.heater.enabled));
+}
+
+/// A 20 mL syringe: volumes above 9999 µL and rates above 9999 µL/min do not fit the pump's four
+/// digits in µL; the driver switches to mL (and mL/min) for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_syringes_are_programmed_in_millilitres() {
+    let mut w = World::new(
+        maosic_landscape::Landscape::paper(),
+        Chemistry {
+            cs_mmol_per_ml: Default::default(),
+            reactor_volume_ul: 100.0,
+        },
+        ThermalParams::default(),
+        1,
+    );
+    let mut sim = PumpSim::new(1, 20_000.0);
+    sim.max_rate_ul_min = 30_000.0;
+    w.pumps.insert("P1".into(), sim);
+    let t = TwinHandle::start(
+        Arc::new(Mutex::new(w)),
+        Clock::new(100.0).unwrap(),
+        vec![("P1".into(), TwinPortKind::Pump)],
+    )
+    .unwrap();
+    let limits = PumpLimits {
+        max_rate_ul_min: 20_000.0,
+        syringe_volume_ul: 20_000.0,
+        min_diameter_mm: 1.0,
+        max_diameter_mm: 30.0,
+    };
+    let p = Ne1000Pump::open("P1", t.path("P1").unwrap(), 19200, 1, limits, timing()).unwrap();
+    p.set_diameter(19.13).await.unwrap();
+    p.set_rate(12_000.0).await.unwrap();
+    p.set_volume(15_000.0).await.unwrap();
+    let (rate, vol) = t.with_world(|w| (w.pumps["P1"].rate_ul_min, w.pumps["P1"].volume_ul));
+    assert_eq!((rate, vol), (12_000.0, 15_000.0));
+    assert_eq!(p.rate().await.unwrap(), 12_000.0);
+    p.run().await.unwrap();
+    t.clock.sleep(Duration::from_secs(120)).await; // 15 mL at 12 mL/min = 75 s
+    let st = p.status().await.unwrap();
+    println!("20 mL syringe: {st:?}");
+    assert!((st.infused_ul - 15_000.0).abs() < 10.0, "{st:?}");
+    // small volumes still go in µL
+    p.set_volume(250.5).await.unwrap();
+    assert_eq!(t.with_world(|w| w.pumps["P1"].volume_ul), 250.5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,24 +306,23 @@ async fn device_closed_mid_command_fails_without_hanging() {
     // and it stays a clean error afterwards
     assert!(p.version().await.is_err());
 
-    let h = PidModbus::open(
-        "H",
-        t.path("H").unwrap(),
-        9600,
-        1,
-        HeaterLimits::default(),
-        timing(),
-    )
-    .unwrap();
-    h.read().await.unwrap();
-    t.faults("H")
-        .unwrap()
-        .close_on_next
-        .store(true, Ordering::SeqCst);
-    let t0 = Instant::now();
-    let e = h.read().await.unwrap_err();
-    println!("PID closed mid-command: {e} after {:?}", t0.elapsed());
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    for profile in PROFILES {
+        let t = twin_with(10.0, profile);
+        let h = controller(&t, profile);
+        h.read().await.unwrap();
+        t.faults("H")
+            .unwrap()
+            .close_on_next
+            .store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let e = h.read().await.unwrap_err();
+        println!(
+            "PID ({}) closed mid-command: {e} after {:?}",
+            profile.name,
+            t0.elapsed()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,6 +452,31 @@ async fn out_of_range_parameters_write_no_bytes() {
         "{refused} out-of-range calls refused; bytes written before/after: {before:?} / {after:?}"
     );
     assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_controller_values_write_no_bytes_with_every_profile() {
+    for profile in PROFILES {
+        let t = twin_with(10.0, profile);
+        let h = controller(&t, profile);
+        let fh = t.faults("H").unwrap();
+        let before = (h.transactions(), fh.bytes_received.load(Ordering::SeqCst));
+        for r in [
+            h.set_setpoint(250.0).await,
+            h.set_setpoint(-5.0).await,
+            h.set_setpoint(f64::NAN).await,
+            h.set_high_alarm(400.0).await,
+        ] {
+            assert!(
+                matches!(r, Err(DeviceError::OutOfRange { .. })),
+                "{}: {r:?}",
+                profile.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = (h.transactions(), fh.bytes_received.load(Ordering::SeqCst));
+        assert_eq!(before, after, "{}", profile.name);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

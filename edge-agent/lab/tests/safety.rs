@@ -17,8 +17,16 @@ use tokio_util::sync::CancellationToken;
 const SAFETY_SPEED: f64 = 10.0;
 
 async fn lab(speed: f64) -> Lab {
+    lab_with(speed, maosic_lab::drivers::profiles::DEFAULT_PROFILE).await
+}
+
+/// The paper's virtual lab with its controller `H` speaking `profile`.
+async fn lab_with(speed: f64, profile: &str) -> Lab {
     let mut c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
     c.twin.speed = speed;
+    for d in c.devices.iter_mut().filter(|d| d.symbol == "H") {
+        d.profile = Some(profile.to_string());
+    }
     Lab::build(c).await.unwrap()
 }
 
@@ -214,15 +222,23 @@ async fn estop_reaches_safe_state_within_one_period() {
 }
 
 /// The agent's runtime is blocked (a current-thread runtime sleeping) while a pump moves and the
-/// heater runs: the wall-clock watchdog writes the safe-state frames to the ports itself.
+/// heater runs: the wall-clock watchdog writes the safe-state frames to the ports itself. Once per
+/// controller profile: each profile's stop frame must stop its emulated controller.
 #[test]
 fn blocked_runtime_during_pump_move_reaches_safe_state_within_watchdog_period() {
+    for profile in maosic_lab::drivers::profiles::known_names() {
+        println!("profile {profile}");
+        blocked_runtime_reaches_safe_state(profile);
+    }
+}
+
+fn blocked_runtime_reaches_safe_state(profile: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let lab = lab(10.0).await;
+        let lab = lab_with(10.0, profile).await;
         let wd = lab.config.safety.watchdog_ms;
         lab.call("H.set_temperature", &params(&[("T", 60.0)])).await.unwrap();
         lab.call("P1.set_rate", &params(&[("rate", 20.0)])).await.unwrap();
@@ -259,6 +275,36 @@ fn blocked_runtime_during_pump_move_reaches_safe_state_within_watchdog_period() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emergency_frames_stop_pumps_and_heater_without_the_runtime() {
     let lab = lab(20.0).await;
+    emergency_frames_reach_safe_state(lab).await;
+}
+
+/// The same e-stop path (e-stop, then the raw frames) with each real controller's profile: the
+/// heater stops and its setpoint and alarm threshold are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estop_and_emergency_frames_stop_each_real_controller_profile() {
+    for profile in ["eurotherm-3200", "omron-e5cc"] {
+        let lab = lab_with(SAFETY_SPEED, profile).await;
+        heat_to(&lab, 70.0).await;
+        let before = lab
+            .twin()
+            .unwrap()
+            .with_world(|w| (w.heater.sp_c, w.heater.high_alarm_c));
+        let r = lab.estop().await;
+        let (after, enabled) = lab
+            .twin()
+            .unwrap()
+            .with_world(|w| ((w.heater.sp_c, w.heater.high_alarm_c), w.heater.enabled));
+        println!("{profile}: e-stop in {:.3} s lab, failures {:?}; heater enabled {enabled}; (SP, alarm) {before:?} -> {after:?}", r.lab_s, r.failures);
+        assert!(r.failures.is_empty(), "{profile}");
+        assert!(!enabled, "{profile}");
+        assert_eq!(before, after, "{profile}");
+        drop(lab);
+        let lab = lab_with(20.0, profile).await;
+        emergency_frames_reach_safe_state(lab).await;
+    }
+}
+
+async fn emergency_frames_reach_safe_state(lab: Lab) {
     heat_to(&lab, 80.0).await;
     lab.call("P1.set_rate", &params(&[("rate", 30.0)]))
         .await

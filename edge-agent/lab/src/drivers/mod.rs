@@ -3,6 +3,7 @@
 
 pub mod ne1000_pump;
 pub mod pid_modbus;
+pub mod profiles;
 
 use std::time::Duration;
 

@@ -1,7 +1,10 @@
 //! NE-1000-family syringe pump driver over RS-232 (tokio-serial): local limits checked before any
-//! byte is written, whole-frame replies, timeouts, bounded retries, typed errors.
+//! byte is written, whole-frame replies, timeouts, bounded retries, typed errors. Several pumps
+//! with different addresses share one port (New Era's pump network) through one [`Ne1000Bus`]:
+//! one command and its reply at a time on the wire, replies told apart by address.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -15,13 +18,52 @@ use crate::devices::{PumpLimits, PumpStatus, SyringePump};
 use crate::error::{check_range, DeviceError};
 use crate::ne1000::{self, Command, Direction, PumpState, Reply, ReplyCodec};
 
-/// A pump on a serial port.
+/// One serial port carrying a network of pumps: whoever holds the lock owns the wire for one
+/// command and its reply.
+pub struct Ne1000Bus {
+    path: String,
+    port: Mutex<Option<FramedRead<SerialStream, ReplyCodec>>>,
+}
+
+impl std::fmt::Debug for Ne1000Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ne1000Bus")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Ne1000Bus {
+    /// Wrap an open serial port.
+    pub fn new(path: &str, port: SerialStream) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.to_string(),
+            port: Mutex::new(Some(FramedRead::new(port, ReplyCodec::default()))),
+        })
+    }
+
+    /// Open `path` at `baud` for the pumps on it (`device` names the first, for errors).
+    pub fn open(device: &str, path: &str, baud: u32) -> Result<Arc<Self>, DeviceError> {
+        let port = crate::pty::open_serial(path, baud).map_err(|e| DeviceError::Open {
+            device: device.to_string(),
+            port: path.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self::new(path, port))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// A pump on a serial port (alone, or on a network shared with other addresses).
 pub struct Ne1000Pump {
     name: String,
     address: u8,
     limits: PumpLimits,
     timing: SerialTiming,
-    port: Mutex<Option<FramedRead<SerialStream, ReplyCodec>>>,
+    bus: Arc<Ne1000Bus>,
     bytes_written: AtomicU64,
 }
 
@@ -35,10 +77,21 @@ impl std::fmt::Debug for Ne1000Pump {
 }
 
 impl Ne1000Pump {
-    /// Wrap an open serial port.
+    /// Wrap an open serial port the pump has to itself.
     pub fn new(
         name: &str,
         port: SerialStream,
+        address: u8,
+        limits: PumpLimits,
+        timing: SerialTiming,
+    ) -> Self {
+        Self::on_bus(name, Ne1000Bus::new("", port), address, limits, timing)
+    }
+
+    /// The pump at `address` on a shared port.
+    pub fn on_bus(
+        name: &str,
+        bus: Arc<Ne1000Bus>,
         address: u8,
         limits: PumpLimits,
         timing: SerialTiming,
@@ -48,7 +101,7 @@ impl Ne1000Pump {
             address: address.min(99),
             limits,
             timing,
-            port: Mutex::new(Some(FramedRead::new(port, ReplyCodec::default()))),
+            bus,
             bytes_written: AtomicU64::new(0),
         }
     }
@@ -62,12 +115,8 @@ impl Ne1000Pump {
         limits: PumpLimits,
         timing: SerialTiming,
     ) -> Result<Self, DeviceError> {
-        let port = crate::pty::open_serial(path, baud).map_err(|e| DeviceError::Open {
-            device: name.to_string(),
-            port: path.to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok(Self::new(name, port, address, limits, timing))
+        let bus = Ne1000Bus::open(name, path, baud)?;
+        Ok(Self::on_bus(name, bus, address, limits, timing))
     }
 
     /// Bytes written to the port so far (tests check that refused commands write none).
@@ -109,7 +158,7 @@ impl Ne1000Pump {
             device: self.name.clone(),
             message: e.to_string(),
         })?;
-        let mut guard = self.port.lock().await;
+        let mut guard = self.bus.port.lock().await;
         let Some(framed) = guard.as_mut() else {
             return Err(self.disconnected("port was closed after an earlier failure"));
         };
@@ -242,8 +291,14 @@ impl SyringePump for Ne1000Pump {
     }
     async fn set_volume(&self, ul: f64) -> Result<(), DeviceError> {
         self.check(&Command::Volume(ul))?;
-        self.expect_ok(Command::VolumeUnitsUl).await?;
-        self.expect_ok(Command::Volume(ul)).await
+        // four digits: µL up to 9999, mL above (large syringes)
+        if ul < 9999.5 {
+            self.expect_ok(Command::VolumeUnitsUl).await?;
+            self.expect_ok(Command::Volume(ul)).await
+        } else {
+            self.expect_ok(Command::VolumeUnitsMl).await?;
+            self.expect_ok(Command::Volume(ul / 1000.0)).await
+        }
     }
     async fn set_direction(&self, dir: Direction) -> Result<(), DeviceError> {
         self.expect_ok(Command::Direction(dir)).await

@@ -12,7 +12,8 @@ use super::servers::lock;
 use super::world::World;
 use crate::clock::Clock;
 use crate::devices::{
-    AbsorptionSpectrometer, CdScan, CdSpectrometer, Laser, RobotArm, RotationSampler, Spectrum,
+    AbsorptionSpectrometer, CdScan, CdSpectrometer, Laser, RobotArm, RotationSampler, Shutter,
+    Spectrum,
 };
 use crate::error::{check_range, DeviceError};
 
@@ -251,11 +252,57 @@ impl RobotArm for VirtualArm {
     }
 }
 
-/// Femtosecond laser irradiating the cuvette at the laser stage.
+/// The laser's beam shutter (state in `World::shutters`, closed at start). Opening takes
+/// `open_s` of lab time; closing is immediate (it is the safe state).
+#[derive(Debug)]
+pub struct VirtualShutter {
+    pub name: String,
+    pub twin: Twin,
+    pub open_s: f64,
+}
+
+impl VirtualShutter {
+    pub fn new(name: String, twin: Twin) -> Self {
+        twin.with(|w| w.shutters.insert(name.clone(), false));
+        Self {
+            name,
+            twin,
+            open_s: 0.05,
+        }
+    }
+}
+
+#[async_trait]
+impl Shutter for VirtualShutter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn open(&self) -> Result<(), DeviceError> {
+        self.twin.spend(self.open_s).await;
+        self.twin
+            .with(|w| w.shutters.insert(self.name.clone(), true));
+        Ok(())
+    }
+    async fn close(&self) -> Result<(), DeviceError> {
+        self.twin
+            .with(|w| w.shutters.insert(self.name.clone(), false));
+        Ok(())
+    }
+    fn is_open(&self) -> bool {
+        self.twin
+            .with(|w| w.shutters.get(&self.name).copied().unwrap_or(false))
+    }
+}
+
+/// Femtosecond laser irradiating the cuvette at the laser stage. With a `shutter`, light reaches
+/// the cuvette only while the shutter is open: `irradiate` opens it, doses for the time it stays
+/// open, closes it, and fails with an interlock error when something else (the safety kernel)
+/// closed it first.
 #[derive(Debug)]
 pub struct VirtualLaser {
     pub name: String,
     pub twin: Twin,
+    pub shutter: Option<Arc<VirtualShutter>>,
 }
 
 #[async_trait]
@@ -269,16 +316,47 @@ impl Laser for VirtualLaser {
         if !self.twin.with(|w| w.places.contains_key("laser")) {
             return Err(fault(&self.name, "no cuvette on the laser stage"));
         }
-        self.twin.spend(duration_s).await;
-        self.twin.with(|w| {
-            let World { places, rng, .. } = w;
-            if let Some(s) = places.get_mut("laser") {
-                optics::irradiate(s, wavelength_nm, duration_s, &mut rng.laser);
+        let dose = |exposed_s: f64| {
+            self.twin.with(|w| {
+                let World { places, rng, .. } = w;
+                if let Some(s) = places.get_mut("laser") {
+                    optics::irradiate(s, wavelength_nm, exposed_s, &mut rng.laser);
+                }
+            })
+        };
+        let Some(shutter) = &self.shutter else {
+            self.twin.spend(duration_s).await;
+            dose(duration_s);
+            return Ok(());
+        };
+        shutter.open().await?;
+        let mut exposed = 0.0;
+        let mut interrupted = false;
+        while exposed < duration_s {
+            let step = (duration_s - exposed).min(1.0);
+            self.twin.spend(step).await;
+            if !shutter.is_open() {
+                interrupted = true;
+                break;
             }
-        });
+            exposed += step;
+        }
+        shutter.close().await?;
+        if exposed > 0.0 {
+            dose(exposed);
+        }
+        if interrupted {
+            return Err(DeviceError::Interlock(format!(
+                "{}: shutter {} closed during irradiation after {exposed:.0} s of {duration_s:.0} s",
+                self.name, shutter.name
+            )));
+        }
         Ok(())
     }
     async fn off(&self) -> Result<(), DeviceError> {
+        if let Some(s) = &self.shutter {
+            s.close().await?;
+        }
         Ok(())
     }
 }

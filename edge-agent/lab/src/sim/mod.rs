@@ -2,6 +2,7 @@
 //! are served on pseudo-terminals on their own runtime thread, so the real drivers talk to them as
 //! to hardware; the instruments without a serial protocol are virtual trait implementations.
 
+pub mod controller;
 pub mod instruments;
 pub mod optics;
 pub mod pump;

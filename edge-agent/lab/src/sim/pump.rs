@@ -25,6 +25,8 @@ pub struct PumpSim {
     pub max_rate_ul_min: f64,
     /// What flowed out of the syringe in the last `advance` call, µL.
     pub last_infused_ul: f64,
+    /// Volume units are mL (`VOLML`) rather than µL.
+    pub volume_in_ml: bool,
 }
 
 impl PumpSim {
@@ -45,6 +47,7 @@ impl PumpSim {
             alarm: None,
             max_rate_ul_min: 2000.0,
             last_infused_ul: 0.0,
+            volume_in_ml: false,
         }
     }
 
@@ -92,6 +95,14 @@ impl PumpSim {
         self.run_moved_ul += dv;
         if self.volume_ul > 0.0 && self.run_moved_ul >= self.volume_ul - 1e-9 {
             self.running = false;
+        }
+    }
+
+    fn ul_per_unit(&self) -> f64 {
+        if self.volume_in_ml {
+            1000.0
+        } else {
+            1.0
         }
     }
 
@@ -161,7 +172,12 @@ impl PumpSim {
                 _ => self.reply("?OOR"),
             },
             "RAT" if arg.is_empty() => {
-                let d = format!("{}UM", format_number(self.rate_ul_min).unwrap_or_default());
+                let d = if self.rate_ul_min < 9999.5 {
+                    format!("{}UM", format_number(self.rate_ul_min).unwrap_or_default())
+                } else {
+                    let ml = format_number(self.rate_ul_min / 1000.0).unwrap_or_default();
+                    format!("{ml}MM")
+                };
                 self.reply(d)
             }
             "RAT" => {
@@ -182,14 +198,22 @@ impl PumpSim {
                     _ => self.reply("?COM"),
                 }
             }
-            "VOL" if arg == "UL" || arg == "ML" => self.reply(""),
+            "VOL" if arg == "UL" || arg == "ML" => {
+                self.volume_in_ml = arg == "ML";
+                self.reply("")
+            }
             "VOL" if arg.is_empty() => {
-                let d = format!("{}UL", format_number(self.volume_ul).unwrap_or_default());
+                let (v, u) = if self.volume_in_ml {
+                    (self.volume_ul / 1000.0, "ML")
+                } else {
+                    (self.volume_ul, "UL")
+                };
+                let d = format!("{}{u}", format_number(v).unwrap_or_default());
                 self.reply(d)
             }
             "VOL" => match num(arg) {
-                Some(v) if v <= self.capacity_ul => {
-                    self.volume_ul = v;
+                Some(v) if v * self.ul_per_unit() <= self.capacity_ul => {
+                    self.volume_ul = v * self.ul_per_unit();
                     self.reply("")
                 }
                 Some(_) => self.reply("?OOR"),
@@ -235,9 +259,17 @@ impl PumpSim {
                 self.reply("")
             }
             "DIS" => {
-                let i = format_number(self.infused_ul.min(9999.0)).unwrap_or_default();
-                let w = format_number(self.withdrawn_ul.min(9999.0)).unwrap_or_default();
-                self.reply(format!("I{i}W{w}UL"))
+                let (scale, u) = if self.infused_ul.max(self.withdrawn_ul) < 9999.5 {
+                    (1.0, "UL")
+                } else {
+                    (1000.0, "ML")
+                };
+                let f = |v: f64| format_number((v / scale).min(9999.0)).unwrap_or_default();
+                self.reply(format!(
+                    "I{}W{}{u}",
+                    f(self.infused_ul),
+                    f(self.withdrawn_ul)
+                ))
             }
             "CLD" => match arg {
                 "INF" => {

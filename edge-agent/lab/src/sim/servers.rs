@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 
+use super::controller::ControllerFace;
 use super::world::World;
 use crate::clock::Clock;
 
@@ -30,10 +31,11 @@ pub fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
     }
 }
 
-/// Serve pump `symbol` on `master` until the port closes.
+/// Serve the pumps `symbols` (one, or a network of several addresses) on `master` until the port
+/// closes. Each command goes to the pump whose address it carries; the others stay silent.
 pub async fn serve_pump(
     mut master: SerialStream,
-    symbol: String,
+    symbols: Vec<String>,
     world: Arc<Mutex<World>>,
     clock: Clock,
     faults: Arc<PortFaults>,
@@ -59,7 +61,9 @@ pub async fn serve_pump(
             let reply = {
                 let mut w = lock(&world);
                 w.advance_to(clock.now_s());
-                w.pumps.get_mut(&symbol).and_then(|p| p.handle(line))
+                symbols
+                    .iter()
+                    .find_map(|s| w.pumps.get_mut(s).and_then(|p| p.handle(line)))
             };
             if faults.mute.load(Ordering::Relaxed) {
                 continue;
@@ -104,8 +108,13 @@ fn request_len(b: &[u8]) -> Option<Option<usize>> {
     }
 }
 
-/// Answer one complete, CRC-checked request. `None`: not for us.
-fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
+/// Answer one complete, CRC-checked request through the controller's face. `None`: not for us.
+fn modbus_answer(
+    w: &mut World,
+    face: &mut ControllerFace,
+    slave: u8,
+    req: &[u8],
+) -> Option<Vec<u8>> {
     if req[0] != slave {
         return None;
     }
@@ -120,22 +129,17 @@ fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
             }
             let mut v = vec![slave, fc, (count * 2) as u8];
             for a in addr..addr.saturating_add(count) {
-                let r = if fc == 0x03 {
-                    w.heater.read_holding(a)
-                } else {
-                    w.heater.read_input(a)
-                };
-                match r {
-                    Some(x) => v.extend_from_slice(&x.to_be_bytes()),
-                    None => return Some(exception(2)),
+                match face.read(&w.heater, fc, a) {
+                    Ok(x) => v.extend_from_slice(&x.to_be_bytes()),
+                    Err(code) => return Some(exception(code)),
                 }
             }
             with_crc(v)
         }
         0x06 => {
             let (addr, value) = (be(2), be(4));
-            if !w.heater.write(addr, value) {
-                return Some(exception(2));
+            if let Err(code) = face.write_single(&mut w.heater, addr, value) {
+                return Some(exception(code));
             }
             with_crc(req[..6].to_vec())
         }
@@ -144,11 +148,9 @@ fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
             if usize::from(req[6]) != usize::from(count) * 2 {
                 return Some(exception(3));
             }
-            for i in 0..count {
-                let value = be(7 + 2 * usize::from(i));
-                if !w.heater.write(addr.saturating_add(i), value) {
-                    return Some(exception(2));
-                }
+            let values: Vec<u16> = (0..usize::from(count)).map(|i| be(7 + 2 * i)).collect();
+            if let Err(code) = face.write_multiple(&mut w.heater, addr, &values) {
+                return Some(exception(code));
             }
             with_crc(req[..6].to_vec())
         }
@@ -157,10 +159,12 @@ fn modbus_answer(w: &mut World, slave: u8, req: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Serve the PID controller (Modbus RTU slave `slave`) on `master` until the port closes.
+/// Serve the PID controller (Modbus RTU slave `slave`, registers as `face`) on `master` until
+/// the port closes.
 pub async fn serve_pid(
     mut master: SerialStream,
     slave: u8,
+    mut face: ControllerFace,
     world: Arc<Mutex<World>>,
     clock: Clock,
     faults: Arc<PortFaults>,
@@ -206,7 +210,7 @@ pub async fn serve_pid(
             let answer = {
                 let mut w = lock(&world);
                 w.advance_to(clock.now_s());
-                modbus_answer(&mut w, slave, &frame)
+                modbus_answer(&mut w, &mut face, slave, &frame)
             };
             if faults.mute.load(Ordering::Relaxed) {
                 continue;

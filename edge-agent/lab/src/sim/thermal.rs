@@ -1,41 +1,11 @@
 //! Pure model of the reactor heater: a first-order thermal plant (copper pipe + 100 W cartridge)
-//! under the controller's own PID loop, its sensor, device-side protections and the Modbus
-//! register map the virtual controller serves. No I/O.
+//! under the controller's own PID loop, its sensor and device-side protections. No I/O. The
+//! registers a controller shows over Modbus are in `sim::controller`, one face per profile.
 
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::devices::HeaterAlarms;
-
-/// Modbus register map of the PID controller (values in tenths: 1234 = 123.4 °C / 12.34 … %).
-pub mod regs {
-    /// Holding: setpoint, 0.1 °C (i16).
-    pub const SP: u16 = 0;
-    /// Holding: 1 = control on, 0 = heater off.
-    pub const ENABLE: u16 = 1;
-    /// Holding: device high-temperature alarm, 0.1 °C; PV at or above it cuts the output and latches.
-    pub const HIGH_ALARM: u16 = 2;
-    /// Holding: output lease; any write refreshes it. The output is cut when not refreshed in time.
-    pub const LEASE: u16 = 3;
-    /// Holding: write 1 to clear latched alarms.
-    pub const ALARM_RESET: u16 = 4;
-    /// Number of holding registers.
-    pub const HOLDING_COUNT: u16 = 5;
-    /// Input: process value, 0.1 °C (i16); `SENSOR_BREAK` when the thermocouple is open.
-    pub const PV: u16 = 0;
-    /// Input: heater output, 0.1 %.
-    pub const OUTPUT: u16 = 1;
-    /// Input: alarm bits (1 high temperature, 2 sensor break, 4 lease expired).
-    pub const ALARMS: u16 = 2;
-    /// Input: setpoint echo, 0.1 °C.
-    pub const SP_ECHO: u16 = 3;
-    /// Input: control on (1) / off (0).
-    pub const ENABLED: u16 = 4;
-    /// Number of input registers.
-    pub const INPUT_COUNT: u16 = 5;
-    /// PV value reported for an open sensor.
-    pub const SENSOR_BREAK: u16 = 0x8000;
-}
 
 /// Plant and controller constants.
 #[derive(Debug, Clone)]
@@ -103,6 +73,14 @@ pub struct HeaterSim {
     pub faults: SensorFaults,
     /// Real-time floor of the lease window, s of lab time (see `VirtualLab`).
     pub lease_floor_s: f64,
+    /// The controller has an output lease (the twin's comms-loss watchdog); real controllers
+    /// without one never cut the output for silence.
+    pub device_lease: bool,
+    /// The high alarm latches until reset (off: it clears when the PV falls below it).
+    pub alarm_latching: bool,
+    /// The controller accepts writes over comms (Omron's "communications writing"; cleared by a
+    /// power cycle).
+    pub comms_writing: bool,
     pub now_s: f64,
 }
 
@@ -125,6 +103,9 @@ impl HeaterSim {
             lease_expiries: 0,
             faults: SensorFaults::default(),
             lease_floor_s: 0.0,
+            device_lease: true,
+            alarm_latching: true,
+            comms_writing: true,
             now_s: 0.0,
         }
     }
@@ -153,9 +134,11 @@ impl HeaterSim {
         // device-side protections
         if !self.faults.broken && self.pv_c >= self.high_alarm_c {
             self.high_latched = true;
+        } else if !self.alarm_latching {
+            self.high_latched = false;
         }
         let window = self.p.lease_s.max(self.lease_floor_s);
-        let expired = self.enabled && now_s - self.last_lease_s > window;
+        let expired = self.device_lease && self.enabled && now_s - self.last_lease_s > window;
         if expired && !self.lease_expired {
             self.lease_expiries += 1;
         }
@@ -180,78 +163,31 @@ impl HeaterSim {
         self.t_c += (target - self.t_c) * (dt / self.p.tau_s).min(1.0);
     }
 
-    /// Serve a holding-register read.
-    pub fn read_holding(&self, addr: u16) -> Option<u16> {
-        Some(match addr {
-            regs::SP => to_reg(self.sp_c),
-            regs::ENABLE => u16::from(self.enabled),
-            regs::HIGH_ALARM => to_reg(self.high_alarm_c),
-            regs::LEASE => 0,
-            regs::ALARM_RESET => 0,
-            _ => return None,
-        })
-    }
-
-    /// Serve an input-register read.
-    pub fn read_input(&self, addr: u16) -> Option<u16> {
-        Some(match addr {
-            regs::PV => {
-                if self.faults.broken {
-                    regs::SENSOR_BREAK
-                } else {
-                    to_reg(self.pv_c)
-                }
-            }
-            regs::OUTPUT => (self.output_pct * 10.0).round().clamp(0.0, 1000.0) as u16,
-            regs::ALARMS => self.alarms().bits(),
-            regs::SP_ECHO => to_reg(self.sp_c),
-            regs::ENABLED => u16::from(self.enabled),
-            _ => return None,
-        })
-    }
-
-    /// Serve a register write; `false` for an illegal address or value.
-    pub fn write(&mut self, addr: u16, value: u16) -> bool {
-        match addr {
-            regs::SP => {
-                let v = from_reg(value);
-                if !(0.0..=400.0).contains(&v) {
-                    return false;
-                }
-                self.sp_c = v;
-            }
-            regs::ENABLE => {
-                let on = value != 0;
-                if on && !self.enabled {
-                    self.last_lease_s = self.now_s;
-                }
-                self.enabled = on;
-            }
-            regs::HIGH_ALARM => self.high_alarm_c = from_reg(value),
-            regs::LEASE => {
-                self.last_lease_s = self.now_s;
-                self.lease_expired = false;
-            }
-            regs::ALARM_RESET => {
-                if value == 1 && self.pv_c < self.high_alarm_c {
-                    self.high_latched = false;
-                }
-            }
-            _ => return false,
+    /// Control on or off (off: output cut at the next step, integral cleared).
+    pub fn set_enabled(&mut self, on: bool) {
+        if on && !self.enabled {
+            self.last_lease_s = self.now_s;
         }
-        true
+        self.enabled = on;
     }
-}
 
-/// °C → register (0.1 °C, two's complement).
-pub fn to_reg(c: f64) -> u16 {
-    let v = (c * 10.0).round().clamp(-32767.0, 32767.0) as i16;
-    v as u16
-}
+    /// Refresh the output lease.
+    pub fn refresh_lease(&mut self) {
+        self.last_lease_s = self.now_s;
+        self.lease_expired = false;
+    }
 
-/// Register → °C.
-pub fn from_reg(r: u16) -> f64 {
-    f64::from(r as i16) / 10.0
+    /// Clear a latched high alarm, only when the PV is back below it.
+    pub fn reset_alarms(&mut self) {
+        if self.pv_c < self.high_alarm_c {
+            self.high_latched = false;
+        }
+    }
+
+    /// Whether the high alarm is latched.
+    pub fn high_alarm_latched(&self) -> bool {
+        self.high_latched
+    }
 }
 
 #[cfg(test)]
@@ -263,13 +199,13 @@ mod tests {
     fn pid_holds_within_one_degree_after_warm_up() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut h = HeaterSim::new(ThermalParams::default());
-        h.write(regs::SP, to_reg(130.0));
-        h.write(regs::ENABLE, 1);
+        h.sp_c = 130.0;
+        h.set_enabled(true);
         let dt = 0.5;
         let mut worst: f64 = 0.0;
         for i in 0..2400 {
             let now = f64::from(i) * dt;
-            h.write(regs::LEASE, 1);
+            h.refresh_lease();
             h.step(now, dt, &mut rng);
             if now >= 300.0 {
                 worst = worst.max((h.t_c - 130.0).abs());
@@ -283,11 +219,24 @@ mod tests {
     fn lease_cuts_output() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut h = HeaterSim::new(ThermalParams::default());
-        h.write(regs::SP, to_reg(130.0));
-        h.write(regs::ENABLE, 1);
+        h.sp_c = 130.0;
+        h.set_enabled(true);
         for i in 0..10 {
             h.step(f64::from(i) * 0.5, 0.5, &mut rng);
         }
         assert!(h.output_pct == 0.0 && h.lease_expired);
+    }
+
+    #[test]
+    fn without_a_device_lease_silence_does_not_cut_output() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut h = HeaterSim::new(ThermalParams::default());
+        h.device_lease = false;
+        h.sp_c = 130.0;
+        h.set_enabled(true);
+        for i in 0..10 {
+            h.step(f64::from(i) * 0.5, 0.5, &mut rng);
+        }
+        assert!(h.output_pct > 0.0 && !h.lease_expired);
     }
 }

@@ -4,17 +4,26 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::controller::ControllerFace;
 use super::servers::{serve_pid, serve_pump, PortFaults};
 use super::world::World;
 use crate::clock::Clock;
+use crate::drivers::profiles::ControllerProfile;
 
 /// Which protocol a twin port serves.
 #[derive(Debug, Clone)]
 pub enum TwinPortKind {
     /// NE-1000 pump with its symbol (key in `World::pumps`).
     Pump,
-    /// Modbus RTU PID controller with this slave id.
-    Pid { slave: u8 },
+    /// Several NE-1000 pumps (keys in `World::pumps`, each with its own address) on one port.
+    PumpNetwork(Vec<String>),
+    /// Modbus RTU PID controller with this slave id, showing the registers of `profile` with
+    /// `decimals` implied decimals.
+    Pid {
+        slave: u8,
+        profile: &'static ControllerProfile,
+        decimals: u8,
+    },
 }
 
 /// A running twin: the shared world and the serial ports it serves.
@@ -75,16 +84,32 @@ impl TwinHandle {
                             TwinPortKind::Pump => {
                                 tokio::spawn(serve_pump(
                                     pty.master,
-                                    sym,
+                                    vec![sym],
                                     w.clone(),
                                     c.clone(),
                                     faults,
                                 ));
                             }
-                            TwinPortKind::Pid { slave } => {
+                            TwinPortKind::PumpNetwork(symbols) => {
+                                tokio::spawn(serve_pump(
+                                    pty.master,
+                                    symbols,
+                                    w.clone(),
+                                    c.clone(),
+                                    faults,
+                                ));
+                            }
+                            TwinPortKind::Pid {
+                                slave,
+                                profile,
+                                decimals,
+                            } => {
+                                let face = ControllerFace::new(profile, decimals);
+                                face.configure(&mut super::servers::lock(&w).heater);
                                 tokio::spawn(serve_pid(
                                     pty.master,
                                     slave,
+                                    face,
                                     w.clone(),
                                     c.clone(),
                                     faults,

@@ -72,6 +72,8 @@ pub struct World {
     /// Cuvettes at named places (`cd`, `laser`).
     pub places: BTreeMap<String, Sample>,
     pub syntheses: u64,
+    /// Beam shutters by symbol: open (true) or closed.
+    pub shutters: BTreeMap<String, bool>,
 }
 
 impl World {
@@ -105,6 +107,7 @@ impl World {
             slots: BTreeMap::new(),
             places: BTreeMap::new(),
             syntheses: 0,
+            shutters: BTreeMap::new(),
         }
     }
 
