@@ -371,7 +371,8 @@ fn drive(
         );
         bar
     });
-    let query = "query($c: ID!) { campaign(id: $c) { state stateDetail results bestValue bestParameters } }";
+    let query = "query($c: ID!) { campaign(id: $c) { state stateDetail results bestValue \
+                 bestParameters { name value } } }";
     let campaign = loop {
         let c = gql(url, t, query, json!({ "c": campaign_id }))?["campaign"].clone();
         if let Some(bar) = &bar {
@@ -379,13 +380,14 @@ fn drive(
             if let Some(best) = c["bestValue"].as_f64() {
                 bar.set_message(format!(
                     "best |CD| {best:.3} mdeg at T = {} °C, C = {} mmol/ml",
-                    c["bestParameters"]["T"], c["bestParameters"]["C"]
+                    best_parameter(&c, "T"),
+                    best_parameter(&c, "C")
                 ));
             }
         }
         match c["state"].as_str() {
-            Some("completed") => break c,
-            Some("failed") | Some("canceled") => {
+            Some("COMPLETED") => break c,
+            Some("FAILED") | Some("CANCELED") => {
                 bail!("the campaign {}: {}", c["state"], c["stateDetail"])
             }
             _ => std::thread::sleep(Duration::from_millis(200)),
@@ -398,6 +400,16 @@ fn drive(
     let values = objective_values(url, t, &campaign_id)?;
     let summary = summarize(&campaign_id, &campaign, &values, wall_s, opts);
     Ok((summary, agent, password))
+}
+
+/// The value of variable `name` in a campaign's `bestParameters` (`null` when absent).
+fn best_parameter(c: &Value, name: &str) -> Value {
+    c["bestParameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .map_or(Value::Null, |p| p["value"].clone())
 }
 
 /// The objective values of every experiment, in loop order (`None` = no value).
@@ -452,8 +464,8 @@ fn summarize(
         "seed": opts.seed,
         "speed": opts.speed,
         "experiments": values.len(),
-        "best_t_c": c["bestParameters"]["T"],
-        "best_c_mmol_ml": c["bestParameters"]["C"],
+        "best_t_c": best_parameter(c, "T"),
+        "best_c_mmol_ml": best_parameter(c, "C"),
         "best_abs_cd_mdeg": c["bestValue"],
         "loops_to_95pct": loops_to_fraction(values, 0.95),
         "wall_s": (wall_s * 10.0).round() / 10.0,

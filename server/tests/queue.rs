@@ -66,6 +66,50 @@ fn item(n: usize) -> NewExperiment {
 }
 
 #[tokio::test]
+async fn a_campaign_in_each_state_reads_back_as_that_state_and_its_api_enum() {
+    tenant::system(a_campaign_in_each_state_reads_back_as_that_state_and_its_api_enum_body()).await;
+}
+
+async fn a_campaign_in_each_state_reads_back_as_that_state_and_its_api_enum_body() {
+    use CampaignState as C;
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 2).await;
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
+        let mut seen = Vec::new();
+        // One campaign per final state, through draft, running and paused on the way.
+        for end in [C::Completed, C::Canceled, C::Failed] {
+            let c = campaign(s.as_ref(), &org.id, &lab.id).await;
+            let mut now = C::Draft;
+            for to in [C::Draft, C::Running, C::Paused, end] {
+                if to != now {
+                    assert!(s
+                        .set_campaign_state(&c.id, &[now], to, None, now_ms())
+                        .await
+                        .unwrap());
+                    now = to;
+                }
+                let read = s.campaign(&c.id).await.unwrap().state;
+                assert_eq!(read, to);
+                let shown = async_graphql::InputType::to_value(&read);
+                assert_eq!(
+                    shown,
+                    async_graphql::Value::Enum(async_graphql::Name::new(
+                        to.as_str().to_uppercase()
+                    ))
+                );
+                seen.push(read);
+            }
+        }
+        for state in C::ALL {
+            assert!(seen.contains(state), "{state:?} was never read back");
+        }
+        mark_ran(backend, "campaign_states_read_back");
+    }
+}
+
+#[tokio::test]
 async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once() {
     // Storage calls outside any tenant scope see nothing: this is platform work.
     tenant::system(ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()).await;

@@ -901,6 +901,12 @@ pub fn virtual_lab_config(dir: &Path, speed: f64, seed: u64) -> anyhow::Result<P
     Ok(path)
 }
 
+/// The value of variable `name` in a typed parameter list (`[{name, value}]`, as
+/// `Experiment.parameters` and `Campaign.bestParameters` return it).
+pub fn param(list: &serde_json::Value, name: &str) -> Option<f64> {
+    list.as_array()?.iter().find(|p| p["name"] == name)?["value"].as_f64()
+}
+
 /// Polls `probe` until it returns `Some`, or fails after `timeout`. Returns the value and the
 /// time it took.
 pub fn wait_for<T>(

@@ -275,7 +275,7 @@ async fn suite(backend: Backend) {
                 json!({ "c": campaign }),
             )["campaign"]
                 .clone();
-            Ok((c["state"] == "completed").then_some(c))
+            Ok((c["state"] == "COMPLETED").then_some(c))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log()))
@@ -293,7 +293,7 @@ async fn suite(backend: Backend) {
         .clone();
     assert_eq!(nodes.len() as i64, budget);
     for e in &nodes {
-        assert_eq!(e["state"], "completed", "{e}");
+        assert_eq!(e["state"], "COMPLETED", "{e}");
         assert!(
             e["objectiveValue"].as_f64().is_some_and(f64::is_finite),
             "{e}"

@@ -41,7 +41,7 @@ fn get(server: &TestServer, path: &str, token: Option<&str>) -> (u16, String) {
 /// One virtual lab at a time (2 cores: two labs at 1000x starve the drivers' lab-time timeouts).
 static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const EVENTS: &str = "subscription($c: ID!) { campaignEvents(campaignId: $c) { campaignId kind state experimentId } }";
+const EVENTS: &str = "subscription($c: ID!) { campaignEvents(campaignId: $c) { campaignId kind campaignState experimentState experimentId } }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_it() {
@@ -152,7 +152,46 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         json!({ "o": a.organization_id, "l": lab.id, "r": recipe, "obj": "maximize abs(cd_at_exciton)", "opt": "snobfit", "b": budget }),
     );
     let campaign = created["createCampaign"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(created["createCampaign"]["state"], "draft");
+    assert_eq!(created["createCampaign"]["state"], "DRAFT");
+
+    // States and the objective's direction are enums: the filter takes one, and a value that
+    // names none (a literal, or the old lower-case text in a variable) is refused with a
+    // validation error that names the enum.
+    let typed = ok(
+        &server,
+        &a,
+        "query($c: ID!) { campaign(id: $c) { objectiveDirection experiments(state: COMPLETED) { totalCount nodes { id } } } }",
+        json!({ "c": campaign }),
+    );
+    assert_eq!(
+        typed["campaign"]["objectiveDirection"], "MAXIMIZE",
+        "{typed}"
+    );
+    assert_eq!(
+        typed["campaign"]["experiments"]["nodes"],
+        json!([]),
+        "{typed}"
+    );
+    for (query, vars) in [
+        (
+            "query($c: ID!) { campaign(id: $c) { experiments(state: FINISHED) { totalCount } } }",
+            json!({ "c": campaign }),
+        ),
+        (
+            "query($c: ID!, $s: ExperimentState) { campaign(id: $c) { experiments(state: $s) { totalCount } } }",
+            json!({ "c": campaign, "s": "completed" }),
+        ),
+    ] {
+        let body = q(&server, &a, query, vars);
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some("GRAPHQL_VALIDATION_FAILED"),
+            "{body}"
+        );
+        let message = body["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(message.contains("ExperimentState"), "{body}");
+        assert!(body["data"].is_null(), "nothing is answered: {body}");
+    }
 
     // The viewer reads it but may not start or stop it; the outsider does not see it at all.
     let seen = ok(
@@ -270,9 +309,9 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         seen.push(ev.clone());
         kinds.insert(ev["kind"].as_str().unwrap().to_owned());
         match ev["kind"].as_str() {
-            Some("experiment") if ev["state"] == "completed" => completed += 1,
+            Some("experiment") if ev["experimentState"] == "COMPLETED" => completed += 1,
             Some("measurement") => measurements += 1,
-            Some("state") if ev["state"] == "completed" => break,
+            Some("state") if ev["campaignState"] == "COMPLETED" => break,
             _ => {}
         }
     }
@@ -291,13 +330,13 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         "the outsider received nothing"
     );
 
-    let c = ok(&server, &a, "query($c: ID!) { campaign(id: $c) { state results proposals bestValue experiments(first: 20) { nodes { id seq source state objectiveValue features fittedPeaks measurements(first: 50) { kind name data } provenance } totalCount } } }", json!({ "c": campaign }));
+    let c = ok(&server, &a, "query($c: ID!) { campaign(id: $c) { state results proposals bestValue experiments(first: 20) { nodes { id seq source state objectiveValue features { excitonWavelengthNm peakCount } fittedPeaks { shape peaks { index exciton centerNm } curve { wavelengthNm absorbance } } measurements(first: 50) { kind name data } provenance } totalCount } } }", json!({ "c": campaign }));
     let c = &c["campaign"];
     assert_eq!(c["results"], budget + 1, "manual result told too: {c}");
     assert_eq!(c["proposals"], budget);
     let nodes = c["experiments"]["nodes"].as_array().unwrap();
     let m = nodes.iter().find(|e| e["source"] == "manual").unwrap();
-    assert_eq!(m["state"], "completed");
+    assert_eq!(m["state"], "COMPLETED");
     // The first of the optimizer's experiments (the manual one may have run first).
     let e = nodes
         .iter()
@@ -321,7 +360,13 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         "{}",
         e["fittedPeaks"]
     );
-    let lambda = e["features"]["exciton_wavelength_nm"].as_f64().unwrap();
+    assert_eq!(
+        e["fittedPeaks"]["peaks"].as_array().map(Vec::len),
+        e["features"]["peakCount"].as_u64().map(|n| n as usize),
+        "{e}"
+    );
+    assert_eq!(e["fittedPeaks"]["shape"], "GAUSSIAN", "{e}");
+    let lambda = e["features"]["excitonWavelengthNm"].as_f64().unwrap();
     assert!((400.0..500.0).contains(&lambda), "exciton at {lambda}");
     assert!(e["provenance"]["program"]["steps"].is_array());
     assert_eq!(e["provenance"]["proposal"]["optimizer"], "snobfit");
@@ -437,7 +482,7 @@ async fn collaborators_watch_control_and_export_a_campaign_and_nobody_else_sees_
         "mutation($c: ID!) { cloneCampaign(id: $c) { id state name budget } }",
         json!({ "c": campaign }),
     );
-    assert_eq!(clone["cloneCampaign"]["state"], "draft");
+    assert_eq!(clone["cloneCampaign"]["state"], "DRAFT");
     assert_eq!(clone["cloneCampaign"]["budget"], budget);
 
     // Logging out closes A's socket.
@@ -508,7 +553,7 @@ async fn a_shared_labs_daily_quota_caps_what_a_collaborator_queues() {
         json!({ "c": id }),
     );
     assert_eq!(later["campaign"]["proposals"], 2, "{later}");
-    assert_eq!(later["campaign"]["state"], "running");
+    assert_eq!(later["campaign"]["state"], "RUNNING");
     assert!(
         later["campaign"]["stateDetail"]
             .as_str()

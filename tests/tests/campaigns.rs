@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use maosic_e2e::{
-    backends, mark_ran, repo_root, virtual_lab_config, wait_for, Backend, Session, TestAgent,
-    TestDatabase, TestServer,
+    backends, mark_ran, param, repo_root, virtual_lab_config, wait_for, Backend, Session,
+    TestAgent, TestDatabase, TestServer,
 };
 use maosic_optimizer::{Algorithm, Goal, Observation, Optimizer, OptimizerSpec, Space};
 use serde_json::{json, Value};
@@ -61,7 +61,7 @@ fn create_campaign(server: &TestServer, s: &Session, lab: &str, budget: i64) -> 
            optimizer: \"snobfit\", seed: $seed, budget: $b, start: true) { id state parameters { name lower upper step } } }",
         json!({ "o": s.organization_id, "l": lab, "r": recipe(), "b": budget, "seed": SEED }),
     );
-    assert_eq!(d["createCampaign"]["state"], "running", "{d}");
+    assert_eq!(d["createCampaign"]["state"], "RUNNING", "{d}");
     let params = &d["createCampaign"]["parameters"];
     assert_eq!(params[0]["name"], "T");
     assert_eq!(params[0]["step"], 0.5);
@@ -73,7 +73,7 @@ fn campaign(server: &TestServer, s: &Session, id: &str) -> Value {
     gql(
         server,
         s,
-        "query($c: ID!) { campaign(id: $c) { state stateDetail proposals results bestValue bestParameters } }",
+        "query($c: ID!) { campaign(id: $c) { state stateDetail proposals results bestValue bestParameters { name value } } }",
         json!({ "c": id }),
     )["campaign"]
         .clone()
@@ -88,7 +88,7 @@ fn experiments(server: &TestServer, s: &Session, id: &str) -> Vec<Value> {
             server,
             s,
             "query($c: ID!, $a: String) { campaign(id: $c) { experiments(first: 50, after: $a) { \
-               nodes { id seq source state outcome error parameters objectiveValue attempts provenance } \
+               nodes { id seq source state outcome error parameters { name value } objectiveValue attempts provenance } \
                pageInfo { hasNextPage endCursor } totalCount } } }",
             json!({ "c": id, "a": after }),
         );
@@ -118,14 +118,14 @@ fn wait_done(
             last = results;
             println!("  … {results} results, best {}", c["bestValue"]);
         }
-        if c["state"] == "failed" {
+        if c["state"] == "FAILED" {
             panic!(
                 "campaign failed: {c}\nagent:\n{}\nserver:\n{}",
                 agent.log(),
                 server.log()
             );
         }
-        Ok((c["state"] == "completed").then_some(c))
+        Ok((c["state"] == "COMPLETED").then_some(c))
     })
     .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nserver:\n{}", agent.log(), server.log()))
     .0
@@ -151,8 +151,8 @@ fn replay_matches(exps: &[Value]) -> usize {
         assert_eq!(opt.observations(), told_before, "{e}");
         let p = opt.ask(1).remove(0);
         let x = [
-            e["parameters"]["T"].as_f64().unwrap(),
-            e["parameters"]["C"].as_f64().unwrap(),
+            param(&e["parameters"], "T").unwrap(),
+            param(&e["parameters"], "C").unwrap(),
         ];
         assert_eq!(
             p.x,
@@ -179,7 +179,7 @@ fn check_complete(exps: &[Value], budget: usize) {
         "each loop once, in order"
     );
     for e in exps {
-        assert_eq!(e["state"], "completed", "{e}");
+        assert_eq!(e["state"], "COMPLETED", "{e}");
         assert_eq!(e["outcome"], "succeeded", "{e}");
         assert!(e["objectiveValue"].is_number(), "{e}");
         assert!(e["provenance"]["program"]["steps"].is_array(), "{e}");
@@ -187,8 +187,8 @@ fn check_complete(exps: &[Value], budget: usize) {
 }
 
 fn in_global_region(c: &Value) -> bool {
-    let t = c["bestParameters"]["T"].as_f64().unwrap();
-    let conc = c["bestParameters"]["C"].as_f64().unwrap();
+    let t = param(&c["bestParameters"], "T").unwrap();
+    let conc = param(&c["bestParameters"], "C").unwrap();
     let cd = c["bestValue"].as_f64().unwrap();
     (125.0..=137.0).contains(&t) && conc >= 0.7 && cd >= 0.9
 }
@@ -218,8 +218,8 @@ async fn paper_campaign(backend: Backend) {
         took.as_secs_f64(),
         took.as_secs_f64() * 1000.0 / budget as f64,
         c["bestValue"].as_f64().unwrap(),
-        c["bestParameters"]["T"],
-        c["bestParameters"]["C"],
+        param(&c["bestParameters"], "T").unwrap(),
+        param(&c["bestParameters"], "C").unwrap(),
     );
     assert!(in_global_region(&c), "not the global region: {c}");
     mark_ran(backend, "paper_campaign_finds_the_global_region");
@@ -326,7 +326,7 @@ async fn an_experiment_lost_with_its_agent_is_interrupted_not_rerun() {
     let (victim, _) = wait_for(Duration::from_secs(60), "an experiment running", || {
         Ok(experiments(&server, &s, &id)
             .into_iter()
-            .find(|e| e["state"] == "running")
+            .find(|e| e["state"] == "RUNNING")
             .map(|e| e["id"].as_str().unwrap().to_owned()))
     })
     .unwrap();
@@ -346,12 +346,12 @@ async fn an_experiment_lost_with_its_agent_is_interrupted_not_rerun() {
                 json!({ "e": victim }),
             );
             let st = e["experiment"]["state"].as_str().unwrap_or("").to_owned();
-            Ok((st != "running" && st != "leased").then_some(e))
+            Ok((st != "RUNNING" && st != "LEASED").then_some(e))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
     let reported_s = killed.elapsed().as_secs_f64();
-    assert_eq!(state["experiment"]["state"], "interrupted", "{state}");
+    assert_eq!(state["experiment"]["state"], "INTERRUPTED", "{state}");
     assert_eq!(
         state["experiment"]["attempts"], 1,
         "never dispatched again: {state}"
@@ -359,8 +359,8 @@ async fn an_experiment_lost_with_its_agent_is_interrupted_not_rerun() {
     let c = wait_done(&server, &s, &id, Duration::from_secs(120), &again);
     let exps = experiments(&server, &s, &id);
     assert_eq!(exps.len(), budget as usize);
-    let interrupted = exps.iter().filter(|e| e["state"] == "interrupted").count();
-    let completed = exps.iter().filter(|e| e["state"] == "completed").count();
+    let interrupted = exps.iter().filter(|e| e["state"] == "INTERRUPTED").count();
+    let completed = exps.iter().filter(|e| e["state"] == "COMPLETED").count();
     assert_eq!(
         (interrupted, completed),
         (1, budget as usize - 1),

@@ -189,7 +189,7 @@ async fn poisoned_campaign(backend: Backend) {
         "the poisoned campaign paused",
         || {
             let c = campaign(&poisoned);
-            Ok((c["state"] == "paused").then_some(c))
+            Ok((c["state"] == "PAUSED").then_some(c))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log()))
@@ -202,7 +202,7 @@ async fn poisoned_campaign(backend: Backend) {
         "the healthy campaign completed",
         || {
             let c = campaign(&healthy);
-            Ok((c["state"] == "completed").then_some(c))
+            Ok((c["state"] == "COMPLETED").then_some(c))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", server.log(), agent.log()))

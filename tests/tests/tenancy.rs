@@ -178,7 +178,7 @@ fn snapshot(server: &TestServer, a: &Session, lab: &str) -> Value {
              lab(id: $l) { id name } auditLog(organizationId: $o, limit: 500) { id action } \
              apiTokens { id revokedAt } me { email memberships { role organization { id } } } \
              campaigns(organizationId: $o) { id name state budget priority proposals \
-               experiments(first: 100) { nodes { id state name parameters } totalCount } } }",
+               experiments(first: 100) { nodes { id state name parameters { name value } } totalCount } } }",
             json!({ "o": a.organization_id, "l": lab }),
         )
         .unwrap();
@@ -343,7 +343,7 @@ async fn sweep(backend: Backend, app_filter: bool) {
     own_ws
         .subscribe(
             "own",
-            "subscription($c: ID!) { campaignEvents(campaignId: $c) { kind state } }",
+            "subscription($c: ID!) { campaignEvents(campaignId: $c) { kind campaignState experimentState } }",
             json!({ "c": secrets.campaign }),
         )
         .unwrap();

@@ -279,9 +279,9 @@ test(`live view: at least ${LOOPS} loops arrive on the (T, C) map without a relo
       if (seen[seen.length - 1] !== n) seen.push(n);
       if (n >= LOOPS) return true;
       // fail fast, with the reason, when the campaign ended before enough loops were measured
-      const c = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state stateDetail results experiments(first: 3, state: \"failed\") { totalCount nodes { seq error outcome } } } }", { c: ctx.campaignId });
+      const c = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state stateDetail results experiments(first: 3, state: FAILED) { totalCount nodes { seq error outcome } } } }", { c: ctx.campaignId });
       const st = c.data?.campaign;
-      if (st && st.state !== "running") {
+      if (st && st.state !== "RUNNING") {
         throw new Error(`campaign ${st.state} (${st.stateDetail}) after ${st.results} results with ${n} measured points; ${st.experiments.totalCount} failed, e.g. ${JSON.stringify(st.experiments.nodes)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
       }
       return false;
@@ -307,7 +307,7 @@ test(`live view: at least ${LOOPS} loops arrive on the (T, C) map without a relo
 
 test("open one experiment: absorption spectrum with fitted peaks, and its CD spectrum", async () => {
   const page = ctx.owner;
-  const row = page.getByTestId("data-table").locator('tr[data-state="completed"]').first();
+  const row = page.getByTestId("data-table").locator('tr[data-state="COMPLETED"]').first();
   await row.waitFor();
   await row.getByRole("link", { name: "Open" }).click();
   await page.getByTestId("experiment-name").waitFor();
@@ -324,7 +324,7 @@ test("open one experiment: absorption spectrum with fitted peaks, and its CD spe
   assert.ok(Number(await page.getByTestId("cd-plot").getAttribute("data-points")) > 10);
   // the page's numbers are the API's
   const id = page.url().split("/").pop();
-  const e = await gql(server.url, ctx.ownerToken, "query($e: ID!) { experiment(id: $e) { fittedPeaks objectiveValue } }", { e: id });
+  const e = await gql(server.url, ctx.ownerToken, "query($e: ID!) { experiment(id: $e) { fittedPeaks { peaks { index centerNm } } objectiveValue } }", { e: id });
   assert.equal(e.data.experiment.fittedPeaks.peaks.length, peaks);
   await shot(page, "06-experiment");
   await page.goBack();
@@ -341,10 +341,11 @@ test("export CSV and JSON: rows match the campaign", async () => {
   const api = await gql(
     server.url,
     ctx.ownerToken,
-    "query($c: ID!) { campaign(id: $c) { experiments(first: 500) { totalCount nodes { id seq state parameters objectiveValue } } } }",
+    "query($c: ID!) { campaign(id: $c) { experiments(first: 500) { totalCount nodes { id seq state parameters { name value } objectiveValue } } } }",
     { c: ctx.campaignId },
   );
-  const nodes = api.data.campaign.experiments.nodes;
+  // the typed conditions (`[{name, value}]`) as `{T, C}`
+  const nodes = api.data.campaign.experiments.nodes.map((n) => ({ ...n, parameters: Object.fromEntries(n.parameters.map((p) => [p.name, p.value])) }));
   const body = rows.slice(1);
   // the engine keeps going while we export: the file holds at least what was done before
   assert.ok(body.length >= LOOPS, `CSV rows: ${body.length}`);
@@ -373,15 +374,50 @@ test("export CSV and JSON: rows match the campaign", async () => {
   assert.ok(json.experiments.length >= body.length);
 
   // the data table's filters ask the server
-  await page.getByTestId("filter-state").selectOption("completed");
+  await page.getByTestId("filter-state").selectOption("COMPLETED");
   await waitFor("only completed rows", async () => {
     const states = await page.getByTestId("data-table").locator("tbody tr").evaluateAll((trs) => trs.map((t) => t.dataset.state));
-    return states.length >= LOOPS && states.every((s) => s === "completed");
+    return states.length >= LOOPS && states.every((s) => s === "COMPLETED");
   }, 15_000);
   await page.getByTestId("filter-source").selectOption("manual");
   await page.getByText("No experiments match these filters.").waitFor();
   await page.getByTestId("filter-state").selectOption("");
   await page.getByTestId("filter-source").selectOption("");
+});
+
+test("a minimize campaign: the portal reads the direction from the API and plots the running minimum", async () => {
+  const page = ctx.owner;
+  // the portal no longer parses the objective's text: the direction is the API's typed field
+  const made = await gql(
+    server.url,
+    ctx.ownerToken,
+    "mutation($o: ID!, $l: ID!, $r: String!) { createCampaign(organizationId: $o, labId: $l, name: \"minimise e2e\", recipe: $r, objective: \"minimise abs(cd_at_exciton)\", optimizer: \"sobol\", budget: 4, priority: 50, start: true) { id objective objectiveDirection } }",
+    { o: await orgOf(ctx.ownerToken), l: ctx.labId, r: RECIPE },
+  );
+  assert.ok(made.data, JSON.stringify(made.errors));
+  assert.equal(made.data.createCampaign.objectiveDirection, "MINIMIZE");
+  const id = made.data.createCampaign.id;
+  let values = [];
+  await waitFor("the minimize campaign to complete", async () => {
+    const c = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state bestValue experiments(first: 10) { nodes { seq objectiveValue } } } }", { c: id });
+    const st = c.data?.campaign;
+    if (st && ["FAILED", "CANCELED"].includes(st.state)) throw new Error(`the minimize campaign ended ${st.state}`);
+    values = (st?.experiments.nodes ?? []).filter((n) => typeof n.objectiveValue === "number").sort((a, b) => a.seq - b.seq).map((n) => n.objectiveValue);
+    return st?.state === "COMPLETED";
+  }, 180_000, 250);
+  assert.ok(values.length >= 2, `values: ${values}`);
+  await page.goto(`${server.url}/campaigns/${id}`);
+  const objective = page.getByTestId("objective");
+  await objective.waitFor();
+  assert.equal(await objective.getAttribute("data-direction"), "MINIMIZE");
+  assert.match(await objective.textContent(), /smaller is better/);
+  const plot = page.getByTestId("best-plot");
+  await waitFor("every result on the best-so-far plot", async () => Number(await plot.getAttribute("data-points")) === values.length, 15_000);
+  assert.equal(await plot.getAttribute("data-direction"), "MINIMIZE");
+  // the best so far is the smallest value, not the largest
+  assert.equal(Number(await plot.getAttribute("data-best")), Math.min(...values));
+  if (Math.min(...values) !== Math.max(...values)) assert.notEqual(Number(await plot.getAttribute("data-best")), Math.max(...values));
+  await shot(page, "05b-campaign-minimize");
 });
 
 test("the owner clones, starts, pauses and resumes a campaign", async () => {
@@ -393,16 +429,16 @@ test("the owner clones, starts, pauses and resumes a campaign", async () => {
   ctx.cloneId = ctx.cloneUrl.split("/").pop();
   assert.notEqual(ctx.cloneId, ctx.campaignId);
   const state = async () => (await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state } }", { c: ctx.cloneId })).data.campaign.state;
-  assert.equal(await state(), "draft");
+  assert.equal(await state(), "DRAFT");
   await page.getByRole("button", { name: "Start", exact: true }).click();
   await page.getByRole("button", { name: "Pause" }).waitFor();
-  assert.equal(await state(), "running");
+  assert.equal(await state(), "RUNNING");
   await page.getByRole("button", { name: "Pause" }).click();
   await page.getByRole("button", { name: "Resume" }).waitFor();
-  assert.equal(await state(), "paused");
+  assert.equal(await state(), "PAUSED");
   await page.getByRole("button", { name: "Resume" }).click();
   await page.getByRole("button", { name: "Pause" }).waitFor();
-  assert.equal(await state(), "running");
+  assert.equal(await state(), "RUNNING");
 });
 
 test("an experiment named like markup renders as text and runs no script", async () => {
@@ -468,9 +504,9 @@ test("a viewer invited through the UI sees the campaign but cannot start or stop
   // the campaign is running: an owner would see Pause and Cancel here
   const clone = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state stateDetail } }", { c: ctx.cloneId });
   // when not: the lab's live readings say why its agent refuses (e.g. a latched safety fault)
-  const why = clone.data.campaign.state === "running" ? null
+  const why = clone.data.campaign.state === "RUNNING" ? null
     : await gql(server.url, ctx.ownerToken, "query($l: ID!) { lab(id: $l) { telemetry { state detail } } }", { l: ctx.labId });
-  assert.equal(clone.data.campaign.state, "running", `the clone is not running: ${JSON.stringify(clone.data.campaign)}\nlab: ${JSON.stringify(why?.data?.lab?.telemetry)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
+  assert.equal(clone.data.campaign.state, "RUNNING", `the clone is not running: ${JSON.stringify(clone.data.campaign)}\nlab: ${JSON.stringify(why?.data?.lab?.telemetry)}\nagent log:\n${ctx.agent.log().slice(-2000)}`);
   await viewer.locator(".titlebar .badge", { hasText: "running" }).waitFor();
   await viewer.getByTestId("read-only").waitFor();
   for (const name of ["Start", "Pause", "Resume", "Cancel campaign", "Queue experiment"]) {
@@ -525,7 +561,7 @@ test("the owner cancels; narrow layout; the lab's software stop", async () => {
   await page.getByRole("button", { name: "Cancel campaign" }).click();
   await page.locator(".titlebar .badge", { hasText: "canceled" }).waitFor();
   const c = await gql(server.url, ctx.ownerToken, "query($c: ID!) { campaign(id: $c) { state } }", { c: ctx.cloneId });
-  assert.equal(c.data.campaign.state, "canceled");
+  assert.equal(c.data.campaign.state, "CANCELED");
   assert.equal(await page.getByRole("button", { name: "Pause" }).count(), 0);
 
   await page.goto(ctx.campaignUrl);

@@ -160,12 +160,12 @@ export const CAMPAIGNS = /* GraphQL */ `
 export const CAMPAIGN = /* GraphQL */ `
   query Campaign($id: ID!, $after: String) {
     campaign(id: $id) {
-      id name organizationId labId objective optimizer seed budget batchSize target priority
-      state stateDetail proposals results bestValue bestParameters bestExperimentId canControl
+      id name organizationId labId objective objectiveDirection optimizer seed budget batchSize target priority
+      state stateDetail proposals results bestValue bestParameters { name value } bestExperimentId canControl
       createdAt startedAt finishedAt
       parameters { name lower upper step }
       experiments(first: 500, after: $after) {
-        nodes { id seq name source state parameters objectiveValue error }
+        nodes { id seq name source state parameters { name value } objectiveValue error }
         pageInfo { hasNextPage endCursor }
         totalCount
       }
@@ -174,11 +174,11 @@ export const CAMPAIGN = /* GraphQL */ `
 `;
 
 export const CAMPAIGN_TABLE = /* GraphQL */ `
-  query CampaignTable($id: ID!, $state: String, $source: String, $after: String) {
+  query CampaignTable($id: ID!, $state: ExperimentState, $source: String, $after: String) {
     campaign(id: $id) {
       id
       experiments(first: 100, after: $after, state: $state, source: $source) {
-        nodes { id seq name source state parameters objectiveValue features finishedAt }
+        nodes { id seq name source state parameters { name value } objectiveValue finishedAt }
         pageInfo { hasNextPage endCursor }
         totalCount
       }
@@ -187,7 +187,7 @@ export const CAMPAIGN_TABLE = /* GraphQL */ `
 `;
 
 export const CAMPAIGN_EVENTS = /* GraphQL */ `
-  subscription CampaignEvents($id: ID!) { campaignEvents(campaignId: $id) { kind state experimentId } }
+  subscription CampaignEvents($id: ID!) { campaignEvents(campaignId: $id) { kind campaignState experimentState experimentId } }
 `;
 
 export const CAMPAIGN_CONTROL = {
@@ -210,7 +210,16 @@ export const QUEUE_EXPERIMENT = /* GraphQL */ `
 export const EXPERIMENT = /* GraphQL */ `
   query Experiment($id: ID!) {
     experiment(id: $id) {
-      id campaignId labId seq name source parameters state outcome error objectiveValue features fittedPeaks
+      id campaignId labId seq name source parameters { name value } state outcome error objectiveValue
+      features {
+        excitonWavelengthNm excitonAbsorbance excitonFwhmNm absorbanceAtExciton cdAtExcitonMdeg
+        cdExtremumMdeg cdExtremumWavelengthNm gFactor peakCount fitRSquared fitReducedChiSquare
+      }
+      fittedPeaks {
+        shape windowStartNm windowEndNm rSquared
+        peaks { index exciton centerNm centerStderrNm amplitude amplitudeStderr fwhmNm fwhmStderrNm area }
+        curve { wavelengthNm absorbance }
+      }
       attempts queuedAt dispatchedAt startedAt finishedAt provenance
       measurements(first: 1000) { seq name kind data }
     }

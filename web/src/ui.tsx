@@ -72,8 +72,10 @@ export function NotFound({ what }: { what: string }) {
   );
 }
 
+/** A campaign's, experiment's or command's state (a GraphQL enum value such as `TIMED_OUT`), shown in lower case. */
 export function StateBadge({ state }: { state: string }) {
-  return <span className={`badge state-${state.replace(/[^a-z_]/g, "")}`}>{state}</span>;
+  const s = state.toLowerCase().replace(/[^a-z_]/g, "");
+  return <span className={`badge state-${s}`}>{s.replace(/_/g, " ")}</span>;
 }
 
 export function Online({ online }: { online: boolean }) {
@@ -96,16 +98,14 @@ export function fmtTime(s: string | null | undefined): string {
   return Number.isNaN(d.getTime()) ? s : d.toLocaleString();
 }
 
-/** A JSON object's entries as `{name: number}` (for parameters such as `{"T":130,"C":0.8}`). */
-export function numbers(v: unknown): Record<string, number> {
+/** An experiment's typed conditions (`[{name: "T", value: 130}, …]`) as `{name: value}`. */
+export function numbers(v: ReadonlyArray<{ name: string; value: number }> | null | undefined): Record<string, number> {
   const out: Record<string, number> = {};
-  if (v && typeof v === "object" && !Array.isArray(v)) {
-    for (const [k, x] of Object.entries(v as Record<string, unknown>)) if (typeof x === "number") out[k] = x;
-  }
+  for (const p of v ?? []) out[p.name] = p.value;
   return out;
 }
 
-export function paramText(v: unknown): string {
+export function paramText(v: ReadonlyArray<{ name: string; value: number }> | null | undefined): string {
   const n = numbers(v);
   return Object.entries(n)
     .map(([k, x]) => `${k} = ${fmt(x, 4)}`)

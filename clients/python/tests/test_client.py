@@ -9,7 +9,9 @@ from maosic import (
     Client,
     CommandState,
     ExperimentState,
+    Features,
     MaosicError,
+    ObjectiveDirection,
     TokenScope,
 )
 
@@ -58,6 +60,7 @@ def test_campaign_created_started_watched_and_pulled_as_dataframes(
         seed=3,
     )
     assert campaign.state is CampaignState.DRAFT
+    assert campaign.objective_direction is ObjectiveDirection.MAXIMIZE
     assert {p.name for p in campaign.parameters} == {"T", "C"}
     assert c.start_campaign(campaign.id).state is CampaignState.RUNNING
     manual = c.queue_experiment(campaign.id, {"T": 130.0, "C": 0.8}, name="by hand")
@@ -77,17 +80,30 @@ def test_campaign_created_started_watched_and_pulled_as_dataframes(
     assert all(e.state is ExperimentState.COMPLETED for e in exps), exps
     by_hand = [e for e in exps if e.name == "by hand"]
     assert by_hand and by_hand[0].parameters == {"T": 130.0, "C": 0.8}
+    assert all(isinstance(e.features, Features) for e in exps), exps
+    assert all(e.fitted_peaks and sum(p.exciton for p in e.fitted_peaks) == 1 for e in exps)
+    assert done.best_parameters is not None and set(done.best_parameters) == {"T", "C"}
+    # The state filter takes the enum (or its name, any case).
+    assert len(c.experiments(campaign.id, state=ExperimentState.COMPLETED)) == budget + 1
+    assert c.experiments(campaign.id, state="failed") == []
+    with pytest.raises(ValueError):
+        c.experiments(campaign.id, state="finished")
 
     df = c.experiments_df(campaign.id)
     assert len(df) == budget + 1
     assert {"T", "C", "objective", "best_so_far", "state"} <= set(df.columns)
     assert df["best_so_far"].is_monotonic_increasing
     assert df["best_so_far"].iloc[-1] == pytest.approx(done.best_value)
+    assert df["T"].dtype == float and df["C"].dtype == float
 
     features = c.features_df(campaign.id)
     assert len(features) == budget + 1
     assert {"cd_at_exciton_mdeg", "exciton_wavelength_nm", "T", "C"} <= set(features.columns)
     assert features["exciton_wavelength_nm"].between(380, 560).all()
+    for column in ("exciton_wavelength_nm", "cd_at_exciton_mdeg", "g_factor", "T", "C"):
+        assert features[column].dtype == float, (column, features[column].dtype)
+    assert str(features["peak_count"].dtype) == "Int64"
+    assert (features["peak_count"] >= 1).all()
 
     peaks = c.peaks_df(campaign.id)
     assert not peaks.empty and (peaks["amplitude"] > 0).all()
@@ -99,6 +115,32 @@ def test_campaign_created_started_watched_and_pulled_as_dataframes(
     assert len(absorption) > 100
     for _, one in absorption.groupby("seq"):
         assert one["wavelength_nm"].is_monotonic_increasing
+
+
+def test_minimize_campaign_best_so_far_is_the_running_minimum(
+    local: LocalLab, recipe: str
+) -> None:
+    c = local.client
+    budget = 3
+    campaign = c.create_campaign(
+        local.organization_id,
+        local.lab_id,
+        "pytest minimise",
+        recipe,
+        "minimise abs(cd_at_exciton)",
+        optimizer="sobol",
+        budget=budget,
+        seed=5,
+    )
+    assert campaign.objective_direction is ObjectiveDirection.MINIMIZE
+    c.start_campaign(campaign.id)
+    done = c.wait_campaign(campaign.id, timeout=300)
+    assert done.state is CampaignState.COMPLETED, (done.state, done.state_detail)
+    df = c.experiments_df(campaign.id)
+    assert len(df) == budget
+    assert df["best_so_far"].is_monotonic_decreasing
+    assert df["best_so_far"].iloc[-1] == pytest.approx(df["objective"].min())
+    assert df["best_so_far"].iloc[-1] == pytest.approx(done.best_value)
 
 
 def test_queued_instruction_runs_on_the_lab(local: LocalLab) -> None:

@@ -12,6 +12,7 @@ use maosic_optimizer::{Algorithm, Goal, Optimizer, OptimizerSpec, Space};
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::lang::{self, Bindings};
 use maosic_schema::program::Program;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::storage::StoredRecord;
@@ -314,59 +315,122 @@ pub fn evaluate(measured: &Measured, objective: &Objective) -> Result<Evaluated,
     })
 }
 
+/// The features of one analysed experiment as stored (`experiments.features_json`) and read
+/// back by the API's typed `Experiment.features`: the one definition of that JSON's shape.
+/// Every number is optional on reading, as JSON has no NaN or infinity (serde_json writes them
+/// as `null`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredFeatures {
+    pub exciton_wavelength_nm: Option<f64>,
+    pub exciton_absorbance: Option<f64>,
+    pub exciton_fwhm_nm: Option<f64>,
+    pub absorbance_at_exciton: Option<f64>,
+    pub cd_at_exciton_mdeg: Option<f64>,
+    pub cd_extremum_mdeg: Option<f64>,
+    pub cd_extremum_wavelength_nm: Option<f64>,
+    pub g_factor: Option<f64>,
+    pub peak_count: Option<u32>,
+    pub fit_r_squared: Option<f64>,
+    pub fit_reduced_chi_square: Option<f64>,
+}
+
+/// One fitted absorption peak as stored (`experiments.peaks_json`, in [`StoredPeakFit`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredPeak {
+    /// Position in the fit's peaks (by centre).
+    pub index: u32,
+    /// Whether it is the first exciton (the peak the features describe).
+    pub exciton: bool,
+    pub center_nm: Option<f64>,
+    pub center_stderr_nm: Option<f64>,
+    /// Height above the fitted baseline.
+    pub amplitude: Option<f64>,
+    pub amplitude_stderr: Option<f64>,
+    pub fwhm_nm: Option<f64>,
+    pub fwhm_stderr_nm: Option<f64>,
+    pub area: Option<f64>,
+}
+
+/// The fitted curve, sampled for plots.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredCurve {
+    pub wavelength_nm: Vec<Option<f64>>,
+    pub absorbance: Vec<Option<f64>>,
+}
+
+/// The absorption fit of one experiment as stored (`experiments.peaks_json`) and read back by
+/// the API's typed `Experiment.fittedPeaks`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredPeakFit {
+    /// `gaussian`, `lorentzian`, `voigt` or `pseudovoigt`.
+    pub shape: String,
+    /// The fitted window, `[lower, upper]` in nm.
+    pub window_nm: Vec<Option<f64>>,
+    pub r_squared: Option<f64>,
+    pub peaks: Vec<StoredPeak>,
+    pub curve: StoredCurve,
+}
+
 fn features_json(a: &ExperimentAnalysis) -> Value {
     let f = &a.features;
-    json!({
-        "exciton_wavelength_nm": f.exciton_wavelength_nm,
-        "exciton_absorbance": f.exciton_absorbance,
-        "exciton_fwhm_nm": f.exciton_fwhm_nm,
-        "absorbance_at_exciton": f.absorbance_at_exciton,
-        "cd_at_exciton_mdeg": f.cd_at_exciton_mdeg,
-        "cd_extremum_mdeg": f.cd_extremum_mdeg,
-        "cd_extremum_wavelength_nm": f.cd_extremum_wavelength_nm,
-        "g_factor": f.g_factor,
-        "peak_count": f.peak_count,
-        "fit_r_squared": f.fit_r_squared,
-        "fit_reduced_chi_square": f.fit_reduced_chi_square,
-    })
+    let stored = StoredFeatures {
+        exciton_wavelength_nm: Some(f.exciton_wavelength_nm),
+        exciton_absorbance: Some(f.exciton_absorbance),
+        exciton_fwhm_nm: Some(f.exciton_fwhm_nm),
+        absorbance_at_exciton: Some(f.absorbance_at_exciton),
+        cd_at_exciton_mdeg: f.cd_at_exciton_mdeg,
+        cd_extremum_mdeg: f.cd_extremum_mdeg,
+        cd_extremum_wavelength_nm: f.cd_extremum_wavelength_nm,
+        g_factor: f.g_factor,
+        peak_count: Some(u32::try_from(f.peak_count).unwrap_or(u32::MAX)),
+        fit_r_squared: Some(f.fit_r_squared),
+        fit_reduced_chi_square: Some(f.fit_reduced_chi_square),
+    };
+    serde_json::to_value(stored).unwrap_or(Value::Null)
 }
 
 fn peaks_json(a: &ExperimentAnalysis, absorption: &Spectrum) -> Value {
     let fit = &a.absorption_fit;
-    let peaks: Vec<Value> = fit
+    let peaks = fit
         .peaks
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            json!({
-                "index": i,
-                "exciton": i == a.exciton_peak,
-                "center_nm": p.center_nm,
-                "center_stderr_nm": p.center_stderr_nm,
-                "amplitude": p.amplitude,
-                "amplitude_stderr": p.amplitude_stderr,
-                "fwhm_nm": p.fwhm_nm,
-                "fwhm_stderr_nm": p.fwhm_stderr_nm,
-                "area": p.area,
-            })
+        .map(|(i, p)| StoredPeak {
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            exciton: i == a.exciton_peak,
+            center_nm: Some(p.center_nm),
+            center_stderr_nm: p.center_stderr_nm,
+            amplitude: Some(p.amplitude),
+            amplitude_stderr: p.amplitude_stderr,
+            fwhm_nm: Some(p.fwhm_nm),
+            fwhm_stderr_nm: p.fwhm_stderr_nm,
+            area: Some(p.area),
         })
         .collect();
     // The fitted curve on every 8th sample of the fitted window (for plots).
     let (lo, hi) = fit.window_nm;
-    let (xs, ys): (Vec<f64>, Vec<f64>) = absorption
+    let (xs, ys): (Vec<Option<f64>>, Vec<Option<f64>>) = absorption
         .wavelength_nm()
         .iter()
         .filter(|x| **x >= lo && **x <= hi)
         .step_by(8)
-        .map(|x| (*x, fit.model_at(*x)))
+        .map(|x| (Some(*x), Some(fit.model_at(*x))))
         .unzip();
-    json!({
-        "shape": format!("{:?}", fit.shape).to_lowercase(),
-        "window_nm": [lo, hi],
-        "r_squared": fit.statistics.r_squared,
-        "peaks": peaks,
-        "curve": { "wavelength_nm": xs, "absorbance": ys },
-    })
+    let stored = StoredPeakFit {
+        shape: format!("{:?}", fit.shape).to_lowercase(),
+        window_nm: vec![Some(lo), Some(hi)],
+        r_squared: Some(fit.statistics.r_squared),
+        peaks,
+        curve: StoredCurve {
+            wavelength_nm: xs,
+            absorbance: ys,
+        },
+    };
+    serde_json::to_value(stored).unwrap_or(Value::Null)
 }
 
 /// Whether `value` reaches `target` in the objective's direction.

@@ -3,7 +3,9 @@
 //! sources this table allows (`UPDATE … WHERE state IN (sources)`), so a change the table does
 //! not allow never reaches the database, and a final state never changes.
 //!
-//! Stored and shown as lower-case text (`timed_out` for [`CommandState::TimedOut`]).
+//! Stored as lower-case text (`timed_out` for [`CommandState::TimedOut`]); the public API
+//! shows the same enums as GraphQL enums (`TIMED_OUT`), so there is one definition of each
+//! lifecycle, and a state the API returns or a filter it takes is always one of these.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,7 +30,7 @@ macro_rules! lifecycle {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, async_graphql::Enum)]
         pub enum $name {
             $($(#[$vmeta])* $variant,)*
         }
@@ -189,7 +191,7 @@ lifecycle! {
         Succeeded = "succeeded", stage 2 => [],
         /// The agent refused it or it failed.
         Failed = "failed", stage 2 => [],
-        /// Not accepted or not answered in time.
+        /// Not accepted or not answered in time (one still queued at its deadline never ran).
         TimedOut = "timed_out", stage 2 => [],
         /// Canceled before it was sent.
         Canceled = "canceled", stage 2 => [],
@@ -300,6 +302,29 @@ mod tests {
         assert!(K::Queued.can_move_to(K::Canceled));
         assert!(!K::Sent.can_move_to(K::Canceled));
         assert!(!K::Queued.can_move_to(K::Succeeded));
+    }
+
+    /// The GraphQL value of a state and back.
+    fn graphql_round_trip<S>(all: &[S], as_str: fn(S) -> &'static str)
+    where
+        S: Copy + PartialEq + fmt::Debug + async_graphql::InputType,
+    {
+        for s in all {
+            let value = async_graphql::InputType::to_value(s);
+            assert_eq!(
+                value,
+                async_graphql::Value::Enum(async_graphql::Name::new(as_str(*s).to_uppercase())),
+                "{s:?}"
+            );
+            assert_eq!(S::parse(Some(value)).ok(), Some(*s));
+        }
+    }
+
+    #[test]
+    fn the_api_shows_each_stored_state_as_its_upper_case_graphql_enum_value() {
+        graphql_round_trip(CampaignState::ALL, CampaignState::as_str);
+        graphql_round_trip(ExperimentState::ALL, ExperimentState::as_str);
+        graphql_round_trip(CommandState::ALL, CommandState::as_str);
     }
 
     #[test]

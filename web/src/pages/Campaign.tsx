@@ -6,6 +6,7 @@ import type {
   CloneCampaignMutation, CloneCampaignMutationVariables, ExperimentQuery, ExperimentQueryVariables,
   QueueExperimentMutation, QueueExperimentMutationVariables,
 } from "../generated/graphql";
+import type { ExperimentState } from "../generated/schema";
 import { CAMPAIGN, CAMPAIGN_CONTROL, CAMPAIGN_EVENTS, CAMPAIGN_TABLE, CLONE_CAMPAIGN, EXPERIMENT, QUEUE_EXPERIMENT } from "../ops";
 import { lineOptions, scatterOptions, UPlot, VIRIDIS_CSS, type MapPoint } from "../plots";
 import { Link, navigate } from "../router";
@@ -109,7 +110,7 @@ export function CampaignPage({ id }: { id: string }) {
   if (missing) return <NotFound what="campaign" />;
   if (!data) return error ? <ErrorBox error={error} title="Cannot load the campaign" /> : <Loading what="the campaign" />;
   const { c, nodes } = data;
-  const sel = selected ?? c.bestExperimentId ?? [...nodes].reverse().find((n) => n.state === "completed")?.id ?? null;
+  const sel = selected ?? c.bestExperimentId ?? [...nodes].reverse().find((n) => n.state === "COMPLETED")?.id ?? null;
   return (
     <>
       <p><Link to="/campaigns">← Campaigns</Link></p>
@@ -135,7 +136,7 @@ export function CampaignPage({ id }: { id: string }) {
       </div>
       <section className="card">
         <h2>Selected experiment</h2>
-        {sel ? <Selected id={sel} state={nodes.find((n) => n.id === sel)?.state ?? ""} /> : <Empty>No experiment has finished yet; points appear on the map as they arrive.</Empty>}
+        {sel ? <Selected id={sel} state={nodes.find((n) => n.id === sel)?.state} /> : <Empty>No experiment has finished yet; points appear on the map as they arrive.</Empty>}
       </section>
       <div className="grid2">
         <section className="card">
@@ -158,10 +159,10 @@ export function CampaignPage({ id }: { id: string }) {
 }
 
 function Summary({ c, nodes }: { c: Campaign; nodes: Node[] }) {
-  const done = nodes.filter((n) => n.state === "completed").length;
+  const done = nodes.filter((n) => n.state === "COMPLETED").length;
   return (
     <dl className="facts">
-      <div><dt>Objective</dt><dd><code>{c.objective}</code></dd></div>
+      <div><dt>Objective</dt><dd data-testid="objective" data-direction={c.objectiveDirection}><code>{c.objective}</code> ({c.objectiveDirection === "MINIMIZE" ? "smaller is better" : "larger is better"})</dd></div>
       <div><dt>Optimizer</dt><dd>{c.optimizer} (seed {c.seed}, batch {c.batchSize})</dd></div>
       <div><dt>Progress</dt><dd data-testid="progress">{c.results} / {c.budget} told · {done} completed · {c.proposals} proposed</dd></div>
       <div><dt>Best</dt><dd data-testid="best">{fmt(c.bestValue, 4)}{c.bestParameters ? ` at ${paramText(c.bestParameters)}` : ""}</dd></div>
@@ -190,10 +191,10 @@ function Controls({ c, onChange }: { c: Campaign; onChange: () => void }) {
   const s = c.state;
   return (
     <div className="controls" role="group" aria-label="Campaign controls">
-      {s === "draft" && <button type="button" className="primary" onClick={() => act("start")} disabled={a.busy}>Start</button>}
-      {s === "running" && <button type="button" onClick={() => act("pause")} disabled={a.busy}>Pause</button>}
-      {s === "paused" && <button type="button" className="primary" onClick={() => act("resume")} disabled={a.busy}>Resume</button>}
-      {(s === "draft" || s === "running" || s === "paused") && <button type="button" className="danger" onClick={() => act("cancel")} disabled={a.busy}>Cancel campaign</button>}
+      {s === "DRAFT" && <button type="button" className="primary" onClick={() => act("start")} disabled={a.busy}>Start</button>}
+      {s === "RUNNING" && <button type="button" onClick={() => act("pause")} disabled={a.busy}>Pause</button>}
+      {s === "PAUSED" && <button type="button" className="primary" onClick={() => act("resume")} disabled={a.busy}>Resume</button>}
+      {(s === "DRAFT" || s === "RUNNING" || s === "PAUSED") && <button type="button" className="danger" onClick={() => act("cancel")} disabled={a.busy}>Cancel campaign</button>}
       <button type="button" onClick={clone} disabled={a.busy}>Clone</button>
       <ErrorBox error={a.error} title="The campaign did not change" />
     </div>
@@ -245,7 +246,7 @@ function TCMap({ c, nodes, selected, onPick }: { c: Campaign; nodes: Node[]; sel
 }
 
 function BestSoFar({ c, nodes }: { c: Campaign; nodes: Node[] }) {
-  const minimize = /^\s*minimi[sz]e\b/i.test(c.objective);
+  const minimize = c.objectiveDirection === "MINIMIZE";
   const data = useMemo<AlignedData>(() => {
     const done = nodes.filter((n) => typeof n.objectiveValue === "number").sort((a, b) => a.seq - b.seq);
     let best: number | null = null;
@@ -266,10 +267,11 @@ function BestSoFar({ c, nodes }: { c: Campaign; nodes: Node[] }) {
     [],
   );
   if (data[0].length === 0) return <Empty>No results yet.</Empty>;
-  return <UPlot options={options} data={data} height={340} label={`Best objective so far against loop, ${data[0].length} results`} testid="best-plot" extra={{ points: data[0].length }} />;
+  const best = data[2][data[2].length - 1];
+  return <UPlot options={options} data={data} height={340} label={`Best objective so far against loop (${minimize ? "smallest" : "largest"} value), ${data[0].length} results`} testid="best-plot" extra={{ points: data[0].length, best: best ?? "", direction: c.objectiveDirection }} />;
 }
 
-function Selected({ id, state }: { id: string; state: string }) {
+function Selected({ id, state }: { id: string; state: ExperimentState | undefined }) {
   const [e, setE] = useState<NonNullable<ExperimentQuery["experiment"]> | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
@@ -294,7 +296,7 @@ function Selected({ id, state }: { id: string; state: string }) {
   );
 }
 
-const ACTIVE = ["queued", "leased", "running"];
+const ACTIVE: ExperimentState[] = ["QUEUED", "LEASED", "RUNNING"];
 
 function Queue({ nodes }: { nodes: Node[] }) {
   const q = nodes.filter((n) => ACTIVE.includes(n.state));
@@ -340,10 +342,10 @@ function ManualExperiment({ c, onQueued }: { c: Campaign; onQueued: () => void }
   );
 }
 
-const STATES = ["queued", "leased", "running", "completed", "failed", "interrupted", "canceled"];
+const STATES: ExperimentState[] = ["QUEUED", "LEASED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "CANCELED"];
 
 function DataTable({ c, tick, onSelect }: { c: Campaign; tick: number; onSelect: (id: string) => void }) {
-  const [state, setState] = useState("");
+  const [state, setState] = useState<ExperimentState | "">("");
   const [source, setSource] = useState("");
   const [pages, setPages] = useState(1);
   const [more, setMore] = useState<{ nodes: NonNullable<CampaignTableQuery["campaign"]>["experiments"]["nodes"]; next: boolean; total: number } | null>(null);
@@ -384,9 +386,9 @@ function DataTable({ c, tick, onSelect }: { c: Campaign; tick: number; onSelect:
       <div className="row filters">
         <label>
           State
-          <select value={state} onChange={(e) => { setState(e.target.value); setPages(1); }} data-testid="filter-state">
+          <select value={state} onChange={(e) => { setState(STATES.find((s) => s === e.target.value) ?? ""); setPages(1); }} data-testid="filter-state">
             <option value="">all</option>
-            {STATES.map((s) => <option key={s} value={s}>{s}</option>)}
+            {STATES.map((s) => <option key={s} value={s}>{s.toLowerCase()}</option>)}
           </select>
         </label>
         <label>

@@ -18,15 +18,47 @@ export function ExperimentPage({ id }: { id: string }) {
       </h1>
       <ExperimentSummary e={e} />
       <Spectra e={e} />
-      <details>
-        <summary>Features</summary>
-        <pre className="json">{JSON.stringify(e.features, null, 2)}</pre>
-      </details>
+      <Features e={e} />
       <details>
         <summary>Provenance (compiled program, optimizer proposal, campaign settings)</summary>
         <pre className="json">{JSON.stringify(e.provenance, null, 2)}</pre>
       </details>
     </>
+  );
+}
+
+type Exp = NonNullable<ExperimentQuery["experiment"]>;
+type FeatureKey = keyof NonNullable<Exp["features"]>;
+
+const FEATURES: [FeatureKey, string][] = [
+  ["excitonWavelengthNm", "Exciton wavelength (nm)"],
+  ["excitonAbsorbance", "Exciton absorbance (above baseline)"],
+  ["excitonFwhmNm", "Exciton FWHM (nm)"],
+  ["absorbanceAtExciton", "Absorbance at the exciton"],
+  ["cdAtExcitonMdeg", "CD at the exciton (mdeg)"],
+  ["cdExtremumMdeg", "CD extremum (mdeg)"],
+  ["cdExtremumWavelengthNm", "CD extremum wavelength (nm)"],
+  ["gFactor", "g-factor"],
+  ["peakCount", "Fitted peaks"],
+  ["fitRSquared", "Fit R²"],
+  ["fitReducedChiSquare", "Fit reduced χ²"],
+];
+
+function Features({ e }: { e: Exp }) {
+  const f = e.features;
+  return (
+    <details>
+      <summary>Features</summary>
+      {f ? (
+        <table className="compact" data-testid="features-table">
+          <tbody>
+            {FEATURES.map(([k, label]) => <tr key={k}><th scope="row">{label}</th><td>{fmt(f[k], 5)}</td></tr>)}
+          </tbody>
+        </table>
+      ) : (
+        <p className="muted">Not analysed yet.</p>
+      )}
+    </details>
   );
 }
 

@@ -7,8 +7,6 @@ import { join, lineOptions, UPlot } from "../plots";
 import { Empty, fmt } from "../ui";
 
 type Exp = NonNullable<ExperimentQuery["experiment"]>;
-type Peak = { index?: number; exciton?: number | boolean | null; center_nm?: number; amplitude?: number; fwhm_nm?: number };
-type Fit = { shape?: string; window_nm?: number[]; r_squared?: number; peaks?: Peak[]; curve?: { wavelength_nm?: number[]; absorbance?: number[] } };
 
 function arr(v: unknown): number[] | null {
   return Array.isArray(v) && v.every((x) => typeof x === "number") ? (v as number[]) : null;
@@ -18,6 +16,10 @@ function last(e: Exp, kind: string) {
   const ms = e.measurements.filter((m) => m.kind === kind);
   return ms[ms.length - 1];
 }
+
+const SHAPE: Record<NonNullable<Exp["fittedPeaks"]>["shape"], string> = {
+  GAUSSIAN: "Gaussian", LORENTZIAN: "Lorentzian", VOIGT: "Voigt", PSEUDO_VOIGT: "pseudo-Voigt",
+};
 
 const ABS_OPTS_BASE = {
   xLabel: "wavelength (nm)",
@@ -31,7 +33,7 @@ const ABS_OPTS_BASE = {
 export function Spectra({ e }: { e: Exp }) {
   const abs = last(e, "absorption_spectrum");
   const cd = last(e, "cd_spectrum");
-  const fit = (e.fittedPeaks ?? null) as Fit | null;
+  const fit = e.fittedPeaks ?? null;
   const peaks = fit?.peaks ?? [];
 
   const absData = useMemo<AlignedData | null>(() => {
@@ -39,8 +41,8 @@ export function Spectra({ e }: { e: Exp }) {
     const wl = arr(d?.wavelength_nm);
     const a = arr(d?.absorbance);
     if (!wl || !a) return null;
-    const cw = arr(fit?.curve?.wavelength_nm);
-    const ca = arr(fit?.curve?.absorbance);
+    const cw = fit?.curve.wavelengthNm ?? null;
+    const ca = fit?.curve.absorbance ?? null;
     const sortPair = (x: number[], y: number[]) => {
       const idx = x.map((_, i) => i).sort((i, j) => x[i] - x[j]);
       return [idx.map((i) => x[i]), idx.map((i) => y[i])] as [number[], number[]];
@@ -52,8 +54,8 @@ export function Spectra({ e }: { e: Exp }) {
 
   const markersRef = useMemo(() => ({ list: [] as { x: number; label: string }[] }), []);
   markersRef.list = peaks
-    .filter((p) => typeof p.center_nm === "number")
-    .map((p, i) => ({ x: p.center_nm as number, label: `${p.index ?? i + 1}` }));
+    .filter((p) => typeof p.centerNm === "number")
+    .map((p) => ({ x: p.centerNm as number, label: `${p.index + 1}` }));
   const absOpts = useMemo(() => lineOptions({ ...ABS_OPTS_BASE, markers: () => markersRef.list }), [markersRef]);
 
   const cdData = useMemo<AlignedData | null>(() => {
@@ -69,11 +71,11 @@ export function Spectra({ e }: { e: Exp }) {
   return (
     <div className="spectra">
       <figure>
-        <figcaption>Absorption spectrum{fit?.shape ? ` with ${fit.shape} fit` : ""}{typeof fit?.r_squared === "number" ? ` (R² = ${fit.r_squared.toFixed(4)})` : ""}</figcaption>
+        <figcaption>Absorption spectrum{fit ? ` with ${SHAPE[fit.shape]} fit` : ""}{typeof fit?.rSquared === "number" ? ` (R² = ${fit.rSquared.toFixed(4)})` : ""}</figcaption>
         {absData ? (
           <UPlot options={absOpts} data={absData} height={260} label="Absorption spectrum with the fitted curve and peak markers" testid="absorption-plot" extra={{ points: abs ? (arr((abs.data as Record<string, unknown>).wavelength_nm)?.length ?? 0) : 0, peaks: peaks.length }} />
         ) : (
-          <Empty>No absorption spectrum {e.state === "completed" ? "was recorded" : "yet"}.</Empty>
+          <Empty>No absorption spectrum {e.state === "COMPLETED" ? "was recorded" : "yet"}.</Empty>
         )}
       </figure>
       {peaks.length > 0 && (
@@ -81,8 +83,8 @@ export function Spectra({ e }: { e: Exp }) {
           <caption>Fitted peaks</caption>
           <thead><tr><th>#</th><th>Exciton</th><th>Centre (nm)</th><th>Amplitude</th><th>FWHM (nm)</th></tr></thead>
           <tbody>
-            {peaks.map((p, i) => (
-              <tr key={i}><td>{p.index ?? i + 1}</td><td>{p.exciton === undefined || p.exciton === null ? "—" : String(p.exciton)}</td><td>{fmt(p.center_nm, 4)}</td><td>{fmt(p.amplitude)}</td><td>{fmt(p.fwhm_nm)}</td></tr>
+            {peaks.map((p) => (
+              <tr key={p.index}><td>{p.index + 1}</td><td>{p.exciton ? "yes" : "no"}</td><td>{fmt(p.centerNm, 4)}</td><td>{fmt(p.amplitude)}</td><td>{fmt(p.fwhmNm)}</td></tr>
             ))}
           </tbody>
         </table>
@@ -92,7 +94,7 @@ export function Spectra({ e }: { e: Exp }) {
         {cdData ? (
           <UPlot options={cdOpts} data={cdData} height={220} label="CD spectrum" testid="cd-plot" extra={{ points: cdData[0].length }} />
         ) : (
-          <Empty>No CD spectrum {e.state === "completed" ? "was recorded" : "yet"}.</Empty>
+          <Empty>No CD spectrum {e.state === "COMPLETED" ? "was recorded" : "yet"}.</Empty>
         )}
       </figure>
     </div>

@@ -15,23 +15,28 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from .models import (
+    FEATURES_GRAPHQL,
+    FITTED_PEAKS_GRAPHQL,
     Campaign,
     CampaignEvent,
     CampaignState,
     Experiment,
+    ExperimentState,
+    Features,
     Lab,
     LabCommand,
+    ObjectiveDirection,
     TokenScope,
     User,
 )
 
 CAMPAIGN_FIELDS = """
-  id name organizationId labId state stateDetail objective optimizer budget proposals results
-  bestValue bestParameters parameters { name lower upper step }
+  id name organizationId labId state stateDetail objective objectiveDirection optimizer budget
+  proposals results bestValue bestParameters { name value } parameters { name lower upper step }
 """
-EXPERIMENT_FIELDS = """
-  id campaignId seq name source state parameters objectiveValue features fittedPeaks error
-  queuedAt finishedAt
+EXPERIMENT_FIELDS = f"""
+  id campaignId seq name source state parameters {{ name value }} objectiveValue
+  {FEATURES_GRAPHQL} {FITTED_PEAKS_GRAPHQL} error queuedAt finishedAt
 """
 LAB_FIELDS = "id name organizationId online"
 COMMAND_FIELDS = "id labId method params state result error"
@@ -286,19 +291,28 @@ class Client:
         self,
         campaign_id: str,
         *,
-        state: Optional[str] = None,
+        state: Optional[ExperimentState | str] = None,
         source: Optional[str] = None,
         page_size: int = 100,
     ) -> list[Experiment]:
-        """All experiments of a campaign (every page), oldest first."""
+        """All experiments of a campaign (every page), oldest first; ``state`` filters by an
+        :class:`ExperimentState` (or its name, any case)."""
         out: list[Experiment] = []
         after: Optional[str] = None
+        state_name: Optional[str] = None
+        if state is not None:
+            parsed = (
+                state if isinstance(state, ExperimentState) else ExperimentState.parse(state)
+            )
+            if parsed is ExperimentState.UNKNOWN:
+                raise ValueError(f"not an experiment state: {state!r}")
+            state_name = parsed.name
         while True:
             d = self.execute(
-                "query($c: ID!, $f: Int, $a: String, $s: String, $src: String) {"
+                "query($c: ID!, $f: Int, $a: String, $s: ExperimentState, $src: String) {"
                 " campaign(id: $c) { experiments(first: $f, after: $a, state: $s, source: $src) {"
                 f" nodes {{ {EXPERIMENT_FIELDS} }} pageInfo {{ hasNextPage endCursor }} }} }} }}",
-                {"c": campaign_id, "f": page_size, "a": after, "s": state, "src": source},
+                {"c": campaign_id, "f": page_size, "a": after, "s": state_name, "src": source},
             )
             if d["campaign"] is None:
                 raise MaosicError(f"campaign {campaign_id} not found", "NOT_FOUND")
@@ -318,9 +332,11 @@ class Client:
         return Experiment.from_json(d["experiment"])
 
     def experiments_df(self, campaign_id: str) -> pd.DataFrame:
-        """One row per experiment: id, seq, name, source, state, objective, one column per
-        parameter (``T``, ``C`` …), and ``best_so_far`` (running maximum of the objective over
-        completed experiments, in order)."""
+        """One row per experiment: id, seq, name, source, state, objective, one float column per
+        parameter (``T``, ``C`` …), and ``best_so_far`` (the running best of the objective over
+        completed experiments, in order: the maximum, or the minimum for a campaign whose
+        ``objective_direction`` is ``MINIMIZE``)."""
+        direction = self.campaign(campaign_id).objective_direction
         rows = []
         for e in self.experiments(campaign_id):
             row: dict[str, Any] = {
@@ -337,21 +353,33 @@ class Client:
         df = pd.DataFrame(rows)
         if not df.empty:
             df = df.sort_values("seq").reset_index(drop=True)
-            df["best_so_far"] = df["objective"].astype(float).cummax()
+            objective = df["objective"].astype(float)
+            df["best_so_far"] = (
+                objective.cummin()
+                if direction is ObjectiveDirection.MINIMIZE
+                else objective.cummax()
+            )
         return df
 
     def features_df(self, campaign_id: str) -> pd.DataFrame:
-        """One row per analysed experiment: id, seq, parameters and every feature
-        (``exciton_wavelength_nm``, ``cd_at_exciton_mdeg``, ``g_factor`` …)."""
+        """One row per analysed experiment: id, seq, objective, the parameters and every
+        feature of :class:`Features` (``exciton_wavelength_nm``, ``cd_at_exciton_mdeg``,
+        ``g_factor`` …) as float columns (``peak_count`` as a nullable integer); a feature not
+        measured is NaN."""
         rows = []
         for e in self.experiments(campaign_id):
-            if not e.features:
+            if e.features is None:
                 continue
             row: dict[str, Any] = {"id": e.id, "seq": e.seq, "objective": e.objective_value}
             row.update(e.parameters)
-            row.update({k: v for k, v in e.features.items() if not isinstance(v, (dict, list))})
+            row.update(e.features.as_dict())
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        if df.empty:
+            return df
+        for name in Features.__dataclass_fields__:
+            df[name] = df[name].astype("Int64" if name == "peak_count" else float)
+        return df
 
     def peaks_df(self, campaign_id: str) -> pd.DataFrame:
         """One row per fitted absorption peak of every analysed experiment."""
@@ -519,7 +547,7 @@ class Client:
         """Live events of one campaign (state changes, proposals, results, measurements)."""
         for d in self.subscribe(
             "subscription($c: ID!) { campaignEvents(campaignId: $c)"
-            " { campaignId kind state experimentId } }",
+            " { campaignId kind campaignState experimentState experimentId } }",
             {"c": campaign_id},
             timeout=timeout,
         ):

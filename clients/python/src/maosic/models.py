@@ -1,12 +1,14 @@
 """Typed results of the MAOSIC GraphQL API (plain dataclasses built from the server's JSON).
 
-States are enums parsed case-insensitively, so the client reads both the lower-case strings the
-API returns today (``"running"``) and upper-case GraphQL enum values (``"RUNNING"``).
+The API's states and the objective's direction are GraphQL enums (``"RUNNING"``,
+``"MINIMIZE"``); they become the enums below (parsed case-insensitively, an unknown value is
+``UNKNOWN``). An experiment's conditions, features and fitted peaks are typed objects in the
+API and dataclasses here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Mapping, Optional, TypeVar
 
@@ -75,6 +77,14 @@ class CommandState(_LooseEnum):
         return self not in (CommandState.QUEUED, CommandState.SENT, CommandState.UNKNOWN)
 
 
+class ObjectiveDirection(_LooseEnum):
+    """Which way a campaign's objective is optimised."""
+
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+    UNKNOWN = "unknown"
+
+
 class TokenScope(_LooseEnum):
     READ = "read"
     WRITE = "write"
@@ -83,6 +93,11 @@ class TokenScope(_LooseEnum):
 
 def _f(v: Any) -> Optional[float]:
     return None if v is None else float(v)
+
+
+def _params(v: Any) -> dict[str, float]:
+    """The API's typed conditions (``[{"name": "T", "value": 130.0}, …]``) as ``{name: value}``."""
+    return {str(p["name"]): float(p["value"]) for p in (v or [])}
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,7 @@ class Campaign:
     state: CampaignState
     state_detail: Optional[str]
     objective: str
+    objective_direction: ObjectiveDirection
     optimizer: str
     budget: int
     proposals: int
@@ -164,12 +180,15 @@ class Campaign:
             state=CampaignState.parse(d.get("state")),
             state_detail=d.get("stateDetail"),
             objective=d["objective"],
+            objective_direction=ObjectiveDirection.parse(d.get("objectiveDirection")),
             optimizer=d["optimizer"],
             budget=int(d["budget"]),
             proposals=int(d["proposals"]),
             results=int(d["results"]),
             best_value=_f(d.get("bestValue")),
-            best_parameters=d.get("bestParameters"),
+            best_parameters=(
+                None if d.get("bestParameters") is None else _params(d["bestParameters"])
+            ),
             parameters=[
                 Parameter(p["name"], float(p["lower"]), float(p["upper"]), _f(p.get("step")))
                 for p in d.get("parameters", [])
@@ -178,26 +197,85 @@ class Campaign:
 
 
 @dataclass(frozen=True)
-class FittedPeak:
-    """One fitted absorption peak; ``amplitude`` is the height above the fitted baseline."""
+class Features:
+    """What the analysis read from an experiment's spectra; ``None`` when not measured (no CD
+    spectrum) or not finite."""
 
-    center_nm: float
-    amplitude: float
-    fwhm_nm: float
+    exciton_wavelength_nm: Optional[float]
+    exciton_absorbance: Optional[float]
+    exciton_fwhm_nm: Optional[float]
+    absorbance_at_exciton: Optional[float]
+    cd_at_exciton_mdeg: Optional[float]
+    cd_extremum_mdeg: Optional[float]
+    cd_extremum_wavelength_nm: Optional[float]
+    g_factor: Optional[float]
+    peak_count: Optional[int]
+    fit_r_squared: Optional[float]
+    fit_reduced_chi_square: Optional[float]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Features":
+        count = d.get("peakCount")
+        return cls(
+            exciton_wavelength_nm=_f(d.get("excitonWavelengthNm")),
+            exciton_absorbance=_f(d.get("excitonAbsorbance")),
+            exciton_fwhm_nm=_f(d.get("excitonFwhmNm")),
+            absorbance_at_exciton=_f(d.get("absorbanceAtExciton")),
+            cd_at_exciton_mdeg=_f(d.get("cdAtExcitonMdeg")),
+            cd_extremum_mdeg=_f(d.get("cdExtremumMdeg")),
+            cd_extremum_wavelength_nm=_f(d.get("cdExtremumWavelengthNm")),
+            g_factor=_f(d.get("gFactor")),
+            peak_count=None if count is None else int(count),
+            fit_r_squared=_f(d.get("fitRSquared")),
+            fit_reduced_chi_square=_f(d.get("fitReducedChiSquare")),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The features by name (``exciton_wavelength_nm`` …), for DataFrame rows."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+FEATURES_GRAPHQL = (
+    "features { excitonWavelengthNm excitonAbsorbance excitonFwhmNm absorbanceAtExciton"
+    " cdAtExcitonMdeg cdExtremumMdeg cdExtremumWavelengthNm gFactor peakCount fitRSquared"
+    " fitReducedChiSquare }"
+)
+
+
+@dataclass(frozen=True)
+class FittedPeak:
+    """One fitted absorption peak; ``amplitude`` is the height above the fitted baseline.
+    ``exciton`` marks the first exciton (the peak the features describe)."""
+
+    index: int
+    exciton: bool
+    center_nm: Optional[float]
+    amplitude: Optional[float]
+    fwhm_nm: Optional[float]
     area: Optional[float]
     center_stderr_nm: Optional[float]
     amplitude_stderr: Optional[float]
+    fwhm_stderr_nm: Optional[float]
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "FittedPeak":
         return cls(
-            center_nm=float(d["center_nm"]),
-            amplitude=float(d["amplitude"]),
-            fwhm_nm=float(d["fwhm_nm"]),
+            index=int(d["index"]),
+            exciton=bool(d["exciton"]),
+            center_nm=_f(d.get("centerNm")),
+            amplitude=_f(d.get("amplitude")),
+            fwhm_nm=_f(d.get("fwhmNm")),
             area=_f(d.get("area")),
-            center_stderr_nm=_f(d.get("center_stderr_nm")),
-            amplitude_stderr=_f(d.get("amplitude_stderr")),
+            center_stderr_nm=_f(d.get("centerStderrNm")),
+            amplitude_stderr=_f(d.get("amplitudeStderr")),
+            fwhm_stderr_nm=_f(d.get("fwhmStderrNm")),
         )
+
+
+FITTED_PEAKS_GRAPHQL = (
+    "fittedPeaks { peaks { index exciton centerNm amplitude fwhmNm area centerStderrNm"
+    " amplitudeStderr fwhmStderrNm } }"
+)
 
 
 @dataclass(frozen=True)
@@ -210,7 +288,7 @@ class Experiment:
     state: ExperimentState
     parameters: dict[str, float]
     objective_value: Optional[float]
-    features: dict[str, Any]
+    features: Optional[Features]
     fitted_peaks: list[FittedPeak]
     error: Optional[str]
     queued_at: str
@@ -219,7 +297,7 @@ class Experiment:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Experiment":
         fit = d.get("fittedPeaks") or {}
-        peaks = fit.get("peaks", []) if isinstance(fit, dict) else []
+        features = d.get("features")
         return cls(
             id=d["id"],
             campaign_id=d["campaignId"],
@@ -227,10 +305,10 @@ class Experiment:
             name=d["name"],
             source=d["source"],
             state=ExperimentState.parse(d.get("state")),
-            parameters=dict(d.get("parameters") or {}),
+            parameters=_params(d.get("parameters")),
             objective_value=_f(d.get("objectiveValue")),
-            features=dict(d.get("features") or {}),
-            fitted_peaks=[FittedPeak.from_json(p) for p in peaks if isinstance(p, dict)],
+            features=None if features is None else Features.from_json(features),
+            fitted_peaks=[FittedPeak.from_json(p) for p in fit.get("peaks") or []],
             error=d.get("error"),
             queued_at=d["queuedAt"],
             finished_at=d.get("finishedAt"),
@@ -241,12 +319,14 @@ class Experiment:
 class CampaignEvent:
     """One event of ``campaignEvents``. ``kind``: ``state`` (the campaign's state changed),
     ``queued`` (new proposals), ``result`` (an experiment was analysed and told), ``experiment``
-    (an experiment changed state), ``measurement`` (a measurement arrived); ``state`` is the
-    campaign's or the experiment's state."""
+    (an experiment changed state), ``measurement`` (a measurement arrived).
+    ``campaign_state`` is set on the campaign's own events (``state``, ``queued``, ``result``),
+    ``experiment_state`` on an experiment's (``experiment``, ``measurement``)."""
 
     campaign_id: str
     kind: str
-    state: Optional[str]
+    campaign_state: Optional[CampaignState]
+    experiment_state: Optional[ExperimentState]
     experiment_id: Optional[str]
 
     @classmethod
@@ -254,7 +334,14 @@ class CampaignEvent:
         return cls(
             campaign_id=d["campaignId"],
             kind=d["kind"],
-            state=d.get("state"),
+            campaign_state=(
+                None if d.get("campaignState") is None else CampaignState.parse(d["campaignState"])
+            ),
+            experiment_state=(
+                None
+                if d.get("experimentState") is None
+                else ExperimentState.parse(d["experimentState"])
+            ),
             experiment_id=d.get("experimentId"),
         )
 

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 
 use super::access::{audit, lab_with_access, org_role, LabAccess};
 use super::account::validate_name;
+use super::results::{
+    features_of, parameter_values, peak_fit_of, ExperimentFeatures, ObjectiveDirection,
+    ParameterValue, PeakFit,
+};
 use super::{
     fail, parse_id, principal, rfc3339_ms, state, writer, ApiError, ApiResult, StorageResultExt,
 };
@@ -118,9 +122,20 @@ impl CampaignNode {
             })
             .unwrap_or_default()
     }
-    /// Objective expression.
+    /// Objective expression (`maximize abs(cd_at_exciton)`); its direction is
+    /// `objectiveDirection`.
     async fn objective(&self) -> &str {
         &self.c.objective
+    }
+    /// Whether the objective is maximised or minimised (parsed from the expression).
+    async fn objective_direction(&self) -> ApiResult<ObjectiveDirection> {
+        // Every stored objective parsed at `createCampaign`; one that no longer does is a
+        // corrupt row.
+        let objective = parse_objective(&self.c.objective).map_err(|e| {
+            tracing::error!(campaign = %self.c.id, "stored objective does not parse: {e}");
+            fail(ApiError::Internal)
+        })?;
+        Ok(objective.direction().into())
     }
     /// Optimizer name.
     async fn optimizer(&self) -> &str {
@@ -150,9 +165,9 @@ impl CampaignNode {
     async fn priority(&self) -> i64 {
         self.c.priority
     }
-    /// `DRAFT`-like lowercase state: draft, running, paused, completed, canceled, failed.
-    async fn state(&self) -> &str {
-        self.c.state.as_str()
+    /// Where it is in its life.
+    async fn state(&self) -> CampaignState {
+        self.c.state
     }
     /// Why it is in this state.
     async fn state_detail(&self) -> Option<&str> {
@@ -170,13 +185,12 @@ impl CampaignNode {
     async fn best_value(&self) -> Option<f64> {
         self.c.best_value
     }
-    /// Parameters of the best experiment so far (JSON object).
-    async fn best_parameters(&self) -> Option<Json<Value>> {
+    /// The conditions of the best experiment so far, by variable name.
+    async fn best_parameters(&self) -> Option<Vec<ParameterValue>> {
         self.c
             .best_params_json
             .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok())
-            .map(Json)
+            .and_then(parameter_values)
     }
     /// The best experiment so far.
     async fn best_experiment_id(&self) -> Option<ID> {
@@ -209,7 +223,7 @@ impl CampaignNode {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-        state: Option<String>,
+        state: Option<ExperimentState>,
         source: Option<String>,
     ) -> ApiResult<ExperimentPage> {
         let first = first.unwrap_or(100);
@@ -223,26 +237,6 @@ impl CampaignNode {
             Some(cursor) => cursor
                 .parse::<i64>()
                 .map_err(|_| fail(ApiError::BadInput("after is not a cursor".into())))?,
-        };
-        // A state no experiment can be in matches none (as the text filter always did).
-        let state = match state.as_deref().map(str::parse::<ExperimentState>) {
-            None => None,
-            Some(Ok(state)) => Some(state),
-            Some(Err(_)) => {
-                let total_count = super::state(ctx)?
-                    .storage
-                    .count_experiments(&self.c.id)
-                    .await
-                    .api()?;
-                return Ok(ExperimentPage {
-                    nodes: Vec::new(),
-                    page_info: PageInfo {
-                        has_next_page: false,
-                        end_cursor: None,
-                    },
-                    total_count,
-                });
-            }
         };
         let filter = ExperimentFilter { state, source };
         let storage = &super::state(ctx)?.storage;
@@ -364,10 +358,6 @@ fn measurement_nodes(records: Vec<storage::StoredRecord>) -> Vec<MeasurementNode
         .collect()
 }
 
-fn json_field(text: Option<&str>) -> Option<Json<Value>> {
-    text.and_then(|t| serde_json::from_str(t).ok()).map(Json)
-}
-
 #[Object(name = "Experiment")]
 impl ExperimentNode {
     /// Identifier (also the program id of its records).
@@ -394,13 +384,13 @@ impl ExperimentNode {
     async fn source(&self) -> &str {
         &self.0.source
     }
-    /// The conditions (`{"T": 130, "C": 0.8}`).
-    async fn parameters(&self) -> Json<Value> {
-        Json(serde_json::from_str(&self.0.params_json).unwrap_or(Value::Null))
+    /// The conditions (`T` = 130, `C` = 0.8), by variable name.
+    async fn parameters(&self) -> ApiResult<Vec<ParameterValue>> {
+        parameter_values(&self.0.params_json).ok_or_else(|| fail(ApiError::Internal))
     }
-    /// queued, leased, running, completed, failed, interrupted, canceled.
-    async fn state(&self) -> &str {
-        self.0.state.as_str()
+    /// Where it is in the queue.
+    async fn state(&self) -> ExperimentState {
+        self.0.state
     }
     /// The agent's program outcome.
     async fn outcome(&self) -> Option<&str> {
@@ -414,13 +404,14 @@ impl ExperimentNode {
     async fn objective_value(&self) -> Option<f64> {
         self.0.objective_value
     }
-    /// Analysis features (exciton wavelength, CD at the exciton, …), JSON.
-    async fn features(&self) -> Option<Json<Value>> {
-        json_field(self.0.features_json.as_deref())
+    /// What the analysis read from its spectra (exciton wavelength, CD at the exciton, …);
+    /// null until it was analysed.
+    async fn features(&self) -> Option<ExperimentFeatures> {
+        features_of(self.0.features_json.as_deref())
     }
-    /// Fitted absorption peaks and the fitted curve, JSON.
-    async fn fitted_peaks(&self) -> Option<Json<Value>> {
-        json_field(self.0.peaks_json.as_deref())
+    /// The absorption fit: its peaks and the fitted curve; null until it was analysed.
+    async fn fitted_peaks(&self) -> Option<PeakFit> {
+        peak_fit_of(self.0.peaks_json.as_deref())
     }
     /// Times it was claimed for dispatch.
     async fn attempts(&self) -> i64 {
@@ -867,7 +858,8 @@ impl CampaignMutation {
     }
 
     /// Queues a person's own conditions into a campaign; the result is told to the optimizer
-    /// too (it does not count against the budget).
+    /// too (it does not count against the budget). `parameters` is a JSON object of every
+    /// declared variable's value (`{"T": 130, "C": 0.8}`), checked against the space.
     async fn queue_experiment(
         &self,
         ctx: &Context<'_>,

@@ -6,7 +6,7 @@
 //! cancel; any member of the organisation that queued a command reads it; other organisations'
 //! commands are `NOT_FOUND`.
 
-use async_graphql::{Context, Enum, Json, Object, ID};
+use async_graphql::{Context, Json, Object, ID};
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::program::{Program, RpcRequest, Step, PROGRAM_FORMAT};
 use serde_json::{json, Value};
@@ -28,36 +28,6 @@ const MAX_OPEN_PER_LAB: i64 = 20;
 /// Most open commands each organisation the lab is shared with may have on it: its own cap,
 /// so a partner can never fill the lab's queue and lock the owner out.
 const MAX_OPEN_PER_SHAREE: i64 = 5;
-
-/// Where a queued instruction is.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum CommandState {
-    /// Waiting for the agent (offline, or not yet dispatched).
-    Queued,
-    /// Sent to the agent; its answer is awaited.
-    Sent,
-    /// The agent ran it and it succeeded.
-    Succeeded,
-    /// The agent ran it and it failed, or refused it.
-    Failed,
-    /// The deadline passed before the agent accepted it: never executed.
-    TimedOut,
-    /// Canceled before it was sent.
-    Canceled,
-}
-
-impl From<storage::CommandState> for CommandState {
-    fn from(state: storage::CommandState) -> CommandState {
-        match state {
-            storage::CommandState::Queued => CommandState::Queued,
-            storage::CommandState::Sent => CommandState::Sent,
-            storage::CommandState::Succeeded => CommandState::Succeeded,
-            storage::CommandState::Failed => CommandState::Failed,
-            storage::CommandState::TimedOut => CommandState::TimedOut,
-            storage::CommandState::Canceled => CommandState::Canceled,
-        }
-    }
-}
 
 /// An instruction queued for a lab.
 pub struct LabCommandNode(pub LabCommand);
@@ -81,8 +51,8 @@ impl LabCommandNode {
     async fn params(&self) -> Json<Value> {
         Json(serde_json::from_str(&self.0.params_json).unwrap_or(Value::Null))
     }
-    async fn state(&self) -> CommandState {
-        self.0.state.into()
+    async fn state(&self) -> storage::CommandState {
+        self.0.state
     }
     async fn created_at(&self) -> String {
         rfc3339_ms(self.0.created_at)

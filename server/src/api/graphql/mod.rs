@@ -12,6 +12,7 @@ pub mod handler;
 pub mod lab_control;
 pub mod labs;
 pub mod orgs;
+pub mod results;
 pub mod subscriptions;
 
 use async_graphql::{Context, ErrorExtensions, MergedObject, Object, Schema, SimpleObject};

@@ -22,7 +22,7 @@ use crate::auth::Principal;
 use crate::events::Event;
 use crate::state::AppState;
 use crate::storage::tenant::{self, TenantScope};
-use crate::storage::{CampaignId, OrganizationId};
+use crate::storage::{CampaignId, CampaignState, ExperimentState, OrganizationId};
 
 /// Something happened in a campaign.
 #[derive(SimpleObject, Clone)]
@@ -33,8 +33,12 @@ pub struct CampaignEvent {
     /// was told to the optimizer), `experiment` (an experiment changed state), `measurement` (an
     /// experiment streamed a new measurement).
     pub kind: String,
-    /// The campaign's state (for `state`), or the experiment's (for `experiment`).
-    pub state: Option<String>,
+    /// The campaign's state, on the campaign's own events (`state`, `queued`, `result`);
+    /// null on an experiment's.
+    pub campaign_state: Option<CampaignState>,
+    /// The experiment's state, on an experiment's events (`experiment`, `measurement`); null
+    /// on the campaign's own.
+    pub experiment_state: Option<ExperimentState>,
     /// The experiment concerned, if any.
     pub experiment_id: Option<ID>,
 }
@@ -218,7 +222,8 @@ async fn campaign_event(
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
             campaign_id: ID(campaign_id.into()),
             kind,
-            state: Some(state.to_string()),
+            campaign_state: Some(state),
+            experiment_state: None,
             experiment_id: None,
         }),
         Event::Experiment {
@@ -229,7 +234,8 @@ async fn campaign_event(
         } if organization_id == org && campaign_id == campaign => Some(CampaignEvent {
             campaign_id: ID(campaign_id.into()),
             kind: "experiment".into(),
-            state: Some(state.to_string()),
+            campaign_state: None,
+            experiment_state: Some(state),
             experiment_id: Some(ID(experiment_id.into())),
         }),
         Event::RecordStored {
@@ -245,7 +251,8 @@ async fn campaign_event(
             (e.organization_id == org && e.campaign_id == campaign).then(|| CampaignEvent {
                 campaign_id: ID(e.campaign_id.into()),
                 kind: "measurement".into(),
-                state: Some(e.state.to_string()),
+                campaign_state: None,
+                experiment_state: Some(e.state),
                 experiment_id: Some(ID(e.id.into())),
             })
         }
