@@ -542,3 +542,112 @@ async fn modbus_driver_survives_random_frames() {
     server.abort();
     drop(pty.slave_keepalive);
 }
+
+/// RTU replies carry no transaction id: a late reply to an earlier request, or the echo of a
+/// frame someone else wrote, must never be taken for the answer to the current request (nor
+/// panic the driver). The device here answers every other request with such a stale frame only
+/// (a read of another length, a write echo of another register); the driver must drop it, let
+/// the line settle and ask again, and every value it returns must be the device's real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_modbus_replies_are_never_taken_for_the_answer() {
+    let profile = &maosic_lab::drivers::profiles::EUROTHERM_3200;
+    let pty = maosic_lab::pty::open().unwrap();
+    let mut master = pty.master;
+    let stale_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stale2 = stale_sent.clone();
+    let server = tokio::spawn(async move {
+        let with_crc = maosic_lab::sim::servers::with_crc;
+        // register a holds a * 10, except the status word and the run/stop register (0)
+        let value = |a: u16| {
+            if a == 75 || a == 199 {
+                0
+            } else {
+                a.wrapping_mul(10)
+            }
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        let mut n_req = 0u64;
+        loop {
+            match master.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+            while let Some(&fc) = buf.get(1) {
+                let len = match fc {
+                    3 | 4 | 6 => 8,
+                    16 => match buf.get(6) {
+                        Some(&bytes) => 9 + usize::from(bytes),
+                        None => break,
+                    },
+                    _ => {
+                        buf.clear();
+                        break;
+                    }
+                };
+                if buf.len() < len {
+                    break;
+                }
+                let req: Vec<u8> = buf.drain(..len).collect();
+                let addr = u16::from_be_bytes([req[2], req[3]]);
+                let word = u16::from_be_bytes([req[4], req[5]]);
+                n_req += 1;
+                let reply = if n_req % 2 == 1 {
+                    stale2.fetch_add(1, Ordering::Relaxed);
+                    match fc {
+                        3 | 4 => with_crc(vec![1, fc, 6, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE]),
+                        6 => with_crc(vec![1, 6, 0x0B, 0xAD, 0, 1]),
+                        _ => with_crc(vec![1, 16, 0x0B, 0xAD, 0, 7]),
+                    }
+                } else {
+                    match fc {
+                        3 | 4 => {
+                            let mut f = vec![1, fc, (word * 2) as u8];
+                            for a in addr..addr + word {
+                                f.extend_from_slice(&value(a).to_be_bytes());
+                            }
+                            with_crc(f)
+                        }
+                        _ => with_crc(req[..6].to_vec()),
+                    }
+                };
+                // after the driver has cleared its input and sent the request
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                if master.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let h = PidModbus::open(
+        "H",
+        &pty.slave_path,
+        9600,
+        1,
+        HeaterLimits::default(),
+        SerialTiming {
+            timeout_ms: 200,
+            retries: 3,
+        },
+    )
+    .unwrap()
+    .with_profile(profile, None);
+    for i in 0..20 {
+        let r = h.read().await.unwrap_or_else(|e| panic!("read {i}: {e}"));
+        assert_eq!(
+            (r.pv_c, r.sp_c, r.output_pct),
+            (Some(1.0), 2.0, 4.0),
+            "read {i} used a stale reply: {r:?}"
+        );
+    }
+    h.set_setpoint(42.0)
+        .await
+        .expect("a write whose echo was stale is sent again and confirmed");
+    let stale = stale_sent.load(Ordering::Relaxed);
+    println!(
+        "{stale} stale replies dropped; 20 reads and a write all returned the device's values"
+    );
+    assert!(stale >= 60, "the device sent {stale} stale frames");
+    server.abort();
+    drop(pty.slave_keepalive);
+}

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::Slave;
+use tokio_modbus::{Request, Response};
 
 use super::profiles::{
     Command, ControllerProfile, ReadFunction, RunReadback, Watchdog, WriteFunction, MAOSIC_TWIN,
@@ -67,6 +69,48 @@ enum Op {
     WriteSingle(u16, u16),
     WriteMultiple(u16, Vec<u16>),
     Read(ReadFunction, u16, u16),
+}
+
+impl Op {
+    fn request(&self) -> Request<'_> {
+        match self {
+            Op::WriteSingle(a, v) => Request::WriteSingleRegister(*a, *v),
+            Op::WriteMultiple(a, v) => Request::WriteMultipleRegisters(*a, v.as_slice().into()),
+            Op::Read(ReadFunction::Input, a, n) => Request::ReadInputRegisters(*a, *n),
+            Op::Read(ReadFunction::Holding, a, n) => Request::ReadHoldingRegisters(*a, *n),
+        }
+    }
+
+    /// The registers read (empty for writes) if `rsp` answers this request: the same function,
+    /// the echoed address and value or count of a write, the requested number of registers of a
+    /// read. tokio-modbus only checks the function code (and debug-asserts the rest).
+    fn answer(&self, rsp: Response) -> Result<Vec<u16>, &'static str> {
+        match (self, rsp) {
+            (Op::WriteSingle(a, v), Response::WriteSingleRegister(ra, rv)) => {
+                if (ra, rv) == (*a, *v) {
+                    Ok(Vec::new())
+                } else {
+                    Err("write echo of another address or value")
+                }
+            }
+            (Op::WriteMultiple(a, v), Response::WriteMultipleRegisters(ra, rn)) => {
+                if ra == *a && usize::from(rn) == v.len() {
+                    Ok(Vec::new())
+                } else {
+                    Err("write echo of another address or count")
+                }
+            }
+            (Op::Read(ReadFunction::Input, _, n), Response::ReadInputRegisters(w))
+            | (Op::Read(ReadFunction::Holding, _, n), Response::ReadHoldingRegisters(w)) => {
+                if w.len() == usize::from(*n) {
+                    Ok(w)
+                } else {
+                    Err("read of another number of registers")
+                }
+            }
+            _ => Err("reply to another function"),
+        }
+    }
 }
 
 impl PidModbus {
@@ -169,27 +213,24 @@ impl PidModbus {
             }
             self.transactions.fetch_add(1, Ordering::Relaxed);
             let fut = async {
-                let r = match &op {
-                    Op::WriteSingle(a, v) => ctx
-                        .write_single_register(*a, *v)
-                        .await
-                        .map(|r| r.map(|()| Vec::new())),
-                    Op::WriteMultiple(a, v) => ctx
-                        .write_multiple_registers(*a, v)
-                        .await
-                        .map(|r| r.map(|()| Vec::new())),
-                    Op::Read(ReadFunction::Input, a, n) => ctx.read_input_registers(*a, *n).await,
-                    Op::Read(ReadFunction::Holding, a, n) => {
-                        ctx.read_holding_registers(*a, *n).await
-                    }
-                };
+                let r = ctx.call(op.request()).await;
                 (r, ctx)
             };
             match tokio::time::timeout(self.timing.timeout(), fut).await {
-                Ok((Ok(Ok(v)), ctx)) => {
-                    *guard = Some(Conn { ctx, input });
-                    return Ok(v);
-                }
+                Ok((Ok(Ok(rsp)), ctx)) => match op.answer(rsp) {
+                    Ok(v) => {
+                        *guard = Some(Conn { ctx, input });
+                        return Ok(v);
+                    }
+                    Err(why) => {
+                        // a reply to another request (a late one, or an echo of a frame the
+                        // watchdog wrote): RTU has no transaction id, so never use it, let the
+                        // line go quiet and ask again on a clean port
+                        tracing::debug!(device = %self.name, why, "stale Modbus reply dropped");
+                        last = format!("reply does not match the request: {why}");
+                        self.settle(input).await;
+                    }
+                },
                 Ok((Ok(Err(exc)), ctx)) => {
                     *guard = Some(Conn { ctx, input });
                     return Err(DeviceError::Refused {
@@ -203,6 +244,9 @@ impl PidModbus {
                 }
                 Err(_) => {
                     last = "timeout".into();
+                    // the reply may still come: wait for the line to go quiet so it cannot be
+                    // taken for the answer to the next request
+                    self.settle(input).await;
                 }
             }
         }
@@ -219,6 +263,29 @@ impl PidModbus {
             })
         } else {
             Err(self.proto(&last))
+        }
+    }
+
+    /// Wait until nothing has arrived on the port for a quiet window (bounded by two reply
+    /// timeouts), then discard what did arrive. RTU cannot tell a reply that comes later still
+    /// from the answer to the next request when both have the same function and length.
+    async fn settle(&self, input: Option<Box<dyn tokio_serial::SerialPort>>) {
+        let Some(port) = input else {
+            return;
+        };
+        // a late reply usually follows within a reply timeout; give it two
+        let quiet = Duration::from_millis(30).min(self.timing.timeout());
+        let deadline = tokio::time::Instant::now() + 2 * self.timing.timeout();
+        let _ = port.clear(tokio_serial::ClearBuffer::Input);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(quiet).await;
+            match port.bytes_to_read() {
+                Ok(0) => break,
+                Ok(_) => {
+                    let _ = port.clear(tokio_serial::ClearBuffer::Input);
+                }
+                Err(_) => break,
+            }
         }
     }
 
