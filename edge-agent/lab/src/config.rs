@@ -136,6 +136,9 @@ pub enum DriverKind {
     ModbusPid,
     /// A virtual instrument of the twin (no serial protocol).
     Virtual,
+    /// A separate driver process speaking JSON-RPC over stdio (`command`), e.g. Python around a
+    /// vendor SDK; see docs/external-drivers.md. For measuring instruments only.
+    External,
 }
 
 /// One device.
@@ -179,6 +182,13 @@ pub struct DeviceConfig {
     /// configured decimal point), overriding the profile's default.
     #[serde(default)]
     pub decimals: Option<u8>,
+    /// External drivers: the program and its arguments; `{port}` in an argument is replaced by
+    /// the device's port path (with `port = "virtual"`, the twin's optical bench).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// External drivers: longest wait for a reply, ms (default 10,000).
+    #[serde(default)]
+    pub rpc_timeout_ms: Option<u64>,
     /// Local limits (keys depend on the kind).
     #[serde(default)]
     pub limits: BTreeMap<String, f64>,
@@ -244,6 +254,10 @@ impl LabConfig {
                             | DeviceKind::Shutter,
                         DriverKind::Virtual
                     )
+                    | (
+                        DeviceKind::AbsorptionSpectrometer | DeviceKind::CdSpectrometer,
+                        DriverKind::External
+                    )
             );
             if !ok {
                 p.push(format!(
@@ -251,7 +265,33 @@ impl LabConfig {
                     d.symbol, d.driver, d.kind
                 ));
             }
-            if d.driver != DriverKind::Virtual && d.port.is_none() {
+            if d.driver == DriverKind::External {
+                if d.command.is_empty() {
+                    p.push(format!(
+                        "{}: an external driver needs `command` (the program and its arguments)",
+                        d.symbol
+                    ));
+                }
+                if d.port.as_deref() == Some(VIRTUAL_PORT)
+                    && d.kind != DeviceKind::AbsorptionSpectrometer
+                {
+                    p.push(format!(
+                        "{}: the virtual lab serves an optical bench for absorption spectrometers only",
+                        d.symbol
+                    ));
+                }
+                if d.rpc_timeout_ms
+                    .is_some_and(|t| !(10..=600_000).contains(&t))
+                {
+                    p.push(format!("{}: rpc_timeout_ms must be 10 to 600000", d.symbol));
+                }
+            } else if !d.command.is_empty() || d.rpc_timeout_ms.is_some() {
+                p.push(format!(
+                    "{}: `command` and `rpc_timeout_ms` apply only to driver \"external\"",
+                    d.symbol
+                ));
+            }
+            if !matches!(d.driver, DriverKind::Virtual | DriverKind::External) && d.port.is_none() {
                 p.push(format!(
                     "{}: a serial driver needs `port` (a path or \"virtual\")",
                     d.symbol
@@ -362,14 +402,21 @@ impl LabConfig {
         let virtual_instruments: Vec<&str> = self
             .devices
             .iter()
-            .filter(|d| d.driver == DriverKind::Virtual)
+            .filter(|d| {
+                d.driver == DriverKind::Virtual
+                    || (d.driver == DriverKind::External && d.port.as_deref() == Some(VIRTUAL_PORT))
+            })
             .map(|d| d.symbol.as_str())
             .collect();
         let real: Vec<&str> = self
             .devices
             .iter()
             .filter(|d| d.driver != DriverKind::Virtual)
-            .filter(|d| d.port.as_deref().is_some_and(|p| p != VIRTUAL_PORT))
+            // an external driver without a port talks to its hardware directly (e.g. USB)
+            .filter(|d| {
+                d.port.as_deref().is_some_and(|p| p != VIRTUAL_PORT)
+                    || (d.driver == DriverKind::External && d.port.is_none())
+            })
             .map(|d| d.symbol.as_str())
             .collect();
         if virtual_instruments.is_empty() || real.is_empty() {

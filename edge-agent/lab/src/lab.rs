@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{DeviceConfig, DriverKind, LabConfig, VIRTUAL_PORT};
 use crate::devices::*;
+use crate::drivers::external::{ExternalDriver, ExternalSpec};
 use crate::drivers::ne1000_pump::{Ne1000Bus, Ne1000Pump};
 use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
 use crate::error::DeviceError;
@@ -42,6 +43,8 @@ pub enum Device {
     Arm(Arc<dyn RobotArm>),
     Laser(Arc<dyn Laser>),
     Shutter(Arc<dyn Shutter>),
+    /// A measuring instrument run by an external driver process (JSON-RPC over stdio).
+    External(Arc<ExternalDriver>),
 }
 
 /// What a call returned: a JSON result and the measurements it yielded.
@@ -161,6 +164,10 @@ impl Lab {
                             },
                         ))
                     }
+                    DriverKind::External => {
+                        // validated: only absorption spectrometers on the virtual bench
+                        ports.push((d.symbol.clone(), TwinPortKind::OpticalBench));
+                    }
                     DriverKind::Virtual => {}
                 }
             }
@@ -258,6 +265,22 @@ impl Lab {
                     heater = Some(h.clone());
                     pid = Some(h.clone());
                     Device::Heater(h)
+                }
+                (kind, DriverKind::External) => {
+                    let port = path.clone().unwrap_or_default();
+                    let spec = ExternalSpec {
+                        symbol: d.symbol.clone(),
+                        command: d
+                            .command
+                            .iter()
+                            .map(|a| a.replace("{port}", &port))
+                            .collect(),
+                        timeout: Duration::from_millis(d.rpc_timeout_ms.unwrap_or(10_000)),
+                        min_backoff: Duration::from_millis(200),
+                        max_backoff: Duration::from_secs(30),
+                    };
+                    let x = ExternalDriver::start(spec, schema_kind(kind)).await?;
+                    Device::External(Arc::new(x))
                 }
                 (kind, DriverKind::Virtual) => {
                     let Some(t) = &twin else {
@@ -375,6 +398,11 @@ impl Lab {
     }
 
     /// Symbols and kinds.
+    /// A device by symbol.
+    pub fn device(&self, symbol: &str) -> Option<&Device> {
+        self.devices.get(symbol).map(|(_, d)| d)
+    }
+
     pub fn device_list(&self) -> Vec<(String, DeviceKind, DriverKind, Option<String>)> {
         self.devices
             .iter()
@@ -392,7 +420,24 @@ impl Lab {
 
     /// E-stop: latch, heater off, pumps stopped, laser off.
     pub async fn estop(&self) -> SafeStateReport {
-        self.kernel.estop("e-stop requested").await
+        let r = self.kernel.estop("e-stop requested").await;
+        self.external_safe_state().await;
+        r
+    }
+
+    /// Ask every external driver to put its instrument in its safe state (best effort: the
+    /// kernel's devices are already safe; a driver that does not know `safe_state` is fine).
+    async fn external_safe_state(&self) {
+        for (_, d) in self.devices.values() {
+            if let Device::External(x) = d {
+                match x.safe_state().await {
+                    Ok(()) | Err(DeviceError::UnknownMethod(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(device = %x.name(), error = %e, "external driver safe state")
+                    }
+                }
+            }
+        }
     }
 
     /// Hook for the link: the cloud link is lost / back.
@@ -437,6 +482,12 @@ impl Lab {
                     u.name(),
                     if u.is_open() { "open" } else { "closed" }
                 )),
+                Device::External(x) => Ok(format!(
+                    "{} (external driver: {}, started {} time(s))",
+                    x.name(),
+                    x.description().model,
+                    x.starts()
+                )),
             };
             out.push((s.clone(), r));
         }
@@ -446,6 +497,7 @@ impl Lab {
     /// Safe state and stop the kernel (call before dropping on shutdown).
     pub async fn shutdown(&mut self) -> SafeStateReport {
         let r = self.kernel.safe_state().await;
+        self.external_safe_state().await;
         self.kernel.shutdown();
         if let Some(t) = self.kernel_task.take() {
             t.abort();
@@ -665,6 +717,15 @@ impl Lab {
                     irr.duration_param = Some("duration".into());
                     (SchemaKind::Laser, false, false, vec![irr])
                 }
+                Device::External(x) => {
+                    let kind = x.kind();
+                    (
+                        kind,
+                        false,
+                        kind == SchemaKind::Spectrometer,
+                        x.description().methods.clone(),
+                    )
+                }
                 Device::Shutter(_) => (
                     SchemaKind::Other,
                     false,
@@ -682,10 +743,14 @@ impl Lab {
                 ),
             };
             let default_method = methods.first().map(|x| x.name.clone());
+            let description = match d {
+                Device::External(x) if c.description.is_empty() => x.description().model.clone(),
+                _ => c.description.clone(),
+            };
             devices.push(DeviceDescriptor {
                 symbol: sym.clone(),
                 kind,
-                description: c.description.clone(),
+                description,
                 stream,
                 flow,
                 default_method,
@@ -939,6 +1004,13 @@ impl Lab {
                     ..Default::default()
                 }
             }
+            (Device::External(x), name) => {
+                let o = x.call(name, params).await?;
+                CallOutput {
+                    result: o.result,
+                    measurements: o.measurements,
+                }
+            }
             _ => return Err(unknown()),
         };
         Ok(out)
@@ -1141,6 +1213,20 @@ impl Lab {
             }
             self.clock.sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// The capability-descriptor kind of a configured device kind.
+fn schema_kind(k: DeviceKind) -> SchemaKind {
+    match k {
+        DeviceKind::SyringePump => SchemaKind::Pump,
+        DeviceKind::TemperatureController => SchemaKind::Heater,
+        DeviceKind::AbsorptionSpectrometer => SchemaKind::Spectrometer,
+        DeviceKind::CdSpectrometer => SchemaKind::Cd,
+        DeviceKind::RotationSampler => SchemaKind::Sampler,
+        DeviceKind::RobotArm => SchemaKind::Arm,
+        DeviceKind::Laser => SchemaKind::Laser,
+        DeviceKind::Shutter => SchemaKind::Other,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Real protocol drivers over serial ports (tokio-serial): NE-1000 syringe pumps and a Modbus RTU
 //! PID temperature controller. The virtual lab runs these unchanged against pseudo-terminals.
 
+pub mod external;
 pub mod ne1000_pump;
 pub mod pid_modbus;
 pub mod profiles;

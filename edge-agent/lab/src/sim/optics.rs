@@ -198,3 +198,45 @@ pub fn irradiate<R: Rng + ?Sized>(
         s.abs_scale *= 0.998;
     }
 }
+
+/// Lamp counts reaching the detector of the inline optical bench through a clear cell, per
+/// 100 ms of integration (a tungsten-halogen source seen through the fibre: broad, peaking in the
+/// red, weak in the UV).
+pub fn lamp_counts_per_100ms(wl: f64) -> f64 {
+    4_000.0 + 36_000.0 * gauss(wl, 650.0, 220.0)
+}
+
+/// Dark counts of the detector: offset plus dark current.
+pub fn dark_counts(integration_ms: f64) -> f64 {
+    1_000.0 + 2.0 * integration_ms / 100.0
+}
+
+/// Raw detector counts of the optical bench (what a CCD spectrometer's `intensities()` returns):
+/// dark counts plus, with the lamp on, the lamp light attenuated by the absorbance of `s`, with
+/// read and photon noise averaged over `averages` scans, saturating at 16 bits. Converting these
+/// back to absorbance (`-log10((S - D) / (R - D))`) is the driver's job.
+pub fn detector_counts<R: Rng + ?Sized>(
+    s: &Sample,
+    lamp_on: bool,
+    integration_ms: f64,
+    averages: u32,
+    rng: &mut R,
+) -> Vec<f64> {
+    let scale = integration_ms / 100.0;
+    let n = f64::from(averages.max(1)).sqrt();
+    (0..PIXELS)
+        .map(|i| {
+            let x = pixel_nm(i);
+            let light = if lamp_on {
+                lamp_counts_per_100ms(x) * scale * 10f64.powf(-absorbance(s, x))
+            } else {
+                0.0
+            };
+            // photon noise of the light reaching the detector, sized so a clear cell gives the
+            // inline spectrometer's absorbance noise, plus 4 counts of read noise
+            let sd = ((ABS_NOISE * std::f64::consts::LN_10 * light).powi(2) + 16.0).sqrt() / n;
+            let noise = Normal::new(0.0, sd).map(|d| d.sample(rng)).unwrap_or(0.0);
+            (dark_counts(integration_ms) + light + noise).clamp(0.0, 65_535.0)
+        })
+        .collect()
+}

@@ -223,3 +223,103 @@ pub async fn serve_pid(
         }
     }
 }
+
+/// Serve the inline optical bench (lamp, flow cell and a 2,048-pixel CCD spectrometer) on
+/// `master` with a line protocol, the way a vendor SDK sees the hardware: raw counts, not
+/// absorbance. One request per line, one reply line each:
+///
+/// - `ID?` → `MAOSIC-BENCH 2048 200 1100` (model, pixels, first and last wavelength, nm)
+/// - `WL?` → the 2,048 pixel wavelengths, nm, space-separated
+/// - `LAMP 1` / `LAMP 0` → `OK` (light source shutter open / closed, for dark spectra)
+/// - `ACQ <integration_ms> <averages>` → after that much lab time, `DATA` and the counts
+/// - anything else → `ERR <reason>`
+///
+/// The light passes through the stream at the flow cell as the world holds it when the
+/// acquisition ends.
+pub async fn serve_bench(
+    mut master: SerialStream,
+    world: Arc<Mutex<World>>,
+    clock: Clock,
+    faults: Arc<PortFaults>,
+) {
+    use std::fmt::Write as _;
+    let mut buf: Vec<u8> = Vec::with_capacity(128);
+    let mut chunk = [0u8; 256];
+    let mut lamp_on = true;
+    loop {
+        let n = match master.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        faults.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line).trim().to_string();
+            if line.is_empty() {
+                continue;
+            }
+            if faults.close_on_next.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let reply = match words.as_slice() {
+                ["ID?"] => format!(
+                    "MAOSIC-BENCH {} {} {}",
+                    super::optics::PIXELS,
+                    super::optics::WL_MIN,
+                    super::optics::WL_MAX
+                ),
+                ["WL?"] => {
+                    let mut s = String::with_capacity(super::optics::PIXELS * 9);
+                    for i in 0..super::optics::PIXELS {
+                        let _ = write!(s, "{:.4} ", super::optics::pixel_nm(i));
+                    }
+                    s.trim_end().to_string()
+                }
+                ["LAMP", "1"] => {
+                    lamp_on = true;
+                    "OK".into()
+                }
+                ["LAMP", "0"] => {
+                    lamp_on = false;
+                    "OK".into()
+                }
+                ["ACQ", ms, avg] => match (ms.parse::<f64>(), avg.parse::<u32>()) {
+                    (Ok(ms), Ok(avg))
+                        if (1.0..=10_000.0).contains(&ms) && (1..=100).contains(&avg) =>
+                    {
+                        clock
+                            .sleep(Duration::from_secs_f64(ms * f64::from(avg) / 1000.0))
+                            .await;
+                        let counts = {
+                            let mut w = lock(&world);
+                            w.advance_to(clock.now_s());
+                            let s = w.stream();
+                            super::optics::detector_counts(&s, lamp_on, ms, avg, &mut w.rng.spectra)
+                        };
+                        let mut s = String::with_capacity(counts.len() * 8 + 5);
+                        s.push_str("DATA");
+                        for c in counts {
+                            let _ = write!(s, " {c:.1}");
+                        }
+                        s
+                    }
+                    _ => "ERR integration 1-10000 ms, averages 1-100".into(),
+                },
+                _ => format!("ERR unknown command {:?}", words.first().unwrap_or(&"")),
+            };
+            if faults.mute.load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut out = reply.into_bytes();
+            out.push(b'\n');
+            if master.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        if buf.len() > 256 {
+            buf.clear();
+        }
+    }
+}

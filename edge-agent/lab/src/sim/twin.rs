@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::controller::ControllerFace;
-use super::servers::{serve_pid, serve_pump, PortFaults};
+use super::servers::{serve_bench, serve_pid, serve_pump, PortFaults};
 use super::world::World;
 use crate::clock::Clock;
 use crate::drivers::profiles::ControllerProfile;
@@ -24,6 +24,9 @@ pub enum TwinPortKind {
         profile: &'static ControllerProfile,
         decimals: u8,
     },
+    /// The inline optical bench (lamp, flow cell, CCD spectrometer) for an external
+    /// spectrometer driver: raw counts over a line protocol (`servers::serve_bench`).
+    OpticalBench,
 }
 
 /// A running twin: the shared world and the serial ports it serves.
@@ -114,6 +117,9 @@ impl TwinHandle {
                                     c.clone(),
                                     faults,
                                 ));
+                            }
+                            TwinPortKind::OpticalBench => {
+                                tokio::spawn(serve_bench(pty.master, w.clone(), c.clone(), faults));
                             }
                         }
                     }
