@@ -240,6 +240,39 @@ class Spectrometer:
         self._reference = (integration, net)
         return r
 
+    def save(self, path: str) -> None:
+        """Keep the reference and darks in `path` (written atomically), so that a restarted
+        driver does not take a new reference with a sample in the cell."""
+        if self._reference is None:
+            return
+        data = {
+            "axis": self.axis,
+            "reference": {"integration_ms": self._reference[0], "net_counts": self._reference[1]},
+            "dark": {str(k): v for k, v in self._dark.items()},
+        }
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> bool:
+        """Load a saved reference; False when there is none or it is for another axis."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data["axis"] != self.axis:
+                log(f"{path}: saved for another wavelength axis; ignored")
+                return False
+            ref = data["reference"]
+            self._reference = (float(ref["integration_ms"]), [float(x) for x in ref["net_counts"]])
+            self._dark = {float(k): [float(x) for x in v] for k, v in data["dark"].items()}
+            return True
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log(f"{path}: unreadable saved reference ({e}); ignored")
+            return False
+
     def acquire(self, integration: float, averages: int) -> List[float]:
         if self._reference is None:
             raise RpcError(
@@ -302,8 +335,9 @@ def describe(model: str) -> Dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, spectrometer: Spectrometer) -> None:
+    def __init__(self, spectrometer: Spectrometer, reference_file: Optional[str] = None) -> None:
         self.spec = spectrometer
+        self.reference_file = reference_file
         self.calls = 0
 
     def handle(self, method: str, params: Dict[str, Any]) -> Any:
@@ -357,6 +391,8 @@ class Driver:
     def _reference(self, params: Dict[str, Any]) -> Dict[str, Any]:
         integration, averages = self._timing(params)
         r = self.spec.reference(integration, averages)
+        if self.reference_file:
+            self.spec.save(self.reference_file)
         return {"pixels": len(r), "max_counts": max(r)}
 
     def _dark(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -406,15 +442,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument(
         "--reference-at-start",
         action="store_true",
-        help="take the dark and reference spectra at start (the cell must hold the blank)",
+        help="take the dark and reference spectra at start (the cell must hold the blank), "
+        "unless --reference-file already holds one",
+    )
+    ap.add_argument(
+        "--reference-file",
+        help="keep the reference here: loaded at start if present, written when one is taken "
+        "(a driver restarted mid-campaign must not take a reference with a sample in the cell)",
     )
     args = ap.parse_args(argv)
     backend = make_backend(args)
     spec = Spectrometer(backend)
-    if args.reference_at_start:
+    if args.reference_file and spec.load(args.reference_file):
+        log(f"reference loaded from {args.reference_file}")
+    elif args.reference_at_start:
         spec.reference(100.0, 10)
+        if args.reference_file:
+            spec.save(args.reference_file)
         log(f"reference taken at start ({backend.model})")
-    driver = Driver(spec)
+    driver = Driver(spec, args.reference_file)
     log(f"spectrometer driver ready: {backend.model}")
     for line in sys.stdin:
         if not line.strip():

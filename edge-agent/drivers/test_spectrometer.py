@@ -46,6 +46,40 @@ class Absorbance(unittest.TestCase):
         self.assertEqual(a[2], sp.MAX_ABSORBANCE)  # below dark: the floor, not -log of a negative
 
 
+class SavedReference(unittest.TestCase):
+    def test_a_restarted_driver_reuses_the_saved_reference_not_the_sample_in_the_cell(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            path = str(Path(d) / "reference.json")
+            backend = sp.SyntheticBackend(seed=5)
+            first = sp.Driver(sp.Spectrometer(backend), path)
+            rpc(first, "reference")  # blank in the cell, saved
+            backend.sample = True
+            before = rpc(first, "acquire")["result"]["max_absorbance"]
+            # the driver restarts while the sample is in the cell
+            spec = sp.Spectrometer(backend)
+            self.assertTrue(spec.load(path))
+            after = sp.Driver(spec, path)
+            again = rpc(after, "acquire")["result"]["max_absorbance"]
+            self.assertGreater(before, 0.3)
+            self.assertAlmostEqual(again, before, delta=0.01)
+            # a reference taken now (sample in the cell) would have hidden it
+            fresh = sp.Spectrometer(backend)
+            fresh.reference(100.0, 10)
+            self.assertLess(max(fresh.acquire(100.0, 10)), 0.05)
+
+    def test_a_corrupt_or_foreign_reference_file_is_ignored(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "reference.json"
+            path.write_text("{not json")
+            self.assertFalse(sp.Spectrometer(sp.SyntheticBackend()).load(str(path)))
+            path.write_text(json.dumps({"axis": [1.0, 2.0], "reference": {}, "dark": {}}))
+            self.assertFalse(sp.Spectrometer(sp.SyntheticBackend()).load(str(path)))
+
+
 class JsonRpc(unittest.TestCase):
     def setUp(self):
         self.driver = sp.Driver(sp.Spectrometer(sp.SyntheticBackend()))

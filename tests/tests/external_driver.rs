@@ -22,8 +22,9 @@ fn external_lab_config(dir: &std::path::Path) -> std::path::PathBuf {
     let driver = repo_root().join("edge-agent/drivers/spectrometer.py");
     let uv_external = format!(
         "symbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"external\"\nport = \"virtual\"\n\
-         command = [\"python3\", \"{}\", \"--backend\", \"bench\", \"--port\", \"{{port}}\", \"--reference-at-start\"]\n",
-        driver.display()
+         command = [\"python3\", \"{}\", \"--backend\", \"bench\", \"--port\", \"{{port}}\", \"--reference-at-start\", \"--reference-file\", \"{}\"]\n",
+        driver.display(),
+        dir.join("uv-reference.json").display()
     );
     let path = dir.join("agent-lab-external.toml");
     std::fs::write(&path, text.replace(uv_virtual, &uv_external)).unwrap();

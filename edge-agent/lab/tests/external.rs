@@ -26,14 +26,27 @@ fn driver_path() -> String {
         .to_string()
 }
 
+/// A fresh path for the driver's saved reference (one per lab: a lab's blank is its own).
+fn reference_file() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!(
+        "maosic-external-test-{}-{n}-reference.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&p);
+    p.display().to_string()
+}
+
 /// The paper's virtual lab with the inline spectrometer `UV` run by the external Python driver
 /// on the twin's optical bench.
 fn external_uv_config(extra: &str) -> LabConfig {
     let uv_virtual = "symbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"virtual\"\n";
     assert!(PAPER_VIRTUAL_TOML.contains(uv_virtual));
     let uv_external = format!(
-        "symbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"external\"\nport = \"virtual\"\ncommand = [\"python3\", \"{}\", \"--backend\", \"bench\", \"--port\", \"{{port}}\", \"--reference-at-start\"]\n{extra}",
-        driver_path()
+        "symbol = \"UV\"\nkind = \"absorption_spectrometer\"\ndriver = \"external\"\nport = \"virtual\"\ncommand = [\"python3\", \"{}\", \"--backend\", \"bench\", \"--port\", \"{{port}}\", \"--reference-at-start\", \"--reference-file\", \"{}\"]\n{extra}",
+        driver_path(),
+        reference_file()
     );
     let mut c =
         LabConfig::from_toml_str(&PAPER_VIRTUAL_TOML.replace(uv_virtual, &uv_external)).unwrap();
