@@ -774,22 +774,7 @@ impl Lab {
         let (_, md) = desc
             .method(method)
             .ok_or_else(|| DeviceError::UnknownMethod(method.to_string()))?;
-        for (k, v) in params {
-            let pd = md.param(k).ok_or_else(|| DeviceError::BadParameter {
-                device: method.to_string(),
-                message: format!("unknown parameter {k}"),
-            })?;
-            crate::error::check_range(method, k, *v, pd.min, pd.max)?;
-        }
-        for pd in &md.params {
-            if pd.required && pd.default.is_none() && !params.contains_key(&pd.name) {
-                return Err(DeviceError::BadParameter {
-                    device: method.to_string(),
-                    message: format!("missing required parameter {}", pd.name),
-                });
-            }
-        }
-        Ok(())
+        check_method_params(method, md, params)
     }
 
     /// Call `"<SYMBOL>.<method>"` with named numeric parameters (manual control and the executor).
@@ -1214,6 +1199,31 @@ impl Lab {
             self.clock.sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Check named parameters against one declared method: every parameter known and in range, every
+/// required one without a default present. `method` names the call in errors.
+pub fn check_method_params(
+    method: &str,
+    md: &MethodDescriptor,
+    params: &BTreeMap<String, f64>,
+) -> Result<(), DeviceError> {
+    for (k, v) in params {
+        let pd = md.param(k).ok_or_else(|| DeviceError::BadParameter {
+            device: method.to_string(),
+            message: format!("unknown parameter {k}"),
+        })?;
+        crate::error::check_range(method, k, *v, pd.min, pd.max)?;
+    }
+    for pd in &md.params {
+        if pd.required && pd.default.is_none() && !params.contains_key(&pd.name) {
+            return Err(DeviceError::BadParameter {
+                device: method.to_string(),
+                message: format!("missing required parameter {}", pd.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The capability-descriptor kind of a configured device kind.

@@ -183,30 +183,13 @@ impl ExternalDriver {
             .iter()
             .find(|m| m.name == method)
             .ok_or_else(|| DeviceError::UnknownMethod(format!("{}.{method}", self.spec.symbol)))?;
-        let mut full = serde_json::Map::new();
-        for (k, v) in params {
-            let pd = md.param(k).ok_or_else(|| DeviceError::BadParameter {
-                device: self.spec.symbol.clone(),
-                message: format!("{method}: unknown parameter {k}"),
-            })?;
-            crate::error::check_range(&self.spec.symbol, k, *v, pd.min, pd.max)?;
-            full.insert(k.clone(), json!(v));
-        }
+        crate::lab::check_method_params(&format!("{}.{method}", self.spec.symbol), md, params)?;
+        // the driver receives every parameter that has a value: given, or the declared default
+        let mut full: serde_json::Map<String, Value> =
+            params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         for pd in &md.params {
-            if full.contains_key(&pd.name) {
-                continue;
-            }
-            match pd.default {
-                Some(d) => {
-                    full.insert(pd.name.clone(), json!(d));
-                }
-                None if pd.required => {
-                    return Err(DeviceError::BadParameter {
-                        device: self.spec.symbol.clone(),
-                        message: format!("{method} needs parameter {}", pd.name),
-                    })
-                }
-                None => {}
+            if let Some(d) = pd.default {
+                full.entry(pd.name.clone()).or_insert_with(|| json!(d));
             }
         }
         let raw = self.rpc(method, Value::Object(full)).await?;
