@@ -898,7 +898,9 @@ fn bump_of(prep: &Prepared, r: &[f64], narrowest: f64, allow_negative: bool) -> 
         hi += 1;
     }
     let range = prep.window.1 - prep.window.0;
-    let fwhm = (prep.x[hi] - prep.x[lo]).clamp(3.0 * prep.step, 0.5 * range);
+    // a spectrum of a few points can make half its range narrower than three steps
+    let narrow = 3.0 * prep.step;
+    let fwhm = (prep.x[hi] - prep.x[lo]).clamp(narrow, (0.5 * range).max(narrow));
     Some(Bump {
         guess: PeakGuess {
             center_nm: prep.x[i],

@@ -266,25 +266,21 @@ impl PidModbus {
         }
     }
 
-    /// Wait until nothing has arrived on the port for a quiet window (bounded by two reply
-    /// timeouts), then discard what did arrive. RTU cannot tell a reply that comes later still
-    /// from the answer to the next request when both have the same function and length.
+    /// Give a late reply time to arrive and discard it: watch the line for two reply timeouts,
+    /// throwing away whatever comes. (Stopping at the first quiet moment let a reply that came
+    /// later still be taken for the next request's answer.) RTU cannot tell a reply later than
+    /// that from the answer to a request of the same function and length.
     async fn settle(&self, input: Option<Box<dyn tokio_serial::SerialPort>>) {
         let Some(port) = input else {
             return;
         };
-        // a late reply usually follows within a reply timeout; give it two
-        let quiet = Duration::from_millis(30).min(self.timing.timeout());
+        let tick = Duration::from_millis(30).min(self.timing.timeout());
         let deadline = tokio::time::Instant::now() + 2 * self.timing.timeout();
         let _ = port.clear(tokio_serial::ClearBuffer::Input);
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(quiet).await;
-            match port.bytes_to_read() {
-                Ok(0) => break,
-                Ok(_) => {
-                    let _ = port.clear(tokio_serial::ClearBuffer::Input);
-                }
-                Err(_) => break,
+            tokio::time::sleep(tick).await;
+            if port.bytes_to_read().is_ok_and(|n| n > 0) {
+                let _ = port.clear(tokio_serial::ClearBuffer::Input);
             }
         }
     }
