@@ -189,10 +189,21 @@ pub struct DeviceConfig {
     /// External drivers: longest wait for a reply, ms (default 10,000).
     #[serde(default)]
     pub rpc_timeout_ms: Option<u64>,
+    /// NE-1000 pumps: the model (`ne-1000`, default, or `ne-1600`): its rate range for the
+    /// syringe fitted and its volume units; checked against the pump's `VER` at start.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// NE-1000 pumps: switch the pump's Safe mode on with this communications time-out, s
+    /// (1–255): the pump stops by itself when the agent goes silent that long.
+    #[serde(default)]
+    pub safe_mode_s: Option<u8>,
     /// Local limits (keys depend on the kind).
     #[serde(default)]
     pub limits: BTreeMap<String, f64>,
 }
+
+/// Syringe inside diameter when a pump does not say (the paper's 0.5 mL glass syringe), mm.
+pub const DEFAULT_DIAMETER_MM: f64 = 3.26;
 
 fn default_baud() -> u32 {
     19200
@@ -332,6 +343,18 @@ impl LabConfig {
                     p.push(format!("{}: limit {k} is not finite", d.symbol));
                 }
             }
+            if d.driver != DriverKind::Ne1000 && (d.model.is_some() || d.safe_mode_s.is_some()) {
+                p.push(format!(
+                    "{}: `model` and `safe_mode_s` apply only to driver \"ne1000\"",
+                    d.symbol
+                ));
+            }
+            if d.safe_mode_s == Some(0) {
+                p.push(format!(
+                    "{}: safe_mode_s must be 1 to 255 seconds (leave it out for the basic protocol)",
+                    d.symbol
+                ));
+            }
             match d.kind {
                 DeviceKind::SyringePump => {
                     if let Err(e) = d.pump_limits() {
@@ -452,15 +475,58 @@ impl DeviceConfig {
             .map_err(|e| format!("{}: limits: {e}", self.symbol))
     }
 
+    /// The pump's limits. For an NE-1000-family pump they are also held to its model: the
+    /// syringe must fit the model, and the rate limit is at most what the model pushes through
+    /// that syringe (a rate limit left out defaults to that, capped at 1,000 µL/min; one set
+    /// above it is refused, since the pump would answer `?OOR`).
     pub fn pump_limits(&self) -> Result<PumpLimits, String> {
-        let l: PumpLimits = self.limits_as()?;
+        let mut l: PumpLimits = self.limits_as()?;
         if l.max_rate_ul_min <= 0.0
             || l.syringe_volume_ul <= 0.0
             || l.min_diameter_mm > l.max_diameter_mm
         {
             return Err(format!("{}: pump limits are not sane: {l:?}", self.symbol));
         }
+        if self.driver == DriverKind::Ne1000 {
+            let m = self.pump_model()?;
+            let d = self.syringe_diameter_mm();
+            if !(m.min_diameter_mm..=m.max_diameter_mm).contains(&d)
+                || !(l.min_diameter_mm..=l.max_diameter_mm).contains(&d)
+            {
+                return Err(format!(
+                    "{}: diameter_mm = {d} does not fit an {} ({} to {} mm) and the limits ({} to {} mm)",
+                    self.symbol,
+                    m.name,
+                    m.min_diameter_mm,
+                    m.max_diameter_mm,
+                    l.min_diameter_mm,
+                    l.max_diameter_mm
+                ));
+            }
+            let top = m.max_rate_ul_min(d);
+            if self.limits.contains_key("max_rate_ul_min") {
+                if l.max_rate_ul_min > top {
+                    return Err(format!(
+                        "{}: limits.max_rate_ul_min = {} is more than an {} can pump through a {d} mm syringe ({top:.1} µL/min); lower it",
+                        self.symbol, l.max_rate_ul_min, m.name
+                    ));
+                }
+            } else {
+                l.max_rate_ul_min = l.max_rate_ul_min.min(top);
+            }
+        }
         Ok(l)
+    }
+
+    /// The pump model (NE-1000 pumps; default `ne-1000`).
+    pub fn pump_model(&self) -> Result<&'static crate::pump_models::PumpModel, String> {
+        crate::pump_models::by_name(self.model.as_deref().unwrap_or("ne-1000"))
+            .map_err(|e| format!("{}: {e}", self.symbol))
+    }
+
+    /// The syringe's inside diameter, mm.
+    pub fn syringe_diameter_mm(&self) -> f64 {
+        self.diameter_mm.unwrap_or(DEFAULT_DIAMETER_MM)
     }
 
     pub fn heater_limits(&self) -> Result<HeaterLimits, String> {
@@ -601,6 +667,44 @@ mod networks {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only NE-1000 pumps can share a port"), "{e}");
+    }
+
+    #[test]
+    fn pumps_are_held_to_their_model_and_safe_mode_is_checked() {
+        let with = |extra: &str| lab(&format!("{}{extra}\n", pump("P1", "/dev/ttyS0", 1)));
+        // no rate limit given: what an NE-1000 pushes through the default 3.26 mm syringe
+        let c = with("").unwrap();
+        let l = c.devices[0].pump_limits().unwrap();
+        assert!((420.0..430.0).contains(&l.max_rate_ul_min), "{l:?}");
+        // a 20 mL syringe: the default 1000 µL/min cap stays
+        let c = with("diameter_mm = 19.13").unwrap();
+        assert_eq!(c.devices[0].pump_limits().unwrap().max_rate_ul_min, 1000.0);
+        let e = with("limits = { max_rate_ul_min = 1000.0 }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_rate_ul_min = 1000 is more than an ne-1000 can pump through a 3.26 mm syringe"),
+            "{e}"
+        );
+        let e = with("model = \"ne-9\"").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown pump model \"ne-9\"; known models: ne-1000, ne-1600"),
+            "{e}"
+        );
+        let e = with("diameter_mm = 60.0").unwrap_err().to_string();
+        assert!(
+            e.contains("diameter_mm = 60 does not fit an ne-1000"),
+            "{e}"
+        );
+        with("model = \"ne-1600\"\nsafe_mode_s = 10").unwrap();
+        let e = with("safe_mode_s = 0").unwrap_err().to_string();
+        assert!(e.contains("safe_mode_s must be 1 to 255"), "{e}");
+        let heater = "[[devices]]\nsymbol = \"H\"\nkind = \"temperature_controller\"\ndriver = \"modbus-pid\"\nport = \"/dev/ttyS1\"\nsafe_mode_s = 5\n";
+        let e = lab(heater).unwrap_err().to_string();
+        assert!(
+            e.contains("H: `model` and `safe_mode_s` apply only to driver \"ne1000\""),
+            "{e}"
+        );
     }
 
     #[test]

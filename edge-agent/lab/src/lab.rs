@@ -144,9 +144,11 @@ impl Lab {
                             .pump_limits()
                             .map_err(LabError::Invalid)?
                             .syringe_volume_ul;
-                        world
-                            .pumps
-                            .insert(d.symbol.clone(), PumpSim::new(d.address, cap));
+                        let model = d.pump_model().map_err(LabError::Invalid)?;
+                        world.pumps.insert(
+                            d.symbol.clone(),
+                            PumpSim::new(d.address, cap).with_model(model, d.syringe_diameter_mm()),
+                        );
                         chem.cs_mmol_per_ml
                             .insert(d.symbol.clone(), d.cs_mmol_per_ml.unwrap_or(0.0));
                         ports.push((d.symbol.clone(), TwinPortKind::Pump));
@@ -224,19 +226,23 @@ impl Lab {
                             b
                         }
                     };
-                    let p = Arc::new(Ne1000Pump::on_bus(
-                        &d.symbol, bus, d.address, limits, d.timing,
-                    ));
+                    let model = d.pump_model().map_err(LabError::Invalid)?;
+                    let mut p = Ne1000Pump::on_bus(&d.symbol, bus, d.address, limits, d.timing)
+                        .with_model(model, d.syringe_diameter_mm());
+                    if let Some(n) = d.safe_mode_s {
+                        p = p.with_safe_mode(n);
+                    }
+                    let p = Arc::new(p);
+                    p.start().await?;
                     emergency.push(EmergencyWrite {
                         path: path.clone(),
                         baud: d.baud,
-                        bytes: crate::ne1000::encode(d.address, &crate::ne1000::Command::Stop)
-                            .unwrap_or_default(),
+                        bytes: p.emergency_stop_bytes(),
                     });
                     books.insert(
                         d.symbol.clone(),
                         PumpBook {
-                            diameter_mm: d.diameter_mm.unwrap_or(3.26),
+                            diameter_mm: d.syringe_diameter_mm(),
                             refill_below_ul: d.refill_below_ul.unwrap_or(0.8 * cap),
                             content_ul: cap,
                             initialised: false,

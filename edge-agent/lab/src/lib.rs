@@ -15,6 +15,7 @@ pub mod lab;
 pub mod ne1000;
 pub mod probe;
 pub mod pty;
+pub mod pump_models;
 pub mod record;
 pub mod safety;
 pub mod sim;

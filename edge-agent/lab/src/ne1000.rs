@@ -30,8 +30,8 @@ pub enum Direction {
 pub enum Command {
     /// Syringe inside diameter, mm.
     Diameter(f64),
-    /// Pumping rate, µL/min (sent in µL/min, or in mL/min above 9999 µL/min).
-    Rate(f64),
+    /// Pumping rate in µL/min, sent in the given units (`RAT<number><units>`).
+    Rate(f64, RateUnit),
     /// Volume units to µL.
     VolumeUnitsUl,
     /// Volume units to mL (volumes above 9999 µL do not fit four digits in µL).
@@ -51,6 +51,77 @@ pub enum Command {
     Version,
     /// Query the status only (empty command).
     Status,
+    /// Safe mode on with this communications time-out in seconds (1–255), or off (0): `SAF<n>`.
+    Safe(u8),
+}
+
+/// Units of a pumping rate on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RateUnit {
+    /// µL/min, `UM`.
+    UlPerMin,
+    /// mL/min, `MM`.
+    MlPerMin,
+    /// µL/h, `UH`.
+    UlPerHour,
+    /// mL/h, `MH`.
+    MlPerHour,
+}
+
+impl RateUnit {
+    /// Every unit, in the order of preference when two write a rate equally well.
+    pub const ALL: [RateUnit; 4] = [
+        RateUnit::UlPerMin,
+        RateUnit::MlPerMin,
+        RateUnit::UlPerHour,
+        RateUnit::MlPerHour,
+    ];
+
+    /// The two letters on the wire.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UlPerMin => "UM",
+            Self::MlPerMin => "MM",
+            Self::UlPerHour => "UH",
+            Self::MlPerHour => "MH",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|u| u.code() == code)
+    }
+
+    /// µL/min in one of these units.
+    pub fn ul_per_min(self) -> f64 {
+        match self {
+            Self::UlPerMin => 1.0,
+            Self::MlPerMin => 1000.0,
+            Self::UlPerHour => 1.0 / 60.0,
+            Self::MlPerHour => 1000.0 / 60.0,
+        }
+    }
+
+    /// What the pump would store for `ul_min` sent in these units (µL/min), if it can be written.
+    pub fn written(self, ul_min: f64) -> Option<f64> {
+        let s = format_number(ul_min / self.ul_per_min()).ok()?;
+        s.parse::<f64>().ok().map(|v| v * self.ul_per_min())
+    }
+
+    /// The unit that writes `ul_min` most exactly in four digits (ties go to the earlier unit of
+    /// [`RateUnit::ALL`]); `None` if no unit can write it.
+    pub fn best_for(ul_min: f64) -> Option<Self> {
+        let err = |u: RateUnit| u.written(ul_min).map(|w| (w - ul_min).abs());
+        let mut best: Option<(RateUnit, f64)> = None;
+        for u in Self::ALL {
+            if let Some(e) = err(u) {
+                let tol = 1e-9 * ul_min.abs().max(1e-12);
+                if best.is_none_or(|(_, b)| e < b - tol) {
+                    best = Some((u, e));
+                }
+            }
+        }
+        best.map(|(u, _)| u)
+    }
 }
 
 /// A number could not be written in the pump's 4-digit format.
@@ -79,8 +150,11 @@ pub fn format_number(v: f64) -> Result<String, NumberFormatError> {
 pub fn encode(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> {
     let body = match cmd {
         Command::Diameter(v) => format!("DIA{}", format_number(*v)?),
-        Command::Rate(v) if *v < 9999.5 => format!("RAT{}UM", format_number(*v)?),
-        Command::Rate(v) => format!("RAT{}MM", format_number(*v / 1000.0)?),
+        Command::Rate(v, unit) => format!(
+            "RAT{}{}",
+            format_number(*v / unit.ul_per_min()).map_err(|_| NumberFormatError(*v))?,
+            unit.code()
+        ),
         Command::VolumeUnitsUl => "VOLUL".to_string(),
         Command::VolumeUnitsMl => "VOLML".to_string(),
         Command::Volume(v) => format!("VOL{}", format_number(*v)?),
@@ -94,8 +168,60 @@ pub fn encode(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> 
         Command::ClearDispensed(Direction::Withdraw) => "CLDWDR".to_string(),
         Command::Version => "VER".to_string(),
         Command::Status => String::new(),
+        Command::Safe(n) => format!("SAF{n}"),
     };
     Ok(format!("{:02}{}\r", address.min(99), body).into_bytes())
+}
+
+/// CRC of Safe-mode packets: New Era's "16 bit CCITT CRC" is CRC-16/XMODEM (polynomial 0x1021,
+/// initial value 0, high byte sent first); the manual's own example, `SAF0`, gives 0x55 0x43.
+pub const SAFE_CRC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+
+/// Wrap transmitted data (a command without its CR, or reply data) in a Safe-mode packet:
+/// `STX <length> <data> <CRC hi> <CRC lo> ETX`, where length counts the bytes after STX
+/// (itself, the data, the CRC and ETX). Packets are at most [`MAX_FRAME`] bytes, so the length
+/// byte is below `'0'` and a Safe packet can never be read as a basic reply; longer data is cut.
+pub fn safe_packet(data: &[u8]) -> Vec<u8> {
+    let data = &data[..data.len().min(MAX_FRAME - 5)];
+    let crc = SAFE_CRC.checksum(data).to_be_bytes();
+    let mut v = Vec::with_capacity(data.len() + 5);
+    v.push(STX);
+    // at most MAX_FRAME - 1 = 47 < b'0'
+    v.push((data.len() + 4) as u8);
+    v.extend_from_slice(data);
+    v.extend_from_slice(&crc);
+    v.push(ETX);
+    v
+}
+
+/// Encode `cmd` for pump `address` as a Safe-mode packet.
+pub fn encode_safe(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> {
+    let mut basic = encode(address, cmd)?;
+    basic.pop(); // the CR of the basic protocol
+    Ok(safe_packet(&basic))
+}
+
+/// The two framings of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Commands end with CR, replies are `STX data ETX`; nothing checks for corruption.
+    #[default]
+    Basic,
+    /// Both directions are length- and CRC-checked packets; the pump stops by itself when no
+    /// valid packet arrives within its communications time-out.
+    Safe,
+}
+
+/// Encode `cmd` in the given framing.
+pub fn encode_framed(
+    framing: Framing,
+    address: u8,
+    cmd: &Command,
+) -> Result<Vec<u8>, NumberFormatError> {
+    match framing {
+        Framing::Basic => encode(address, cmd),
+        Framing::Safe => encode_safe(address, cmd),
+    }
 }
 
 /// Pump state reported in a reply.
@@ -168,6 +294,12 @@ impl Reply {
         v.extend_from_slice(self.data.as_bytes());
         v.push(ETX);
         v
+    }
+
+    /// Encode this reply as a Safe-mode packet.
+    pub fn encode_safe(&self) -> Vec<u8> {
+        let basic = self.encode();
+        safe_packet(&basic[1..basic.len() - 1])
     }
 }
 
@@ -246,7 +378,29 @@ impl ReplyCodec {
                 src.advance(i);
             }
         }
-        // src[0] == STX. A second STX before ETX restarts the frame there.
+        // src[0] == STX. A length byte (below '0') after it starts a Safe-mode packet.
+        let Some(&second) = src.get(1) else {
+            return Ok(None);
+        };
+        if (4..MAX_FRAME as u8).contains(&second) {
+            let total = 1 + usize::from(second);
+            if src.len() < total {
+                return Ok(None);
+            }
+            let data = &src[2..total - 3];
+            let crc = u16::from_be_bytes([src[total - 3], src[total - 2]]);
+            if src[total - 1] != ETX || SAFE_CRC.checksum(data) != crc {
+                // not a packet after all (or a corrupted one): resynchronise after this STX
+                self.discarded += 1;
+                src.advance(1);
+                return Err(FrameError::Malformed(
+                    "Safe-mode packet with a bad length, ETX or CRC".into(),
+                ));
+            }
+            let frame = src.split_to(total);
+            return Self::parse(&frame[2..total - 3]).map(Some);
+        }
+        // A basic reply. A second STX before ETX restarts the frame there.
         let limit = src.len().min(MAX_FRAME);
         for i in 1..limit {
             match src[i] {
@@ -324,9 +478,12 @@ mod tests {
 
     #[test]
     fn encodes_commands() {
-        assert_eq!(encode(1, &Command::Rate(12.5)).unwrap(), b"01RAT12.50UM\r");
         assert_eq!(
-            encode(1, &Command::Rate(12_000.0)).unwrap(),
+            encode(1, &Command::Rate(12.5, RateUnit::UlPerMin)).unwrap(),
+            b"01RAT12.50UM\r"
+        );
+        assert_eq!(
+            encode(1, &Command::Rate(12_000.0, RateUnit::MlPerMin)).unwrap(),
             b"01RAT12.00MM\r"
         );
         assert_eq!(encode(2, &Command::VolumeUnitsMl).unwrap(), b"02VOLML\r");
@@ -363,6 +520,89 @@ mod tests {
         assert_eq!(
             c.decode_frame(&mut b).unwrap().unwrap().state,
             PumpState::Infusing
+        );
+    }
+
+    #[test]
+    fn safe_packets_match_the_manuals_example_and_decode() {
+        // New Era's manual: the packet that returns a pump to basic mode
+        assert_eq!(
+            safe_packet(b"SAF0"),
+            vec![0x02, 0x08, b'S', b'A', b'F', b'0', 0x55, 0x43, 0x03]
+        );
+        assert_eq!(
+            encode_safe(1, &Command::Safe(10)).unwrap()[2..8].to_vec(),
+            b"01SAF1".to_vec()
+        );
+        let r = Reply {
+            address: 3,
+            state: PumpState::Alarm,
+            data: "?T".into(),
+        };
+        let mut c = ReplyCodec::default();
+        // noise, a basic reply and a Safe packet on one line
+        let mut b = BytesMut::from(&b"zz\x0203S\x03"[..]);
+        b.extend_from_slice(&r.encode_safe());
+        assert_eq!(
+            c.decode_frame(&mut b).unwrap().unwrap().state,
+            PumpState::Stopped
+        );
+        assert_eq!(c.decode_frame(&mut b).unwrap().unwrap(), r);
+        // a corrupted packet is skipped, never taken for a reply
+        let mut bad = r.encode_safe();
+        bad[4] ^= 0x01;
+        let mut b = BytesMut::from(&bad[..]);
+        assert!(c.decode_frame(&mut b).is_err());
+        while !b.is_empty() {
+            if let Ok(Some(x)) = c.decode_frame(&mut b) {
+                panic!("took {x:?} from a corrupted packet");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crc_that_contains_etx_does_not_end_the_packet_early() {
+        // find reply data whose CRC holds an ETX byte, then decode it in one-byte steps
+        let r = (0..2000u32)
+            .map(|i| Reply {
+                address: 1,
+                state: PumpState::Stopped,
+                data: format!("I{}W0.000UL", i as f64 / 1000.0),
+            })
+            .find(|r| {
+                r.encode_safe()
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .take(2)
+                    .any(|&b| b == ETX || b == STX)
+            })
+            .expect("some CRC holds ETX or STX");
+        let bytes = r.encode_safe();
+        let mut c = ReplyCodec::default();
+        let mut b = BytesMut::new();
+        let mut got = None;
+        for &x in &bytes {
+            b.extend_from_slice(&[x]);
+            if let Some(reply) = c.decode_frame(&mut b).unwrap() {
+                got = Some(reply);
+            }
+        }
+        assert_eq!(got, Some(r));
+    }
+
+    #[test]
+    fn rates_are_written_in_the_units_that_keep_the_most_digits() {
+        assert_eq!(RateUnit::best_for(12.5), Some(RateUnit::UlPerMin));
+        assert_eq!(RateUnit::best_for(12_000.0), Some(RateUnit::MlPerMin));
+        // 0.0005 µL/min = 0.03 µL/h: only µL/h keeps it
+        assert_eq!(RateUnit::best_for(0.0005), Some(RateUnit::UlPerHour));
+        // 1/3 µL/min: 20.00 µL/h is exact, 0.333 µL/min is not
+        assert_eq!(RateUnit::best_for(1.0 / 3.0), Some(RateUnit::UlPerHour));
+        assert_eq!(RateUnit::best_for(1.0e9), None);
+        assert_eq!(
+            encode(1, &Command::Rate(1.0 / 3.0, RateUnit::UlPerHour)).unwrap(),
+            b"01RAT20.00UH\r"
         );
     }
 

@@ -81,14 +81,19 @@ async fn pump_works_over_ptys() {
     assert!(p.version().await.unwrap().starts_with("NE1000"));
     p.set_diameter(3.26).await.unwrap();
     p.set_direction(Direction::Infuse).await.unwrap();
-    p.set_rate(600.0).await.unwrap();
-    assert!((p.rate().await.unwrap() - 600.0).abs() < 1e-9);
+    // an NE-1000 pushes at most ≈ 425 µL/min through a 3.26 mm syringe: refused before sending
+    let sent = p.bytes_written();
+    let e = p.set_rate(600.0).await.unwrap_err().to_string();
+    assert!(e.contains("ne-1000") && e.contains("3.26 mm"), "{e}");
+    assert_eq!(p.bytes_written(), sent);
+    p.set_rate(400.0).await.unwrap();
+    assert!((p.rate().await.unwrap() - 400.0).abs() < 1e-9);
     p.set_volume(100.0).await.unwrap();
     p.run().await.unwrap();
     assert_eq!(p.status().await.unwrap().state, PumpState::Infusing);
-    t.clock.sleep(Duration::from_secs(20)).await; // 100 µL at 600 µL/min = 10 s
+    t.clock.sleep(Duration::from_secs(30)).await; // 100 µL at 400 µL/min = 15 s
     let st = p.status().await.unwrap();
-    println!("pump after 20 s lab: {st:?}");
+    println!("pump after 30 s lab: {st:?}");
     assert_eq!(st.state, PumpState::Stopped);
     assert!((st.infused_ul - 100.0).abs() < 0.5);
 }

@@ -54,7 +54,7 @@ fn lab_toml(net: &str, h: &str) -> String {
     let mut s = String::from("[lab]\nname = \"net\"\n");
     for (sym, a) in [("P1", 1), ("P2", 2), ("P3", 3)] {
         s += &format!(
-            "[[devices]]\nsymbol = \"{sym}\"\nkind = \"syringe_pump\"\ndriver = \"ne1000\"\nport = \"{net}\"\naddress = {a}\nlimits = {{ max_rate_ul_min = 1000.0, syringe_volume_ul = 500.0 }}\n"
+            "[[devices]]\nsymbol = \"{sym}\"\nkind = \"syringe_pump\"\ndriver = \"ne1000\"\nport = \"{net}\"\naddress = {a}\nlimits = {{ max_rate_ul_min = 400.0, syringe_volume_ul = 500.0 }}\n"
         );
     }
     s += &format!(

@@ -2,9 +2,18 @@
 //! byte is written, whole-frame replies, timeouts, bounded retries, typed errors. Several pumps
 //! with different addresses share one port (New Era's pump network) through one [`Ne1000Bus`]:
 //! one command and its reply at a time on the wire, replies told apart by address.
+//!
+//! The model table (`pump_models`) bounds rates by what the pump can push through the syringe
+//! fitted, picks the rate and volume units, and is checked against the pump's `VER` reply at
+//! start. With `safe_mode_s` the pump's Safe mode is switched on at start: every packet is
+//! length- and CRC-checked, and the pump stops by itself with a `?T` alarm when no valid packet
+//! reaches it within that many seconds. A keep-alive task sends a status query whenever the line
+//! has been quiet for a quarter of the time-out, so only a dead agent (or a dead link) lets it
+//! expire.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -16,7 +25,8 @@ use tokio_util::codec::FramedRead;
 use super::SerialTiming;
 use crate::devices::{PumpLimits, PumpStatus, SyringePump};
 use crate::error::{check_range, DeviceError};
-use crate::ne1000::{self, Command, Direction, PumpState, Reply, ReplyCodec};
+use crate::ne1000::{self, Command, Direction, Framing, PumpState, RateUnit, Reply, ReplyCodec};
+use crate::pump_models::{PumpModel, NE_1000};
 
 /// One serial port carrying a network of pumps: whoever holds the lock owns the wire for one
 /// command and its reply.
@@ -65,6 +75,20 @@ pub struct Ne1000Pump {
     timing: SerialTiming,
     bus: Arc<Ne1000Bus>,
     bytes_written: AtomicU64,
+    model: &'static PumpModel,
+    /// Syringe inside diameter the pump was last set to (f64 bits), for the model's rate range.
+    diameter_mm: AtomicU64,
+    /// Safe mode's communications time-out to switch on at start, s (`None`: basic protocol).
+    safe_timeout_s: Option<u8>,
+    safe: AtomicBool,
+    /// Rate units last accepted by the pump.
+    rate_unit: std::sync::Mutex<Option<RateUnit>>,
+    /// The last reply said the pump is moving.
+    running: AtomicBool,
+    /// An alarm the keep-alive read (the pump reports an alarm once): the next command sees it.
+    pending_alarm: std::sync::Mutex<Option<String>>,
+    /// When a command was last written.
+    last_tx: std::sync::Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Ne1000Pump {
@@ -72,6 +96,7 @@ impl std::fmt::Debug for Ne1000Pump {
         f.debug_struct("Ne1000Pump")
             .field("name", &self.name)
             .field("address", &self.address)
+            .field("model", &self.model.name)
             .finish()
     }
 }
@@ -88,7 +113,7 @@ impl Ne1000Pump {
         Self::on_bus(name, Ne1000Bus::new("", port), address, limits, timing)
     }
 
-    /// The pump at `address` on a shared port.
+    /// The pump at `address` on a shared port (an NE-1000 until [`Ne1000Pump::with_model`]).
     pub fn on_bus(
         name: &str,
         bus: Arc<Ne1000Bus>,
@@ -103,7 +128,28 @@ impl Ne1000Pump {
             timing,
             bus,
             bytes_written: AtomicU64::new(0),
+            model: &NE_1000,
+            diameter_mm: AtomicU64::new(f64::NAN.to_bits()),
+            safe_timeout_s: None,
+            safe: AtomicBool::new(false),
+            rate_unit: std::sync::Mutex::new(None),
+            running: AtomicBool::new(false),
+            pending_alarm: std::sync::Mutex::new(None),
+            last_tx: std::sync::Mutex::new(Instant::now()),
         }
+    }
+
+    /// The pump's model and the syringe fitted (its rate range follows from both).
+    pub fn with_model(mut self, model: &'static PumpModel, diameter_mm: f64) -> Self {
+        self.model = model;
+        self.diameter_mm = AtomicU64::new(diameter_mm.to_bits());
+        self
+    }
+
+    /// Switch Safe mode on at [`Ne1000Pump::start`] with this communications time-out, s.
+    pub fn with_safe_mode(mut self, timeout_s: u8) -> Self {
+        self.safe_timeout_s = (timeout_s > 0).then_some(timeout_s);
+        self
     }
 
     /// Open `path` at `baud` and wrap it.
@@ -119,6 +165,94 @@ impl Ne1000Pump {
         Ok(Self::on_bus(name, bus, address, limits, timing))
     }
 
+    pub fn model(&self) -> &'static PumpModel {
+        self.model
+    }
+
+    /// Is Safe mode on (the pump answered `SAF`)?
+    pub fn safe_mode(&self) -> bool {
+        self.safe.load(Ordering::SeqCst)
+    }
+
+    /// Bytes that stop this pump whatever protocol it speaks, for the watchdog thread: with Safe
+    /// mode configured, the Safe `STP` packet, a CR (a basic-mode pump ends the packet's bytes as
+    /// a line of its own there) and the basic `STP` line (which a Safe-mode pump ignores).
+    pub fn emergency_stop_bytes(&self) -> Vec<u8> {
+        let basic = ne1000::encode(self.address, &Command::Stop).unwrap_or_default();
+        if self.safe_timeout_s.is_none() {
+            return basic;
+        }
+        let mut v = ne1000::encode_safe(self.address, &Command::Stop).unwrap_or_default();
+        v.push(b'\r');
+        v.extend_from_slice(&basic);
+        v
+    }
+
+    /// Bring the pump up: switch Safe mode on (from basic mode or already in it) when configured,
+    /// take any alarm it kept from before (a reset, a comms time-out), check that `VER` names the
+    /// configured model, and start the keep-alive. Refuses a pump of another model.
+    pub async fn start(self: &Arc<Self>) -> Result<(), DeviceError> {
+        if let Some(n) = self.safe_timeout_s {
+            let cmd = Command::Safe(n);
+            let basic = ne1000::encode(self.address, &cmd).map_err(|e| self.bad(e))?;
+            // A pump already in Safe mode ignores the basic line: then say it as a packet.
+            let r = match self.exchange(&basic, 1).await {
+                Ok(r) => r,
+                Err(DeviceError::Timeout { .. } | DeviceError::Protocol { .. }) => {
+                    let packet =
+                        ne1000::encode_safe(self.address, &cmd).map_err(|e| self.bad(e))?;
+                    self.exchange(&packet, self.timing.retries + 1).await?
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(code) = r.error() {
+                return Err(DeviceError::Refused {
+                    device: self.name.clone(),
+                    detail: format!("Safe mode (SAF{n}) refused: {code}"),
+                });
+            }
+            self.safe.store(true, Ordering::SeqCst);
+            tracing::info!(pump = %self.name, timeout_s = n, "Safe mode on");
+        }
+        let r = self.transact(&Command::Status).await?;
+        if r.state == PumpState::Alarm {
+            tracing::warn!(pump = %self.name, alarm = alarm_text(&r.data), "pump reported an alarm kept from before the agent started");
+        }
+        let version = self.transact(&Command::Version).await?.data;
+        if !self.model.matches_version(&version) {
+            return Err(DeviceError::Refused {
+                device: self.name.clone(),
+                detail: format!(
+                    "configured as {} ({}) but the pump at address {} reports {version:?}; set `model` to the pump's model",
+                    self.model.name, self.model.title, self.address
+                ),
+            });
+        }
+        if let Some(n) = self.safe_timeout_s {
+            spawn_keepalive(Arc::downgrade(self), Duration::from_secs(u64::from(n)) / 4);
+        }
+        Ok(())
+    }
+
+    fn bad(&self, e: impl std::fmt::Display) -> DeviceError {
+        DeviceError::BadParameter {
+            device: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn diameter(&self) -> f64 {
+        f64::from_bits(self.diameter_mm.load(Ordering::SeqCst))
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.last_tx.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    fn take_pending_alarm(&self) -> Option<String> {
+        self.pending_alarm.lock().ok().and_then(|mut a| a.take())
+    }
+
     /// Bytes written to the port so far (tests check that refused commands write none).
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
@@ -131,18 +265,36 @@ impl Ne1000Pump {
         }
     }
 
-    /// Check a command against the local limits. Pure; runs before anything is written.
+    /// Check a command against the local limits and the model's range for the syringe fitted.
+    /// Pure; runs before anything is written.
     pub fn check(&self, cmd: &Command) -> Result<(), DeviceError> {
         let l = &self.limits;
+        let m = self.model;
         match cmd {
             Command::Diameter(v) => check_range(
                 &self.name,
                 "diameter_mm",
                 *v,
-                l.min_diameter_mm,
-                l.max_diameter_mm,
+                l.min_diameter_mm.max(m.min_diameter_mm),
+                l.max_diameter_mm.min(m.max_diameter_mm),
             ),
-            Command::Rate(v) => check_range(&self.name, "rate_ul_min", *v, 0.0, l.max_rate_ul_min),
+            Command::Rate(v, _) => {
+                check_range(&self.name, "rate_ul_min", *v, 0.0, l.max_rate_ul_min)?;
+                let d = self.diameter();
+                if d.is_finite() && *v > 0.0 {
+                    let (lo, hi) = (m.min_rate_ul_min(d), m.max_rate_ul_min(d));
+                    if *v > hi * (1.0 + 1e-9) || *v < lo * (1.0 - 1e-9) {
+                        return Err(DeviceError::BadParameter {
+                            device: self.name.clone(),
+                            message: format!(
+                                "rate {v} µL/min is outside what an {} pumps through a {d} mm syringe ({lo:.4} to {hi:.1} µL/min); nothing was sent",
+                                m.name
+                            ),
+                        });
+                    }
+                }
+                Ok(())
+            }
             Command::Volume(v) => {
                 check_range(&self.name, "volume_ul", *v, 0.0, l.syringe_volume_ul)
             }
@@ -154,15 +306,21 @@ impl Ne1000Pump {
     /// retries on timeouts, garbled frames and `?COM` replies.
     pub async fn transact(&self, cmd: &Command) -> Result<Reply, DeviceError> {
         self.check(cmd)?;
-        let bytes = ne1000::encode(self.address, cmd).map_err(|e| DeviceError::BadParameter {
-            device: self.name.clone(),
-            message: e.to_string(),
-        })?;
+        let framing = if self.safe_mode() {
+            Framing::Safe
+        } else {
+            Framing::Basic
+        };
+        let bytes = ne1000::encode_framed(framing, self.address, cmd).map_err(|e| self.bad(e))?;
+        self.exchange(&bytes, self.timing.retries + 1).await
+    }
+
+    /// Write `bytes` and wait for this pump's reply, up to `attempts` times.
+    async fn exchange(&self, bytes: &[u8], attempts: u32) -> Result<Reply, DeviceError> {
         let mut guard = self.bus.port.lock().await;
         let Some(framed) = guard.as_mut() else {
             return Err(self.disconnected("port was closed after an earlier failure"));
         };
-        let attempts = self.timing.retries + 1;
         let mut timed_out = false;
         let mut garbage: Option<String> = None;
         for _attempt in 0..attempts {
@@ -170,13 +328,16 @@ impl Ne1000Pump {
             framed.read_buffer_mut().clear();
             let write = async {
                 let io = framed.get_mut();
-                io.write_all(&bytes).await?;
+                io.write_all(bytes).await?;
                 io.flush().await
             };
             match tokio::time::timeout(self.timing.timeout(), write).await {
                 Ok(Ok(())) => {
                     self.bytes_written
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    if let Ok(mut t) = self.last_tx.lock() {
+                        *t = Instant::now();
+                    }
                 }
                 Ok(Err(e)) => {
                     *guard = None;
@@ -229,7 +390,18 @@ impl Ne1000Pump {
                                     detail: detail.into(),
                                 });
                             }
-                            None => return Ok(reply),
+                            None => {
+                                self.running.store(
+                                    matches!(
+                                        reply.state,
+                                        PumpState::Infusing
+                                            | PumpState::Withdrawing
+                                            | PumpState::Purging
+                                    ),
+                                    Ordering::SeqCst,
+                                );
+                                return Ok(reply);
+                            }
                         }
                     }
                 }
@@ -252,8 +424,17 @@ impl Ne1000Pump {
     }
 
     async fn expect_ok(&self, cmd: Command) -> Result<(), DeviceError> {
+        let stopping = matches!(cmd, Command::Stop | Command::Status);
+        if !stopping {
+            if let Some(a) = self.take_pending_alarm() {
+                return Err(DeviceError::Fault {
+                    device: self.name.clone(),
+                    detail: alarm_text(&a).into(),
+                });
+            }
+        }
         let r = self.transact(&cmd).await?;
-        if r.state == PumpState::Alarm && !matches!(cmd, Command::Stop | Command::Status) {
+        if r.state == PumpState::Alarm && !stopping {
             return Err(DeviceError::Fault {
                 device: self.name.clone(),
                 detail: alarm_text(&r.data).into(),
@@ -261,6 +442,39 @@ impl Ne1000Pump {
         }
         Ok(())
     }
+}
+
+/// Keep Safe mode's communications time-out from expiring while the agent lives: a status query
+/// whenever nothing was written for `quiet`. An alarm it reads is kept for the next command.
+fn spawn_keepalive(pump: Weak<Ne1000Pump>, quiet: Duration) {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(quiet / 2).await;
+            let Some(p) = pump.upgrade() else { return };
+            if p.quiet_for() < quiet {
+                continue;
+            }
+            match p.transact(&Command::Status).await {
+                Ok(r) => {
+                    if r.state == PumpState::Alarm {
+                        tracing::warn!(pump = %p.name, alarm = alarm_text(&r.data), "pump alarm");
+                        if let Ok(mut a) = p.pending_alarm.lock() {
+                            *a = Some(r.data);
+                        }
+                    }
+                    failing = false;
+                }
+                Err(DeviceError::Disconnected { .. }) => return,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(pump = %p.name, error = %e, "Safe-mode keep-alive failed");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
 }
 
 /// Operator wording of an alarm code.
@@ -284,14 +498,38 @@ impl SyringePump for Ne1000Pump {
         &self.limits
     }
     async fn set_diameter(&self, mm: f64) -> Result<(), DeviceError> {
-        self.expect_ok(Command::Diameter(mm)).await
+        self.expect_ok(Command::Diameter(mm)).await?;
+        self.diameter_mm.store(mm.to_bits(), Ordering::SeqCst);
+        Ok(())
     }
     async fn set_rate(&self, ul_per_min: f64) -> Result<(), DeviceError> {
-        self.expect_ok(Command::Rate(ul_per_min)).await
+        self.check(&Command::Rate(ul_per_min, RateUnit::UlPerMin))?;
+        let current = self.rate_unit.lock().ok().and_then(|u| *u);
+        let running = self.running.load(Ordering::SeqCst);
+        let unit = self
+            .model
+            .rate_unit(ul_per_min, current, running)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "rate {ul_per_min} µL/min cannot be written in four digits{}; nothing was sent",
+                    if running {
+                        " in the running pump's rate units (they cannot change while it pumps)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
+        self.expect_ok(Command::Rate(ul_per_min, unit)).await?;
+        if let Ok(mut u) = self.rate_unit.lock() {
+            *u = Some(unit);
+        }
+        Ok(())
     }
     async fn set_volume(&self, ul: f64) -> Result<(), DeviceError> {
         self.check(&Command::Volume(ul))?;
-        // four digits: µL up to 9999, mL above (large syringes)
+        // Four digits: µL up to 9999, mL above. The units are always set first: the pump
+        // defaults to mL for large syringes (the model's `volume_in_ml`), which would cost
+        // resolution on small volumes.
         if ul < 9999.5 {
             self.expect_ok(Command::VolumeUnitsUl).await?;
             self.expect_ok(Command::Volume(ul)).await
@@ -316,6 +554,14 @@ impl SyringePump for Ne1000Pump {
             .await
     }
     async fn status(&self) -> Result<PumpStatus, DeviceError> {
+        if let Some(a) = self.take_pending_alarm() {
+            return Ok(PumpStatus {
+                state: PumpState::Alarm,
+                alarm: Some(a),
+                infused_ul: 0.0,
+                withdrawn_ul: 0.0,
+            });
+        }
         let r = self.transact(&Command::QueryDispensed).await?;
         let (state, alarm) = if r.state == PumpState::Alarm {
             (PumpState::Alarm, Some(r.data.clone()))

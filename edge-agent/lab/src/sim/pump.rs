@@ -1,6 +1,7 @@
 //! Pure model of an NE-1000 syringe pump: its command interpreter and syringe mechanics, no I/O.
 
-use crate::ne1000::{format_number, Direction, PumpState, Reply};
+use crate::ne1000::{format_number, Direction, PumpState, RateUnit, Reply};
+use crate::pump_models::PumpModel;
 
 /// One simulated pump with its syringe.
 #[derive(Debug, Clone)]
@@ -27,6 +28,13 @@ pub struct PumpSim {
     pub last_infused_ul: f64,
     /// Volume units are mL (`VOLML`) rather than µL.
     pub volume_in_ml: bool,
+    /// The model emulated: its diameter range, rate range for the syringe and `VER` reply
+    /// (`None`: a generic pump with `max_rate_ul_min`).
+    pub model: Option<&'static PumpModel>,
+    /// Safe mode's communications time-out, s (0: basic protocol). The port server runs the timer.
+    pub safe_timeout_s: u8,
+    /// Units of the last rate set.
+    pub rate_unit: RateUnit,
 }
 
 impl PumpSim {
@@ -48,7 +56,31 @@ impl PumpSim {
             max_rate_ul_min: 2000.0,
             last_infused_ul: 0.0,
             volume_in_ml: false,
+            model: None,
+            safe_timeout_s: 0,
+            rate_unit: RateUnit::UlPerMin,
         }
+    }
+
+    /// Emulate `model` with a syringe of `diameter_mm` fitted.
+    pub fn with_model(mut self, model: &'static PumpModel, diameter_mm: f64) -> Self {
+        self.model = Some(model);
+        self.fit_syringe(diameter_mm);
+        self
+    }
+
+    fn fit_syringe(&mut self, diameter_mm: f64) {
+        self.diameter_mm = diameter_mm;
+        if let Some(m) = self.model {
+            self.max_rate_ul_min = m.max_rate_ul_min(diameter_mm);
+            self.volume_in_ml = m.volume_in_ml(diameter_mm);
+        }
+    }
+
+    /// Safe mode's time-out expired: stop, and raise the `?T` alarm.
+    pub fn comms_timed_out(&mut self) {
+        self.running = false;
+        self.alarm = Some("?T");
     }
 
     /// Flow out of the syringe now, µL/min.
@@ -164,21 +196,23 @@ impl PumpSim {
                 self.reply(d)
             }
             "DIA" => match num(arg) {
-                Some(v) if (0.1..=50.0).contains(&v) && !self.running => {
-                    self.diameter_mm = v;
+                Some(v)
+                    if (0.1..=50.0).contains(&v)
+                        && self.model.is_none_or(|m| {
+                            (m.min_diameter_mm..=m.max_diameter_mm).contains(&v)
+                        })
+                        && !self.running =>
+                {
+                    self.fit_syringe(v);
                     self.reply("")
                 }
                 Some(_) if self.running => self.reply("?NA"),
                 _ => self.reply("?OOR"),
             },
             "RAT" if arg.is_empty() => {
-                let d = if self.rate_ul_min < 9999.5 {
-                    format!("{}UM", format_number(self.rate_ul_min).unwrap_or_default())
-                } else {
-                    let ml = format_number(self.rate_ul_min / 1000.0).unwrap_or_default();
-                    format!("{ml}MM")
-                };
-                self.reply(d)
+                let u = self.rate_unit;
+                let v = format_number(self.rate_ul_min / u.ul_per_min()).unwrap_or_default();
+                self.reply(format!("{v}{}", u.code()))
             }
             "RAT" => {
                 let (n, unit) = arg.split_at(arg.len().saturating_sub(2));
@@ -189,9 +223,23 @@ impl PumpSim {
                     "MH" => Some(1000.0 / 60.0),
                     _ => None,
                 };
+                let unit = RateUnit::from_code(unit);
+                let min = self
+                    .model
+                    .map_or(0.0, |m| m.min_rate_ul_min(self.diameter_mm));
                 match (num(n), scale) {
-                    (Some(v), Some(s)) if v * s <= self.max_rate_ul_min => {
+                    // the manuals: rate units cannot be changed while pumping
+                    (Some(_), Some(_)) if self.running && unit != Some(self.rate_unit) => {
+                        self.reply("?NA")
+                    }
+                    (Some(v), Some(s))
+                        if v * s <= self.max_rate_ul_min * (1.0 + 1e-9)
+                            && (v == 0.0 || v * s >= min * (1.0 - 1e-9)) =>
+                    {
                         self.rate_ul_min = v * s;
+                        if let Some(u) = unit {
+                            self.rate_unit = u;
+                        }
                         self.reply("")
                     }
                     (Some(_), Some(_)) => self.reply("?OOR"),
@@ -282,7 +330,24 @@ impl PumpSim {
                 }
                 _ => self.reply("?COM"),
             },
-            "VER" => self.reply("NE1000V3.928"),
+            "VER" => {
+                let v = format!(
+                    "{}V3.928",
+                    self.model.map_or("NE1000", |m| m.version_prefix)
+                );
+                self.reply(v)
+            }
+            "SAF" if arg.is_empty() => {
+                let v = self.safe_timeout_s.to_string();
+                self.reply(v)
+            }
+            "SAF" => match arg.parse::<u8>() {
+                Ok(n) => {
+                    self.safe_timeout_s = n;
+                    self.reply("")
+                }
+                Err(_) => self.reply("?OOR"),
+            },
             _ => self.reply("?"),
         };
         Some(r)

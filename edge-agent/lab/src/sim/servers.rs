@@ -33,6 +33,13 @@ pub fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
 
 /// Serve the pumps `symbols` (one, or a network of several addresses) on `master` until the port
 /// closes. Each command goes to the pump whose address it carries; the others stay silent.
+///
+/// Basic-mode pumps answer CR-terminated lines; Safe-mode pumps answer only length- and
+/// CRC-checked packets (a bad one is dropped, as is a packet whose bytes pause for 0.5 s), in
+/// packets. A Safe-mode pump's communications time-out runs from its last valid packet and is
+/// counted in wall seconds, like the link it watches (lab time at 1000x would turn a scheduler
+/// hiccup into minutes of silence); on expiry the pump stops with a `?T` alarm. In Safe mode an
+/// alarm is also sent unasked (the manuals' Auto-Alarm) and reported again in the next reply.
 pub async fn serve_pump(
     mut master: SerialStream,
     symbols: Vec<String>,
@@ -40,42 +47,146 @@ pub async fn serve_pump(
     clock: Clock,
     faults: Arc<PortFaults>,
 ) {
+    use crate::ne1000::{SAFE_CRC, STX};
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    const INTER_BYTE: Duration = Duration::from_millis(500);
     let mut buf: Vec<u8> = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
+    let mut last_byte = Instant::now();
+    // Safe-mode pumps whose time-out runs: since their last valid packet
+    let mut last_valid: BTreeMap<String, Instant> = BTreeMap::new();
+    // alarms already sent unasked
+    let mut announced: BTreeMap<String, &'static str> = BTreeMap::new();
     loop {
-        let n = match master.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        faults.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(pos) = buf.iter().position(|&c| c == b'\r' || c == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let line = &line[..line.len() - 1];
-            if line.is_empty() {
-                continue;
+        let mut out: Vec<u8> = Vec::new();
+        tokio::select! {
+            r = master.read(&mut chunk) => {
+                let n = match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                faults.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                if !buf.is_empty() && last_byte.elapsed() >= INTER_BYTE && buf[0] == STX {
+                    buf.clear(); // an incomplete packet timed out
+                }
+                last_byte = Instant::now();
+                buf.extend_from_slice(&chunk[..n]);
             }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        // one request at a time: a Safe packet (from STX) or a basic line (to CR/LF)
+        loop {
+            let stx = buf.iter().position(|&c| c == STX);
+            let eol = buf.iter().position(|&c| c == b'\r' || c == b'\n');
+            let (safe, request): (bool, Vec<u8>) = match (stx, eol) {
+                (Some(i), e) if e.is_none_or(|e| i < e) => {
+                    buf.drain(..i);
+                    let Some(&len) = buf.get(1) else { break };
+                    let total = 1 + usize::from(len);
+                    if !(4..crate::ne1000::MAX_FRAME as u8).contains(&len) {
+                        buf.drain(..1);
+                        continue;
+                    }
+                    if buf.len() < total {
+                        break;
+                    }
+                    let packet: Vec<u8> = buf.drain(..total).collect();
+                    let data = &packet[2..total - 3];
+                    let crc = u16::from_be_bytes([packet[total - 3], packet[total - 2]]);
+                    if packet[total - 1] != crate::ne1000::ETX || SAFE_CRC.checksum(data) != crc {
+                        continue; // corrupted: dropped
+                    }
+                    (true, data.to_vec())
+                }
+                (_, Some(e)) => {
+                    let mut line: Vec<u8> = buf.drain(..=e).collect();
+                    line.pop();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    (false, line)
+                }
+                _ => break,
+            };
             if faults.close_on_next.swap(false, Ordering::SeqCst) {
                 return;
             }
             let reply = {
                 let mut w = lock(&world);
                 w.advance_to(clock.now_s());
-                symbols
-                    .iter()
-                    .find_map(|s| w.pumps.get_mut(s).and_then(|p| p.handle(line)))
+                symbols.iter().find_map(|s| {
+                    let p = w.pumps.get_mut(s)?;
+                    // a pump listens only in the protocol it is in
+                    if safe != (p.safe_timeout_s > 0) {
+                        return None;
+                    }
+                    let r = p.handle(&request)?;
+                    if safe || p.safe_timeout_s > 0 {
+                        // a valid packet restarts the time-out (and SAF n switched it on)
+                        if p.safe_timeout_s > 0 {
+                            last_valid.insert(s.clone(), Instant::now());
+                        } else {
+                            last_valid.remove(s);
+                        }
+                    }
+                    // the reply to SAF comes in the protocol the pump is in now
+                    Some(if p.safe_timeout_s > 0 {
+                        r.encode_safe()
+                    } else {
+                        r.encode()
+                    })
+                })
             };
             if faults.mute.load(Ordering::Relaxed) {
                 continue;
             }
             if let Some(r) = reply {
-                if master.write_all(&r.encode()).await.is_err() {
-                    return;
-                }
+                out.extend_from_slice(&r);
             }
         }
         if buf.len() > 128 {
             buf.clear();
+        }
+        // Safe mode: the communications time-out, and alarms sent unasked
+        {
+            let mut w = lock(&world);
+            w.advance_to(clock.now_s());
+            for s in &symbols {
+                let Some(p) = w.pumps.get_mut(s) else {
+                    continue;
+                };
+                if p.safe_timeout_s == 0 {
+                    continue;
+                }
+                let timeout = Duration::from_secs(u64::from(p.safe_timeout_s));
+                if last_valid.get(s).is_some_and(|t| t.elapsed() >= timeout) {
+                    // the timer stays off until the next valid packet
+                    last_valid.remove(s);
+                    p.comms_timed_out();
+                }
+                match p.alarm {
+                    Some(a) if announced.get(s) != Some(&a) => {
+                        announced.insert(s.clone(), a);
+                        let r = crate::ne1000::Reply {
+                            address: p.address,
+                            state: crate::ne1000::PumpState::Alarm,
+                            data: a.to_string(),
+                        };
+                        if !faults.mute.load(Ordering::Relaxed) {
+                            out.extend_from_slice(&r.encode_safe());
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        announced.remove(s);
+                    }
+                }
+            }
+        }
+        if !out.is_empty() && master.write_all(&out).await.is_err() {
+            return;
         }
     }
 }
