@@ -194,6 +194,39 @@ pub fn safe_packet(data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// What starts at an STX, read as a Safe-mode packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SafeEnvelope {
+    /// Not a Safe packet: the byte after STX is no length (a basic frame, or noise).
+    NotSafe,
+    /// A length was read, the rest has not arrived yet.
+    Incomplete,
+    /// Length, ETX or CRC wrong: a corrupted packet (or STX in noise).
+    Corrupt,
+    /// A whole packet of `total` bytes whose data is `b[2..total - 3]`.
+    Packet { total: usize },
+}
+
+/// Read the Safe-mode envelope of the bytes `b`, which start with STX (shared by the driver's
+/// reply codec and the virtual pump's command reader).
+pub fn safe_envelope(b: &[u8]) -> SafeEnvelope {
+    let Some(&len) = b.get(1) else {
+        return SafeEnvelope::Incomplete;
+    };
+    if !(4..MAX_FRAME as u8).contains(&len) {
+        return SafeEnvelope::NotSafe;
+    }
+    let total = 1 + usize::from(len);
+    if b.len() < total {
+        return SafeEnvelope::Incomplete;
+    }
+    let crc = u16::from_be_bytes([b[total - 3], b[total - 2]]);
+    if b[total - 1] != ETX || SAFE_CRC.checksum(&b[2..total - 3]) != crc {
+        return SafeEnvelope::Corrupt;
+    }
+    SafeEnvelope::Packet { total }
+}
+
 /// Encode `cmd` for pump `address` as a Safe-mode packet.
 pub fn encode_safe(address: u8, cmd: &Command) -> Result<Vec<u8>, NumberFormatError> {
     let mut basic = encode(address, cmd)?;
@@ -379,17 +412,10 @@ impl ReplyCodec {
             }
         }
         // src[0] == STX. A length byte (below '0') after it starts a Safe-mode packet.
-        let Some(&second) = src.get(1) else {
-            return Ok(None);
-        };
-        if (4..MAX_FRAME as u8).contains(&second) {
-            let total = 1 + usize::from(second);
-            if src.len() < total {
-                return Ok(None);
-            }
-            let data = &src[2..total - 3];
-            let crc = u16::from_be_bytes([src[total - 3], src[total - 2]]);
-            if src[total - 1] != ETX || SAFE_CRC.checksum(data) != crc {
+        match safe_envelope(src) {
+            SafeEnvelope::NotSafe => {}
+            SafeEnvelope::Incomplete => return Ok(None),
+            SafeEnvelope::Corrupt => {
                 // not a packet after all (or a corrupted one): resynchronise after this STX
                 self.discarded += 1;
                 src.advance(1);
@@ -397,8 +423,10 @@ impl ReplyCodec {
                     "Safe-mode packet with a bad length, ETX or CRC".into(),
                 ));
             }
-            let frame = src.split_to(total);
-            return Self::parse(&frame[2..total - 3]).map(Some);
+            SafeEnvelope::Packet { total } => {
+                let frame = src.split_to(total);
+                return Self::parse(&frame[2..total - 3]).map(Some);
+            }
         }
         // A basic reply. A second STX before ETX restarts the frame there.
         let limit = src.len().min(MAX_FRAME);

@@ -47,7 +47,7 @@ pub async fn serve_pump(
     clock: Clock,
     faults: Arc<PortFaults>,
 ) {
-    use crate::ne1000::{SAFE_CRC, STX};
+    use crate::ne1000::{SafeEnvelope, STX};
     use std::collections::BTreeMap;
     use std::time::Instant;
 
@@ -83,22 +83,23 @@ pub async fn serve_pump(
             let (safe, request): (bool, Vec<u8>) = match (stx, eol) {
                 (Some(i), e) if e.is_none_or(|e| i < e) => {
                     buf.drain(..i);
-                    let Some(&len) = buf.get(1) else { break };
-                    let total = 1 + usize::from(len);
-                    if !(4..crate::ne1000::MAX_FRAME as u8).contains(&len) {
-                        buf.drain(..1);
-                        continue;
+                    match crate::ne1000::safe_envelope(&buf) {
+                        SafeEnvelope::Incomplete => break,
+                        SafeEnvelope::NotSafe => {
+                            buf.drain(..1);
+                            continue;
+                        }
+                        SafeEnvelope::Corrupt => {
+                            // dropped whole when its length arrived, else from this STX
+                            let len = usize::from(buf[1]);
+                            buf.drain(..(1 + len).min(buf.len()));
+                            continue;
+                        }
+                        SafeEnvelope::Packet { total } => {
+                            let packet: Vec<u8> = buf.drain(..total).collect();
+                            (true, packet[2..total - 3].to_vec())
+                        }
                     }
-                    if buf.len() < total {
-                        break;
-                    }
-                    let packet: Vec<u8> = buf.drain(..total).collect();
-                    let data = &packet[2..total - 3];
-                    let crc = u16::from_be_bytes([packet[total - 3], packet[total - 2]]);
-                    if packet[total - 1] != crate::ne1000::ETX || SAFE_CRC.checksum(data) != crc {
-                        continue; // corrupted: dropped
-                    }
-                    (true, data.to_vec())
                 }
                 (_, Some(e)) => {
                     let mut line: Vec<u8> = buf.drain(..=e).collect();
@@ -123,13 +124,11 @@ pub async fn serve_pump(
                         return None;
                     }
                     let r = p.handle(&request)?;
-                    if safe || p.safe_timeout_s > 0 {
-                        // a valid packet restarts the time-out (and SAF n switched it on)
-                        if p.safe_timeout_s > 0 {
-                            last_valid.insert(s.clone(), Instant::now());
-                        } else {
-                            last_valid.remove(s);
-                        }
+                    // a valid packet restarts the time-out (SAF n switches it on, SAF0 off)
+                    if p.safe_timeout_s > 0 {
+                        last_valid.insert(s.clone(), Instant::now());
+                    } else {
+                        last_valid.remove(s);
                     }
                     // the reply to SAF comes in the protocol the pump is in now
                     Some(if p.safe_timeout_s > 0 {
