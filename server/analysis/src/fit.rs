@@ -79,7 +79,9 @@ pub struct FitSettings {
     pub window_nm: Option<(f64, f64)>,
     /// Allow negative peak heights (e.g. bisignate CD bands). Absorption peaks are positive.
     pub allow_negative: bool,
-    /// Smallest and largest FWHM (nm) a peak may take; `None` = 2 sample steps / window width.
+    /// Smallest and largest FWHM (nm) a peak may take; `None` = 2 sample steps / the window width,
+    /// or half the window with a linear or quadratic baseline (a wider Gaussian is one more
+    /// polynomial over the window: two of them and the baseline trade signal without end).
     pub fwhm_bounds_nm: Option<(f64, f64)>,
     /// Minimal prominence for detected peaks, in multiples of the estimated noise.
     pub min_prominence_noise: f64,
@@ -922,6 +924,14 @@ fn guesses_of(fit: &PeakFit) -> Vec<PeakGuess> {
         .collect()
 }
 
+/// Peaks with a height, center or width at its bound.
+fn stuck(fit: &PeakFit) -> usize {
+    fit.peaks
+        .iter()
+        .filter(|p| p.params.iter().take(3).any(|q| q.at_bound))
+        .count()
+}
+
 fn degenerate(fit: &PeakFit) -> bool {
     fit.peaks
         .iter()
@@ -1113,6 +1123,128 @@ fn repair(
     fit
 }
 
+/// Global goodness-of-fit alarm: χ²_ν above the noise variance by this many standard
+/// deviations of χ²_ν (√(2/ν) for a correct model with Gaussian noise). The noise estimate
+/// (median of second differences) scatters by about ±5 %, which alone spreads this score with a
+/// standard deviation near 2 on 2,048 points; at 8 a correct fit almost never pays for the search.
+const EXCHANGE_GLOBAL_Z: f64 = 8.0;
+/// Most exchange rounds (each keeps the best improving move).
+const EXCHANGE_ROUNDS: usize = 3;
+/// Moves of one exchange round that get a nonlinear trial fit (the best by a linearised step).
+const EXCHANGE_TRIALS: usize = 12;
+/// Evaluation budget (per parameter) of an exchange trial fit.
+const EXCHANGE_PATIENCE: usize = 8;
+
+/// Whether a converged fit deserves the exchange search: its χ² is far above what the noise
+/// explains, or two of its peaks share a center, or one is [`junk`]. Most fits pass, and pay
+/// nothing for the search.
+fn suspicious(fit: &PeakFit, sigma: f64) -> bool {
+    let n = fit.statistics.n_points as f64;
+    let dof = (n - fit.statistics.n_params as f64).max(1.0);
+    let noise2 = sigma * sigma;
+    if noise2.is_nan() || noise2 <= 0.0 {
+        return false;
+    }
+    let global = (fit.statistics.reduced_chi_square / noise2 - 1.0) * (0.5 * dof).sqrt();
+    if global > EXCHANGE_GLOBAL_Z {
+        return true;
+    }
+    if (0..fit.peaks.len()).any(|j| junk(fit, j, sigma)) {
+        return true;
+    }
+    let twins = fit
+        .peaks
+        .windows(2)
+        .any(|w| (w[1].center_nm - w[0].center_nm).abs() < 0.25 * w[0].fwhm_nm.min(w[1].fwhm_nm));
+    if twins {
+        return true;
+    }
+    false
+}
+
+/// Exchange search, run on a [`suspicious`] fit: each move splits one peak into
+/// two (centers ±¼ FWHM, FWHM ×0.8, heights ×0.62: the same area and second moment) and removes
+/// another ([`removal_candidates`]), so the count stays. The best move that lowers χ² by more than
+/// the noise could (2σ² — one parameter's worth) and leaves no more peaks at a bound is kept;
+/// up to [`EXCHANGE_ROUNDS`] rounds. Moves are ranked by one linearised step and the best
+/// [`EXCHANGE_TRIALS`] get a nonlinear trial fit. This escapes the local minima the residual
+/// repair cannot see: a pair fitted as one wide peak while a spare peak sits on a neighbour's
+/// flank or on the baseline.
+fn exchange(
+    prep: &Prepared,
+    settings: &FitSettings,
+    mut fit: PeakFit,
+    sigma: f64,
+    trail: &mut Trail,
+) -> PeakFit {
+    let trial = FitSettings {
+        patience: settings.patience.min(EXCHANGE_PATIENCE),
+        ..settings.clone()
+    };
+    let margin = 2.0 * sigma * sigma;
+    for _ in 0..EXCHANGE_ROUNDS {
+        if fit.peaks.len() < 2 || !suspicious(&fit, sigma) {
+            break;
+        }
+        // Every stuck peak is a candidate, not only the first (a wide peak pressed against the
+        // width bound often has a twin trading signal with the baseline).
+        let mut removals = removal_candidates(&fit, sigma);
+        for j in 0..fit.peaks.len() {
+            if junk(&fit, j, sigma) && !removals.contains(&j) {
+                removals.push(j);
+            }
+        }
+        // Every move is scored by one linearised step (a solve as cheap as one evaluation of
+        // the fit); only the most promising get a nonlinear trial fit.
+        let mut moves: Vec<(f64, Vec<PeakGuess>)> = Vec::new();
+        for j in 0..fit.peaks.len() {
+            if junk(&fit, j, sigma) {
+                continue;
+            }
+            let p = &fit.peaks[j];
+            let half = |side: f64| PeakGuess {
+                center_nm: p.center_nm + side * 0.25 * p.fwhm_nm,
+                height: 0.62 * p.amplitude,
+                fwhm_nm: 0.8 * p.fwhm_nm,
+            };
+            for &r in removals.iter().filter(|&&r| r != j) {
+                let mut g: Vec<PeakGuess> = guesses_of(&fit)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != j && *k != r)
+                    .map(|(_, g)| g)
+                    .collect();
+                g.push(half(-1.0));
+                g.push(half(1.0));
+                if let Some((res, stepped)) = linear_residuals(prep, settings, &g) {
+                    let score: f64 = res.iter().map(|v| v * v).sum();
+                    if score.is_finite() {
+                        moves.push((score, stepped));
+                    }
+                }
+            }
+        }
+        moves.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut best: Option<PeakFit> = None;
+        for (_, g) in moves.into_iter().take(EXCHANGE_TRIALS) {
+            let Some(c) = trail.fit(prep, &trial, &g) else {
+                continue;
+            };
+            let reference = best.as_ref().unwrap_or(&fit);
+            let gain = reference.statistics.chi_square - c.statistics.chi_square;
+            // Never trade for more peaks stuck at a bound than the fit has now.
+            if gain > margin && stuck(&c) <= stuck(reference) {
+                best = Some(c);
+            }
+        }
+        match best {
+            Some(b) => fit = b,
+            None => break,
+        }
+    }
+    fit
+}
+
 /// Residuals (scaled units) of one linearised least-squares step from `guesses` (Gaussian
 /// profiles): heights, first-order center and width corrections, and the baseline, all linear.
 /// A cheap stand-in for the nonlinear fit when completing a set of guesses: small errors in the
@@ -1193,7 +1325,8 @@ fn linear_residuals(
 }
 
 /// Fits exactly `n` peaks: the `n` strongest distinct detected guesses, topped up at the
-/// residual's largest bump when fewer were detected, then [`repair`]ed.
+/// residual's largest bump when fewer were detected, then [`repair`]ed and, when still
+/// [`suspicious`], improved by [`exchange`].
 fn fit_fixed(
     prep: &Prepared,
     settings: &FitSettings,
@@ -1245,11 +1378,12 @@ fn fit_fixed(
         g.push(bump.guess);
         fit = trail.fit(prep, settings, &g)?;
     }
-    Some(repair(prep, settings, fit, n, sigma, Judge::Fixed, trail))
+    let fit = repair(prep, settings, fit, n, sigma, Judge::Fixed, trail);
+    Some(exchange(prep, settings, fit, sigma, trail))
 }
 
 /// Automatic count: all distinct detected guesses (at most `max`), [`repair`]ed under the BIC,
-/// then weakest peaks dropped while that lowers the BIC (at least one removal is always tried, so
+/// [`exchange`]d when [`suspicious`], then weakest peaks dropped while that lowers the BIC (at least one removal is always tried, so
 /// the chosen count is compared with one fewer).
 fn fit_auto(
     prep: &Prepared,
@@ -1264,7 +1398,8 @@ fn fit_auto(
     if fit.is_none() && start.len() > 1 {
         fit = trail.fit(prep, settings, &start[..1]);
     }
-    let mut fit = repair(prep, settings, fit?, max, sigma, Judge::Auto, trail);
+    let fit = repair(prep, settings, fit?, max, sigma, Judge::Auto, trail);
+    let mut fit = exchange(prep, settings, fit, sigma, trail);
     while fit.peaks.len() > 1 {
         let energy = |p: &FittedPeak| p.amplitude * p.amplitude * p.fwhm_nm;
         let Some((j, _)) = fit
@@ -1287,8 +1422,10 @@ fn fit_auto(
 
 /// Fits peaks to a spectrum: detection guesses, a Levenberg–Marquardt fit, then a residual-driven
 /// repair that adds or moves peaks while the smoothed residual shows a bump above
-/// [`RESIDUAL_SIGMA`] noise σ (so a visible peak is never left out). [`PeakCount::Fixed`] keeps
-/// the count; [`PeakCount::Auto`] chooses 1..=max peaks by BIC.
+/// [`RESIDUAL_SIGMA`] noise σ (so a visible peak is never left out), then, when χ² stays far
+/// above the noise or a peak is stuck or doubled, an exchange search that splits one peak and
+/// drops another (local minima with a clean-looking residual). [`PeakCount::Fixed`] keeps the
+/// count; [`PeakCount::Auto`] chooses 1..=max peaks by BIC.
 pub fn fit_peaks(spectrum: &Spectrum, settings: &FitSettings) -> Result<PeakFit, FitError> {
     validate(settings)?;
     let (cropped, prep) = prepare(spectrum, settings)?;
@@ -1394,7 +1531,12 @@ fn fit_prepared(
     }
     let (lo, hi) = prep.window;
     let range = hi - lo;
-    let (wmin, wmax) = settings.fwhm_bounds_nm.unwrap_or((2.0 * prep.step, range));
+    let wide = if settings.baseline.n_params() >= 2 {
+        0.5 * range
+    } else {
+        range
+    };
+    let (wmin, wmax) = settings.fwhm_bounds_nm.unwrap_or((2.0 * prep.step, wide));
     let height_bound = if settings.allow_negative {
         Bound::FREE
     } else {

@@ -71,12 +71,40 @@ fn issue_spectra_with_an_automatic_count_never_miss_a_visible_peak() {
 }
 
 #[test]
-fn hard_spectra_miss_at_most_three_percent_of_visible_peaks() {
+fn hard_spectra_miss_at_most_two_percent_of_visible_peaks() {
     let (visible, missed, failures, notes) = run(Family::Hard, 120, false);
     eprintln!("hard family: {missed} of {visible} visible peaks missed, {failures} failures");
     assert_eq!(failures, 0, "{notes:#?}");
     assert!(
-        missed * 100 <= 3 * visible,
+        missed * 100 <= 2 * visible,
         "{missed} of {visible} missed: {notes:#?}"
     );
+}
+
+/// Tuning-set spectra (seeds below `HELD_OUT_SEED_BASE`) whose fixed-count fit used to stop in a
+/// local minimum with χ² hundreds of noise variances above the truth's: a close pair fitted as
+/// one wide peak while the spare peak sat on the baseline (42, 114), or wide peaks pressed
+/// against the width bound trading signal with the quadratic baseline (18, 363). The exchange
+/// search (split one peak, drop another) must keep escaping them.
+#[test]
+fn fixed_count_fits_escape_known_local_minima() {
+    for seed in [18, 42, 114, 363] {
+        let s = synth::generate(Family::Hard, seed).unwrap();
+        let fit = fit_peaks(
+            &s.spectrum,
+            &settings(Family::Hard, PeakCount::Fixed(s.peaks.len())),
+        )
+        .unwrap();
+        let centers: Vec<f64> = fit.peaks.iter().map(|p| p.center_nm).collect();
+        let missed = synth::missed_peaks(&s, &centers, VISIBLE_SIGMA);
+        assert!(
+            missed.is_empty(),
+            "seed {seed}: missed {missed:?}, fitted {centers:?}"
+        );
+        // Statistically as good as the truth: χ² within a few noise variances per point.
+        let per_point = fit.statistics.chi_square
+            / (s.noise_sigma * s.noise_sigma)
+            / fit.statistics.n_points as f64;
+        assert!(per_point < 1.1, "seed {seed}: χ²/(Nσ²) = {per_point}");
+    }
 }
