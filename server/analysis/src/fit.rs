@@ -1152,24 +1152,20 @@ fn suspicious(fit: &PeakFit, sigma: f64) -> bool {
     if (0..fit.peaks.len()).any(|j| junk(fit, j, sigma)) {
         return true;
     }
-    let twins = fit
-        .peaks
+    // Peaks are sorted by center: twins are neighbours.
+    fit.peaks
         .windows(2)
-        .any(|w| (w[1].center_nm - w[0].center_nm).abs() < 0.25 * w[0].fwhm_nm.min(w[1].fwhm_nm));
-    if twins {
-        return true;
-    }
-    false
+        .any(|w| (w[1].center_nm - w[0].center_nm).abs() < 0.25 * w[0].fwhm_nm.min(w[1].fwhm_nm))
 }
 
-/// Exchange search, run on a [`suspicious`] fit: each move splits one peak into
-/// two (centers ±¼ FWHM, FWHM ×0.8, heights ×0.62: the same area and second moment) and removes
-/// another ([`removal_candidates`]), so the count stays. The best move that lowers χ² by more than
-/// the noise could (2σ² — one parameter's worth) and leaves no more peaks at a bound is kept;
-/// up to [`EXCHANGE_ROUNDS`] rounds. Moves are ranked by one linearised step and the best
-/// [`EXCHANGE_TRIALS`] get a nonlinear trial fit. This escapes the local minima the residual
-/// repair cannot see: a pair fitted as one wide peak while a spare peak sits on a neighbour's
-/// flank or on the baseline.
+/// Exchange search, run on a [`suspicious`] fit: each move splits one peak into two (centers
+/// ±¼ FWHM, FWHM ×0.8, heights ×0.62: the same area and second moment) and removes another
+/// ([`removal_candidates`] and every stuck peak), so the count stays. The best move that lowers
+/// χ² by more than the noise could (2σ², one parameter's worth) and leaves no more peaks at a
+/// bound is kept; up to [`EXCHANGE_ROUNDS`] rounds. Moves are ranked by one linearised step and
+/// the best [`EXCHANGE_TRIALS`] get a nonlinear trial fit. This escapes the local minima the
+/// residual repair cannot see: a pair fitted as one wide peak while a spare peak sits on a
+/// neighbour's flank or on the baseline.
 fn exchange(
     prep: &Prepared,
     settings: &FitSettings,
@@ -1383,8 +1379,9 @@ fn fit_fixed(
 }
 
 /// Automatic count: all distinct detected guesses (at most `max`), [`repair`]ed under the BIC,
-/// [`exchange`]d when [`suspicious`], then weakest peaks dropped while that lowers the BIC (at least one removal is always tried, so
-/// the chosen count is compared with one fewer).
+/// [`exchange`]d when [`suspicious`] (same count, so χ² and BIC agree), then weakest peaks dropped
+/// while that lowers the BIC (at least one removal is always tried, so the chosen count is
+/// compared with one fewer).
 fn fit_auto(
     prep: &Prepared,
     settings: &FitSettings,
