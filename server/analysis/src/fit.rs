@@ -933,9 +933,7 @@ fn stuck(fit: &PeakFit) -> usize {
 }
 
 fn degenerate(fit: &PeakFit) -> bool {
-    fit.peaks
-        .iter()
-        .any(|p| p.params.iter().take(3).any(|q| q.at_bound))
+    stuck(fit) > 0
 }
 
 /// Peak `j` is stuck at a bound or no taller than 3 noise σ: it explains nothing visible.
@@ -1192,6 +1190,7 @@ fn exchange(
         }
         // Every move is scored by one linearised step (a solve as cheap as one evaluation of
         // the fit); only the most promising get a nonlinear trial fit.
+        let current = guesses_of(&fit);
         let mut moves: Vec<(f64, Vec<PeakGuess>)> = Vec::new();
         for j in 0..fit.peaks.len() {
             if junk(&fit, j, sigma) {
@@ -1204,11 +1203,11 @@ fn exchange(
                 fwhm_nm: 0.8 * p.fwhm_nm,
             };
             for &r in removals.iter().filter(|&&r| r != j) {
-                let mut g: Vec<PeakGuess> = guesses_of(&fit)
-                    .into_iter()
+                let mut g: Vec<PeakGuess> = current
+                    .iter()
                     .enumerate()
                     .filter(|(k, _)| *k != j && *k != r)
-                    .map(|(_, g)| g)
+                    .map(|(_, g)| *g)
                     .collect();
                 g.push(half(-1.0));
                 g.push(half(1.0));
