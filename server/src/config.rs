@@ -283,6 +283,13 @@ pub struct GraphqlConfig {
     pub max_batch: usize,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of GraphQL documents one caller may make this replica parse per second, refilled
+    /// into a bucket of `query_burst_bytes` (each operation costs at least 1 KiB).
+    #[serde(default = "default_query_bytes_per_second")]
+    pub query_bytes_per_second: usize,
+    /// The bucket of `query_bytes_per_second`: at least `max_body_bytes`.
+    #[serde(default = "default_query_burst_bytes")]
+    pub query_burst_bytes: usize,
     /// Time limit of one request's execution in ms.
     pub timeout_ms: u64,
     /// TESTS ONLY: skip the resolvers' authorisation checks so that PostgreSQL row-level
@@ -442,6 +449,18 @@ impl Config {
                 reason: "login_hash_slots and signup_hash_slots must be at least 1".into(),
             });
         }
+        if raw.graphql.query_bytes_per_second == 0
+            || raw.graphql.query_burst_bytes < raw.graphql.max_body_bytes
+        {
+            return Err(ConfigError::Invalid {
+                key: "graphql.query_burst_bytes",
+                reason: format!(
+                    "query_bytes_per_second must be positive and query_burst_bytes at least \
+                     max_body_bytes ({}), or the largest accepted request could never run",
+                    raw.graphql.max_body_bytes
+                ),
+            });
+        }
         if raw.ssh.enabled {
             raw.ssh
                 .validate()
@@ -491,6 +510,14 @@ pub const MIN_TOKEN_CHARS: usize = 32;
 
 fn default_max_ws_operations() -> usize {
     32
+}
+
+fn default_query_bytes_per_second() -> usize {
+    256 * 1024
+}
+
+fn default_query_burst_bytes() -> usize {
+    1024 * 1024
 }
 
 /// The `[ssh]` configuration section.

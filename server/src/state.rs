@@ -35,6 +35,8 @@ pub struct AppState {
     pub operator_failures: crate::api::operator::Failures,
     /// Wakes this process's mailer when mail was queued.
     pub mail_wake: crate::auth::mail::MailWake,
+    /// Bytes of GraphQL documents each caller may still make this replica parse.
+    pub query_budget: crate::api::graphql::budget::QueryBudget,
 }
 
 impl AppState {
@@ -42,6 +44,10 @@ impl AppState {
     pub fn new(storage: Arc<dyn Storage>, config: Config) -> Self {
         AppState {
             auth: Arc::new(AuthService::new(&config.auth)),
+            query_budget: crate::api::graphql::budget::QueryBudget::new(
+                config.graphql.query_bytes_per_second,
+                config.graphql.query_burst_bytes,
+            ),
             storage,
             config: Arc::new(config),
             metrics: Metrics::new(),

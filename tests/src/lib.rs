@@ -282,6 +282,27 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// CPU time (user + system, all threads) the server process has used so far, from Linux's
+    /// `/proc/<pid>/stat`.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // the first is field 3 (state), so utime and stime (fields 14 and 15) are at 11 and 12.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat: {stat}"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("short /proc stat: {stat}"))?
+                .parse::<f64>()?)
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        Ok((ticks(11)? + ticks(12)?) / hz)
+    }
+
     /// Starts the server on `db` with extra environment, and waits for its "listening" line.
     pub fn spawn(db: &TestDatabase, env: &[(&str, &str)]) -> anyhow::Result<TestServer> {
         Self::spawn_on(db, "127.0.0.1:0", env)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use maosic_e2e::{error_code, Backend, TestDatabase, TestServer};
+use maosic_e2e::{error_code, Backend, GraphqlWs, TestDatabase, TestServer};
 use serde_json::{json, Value};
 
 /// The tests of this file measure latencies: they run one at a time.
@@ -382,4 +382,98 @@ async fn a_request_over_its_time_limit_is_cut_with_a_code() {
         "the timed-out sign-up completed with its verification mail {} ms later",
         started.elapsed().as_millis()
     );
+}
+
+/// One query of about `bytes` bytes (a comment pads it: comments are parsed like the rest).
+fn padded_query(bytes: usize) -> String {
+    let head = "{ serverInfo { name } } # ";
+    format!("{head}{}", "x".repeat(bytes.saturating_sub(head.len())))
+}
+
+#[tokio::test]
+async fn a_caller_over_its_query_budget_waits_while_other_callers_go_on() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    // 256 KiB of documents at once, then 8 KiB per second.
+    let server = TestServer::spawn(
+        &db,
+        &[
+            ("MAOSIC_GRAPHQL__QUERY_BYTES_PER_SECOND", "8192"),
+            ("MAOSIC_GRAPHQL__QUERY_BURST_BYTES", "262144"),
+        ],
+    )
+    .unwrap();
+    let greedy = server.sign_up("greedy@example.org", "Greedy").unwrap();
+    let other = server.sign_up("other@example.org", "Other").unwrap();
+    let body = json!({ "query": padded_query(32 * 1024) });
+
+    // The greedy caller gets its burst (8 documents of 32 KiB), and then a 429 with a wait.
+    let mut accepted = 0;
+    let refusal = loop {
+        let response = ureq::post(format!("{}/graphql", server.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("content-type", "application/json")
+            .header("authorization", &format!("Bearer {}", greedy.access_token))
+            .send(body.to_string())
+            .unwrap();
+        if response.status() == 200 {
+            accepted += 1;
+            assert!(accepted <= 9, "the budget never ran out");
+            continue;
+        }
+        break response;
+    };
+    assert!(accepted >= 7, "only {accepted} documents passed");
+    assert_eq!(refusal.status(), 429);
+    let retry_after: u64 = refusal
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    let refused: Value =
+        serde_json::from_str(&refusal.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("RATE_LIMITED"),
+        "{refused}"
+    );
+    let wait_ms = refused["errors"][0]["extensions"]["retryAfterMs"]
+        .as_u64()
+        .expect("retryAfterMs");
+    // 32 KiB at 8 KiB/s: about four seconds, less what refilled while the burst was spent.
+    assert!((1000..=4000).contains(&wait_ms), "{wait_ms} ms");
+    assert_eq!(retry_after, wait_ms.div_ceil(1000), "{refused}");
+    println!(
+        "query budget: {accepted} documents of 32 KiB accepted, then 429 with Retry-After \
+         {retry_after} s ({wait_ms} ms)"
+    );
+
+    // The same caller is out of budget on the WebSocket too; the refusal says so per operation.
+    let (mut ws, _) = GraphqlWs::connect(&server, &greedy.access_token).unwrap();
+    ws.subscribe("q1", &padded_query(32 * 1024), json!({}))
+        .unwrap();
+    let frame = ws.next(Duration::from_secs(5)).unwrap().expect("an answer");
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(
+        frame["payload"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{frame}"
+    );
+
+    // Another caller is not affected.
+    let (status, value) = server
+        .graphql_with(Some(&other.access_token), &[], &body)
+        .unwrap();
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(value["data"]["serverInfo"]["name"], "maosic", "{value}");
+
+    // After the wait it was told, the greedy caller's document runs.
+    std::thread::sleep(Duration::from_millis(wait_ms + 100));
+    let (status, value) = server
+        .graphql_with(Some(&greedy.access_token), &[], &body)
+        .unwrap();
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(value["data"]["serverInfo"]["name"], "maosic", "{value}");
 }

@@ -115,7 +115,9 @@ async fn suite(backend: Backend) {
         .to_owned();
     // Warm-up, then the rate without attacks.
     time_loops(&server, &victim, &campaign, 4);
+    let cpu_before = server.cpu_seconds().unwrap();
     let quiet = time_loops(&server, &victim, &campaign, 12);
+    let quiet_cores = (server.cpu_seconds().unwrap() - cpu_before) / quiet;
 
     // The attacks, from another organisation (and the anonymous internet), all at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -235,7 +237,9 @@ async fn suite(backend: Backend) {
             }),
         );
     }
+    let cpu_before = server.cpu_seconds().unwrap();
     let attacked = time_loops(&server, &victim, &campaign, 12);
+    let attacked_cores = (server.cpu_seconds().unwrap() - cpu_before) / attacked;
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -247,7 +251,8 @@ async fn suite(backend: Backend) {
         .collect();
     println!(
         "[{}] attack suite: victim 12 loops in {quiet:.2} s quiet, {attacked:.2} s under attack \
-         (loop rate {:.0} % of quiet); attack rounds: {}",
+         (loop rate {:.0} % of quiet); server CPU {quiet_cores:.2} cores quiet, \
+         {attacked_cores:.2} under attack; attack rounds: {}",
         backend.name(),
         ratio * 100.0,
         rounds.join("; ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from maosic import (
@@ -152,3 +154,18 @@ def test_queued_instruction_runs_on_the_lab(local: LocalLab) -> None:
     with pytest.raises(MaosicError) as err:
         c.queue_instruction(local.lab_id, "H.set_temperature", {"T": 9999})
     assert err.value.code == "BAD_USER_INPUT"
+
+
+def test_rate_limited_queries_wait_the_time_the_server_names(local: LocalLab) -> None:
+    # About 200 KiB of document: the default budget (1 MiB at once, 256 KiB/s) holds five.
+    big = "{ serverInfo { name } } # " + "x" * (200 * 1024)
+    with Client.login(local.url, local.email, local.password, rate_limit_wait=0) as impatient:
+        with pytest.raises(MaosicError) as err:
+            for _ in range(8):
+                impatient.execute(big)
+        assert err.value.code == "RATE_LIMITED"
+    with Client.login(local.url, local.email, local.password) as patient:
+        started = time.monotonic()
+        assert patient.execute(big)["serverInfo"]["name"] == "maosic"
+        # It had to wait for the bucket to refill (about 0.8 s for 200 KiB).
+        assert time.monotonic() - started > 0.3

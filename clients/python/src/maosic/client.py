@@ -53,6 +53,21 @@ class MaosicError(Exception):
         self.errors = errors
 
 
+def _rate_limit_wait(r: httpx.Response, body: Any) -> Optional[float]:
+    """Seconds to wait before sending a ``RATE_LIMITED`` query again (None: not rate-limited)."""
+    if r.status_code != 429:
+        return None
+    try:
+        ms = body["errors"][0]["extensions"]["retryAfterMs"]
+        return max(float(ms) / 1000.0, 0.01)
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    try:
+        return max(float(r.headers.get("retry-after", "1")), 0.01)
+    except ValueError:
+        return 1.0
+
+
 class Client:
     """A session with one MAOSIC server.
 
@@ -61,11 +76,24 @@ class Client:
 
     ``token`` is an access token from ``login``/``sign_up`` or an API token
     (``create_api_token``); it is sent as ``Authorization: Bearer``.
+
+    The server gives each caller a budget of query bytes per second; a caller over it gets
+    ``RATE_LIMITED`` with the time after which the query fits. The client waits that long and
+    sends the query again, for at most ``rate_limit_wait`` seconds in all per call (0: never
+    wait, raise :class:`MaosicError` with code ``RATE_LIMITED`` at once).
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        rate_limit_wait: float = 60.0,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.rate_limit_wait = rate_limit_wait
         self._http = httpx.Client(timeout=timeout)
 
     # --- plumbing -------------------------------------------------------------------------
@@ -82,15 +110,22 @@ class Client:
     def execute(self, query: str, variables: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """Runs one query or mutation; returns ``data`` or raises :class:`MaosicError`."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        r = self._http.post(
-            f"{self.url}/graphql",
-            json={"query": query, "variables": dict(variables or {})},
-            headers=headers,
-        )
-        try:
-            body = r.json()
-        except ValueError:
-            raise MaosicError(f"HTTP {r.status_code}: {r.text[:200]}") from None
+        waited = 0.0
+        while True:
+            r = self._http.post(
+                f"{self.url}/graphql",
+                json={"query": query, "variables": dict(variables or {})},
+                headers=headers,
+            )
+            try:
+                body = r.json()
+            except ValueError:
+                raise MaosicError(f"HTTP {r.status_code}: {r.text[:200]}") from None
+            wait = _rate_limit_wait(r, body)
+            if wait is None or waited + wait > self.rate_limit_wait:
+                break
+            time.sleep(wait)
+            waited += wait
         errors = body.get("errors")
         if errors:
             first = errors[0]

@@ -10,6 +10,7 @@ use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response,
 use futures_util::StreamExt as _;
 use serde_json::json;
 
+use super::budget::{BudgetError, Caller};
 use super::{ApiSchema, RequestInfo};
 use crate::auth::Principal;
 use crate::config::GraphqlConfig;
@@ -165,6 +166,47 @@ fn refused_response(code: &str, message: &str) -> Response {
     Response::from_errors(vec![err])
 }
 
+/// Who pays for a request's parsing: the verified user, else the client address.
+pub(crate) fn caller_of(principal: Option<&Principal>, source: Option<&str>) -> Caller {
+    match principal {
+        Some(p) => Caller::User(p.user_id.to_string()),
+        None => Caller::Address(source.unwrap_or("unknown").to_owned()),
+    }
+}
+
+/// The GraphQL error of an operation refused by the query budget.
+pub(crate) fn budget_refusal(e: &BudgetError) -> Response {
+    let mut ext = ErrorExtensionValues::default();
+    let code = match e {
+        BudgetError::RetryAfter(wait) => {
+            ext.set(
+                "retryAfterMs",
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            );
+            "RATE_LIMITED"
+        }
+        BudgetError::TooLarge => "PAYLOAD_TOO_LARGE",
+    };
+    ext.set("code", code);
+    let mut err = ServerError::new(e.to_string(), None);
+    err.extensions = Some(ext);
+    Response::from_errors(vec![err])
+}
+
+/// `429 Too Many Requests` with `Retry-After` (whole seconds, rounded up), or `413`.
+fn over_budget(e: &BudgetError) -> HttpResponse {
+    let body = budget_refusal(e);
+    match e {
+        BudgetError::RetryAfter(wait) => {
+            let secs = wait.as_millis().div_ceil(1000).max(1);
+            HttpResponse::TooManyRequests()
+                .insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()))
+                .json(body)
+        }
+        BudgetError::TooLarge => HttpResponse::PayloadTooLarge().json(body),
+    }
+}
+
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
@@ -210,17 +252,19 @@ async fn read_body(
 /// The checks every operation passes before it executes, over HTTP and over the WebSocket
 /// alike: it parses, its aliases are within the limit, and it asks for introspection only where
 /// that is on. Returns the type of the operation that will run.
+/// The document is parsed once: the request keeps it for execution.
 pub(crate) fn precheck(
     limits: &GraphqlConfig,
-    request: &async_graphql::Request,
+    request: &mut async_graphql::Request,
 ) -> Result<OperationType, Box<Response>> {
-    let doc = async_graphql::parser::parse_query(&request.query).map_err(|_| {
+    let operation_name = request.operation_name.clone();
+    let doc = request.parsed_query().map_err(|_| {
         Box::new(refused_response(
             "GRAPHQL_PARSE_FAILED",
             "the query does not parse",
         ))
     })?;
-    let aliases = count_aliases(&doc);
+    let aliases = count_aliases(doc);
     if aliases > limits.max_aliases {
         return Err(Box::new(refused_response(
             "TOO_MANY_ALIASES",
@@ -230,20 +274,20 @@ pub(crate) fn precheck(
             ),
         )));
     }
-    if !limits.introspection && uses_introspection(&doc) {
+    if !limits.introspection && uses_introspection(doc) {
         return Err(Box::new(refused_response(
             "INTROSPECTION_DISABLED",
             "introspection is switched off on this server",
         )));
     }
-    let chosen =
-        doc.operations.iter().find(
-            |(name, _)| match (request.operation_name.as_deref(), name) {
-                (Some(wanted), Some(name)) => wanted == name.as_str(),
-                (Some(_), None) => false,
-                (None, _) => true,
-            },
-        );
+    let chosen = doc
+        .operations
+        .iter()
+        .find(|(name, _)| match (operation_name.as_deref(), name) {
+            (Some(wanted), Some(name)) => wanted == name.as_str(),
+            (Some(_), None) => false,
+            (None, _) => true,
+        });
     Ok(chosen.map_or(OperationType::Query, |(_, op)| op.node.ty))
 }
 
@@ -254,9 +298,9 @@ pub(crate) async fn execute_one(
     limits: &GraphqlConfig,
     info: &RequestInfo,
     scope: &TenantScope,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
 ) -> Response {
-    let is_mutation = match precheck(limits, &request) {
+    let is_mutation = match precheck(limits, &mut request) {
         Ok(ty) => ty == OperationType::Mutation,
         Err(refused) => return *refused,
     };
@@ -344,6 +388,28 @@ pub async fn graphql_handler(
             }
         }
     };
+    if let BatchRequest::Batch(requests) = &batch {
+        if requests.len() > limits.max_batch {
+            return refusal(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "BATCH_TOO_LARGE",
+                &format!(
+                    "a batch may hold at most {} operations; this one has {}",
+                    limits.max_batch,
+                    requests.len()
+                ),
+            );
+        }
+    }
+    // Parsing is paid for before anything else looks at the documents.
+    let caller = caller_of(principal.as_ref(), source.as_deref());
+    let sizes: Vec<usize> = match &batch {
+        BatchRequest::Single(r) => vec![r.query.len()],
+        BatchRequest::Batch(rs) => rs.iter().map(|r| r.query.len()).collect(),
+    };
+    if let Err(e) = state.query_budget.charge_all(&caller, sizes) {
+        return over_budget(&e);
+    }
     let scope = match tenant::system(scope_of(&state, principal.as_ref())).await {
         Ok(scope) => scope,
         Err(e) => {
@@ -368,17 +434,6 @@ pub async fn graphql_handler(
             http.json(response)
         }
         BatchRequest::Batch(requests) => {
-            if requests.len() > limits.max_batch {
-                return refusal(
-                    actix_web::http::StatusCode::BAD_REQUEST,
-                    "BATCH_TOO_LARGE",
-                    &format!(
-                        "a batch may hold at most {} operations; this one has {}",
-                        limits.max_batch,
-                        requests.len()
-                    ),
-                );
-            }
             let mut responses = Vec::with_capacity(requests.len());
             let mut http = HttpResponse::Ok();
             for request in requests {

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod account;
+pub mod budget;
 pub mod campaigns;
 pub mod commands;
 pub mod compile;

@@ -16,6 +16,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::access::{lab_with_access, org_role, LabAccess};
+use super::budget::{BudgetError, Caller, QueryBudget};
 use super::campaigns::ExperimentNode;
 use super::{fail, parse_id, principal, state, ApiError, ApiResult, ApiSchema, RequestInfo};
 use crate::auth::Principal;
@@ -403,7 +404,8 @@ pub async fn graphql_ws(
                         Some(Ok(_)) => continue,
                     };
                     let authed = authed_rx.borrow().clone();
-                    match classify(&bytes, protocol, &state.config.graphql, &mut operations, authed.is_some()) {
+                    let caller = authed.as_ref().map(|(p, _)| super::handler::caller_of(Some(p), None));
+                    match classify(&bytes, protocol, &state.config.graphql, &mut operations, caller.as_ref().map(|c| (&state.query_budget, c))) {
                         Frame::Forward => match to_graphql.try_send(bytes) {
                             Ok(()) => {}
                             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -569,7 +571,7 @@ fn classify(
     protocol: Protocols,
     limits: &crate::config::GraphqlConfig,
     operations: &mut Operations,
-    authenticated: bool,
+    payer: Option<(&QueryBudget, &Caller)>,
 ) -> Frame {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Frame::Forward; // The protocol answers malformed frames itself.
@@ -585,10 +587,11 @@ fn classify(
         }
         _ => return Frame::Forward,
     }
-    if !authenticated {
+    let Some((budget, caller)) = payer else {
         return Frame::Forward; // The protocol refuses operations before connection_init.
-    }
-    let Ok(request) = serde_json::from_value::<async_graphql::Request>(v["payload"].clone()) else {
+    };
+    let Ok(mut request) = serde_json::from_value::<async_graphql::Request>(v["payload"].clone())
+    else {
         return Frame::Forward;
     };
     if operations.active.contains(&id) {
@@ -611,7 +614,18 @@ fn classify(
             ),
         ));
     }
-    match super::handler::precheck(limits, &request) {
+    if let Err(e) = budget.charge(caller, request.query.len()) {
+        return Frame::Reply(protocol_error_frame(
+            protocol,
+            &id,
+            match e {
+                BudgetError::RetryAfter(_) => "RATE_LIMITED",
+                BudgetError::TooLarge => "PAYLOAD_TOO_LARGE",
+            },
+            &e.to_string(),
+        ));
+    }
+    match super::handler::precheck(limits, &mut request) {
         Err(refused) => {
             let (code, message) = refused
                 .errors
