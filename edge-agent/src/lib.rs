@@ -2,6 +2,7 @@
 //! devices, drivers, virtual lab, executor, safety kernel).
 
 pub mod backoff;
+pub mod control;
 pub mod link;
 pub mod spool;
 pub mod ssh;

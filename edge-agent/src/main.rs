@@ -59,6 +59,10 @@ enum Command {
         spool: PathBuf,
         #[command(flatten)]
         spool_caps: SpoolCapsArgs,
+        /// The local control socket (`maosic-agent faults`, `maosic-agent reset-faults`);
+        /// default: the spool's path with `.sock`. Served only when a lab is run.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -76,6 +80,23 @@ enum Command {
         /// Where to write the credential file.
         #[arg(long, value_name = "FILE")]
         credential_out: PathBuf,
+    },
+    /// The safety faults latched in the agent running on this machine (via its control socket).
+    Faults {
+        /// The running agent's control socket (the default is that of the default spool).
+        #[arg(long, value_name = "PATH", default_value = "maosic-agent-spool.sock")]
+        control: PathBuf,
+    },
+    /// Operator fault reset of the agent running on this machine: clears its latched safety
+    /// faults (nothing restarts; a condition that persists latches again) and records who and
+    /// why in the lab's record stream. Exits 2 when faults are still latched after the reset.
+    ResetFaults {
+        /// Why, in your words (kept with the reset).
+        #[arg(long)]
+        reason: String,
+        /// The running agent's control socket (the default is that of the default spool).
+        #[arg(long, value_name = "PATH", default_value = "maosic-agent-spool.sock")]
+        control: PathBuf,
     },
     /// The virtual lab (digital twin of the paper's setup).
     VirtualLab(VirtualLabArgs),
@@ -256,6 +277,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Faults { control } => {
+            let reply = runtime.block_on(maosic_agent::control::request(
+                &control,
+                &maosic_agent::control::ControlRequest::Faults,
+            ))?;
+            return print_control_reply(&reply);
+        }
+        Command::ResetFaults { reason, control } => {
+            let reply = runtime.block_on(maosic_agent::control::request(
+                &control,
+                &maosic_agent::control::ControlRequest::Reset { reason },
+            ))?;
+            return print_control_reply(&reply);
+        }
         Command::VirtualLab(args) => {
             return exit(runtime.block_on(maosic_lab::cli::run_virtual_lab(args))?)
         }
@@ -274,9 +309,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backoff_cap_ms,
             spool,
             spool_caps,
+            control,
             tls,
             ssh,
         } => {
+            let control = control.unwrap_or_else(|| maosic_agent::control::default_path(&spool));
             let credential = read_credential(&credential)?;
             let tls = tls.client_config(&server)?;
             let route = ssh.route(&credential.lab_id)?;
@@ -293,6 +330,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
+            let spooled = std::sync::Arc::new(tokio::sync::Notify::new());
+            if let Some(lab) = &lab {
+                let _guard = runtime.enter();
+                match maosic_agent::control::bind(&control) {
+                    Ok(listener) => {
+                        tracing::info!(socket = %control.display(), "control socket ready");
+                        runtime.spawn(maosic_agent::control::serve(
+                            listener,
+                            control.clone(),
+                            lab.clone(),
+                            spool.clone(),
+                            spooled.clone(),
+                        ));
+                    }
+                    // Two agents on one spool: a configuration error.
+                    Err(e @ maosic_agent::control::ControlError::InUse(_)) => return Err(e.into()),
+                    // The lab runs without the local socket (faults can still be reset through
+                    // the cloud); said loudly.
+                    Err(e) => tracing::error!(error = %e, "no local control socket"),
+                }
+            }
             let config = LinkConfig {
                 server,
                 credential,
@@ -304,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 connect_timeout: Duration::from_secs(10),
                 tls,
                 route,
+                spooled,
             };
             runtime.block_on(async {
                 let (stop_tx, stop_rx) = link::stop_signal();
@@ -312,6 +371,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = stop_tx.send(true);
                 });
                 let result = link::run(config, stop_rx).await;
+                if lab.is_some() {
+                    let _ = std::fs::remove_file(&control);
+                }
                 if let Some(lab) = &lab {
                     // Leave the hardware safe whatever ended the link.
                     let report = lab.estop().await;
@@ -322,6 +384,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a control-socket answer for a person; exit 0, or 2 when faults are latched.
+fn print_control_reply(reply: &maosic_agent::control::ControlReply) -> anyhow::Result<ExitCode> {
+    use maosic_agent::control::ControlReply;
+    let show = |faults: &[maosic_lab::safety::Fault]| {
+        for f in faults {
+            println!(
+                "  {:?} at lab time {:.1} s: {}",
+                f.kind, f.lab_time_s, f.detail
+            );
+        }
+    };
+    match reply {
+        ControlReply::Faults { latched } => {
+            println!("{} fault(s) latched", latched.len());
+            show(latched);
+            exit(if latched.is_empty() { 0 } else { 2 })
+        }
+        ControlReply::Reset(reset) => {
+            println!("cleared {} fault(s)", reset.cleared.len());
+            show(&reset.cleared);
+            if reset.latched.is_empty() {
+                println!("no fault is latched; nothing was restarted");
+                exit(0)
+            } else {
+                println!(
+                    "{} fault(s) latched again (the condition persists):",
+                    reset.latched.len()
+                );
+                show(&reset.latched);
+                exit(2)
+            }
+        }
+        ControlReply::Error { message } => anyhow::bail!("the agent refused: {message}"),
+    }
 }
 
 fn exit(code: i32) -> anyhow::Result<ExitCode> {

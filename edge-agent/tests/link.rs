@@ -32,6 +32,7 @@ fn config(server: &str, spool: Spool) -> LinkConfig {
         connect_timeout: Duration::from_secs(5),
         tls: None,
         route: Route::Direct,
+        spooled: Default::default(),
     }
 }
 

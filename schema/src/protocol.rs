@@ -31,6 +31,10 @@ pub mod method {
     pub const DEVICE_CALL: &str = "device.call";
     /// Cloud → agent request: software stop of the whole lab (pumps stopped, heater off).
     pub const ESTOP: &str = "estop";
+    /// Cloud → agent request: an operator fault reset ([`super::SafetyResetParams`]): the
+    /// latched faults are cleared (nothing restarts); answered with the faults cleared and those
+    /// latched again because their condition persists.
+    pub const SAFETY_RESET: &str = "safety.reset";
     /// Agent → cloud notification: one record (measurement, status, safety event, result).
     pub const RECORD: &str = "record";
     /// Cloud → agent notification: every record of the epoch up to `seq_hi` is stored
@@ -316,6 +320,15 @@ pub struct DeviceCallParams {
     /// Named numeric parameters in the units of the capability descriptor.
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, f64>,
+}
+
+/// Parameters of `safety.reset`: who resets and why (kept in the lab's record stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyResetParams {
+    /// Who asks, e.g. `user:<id>` for a lab admin acting through the cloud.
+    pub actor: String,
+    /// Why, in the operator's words.
+    pub reason: String,
 }
 
 /// Parameters of `record`: one record with its delivery key `(epoch, seq)` (docs/reliability.md rule 1).

@@ -662,6 +662,7 @@ impl Default for AgentOptions {
 pub struct TestAgent {
     child: Child,
     log: PathBuf,
+    spool: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -680,6 +681,7 @@ impl TestAgent {
             .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
             .arg("--spool")
             .arg(dir.path().join("spool.db"));
+        let spool = dir.path().join("spool.db");
         if let Some(d) = descriptor {
             cmd.arg("--descriptor").arg(d);
         }
@@ -691,6 +693,7 @@ impl TestAgent {
         Ok(TestAgent {
             child,
             log,
+            spool,
             _dir: dir,
         })
     }
@@ -723,7 +726,7 @@ impl TestAgent {
             .arg(lab_config)
             .args(["--backoff-base-ms", "100", "--backoff-cap-ms", "1000"])
             .arg("--spool")
-            .arg(spool)
+            .arg(&spool)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -731,6 +734,7 @@ impl TestAgent {
         Ok(TestAgent {
             child,
             log,
+            spool,
             _dir: dir,
         })
     }
@@ -754,7 +758,7 @@ impl TestAgent {
             .args(["--backoff-base-ms", &base.to_string()])
             .args(["--backoff-cap-ms", &cap.to_string()])
             .arg("--spool")
-            .arg(spool);
+            .arg(&spool);
         if let Some(lab) = &options.lab {
             cmd.arg("--lab").arg(lab);
         }
@@ -773,6 +777,7 @@ impl TestAgent {
         Ok(TestAgent {
             child,
             log,
+            spool,
             _dir: dir,
         })
     }
@@ -780,6 +785,11 @@ impl TestAgent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's local control socket (beside its spool, when it runs a lab).
+    pub fn control_socket(&self) -> PathBuf {
+        self.spool.with_extension("sock")
     }
 
     /// SIGKILL: the process dies without a word.

@@ -592,6 +592,13 @@ test("the owner cancels; narrow layout; the lab's software stop", async () => {
   await page.getByRole("button", { name: "Stop lab…" }).click();
   await page.getByRole("button", { name: "Confirm software stop" }).click();
   await page.getByRole("status").filter({ hasText: "Stopped" }).waitFor({ timeout: 30_000 });
+  // The stop latched: the owner resets it, with a reason.
+  await page.getByTestId("reset-reason").fill("stopped from the portal test");
+  await page.getByRole("button", { name: "Reset faults" }).click();
+  const reset = page.getByTestId("reset-result");
+  await reset.waitFor({ timeout: 30_000 });
+  assert.match(await reset.textContent(), /Cleared 1 fault\(s\) \(e stop\); no fault is latched/);
+  await shot(page, "12-lab-fault-reset");
   assert.deepEqual(page.dialogs, []);
   assert.deepEqual(page.errors, []);
 });

@@ -128,6 +128,10 @@ export const STOP_LAB = /* GraphQL */ `
   mutation StopLab($lab: ID!) { stopLab(labId: $lab) }
 `;
 
+export const RESET_LAB_FAULTS = /* GraphQL */ `
+  mutation ResetLabFaults($lab: ID!, $reason: String!) { resetLabFaults(labId: $lab, reason: $reason) }
+`;
+
 export const COMPILE = /* GraphQL */ `
   query Compile($lab: ID!, $source: String!, $vars: JSON) {
     compileRecipe(labId: $lab, source: $source, variables: $vars) {

@@ -169,3 +169,15 @@ def test_rate_limited_queries_wait_the_time_the_server_names(local: LocalLab) ->
         assert patient.execute(big)["serverInfo"]["name"] == "maosic"
         # It had to wait for the bucket to refill (about 0.8 s for 200 KiB).
         assert time.monotonic() - started > 0.3
+
+
+def test_a_stopped_lab_refuses_instructions_until_its_faults_are_reset(local: LocalLab) -> None:
+    c = local.client
+    c.stop_lab(local.lab_id)
+    with pytest.raises(MaosicError) as err:
+        c.send_instruction(local.lab_id, "P1.stop")
+    assert "latched" in err.value.message
+    reset = c.reset_lab_faults(local.lab_id, "pytest: stopped on purpose")
+    assert [f["kind"] for f in reset["cleared"]] == ["e_stop"]
+    assert reset["latched"] == []
+    c.send_instruction(local.lab_id, "P1.stop")

@@ -20,7 +20,7 @@ use crate::drivers::ne1000_pump::{Ne1000Bus, Ne1000Pump};
 use crate::drivers::pid_modbus::{emergency_off_frame, PidModbus};
 use crate::error::DeviceError;
 use crate::record::Measurement;
-use crate::safety::{EmergencyWrite, SafeStateReport, SafetyKernel};
+use crate::safety::{EmergencyWrite, FaultReset, SafeStateReport, SafetyKernel};
 use crate::sim::instruments::{
     Twin, VirtualArm, VirtualCd, VirtualLaser, VirtualSampler, VirtualShutter, VirtualUv,
 };
@@ -28,6 +28,9 @@ use crate::sim::pump::PumpSim;
 use crate::sim::thermal::ThermalParams;
 use crate::sim::twin::{TwinHandle, TwinPortKind};
 use crate::sim::world::{Chemistry, World};
+
+/// Withdrawals a refill makes at most (one, unless a link-loss hold stops it part-way).
+const REFILL_ROUNDS: usize = 3;
 
 /// Longest `H.hold`, s of lab time.
 pub const HOLD_MAX_S: f64 = 3600.0;
@@ -444,6 +447,18 @@ impl Lab {
                 }
             }
         }
+    }
+
+    /// Operator fault reset: clears the latched faults, then lets the safety kernel run two
+    /// cycles so that a condition that persists latches again, and reports both. `by` names who
+    /// reset (an operator on the lab's machine, or a lab admin through the cloud) and why.
+    pub async fn reset_faults(&self, by: &str) -> Result<FaultReset, DeviceError> {
+        let cleared = self.kernel.reset(by).await?;
+        tokio::time::sleep(self.kernel.real_period() * 2).await;
+        Ok(FaultReset {
+            cleared,
+            latched: self.kernel.faults(),
+        })
     }
 
     /// Hook for the link: the cloud link is lost / back.
@@ -1057,12 +1072,16 @@ impl Lab {
         };
         p.stop().await?;
         Self::sync_book(p, b).await?;
-        let need = cap - b.content_ul;
-        if need > 0.5 {
+        // A link-loss hold stops the withdrawal part-way; the next round tops the syringe up.
+        for _round in 0..REFILL_ROUNDS {
+            let need = cap - b.content_ul;
+            if need <= 0.5 {
+                break;
+            }
             p.set_direction(Direction::Withdraw).await?;
             p.set_rate(rate).await?;
             p.set_volume(need.min(cap)).await?;
-            p.run().await?;
+            self.start_pump(sym, p).await?;
             self.clock
                 .sleep(Duration::from_secs_f64(need / rate * 60.0))
                 .await;
@@ -1075,9 +1094,37 @@ impl Lab {
             }
             p.stop().await?;
             Self::sync_book(p, b).await?;
-            p.set_direction(Direction::Infuse).await?;
         }
+        p.set_direction(Direction::Infuse).await?;
         Ok(b.content_ul)
+    }
+
+    /// Start pump `p` (`RUN`) once the safety kernel allows motion: a latched fault refuses, a
+    /// link-loss hold waits until the link is back. The kernel is asked again after the start,
+    /// so a hold or a trip that lands while the command is on the wire ends with the pump
+    /// stopped (by the kernel or here), never with a step restarting what the kernel stopped.
+    async fn start_pump(&self, sym: &str, p: &dyn SyringePump) -> Result<(), DeviceError> {
+        let what = format!("{sym}.run");
+        loop {
+            self.kernel.wait_not_held().await;
+            if !self.kernel.motion_allowed(&what)? {
+                continue;
+            }
+            p.run().await?;
+            match self.kernel.motion_allowed(&what) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    // held meanwhile: stop again, then start once the link is back
+                    p.stop().await?;
+                }
+                Err(e) => {
+                    if let Err(stop) = p.stop().await {
+                        tracing::warn!(pump = sym, error = %stop, "stopping a pump after a trip failed");
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// What a pump reports for `status`: its state, the programmed rate, the flow now (the
@@ -1143,7 +1190,7 @@ impl Lab {
         p.set_direction(Direction::Infuse).await?;
         p.set_rate(rate).await?;
         p.set_volume(vol).await?;
-        p.run().await?;
+        self.start_pump(sym, p).await?;
         Ok(CallOutput {
             result: json!({"rate_ul_min": rate, "volume_ul": vol, "refilled": refilled, "running": true}),
             ..Default::default()

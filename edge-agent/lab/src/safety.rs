@@ -48,6 +48,15 @@ pub struct SafetyEvent {
     pub lab_time_s: f64,
 }
 
+/// What an operator fault reset did ([`crate::lab::Lab::reset_faults`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultReset {
+    /// The faults that were latched and were cleared.
+    pub cleared: Vec<Fault>,
+    /// The faults latched again right after (their condition persists), or since.
+    pub latched: Vec<Fault>,
+}
+
 /// Raw bytes the watchdog writes to a serial port to make a device safe.
 #[derive(Debug, Clone)]
 pub struct EmergencyWrite {
@@ -283,6 +292,15 @@ impl SafetyKernel {
         Ok(())
     }
 
+    /// Whether pumps may start moving now: a latched fault refuses (as [`Self::check_call`]),
+    /// a link-loss hold answers `Ok(false)`. A caller that starts a pump checks this before and
+    /// again after the start (see `Lab::start_pump`): the kernel records a hold or a fault
+    /// before it stops the pumps, so whichever order the two land in, the pump ends stopped.
+    pub fn motion_allowed(&self, what: &str) -> Result<bool, DeviceError> {
+        self.check_call(what)?;
+        Ok(!lock_state(&self.state).hold)
+    }
+
     /// Tell the kernel the heater target changed (runaway detection restarts).
     pub fn heater_target(&self, target: Option<f64>) {
         let mut st = lock_state(&self.state);
@@ -292,21 +310,28 @@ impl SafetyKernel {
         st.below_since = None;
     }
 
-    /// Operator reset: clears latched faults. Restarts nothing.
-    pub async fn reset(&self) -> Result<(), DeviceError> {
+    /// Operator reset: clears latched faults (and the heater's own alarms), and returns the
+    /// faults it cleared. Restarts nothing: outputs stay in their safe state until a program or
+    /// a call sets them again. A condition that persists (an over-temperature, a broken sensor)
+    /// latches again on the kernel's next cycle. `by` names who reset, for the safety event.
+    pub async fn reset(&self, by: &str) -> Result<Vec<Fault>, DeviceError> {
         if let Some(h) = &self.heater {
             h.reset_alarms().await?;
         }
         let mut st = lock_state(&self.state);
-        st.latched.clear();
+        let cleared = std::mem::take(&mut st.latched);
         st.heater_errors = 0;
         drop(st);
         match self.trip.lock() {
             Ok(mut g) => *g = CancellationToken::new(),
             Err(p) => *p.into_inner() = CancellationToken::new(),
         }
-        self.event("reset", "faults cleared by operator".into());
-        Ok(())
+        let kinds: Vec<String> = cleared.iter().map(|f| format!("{:?}", f.kind)).collect();
+        self.event(
+            "reset",
+            format!("faults cleared by {by}: [{}]", kinds.join(", ")),
+        );
+        Ok(cleared)
     }
 
     /// One kernel cycle: read, check, protect, refresh the lease.

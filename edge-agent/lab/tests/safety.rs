@@ -138,8 +138,13 @@ async fn sensor_above_max_and_sensor_break_cut_output_within_one_period_and_latc
         .unwrap()
         .with_world(|w| w.heater.faults.offset_c = 0.0);
     lab.clock.sleep(Duration::from_secs(2)).await; // the sensor reads normal again
-    lab.kernel().reset().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reset = lab.reset_faults("the test's operator").await.unwrap();
+    assert_eq!(
+        reset.cleared[0].kind,
+        FaultKind::OverTemperature,
+        "{reset:?}"
+    );
+    assert!(reset.latched.is_empty(), "{reset:?}");
     let enabled = lab.twin().unwrap().with_world(|w| w.heater.enabled);
     println!("after reset: heater enabled = {enabled}");
     assert!(!enabled);
@@ -161,6 +166,26 @@ async fn sensor_above_max_and_sensor_break_cut_output_within_one_period_and_latc
     .unwrap();
     println!("sensor break: output 0 after {dt:.2} s lab, fault latched");
     assert!(dt <= period);
+    // A reset while the sensor is still broken: cleared, and latched again at once.
+    let reset = lab.reset_faults("the test's operator").await.unwrap();
+    assert!(
+        reset
+            .cleared
+            .iter()
+            .any(|f| f.kind == FaultKind::SensorBreak),
+        "{reset:?}"
+    );
+    assert!(
+        reset
+            .latched
+            .iter()
+            .any(|f| f.kind == FaultKind::SensorBreak),
+        "{reset:?}"
+    );
+    assert!(lab
+        .call("H.set_temperature", &params(&[("T", 100.0)]))
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,4 +419,117 @@ async fn link_loss_hold_pauses_and_resumes() {
     );
     assert!(!pump && heater);
     assert_eq!(report.outcome, maosic_lab::record::Outcome::Succeeded);
+}
+
+/// Link lost with policy "hold" while a step is part-way through a pump command sequence (a
+/// refill before an infusion): the step must not start the pump the kernel stopped. It waits,
+/// and finishes the refill and the infusion once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_during_a_refill_keeps_the_pump_stopped_until_the_link_is_back() {
+    let lab = lab(50.0).await;
+    let mk = |id: u32, method: &str, p: &[(&str, f64)], after: Vec<u32>| Step {
+        id,
+        request: RpcRequest {
+            jsonrpc: "2.0".into(),
+            id: u64::from(id),
+            method: method.into(),
+            params: params(p),
+        },
+        after,
+        start_ms: 0,
+        duration_ms: 1000,
+        yields: vec![],
+        line: 1,
+    };
+    // 300 of the 500 µL go out first; the second set_rate (300 µL, more than the 200 left) then
+    // refills (300 µL at 400 µL/min, 45 s of lab time) before it infuses.
+    let program = Program {
+        format: 1,
+        recipe: None,
+        lab: "paper-lab".into(),
+        variables: Default::default(),
+        steps: vec![
+            mk(
+                1,
+                "P1.set_rate",
+                &[("rate", 400.0), ("volume", 300.0)],
+                vec![],
+            ),
+            mk(2, "H.hold", &[("time", 60.0)], vec![1]),
+            mk(
+                3,
+                "P1.set_rate",
+                &[("rate", 30.0), ("volume", 300.0)],
+                vec![2],
+            ),
+            mk(4, "H.hold", &[("time", 5.0)], vec![3]),
+            mk(5, "P1.stop", &[], vec![4]),
+        ],
+        estimated_duration_ms: 200_000,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let run = lab.run_program(
+        &program,
+        ExecOptions {
+            program_id: Some("hold-refill".into()),
+            link_loss: Some(LinkLossPolicy::Hold),
+        },
+        tx,
+        CancellationToken::new(),
+    );
+    let p1 = |l: &Lab| {
+        l.twin().unwrap().with_world(|w| {
+            let p = &w.pumps["P1"];
+            (p.running, p.direction, p.content_ul)
+        })
+    };
+    let ctl = async {
+        // the refill's withdrawal is under way
+        until(&lab, 600.0, |l| {
+            let (running, dir, _) = p1(l);
+            running && dir == maosic_lab::ne1000::Direction::Withdraw
+        })
+        .await
+        .unwrap();
+        lab.clock.sleep(Duration::from_secs(5)).await;
+        assert_eq!(lab.link_lost().await, Some(LinkLossPolicy::Hold));
+        // held for 200 s of lab time (the withdrawal would have ended after 45 s): the pump
+        // must stay stopped throughout
+        let t0 = lab.clock.now_s();
+        let mut ran_while_held = 0u32;
+        let mut samples = 0u32;
+        while lab.clock.now_s() - t0 < 200.0 {
+            if p1(&lab).0 {
+                ran_while_held += 1;
+            }
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let content_held = p1(&lab).2;
+        lab.link_restored();
+        (ran_while_held, samples, content_held)
+    };
+    let (report, (ran_while_held, samples, content_held)) = tokio::join!(run, ctl);
+    let content_end = p1(&lab).2;
+    println!(
+        "hold during refill: pump seen running in {ran_while_held}/{samples} samples while held; \
+         syringe {content_held:.0} µL while held, {content_end:.0} µL at the end; program {:?}",
+        report.outcome
+    );
+    assert_eq!(ran_while_held, 0, "a step restarted a pump during the hold");
+    assert!(
+        content_held < 490.0,
+        "the hold did not interrupt the refill"
+    );
+    assert_eq!(
+        report.outcome,
+        maosic_lab::record::Outcome::Succeeded,
+        "{report:?}"
+    );
+    // the refill was completed after the hold (500 µL), then 30 µL/min for ≥ 5 s went out
+    assert!(
+        (400.0..499.0).contains(&content_end),
+        "syringe {content_end} µL at the end"
+    );
 }

@@ -78,6 +78,9 @@ pub struct LinkConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The path connections take (direct TCP, or an SSH tunnel).
     pub route: Route,
+    /// Notified when records were written to the spool outside the link's own tasks (an
+    /// operator's fault reset on the control socket): there is something to send.
+    pub spooled: Arc<tokio::sync::Notify>,
 }
 
 /// Turns the configured server URL into the gateway's WebSocket URL.
@@ -175,6 +178,7 @@ pub async fn run(config: LinkConfig, mut stop: watch::Receiver<bool>) -> Result<
                 None => Event::Closed(Closure::Ended),
             },
             Some(outbound) = outbound_rx.recv() => io.outbound(outbound).await,
+            () = config.spooled.notified() => Event::RecordsSpooled,
             _ = stop.changed(), if !stop_seen => {
                 stop_seen = true;
                 Event::Stop
@@ -423,6 +427,31 @@ impl<'a> Io<'a> {
                 }
                 None
             }
+            Action::SafetyReset { request, params } => {
+                if let Some(lab) = &self.config.lab {
+                    let (lab, spool, out) = (lab.clone(), spool.clone(), self.outbound_tx.clone());
+                    let spooled = self.config.spooled.clone();
+                    tokio::spawn(async move {
+                        let by = format!("{}: {}", params.actor, params.reason.trim());
+                        let message =
+                            match crate::control::reset_faults(&lab, &spool, &spooled, &by).await {
+                                Ok(reset) => Message::result(request, reset),
+                                Err(e) => Message::error(
+                                    Some(request),
+                                    error_code::INTERNAL_ERROR,
+                                    format!("the reset failed: {e}"),
+                                ),
+                            };
+                        let _ = out
+                            .send(Outbound::Reply {
+                                message,
+                                finished: None,
+                            })
+                            .await;
+                    });
+                }
+                None
+            }
             Action::LinkRestored => {
                 if let Some(lab) = &self.config.lab {
                     lab.link_restored();
@@ -463,7 +492,7 @@ impl<'a> Io<'a> {
 
 /// Writes one record of the lab to the spool; a measurement refused by the spool's cap is
 /// replaced by a `buffer_full` safety event (events are never refused).
-async fn spool_record(spool: &Spool, program_id: Option<&str>, record: &Value) {
+pub(crate) async fn spool_record(spool: &Spool, program_id: Option<&str>, record: &Value) {
     let class = if record["body"]["type"] == "measurement" {
         RecordClass::Measurement
     } else {

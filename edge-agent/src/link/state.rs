@@ -35,7 +35,7 @@ use maosic_schema::program::Program;
 use maosic_schema::protocol::{
     error_code, method, AckParams, DeviceCallParams, DeviceSummary, GoodbyeParams, HeartbeatParams,
     HelloParams, HelloResult, Id, Message, ProgramCancelParams, ProgramRunParams, RecordParams,
-    Request, ThrottleParams,
+    Request, SafetyResetParams, ThrottleParams,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -271,6 +271,13 @@ pub enum Action {
     Estop {
         /// The request to answer.
         request: Id,
+    },
+    /// An operator fault reset; the answer comes back as [`Event::Reply`].
+    SafetyReset {
+        /// The request to answer.
+        request: Id,
+        /// Who and why.
+        params: SafetyResetParams,
     },
     /// The link is up: the lab's safety kernel may lift its link-loss measures.
     LinkRestored,
@@ -854,6 +861,18 @@ impl LinkState {
                 self.actions.push(Action::CancelAll);
                 self.actions.push(Action::Estop { request: id });
                 None
+            }
+            method::SAFETY_RESET => {
+                match serde_json::from_value::<SafetyResetParams>(request.params) {
+                    Ok(params) => {
+                        self.actions.push(Action::SafetyReset {
+                            request: id,
+                            params,
+                        });
+                        None
+                    }
+                    Err(e) => Some(invalid(id, &e)),
+                }
             }
             other => Some(Message::error(
                 Some(id),

@@ -4,9 +4,12 @@ import { useApp, useRole } from "../App";
 import type {
   CreateLabMutation, CreateLabMutationVariables, EnrollmentTokenMutation, EnrollmentTokenMutationVariables, LabQuery,
   LabQueryVariables, LabsQuery, LabStatusSubscription, LabTelemetryQuery, LabTelemetryQueryVariables,
-  SendInstructionMutation, SendInstructionMutationVariables, StopLabMutation, StopLabMutationVariables,
+  ResetLabFaultsMutation, ResetLabFaultsMutationVariables, SendInstructionMutation, SendInstructionMutationVariables,
+  StopLabMutation, StopLabMutationVariables,
 } from "../generated/graphql";
-import { CREATE_LAB, ENROLLMENT_TOKEN, LAB, LAB_STATUS, LAB_TELEMETRY, LABS, SEND_INSTRUCTION, STOP_LAB } from "../ops";
+import {
+  CREATE_LAB, ENROLLMENT_TOKEN, LAB, LAB_STATUS, LAB_TELEMETRY, LABS, RESET_LAB_FAULTS, SEND_INSTRUCTION, STOP_LAB,
+} from "../ops";
 import { lineOptions, UPlot } from "../plots";
 import { Link, navigate } from "../router";
 import { CopyField, Empty, ErrorBox, fmt, fmtTime, Loading, NotFound, Online, useAction, useQuery } from "../ui";
@@ -146,10 +149,53 @@ export function LabPage({ id }: { id: string }) {
           <section className="card">
             <h2>Software stop</h2>
             <Stop labId={lab.id} online={isOnline} />
+            {lab.canManage && <ResetFaults labId={lab.id} online={isOnline} />}
           </section>
         </div>
       )}
     </>
+  );
+}
+
+type Fault = { kind: string; detail: string; lab_time_s: number };
+
+/** The operator fault reset (owners and admins): clears the lab's latched safety faults. */
+function ResetFaults({ labId, online }: { labId: string; online: boolean }) {
+  const [reason, setReason] = useState("");
+  const [result, setResult] = useState<{ cleared: Fault[]; latched: Fault[] } | null>(null);
+  const a = useAction();
+  const reset = (e: FormEvent) => {
+    e.preventDefault();
+    void a.run(async () => {
+      const r = await gql<ResetLabFaultsMutation, ResetLabFaultsMutationVariables>(RESET_LAB_FAULTS, { lab: labId, reason });
+      setResult(r.resetLabFaults as { cleared: Fault[]; latched: Fault[] });
+      setReason("");
+    });
+  };
+  const kinds = (fs: Fault[]) => fs.map((f) => f.kind.replace(/_/g, " ")).join(", ");
+  return (
+    <form onSubmit={reset}>
+      <h3>Fault reset</h3>
+      <p>
+        A software stop, an over-temperature or a lost device latches a fault: the lab refuses instructions and programs
+        until it is reset. The reset restarts nothing, and a fault whose cause persists latches again. It is audited with
+        your reason.
+      </p>
+      <label>
+        Reason
+        <input value={reason} onChange={(e) => setReason(e.target.value)} maxLength={500} data-testid="reset-reason" />
+      </label>
+      <button type="submit" disabled={a.busy || !online || reason.trim() === ""}>
+        {a.busy ? "Resetting…" : "Reset faults"}
+      </button>
+      <ErrorBox error={a.error} title="Reset failed" />
+      {result && (
+        <p role="status" data-testid="reset-result">
+          Cleared {result.cleared.length} fault(s){result.cleared.length > 0 && ` (${kinds(result.cleared)})`}
+          {result.latched.length > 0 ? `; latched again, the cause persists: ${kinds(result.latched)}` : "; no fault is latched"}
+        </p>
+      )}
+    </form>
   );
 }
 

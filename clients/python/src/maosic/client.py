@@ -510,6 +510,22 @@ class Client:
         )
         return d["sendInstruction"]
 
+    def stop_lab(self, lab_id: str) -> Any:
+        """Software stop: the agent cancels its programs and puts the lab in its safe state.
+        The stop latches: the lab refuses instructions and programs until a fault reset."""
+        return self.execute("mutation($l: ID!) { stopLab(labId: $l) }", {"l": lab_id})["stopLab"]
+
+    def reset_lab_faults(self, lab_id: str, reason: str) -> dict[str, Any]:
+        """Operator fault reset (owners and admins of the lab's organisation): clears the lab's
+        latched safety faults; nothing restarts. Returns ``{"cleared": [...], "latched": [...]}``
+        (faults whose condition persists latch again at once). Audited, with ``reason``."""
+        d = self.execute(
+            "mutation($l: ID!, $r: String!) { resetLabFaults(labId: $l, reason: $r) }",
+            {"l": lab_id, "r": reason},
+        )
+        result: dict[str, Any] = d["resetLabFaults"]
+        return result
+
     # --- subscriptions --------------------------------------------------------------------
 
     def subscribe(

@@ -195,6 +195,7 @@ impl Harness {
                     | Action::CancelAll
                     | Action::DeviceCall { .. }
                     | Action::Estop { .. }
+                    | Action::SafetyReset { .. }
                     | Action::LinkRestored => None,
                 };
             if let Some(event) = report {
@@ -1099,6 +1100,35 @@ fn cancel_reaches_running_programs_only_and_estop_cancels_all() {
     h.request(5, method::DEVICE_CALL, json!({ "method": "H.read" }));
     assert!(
         matches!(h.log.last(), Some(Action::DeviceCall { request, params }) if *request == Id::Number(5) && params.method == "H.read")
+    );
+}
+
+#[test]
+fn a_fault_reset_names_who_and_why_and_cancels_nothing() {
+    let mut h = Harness::up(true);
+    h.run_program(1, "run-1", None);
+    let before = h.log.len();
+    h.request(
+        2,
+        method::SAFETY_RESET,
+        json!({ "actor": "user:7", "reason": "thermocouple replaced" }),
+    );
+    assert_eq!(
+        h.log[before..],
+        [Action::SafetyReset {
+            request: Id::Number(2),
+            params: SafetyResetParams {
+                actor: "user:7".into(),
+                reason: "thermocouple replaced".into(),
+            },
+        }]
+    );
+    // Without who and why, it is refused as invalid.
+    h.request(3, method::SAFETY_RESET, json!({}));
+    let last = responses(&h.wire).pop().unwrap();
+    assert_eq!(
+        last.error.as_ref().unwrap().code,
+        error_code::INVALID_PARAMS
     );
 }
 

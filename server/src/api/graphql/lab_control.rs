@@ -1,8 +1,9 @@
 //! Lab control in the public API: one low-level instruction sent straight to a lab's agent
 //! (checked against the lab's capability descriptor, then by the agent's own limits) and the
 //! software stop. Both need the `INSTRUCT` right on the lab, count against a sharee's daily
-//! quota (the stop is recorded but never refused for quota), and are audited. Queued commands
-//! (with deadlines) are in [`super::commands`].
+//! quota (the stop is recorded but never refused for quota), and are audited. The operator fault
+//! reset needs the lab's `MANAGE` right (its organisation's owners and admins) and is audited.
+//! Queued commands (with deadlines) are in [`super::commands`].
 
 use async_graphql::{Context, Json, Object, ID};
 use maosic_schema::capability::LabDescriptor;
@@ -95,7 +96,51 @@ impl LabControlMutation {
             .await;
         call_answer(answer).map(Json)
     }
+
+    /// Operator fault reset (owners and admins of the lab's organisation): the agent clears its
+    /// latched safety faults (an e-stop, an over-temperature, a lost device, ...). Nothing
+    /// restarts: outputs stay safe until a program or an instruction sets them. A fault whose
+    /// condition persists latches again at once. Answers `{cleared, latched}` (each a list of
+    /// `{kind, detail, lab_time_s}`); audited as `lab.faults_reset`, and the agent keeps the
+    /// reset, with who and why, in the lab's record stream.
+    async fn reset_lab_faults(
+        &self,
+        ctx: &Context<'_>,
+        lab_id: ID,
+        reason: String,
+    ) -> ApiResult<Json<Value>> {
+        let p = writer(ctx)?;
+        let (lab, _) = lab_with_access(ctx, p, &lab_id, LabAccess::Manage).await?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_RESET_REASON_CHARS {
+            return Err(fail(ApiError::BadInput(format!(
+                "reason: say why the faults may be cleared (1 to {MAX_RESET_REASON_CHARS} characters)"
+            ))));
+        }
+        audit(
+            ctx,
+            &p.actor(),
+            Some(&lab.organization_id),
+            "lab.faults_reset",
+            format!("lab:{}", lab.id),
+            json!({ "reason": reason }),
+        )
+        .await?;
+        let answer = state(ctx)?
+            .gateway
+            .call(
+                &lab.id,
+                maosic_schema::protocol::method::SAFETY_RESET,
+                json!({ "actor": p.actor(), "reason": reason }),
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        call_answer(answer).map(Json)
+    }
 }
+
+/// Longest reason a fault reset takes.
+const MAX_RESET_REASON_CHARS: usize = 500;
 
 fn call_answer(answer: Result<Value, CallError>) -> ApiResult<Value> {
     match answer {
