@@ -66,6 +66,29 @@ async fn metrics_text(req: actix_web::HttpRequest, state: web::Data<AppState>) -
     if !allowed {
         return HttpResponse::NotFound().finish();
     }
+    // The gauges the database holds are read now (bounded: a slow database leaves the last
+    // values in place rather than stalling the scrape).
+    let counts = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        crate::storage::tenant::system(state.storage.experiment_counts()),
+    )
+    .await;
+    match counts {
+        Ok(Ok(experiments)) => {
+            let (pool_size, pool_idle, pool_max) = state.storage.pool_use();
+            state.metrics.set_store(&crate::metrics::StoreSnapshot {
+                experiments: experiments
+                    .into_iter()
+                    .map(|(lab, st, n)| (lab.to_string(), st, n))
+                    .collect(),
+                pool_size,
+                pool_idle,
+                pool_max,
+            });
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: experiment counts not read"),
+        Err(_) => tracing::warn!("metrics: experiment counts timed out"),
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())

@@ -1,5 +1,7 @@
-//! Prometheus metrics: HTTP request counts and latencies by route, and connected agents,
-//! exposed in the text exposition format on `GET /metrics`.
+//! Prometheus metrics, exposed in the text exposition format on `GET /metrics`: HTTP request
+//! counts and latencies by route; agents, their record lag and gaps; the campaign engine's pass,
+//! step, ask, tell and analysis durations, dispatch delay and discarded (duplicate) asks; and,
+//! read from the database at scrape time, queue depth per lab, experiments by state and pool use.
 
 use std::sync::Arc;
 
@@ -29,6 +31,45 @@ pub struct ClusterLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of an optimizer computation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OptimizerLabels {
+    /// `ask` (model fits included) or `tell`.
+    pub phase: &'static str,
+}
+
+/// Labels of a per-lab gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabLabels {
+    /// The lab's id.
+    pub lab: String,
+}
+
+/// Labels of a per-state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The experiment state (`queued`, `leased`, `running`, `completed`, ...).
+    pub state: String,
+}
+
+/// Labels of the connection-pool gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// `busy` or `idle`.
+    pub state: &'static str,
+}
+
+/// What the database holds, read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct StoreSnapshot {
+    /// Experiments per (lab, state).
+    pub experiments: Vec<(String, String, i64)>,
+    /// Connections open in the pool, idle among them, and the most it opens.
+    pub pool_size: u32,
+    pub pool_idle: u32,
+    pub pool_max: u32,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -47,6 +88,24 @@ pub struct Metrics {
     /// Records refused over a lab's ingestion limits (held in the agent's spool, sent again).
     pub agent_records_throttled: Counter,
     cluster_messages: Family<ClusterLabels, Counter>,
+    /// Seconds from an agent's record (its wall clock) to its storage here.
+    pub agent_record_lag: Histogram,
+    /// Duration of one engine pass (observe, advance, dispatch), s.
+    pub engine_pass: Histogram,
+    /// Duration of one campaign step (load, ask, compile, enqueue), s.
+    pub campaign_step: Histogram,
+    optimizer: Family<OptimizerLabels, Histogram, fn() -> Histogram>,
+    /// Duration of one experiment's spectrum analysis (the peak fits), s.
+    pub analysis: Histogram,
+    /// Seconds from queued to dispatched (claimed for the agent).
+    pub dispatch_delay: Histogram,
+    /// Asks computed and then thrown away because another writer advanced the campaign
+    /// first: work done twice. 0 in steady state with one engine per campaign.
+    pub asks_discarded: Counter,
+    queue_depth: Family<LabLabels, Gauge>,
+    experiments: Family<StateLabels, Gauge>,
+    pool_connections: Family<PoolLabels, Gauge>,
+    pool_max: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,6 +126,75 @@ impl Metrics {
         let agent_record_gaps = Counter::default();
         let agent_records_throttled = Counter::default();
         let cluster_messages = Family::<ClusterLabels, Counter>::default();
+        let agent_record_lag = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        let engine_pass = latency_histogram();
+        let campaign_step = latency_histogram();
+        let optimizer =
+            Family::<OptimizerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let analysis = latency_histogram();
+        let dispatch_delay = latency_histogram();
+        let asks_discarded = Counter::default();
+        let queue_depth = Family::<LabLabels, Gauge>::default();
+        let experiments = Family::<StateLabels, Gauge>::default();
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        let pool_max = Gauge::default();
+        registry.register(
+            "agent_record_lag_seconds",
+            "Seconds from an agent's record (agent wall clock) to its storage on this replica",
+            agent_record_lag.clone(),
+        );
+        registry.register(
+            "engine_pass_duration_seconds",
+            "Duration of one campaign-engine pass (observe, advance, dispatch)",
+            engine_pass.clone(),
+        );
+        registry.register(
+            "engine_campaign_step_duration_seconds",
+            "Duration of one campaign step (load, ask, compile, enqueue)",
+            campaign_step.clone(),
+        );
+        registry.register(
+            "optimizer_duration_seconds",
+            "Duration of optimizer computations by phase (ask includes model fits)",
+            optimizer.clone(),
+        );
+        registry.register(
+            "analysis_duration_seconds",
+            "Duration of one experiment's spectrum analysis (peak fits)",
+            analysis.clone(),
+        );
+        registry.register(
+            "experiment_dispatch_delay_seconds",
+            "Seconds from queued to dispatched to the agent",
+            dispatch_delay.clone(),
+        );
+        registry.register(
+            "engine_asks_discarded",
+            "Asks computed and thrown away because another writer advanced the campaign first",
+            asks_discarded.clone(),
+        );
+        registry.register(
+            "lab_queue_depth",
+            "Experiments queued per lab (read from the database at scrape time)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "experiments",
+            "Experiments by state (read from the database at scrape time)",
+            experiments.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state (busy, idle)",
+            pool_connections.clone(),
+        );
+        registry.register(
+            "db_pool_max_connections",
+            "Most connections the database pool opens",
+            pool_max.clone(),
+        );
         registry.register(
             "cluster_messages",
             "Messages between replicas over PostgreSQL NOTIFY, by outcome",
@@ -101,7 +229,55 @@ impl Metrics {
             agent_record_gaps,
             agent_records_throttled,
             cluster_messages,
+            agent_record_lag,
+            engine_pass,
+            campaign_step,
+            optimizer,
+            analysis,
+            dispatch_delay,
+            asks_discarded,
+            queue_depth,
+            experiments,
+            pool_connections,
+            pool_max,
         }
+    }
+
+    /// Records one optimizer computation (`ask` or `tell`).
+    pub fn optimizer(&self, phase: &'static str, seconds: f64) {
+        self.optimizer
+            .get_or_create(&OptimizerLabels { phase })
+            .observe(seconds);
+    }
+
+    /// Sets the gauges read from the database (labs and states no longer present disappear).
+    pub fn set_store(&self, snapshot: &StoreSnapshot) {
+        self.queue_depth.clear();
+        self.experiments.clear();
+        let mut by_state: std::collections::BTreeMap<&str, i64> = Default::default();
+        for (lab, state, n) in &snapshot.experiments {
+            *by_state.entry(state).or_default() += n;
+            if state == "queued" {
+                self.queue_depth
+                    .get_or_create(&LabLabels { lab: lab.clone() })
+                    .set(*n);
+            }
+        }
+        for (state, n) in by_state {
+            self.experiments
+                .get_or_create(&StateLabels {
+                    state: state.to_owned(),
+                })
+                .set(n);
+        }
+        let busy = snapshot.pool_size.saturating_sub(snapshot.pool_idle);
+        self.pool_connections
+            .get_or_create(&PoolLabels { state: "busy" })
+            .set(i64::from(busy));
+        self.pool_connections
+            .get_or_create(&PoolLabels { state: "idle" })
+            .set(i64::from(snapshot.pool_idle));
+        self.pool_max.set(i64::from(snapshot.pool_max));
     }
 
     /// Counts one message between replicas (`sent`, `received`, `failed`, `dropped`).

@@ -571,6 +571,20 @@ impl TestServer {
         )
     }
 
+    /// The values of `/metrics` (loopback scrape), by series: `name{labels}` as printed.
+    pub fn metrics(&self) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+        let (status, text) = self.get("/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
     /// GETs a path and returns status and body.
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let response = ureq::get(format!("{}{path}", self.url()))

@@ -193,6 +193,60 @@ fn in_global_region(c: &Value) -> bool {
     (125.0..=137.0).contains(&t) && conc >= 0.7 && cd >= 0.9
 }
 
+/// After a finished campaign of `budget` loops, `/metrics` shows the engine's work: every
+/// experiment completed and dispatched once, asks, tells and analyses timed, no queue left on
+/// the lab, record lag observed, and the database pool.
+fn check_engine_metrics(server: &TestServer, lab: &str, budget: i64) {
+    let m = server.metrics().unwrap();
+    let get = |series: &str| m.get(series).copied().unwrap_or(0.0);
+    let budget = budget as f64;
+    println!(
+        "metrics: {} asks ({:.1} ms mean), {} tells, {} analyses ({:.1} ms mean), {} dispatches \
+         ({:.1} ms mean delay), {} asks discarded, {} records (lag {:.1} ms mean), pool {}/{}",
+        get("maosic_optimizer_duration_seconds_count{phase=\"ask\"}"),
+        1e3 * get("maosic_optimizer_duration_seconds_sum{phase=\"ask\"}")
+            / get("maosic_optimizer_duration_seconds_count{phase=\"ask\"}").max(1.0),
+        get("maosic_optimizer_duration_seconds_count{phase=\"tell\"}"),
+        get("maosic_analysis_duration_seconds_count"),
+        1e3 * get("maosic_analysis_duration_seconds_sum")
+            / get("maosic_analysis_duration_seconds_count").max(1.0),
+        get("maosic_experiment_dispatch_delay_seconds_count"),
+        1e3 * get("maosic_experiment_dispatch_delay_seconds_sum")
+            / get("maosic_experiment_dispatch_delay_seconds_count").max(1.0),
+        get("maosic_engine_asks_discarded_total"),
+        get("maosic_agent_record_lag_seconds_count"),
+        1e3 * get("maosic_agent_record_lag_seconds_sum")
+            / get("maosic_agent_record_lag_seconds_count").max(1.0),
+        get("maosic_db_pool_connections{state=\"busy\"}"),
+        get("maosic_db_pool_max_connections"),
+    );
+    assert_eq!(
+        get("maosic_experiments{state=\"completed\"}"),
+        budget,
+        "{m:?}"
+    );
+    assert_eq!(get("maosic_experiments{state=\"queued\"}"), 0.0);
+    assert_eq!(
+        get(&format!("maosic_lab_queue_depth{{lab=\"{lab}\"}}")),
+        0.0
+    );
+    // every experiment was dispatched exactly once (a re-dispatch is not counted again)
+    assert_eq!(
+        get("maosic_experiment_dispatch_delay_seconds_count"),
+        budget
+    );
+    assert!(get("maosic_optimizer_duration_seconds_count{phase=\"ask\"}") >= 1.0);
+    // a tell (and its analysis) is computed again only when its store conflicted
+    assert!(get("maosic_optimizer_duration_seconds_count{phase=\"tell\"}") >= budget);
+    assert!(get("maosic_analysis_duration_seconds_count") >= budget);
+    assert!(get("maosic_engine_pass_duration_seconds_count") >= 1.0);
+    assert!(get("maosic_engine_campaign_step_duration_seconds_count") >= 1.0);
+    // each experiment streams several records (started, steps, spectra, finished)
+    assert!(get("maosic_agent_record_lag_seconds_count") >= 5.0 * budget);
+    assert!(get("maosic_db_pool_max_connections") >= 1.0);
+    assert!(m.contains_key("maosic_db_pool_connections{state=\"idle\"}"));
+}
+
 async fn paper_campaign(backend: Backend) {
     let db = TestDatabase::create(backend).await.unwrap();
     let server = TestServer::spawn(&db, ENV).unwrap();
@@ -222,6 +276,7 @@ async fn paper_campaign(backend: Backend) {
         param(&c["bestParameters"], "C").unwrap(),
     );
     assert!(in_global_region(&c), "not the global region: {c}");
+    check_engine_metrics(&server, &lab.id, budget);
     mark_ran(backend, "paper_campaign_finds_the_global_region");
 }
 

@@ -350,7 +350,16 @@ async fn store_record(
             .agent_record_gaps
             .inc_by(u64::try_from(missing).unwrap_or(0));
     }
+    let measured_ms = params.record["unix_ms"].as_i64();
     let stored = state.storage.store_record(&record, now).await;
+    if let (Ok(true), Some(at)) = (&stored, measured_ms) {
+        // Lag by the agent's clock: a skewed clock shows as lag (or as 0, never negative).
+        let lag_ms = now_ms().saturating_sub(at).max(0);
+        state
+            .metrics
+            .agent_record_lag
+            .observe(lag_ms as f64 / 1000.0);
+    }
     if stored.is_ok() {
         let top = before.unwrap_or(0).max(record.seq);
         highest.insert(record.epoch.clone(), top);

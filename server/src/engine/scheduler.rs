@@ -86,9 +86,14 @@ async fn run(state: AppState) {
     let steps = Steps::default();
     info!(owner = %owner, "campaign engine started");
     loop {
+        let started = std::time::Instant::now();
         if let Err(e) = tenant::system(pass(&state, &owner, &steps)).await {
             warn!(error = %e, "campaign engine pass failed; retrying");
         }
+        state
+            .metrics
+            .engine_pass
+            .observe(started.elapsed().as_secs_f64());
         // Sleep until the tick or an event worth a pass.
         let deadline = tokio::time::sleep(tick);
         tokio::pin!(deadline);
@@ -244,7 +249,13 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         // (a computation past its budget cannot be cancelled: no second one starts meanwhile).
         let guard = Arc::new(guard);
         tokio::spawn(tenant::system(async move {
-            match advance(&state, &c, guard).await {
+            let started = std::time::Instant::now();
+            let stepped = advance(&state, &c, guard).await;
+            state
+                .metrics
+                .campaign_step
+                .observe(started.elapsed().as_secs_f64());
+            match stepped {
                 Ok(Some(queued)) => {
                     steps.succeeded(&c.id);
                     if queued {
@@ -407,8 +418,12 @@ async fn conclude(
             let objective = objective.clone();
             // The analysis runs within the step's budget; a panic or an overrun is this
             // experiment's analysis error (concluded, never retried forever).
+            let metrics = state.metrics.clone();
             let evaluated = bounded(state, "the analysis", move || {
-                evaluate(&measured_copy, &objective)
+                let started = std::time::Instant::now();
+                let evaluated = evaluate(&measured_copy, &objective);
+                metrics.analysis.observe(started.elapsed().as_secs_f64());
+                evaluated
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
@@ -430,8 +445,12 @@ async fn conclude(
             result.error = Some("no absorption spectrum was measured".into());
         }
     }
+    let started = std::time::Instant::now();
     let told = tell(&campaign, e, result.objective_value)
         .map_err(|err| StepError::Campaign(err.to_string()))?;
+    state
+        .metrics
+        .optimizer("tell", started.elapsed().as_secs_f64());
     match state
         .storage
         .record_result(&result, told.as_ref(), now_ms())
@@ -602,11 +621,14 @@ async fn advance(
     let n = usize::try_from(room).unwrap_or(0);
     let recipe = c.recipe.clone();
     let campaign = c.clone();
+    let metrics = state.metrics.clone();
     // Asking (model fits) and compiling are CPU work: on the blocking pool, within the step's
     // time budget.
     let planned = bounded(state, "the optimizer's ask", move || {
         let _busy = busy;
+        let started = std::time::Instant::now();
         let proposals = optimizer.ask(n);
+        metrics.optimizer("ask", started.elapsed().as_secs_f64());
         let space = optimizer.spec().space.clone();
         let mut experiments = Vec::new();
         for (i, p) in proposals.iter().enumerate() {
@@ -664,7 +686,9 @@ async fn advance(
         });
         return Ok(Some(true));
     }
-    // The campaign moved meanwhile (another writer): the next pass asks again.
+    // The campaign moved meanwhile (another writer): the next pass asks again, and this ask
+    // was computed for nothing.
+    state.metrics.asks_discarded.inc();
     Ok(Some(false))
 }
 
@@ -729,6 +753,13 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<(), S
         }
     };
     info!(experiment.id = %e.id, lab.id = %lab_id, seq = e.seq, attempt = e.attempts, "dispatching");
+    if e.attempts <= 1 {
+        let waited_ms = now.saturating_sub(e.queued_at).max(0);
+        state
+            .metrics
+            .dispatch_delay
+            .observe(waited_ms as f64 / 1000.0);
+    }
     publish_experiment(state, &e, ExperimentState::Leased);
     let state = state.clone();
     let owner = owner.to_owned();

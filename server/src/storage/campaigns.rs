@@ -260,6 +260,8 @@ pub trait CampaignStorage {
     async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>>;
+    /// Experiments per (lab, state), for the operator's metrics (all tenants).
+    async fn experiment_counts(&self) -> StorageResult<Vec<(LabId, String, i64)>>;
     /// Claims the lab's next experiment of a running campaign (paused and draft campaigns' queued
     /// experiments wait) for `owner` until `now + lease_ms`: highest priority,
     /// then the organisation served longest ago on this lab (round-robin fair share between the
@@ -581,6 +583,15 @@ impl CampaignStorage for SqlStorage {
             .fetch_all(tx)
             .await?;
             Ok(rows.into_iter().map(|r| r.0).collect())
+        })
+        .await
+    }
+
+    async fn experiment_counts(&self) -> StorageResult<Vec<(LabId, String, i64)>> {
+        self.tx(async |tx| {
+            query("SELECT lab_id, state, COUNT(*) FROM experiments GROUP BY lab_id, state")
+                .fetch_all(tx)
+                .await
         })
         .await
     }

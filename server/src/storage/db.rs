@@ -96,6 +96,23 @@ impl SqlStorage {
         }
     }
 
+    /// The connection pool now: (open, idle, most it opens).
+    pub fn pool_use(&self) -> (u32, u32, u32) {
+        let idle = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match &self.pool {
+            Pool::Sqlite(p) => (
+                p.size(),
+                idle(p.num_idle()),
+                p.options().get_max_connections(),
+            ),
+            Pool::Postgres(p) => (
+                p.size(),
+                idle(p.num_idle()),
+                p.options().get_max_connections(),
+            ),
+        }
+    }
+
     /// The PostgreSQL pool, for backend-specific tests and tools; `None` on SQLite.
     pub fn postgres_pool(&self) -> Option<&PgPool> {
         match &self.pool {

@@ -240,6 +240,8 @@ pub trait Storage:
     async fn migrate(&self) -> StorageResult<()>;
     /// Checks that the database answers.
     async fn ping(&self) -> StorageResult<()>;
+    /// The connection pool now: (open, idle, most it opens).
+    fn pool_use(&self) -> (u32, u32, u32);
 }
 
 #[async_trait]
@@ -255,6 +257,10 @@ impl Storage for SqlStorage {
     async fn ping(&self) -> StorageResult<()> {
         self.tx(async |tx| db::query("SELECT 1").execute(tx).await.map(drop))
             .await
+    }
+
+    fn pool_use(&self) -> (u32, u32, u32) {
+        SqlStorage::pool_use(self)
     }
 }
 
