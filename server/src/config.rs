@@ -180,6 +180,10 @@ pub struct CampaignsConfig {
     pub tick_ms: u64,
     /// A claimed experiment with no record from the agent after this long may be claimed again, ms.
     pub lease_ms: u64,
+    /// How long a replica's hold on a lab's campaigns lasts without renewal, ms (renewed every
+    /// fifth of it): a dead replica's labs are taken over by another within about this long.
+    #[serde(default = "default_engine_lease_ms")]
+    pub engine_lease_ms: u64,
     /// After an agent reconnects without a running experiment, wait this long for the end of the
     /// program to be replayed from its spool before reporting it interrupted, ms.
     pub interrupted_grace_ms: u64,
@@ -199,6 +203,10 @@ pub struct CampaignsConfig {
 
 fn default_max_records_per_experiment() -> usize {
     20_000
+}
+
+fn default_engine_lease_ms() -> u64 {
+    5_000
 }
 
 fn default_step_timeout_ms() -> u64 {

@@ -38,6 +38,13 @@ pub struct OptimizerLabels {
     pub phase: &'static str,
 }
 
+/// Labels of engine work thrown away.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkLabels {
+    /// `ask` or `tell` (a tell includes the experiment's analysis).
+    pub work: &'static str,
+}
+
 /// Labels of a per-lab gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LabLabels {
@@ -99,9 +106,9 @@ pub struct Metrics {
     pub analysis: Histogram,
     /// Seconds from queued to dispatched (claimed for the agent).
     pub dispatch_delay: Histogram,
-    /// Asks computed and then thrown away because another writer advanced the campaign
-    /// first: work done twice. 0 in steady state with one engine per campaign.
-    pub asks_discarded: Counter,
+    discarded: Family<WorkLabels, Counter>,
+    /// Labs whose campaigns this replica's engine holds the lease of.
+    pub engine_labs_held: Gauge,
     queue_depth: Family<LabLabels, Gauge>,
     experiments: Family<StateLabels, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
@@ -135,7 +142,13 @@ impl Metrics {
             );
         let analysis = latency_histogram();
         let dispatch_delay = latency_histogram();
-        let asks_discarded = Counter::default();
+        let discarded = Family::<WorkLabels, Counter>::default();
+        let engine_labs_held = Gauge::default();
+        registry.register(
+            "engine_labs_held",
+            "Labs whose campaigns this replica's engine advances (engine leases held)",
+            engine_labs_held.clone(),
+        );
         let queue_depth = Family::<LabLabels, Gauge>::default();
         let experiments = Family::<StateLabels, Gauge>::default();
         let pool_connections = Family::<PoolLabels, Gauge>::default();
@@ -171,9 +184,10 @@ impl Metrics {
             dispatch_delay.clone(),
         );
         registry.register(
-            "engine_asks_discarded",
-            "Asks computed and thrown away because another writer advanced the campaign first",
-            asks_discarded.clone(),
+            "engine_discarded",
+            "Asks and tells computed and thrown away because another writer changed the \
+             campaign or the experiment first: work done twice (0 in steady state)",
+            discarded.clone(),
         );
         registry.register(
             "lab_queue_depth",
@@ -235,12 +249,18 @@ impl Metrics {
             optimizer,
             analysis,
             dispatch_delay,
-            asks_discarded,
+            discarded,
+            engine_labs_held,
             queue_depth,
             experiments,
             pool_connections,
             pool_max,
         }
+    }
+
+    /// Counts one ask or tell computed for nothing (another writer was first).
+    pub fn discarded(&self, work: &'static str) {
+        self.discarded.get_or_create(&WorkLabels { work }).inc();
     }
 
     /// Records one optimizer computation (`ask` or `tell`).

@@ -1163,3 +1163,70 @@ async fn postgres_keeps_the_account_guard_tables_out_of_tenant_reach_body() {
     }
     mark_ran(maosic_e2e::Backend::Postgres, "platform_tables");
 }
+
+#[tokio::test]
+async fn engine_leases_go_to_one_replica_move_when_expired_and_prefer_the_agents_holder() {
+    on_every_backend("engine_leases", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let a = s.create_lab(&org.id, "reactor a", 2).await.unwrap().id;
+        let b = s.create_lab(&org.id, "reactor b", 2).await.unwrap().id;
+        let ttl = 5_000;
+        let sorted = |mut v: Vec<_>| {
+            v.sort();
+            v
+        };
+        // Replica 1 takes both; replica 2 (no agent) gets neither while they are live.
+        let both = vec![(a.clone(), false), (b.clone(), false)];
+        assert_eq!(
+            sorted(
+                s.claim_engine_leases("r1", &both, ttl, 1_000)
+                    .await
+                    .unwrap()
+            ),
+            sorted(vec![a.clone(), b.clone()])
+        );
+        assert!(s
+            .claim_engine_leases("r2", &both, ttl, 2_000)
+            .await
+            .unwrap()
+            .is_empty());
+        // Renewed by its holder, still refused to the other.
+        assert_eq!(
+            s.claim_engine_leases("r1", &[(a.clone(), false)], ttl, 5_500)
+                .await
+                .unwrap(),
+            vec![a.clone()]
+        );
+        // b expired (renewed at 1 000, so until 6 000); a is live until 10 500.
+        assert_eq!(
+            s.claim_engine_leases("r2", &both, ttl, 6_001)
+                .await
+                .unwrap(),
+            vec![b.clone()]
+        );
+        // A replica holding a's agent takes a from one that does not hold it...
+        assert_eq!(
+            s.claim_engine_leases("r2", &[(a.clone(), true)], ttl, 6_002)
+                .await
+                .unwrap(),
+            vec![a.clone()]
+        );
+        // ...but a live holder with the agent keeps it, even against another with the agent.
+        assert!(s
+            .claim_engine_leases("r1", &[(a.clone(), true)], ttl, 6_003)
+            .await
+            .unwrap()
+            .is_empty());
+        // A replica shutting down gives its leases up at once.
+        s.release_engine_leases("r2").await.unwrap();
+        assert_eq!(
+            sorted(
+                s.claim_engine_leases("r1", &both, ttl, 6_004)
+                    .await
+                    .unwrap()
+            ),
+            sorted(vec![a.clone(), b.clone()])
+        );
+    })
+    .await;
+}

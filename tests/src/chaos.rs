@@ -59,7 +59,7 @@ struct Connection {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    upstream: Mutex<SocketAddr>,
     faults: watch::Sender<Faults>,
     open: Mutex<HashMap<u64, Connection>>,
     next_id: AtomicU64,
@@ -99,7 +99,7 @@ impl ChaosProxy {
             TcpListener::from_std(listener)?
         };
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             faults: watch::Sender::new(Faults::default()),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -114,6 +114,16 @@ impl ChaosProxy {
             shared,
             runtime: Some(runtime),
         })
+    }
+
+    /// Relays the connections opened from now on to `upstream` (a load balancer moving on to
+    /// another replica); open ones stay where they are.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = upstream;
     }
 
     /// The proxy's address.
@@ -215,7 +225,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Connects upstream and registers the relay of one accepted connection.
 async fn open(shared: Arc<Shared>, client: TcpStream) {
-    let upstream = match TcpStream::connect(shared.upstream).await {
+    let to = *shared.upstream.lock().unwrap_or_else(|e| e.into_inner());
+    let upstream = match TcpStream::connect(to).await {
         Ok(s) => s,
         Err(_) => {
             // The server is not there: the client sees a reset, as it would without a proxy.

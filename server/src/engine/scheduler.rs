@@ -84,6 +84,7 @@ async fn run(state: AppState) {
     let tick = Duration::from_millis(state.config.campaigns.tick_ms.max(10));
     let mut events = state.events.subscribe();
     let steps = Steps::default();
+    steps.set_lease_ms(state.config.campaigns.engine_lease_ms);
     info!(owner = %owner, "campaign engine started");
     loop {
         let started = std::time::Instant::now();
@@ -106,7 +107,11 @@ async fn run(state: AppState) {
                     Ok(Event::Wake) => break,
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // Shutting down: another replica may take this one's labs at once.
+                        let _ = tenant::system(state.storage.release_engine_leases(&owner)).await;
+                        return;
+                    }
                 },
             }
         }
@@ -125,10 +130,83 @@ pub enum StepError {
     Campaign(String),
 }
 
+/// The labs whose campaigns this replica's engine advances: held through `engine_leases`
+/// rows, renewed every fifth of the lease, and asked for again at once when a lab with work
+/// appears. Only the holder observes, concludes and asks for a lab's campaigns, so no tell or
+/// ask is computed twice; the campaign version each write checks stays the fence that makes a
+/// late write from a replica that lost its lease harmless.
+#[derive(Default)]
+struct Leases {
+    /// Lease length, ms.
+    ttl_ms: u64,
+    /// Labs held, and until when this replica may act on them without renewing.
+    held: HashSet<LabId>,
+    valid_until: Option<std::time::Instant>,
+    /// Labs asked for and held by another replica, as of the last claim.
+    others: HashSet<LabId>,
+    renew_at: Option<std::time::Instant>,
+}
+
+impl Leases {
+    /// The labs among `wanted` this replica holds now, claiming or renewing as due.
+    async fn hold(
+        &mut self,
+        state: &AppState,
+        owner: &str,
+        wanted: &HashSet<LabId>,
+    ) -> Result<HashSet<LabId>, StorageError> {
+        let now = std::time::Instant::now();
+        let ttl = Duration::from_millis(self.ttl_ms.max(500));
+        let unknown = wanted
+            .iter()
+            .any(|l| !self.held.contains(l) && !self.others.contains(l));
+        let due = self.renew_at.is_none_or(|at| now >= at);
+        if unknown || due {
+            let labs: Vec<(LabId, bool)> = wanted
+                .iter()
+                .map(|l| (l.clone(), state.gateway.is_connected(l)))
+                .collect();
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let held = match state
+                .storage
+                .claim_engine_leases(owner, &labs, ttl_ms, now_ms())
+                .await
+            {
+                Ok(held) => held,
+                Err(e) => {
+                    // Not knowing what is held, hold nothing.
+                    self.held.clear();
+                    self.valid_until = None;
+                    return Err(e);
+                }
+            };
+            let held: HashSet<LabId> = held.into_iter().collect();
+            for gained in held.difference(&self.held) {
+                debug!(lab.id = %gained, "engine lease taken");
+            }
+            state
+                .metrics
+                .engine_labs_held
+                .set(i64::try_from(held.len()).unwrap_or(i64::MAX));
+            self.others = wanted.difference(&held).cloned().collect();
+            self.held = held;
+            self.renew_at = Some(now + ttl / 5);
+            // A margin for the clocks of the replicas (the rows hold wall-clock times).
+            self.valid_until = Some(now + ttl.mul_f64(0.6));
+        }
+        if self.valid_until.is_none_or(|until| now >= until) {
+            return Ok(HashSet::new());
+        }
+        Ok(self.held.intersection(wanted).cloned().collect())
+    }
+}
+
 /// What the engine remembers about campaign steps between passes (in memory: a restarted
 /// server starts counting again, and validated settings keep a stored state from crashing it).
 #[derive(Clone, Default)]
 pub struct Steps {
+    /// The labs this replica's engine holds.
+    leases: Arc<tokio::sync::Mutex<Leases>>,
     /// Campaigns with a step in progress (possibly a blocking computation past its budget,
     /// which cannot be cancelled): no second step starts until it ends.
     busy: Arc<Mutex<HashSet<CampaignId>>>,
@@ -151,6 +229,12 @@ impl Drop for BusyGuard {
 }
 
 impl Steps {
+    fn set_lease_ms(&self, ms: u64) {
+        if let Ok(mut l) = self.leases.try_lock() {
+            l.ttl_ms = ms;
+        }
+    }
+
     /// Marks the campaign busy; `None` when a step of it is still in progress.
     fn enter(&self, campaign_id: &CampaignId) -> Option<BusyGuard> {
         let mut busy = self.busy.lock().ok()?;
@@ -219,8 +303,31 @@ async fn bounded<T: Send + 'static>(
 /// own, and campaign steps run as their own tasks.
 pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), StorageError> {
     let live = state.storage.live_experiments().await?;
+    let campaigns = state.storage.active_campaigns().await?;
+    let wanted: HashSet<LabId> = live
+        .iter()
+        .map(|e| e.lab_id.clone())
+        .chain(campaigns.iter().map(|c| c.lab_id.clone()))
+        .collect();
+    let mine = steps
+        .leases
+        .lock()
+        .await
+        .hold(state, owner, &wanted)
+        .await?;
     let mut busy: HashSet<LabId> = HashSet::new();
     for e in live {
+        if !mine.contains(&e.lab_id) {
+            // Another replica's engine looks after this lab; its agent may still be here.
+            busy.insert(e.lab_id.clone());
+            continue;
+        }
+        // One step at a time per campaign: a conclusion waits for an ask in progress (both
+        // write the campaign; the second would be computed for nothing).
+        let Some(_step) = steps.enter(&e.campaign_id) else {
+            busy.insert(e.lab_id.clone());
+            continue;
+        };
         match observe(state, &e).await {
             Ok(false) => {}
             Ok(true) => {
@@ -237,8 +344,11 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
             }
         }
     }
-    for c in state.storage.active_campaigns().await? {
-        if c.state != CampaignState::Running {
+    // Read again: a conclusion above moved its campaign on (an ask from the older row would
+    // be computed for nothing).
+    let campaigns = state.storage.active_campaigns().await?;
+    for c in campaigns {
+        if c.state != CampaignState::Running || !mine.contains(&c.lab_id) {
             continue;
         }
         let Some(guard) = steps.enter(&c.id) else {
@@ -478,10 +588,15 @@ async fn conclude(
             });
             Ok(())
         }
-        Ok(false) => Ok(()),
+        Ok(false) => {
+            // Concluded already (by another writer): this analysis and tell were for nothing.
+            state.metrics.discarded("tell");
+            Ok(())
+        }
         // The campaign moved under us (another writer): the next pass retries.
         Err(StorageError::Conflict(why)) => {
             debug!(experiment.id = %e.id, why, "tell conflicted; retrying next pass");
+            state.metrics.discarded("tell");
             Ok(())
         }
         Err(other) => Err(other.into()),
@@ -624,8 +739,11 @@ async fn advance(
     let metrics = state.metrics.clone();
     // Asking (model fits) and compiling are CPU work: on the blocking pool, within the step's
     // time budget.
+    // The campaign stays busy until the blocking ask ends (even past its budget) and until
+    // this step has stored what it asked (a conclusion in between would discard the ask).
+    let busy_while_asking = Arc::clone(&busy);
     let planned = bounded(state, "the optimizer's ask", move || {
-        let _busy = busy;
+        let _busy = busy_while_asking;
         let started = std::time::Instant::now();
         let proposals = optimizer.ask(n);
         metrics.optimizer("ask", started.elapsed().as_secs_f64());
@@ -688,7 +806,7 @@ async fn advance(
     }
     // The campaign moved meanwhile (another writer): the next pass asks again, and this ask
     // was computed for nothing.
-    state.metrics.asks_discarded.inc();
+    state.metrics.discarded("ask");
     Ok(Some(false))
 }
 

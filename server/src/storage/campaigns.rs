@@ -262,6 +262,18 @@ pub trait CampaignStorage {
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>>;
     /// Experiments per (lab, state), for the operator's metrics (all tenants).
     async fn experiment_counts(&self) -> StorageResult<Vec<(LabId, String, i64)>>;
+    /// Takes or renews the engine's lease on each lab for `owner` until `now + ttl_ms`, where
+    /// the lab's lease is `owner`'s already, has expired, or is held by a replica without the
+    /// lab's agent while `owner` holds it (the `bool`). Returns the labs `owner` now holds.
+    async fn claim_engine_leases(
+        &self,
+        owner: &str,
+        labs: &[(LabId, bool)],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<LabId>>;
+    /// Gives up every engine lease `owner` holds (a replica shutting down).
+    async fn release_engine_leases(&self, owner: &str) -> StorageResult<()>;
     /// Claims the lab's next experiment of a running campaign (paused and draft campaigns' queued
     /// experiments wait) for `owner` until `now + lease_ms`: highest priority,
     /// then the organisation served longest ago on this lab (round-robin fair share between the
@@ -592,6 +604,55 @@ impl CampaignStorage for SqlStorage {
             query("SELECT lab_id, state, COUNT(*) FROM experiments GROUP BY lab_id, state")
                 .fetch_all(tx)
                 .await
+        })
+        .await
+    }
+
+    async fn claim_engine_leases(
+        &self,
+        owner: &str,
+        labs: &[(LabId, bool)],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> StorageResult<Vec<LabId>> {
+        self.tx(async |tx| {
+            let mut held = Vec::new();
+            for (lab_id, holds_agent) in labs {
+                // SET reads the row as it was: the fence grows only when the owner changes.
+                let row: Option<(LabId,)> = query(
+                    "INSERT INTO engine_leases (lab_id, owner, holds_agent, until_ms, fence) \
+                     VALUES ($1, $2, $3, $4, 1) \
+                     ON CONFLICT (lab_id) DO UPDATE SET \
+                     fence = CASE WHEN engine_leases.owner = excluded.owner \
+                         THEN engine_leases.fence ELSE engine_leases.fence + 1 END, \
+                     owner = excluded.owner, holds_agent = excluded.holds_agent, \
+                     until_ms = excluded.until_ms \
+                     WHERE engine_leases.owner = excluded.owner \
+                        OR engine_leases.until_ms < $5 \
+                        OR (excluded.holds_agent = 1 AND engine_leases.holds_agent = 0) \
+                     RETURNING lab_id",
+                )
+                .bind(lab_id)
+                .bind(owner)
+                .bind(i64::from(*holds_agent))
+                .bind(now_ms.saturating_add(ttl_ms))
+                .bind(now_ms)
+                .fetch_optional(tx)
+                .await?;
+                held.extend(row.map(|r| r.0));
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn release_engine_leases(&self, owner: &str) -> StorageResult<()> {
+        self.tx(async |tx| {
+            query("DELETE FROM engine_leases WHERE owner = $1")
+                .bind(owner)
+                .execute(tx)
+                .await
+                .map(drop)
         })
         .await
     }
