@@ -8,19 +8,34 @@
 //! credential cuts the connection whichever replica holds it. Payloads carry ids and states
 //! only; readers load rows, the database stays the truth.
 //!
+//! Calls to agents travel the same way: a replica asked to call a lab's agent that another
+//! replica holds (the lab row's `connected_replica`) sends a [`Message::Call`] addressed to that
+//! replica, which calls its agent and sends the [`Message::Answer`] back; the caller waits for
+//! it within the call's own time-out, so a relayed call fails with the errors of a local one
+//! (offline, time-out, closed, refused). Chosen over an internal HTTP hop: PostgreSQL is the one
+//! thing every replica already reaches, it needs no service discovery, no internal TLS or
+//! credentials, and the round trip is a few milliseconds. Calls and answers carry their
+//! parameters and results (summaries: spectra travel as records); one over the notification
+//! limit is refused with a clear error.
+//!
 //! Each replica has a random id and skips its own notifications (it already published them
 //! locally). Delivery is at most once: a notification published while a replica's listening
 //! connection is down is lost to it. On reconnecting it wakes its engine (which re-reads the
 //! database); events are hints by design. On SQLite (one process) nothing here runs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use maosic_schema::protocol::RpcError;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::agents::registry::{CallError, Relay};
 use crate::auth::Revocation;
 use crate::events::Event;
 use crate::state::AppState;
@@ -51,6 +66,159 @@ pub enum Message {
         /// The revocation.
         revocation: Revocation,
     },
+    /// A call to the agent replica `to` holds.
+    Call {
+        /// The call's id (the answer names it).
+        id: String,
+        /// The replica that made it (the answer goes there).
+        reply_to: String,
+        /// The replica holding the agent.
+        to: String,
+        /// The lab.
+        lab_id: crate::storage::LabId,
+        /// The agent method and its parameters.
+        method: String,
+        params: Value,
+        /// The caller's time-out, ms.
+        timeout_ms: u64,
+    },
+    /// What a relayed call came to.
+    Answer {
+        /// The call's id.
+        id: String,
+        /// The replica that made the call.
+        to: String,
+        /// The outcome.
+        answer: RelayAnswer,
+    },
+}
+
+/// What a relayed call came to, as it travels back: the result or the [`CallError`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RelayAnswer {
+    /// The agent's result.
+    Result { value: Value },
+    /// The holder no longer holds the agent.
+    Offline,
+    /// The agent did not answer in time.
+    Timeout { ms: u64 },
+    /// The connection closed before the answer.
+    Closed,
+    /// The agent answered with an error.
+    Rejected { error: RpcError },
+}
+
+impl RelayAnswer {
+    fn of(r: Result<Value, CallError>) -> Self {
+        match r {
+            Ok(value) => RelayAnswer::Result { value },
+            Err(CallError::Offline) => RelayAnswer::Offline,
+            Err(CallError::Timeout(t)) => RelayAnswer::Timeout {
+                ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+            },
+            Err(CallError::Closed) => RelayAnswer::Closed,
+            Err(CallError::Rejected(error)) => RelayAnswer::Rejected { error },
+        }
+    }
+
+    fn into_result(self) -> Result<Value, CallError> {
+        match self {
+            RelayAnswer::Result { value } => Ok(value),
+            RelayAnswer::Offline => Err(CallError::Offline),
+            RelayAnswer::Timeout { ms } => Err(CallError::Timeout(Duration::from_millis(ms))),
+            RelayAnswer::Closed => Err(CallError::Closed),
+            RelayAnswer::Rejected { error } => Err(CallError::Rejected(error)),
+        }
+    }
+}
+
+/// Calls to agents held by other replicas, over the cluster channel.
+struct ClusterRelay {
+    replica: String,
+    storage: Arc<dyn crate::storage::Storage>,
+    outbox: mpsc::Sender<Message>,
+    pending: Mutex<HashMap<String, oneshot::Sender<RelayAnswer>>>,
+}
+
+impl ClusterRelay {
+    fn answered(&self, id: &str, answer: RelayAnswer) {
+        let waiting = self.pending.lock().ok().and_then(|mut p| p.remove(id));
+        if let Some(w) = waiting {
+            let _ = w.send(answer);
+        }
+    }
+}
+
+/// Removes a call from the pending ones however its wait ends.
+struct Pending<'a> {
+    relay: &'a ClusterRelay,
+    id: String,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.relay.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Relay for ClusterRelay {
+    async fn call(
+        &self,
+        lab_id: &crate::storage::LabId,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let holder = crate::storage::tenant::system(self.storage.agent_replica(lab_id))
+            .await
+            .map_err(|e| {
+                warn!(lab.id = %lab_id, error = %e, "cannot look up the replica holding the agent");
+                CallError::Offline
+            })?;
+        let Some(to) = holder.filter(|r| *r != self.replica) else {
+            return Err(CallError::Offline);
+        };
+        let id = crate::storage::new_id();
+        let message = Message::Call {
+            id: id.clone(),
+            reply_to: self.replica.clone(),
+            to,
+            lab_id: lab_id.clone(),
+            method: method.to_owned(),
+            params,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Err(e) = encode(&self.replica, 0, &message) {
+            return Err(CallError::Rejected(RpcError {
+                code: maosic_schema::protocol::error_code::INVALID_PARAMS,
+                message: format!(
+                    "the call cannot be relayed to the replica holding the agent: {e}"
+                ),
+                data: None,
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id.clone(), tx);
+        }
+        let _pending = Pending {
+            relay: self,
+            id: id.clone(),
+        };
+        if self.outbox.try_send(message).is_err() {
+            warn!(lab.id = %lab_id, "cluster outbox full: a relayed call was not sent");
+            return Err(CallError::Timeout(timeout));
+        }
+        // The holder's own time-out answers first; a little more for the two hops.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(answer)) => answer.into_result(),
+            Ok(Err(_)) | Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
 }
 
 /// A message and the replica that sent it.
@@ -100,9 +268,16 @@ fn decode(replica: &str, payload: &str) -> Option<Message> {
 /// database: a task sends what this replica publishes, another publishes locally what the
 /// others sent. Returns both tasks.
 pub fn spawn(state: AppState, pool: PgPool) -> (JoinHandle<()>, JoinHandle<()>) {
-    let replica = crate::storage::new_id();
+    let replica = state.gateway.replica().to_owned();
     info!(replica = %replica, channel = CHANNEL, "replica joins the cluster bus");
     let (tx, rx) = mpsc::channel::<Message>(OUTBOX);
+    let relay = Arc::new(ClusterRelay {
+        replica: replica.clone(),
+        storage: state.storage.clone(),
+        outbox: tx.clone(),
+        pending: Mutex::default(),
+    });
+    state.gateway.set_relay(relay.clone());
     let metrics = state.metrics.clone();
     let to_cluster = move |message: Message| {
         if tx.try_send(message).is_err() {
@@ -122,7 +297,7 @@ pub fn spawn(state: AppState, pool: PgPool) -> (JoinHandle<()>, JoinHandle<()>) 
         })
     });
     let notifier = tokio::spawn(notify(pool.clone(), replica.clone(), rx, state.clone()));
-    let listener = tokio::spawn(listen(pool, replica, state));
+    let listener = tokio::spawn(listen(pool, replica, state, relay));
     (notifier, listener)
 }
 
@@ -185,7 +360,7 @@ async fn notify(pool: PgPool, replica: String, mut rx: mpsc::Receiver<Message>, 
     }
 }
 
-async fn listen(pool: PgPool, replica: String, state: AppState) {
+async fn listen(pool: PgPool, replica: String, state: AppState, relay: Arc<ClusterRelay>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -207,7 +382,7 @@ async fn listen(pool: PgPool, replica: String, state: AppState) {
                 Ok(Some(notification)) => {
                     if let Some(message) = decode(&replica, notification.payload()) {
                         state.metrics.cluster_message("received");
-                        deliver(&state, message);
+                        deliver(&state, &relay, message);
                     }
                 }
                 Ok(None) => {
@@ -224,9 +399,52 @@ async fn listen(pool: PgPool, replica: String, state: AppState) {
     }
 }
 
-/// Publishes on this replica what another replica sent.
-fn deliver(state: &AppState, message: Message) {
+/// Publishes on this replica what another replica sent; runs the calls addressed to it and
+/// hands over the answers to its own.
+fn deliver(state: &AppState, relay: &Arc<ClusterRelay>, message: Message) {
     match message {
+        Message::Call {
+            id,
+            reply_to,
+            to,
+            lab_id,
+            method,
+            params,
+            timeout_ms,
+        } if to == relay.replica => {
+            let (state, relay) = (state.clone(), relay.clone());
+            tokio::spawn(crate::storage::tenant::system(async move {
+                let timeout = Duration::from_millis(timeout_ms);
+                let r = state
+                    .gateway
+                    .call_local(&lab_id, &method, params, timeout)
+                    .await;
+                debug!(lab.id = %lab_id, method, ok = r.is_ok(), "relayed call answered");
+                let mut answer = Message::Answer {
+                    id: id.clone(),
+                    to: reply_to.clone(),
+                    answer: RelayAnswer::of(r),
+                };
+                if let Err(e) = encode(&relay.replica, 0, &answer) {
+                    answer = Message::Answer {
+                        id,
+                        to: reply_to,
+                        answer: RelayAnswer::Rejected {
+                            error: RpcError {
+                                code: maosic_schema::protocol::error_code::INTERNAL_ERROR,
+                                message: format!("the agent's answer cannot be relayed back: {e}"),
+                                data: None,
+                            },
+                        },
+                    };
+                }
+                if relay.outbox.try_send(answer).is_err() {
+                    warn!("cluster outbox full: a relayed call's answer was dropped");
+                }
+            }));
+        }
+        Message::Answer { id, to, answer } if to == relay.replica => relay.answered(&id, answer),
+        Message::Call { .. } | Message::Answer { .. } => {}
         Message::Event { event } => state.events.publish_local(event),
         Message::Revocation { revocation } => {
             if let Revocation::AgentCredential { lab_id } = &revocation {
@@ -271,7 +489,48 @@ mod tests {
                     lab_id: LabId::from("l"),
                 },
             },
+            Message::Call {
+                id: "c1".into(),
+                reply_to: "a".into(),
+                to: "b".into(),
+                lab_id: LabId::from("l"),
+                method: "estop".into(),
+                params: serde_json::json!({ "reason": "test" }),
+                timeout_ms: 10_000,
+            },
+            Message::Answer {
+                id: "c1".into(),
+                to: "a".into(),
+                answer: RelayAnswer::Rejected {
+                    error: RpcError {
+                        code: -32000,
+                        message: "busy".into(),
+                        data: None,
+                    },
+                },
+            },
         ]
+    }
+
+    #[test]
+    fn a_relayed_answer_is_the_local_calls_result_or_error() {
+        let cases: Vec<Result<Value, CallError>> = vec![
+            Ok(serde_json::json!({ "stopped": true })),
+            Err(CallError::Offline),
+            Err(CallError::Timeout(Duration::from_millis(1500))),
+            Err(CallError::Closed),
+            Err(CallError::Rejected(RpcError {
+                code: -32001,
+                message: "no".into(),
+                data: None,
+            })),
+        ];
+        for case in cases {
+            let shown = format!("{case:?}");
+            let wire = serde_json::to_string(&RelayAnswer::of(case)).expect("encodes");
+            let back: RelayAnswer = serde_json::from_str(&wire).expect("decodes");
+            assert_eq!(format!("{:?}", back.into_result()), shown);
+        }
     }
 
     #[test]

@@ -148,11 +148,11 @@ async fn only_the_current_connection_generation_changes_presence() {
         let org = s.create_organization("A", 1).await.unwrap();
         let lab = s.create_lab(&org.id, "reactor", 2).await.unwrap();
         let old = s
-            .agent_connected(&lab.id, &hello("0.1.0"), 10)
+            .agent_connected(&lab.id, &hello("0.1.0"), "replica-1", 10)
             .await
             .unwrap();
         let new = s
-            .agent_connected(&lab.id, &hello("0.1.1"), 20)
+            .agent_connected(&lab.id, &hello("0.1.1"), "replica-2", 20)
             .await
             .unwrap();
         assert_eq!((old, new), (1, 2));
@@ -163,6 +163,11 @@ async fn only_the_current_connection_generation_changes_presence() {
         assert!(row.online);
         assert_eq!(row.last_seen_at, Some(20));
         assert_eq!(row.agent_version.as_deref(), Some("0.1.1"));
+        // The newer connection's replica is the one calls are relayed to.
+        assert_eq!(
+            s.agent_replica(&lab.id).await.unwrap().as_deref(),
+            Some("replica-2")
+        );
         assert!(row.is_online(25, 30));
         assert!(
             !row.is_online(100, 30),
@@ -175,8 +180,10 @@ async fn only_the_current_connection_generation_changes_presence() {
         let row = s.lab(&lab.id).await.unwrap();
         assert!(!row.online);
         assert_eq!(row.last_seen_at, Some(41));
+        assert_eq!(s.agent_replica(&lab.id).await.unwrap(), None, "offline");
         assert!(matches!(
-            s.agent_connected(&"missing".into(), &hello("x"), 1).await,
+            s.agent_connected(&"missing".into(), &hello("x"), "replica-1", 1)
+                .await,
             Err(StorageError::NotFound)
         ));
     })

@@ -1,7 +1,8 @@
 //! Several server replicas on one PostgreSQL (issue #17): each accepts the others' access
 //! tokens, a subscriber on one replica sees what happens on another (LISTEN/NOTIFY), a log-out
 //! on one closes the session's sockets on the others, and a lab credential revoked through one
-//! replica cuts the agent connection another replica holds. Without a shared JWT key a server
+//! replica cuts the agent connection another replica holds; agent calls made on any replica reach
+//! the agent another holds. Without a shared JWT key a server
 //! on PostgreSQL refuses to start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -163,4 +164,122 @@ async fn a_server_on_postgres_without_a_jwt_key_refuses_to_start_with_one_clear_
     let sqlite = TestDatabase::create(Backend::Sqlite).await.unwrap();
     TestServer::spawn(&sqlite, &[("MAOSIC_AUTH__JWT_SECRET", "")]).unwrap();
     mark_ran(Backend::Postgres, "replicas_need_a_jwt_key");
+}
+
+/// Agent calls made on any replica reach the agent another replica holds (relayed over
+/// PostgreSQL NOTIFY) with the answers and errors of a local call: instructions and software
+/// stops through each of 3 replicas, a fault reset through another, and, once the agent is
+/// gone, the same "offline" refusal everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_calls_through_any_replica_reach_the_agent_another_holds() {
+    if !postgres() {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await.unwrap();
+    let replicas: Vec<TestServer> = (0..3)
+        .map(|_| TestServer::spawn(&db, &[]).unwrap())
+        .collect();
+    let s = replicas[0]
+        .sign_up("ops@relay.example", "Org Relay")
+        .unwrap();
+    let lab = replicas[0].create_enrolled_lab(&s, "paper-lab").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = maosic_e2e::virtual_lab_config(dir.path(), 100.0, 3).unwrap();
+    let mut agent =
+        TestAgent::spawn_with_lab(&replicas[0].url(), &lab.credential, &config).unwrap();
+    maosic_e2e::wait_for(Duration::from_secs(30), "the agent online", || {
+        let d = ok(
+            &replicas[2],
+            &s,
+            "query($l: ID!) { lab(id: $l) { online devices { name } } }",
+            json!({ "l": lab.id }),
+        );
+        Ok((d["lab"]["online"] == true
+            && d["lab"]["devices"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()))
+        .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    const INSTRUCT: &str =
+        "mutation($l: ID!) { sendInstruction(labId: $l, method: \"P1.status\") }";
+    const STOP: &str = "mutation($l: ID!) { stopLab(labId: $l) }";
+    let mut stops_ms: Vec<f64> = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let status = ok(r, &s, INSTRUCT, json!({ "l": lab.id }));
+        assert!(
+            status["sendInstruction"]["result"]["state"].is_string(),
+            "replica {}: {status}",
+            i + 1
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        for _ in 0..10 {
+            let at = Instant::now();
+            let stopped = ok(r, &s, STOP, json!({ "l": lab.id }));
+            stops_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+            assert!(
+                !stopped["stopLab"].is_null(),
+                "replica {}: {stopped}",
+                i + 1
+            );
+        }
+    }
+    // Latched by the stops: an instruction through another replica is refused the same way.
+    let refused = replicas[1]
+        .graphql_as(&s.access_token, INSTRUCT, json!({ "l": lab.id }))
+        .unwrap();
+    assert!(refused.to_string().contains("latched"), "{refused}");
+    let reset = ok(
+        &replicas[2],
+        &s,
+        "mutation($l: ID!, $r: String!) { resetLabFaults(labId: $l, reason: $r) }",
+        json!({ "l": lab.id, "r": "relay test" }),
+    );
+    assert_eq!(reset["resetLabFaults"]["latched"], json!([]), "{reset}");
+    assert_eq!(
+        reset["resetLabFaults"]["cleared"].as_array().map(Vec::len),
+        Some(30),
+        "{reset}"
+    );
+    ok(&replicas[1], &s, INSTRUCT, json!({ "l": lab.id }));
+
+    // Agent gone: every replica refuses with the local call's "offline" answer.
+    agent.kill();
+    maosic_e2e::wait_for(Duration::from_secs(30), "the lab offline", || {
+        let d = ok(
+            &replicas[0],
+            &s,
+            "query($l: ID!) { lab(id: $l) { online } }",
+            json!({ "l": lab.id }),
+        );
+        Ok((d["lab"]["online"] == false).then_some(()))
+    })
+    .unwrap();
+    let offline: Vec<String> = replicas
+        .iter()
+        .map(|r| {
+            let body = r
+                .graphql_as(&s.access_token, STOP, json!({ "l": lab.id }))
+                .unwrap();
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(offline[0].contains("offline"), "{offline:?}");
+    assert!(offline.iter().all(|m| *m == offline[0]), "{offline:?}");
+
+    stops_ms.sort_by(f64::total_cmp);
+    let p50 = stops_ms[stops_ms.len() / 2];
+    let worst = stops_ms[stops_ms.len() - 1];
+    println!(
+        "relay: agent on replica 1; status, 10 stopLab per replica (30) answered through every \
+         replica: p50 {p50:.1} ms, worst {worst:.1} ms; 30 e-stop faults cleared by a reset \
+         through replica 3; offline answered alike by all 3"
+    );
+    assert!(worst < 1000.0, "a stopLab took {worst:.0} ms");
+    mark_ran(Backend::Postgres, "relayed_agent_calls");
 }

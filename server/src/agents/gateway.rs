@@ -438,7 +438,7 @@ async fn run_session(
     };
     let generation = match state
         .storage
-        .agent_connected(&lab_id, &record, now_ms())
+        .agent_connected(&lab_id, &record, state.gateway.replica(), now_ms())
         .await
     {
         Ok(g) => g,

@@ -2,10 +2,12 @@
 //! lab's agent through it. The gateway ([`super::gateway`]) registers each accepted connection
 //! under its generation (docs/reliability.md rule 4); everything else (the engine, the API, the
 //! command dispatcher) calls agents through [`Gateway::call`]. No I/O of its own: it hands calls
-//! to the connection's task and waits for the answer.
+//! to the connection's task and waits for the answer. A lab whose agent another replica holds
+//! is reached through the [`Relay`] the cluster attaches (PostgreSQL `NOTIFY`, see
+//! `crate::cluster`), with the same errors and time-outs as a local call.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use maosic_schema::protocol::RpcError;
@@ -37,6 +39,20 @@ pub(crate) struct Outgoing {
     pub(crate) reply: oneshot::Sender<Result<Value, RpcError>>,
 }
 
+/// Calls to agents held by other replicas.
+#[async_trait::async_trait]
+pub trait Relay: Send + Sync {
+    /// Calls `method` on the lab's agent through the replica holding it; `Offline` when no
+    /// replica holds it.
+    async fn call(
+        &self,
+        lab_id: &LabId,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError>;
+}
+
 /// Why a call to an agent did not return a result.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -55,15 +71,40 @@ pub enum CallError {
 }
 
 /// Registry of the agent connections open on this replica, by lab.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Gateway {
     live: Arc<Mutex<HashMap<LabId, LiveConnection>>>,
+    /// This replica's id (recorded on the lab rows of the agents it holds).
+    replica: Arc<str>,
+    /// Calls to agents held elsewhere, once the cluster is attached.
+    relay: Arc<OnceLock<Arc<dyn Relay>>>,
     /// Request ids, unique across connections: an agent re-sends answers left over from a lost
     /// connection, and they must never match a different call on the new one.
     pub(crate) next_id: Arc<std::sync::atomic::AtomicI64>,
 }
 
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            live: Arc::default(),
+            replica: Arc::from(crate::storage::new_id()),
+            relay: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+}
+
 impl Gateway {
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Attaches the relay to other replicas (once; later calls are ignored).
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
     /// Registers a connection; an older connection of the same lab is told to close.
     pub(crate) fn register(
         &self,
@@ -91,8 +132,25 @@ impl Gateway {
         (cut_rx, commands_rx)
     }
 
-    /// Calls `method` on the lab's agent and waits up to `timeout` for its answer.
+    /// Calls `method` on the lab's agent and waits up to `timeout` for its answer: on this
+    /// replica when it holds the agent, else through the replica that does.
     pub async fn call(
+        &self,
+        lab_id: &LabId,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        if !self.is_connected(lab_id) {
+            if let Some(relay) = self.relay.get() {
+                return relay.call(lab_id, method, params, timeout).await;
+            }
+        }
+        self.call_local(lab_id, method, params, timeout).await
+    }
+
+    /// Calls `method` on the lab's agent if this replica holds it (`Offline` otherwise).
+    pub async fn call_local(
         &self,
         lab_id: &LabId,
         method: &str,

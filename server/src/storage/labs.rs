@@ -121,13 +121,16 @@ pub trait LabStorage {
     /// The agent credentials of a lab, newest first.
     async fn agent_credentials_of_lab(&self, lab_id: &LabId)
         -> StorageResult<Vec<AgentCredential>>;
-    /// Records an accepted agent connection; returns its new generation.
+    /// Records an accepted agent connection held by `replica`; returns its new generation.
     async fn agent_connected(
         &self,
         lab_id: &LabId,
         hello: &AgentHello,
+        replica: &str,
         now_ms: i64,
     ) -> StorageResult<i64>;
+    /// The replica holding the lab's agent connection, while the lab is online.
+    async fn agent_replica(&self, lab_id: &LabId) -> StorageResult<Option<String>>;
     /// Records traffic on a connection; false when `generation` is no longer current.
     async fn agent_seen(&self, lab_id: &LabId, generation: i64, now_ms: i64)
         -> StorageResult<bool>;
@@ -278,23 +281,38 @@ impl LabStorage for SqlStorage {
         &self,
         lab_id: &LabId,
         hello: &AgentHello,
+        replica: &str,
         now_ms: i64,
     ) -> StorageResult<i64> {
         self.tx(async |tx| {
             let (generation,): (i64,) = query(
                 "UPDATE labs SET connection_generation = connection_generation + 1, \
                  online = TRUE, last_seen_at = $2, agent_version = $3, devices = $4, \
-                 descriptor = $5 WHERE id = $1 RETURNING connection_generation",
+                 descriptor = $5, connected_replica = $6 WHERE id = $1 \
+                 RETURNING connection_generation",
             )
             .bind(lab_id)
             .bind(now_ms)
             .bind(&hello.agent_version)
             .bind(&hello.devices_json)
             .bind(hello.descriptor_json.as_deref())
+            .bind(replica)
             .fetch_optional(tx)
             .await?
             .ok_or(StorageError::NotFound)?;
             Ok(generation)
+        })
+        .await
+    }
+
+    async fn agent_replica(&self, lab_id: &LabId) -> StorageResult<Option<String>> {
+        self.tx(async |tx| {
+            let row: Option<(Option<String>,)> =
+                query("SELECT connected_replica FROM labs WHERE id = $1 AND online = TRUE")
+                    .bind(lab_id)
+                    .fetch_optional(tx)
+                    .await?;
+            Ok(row.and_then(|r| r.0))
         })
         .await
     }
