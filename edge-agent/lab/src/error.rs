@@ -41,6 +41,8 @@ pub enum DeviceError {
     /// The safety kernel blocked the call (latched fault, e-stop, limit).
     #[error("safety interlock: {0}")]
     Interlock(String),
+    #[error("{device} is in use by program {program}; try again when it has finished")]
+    InUse { device: String, program: String },
     /// No such device or method in this lab.
     #[error("unknown method {0}")]
     UnknownMethod(String),
@@ -68,6 +70,7 @@ impl DeviceError {
             DeviceError::Refused { .. } => "refused",
             DeviceError::Fault { .. } => "fault",
             DeviceError::Interlock(_) => "interlock",
+            DeviceError::InUse { .. } => "in_use",
             DeviceError::UnknownMethod(_) => "unknown_method",
             DeviceError::Open { .. } => "open",
             DeviceError::Canceled => "canceled",

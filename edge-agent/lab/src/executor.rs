@@ -2,7 +2,7 @@
 //! anything moves, then runs its DAG — each step once its dependencies completed, independent
 //! steps concurrently — turning results into records; stops safely on failure, cancel or trip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -67,6 +67,19 @@ impl<S: RecordSink> Ctx<'_, S> {
             )
             .await;
         }
+    }
+}
+
+/// Gives a run's devices back however the run ends (a dropped future included).
+struct Owned<'a> {
+    lab: &'a Lab,
+    run_id: &'a str,
+}
+
+impl Drop for Owned<'_> {
+    fn drop(&mut self) {
+        self.lab.kernel().program_finished(self.run_id);
+        self.lab.release_devices(self.run_id);
     }
 }
 
@@ -148,7 +161,48 @@ pub async fn run_program<S: RecordSink>(
     }
     let policy = opts.link_loss.unwrap_or(lab.config.safety.link_loss);
     let run_cancel = cancel.child_token();
-    lab.kernel().program_started(policy, run_cancel.clone());
+    // 2. the devices it uses, claimed all at once: a program that needs a device another
+    // program owns waits for it (cancellable meanwhile)
+    let run_id = opts
+        .program_id
+        .clone()
+        .unwrap_or_else(|| lab.local_run_id());
+    let devices: BTreeSet<String> = program
+        .steps
+        .iter()
+        .map(|s| {
+            s.request
+                .method
+                .split_once('.')
+                .map_or(s.request.method.as_str(), |(d, _)| d)
+                .to_owned()
+        })
+        .collect();
+    if !lab.claim_devices(&run_id, &devices, &run_cancel).await {
+        ctx.emit(
+            None,
+            None,
+            RecordBody::ProgramFinished {
+                outcome: Outcome::Canceled,
+                steps_succeeded: 0,
+                lab_duration_s: lab.clock.now_s() - t0,
+            },
+        )
+        .await;
+        return ProgramReport {
+            outcome: Outcome::Canceled,
+            steps_succeeded: 0,
+            steps_total: total,
+            lab_duration_s: lab.clock.now_s() - t0,
+            error: Some("canceled while waiting for its devices".into()),
+        };
+    }
+    let _owned = Owned {
+        lab,
+        run_id: &run_id,
+    };
+    lab.kernel()
+        .program_started(&run_id, policy, run_cancel.clone(), devices.clone());
     let trip = lab.kernel().trip_token();
     ctx.emit(None, None, RecordBody::ProgramStarted { steps: total })
         .await;
@@ -175,7 +229,7 @@ pub async fn run_program<S: RecordSink>(
     let mut outcome = Outcome::Succeeded;
     loop {
         if error.is_none() && !run_cancel.is_cancelled() && !trip.is_cancelled() {
-            lab.kernel().wait_not_held().await;
+            lab.kernel().wait_not_held(&run_id).await;
             for id in ready.drain(..) {
                 let Some(step) = by_id.get(&id).copied() else {
                     continue;
@@ -253,11 +307,12 @@ pub async fn run_program<S: RecordSink>(
     }
     drop(running);
     if outcome != Outcome::Succeeded {
-        // stop what the program started; the kernel has already acted on a trip
-        lab.kernel().safe_state().await;
+        // stop what the program started (its own devices: another program may be running);
+        // the kernel has already acted on a trip
+        lab.kernel().safe_state_of(Some(&devices)).await;
     }
     ctx.safety_events().await;
-    lab.kernel().program_finished();
+    lab.kernel().program_finished(&run_id);
     let dt = lab.clock.now_s() - t0;
     ctx.emit(
         None,

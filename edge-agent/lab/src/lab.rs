@@ -93,6 +93,11 @@ pub struct Lab {
     /// Concrete pump drivers (for byte counters in tests).
     pub ne1000: BTreeMap<String, Arc<Ne1000Pump>>,
     pub pid: Option<Arc<PidModbus>>,
+    /// Which running program owns each device (symbol → program run id).
+    owners: std::sync::Mutex<BTreeMap<String, String>>,
+    owners_changed: tokio::sync::Notify,
+    /// Ids of program runs started without one.
+    local_runs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Lab {
@@ -388,6 +393,9 @@ impl Lab {
             books: tokio::sync::Mutex::new(books),
             ne1000,
             pid,
+            owners: Default::default(),
+            owners_changed: tokio::sync::Notify::new(),
+            local_runs: Default::default(),
         })
     }
 
@@ -479,6 +487,95 @@ impl Lab {
         cancel: CancellationToken,
     ) -> crate::executor::ProgramReport {
         crate::executor::run_program(self, program, opts, sink, cancel).await
+    }
+
+    /// A run id for a program started without one (local runs, tests).
+    pub fn local_run_id(&self) -> String {
+        let n = self
+            .local_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("local-{}", n + 1)
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        // A panic while holding the lock cannot leave the map inconsistent: use it anyway.
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The program run that owns `device`, if any.
+    pub fn device_owner(&self, device: &str) -> Option<String> {
+        self.owners().get(device).cloned()
+    }
+
+    /// Claims every device of `devices` for `program`, all at once (no program holds some
+    /// while waiting for others, so two programs never wait on each other): waits while
+    /// another program owns any of them. `false` when `cancel` fired first.
+    pub async fn claim_devices(
+        &self,
+        program: &str,
+        devices: &std::collections::BTreeSet<String>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut logged = false;
+        loop {
+            let changed = self.owners_changed.notified();
+            {
+                let mut owners = self.owners();
+                let taken: Vec<(&String, String)> = devices
+                    .iter()
+                    .filter_map(|d| {
+                        owners
+                            .get(d)
+                            .filter(|o| *o != program)
+                            .map(|o| (d, o.clone()))
+                    })
+                    .collect();
+                if taken.is_empty() {
+                    for d in devices {
+                        owners.insert(d.clone(), program.to_owned());
+                    }
+                    return true;
+                }
+                if !logged {
+                    tracing::info!(
+                        program,
+                        ?taken,
+                        "program waits for devices another program owns"
+                    );
+                    logged = true;
+                }
+            }
+            tokio::select! {
+                () = changed => {}
+                () = cancel.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Gives back every device `program` owns.
+    pub fn release_devices(&self, program: &str) {
+        self.owners().retain(|_, o| o != program);
+        self.owners_changed.notify_waiters();
+    }
+
+    /// A manual call (an instruction from the cloud, telemetry, the CLI): refused while a
+    /// program owns the device, so a person's command never interleaves with a program's steps —
+    /// except the methods that only read (`status`, `read`) or only make safe (`stop`, `off`,
+    /// `close`), which are always allowed.
+    pub async fn call_manual(
+        &self,
+        method: &str,
+        params: &BTreeMap<String, f64>,
+    ) -> Result<CallOutput, DeviceError> {
+        let (device, name) = method.split_once('.').unwrap_or((method, ""));
+        let harmless = matches!(name, "status" | "read" | "stop" | "off" | "close");
+        if let Some(program) = self.device_owner(device).filter(|_| !harmless) {
+            return Err(DeviceError::InUse {
+                device: device.to_owned(),
+                program,
+            });
+        }
+        self.call(method, params).await
     }
 
     /// Ping every device: a harmless query each.
@@ -1104,14 +1201,13 @@ impl Lab {
     /// so a hold or a trip that lands while the command is on the wire ends with the pump
     /// stopped (by the kernel or here), never with a step restarting what the kernel stopped.
     async fn start_pump(&self, sym: &str, p: &dyn SyringePump) -> Result<(), DeviceError> {
-        let what = format!("{sym}.run");
         loop {
-            self.kernel.wait_not_held().await;
-            if !self.kernel.motion_allowed(&what)? {
+            self.kernel.wait_device_not_held(sym).await;
+            if !self.kernel.motion_allowed(sym)? {
                 continue;
             }
             p.run().await?;
-            match self.kernel.motion_allowed(&what) {
+            match self.kernel.motion_allowed(sym) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {
                     // held meanwhile: stop again, then start once the link is back

@@ -6,7 +6,7 @@
 //! wall-clock watchdog thread that writes the safe-state frames straight to the serial ports if
 //! the runtime stalls.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,17 @@ pub struct SafeStateReport {
     pub failures: Vec<String>,
 }
 
+/// What the kernel knows of one running program.
+#[derive(Debug)]
+struct ProgramSafety {
+    policy: LinkLossPolicy,
+    cancel: CancellationToken,
+    /// The devices it owns (symbols).
+    devices: BTreeSet<String>,
+    /// Held by a link loss under the "hold" policy: starts no step, moves none of its pumps.
+    held: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
     latched: Vec<Fault>,
@@ -85,9 +96,8 @@ struct State {
     at_target: bool,
     below_since: Option<f64>,
     heater_errors: u32,
-    program_policy: Option<LinkLossPolicy>,
-    program_cancel: Option<CancellationToken>,
-    hold: bool,
+    /// The running programs, by id: each with its own link-loss policy and devices.
+    programs: BTreeMap<String, ProgramSafety>,
     /// The cloud link is lost: shutters stay closed.
     link_down: bool,
     events: Vec<SafetyEvent>,
@@ -296,9 +306,12 @@ impl SafetyKernel {
     /// a link-loss hold answers `Ok(false)`. A caller that starts a pump checks this before and
     /// again after the start (see `Lab::start_pump`): the kernel records a hold or a fault
     /// before it stops the pumps, so whichever order the two land in, the pump ends stopped.
-    pub fn motion_allowed(&self, what: &str) -> Result<bool, DeviceError> {
-        self.check_call(what)?;
-        Ok(!lock_state(&self.state).hold)
+    pub fn motion_allowed(&self, pump: &str) -> Result<bool, DeviceError> {
+        self.check_call(&format!("{pump}.run"))?;
+        Ok(!lock_state(&self.state)
+            .programs
+            .values()
+            .any(|p| p.held && p.devices.contains(pump)))
     }
 
     /// Tell the kernel the heater target changed (runaway detection restarts).
@@ -452,11 +465,19 @@ impl SafetyKernel {
     /// Heater off, pumps stopped, shutters closed, laser off. Each device is tried even if another
     /// fails; the shutters go first (closing one is immediate).
     pub async fn safe_state(&self) -> SafeStateReport {
+        self.safe_state_of(None).await
+    }
+
+    /// The safe state of `only` these devices (one program's), or of all: shutters close in
+    /// either case.
+    pub async fn safe_state_of(&self, only: Option<&BTreeSet<String>>) -> SafeStateReport {
         let t0 = self.clock.now_s();
         let w0 = Instant::now();
+        let mine = |name: &str| only.is_none_or(|d| d.contains(name));
         let mut failures = self.close_shutters().await;
+        let heater_off = self.heater.as_ref().is_some_and(|h| mine(h.name()));
         let heater = async {
-            if let Some(h) = &self.heater {
+            if let Some(h) = self.heater.as_ref().filter(|_| heater_off) {
                 if let Err(e) = h.set_enabled(false).await {
                     return Some(format!("{}: {e}", h.name()));
                 }
@@ -464,19 +485,22 @@ impl SafetyKernel {
             None
         };
         let pumps =
-            futures_util::future::join_all(self.pumps.iter().map(|p| async move {
-                p.stop().await.err().map(|e| format!("{}: {e}", p.name()))
-            }));
+            futures_util::future::join_all(self.pumps.iter().filter(|p| mine(p.name())).map(
+                |p| async move { p.stop().await.err().map(|e| format!("{}: {e}", p.name())) },
+            ));
         let lasers = futures_util::future::join_all(
             self.lasers
                 .iter()
+                .filter(|l| mine(l.name()))
                 .map(|l| async move { l.off().await.err().map(|e| format!("{}: {e}", l.name())) }),
         );
         let (h, p, l) = tokio::join!(heater, pumps, lasers);
         failures.extend(h);
         failures.extend(p.into_iter().flatten());
         failures.extend(l.into_iter().flatten());
-        self.heater_target(None);
+        if heater_off {
+            self.heater_target(None);
+        }
         SafeStateReport {
             lab_s: self.clock.now_s() - t0,
             wall_ms: w0.elapsed().as_secs_f64() * 1000.0,
@@ -489,19 +513,28 @@ impl SafetyKernel {
         self.trip(FaultKind::EStop, reason.to_string()).await
     }
 
-    /// The executor registers the running program's link-loss policy and cancel token.
-    pub fn program_started(&self, policy: LinkLossPolicy, cancel: CancellationToken) {
-        let mut st = lock_state(&self.state);
-        st.program_policy = Some(policy);
-        st.program_cancel = Some(cancel);
+    /// The executor registers a running program: its link-loss policy, its cancel token and
+    /// the devices it owns.
+    pub fn program_started(
+        &self,
+        program: &str,
+        policy: LinkLossPolicy,
+        cancel: CancellationToken,
+        devices: BTreeSet<String>,
+    ) {
+        lock_state(&self.state).programs.insert(
+            program.to_owned(),
+            ProgramSafety {
+                policy,
+                cancel,
+                devices,
+                held: false,
+            },
+        );
     }
 
-    pub fn program_finished(&self) {
-        let mut st = lock_state(&self.state);
-        st.program_policy = None;
-        st.program_cancel = None;
-        st.hold = false;
-        drop(st);
+    pub fn program_finished(&self, program: &str) {
+        lock_state(&self.state).programs.remove(program);
         self.hold_changed.notify_waiters();
     }
 
@@ -525,8 +558,10 @@ impl SafetyKernel {
     }
 
     /// The link calls this when the cloud link is lost: the shutters close (whatever the
-    /// program's policy) and stay closed until the link is back; then the program's policy
-    /// applies. Returns the policy applied, if a program runs.
+    /// programs' policies) and stay closed until the link is back; then each running program's
+    /// own policy applies to it and its devices (hold: it starts no step and its pumps stop;
+    /// safe stop: it is cancelled and its devices go to their safe state). Returns the most
+    /// protective policy applied (safe stop, then hold, then continue), if a program runs.
     pub async fn link_lost(&self) -> Option<LinkLossPolicy> {
         lock_state(&self.state).link_down = true;
         if !self.shutters.is_empty() {
@@ -536,46 +571,84 @@ impl SafetyKernel {
                 format!("cloud link lost; failures {failures:?}"),
             );
         }
-        let (policy, cancel) = {
-            let st = lock_state(&self.state);
-            (st.program_policy, st.program_cancel.clone())
+        // Held programs are marked before their pumps stop (see `motion_allowed`).
+        let acting: Vec<(String, LinkLossPolicy, CancellationToken, BTreeSet<String>)> = {
+            let mut st = lock_state(&self.state);
+            st.programs
+                .iter_mut()
+                .map(|(id, p)| {
+                    if p.policy == LinkLossPolicy::Hold {
+                        p.held = true;
+                    }
+                    (id.clone(), p.policy, p.cancel.clone(), p.devices.clone())
+                })
+                .collect()
         };
-        let policy = policy?;
-        self.event("link_lost", format!("policy {policy:?}"));
-        match policy {
-            LinkLossPolicy::Continue => {}
-            LinkLossPolicy::Hold => {
-                lock_state(&self.state).hold = true;
-                for p in &self.pumps {
-                    let _ = p.stop().await;
+        let mut strongest: Option<LinkLossPolicy> = None;
+        for (id, policy, cancel, devices) in acting {
+            self.event("link_lost", format!("program {id}: policy {policy:?}"));
+            match policy {
+                LinkLossPolicy::Continue => {}
+                LinkLossPolicy::Hold => {
+                    for p in self.pumps.iter().filter(|p| devices.contains(p.name())) {
+                        let _ = p.stop().await;
+                    }
+                }
+                LinkLossPolicy::SafeStop => {
+                    cancel.cancel();
+                    self.safe_state_of(Some(&devices)).await;
                 }
             }
-            LinkLossPolicy::SafeStop => {
-                if let Some(c) = cancel {
-                    c.cancel();
-                }
-                self.safe_state().await;
+            let rank = |p: Option<LinkLossPolicy>| match p {
+                None => 0,
+                Some(LinkLossPolicy::Continue) => 1,
+                Some(LinkLossPolicy::Hold) => 2,
+                Some(LinkLossPolicy::SafeStop) => 3,
+            };
+            if rank(Some(policy)) > rank(strongest) {
+                strongest = Some(policy);
             }
         }
-        Some(policy)
+        strongest
     }
 
     /// The link calls this when the cloud link is back.
     pub fn link_restored(&self) {
         {
             let mut st = lock_state(&self.state);
-            st.hold = false;
+            for p in st.programs.values_mut() {
+                p.held = false;
+            }
             st.link_down = false;
         }
         self.event("link_restored", String::new());
         self.hold_changed.notify_waiters();
     }
 
-    /// Wait while a link-loss hold is in force.
-    pub async fn wait_not_held(&self) {
+    /// Wait while a link-loss hold is in force on `program`.
+    pub async fn wait_not_held(&self, program: &str) {
         loop {
             let notified = self.hold_changed.notified();
-            if !lock_state(&self.state).hold {
+            if !lock_state(&self.state)
+                .programs
+                .get(program)
+                .is_some_and(|p| p.held)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait while a link-loss hold is in force on a program that owns `device`.
+    pub async fn wait_device_not_held(&self, device: &str) {
+        loop {
+            let notified = self.hold_changed.notified();
+            if !lock_state(&self.state)
+                .programs
+                .values()
+                .any(|p| p.held && p.devices.contains(device))
+            {
                 return;
             }
             notified.await;

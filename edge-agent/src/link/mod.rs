@@ -582,7 +582,7 @@ async fn device_call(
     request: maosic_schema::protocol::Id,
     params: &maosic_schema::protocol::DeviceCallParams,
 ) -> Message {
-    match lab.call(&params.method, &params.params).await {
+    match lab.call_manual(&params.method, &params.params).await {
         Ok(output) => {
             let measurements: Vec<Value> = output
                 .measurements
