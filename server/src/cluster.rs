@@ -31,7 +31,7 @@ use maosic_schema::protocol::RpcError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -81,6 +81,14 @@ pub enum Message {
         params: Value,
         /// The caller's time-out, ms.
         timeout_ms: u64,
+    },
+    /// The holder received a call and is working on it (a caller that hears nothing within
+    /// [`ACCEPT_WAIT`] takes the holder for gone: "offline").
+    Accepted {
+        /// The call's id.
+        id: String,
+        /// The replica that made the call.
+        to: String,
     },
     /// What a relayed call came to.
     Answer {
@@ -133,19 +141,31 @@ impl RelayAnswer {
     }
 }
 
+/// How long a caller waits for the holder to say it received a call. A lab row can name a
+/// replica that died (its rows stay `online` until the agent reconnects elsewhere): such a
+/// call answers "offline" after this, not after the call's whole time-out.
+const ACCEPT_WAIT: Duration = Duration::from_secs(2);
+
+/// What a caller hears about its relayed call.
+#[derive(Debug)]
+enum Heard {
+    Accepted,
+    Answer(RelayAnswer),
+}
+
 /// Calls to agents held by other replicas, over the cluster channel.
 struct ClusterRelay {
     replica: String,
     storage: Arc<dyn crate::storage::Storage>,
     outbox: mpsc::Sender<Message>,
-    pending: Mutex<HashMap<String, oneshot::Sender<RelayAnswer>>>,
+    pending: Mutex<HashMap<String, mpsc::Sender<Heard>>>,
 }
 
 impl ClusterRelay {
-    fn answered(&self, id: &str, answer: RelayAnswer) {
-        let waiting = self.pending.lock().ok().and_then(|mut p| p.remove(id));
+    fn heard(&self, id: &str, what: Heard) {
+        let waiting = self.pending.lock().ok().and_then(|p| p.get(id).cloned());
         if let Some(w) = waiting {
-            let _ = w.send(answer);
+            let _ = w.try_send(what);
         }
     }
 }
@@ -201,7 +221,7 @@ impl Relay for ClusterRelay {
                 data: None,
             }));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::channel(2);
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id.clone(), tx);
         }
@@ -213,10 +233,22 @@ impl Relay for ClusterRelay {
             warn!(lab.id = %lab_id, "cluster outbox full: a relayed call was not sent");
             return Err(CallError::Timeout(timeout));
         }
-        // The holder's own time-out answers first; a little more for the two hops.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
-            Ok(Ok(answer)) => answer.into_result(),
-            Ok(Err(_)) | Err(_) => Err(CallError::Timeout(timeout)),
+        // First the holder's receipt: nothing means it is gone.
+        match tokio::time::timeout(ACCEPT_WAIT, rx.recv()).await {
+            Ok(Some(Heard::Answer(answer))) => return answer.into_result(),
+            Ok(Some(Heard::Accepted)) => {}
+            Ok(None) | Err(_) => {
+                debug!(lab.id = %lab_id, "the replica holding the agent did not take the call");
+                return Err(CallError::Offline);
+            }
+        }
+        // Then the answer: the holder's own time-out comes first; a little more for the hops.
+        loop {
+            match tokio::time::timeout(timeout + Duration::from_secs(1), rx.recv()).await {
+                Ok(Some(Heard::Answer(answer))) => return answer.into_result(),
+                Ok(Some(Heard::Accepted)) => {}
+                Ok(None) | Err(_) => return Err(CallError::Timeout(timeout)),
+            }
         }
     }
 }
@@ -412,6 +444,13 @@ fn deliver(state: &AppState, relay: &Arc<ClusterRelay>, message: Message) {
             params,
             timeout_ms,
         } if to == relay.replica => {
+            let accepted = Message::Accepted {
+                id: id.clone(),
+                to: reply_to.clone(),
+            };
+            if relay.outbox.try_send(accepted).is_err() {
+                warn!("cluster outbox full: a relayed call's receipt was dropped");
+            }
             let (state, relay) = (state.clone(), relay.clone());
             tokio::spawn(crate::storage::tenant::system(async move {
                 let timeout = Duration::from_millis(timeout_ms);
@@ -443,8 +482,11 @@ fn deliver(state: &AppState, relay: &Arc<ClusterRelay>, message: Message) {
                 }
             }));
         }
-        Message::Answer { id, to, answer } if to == relay.replica => relay.answered(&id, answer),
-        Message::Call { .. } | Message::Answer { .. } => {}
+        Message::Accepted { id, to } if to == relay.replica => relay.heard(&id, Heard::Accepted),
+        Message::Answer { id, to, answer } if to == relay.replica => {
+            relay.heard(&id, Heard::Answer(answer));
+        }
+        Message::Call { .. } | Message::Accepted { .. } | Message::Answer { .. } => {}
         Message::Event { event } => state.events.publish_local(event),
         Message::Revocation { revocation } => {
             if let Revocation::AgentCredential { lab_id } = &revocation {
@@ -497,6 +539,10 @@ mod tests {
                 method: "estop".into(),
                 params: serde_json::json!({ "reason": "test" }),
                 timeout_ms: 10_000,
+            },
+            Message::Accepted {
+                id: "c1".into(),
+                to: "a".into(),
             },
             Message::Answer {
                 id: "c1".into(),
