@@ -584,7 +584,12 @@ impl SafetyKernel {
                 })
                 .collect()
         };
-        let mut strongest: Option<LinkLossPolicy> = None;
+        let protection = |p: &LinkLossPolicy| match p {
+            LinkLossPolicy::Continue => 0,
+            LinkLossPolicy::Hold => 1,
+            LinkLossPolicy::SafeStop => 2,
+        };
+        let strongest = acting.iter().map(|a| a.1).max_by_key(protection);
         for (id, policy, cancel, devices) in acting {
             self.event("link_lost", format!("program {id}: policy {policy:?}"));
             match policy {
@@ -598,15 +603,6 @@ impl SafetyKernel {
                     cancel.cancel();
                     self.safe_state_of(Some(&devices)).await;
                 }
-            }
-            let rank = |p: Option<LinkLossPolicy>| match p {
-                None => 0,
-                Some(LinkLossPolicy::Continue) => 1,
-                Some(LinkLossPolicy::Hold) => 2,
-                Some(LinkLossPolicy::SafeStop) => 3,
-            };
-            if rank(Some(policy)) > rank(strongest) {
-                strongest = Some(policy);
             }
         }
         strongest

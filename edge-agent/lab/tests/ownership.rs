@@ -101,6 +101,19 @@ fn at(records: &[Record], started: bool) -> f64 {
         .unwrap()
 }
 
+/// Polls (1 ms of wall time) until `f` holds; fails after 30 s.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn owned_by(lab: &Lab, device: &str, program: &str) -> bool {
+    lab.device_owner(device).as_deref() == Some(program)
+}
+
 fn running(lab: &Lab, pump: &str) -> bool {
     lab.twin().unwrap().with_world(|w| w.pumps[pump].running)
 }
@@ -126,7 +139,7 @@ async fn a_program_waits_for_a_device_another_owns_while_one_on_other_devices_ru
     let go = CancellationToken::new();
     let manual = async {
         // while A runs: P1 is A's, P3 nobody's
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        until("A owns P1", || owned_by(&lab, "P1", "A")).await;
         let refused = lab
             .call_manual("P1.set_rate", &params(&[("rate", 5.0)]))
             .await;
@@ -141,11 +154,11 @@ async fn a_program_waits_for_a_device_another_owns_while_one_on_other_devices_ru
     let ((ra, rec_a), (rb, rec_b), (rc, rec_c), (refused, free_ok)) = tokio::join!(
         run(&lab, "A", &a, LinkLossPolicy::Continue, go.clone()),
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            until("A owns P1", || owned_by(&lab, "P1", "A")).await;
             run(&lab, "B", &b, LinkLossPolicy::Continue, go.clone()).await
         },
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            until("A owns P1", || owned_by(&lab, "P1", "A")).await;
             run(&lab, "C", &c, LinkLossPolicy::Continue, go.clone()).await
         },
         manual,
@@ -203,13 +216,17 @@ async fn a_program_cancelled_while_it_waits_for_devices_ends_cancelled_and_moves
             CancellationToken::new()
         ),
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let c = cancel_b.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                c.cancel();
-            });
-            run(&lab, "B", &b, LinkLossPolicy::Continue, cancel_b.clone()).await
+            until("A owns UV", || owned_by(&lab, "UV", "A")).await;
+            // join! polls B first: it reaches its wait for UV before the cancel lands
+            let cancel = async {
+                tokio::task::yield_now().await;
+                cancel_b.cancel();
+            };
+            let (b_run, ()) = tokio::join!(
+                run(&lab, "B", &b, LinkLossPolicy::Continue, cancel_b.clone()),
+                cancel
+            );
+            b_run
         },
     );
     assert_eq!(ra.outcome, Outcome::Succeeded, "{ra:?}");
@@ -240,7 +257,10 @@ async fn a_link_loss_holds_the_held_program_and_lets_the_other_continue() {
         ("P2.stop", &[]),
     ]);
     let ctl = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("both pumps run", || {
+            running(&lab, "P1") && running(&lab, "P2")
+        })
+        .await;
         let (p1, p2) = (running(&lab, "P1"), running(&lab, "P2"));
         assert!(p1 && p2, "both pumps run before the loss: {p1} {p2}");
         let strongest = lab.link_lost().await;

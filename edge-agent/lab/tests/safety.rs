@@ -34,6 +34,24 @@ fn params(p: &[(&str, f64)]) -> BTreeMap<String, f64> {
     p.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// Step `id` of a test program: `method` with `p`, after the steps `after`.
+fn step(id: u32, method: &str, p: &[(&str, f64)], after: Vec<u32>) -> Step {
+    Step {
+        id,
+        request: RpcRequest {
+            jsonrpc: "2.0".into(),
+            id: u64::from(id),
+            method: method.into(),
+            params: params(p),
+        },
+        after,
+        start_ms: 0,
+        duration_ms: 1000,
+        yields: vec![],
+        line: 1,
+    }
+}
+
 fn output(lab: &Lab) -> f64 {
     lab.twin().unwrap().with_world(|w| w.heater.output_pct)
 }
@@ -354,35 +372,21 @@ async fn emergency_frames_reach_safe_state(lab: Lab) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_loss_hold_pauses_and_resumes() {
     let lab = lab(50.0).await;
-    let mk = |id: u32, method: &str, p: &[(&str, f64)], after: Vec<u32>| Step {
-        id,
-        request: RpcRequest {
-            jsonrpc: "2.0".into(),
-            id: u64::from(id),
-            method: method.into(),
-            params: params(p),
-        },
-        after,
-        start_ms: 0,
-        duration_ms: 1000,
-        yields: vec![],
-        line: 1,
-    };
     let program = Program {
         format: 1,
         recipe: None,
         lab: "paper-lab".into(),
         variables: Default::default(),
         steps: vec![
-            mk(1, "H.set_temperature", &[("T", 60.0)], vec![]),
-            mk(2, "P1.set_rate", &[("rate", 30.0)], vec![1]),
-            mk(
+            step(1, "H.set_temperature", &[("T", 60.0)], vec![]),
+            step(2, "P1.set_rate", &[("rate", 30.0)], vec![1]),
+            step(
                 3,
                 "UV.acquire",
                 &[("integration", 10_000.0), ("averages", 10.0)],
                 vec![2],
             ),
-            mk(4, "P1.stop", &[], vec![3]),
+            step(4, "P1.stop", &[], vec![3]),
         ],
         estimated_duration_ms: 10_000,
     };
@@ -427,20 +431,6 @@ async fn link_loss_hold_pauses_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_during_a_refill_keeps_the_pump_stopped_until_the_link_is_back() {
     let lab = lab(50.0).await;
-    let mk = |id: u32, method: &str, p: &[(&str, f64)], after: Vec<u32>| Step {
-        id,
-        request: RpcRequest {
-            jsonrpc: "2.0".into(),
-            id: u64::from(id),
-            method: method.into(),
-            params: params(p),
-        },
-        after,
-        start_ms: 0,
-        duration_ms: 1000,
-        yields: vec![],
-        line: 1,
-    };
     // 300 of the 500 µL go out first; the second set_rate (300 µL, more than the 200 left) then
     // refills (300 µL at 400 µL/min, 45 s of lab time) before it infuses.
     let program = Program {
@@ -449,21 +439,21 @@ async fn a_hold_during_a_refill_keeps_the_pump_stopped_until_the_link_is_back() 
         lab: "paper-lab".into(),
         variables: Default::default(),
         steps: vec![
-            mk(
+            step(
                 1,
                 "P1.set_rate",
                 &[("rate", 400.0), ("volume", 300.0)],
                 vec![],
             ),
-            mk(2, "H.hold", &[("time", 60.0)], vec![1]),
-            mk(
+            step(2, "H.hold", &[("time", 60.0)], vec![1]),
+            step(
                 3,
                 "P1.set_rate",
                 &[("rate", 30.0), ("volume", 300.0)],
                 vec![2],
             ),
-            mk(4, "H.hold", &[("time", 5.0)], vec![3]),
-            mk(5, "P1.stop", &[], vec![4]),
+            step(4, "H.hold", &[("time", 5.0)], vec![3]),
+            step(5, "P1.stop", &[], vec![4]),
         ],
         estimated_duration_ms: 200_000,
     };
