@@ -206,11 +206,14 @@ class Spectrometer:
         # integration ms -> dark counts; reference as (integration ms, net counts)
         self._dark: Dict[float, List[float]] = {}
         self._reference: Optional[Tuple[float, List[float]]] = None
+        # seconds of exposure so far: what the instrument's time is spent on
+        self.exposed_s = 0.0
 
     def _take(self, integration: float, averages: int, lamp: bool) -> List[float]:
         if self.backend.lamp_control:
             self.backend.lamp(lamp)
         counts = self.backend.intensities(integration, averages)
+        self.exposed_s += integration * averages / 1000.0
         if self.backend.lamp_control and not lamp:
             self.backend.lamp(True)
         return counts
@@ -356,7 +359,12 @@ class Driver:
         if h is None:
             raise RpcError(METHOD_NOT_FOUND, f"unknown method {method}")
         self.calls += 1
-        return h(params)
+        before = self.spec.exposed_s
+        result = h(params)
+        # how long the instrument was busy: an agent on a discrete-event lab clock (the virtual
+        # lab) counts it as lab time; on real hardware it is informational
+        result["lab_duration_s"] = self.spec.exposed_s - before
+        return result
 
     @staticmethod
     def _timing(params: Dict[str, Any]) -> Tuple[float, int]:

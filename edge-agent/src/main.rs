@@ -44,6 +44,11 @@ enum Command {
         /// examples/agent-lab-virtual.toml). Without it the agent only keeps presence.
         #[arg(long, value_name = "LAB.toml", conflicts_with = "descriptor")]
         lab: Option<PathBuf>,
+        /// The virtual lab's clock speed, overriding the lab file's: `max` (as fast as the CPU
+        /// allows; lab time stands still between programs) or a factor N (paced to N× the wall
+        /// clock).
+        #[arg(long, value_name = "max|N", requires = "lab", value_parser = maosic_lab::config::parse_speed)]
+        speed: Option<f64>,
         /// A capability descriptor (TOML) to announce when no lab is run.
         #[arg(long, value_name = "FILE")]
         descriptor: Option<PathBuf>,
@@ -304,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             credential,
             lab,
+            speed,
             descriptor,
             backoff_base_ms,
             backoff_cap_ms,
@@ -322,8 +328,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open the spool {}", spool.display()))?;
             let lab = match lab {
                 Some(path) => {
+                    let mut config = maosic_lab::config::LabConfig::from_file(&path)
+                        .with_context(|| format!("cannot read the lab {}", path.display()))?;
+                    if let Some(speed) = speed {
+                        config.twin.speed = speed;
+                    }
                     let lab = runtime
-                        .block_on(Lab::from_file(&path))
+                        .block_on(Lab::build(config))
                         .with_context(|| format!("cannot start the lab from {}", path.display()))?;
                     lab.kernel().install_panic_hook();
                     Some(std::sync::Arc::new(lab))

@@ -926,14 +926,19 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A copy of the virtual-lab agent configuration (`examples/agent-lab-virtual.toml`) with its
-/// lab clock at `speed`× and its seed set, written into `dir`.
+/// lab clock at `speed`× (`f64::INFINITY`: `max`, the file's default) and its seed set, written
+/// into `dir`.
 pub fn virtual_lab_config(dir: &Path, speed: f64, seed: u64) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(repo_root().join("examples/agent-lab-virtual.toml"))?;
     let mut out = String::new();
     for line in text.lines() {
         let trimmed = line.trim_start();
         if trimmed.starts_with("speed =") {
-            out.push_str(&format!("speed = {speed:.1}\n"));
+            if speed.is_finite() {
+                out.push_str(&format!("speed = {speed:.1}\n"));
+            } else {
+                out.push_str("speed = \"max\"\n");
+            }
         } else if trimmed.starts_with("seed =") {
             out.push_str(&format!("seed = {seed}\n"));
         } else {

@@ -41,8 +41,8 @@ pub struct ProbeArgs {
     /// Irradiate before the CD scan, e.g. `800nm:300s`.
     #[arg(long, value_name = "WAVELENGTHnm:DURATIONs")]
     pub laser: Option<String>,
-    /// Lab-time speed factor.
-    #[arg(long, default_value_t = 1000.0)]
+    /// Lab-time speed factor, or `max` (as fast as the CPU allows).
+    #[arg(long, default_value = "max", value_parser = crate::config::parse_speed)]
     pub speed: f64,
     /// Print one JSON object (with the raw spectra).
     #[arg(long)]

@@ -97,8 +97,17 @@ impl Default for SafetyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TwinConfig {
-    /// Lab-time speed factor (1 = real time).
+    /// Lab-time speed factor (1 = real time); `"max"` (infinite): as fast as the CPU allows,
+    /// on the event clock.
+    #[serde(deserialize_with = "speed_de", serialize_with = "speed_ser")]
     pub speed: f64,
+    /// Which clock the twin keeps (see [`crate::clock`]): `event` (the default: lab time moves
+    /// by events, I/O takes none, results do not depend on machine load) or `scaled` (wall time ×
+    /// speed: for tests of wall-time behaviour such as the watchdog).
+    pub clock: TwinClock,
+    /// Lab time one device call's serial exchange counts for on the event clock, ms (a
+    /// 9600-baud request and reply with the device's turnaround).
+    pub call_lab_ms: u64,
     pub seed: u64,
     /// `paper` or a path to a landscape TOML file.
     pub landscape: String,
@@ -116,6 +125,8 @@ impl Default for TwinConfig {
     fn default() -> Self {
         Self {
             speed: 1.0,
+            clock: TwinClock::Event,
+            call_lab_ms: 100,
             seed: 1,
             landscape: "paper".into(),
             reactor_volume_ul: 100.0,
@@ -123,6 +134,50 @@ impl Default for TwinConfig {
             arm_move_s: 20.0,
             sampler_slots: 12,
         }
+    }
+}
+
+/// The virtual lab's clock (see [`crate::clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TwinClock {
+    /// Discrete-event lab time.
+    #[default]
+    Event,
+    /// Wall time × speed.
+    Scaled,
+}
+
+/// A speed: a positive number, or `"max"` (as fast as the CPU allows).
+pub fn parse_speed(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("max") {
+        return Ok(f64::INFINITY);
+    }
+    match t.parse::<f64>() {
+        Ok(v) if v > 0.0 && !v.is_nan() => Ok(v),
+        _ => Err(format!("speed must be a positive number or max, got {s:?}")),
+    }
+}
+
+fn speed_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(v) => Ok(v),
+        Raw::Text(t) => parse_speed(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn speed_ser<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_infinite() {
+        s.serialize_str("max")
+    } else {
+        s.serialize_f64(*v)
     }
 }
 
@@ -242,9 +297,13 @@ impl LabConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        if !(self.twin.speed.is_finite() && self.twin.speed > 0.0) {
+        let speed_ok = match self.twin.clock {
+            TwinClock::Event => self.twin.speed > 0.0,
+            TwinClock::Scaled => self.twin.speed.is_finite() && self.twin.speed > 0.0,
+        };
+        if !speed_ok {
             p.push(format!(
-                "virtual.speed must be positive, got {}",
+                "virtual.speed must be positive (max only on the event clock), got {}",
                 self.twin.speed
             ));
         }
@@ -566,6 +625,29 @@ pub const PAPER_VIRTUAL_TOML: &str = include_str!("../../../examples/agent-lab-v
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_twin_speed_is_a_positive_factor_or_max_and_max_needs_the_event_clock() {
+        assert_eq!(parse_speed("max"), Ok(f64::INFINITY));
+        assert_eq!(parse_speed(" MAX "), Ok(f64::INFINITY));
+        assert_eq!(parse_speed("250"), Ok(250.0));
+        for bad in ["0", "-3", "NaN", "fast", ""] {
+            assert!(parse_speed(bad).is_err(), "{bad}");
+        }
+        let with = |line: &str| PAPER_VIRTUAL_TOML.replacen("speed = \"max\"", line, 1);
+        let c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
+        assert!(c.twin.speed.is_infinite());
+        assert_eq!(c.twin.clock, TwinClock::Event);
+        let c = LabConfig::from_toml_str(&with("speed = 300.0")).unwrap();
+        assert_eq!(c.twin.speed, 300.0);
+        assert!(LabConfig::from_toml_str(&with("speed = \"warp\"")).is_err());
+        let mut c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
+        c.twin.clock = TwinClock::Scaled;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max only on the event clock"), "{e}");
+        c.twin.speed = 50.0;
+        c.validate().unwrap();
+    }
 
     #[test]
     fn paper_virtual_lab_parses() {

@@ -84,7 +84,32 @@ impl Drop for Owned<'_> {
 }
 
 /// Run `program` on `lab`; every record goes to `sink`, each kept before the run goes on.
+///
+/// On the event clock the run is an activity (lab time moves while it runs, at max speed only
+/// then) and an actor (lab time stands still while it works between steps); each running step is
+/// an actor of its own, handed back to the run when it ends so the turn passes without a gap.
 pub async fn run_program<S: RecordSink>(
+    lab: &Lab,
+    program: &Program,
+    opts: ExecOptions,
+    sink: S,
+    cancel: CancellationToken,
+) -> ProgramReport {
+    let me = lab.clock.actor();
+    // dropped before `me` (locals drop in reverse): lab time stops moving before the run stops
+    // being busy, so the end of a run cannot let it move
+    let _moving = lab.clock.activity();
+    me.run(run(lab, program, opts, sink, cancel)).await
+}
+
+/// What the run waits for between steps.
+enum Next<T> {
+    Done(T),
+    Canceled,
+    Tripped,
+}
+
+async fn run<S: RecordSink>(
     lab: &Lab,
     program: &Program,
     opts: ExecOptions,
@@ -178,7 +203,11 @@ pub async fn run_program<S: RecordSink>(
                 .to_owned()
         })
         .collect();
-    if !lab.claim_devices(&run_id, &devices, &run_cancel).await {
+    if !lab
+        .clock
+        .idle(lab.claim_devices(&run_id, &devices, &run_cancel))
+        .await
+    {
         ctx.emit(
             None,
             None,
@@ -229,7 +258,7 @@ pub async fn run_program<S: RecordSink>(
     let mut outcome = Outcome::Succeeded;
     loop {
         if error.is_none() && !run_cancel.is_cancelled() && !trip.is_cancelled() {
-            lab.kernel().wait_not_held(&run_id).await;
+            lab.clock.idle(lab.kernel().wait_not_held(&run_id)).await;
             for id in ready.drain(..) {
                 let Some(step) = by_id.get(&id).copied() else {
                     continue;
@@ -242,13 +271,16 @@ pub async fn run_program<S: RecordSink>(
                         .saturating_mul(3)
                         .max(step.duration_ms + 600_000),
                 );
+                // busy from now: the run is, so lab time cannot move in between
+                let actor = lab.clock.actor();
                 let fut = async move {
                     let t = lab.clock.now_s();
-                    let r = tokio::time::timeout(
-                        lab.clock.to_real(timeout),
-                        lab.call(&method, &step.request.params),
-                    )
-                    .await;
+                    let r = actor
+                        .run(
+                            lab.clock
+                                .timeout(timeout, lab.call(&method, &step.request.params)),
+                        )
+                        .await;
                     let r: Result<CallOutput, DeviceError> = match r {
                         Ok(r) => r,
                         Err(_) => Err(DeviceError::Timeout {
@@ -257,7 +289,7 @@ pub async fn run_program<S: RecordSink>(
                             attempts: 1,
                         }),
                     };
-                    (id, method, lab.clock.now_s() - t, r)
+                    (id, method, lab.clock.now_s() - t, r, actor)
                 };
                 running.push(fut);
             }
@@ -265,42 +297,79 @@ pub async fn run_program<S: RecordSink>(
         if running.is_empty() {
             break;
         }
-        tokio::select! {
-            Some((id, method, dt, r)) = running.next() => {
-                match r {
-                    Ok(out) => {
-                        for (name, m) in out.measurements {
-                            ctx.emit(Some(id), Some(&method), RecordBody::Measurement { name, measurement: m }).await;
-                        }
-                        ctx.emit(Some(id), Some(&method), RecordBody::StepSucceeded { result: out.result, lab_duration_s: dt }).await;
-                        succeeded += 1;
-                        for d in dependents.get(&id).cloned().unwrap_or_default() {
-                            if let Some(n) = remaining.get_mut(&d) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    ready.push(d);
-                                }
+        let next = lab
+            .clock
+            .idle(async {
+                tokio::select! {
+                    Some(done) = running.next() => Next::Done(done),
+                    _ = run_cancel.cancelled(), if outcome == Outcome::Succeeded => Next::Canceled,
+                    _ = trip.cancelled(), if outcome == Outcome::Succeeded => Next::Tripped,
+                    else => Next::Canceled,
+                }
+            })
+            .await;
+        match next {
+            // the step's actor is dropped only now, with the run busy again
+            Next::Done((id, method, dt, r, _step_actor)) => match r {
+                Ok(out) => {
+                    for (name, m) in out.measurements {
+                        ctx.emit(
+                            Some(id),
+                            Some(&method),
+                            RecordBody::Measurement {
+                                name,
+                                measurement: m,
+                            },
+                        )
+                        .await;
+                    }
+                    ctx.emit(
+                        Some(id),
+                        Some(&method),
+                        RecordBody::StepSucceeded {
+                            result: out.result,
+                            lab_duration_s: dt,
+                        },
+                    )
+                    .await;
+                    succeeded += 1;
+                    for d in dependents.get(&id).cloned().unwrap_or_default() {
+                        if let Some(n) = remaining.get_mut(&d) {
+                            *n -= 1;
+                            if *n == 0 {
+                                ready.push(d);
                             }
                         }
                     }
-                    Err(e) => {
-                        ctx.emit(Some(id), Some(&method), RecordBody::StepFailed { code: e.code().into(), message: e.to_string() }).await;
-                        if error.is_none() {
-                            error = Some(format!("step {id} ({method}): {e}"));
-                            outcome = Outcome::Failed;
-                        }
-                        break;
-                    }
                 }
-            }
-            _ = run_cancel.cancelled(), if outcome == Outcome::Succeeded => {
+                Err(e) => {
+                    ctx.emit(
+                        Some(id),
+                        Some(&method),
+                        RecordBody::StepFailed {
+                            code: e.code().into(),
+                            message: e.to_string(),
+                        },
+                    )
+                    .await;
+                    if error.is_none() {
+                        error = Some(format!("step {id} ({method}): {e}"));
+                        outcome = Outcome::Failed;
+                    }
+                    break;
+                }
+            },
+            Next::Canceled => {
                 outcome = Outcome::Canceled;
                 error = Some("canceled".into());
                 break;
             }
-            _ = trip.cancelled(), if outcome == Outcome::Succeeded => {
+            Next::Tripped => {
                 outcome = Outcome::Failed;
-                error = Some(format!("safety kernel tripped: {:?}", lab.kernel().faults().first().map(|f| f.detail.clone())));
+                error = Some(format!(
+                    "safety kernel tripped: {:?}",
+                    lab.kernel().faults().first().map(|f| f.detail.clone())
+                ));
                 break;
             }
         }

@@ -89,7 +89,8 @@ pub struct Lab {
     twin: Option<TwinHandle>,
     kernel: Arc<SafetyKernel>,
     kernel_task: Option<tokio::task::JoinHandle<()>>,
-    books: tokio::sync::Mutex<BTreeMap<String, PumpBook>>,
+    /// Each pump's syringe book, locked per pump (refills of several pumps run at once).
+    books: BTreeMap<String, tokio::sync::Mutex<PumpBook>>,
     /// Concrete pump drivers (for byte counters in tests).
     pub ne1000: BTreeMap<String, Arc<Ne1000Pump>>,
     pub pid: Option<Arc<PidModbus>>,
@@ -124,7 +125,11 @@ impl Lab {
         config.validate()?;
         let needs_twin = config.needs_twin();
         let clock = if needs_twin {
-            Clock::new(config.twin.speed).map_err(|e| LabError::Invalid(e.to_string()))?
+            match config.twin.clock {
+                crate::config::TwinClock::Event => Clock::event(config.twin.speed),
+                crate::config::TwinClock::Scaled => Clock::new(config.twin.speed),
+            }
+            .map_err(|e| LabError::Invalid(e.to_string()))?
         } else {
             Clock::real_time()
         };
@@ -139,8 +144,11 @@ impl Lab {
                 ..ThermalParams::default()
             };
             let mut world = World::new(landscape, chem.clone(), params, config.twin.seed);
-            // keep the lease meaningful at high speed factors: never shorter than 50 ms of wall time
-            world.heater.lease_floor_s = 0.05 * config.twin.speed;
+            // on the scaled clock, keep the lease meaningful at high speed factors: never shorter
+            // than 50 ms of wall time (the event clock refreshes it in lockstep)
+            if !clock.is_event() {
+                world.heater.lease_floor_s = 0.05 * config.twin.speed;
+            }
             let mut ports = Vec::new();
             for d in &config.devices {
                 if d.port.as_deref() != Some(VIRTUAL_PORT) {
@@ -249,12 +257,12 @@ impl Lab {
                     });
                     books.insert(
                         d.symbol.clone(),
-                        PumpBook {
+                        tokio::sync::Mutex::new(PumpBook {
                             diameter_mm: d.syringe_diameter_mm(),
                             refill_below_ul: d.refill_below_ul.unwrap_or(0.8 * cap),
                             content_ul: cap,
                             initialised: false,
-                        },
+                        }),
                     );
                     ne1000.insert(d.symbol.clone(), p.clone());
                     pumps.push(p.clone());
@@ -390,7 +398,7 @@ impl Lab {
             twin,
             kernel,
             kernel_task,
-            books: tokio::sync::Mutex::new(books),
+            books,
             ne1000,
             pid,
             owners: Default::default(),
@@ -462,7 +470,18 @@ impl Lab {
     /// reset (an operator on the lab's machine, or a lab admin through the cloud) and why.
     pub async fn reset_faults(&self, by: &str) -> Result<FaultReset, DeviceError> {
         let cleared = self.kernel.reset(by).await?;
-        tokio::time::sleep(self.kernel.real_period() * 2).await;
+        if self.clock.is_event() {
+            // two kernel cycles of lab time (and a half: the kernel's own wake-up at the same
+            // instant may come after this one's)
+            let _moving = self.clock.activity();
+            self.clock
+                .sleep(Duration::from_secs_f64(
+                    2.5 * self.kernel.config().control_period_s,
+                ))
+                .await;
+        } else {
+            tokio::time::sleep(self.kernel.real_period() * 2).await;
+        }
         Ok(FaultReset {
             cleared,
             latched: self.kernel.faults(),
@@ -896,7 +915,29 @@ impl Lab {
     }
 
     /// Call `"<SYMBOL>.<method>"` with named numeric parameters (manual control and the executor).
+    /// On the event clock a call that changes something counts its serial exchange as the
+    /// twin's fixed `call_lab_ms` of lab time (reads count none: a read's time is the caller's).
     pub async fn call(
+        &self,
+        method: &str,
+        params: &BTreeMap<String, f64>,
+    ) -> Result<CallOutput, DeviceError> {
+        // outside a program (a manual call, telemetry, a test) the call is an actor of its own
+        self.clock
+            .as_actor(async {
+                let out = self.call_device(method, params).await?;
+                let reads = method.ends_with(".status") || method.ends_with(".read");
+                if self.clock.is_event() && !reads && self.config.twin.call_lab_ms > 0 {
+                    self.clock
+                        .sleep(Duration::from_millis(self.config.twin.call_lab_ms))
+                        .await;
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn call_device(
         &self,
         method: &str,
         params: &BTreeMap<String, f64>,
@@ -1109,6 +1150,9 @@ impl Lab {
             }
             (Device::External(x), name) => {
                 let o = x.call(name, params).await?;
+                if let Some(s) = o.lab_duration_s.filter(|_| self.clock.is_event()) {
+                    self.clock.sleep(Duration::from_secs_f64(s)).await;
+                }
                 CallOutput {
                     result: o.result,
                     measurements: o.measurements,
@@ -1161,12 +1205,13 @@ impl Lab {
     }
 
     async fn pump_refill(&self, sym: &str, p: &dyn SyringePump) -> Result<f64, DeviceError> {
-        let mut books = self.books.lock().await;
         let cap = p.limits().syringe_volume_ul;
         let rate = p.limits().max_rate_ul_min;
-        let Some(b) = books.get_mut(sym) else {
+        let Some(book) = self.books.get(sym) else {
             return Ok(cap);
         };
+        let mut b = self.clock.idle(book.lock()).await;
+        let b = &mut *b;
         p.stop().await?;
         Self::sync_book(p, b).await?;
         // A link-loss hold stops the withdrawal part-way; the next round tops the syringe up.
@@ -1202,7 +1247,7 @@ impl Lab {
     /// stopped (by the kernel or here), never with a step restarting what the kernel stopped.
     async fn start_pump(&self, sym: &str, p: &dyn SyringePump) -> Result<(), DeviceError> {
         loop {
-            self.kernel.wait_device_not_held(sym).await;
+            self.clock.idle(self.kernel.wait_device_not_held(sym)).await;
             if !self.kernel.motion_allowed(sym)? {
                 continue;
             }
@@ -1251,11 +1296,9 @@ impl Lab {
         volume: f64,
     ) -> Result<CallOutput, DeviceError> {
         p.stop().await?;
-        {
-            let mut books = self.books.lock().await;
-            if let Some(b) = books.get_mut(sym) {
-                Self::sync_book(p, b).await?;
-            }
+        if let Some(book) = self.books.get(sym) {
+            let mut b = self.clock.idle(book.lock()).await;
+            Self::sync_book(p, &mut b).await?;
         }
         if rate <= 0.0 {
             return Ok(CallOutput {
@@ -1263,25 +1306,22 @@ impl Lab {
                 ..Default::default()
             });
         }
-        let low = {
-            let books = self.books.lock().await;
-            books
-                .get(sym)
-                .map(|b| b.content_ul < b.refill_below_ul.min(volume))
-                .unwrap_or(false)
+        let low = match self.books.get(sym) {
+            Some(book) => {
+                let b = self.clock.idle(book.lock()).await;
+                b.content_ul < b.refill_below_ul.min(volume)
+            }
+            None => false,
         };
         let mut refilled = false;
         if low {
             self.pump_refill(sym, p).await?;
             refilled = true;
         }
-        let content = self
-            .books
-            .lock()
-            .await
-            .get(sym)
-            .map(|b| b.content_ul)
-            .unwrap_or(volume);
+        let content = match self.books.get(sym) {
+            Some(book) => self.clock.idle(book.lock()).await.content_ul,
+            None => volume,
+        };
         let vol = volume.min(content).max(0.0);
         p.set_direction(Direction::Infuse).await?;
         p.set_rate(rate).await?;

@@ -133,8 +133,12 @@ pub async fn probe(spec: &ProbeSpec) -> anyhow::Result<ProbeResult> {
     r
 }
 
-/// Run one probe on an existing lab with the paper's devices.
+/// Run one probe on an existing lab with the paper's devices (as one actor of its clock).
 pub async fn probe_on(lab: &Lab, spec: &ProbeSpec) -> anyhow::Result<ProbeResult> {
+    lab.clock.as_actor(probe_steps(lab, spec)).await
+}
+
+async fn probe_steps(lab: &Lab, spec: &ProbeSpec) -> anyhow::Result<ProbeResult> {
     let p = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     };

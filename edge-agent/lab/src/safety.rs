@@ -119,6 +119,8 @@ pub struct SafetyKernel {
     stop: Arc<AtomicBool>,
     emergency: Vec<EmergencyWrite>,
     hold_changed: tokio::sync::Notify,
+    /// Kernel cycles run so far.
+    cycles: AtomicU64,
 }
 
 impl std::fmt::Debug for SafetyKernel {
@@ -161,6 +163,7 @@ impl SafetyKernel {
             stop: Arc::new(AtomicBool::new(false)),
             emergency,
             hold_changed: tokio::sync::Notify::new(),
+            cycles: AtomicU64::new(0),
         })
     }
 
@@ -181,8 +184,33 @@ impl SafetyKernel {
     }
 
     /// Start the kernel loop on the current runtime and the watchdog thread.
+    ///
+    /// On the virtual lab's event clock the loop is an actor of that clock: a cycle every
+    /// `control_period_s` of lab time, in lockstep with everything else the lab does, and no
+    /// wall-clock watchdog (a stalled runtime stalls lab time with it, so a stall cannot cut the
+    /// heater's lease or let anything run away).
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         self.beat();
+        if self.clock.is_event() {
+            let me = self.clone();
+            let actor = self.clock.actor();
+            let period = Duration::from_secs_f64(self.cfg.control_period_s);
+            return tokio::spawn(async move {
+                actor
+                    .run(async {
+                        loop {
+                            if me.stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            me.beat();
+                            me.cycle().await;
+                            me.cycles.fetch_add(1, Ordering::Relaxed);
+                            me.clock.sleep(period).await;
+                        }
+                    })
+                    .await
+            });
+        }
         self.spawn_watchdog();
         let me = self.clone();
         tokio::spawn(async move {
@@ -202,8 +230,14 @@ impl SafetyKernel {
                     .await;
                 }
                 me.cycle().await;
+                me.cycles.fetch_add(1, Ordering::Relaxed);
             }
         })
+    }
+
+    /// Kernel cycles run so far.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
     }
 
     fn spawn_watchdog(self: &Arc<Self>) {

@@ -22,8 +22,15 @@ async fn lab(speed: f64) -> Lab {
 
 /// The paper's virtual lab with its controller `H` speaking `profile`.
 async fn lab_with(speed: f64, profile: &str) -> Lab {
+    lab_on(speed, profile, maosic_lab::config::TwinClock::Event).await
+}
+
+/// The same on a given clock: `Scaled` (wall time × speed) for what only wall time shows, a
+/// blocked runtime — on the event clock a stall stops lab time with it.
+async fn lab_on(speed: f64, profile: &str, clock: maosic_lab::config::TwinClock) -> Lab {
     let mut c = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML).unwrap();
     c.twin.speed = speed;
+    c.twin.clock = clock;
     for d in c.devices.iter_mut().filter(|d| d.symbol == "H") {
         d.profile = Some(profile.to_string());
     }
@@ -281,7 +288,7 @@ fn blocked_runtime_reaches_safe_state(profile: &str) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let lab = lab_with(10.0, profile).await;
+        let lab = lab_on(10.0, profile, maosic_lab::config::TwinClock::Scaled).await;
         let wd = lab.config.safety.watchdog_ms;
         lab.call("H.set_temperature", &params(&[("T", 60.0)])).await.unwrap();
         lab.call("P1.set_rate", &params(&[("rate", 20.0)])).await.unwrap();

@@ -2,7 +2,9 @@
 //! by the schema compiler against this lab's descriptor) on the virtual lab at a given speed;
 //! prints wall time, lab time and per-loop figures as a table.
 //!
-//! Usage: lab-bench [LOOPS] [SPEED]   (defaults 250, 1000)
+//! Usage: lab-bench [LOOPS] [SPEED]   (defaults 250, max; SPEED is a factor or `max`)
+//! `LAB_BENCH_TRACE=1` prints every record (step, method, lab time, content) to stderr, to diff
+//! two runs whose digests differ.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -36,9 +38,9 @@ async fn main() -> anyhow::Result<()> {
     let loops: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(250);
     let speed: f64 = args
         .next()
-        .map(|s| s.parse())
+        .map(|s| maosic_lab::config::parse_speed(&s).map_err(anyhow::Error::msg))
         .transpose()?
-        .unwrap_or(1000.0);
+        .unwrap_or(f64::INFINITY);
     let mut cfg = LabConfig::from_toml_str(PAPER_VIRTUAL_TOML)?;
     cfg.twin.speed = speed;
     let mut lab = Lab::build(cfg).await?;
@@ -47,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let wall0 = Instant::now();
     let lab0 = lab.clock.now_s();
     let (mut ok, mut failed, mut records) = (0u32, 0u32, 0u64);
+    // every record's step, lab time and content, over the whole run: equal runs, equal digests
+    let mut run_digest = 0u64;
     let mut best = (0.0f64, 0.0, 0.0);
     let mut step_time: BTreeMap<String, (f64, u32)> = BTreeMap::new();
     for i in 0..loops {
@@ -58,11 +62,33 @@ async fn main() -> anyhow::Result<()> {
             Err(d) => anyhow::bail!("loop {i}: recipe does not compile against this lab: {d:?}"),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<maosic_lab::record::Record>(64);
+        let trace = std::env::var_os("LAB_BENCH_TRACE").is_some();
         let collect = tokio::spawn(async move {
             let (mut n, mut uv, mut cd) = (0u64, None, None);
             let mut per: Vec<(String, f64)> = Vec::new();
+            let mut digest = std::hash::DefaultHasher::new();
             while let Some(r) = rx.recv().await {
                 n += 1;
+                // what the lab did and measured, and when in lab time (not the wall clock)
+                use std::hash::Hash as _;
+                if trace {
+                    eprintln!(
+                        "{:?} {:?} {} {}",
+                        r.step,
+                        r.method,
+                        r.lab_time_s,
+                        serde_json::to_string(&r.body)
+                            .unwrap_or_default()
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    );
+                }
+                r.step.hash(&mut digest);
+                r.lab_time_s.to_bits().hash(&mut digest);
+                serde_json::to_string(&r.body)
+                    .unwrap_or_default()
+                    .hash(&mut digest);
                 if let (RecordBody::StepSucceeded { lab_duration_s, .. }, Some(m)) =
                     (&r.body, &r.method)
                 {
@@ -84,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            (n, uv, cd, per)
+            (n, uv, cd, per, std::hash::Hasher::finish(&digest))
         });
         let rep = lab
             .run_program(
@@ -94,8 +120,9 @@ async fn main() -> anyhow::Result<()> {
                 CancellationToken::new(),
             )
             .await;
-        let (n, uv, cd, per) = collect.await?;
+        let (n, uv, cd, per, d) = collect.await?;
         records += n;
+        run_digest = run_digest.rotate_left(5) ^ d;
         for (m, d) in per {
             let e = step_time.entry(m).or_insert((0.0, 0u32));
             e.0 += d;
@@ -119,10 +146,11 @@ async fn main() -> anyhow::Result<()> {
     let wall = wall0.elapsed().as_secs_f64();
     let labt = lab.clock.now_s() - lab0;
     lab.shutdown().await;
-    println!("| loops | speed | succeeded | failed | records | wall time (s) | lab time (h) | lab time per loop (s) | best abs(CD) seen |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| loops | speed | succeeded | failed | records | wall time (s) | lab time (h) | lab time per loop (s) | best abs(CD) seen | records digest |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {loops} | {speed}x | {ok} | {failed} | {records} | {wall:.1} | {:.2} | {:.0} | {:.3} mdeg at ({:.1} °C, {:.2}) |",
+        "| {loops} | {} | {ok} | {failed} | {records} | {wall:.1} | {:.2} | {:.0} | {:.3} mdeg at ({:.1} °C, {:.2}) | {run_digest:016x} |",
+        if speed.is_finite() { format!("{speed}x") } else { "max".into() },
         labt / 3600.0,
         labt / f64::from(loops.max(1)),
         best.0,

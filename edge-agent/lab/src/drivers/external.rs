@@ -112,6 +112,9 @@ impl std::fmt::Debug for ExternalDriver {
 pub struct ExternalOutput {
     pub result: Value,
     pub measurements: Vec<(String, Measurement)>,
+    /// Lab time the instrument reports it spent (`lab_duration_s` in the result, optional): on
+    /// a discrete-event lab clock the agent counts it (the driver's I/O itself takes none).
+    pub lab_duration_s: Option<f64>,
 }
 
 impl ExternalDriver {
@@ -312,9 +315,22 @@ impl ExternalDriver {
             check_measurement(&m).map_err(|d| proto(format!("{}: {kind}: {d}", md.name)))?;
             measurements.push((kind.to_string(), m));
         }
+        let lab_duration_s = match obj.get("lab_duration_s") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_f64() {
+                Some(s) if (0.0..=86_400.0).contains(&s) => Some(s),
+                _ => {
+                    return Err(proto(format!(
+                        "{}: lab_duration_s must be 0 to 86400 seconds, got {v}",
+                        md.name
+                    )))
+                }
+            },
+        };
         Ok(ExternalOutput {
             result: Value::Object(obj),
             measurements,
+            lab_duration_s,
         })
     }
 

@@ -341,7 +341,8 @@ pub async fn serve_pid(
 /// - `ID?` → `MAOSIC-BENCH 2048 200 1100` (model, pixels, first and last wavelength, nm)
 /// - `WL?` → the 2,048 pixel wavelengths, nm, space-separated
 /// - `LAMP 1` / `LAMP 0` → `OK` (light source shutter open / closed, for dark spectra)
-/// - `ACQ <integration_ms> <averages>` → after that much lab time, `DATA` and the counts
+/// - `ACQ <integration_ms> <averages>` → after that much lab time (on the event clock: at once,
+///   the agent counting the exposure), `DATA` and the counts
 /// - anything else → `ERR <reason>`
 ///
 /// The light passes through the stream at the flow cell as the world holds it when the
@@ -399,9 +400,13 @@ pub async fn serve_bench(
                     (Ok(ms), Ok(avg))
                         if (1.0..=10_000.0).contains(&ms) && (1..=100).contains(&avg) =>
                     {
-                        clock
-                            .sleep(Duration::from_secs_f64(ms * f64::from(avg) / 1000.0))
-                            .await;
+                        // on the scaled clock the exposure takes its time here; on the event
+                        // clock the agent counts it (the driver reports `lab_duration_s`)
+                        if !clock.is_event() {
+                            clock
+                                .sleep(Duration::from_secs_f64(ms * f64::from(avg) / 1000.0))
+                                .await;
+                        }
                         let counts = {
                             let mut w = lock(&world);
                             w.advance_to(clock.now_s());
