@@ -951,6 +951,18 @@ pub fn virtual_lab_config(dir: &Path, speed: f64, seed: u64) -> anyhow::Result<P
     Ok(path)
 }
 
+/// The example virtual lab (`examples/agent-lab-virtual.toml`, seed 42) paced at `speed`x the
+/// wall clock, written once per process: for tests whose scenario needs records that flow for
+/// seconds of wall time (a link cut, a server kill, an outage in the middle of a stream); the
+/// file's default speed, `max`, runs such a stream in a moment.
+pub fn paced_virtual_lab(speed: f64) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("a temp dir"));
+    let sub = dir.path().join(format!("paced-{speed}"));
+    let _ = std::fs::create_dir_all(&sub);
+    virtual_lab_config(&sub, speed, 42).expect("the paced lab configuration")
+}
+
 /// The value of variable `name` in a typed parameter list (`[{name, value}]`, as
 /// `Experiment.parameters` and `Campaign.bestParameters` return it).
 pub fn param(list: &serde_json::Value, name: &str) -> Option<f64> {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use maosic_e2e::streams::{
@@ -24,12 +24,6 @@ use maosic_e2e::{
 use serde_json::{json, Value};
 
 const TOKEN: &str = "operator-test-token-0123456789abcdef";
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
 
 /// Runs a future to completion from the synchronous parts of a test (the probes of `wait_for`).
 fn block<F: Future>(f: F) -> F::Output {
@@ -88,8 +82,11 @@ fn lab_agent_with(
     spool: &Path,
     options: AgentOptions,
 ) -> TestAgent {
+    // paced at 1000x: kills and outages must land in the middle of a flowing stream (at the
+    // default `max` a stream is over in a moment, and its records can be identical but for
+    // their sequence numbers, which the body-duplicate check below would count)
     let options = AgentOptions {
-        lab: Some(repo("examples/agent-lab-virtual.toml")),
+        lab: Some(maosic_e2e::paced_virtual_lab(1000.0)),
         spool: Some(spool.to_path_buf()),
         ..options
     };

@@ -34,8 +34,10 @@ fn repo(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The example virtual lab paced at 1000x the wall clock (its default is `max`): these tests
+/// cut the link while a stream of records flows for seconds (a 40 s hold is 40 ms of wall time).
 fn lab_config() -> PathBuf {
-    repo("examples/agent-lab-virtual.toml")
+    maosic_e2e::paced_virtual_lab(1000.0)
 }
 
 /// Runs a future to completion from the synchronous parts of a test (the probes of `wait_for`).

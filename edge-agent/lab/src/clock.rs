@@ -342,22 +342,47 @@ impl Clock {
         let Ok(cell) = ACTOR.try_with(Arc::clone) else {
             return fut.await;
         };
-        // idle only once `fut` is pending: a wait that is over at once must not open a moment
-        // in which nobody is busy (lab time would move in it)
+        // idle only while `fut` is pending: a wait that is over at once must not open a moment
+        // in which nobody is busy (lab time would move in it); a waiter another actor made
+        // busy (see [`Clock::hand_over`]) that has to wait again is idle again
+        // busy while `fut` is polled: what completes it inside this poll (an actor of a future
+        // it drives, ending) cannot leave a moment in which nobody is busy
         let mut fut = std::pin::pin!(fut);
         let mut recount: Option<Recount> = None;
         std::future::poll_fn(|cx| {
+            if recount.is_some() {
+                s.count(&mut lock(&s.state), &cell);
+            }
             let r = fut.as_mut().poll(cx);
-            if r.is_pending() && recount.is_none() {
+            if r.is_pending() {
                 s.uncount(&mut lock(&s.state), &cell);
-                recount = Some(Recount {
-                    sched: s.clone(),
-                    cell: cell.clone(),
-                });
+                if recount.is_none() {
+                    recount = Some(Recount {
+                        sched: s.clone(),
+                        cell: cell.clone(),
+                    });
+                }
             }
             r
         })
         .await
+    }
+
+    /// The current task's actor, to hand a turn over to it later (see [`Clock::hand_over`]).
+    pub fn current_actor(&self) -> Option<ActorHandle> {
+        match &*self.inner {
+            Inner::Event(_) => ACTOR.try_with(Arc::clone).ok().map(ActorHandle),
+            Inner::Scaled { .. } => None,
+        }
+    }
+
+    /// Count `waiter` busy now, from a busy actor that just made the thing it waits for (in
+    /// [`Clock::idle`]) happen: the waiter is busy before this actor can go idle, so lab time
+    /// cannot move between the two (a device handed from one program to the next).
+    pub fn hand_over(&self, waiter: &ActorHandle) {
+        if let Inner::Event(s) = &*self.inner {
+            s.count(&mut lock(&s.state), &waiter.0);
+        }
     }
 
     /// Await `fut` as an actor holding an activity, unless this task already is an actor (then
@@ -472,6 +497,10 @@ impl Drop for SleepGuard {
         self.sched.changed.notify_one();
     }
 }
+
+/// An actor to hand a turn over to (see [`Clock::hand_over`]).
+#[derive(Debug, Clone)]
+pub struct ActorHandle(Arc<ActorCell>);
 
 /// A busy actor of the event clock (see [`Clock::actor`]).
 #[derive(Debug)]

@@ -102,6 +102,31 @@ pub async fn run_program<S: RecordSink>(
     me.run(run(lab, program, opts, sink, cancel)).await
 }
 
+/// [`run_program`] with the run busy on the lab clock from this call, not from the returned
+/// future's first poll: a caller that queues runs ahead (a pipeline) cannot let lab time move
+/// between handing a run over and the run queueing for its devices.
+pub fn start_program<'a, S: RecordSink + 'a>(
+    lab: &'a Lab,
+    program: Program,
+    opts: ExecOptions,
+    sink: S,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ProgramReport> + 'a {
+    let me = lab.clock.actor();
+    let moving = lab.clock.activity();
+    async move {
+        let report = me.run(run(lab, &program, opts, sink, cancel)).await;
+        drop(moving);
+        drop(me);
+        report
+    }
+}
+
+/// The device a method names (`P1.set_rate` → `P1`).
+fn device_of(method: &str) -> String {
+    method.split_once('.').map_or(method, |(d, _)| d).to_owned()
+}
+
 /// What the run waits for between steps.
 enum Next<T> {
     Done(T),
@@ -122,7 +147,7 @@ async fn run<S: RecordSink>(
         program_id: opts.program_id.clone(),
     };
     let total = program.steps.len() as u32;
-    let t0 = lab.clock.now_s();
+    let queued_at = lab.clock.now_s();
     let refuse = |msg: String| ProgramReport {
         outcome: Outcome::Refused,
         steps_succeeded: 0,
@@ -186,8 +211,11 @@ async fn run<S: RecordSink>(
     }
     let policy = opts.link_loss.unwrap_or(lab.config.safety.link_loss);
     let run_cancel = cancel.child_token();
-    // 2. the devices it uses, claimed all at once: a program that needs a device another
-    // program owns waits for it (cancellable meanwhile)
+    // 2. the devices it uses, queued for all at once (behind earlier programs: a device goes to
+    // the programs that need it in the order they came, so no two wait on each other); the run
+    // starts once it owns the devices of its first steps (cancellable meanwhile), each later
+    // step waits for its own device, and a device goes back after the last step on it — so
+    // the next program's synthesis can start while this one still measures
     let run_id = opts
         .program_id
         .clone()
@@ -195,17 +223,22 @@ async fn run<S: RecordSink>(
     let devices: BTreeSet<String> = program
         .steps
         .iter()
-        .map(|s| {
-            s.request
-                .method
-                .split_once('.')
-                .map_or(s.request.method.as_str(), |(d, _)| d)
-                .to_owned()
-        })
+        .map(|s| device_of(&s.request.method))
         .collect();
+    let first: BTreeSet<String> = program
+        .steps
+        .iter()
+        .filter(|s| s.after.is_empty())
+        .map(|s| device_of(&s.request.method))
+        .collect();
+    // steps not yet ended, per device
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &program.steps {
+        *uses.entry(device_of(&s.request.method)).or_default() += 1;
+    }
     if !lab
         .clock
-        .idle(lab.claim_devices(&run_id, &devices, &run_cancel))
+        .idle(lab.claim_devices(&run_id, &devices, &first, &run_cancel))
         .await
     {
         ctx.emit(
@@ -214,7 +247,7 @@ async fn run<S: RecordSink>(
             RecordBody::ProgramFinished {
                 outcome: Outcome::Canceled,
                 steps_succeeded: 0,
-                lab_duration_s: lab.clock.now_s() - t0,
+                lab_duration_s: lab.clock.now_s() - queued_at,
             },
         )
         .await;
@@ -222,16 +255,25 @@ async fn run<S: RecordSink>(
             outcome: Outcome::Canceled,
             steps_succeeded: 0,
             steps_total: total,
-            lab_duration_s: lab.clock.now_s() - t0,
+            lab_duration_s: lab.clock.now_s() - queued_at,
             error: Some("canceled while waiting for its devices".into()),
         };
     }
+    // the run's lab time counts from when it has its first devices (not from when it queued)
+    let t0 = lab.clock.now_s();
     let _owned = Owned {
         lab,
         run_id: &run_id,
     };
     lab.kernel()
-        .program_started(&run_id, policy, run_cancel.clone(), devices.clone());
+        .program_started(&run_id, policy, run_cancel.clone(), first.clone());
+    // the devices this run owns now (taken by its steps, given back after the last step on each)
+    let held = std::sync::Mutex::new(first.clone());
+    let held_now = || -> BTreeSet<String> {
+        held.lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    };
     let trip = lab.kernel().trip_token();
     ctx.emit(None, None, RecordBody::ProgramStarted { steps: total })
         .await;
@@ -273,13 +315,32 @@ async fn run<S: RecordSink>(
                 );
                 // busy from now: the run is, so lab time cannot move in between
                 let actor = lab.clock.actor();
+                let (run_id, run_cancel, held) = (&run_id, &run_cancel, &held);
                 let fut = async move {
                     let t = lab.clock.now_s();
                     let r = actor
-                        .run(
+                        .run(async {
+                            // its device, once the earlier program that has it gives it back
+                            let device = device_of(&method);
+                            let one = BTreeSet::from([device.clone()]);
+                            if !lab.owns_all(run_id, &one)
+                                && !lab
+                                    .clock
+                                    .idle(lab.wait_owned(run_id, &one, run_cancel))
+                                    .await
+                            {
+                                return Ok(Err(DeviceError::Interlock(format!(
+                                    "{method}: canceled while waiting for {device}"
+                                ))));
+                            }
+                            if let Ok(mut h) = held.lock() {
+                                h.insert(device.clone());
+                            }
+                            lab.kernel().program_take(run_id, &device);
                             lab.clock
-                                .timeout(timeout, lab.call(&method, &step.request.params)),
-                        )
+                                .timeout(timeout, lab.call(&method, &step.request.params))
+                                .await
+                        })
                         .await;
                     let r: Result<CallOutput, DeviceError> = match r {
                         Ok(r) => r,
@@ -333,6 +394,18 @@ async fn run<S: RecordSink>(
                     )
                     .await;
                     succeeded += 1;
+                    // after its last step here, the device goes to the next program
+                    let device = device_of(&method);
+                    if let Some(n) = uses.get_mut(&device) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            if let Ok(mut h) = held.lock() {
+                                h.remove(&device);
+                            }
+                            lab.kernel().program_give(&run_id, &device);
+                            lab.release_device(&run_id, &device);
+                        }
+                    }
                     for d in dependents.get(&id).cloned().unwrap_or_default() {
                         if let Some(n) = remaining.get_mut(&d) {
                             *n -= 1;
@@ -354,7 +427,12 @@ async fn run<S: RecordSink>(
                     .await;
                     if error.is_none() {
                         error = Some(format!("step {id} ({method}): {e}"));
-                        outcome = Outcome::Failed;
+                        // a step that fails once the run is cancelled ends a cancelled run
+                        outcome = if run_cancel.is_cancelled() {
+                            Outcome::Canceled
+                        } else {
+                            Outcome::Failed
+                        };
                     }
                     break;
                 }
@@ -378,7 +456,7 @@ async fn run<S: RecordSink>(
     if outcome != Outcome::Succeeded {
         // stop what the program started (its own devices: another program may be running);
         // the kernel has already acted on a trip
-        lab.kernel().safe_state_of(Some(&devices)).await;
+        lab.kernel().safe_state_of(Some(&held_now())).await;
     }
     ctx.safety_events().await;
     lab.kernel().program_finished(&run_id);

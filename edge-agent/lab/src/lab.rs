@@ -2,7 +2,7 @@
 //! mix), describes it as a capability descriptor, dispatches `"<SYMBOL>.<method>"` calls through
 //! the safety kernel to the device traits, runs programs, and owns e-stop and link-loss hooks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use maosic_schema::capability::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{ActorHandle, Clock};
 use crate::config::{DeviceConfig, DriverKind, LabConfig, VIRTUAL_PORT};
 use crate::devices::*;
 use crate::drivers::external::{ExternalDriver, ExternalSpec};
@@ -94,11 +94,32 @@ pub struct Lab {
     /// Concrete pump drivers (for byte counters in tests).
     pub ne1000: BTreeMap<String, Arc<Ne1000Pump>>,
     pub pid: Option<Arc<PidModbus>>,
-    /// Which running program owns each device (symbol → program run id).
-    owners: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Each device's queue of program runs (symbol → run ids): the first owns it, the others
+    /// wait in the order they came.
+    owners: std::sync::Mutex<BTreeMap<String, VecDeque<String>>>,
     owners_changed: tokio::sync::Notify,
     /// Ids of program runs started without one.
     local_runs: std::sync::atomic::AtomicU64,
+    /// Sampler slots filled and not yet taken to the CD, oldest first.
+    filled: std::sync::Mutex<VecDeque<u32>>,
+    /// Programs waiting for devices, with their actors (see [`Lab::wait_owned`]).
+    waiters: std::sync::Mutex<BTreeMap<u64, Waiter>>,
+    next_waiter: std::sync::atomic::AtomicU64,
+}
+
+/// A program waiting for devices: its run id, the devices, its actor.
+type Waiter = (String, BTreeSet<String>, ActorHandle);
+
+/// Takes a waiter off the list however its wait ends.
+struct Waiting<'a> {
+    lab: &'a Lab,
+    key: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.lab.waiters().remove(&self.key);
+    }
 }
 
 impl std::fmt::Debug for Lab {
@@ -404,6 +425,9 @@ impl Lab {
             owners: Default::default(),
             owners_changed: tokio::sync::Notify::new(),
             local_runs: Default::default(),
+            filled: Default::default(),
+            waiters: Default::default(),
+            next_waiter: Default::default(),
         })
     }
 
@@ -516,53 +540,94 @@ impl Lab {
         format!("local-{}", n + 1)
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VecDeque<String>>> {
         // A panic while holding the lock cannot leave the map inconsistent: use it anyway.
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The program run that owns `device`, if any.
-    pub fn device_owner(&self, device: &str) -> Option<String> {
-        self.owners().get(device).cloned()
+    fn filled(&self) -> std::sync::MutexGuard<'_, VecDeque<u32>> {
+        self.filled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims every device of `devices` for `program`, all at once (no program holds some
-    /// while waiting for others, so two programs never wait on each other): waits while
-    /// another program owns any of them. `false` when `cancel` fired first.
+    /// The program run that owns `device` (the first in its queue), if any.
+    pub fn device_owner(&self, device: &str) -> Option<String> {
+        self.owners().get(device).and_then(|q| q.front().cloned())
+    }
+
+    /// Whether `program` owns every device of `devices`.
+    pub fn owns_all(&self, program: &str, devices: &BTreeSet<String>) -> bool {
+        let owners = self.owners();
+        devices.iter().all(|d| {
+            owners
+                .get(d)
+                .and_then(|q| q.front())
+                .is_some_and(|o| o == program)
+        })
+    }
+
+    /// Queues `program` for every device of `devices`, all at once, behind the programs that
+    /// queued before it (a device goes to the programs that need it in the order they came, so
+    /// a program waits only for earlier ones and two never wait on each other), then waits
+    /// until it owns `first` (the devices of its first steps). `false` when `cancel` fired
+    /// first (and nothing stays queued).
     pub async fn claim_devices(
         &self,
         program: &str,
-        devices: &std::collections::BTreeSet<String>,
+        devices: &BTreeSet<String>,
+        first: &BTreeSet<String>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        {
+            let mut owners = self.owners();
+            for d in devices {
+                let q = owners.entry(d.clone()).or_default();
+                if !q.iter().any(|o| o == program) {
+                    q.push_back(program.to_owned());
+                }
+            }
+        }
+        if self.wait_owned(program, first, cancel).await {
+            return true;
+        }
+        self.release_devices(program);
+        false
+    }
+
+    /// Waits until `program` (queued by [`Self::claim_devices`]) owns every device of
+    /// `devices`; `false` when `cancel` fired first.
+    pub async fn wait_owned(
+        &self,
+        program: &str,
+        devices: &BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> bool {
         let mut logged = false;
+        // registered so that the run giving the last of them back hands the turn over
+        let _waiting = self.clock.current_actor().map(|actor| {
+            let key = self
+                .next_waiter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.waiters()
+                .insert(key, (program.to_owned(), devices.clone(), actor));
+            Waiting { lab: self, key }
+        });
         loop {
             let changed = self.owners_changed.notified();
-            {
-                let mut owners = self.owners();
-                let taken: Vec<(&String, String)> = devices
+            if self.owns_all(program, devices) {
+                return true;
+            }
+            if !logged {
+                let taken: Vec<(String, String)> = devices
                     .iter()
-                    .filter_map(|d| {
-                        owners
-                            .get(d)
-                            .filter(|o| *o != program)
-                            .map(|o| (d, o.clone()))
-                    })
+                    .filter_map(|d| self.device_owner(d).map(|o| (d.clone(), o)))
+                    .filter(|(_, o)| o != program)
                     .collect();
-                if taken.is_empty() {
-                    for d in devices {
-                        owners.insert(d.clone(), program.to_owned());
-                    }
-                    return true;
-                }
-                if !logged {
-                    tracing::info!(
-                        program,
-                        ?taken,
-                        "program waits for devices another program owns"
-                    );
-                    logged = true;
-                }
+                tracing::info!(
+                    program,
+                    ?taken,
+                    "program waits for devices an earlier program owns"
+                );
+                logged = true;
             }
             tokio::select! {
                 () = changed => {}
@@ -571,9 +636,43 @@ impl Lab {
         }
     }
 
-    /// Gives back every device `program` owns.
+    /// Gives back one device `program` will not use again (the next program in its queue owns
+    /// it now).
+    pub fn release_device(&self, program: &str, device: &str) {
+        if let Some(q) = self.owners().get_mut(device) {
+            q.retain(|o| o != program);
+        }
+        self.hand_over();
+        self.owners_changed.notify_waiters();
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Waiter>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts busy every waiting program that owns all it waits for now (before the caller,
+    /// busy, can go idle): on the event clock the turn passes without a gap.
+    fn hand_over(&self) {
+        let ready: Vec<ActorHandle> = self
+            .waiters()
+            .values()
+            .filter(|(program, devices, _)| self.owns_all(program, devices))
+            .map(|(_, _, actor)| actor.clone())
+            .collect();
+        for actor in &ready {
+            self.clock.hand_over(actor);
+        }
+    }
+
+    /// Gives back every device `program` owns or waits for.
     pub fn release_devices(&self, program: &str) {
-        self.owners().retain(|_, o| o != program);
+        let mut owners = self.owners();
+        for q in owners.values_mut() {
+            q.retain(|o| o != program);
+        }
+        owners.retain(|_, q| !q.is_empty());
+        drop(owners);
+        self.hand_over();
         self.owners_changed.notify_waiters();
     }
 
@@ -785,7 +884,7 @@ impl Lab {
                     vec![
                         m(
                             "to_cd",
-                            "Move the cuvette from a sampler slot into the CD spectrometer",
+                            "Move the cuvette from a sampler slot (default: the one filled longest ago) into the CD spectrometer",
                             30000,
                             vec![p(
                                 "slot",
@@ -794,7 +893,7 @@ impl Lab {
                                 f64::from(self.config.twin.sampler_slots.max(1)),
                                 Some(1.0),
                                 false,
-                                Some(1.0),
+                                None,
                             )],
                             &[],
                         ),
@@ -1071,6 +1170,7 @@ impl Lab {
             (Device::Sampler(s), "collect") => {
                 let volume = get("volume", 400.0);
                 let slot = s.collect(volume).await?;
+                self.filled().push_back(slot);
                 CallOutput {
                     result: json!({"slot": slot, "volume_ul": volume}),
                     ..Default::default()
@@ -1084,7 +1184,13 @@ impl Lab {
                 }
             }
             (Device::Arm(a), "to_cd") => {
-                let slot = get("slot", 1.0).round() as u32;
+                // the slot named, or the one filled longest ago (the next in the carousel: with
+                // several loops in flight each measures its own sample)
+                let slot = match params.get("slot") {
+                    Some(s) => s.round() as u32,
+                    None => self.filled().front().copied().unwrap_or(1),
+                };
+                self.filled().retain(|s| *s != slot);
                 // a cuvette left in the CD holder goes to waste first
                 let _ = a.transfer("cd", "waste").await;
                 a.transfer(&format!("slot{slot}"), "cd").await?;

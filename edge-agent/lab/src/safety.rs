@@ -567,6 +567,23 @@ impl SafetyKernel {
         );
     }
 
+    /// A running program took `device` (its steps take devices as they need them): its
+    /// link-loss policy now applies to it.
+    pub fn program_take(&self, program: &str, device: &str) {
+        if let Some(p) = lock_state(&self.state).programs.get_mut(program) {
+            p.devices.insert(device.to_owned());
+        }
+    }
+
+    /// A running program gave `device` back after its last step on it: its policy no longer
+    /// applies to it (the next program's does).
+    pub fn program_give(&self, program: &str, device: &str) {
+        if let Some(p) = lock_state(&self.state).programs.get_mut(program) {
+            p.devices.remove(device);
+        }
+        self.hold_changed.notify_waiters();
+    }
+
     pub fn program_finished(&self, program: &str) {
         lock_state(&self.state).programs.remove(program);
         self.hold_changed.notify_waiters();

@@ -316,6 +316,17 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         .hold(state, owner, &wanted)
         .await?;
     let mut busy: HashSet<LabId> = HashSet::new();
+    // Experiments in the lab now, per lab; a lab takes as many at once as the largest batch of
+    // the campaigns running on it (the agent queues them for their devices in order, so a
+    // pipelined recipe synthesises one while the one before is measured); 1 by default.
+    let mut in_lab: HashMap<LabId, i64> = HashMap::new();
+    let mut depth: HashMap<LabId, i64> = HashMap::new();
+    for c in &campaigns {
+        if c.state == CampaignState::Running {
+            let d = depth.entry(c.lab_id.clone()).or_insert(1);
+            *d = (*d).max(c.batch_size);
+        }
+    }
     for e in live {
         if !mine.contains(&e.lab_id) {
             // Another replica's engine looks after this lab; its agent may still be here.
@@ -331,7 +342,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         match observe(state, &e).await {
             Ok(false) => {}
             Ok(true) => {
-                busy.insert(e.lab_id.clone());
+                *in_lab.entry(e.lab_id.clone()).or_default() += 1;
             }
             Err(err) => {
                 // Its lab stays occupied until the experiment can be looked at again.
@@ -389,8 +400,21 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         if busy.contains(&lab_id) || !state.gateway.is_connected(&lab_id) {
             continue;
         }
-        if let Err(e) = dispatch(state, owner, &lab_id).await {
-            warn!(lab.id = %lab_id, error = %e, "dispatch failed");
+        let room = depth
+            .get(&lab_id)
+            .copied()
+            .unwrap_or(1)
+            .clamp(1, MAX_IN_LAB)
+            - in_lab.get(&lab_id).copied().unwrap_or(0);
+        for _ in 0..room {
+            match dispatch(state, owner, &lab_id).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    warn!(lab.id = %lab_id, error = %e, "dispatch failed");
+                    break;
+                }
+            }
         }
     }
     Ok(())
@@ -852,8 +876,11 @@ fn publish_experiment(state: &AppState, e: &Experiment, new_state: ExperimentSta
     });
 }
 
-/// Claims the lab's next experiment and sends it to the agent.
-async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<(), StorageError> {
+/// Most experiments one lab is sent at once (a pipelined recipe needs two or three).
+const MAX_IN_LAB: i64 = 4;
+
+/// Claims the lab's next experiment and sends it to the agent; `false` when none was queued.
+async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<bool, StorageError> {
     let now = now_ms();
     let lease = i64::try_from(state.config.campaigns.lease_ms).unwrap_or(i64::MAX);
     let Some(e) = state
@@ -861,13 +888,13 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<(), S
         .claim_experiment(lab_id, owner, lease, now)
         .await?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let program: Value = match serde_json::from_str(&e.program_json) {
         Ok(p) => p,
         Err(err) => {
             warn!(experiment.id = %e.id, error = %err, "stored program does not parse");
-            return Ok(());
+            return Ok(true);
         }
     };
     info!(experiment.id = %e.id, lab.id = %lab_id, seq = e.seq, attempt = e.attempts, "dispatching");
@@ -917,7 +944,7 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<(), S
             }
         }
     }));
-    Ok(())
+    Ok(true)
 }
 
 /// Records an experiment the agent refused, and tells the optimizer it failed.
