@@ -113,7 +113,7 @@ pub struct TwinConfig {
     pub landscape: String,
     /// Reactor coil volume, µL.
     pub reactor_volume_ul: f64,
-    /// CD scan speed, nm/min.
+    /// CD scan speed, nm/min (the paper's: 20).
     pub cd_scan_rate_nm_per_min: f64,
     /// Robot arm move time, s.
     pub arm_move_s: f64,
@@ -130,7 +130,7 @@ impl Default for TwinConfig {
             seed: 1,
             landscape: "paper".into(),
             reactor_volume_ul: 100.0,
-            cd_scan_rate_nm_per_min: 100.0,
+            cd_scan_rate_nm_per_min: 20.0,
             arm_move_s: 20.0,
             sampler_slots: 12,
         }
