@@ -248,17 +248,49 @@ fn check_engine_metrics(server: &TestServer, lab: &str, budget: i64) {
     assert!(m.contains_key("maosic_db_pool_connections{state=\"idle\"}"));
 }
 
+/// A fresh server on `backend` with a researcher, and the paper lab enrolled and online behind
+/// an agent on the virtual lab (seed 42, max speed). Dropped agent first, database last.
+struct PaperLab {
+    agent: TestAgent,
+    _dir: tempfile::TempDir,
+    lab: maosic_e2e::TestLab,
+    s: Session,
+    server: TestServer,
+    _db: TestDatabase,
+}
+
+impl PaperLab {
+    async fn online(backend: Backend) -> Self {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let server = TestServer::spawn(&db, ENV).unwrap();
+        let s = server
+            .sign_up("researcher@lab.example", "Chirality Group")
+            .unwrap();
+        let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
+        let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
+        wait_online(&server, &s, &lab.id, &agent);
+        Self {
+            agent,
+            _dir: dir,
+            lab,
+            s,
+            server,
+            _db: db,
+        }
+    }
+}
+
 async fn paper_campaign(backend: Backend) {
-    let db = TestDatabase::create(backend).await.unwrap();
-    let server = TestServer::spawn(&db, ENV).unwrap();
-    let s = server
-        .sign_up("researcher@lab.example", "Chirality Group")
-        .unwrap();
-    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
-    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
-    wait_online(&server, &s, &lab.id, &agent);
+    let PaperLab {
+        agent,
+        _dir,
+        lab,
+        s,
+        server,
+        _db,
+    } = PaperLab::online(backend).await;
     let budget = 60;
     let started = Instant::now();
     let id = create_campaign(&server, &s, &lab.id, budget);
@@ -559,16 +591,14 @@ type Row = (i64, String, String, Option<u64>);
 /// A fresh server, lab and agent (seed 42, max speed) run a `budget`-loop paper campaign; its
 /// experiment table.
 async fn campaign_table(budget: i64) -> Vec<Row> {
-    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
-    let server = TestServer::spawn(&db, ENV).unwrap();
-    let s = server
-        .sign_up("researcher@lab.example", "Chirality Group")
-        .unwrap();
-    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
-    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
-    wait_online(&server, &s, &lab.id, &agent);
+    let PaperLab {
+        agent,
+        _dir,
+        lab,
+        s,
+        server,
+        _db,
+    } = PaperLab::online(Backend::Sqlite).await;
     let id = create_campaign(&server, &s, &lab.id, budget);
     wait_done(&server, &s, &id, Duration::from_secs(900), &agent);
     let exps = experiments(&server, &s, &id);
@@ -625,16 +655,14 @@ async fn a_campaign_gives_the_same_experiments_with_both_cores_saturated() {
 /// `ownership` tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_campaign_proposes_ahead_and_overlaps_loops_in_the_lab() {
-    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
-    let server = TestServer::spawn(&db, ENV).unwrap();
-    let s = server
-        .sign_up("researcher@lab.example", "Chirality Group")
-        .unwrap();
-    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
-    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
-    wait_online(&server, &s, &lab.id, &agent);
+    let PaperLab {
+        agent,
+        _dir,
+        lab,
+        s,
+        server,
+        _db,
+    } = PaperLab::online(Backend::Sqlite).await;
     let budget = 30;
     let recipe =
         std::fs::read_to_string(repo_root().join("examples/chirality-pipelined.recipe")).unwrap();

@@ -267,13 +267,6 @@ async fn run<S: RecordSink>(
     };
     lab.kernel()
         .program_started(&run_id, policy, run_cancel.clone(), first.clone());
-    // the devices this run owns now (taken by its steps, given back after the last step on each)
-    let held = std::sync::Mutex::new(first.clone());
-    let held_now = || -> BTreeSet<String> {
-        held.lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    };
     let trip = lab.kernel().trip_token();
     ctx.emit(None, None, RecordBody::ProgramStarted { steps: total })
         .await;
@@ -315,7 +308,7 @@ async fn run<S: RecordSink>(
                 );
                 // busy from now: the run is, so lab time cannot move in between
                 let actor = lab.clock.actor();
-                let (run_id, run_cancel, held) = (&run_id, &run_cancel, &held);
+                let (run_id, run_cancel) = (&run_id, &run_cancel);
                 let fut = async move {
                     let t = lab.clock.now_s();
                     let r = actor
@@ -332,9 +325,6 @@ async fn run<S: RecordSink>(
                                 return Ok(Err(DeviceError::Interlock(format!(
                                     "{method}: canceled while waiting for {device}"
                                 ))));
-                            }
-                            if let Ok(mut h) = held.lock() {
-                                h.insert(device.clone());
                             }
                             lab.kernel().program_take(run_id, &device);
                             lab.clock
@@ -399,9 +389,6 @@ async fn run<S: RecordSink>(
                     if let Some(n) = uses.get_mut(&device) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {
-                            if let Ok(mut h) = held.lock() {
-                                h.remove(&device);
-                            }
                             lab.kernel().program_give(&run_id, &device);
                             lab.release_device(&run_id, &device);
                         }
@@ -456,7 +443,10 @@ async fn run<S: RecordSink>(
     if outcome != Outcome::Succeeded {
         // stop what the program started (its own devices: another program may be running);
         // the kernel has already acted on a trip
-        lab.kernel().safe_state_of(Some(&held_now())).await;
+        // the devices it holds now: the kernel's record (taken by its steps, given back after
+        // the last step on each)
+        let held = lab.kernel().program_devices(&run_id);
+        lab.kernel().safe_state_of(Some(&held)).await;
     }
     ctx.safety_events().await;
     lab.kernel().program_finished(&run_id);

@@ -686,7 +686,7 @@ impl Lab {
         params: &BTreeMap<String, f64>,
     ) -> Result<CallOutput, DeviceError> {
         let (device, name) = method.split_once('.').unwrap_or((method, ""));
-        let harmless = matches!(name, "status" | "read" | "stop" | "off" | "close");
+        let harmless = is_read(name) || matches!(name, "stop" | "off" | "close");
         if let Some(program) = self.device_owner(device).filter(|_| !harmless) {
             return Err(DeviceError::InUse {
                 device: device.to_owned(),
@@ -1025,7 +1025,7 @@ impl Lab {
         self.clock
             .as_actor(async {
                 let out = self.call_device(method, params).await?;
-                let reads = method.ends_with(".status") || method.ends_with(".read");
+                let reads = method.split_once('.').is_some_and(|(_, m)| is_read(m));
                 if self.clock.is_event() && !reads && self.config.twin.call_lab_ms > 0 {
                     self.clock
                         .sleep(Duration::from_millis(self.config.twin.call_lab_ms))
@@ -1494,6 +1494,11 @@ impl Lab {
             self.clock.sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Methods that only read a device (`status`, `read`): no lab time, never refused.
+fn is_read(method: &str) -> bool {
+    matches!(method, "status" | "read")
 }
 
 /// Check named parameters against one declared method: every parameter known and in range, every

@@ -584,6 +584,15 @@ impl SafetyKernel {
         self.hold_changed.notify_waiters();
     }
 
+    /// The devices a running program holds now (empty once it finished).
+    pub fn program_devices(&self, program: &str) -> BTreeSet<String> {
+        lock_state(&self.state)
+            .programs
+            .get(program)
+            .map(|p| p.devices.clone())
+            .unwrap_or_default()
+    }
+
     pub fn program_finished(&self, program: &str) {
         lock_state(&self.state).programs.remove(program);
         self.hold_changed.notify_waiters();

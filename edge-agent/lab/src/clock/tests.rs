@@ -114,7 +114,7 @@ async fn actors_wake_in_the_same_order_in_every_run() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_actor_waiting_on_a_lock_held_by_a_sleeping_actor_does_not_stop_time() {
     let c = Clock::event(f64::INFINITY).unwrap();
     let _moving = c.activity();
@@ -122,15 +122,17 @@ async fn an_actor_waiting_on_a_lock_held_by_a_sleeping_actor_does_not_stop_time(
     let a = c.actor();
     let b = c.actor();
     let (c1, l1) = (c.clone(), lock.clone());
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
     let holder = tokio::spawn(async move {
         a.run(async {
             let _g = l1.lock().await;
+            let _ = locked_tx.send(());
             c1.sleep(Duration::from_secs(30)).await;
         })
         .await
     });
-    tokio::task::yield_now().await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // `b` is busy meanwhile: the holder's sleep cannot end before `b` waits
+    locked.await.unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
         b.run(async {
