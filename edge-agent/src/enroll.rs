@@ -1,13 +1,15 @@
 //! `maosic-agent enroll`: exchanges a one-time enrollment token for the lab's own agent
 //! credential (GraphQL `enrollAgent`) and writes the credential file (mode 0600).
 //!
-//! The exchange is one small HTTP/1.1 request over a plain socket, so the agent needs no HTTP
-//! client library; `https://` servers are refused until the agent has a TLS HTTP client (the
-//! WebSocket link itself uses rustls).
+//! The exchange is one small HTTP/1.1 request, so the agent needs no HTTP client library: over
+//! a plain socket for `http://`, and for `https://` through rustls with the same verification
+//! as the agent's link (`--tls-ca`, `--tls-pin-sha256` or the public web roots, and a client
+//! certificate for mutual TLS).
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -17,26 +19,31 @@ use serde_json::{json, Value};
 /// Largest response accepted from the server.
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
-/// Exchanges `token` at `server` and returns the credential.
+/// Exchanges `token` at `server` and returns the credential. `tls` is the client
+/// configuration for an `https://` server (required there, refused for `http://`).
 pub fn exchange(
     server: &str,
     token: &str,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<AgentCredentialFile> {
     let url =
         url::Url::parse(server).with_context(|| format!("--server {server:?} is not a URL"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => bail!(
-            "enrollment over https is not supported by this agent yet; enroll over http on a \
-             trusted network or copy the credential file"
-        ),
-        other => bail!("--server must be an http:// URL, not {other}://"),
-    }
+    let tls = match (url.scheme(), tls) {
+        ("http", None) => None,
+        ("http", Some(_)) => {
+            bail!("TLS options were given for the plain-text server {server}; use its https:// URL")
+        }
+        ("https", Some(tls)) => Some(tls),
+        ("https", None) => bail!("an https:// server needs a TLS client configuration"),
+        (other, _) => bail!("--server must be an http:// or https:// URL, not {other}://"),
+    };
     let host = url
         .host_str()
         .ok_or_else(|| anyhow!("--server has no host"))?;
-    let port = url.port_or_known_default().unwrap_or(80);
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let addr = (host, port)
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {host}"))?
@@ -53,16 +60,22 @@ pub fn exchange(
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+    let tcp = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("cannot connect to {server}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE_BYTES)
-        .read_to_end(&mut raw)
-        .context("no answer from the server")?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let raw = match tls {
+        None => round_trip(tcp, &request)?,
+        Some(config) => {
+            // the URL's host: a DNS name or an IP address, verified against the certificate
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+                .map_err(|e| anyhow!("--server host {host:?}: {e}"))?;
+            let conn = rustls::ClientConnection::new(config, name)?;
+            round_trip(rustls::StreamOwned::new(conn, tcp), &request)
+                .with_context(|| format!("TLS exchange with {server}"))?
+        }
+    };
     let text = String::from_utf8_lossy(&raw);
     let (head, payload) = text
         .split_once("\r\n\r\n")
@@ -72,6 +85,35 @@ pub fn exchange(
         bail!("the server answered HTTP {status}");
     }
     parse_answer(payload)
+}
+
+/// Writes `request` and reads the whole answer (the request asks the server to close). A
+/// close without TLS close_notify after a complete answer is accepted: the answer's length is
+/// checked against its Content-Length.
+fn round_trip<S: Read + Write>(mut stream: S, request: &str) -> anyhow::Result<Vec<u8>> {
+    stream.write_all(request.as_bytes())?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    let read = stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw);
+    match read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => {}
+        Err(e) => return Err(anyhow::Error::new(e).context("no answer from the server")),
+    }
+    Ok(raw)
+}
+
+/// Whether `raw` holds a whole HTTP answer with a Content-Length.
+fn complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| body.len() >= n)
 }
 
 /// Reads the credential out of the GraphQL answer, or the server's error code and message.
@@ -133,9 +175,23 @@ mod tests {
     }
 
     #[test]
-    fn https_and_other_schemes_are_refused_clearly() {
-        let err = exchange("https://x.example", "t", Duration::from_millis(10)).unwrap_err();
-        assert!(err.to_string().contains("https"));
-        assert!(exchange("ftp://x", "t", Duration::from_millis(10)).is_err());
+    fn other_schemes_and_mismatched_tls_options_are_refused_clearly() {
+        let t = Duration::from_millis(10);
+        let tls =
+            crate::transport::client_config(&crate::transport::TlsSettings::default()).unwrap();
+        let err = exchange("https://x.example", "t", t, None).unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+        let err = exchange("http://x.example", "t", t, Some(tls.clone())).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        let err = exchange("ftp://x", "t", t, Some(tls)).unwrap_err();
+        assert!(err.to_string().contains("ftp://"), "{err}");
+    }
+
+    #[test]
+    fn an_answer_cut_before_its_content_length_is_incomplete() {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert!(complete(whole));
+        assert!(!complete(&whole[..whole.len() - 1]));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\nhello"));
     }
 }

@@ -85,6 +85,9 @@ enum Command {
         /// Where to write the credential file.
         #[arg(long, value_name = "FILE")]
         credential_out: PathBuf,
+        /// How an https:// server is verified (as for `run`).
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// The safety faults latched in the agent running on this machine (via its control socket).
     Faults {
@@ -272,8 +275,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             token,
             credential_out,
+            tls,
         } => {
-            let credential = enroll::exchange(&server, &token, Duration::from_secs(30))?;
+            let tls = tls.client_config(&server)?;
+            let credential = enroll::exchange(&server, &token, Duration::from_secs(30), tls)?;
             enroll::write_credential(&credential_out, &credential)?;
             println!(
                 "enrolled lab {}; credential written to {}",

@@ -208,6 +208,17 @@ pub struct TestLab {
     _dir: tempfile::TempDir,
 }
 
+impl TestLab {
+    /// A lab whose credential file is `credential`, kept alive with `dir` (which holds it).
+    pub fn with_credential(id: String, credential: PathBuf, dir: tempfile::TempDir) -> TestLab {
+        TestLab {
+            id,
+            credential,
+            _dir: dir,
+        }
+    }
+}
+
 /// Creates a lab (and organisation) in `db` through the real CLI.
 pub fn create_lab(db: &TestDatabase, org: &str, name: &str) -> anyhow::Result<TestLab> {
     let dir = tempfile::tempdir()?;

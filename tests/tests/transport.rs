@@ -3,7 +3,8 @@
 //! CA or a pinned certificate — and refuse untrusted, wrong-host and expired certificates; a
 //! TLS 1.1 ClientHello is refused; mutual TLS refuses an agent without a client certificate.
 //! After every refusal the server still answers and a trusted agent still connects. Figures
-//! are printed (bench/RESULTS.md, "Reliability: transport").
+//! are printed (bench/RESULTS.md, "Reliability: transport"). `maosic-agent enroll` verifies an
+//! https:// server the same way before it sends the enrollment token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
@@ -18,6 +19,7 @@ use maosic_e2e::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
 use sqlx::{Connection, SqliteConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -533,5 +535,118 @@ async fn mutual_tls_admits_only_agents_with_a_client_certificate() {
          (agent: {reason}; /healthz without a certificate: {})",
         online.as_secs_f64() * 1e3,
         health_without.unwrap_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_enrolls_over_https_only_with_a_server_it_trusts() {
+    let pki = dev_cert(&["localhost", "127.0.0.1"], false);
+    let db = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    // the account, the lab and its one-time token through a plain-text server on the same
+    // database, stopped before the TLS server starts
+    let (lab_id, token) = {
+        let plain = TestServer::spawn(&db, &[]).unwrap();
+        let session = plain
+            .sign_up("enroll@example.org", "Chirality Group")
+            .unwrap();
+        let body = plain
+            .graphql_as(
+                &session.access_token,
+                "mutation($o: ID!, $n: String!) { createLab(organizationId: $o, name: $n) { id } }",
+                json!({ "o": session.organization_id, "n": "tls-enroll" }),
+            )
+            .unwrap();
+        let id = body["data"]["createLab"]["id"].as_str().unwrap().to_owned();
+        let token = plain.enrollment_token(&session, &id).unwrap();
+        (id, token)
+    };
+    let server = tls_server(&db, &pki, None);
+    let dir = tempfile::tempdir().unwrap();
+    let credential = dir.path().join("credential.json");
+    let url = format!("https://localhost:{}", server.addr.port());
+    let enroll = |extra: &[&str]| {
+        let out = credential.display().to_string();
+        let mut args = vec![
+            "enroll",
+            "--server",
+            url.as_str(),
+            "--token",
+            token.as_str(),
+            "--credential-out",
+            out.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        run_bin("maosic-agent", &args, &[]).unwrap()
+    };
+    let ca = pki.path("ca.pem").display().to_string();
+
+    // Not trusted: the public web roots do not hold the development CA, and a wrong pin is
+    // refused; the token never leaves the agent, so it stays valid, and no file is written.
+    let untrusted = enroll(&[]);
+    assert!(!untrusted.status.success(), "{}", untrusted.stdout);
+    assert!(
+        untrusted.stderr.contains("certificate") || untrusted.stderr.contains("UnknownIssuer"),
+        "{}",
+        untrusted.stderr
+    );
+    let wrong_pin = "00".repeat(32);
+    let pinned_wrong = enroll(&["--tls-pin-sha256", &wrong_pin]);
+    assert!(!pinned_wrong.status.success());
+    assert!(!credential.exists(), "a refused enrollment wrote a file");
+
+    // Trusted by its CA: the same token gives the credential, readable only by its owner.
+    let enrolled = enroll(&["--tls-ca", &ca]);
+    assert!(enrolled.status.success(), "{}", enrolled.stderr);
+    assert!(credential.exists(), "enrolled over https with --tls-ca");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&credential).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // single use, over TLS too
+    let again = enroll(&["--tls-ca", &ca]);
+    assert!(!again.status.success());
+    assert!(
+        again.stderr.contains("enrollment refused"),
+        "{}",
+        again.stderr
+    );
+    // TLS options with a plain-text URL are refused before anything is sent
+    let plain_url = format!("http://localhost:{}", server.addr.port());
+    let mixed = run_bin(
+        "maosic-agent",
+        &[
+            "enroll",
+            "--server",
+            &plain_url,
+            "--token",
+            "x",
+            "--credential-out",
+            "/nonexistent/c",
+            "--tls-ca",
+            &ca,
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(!mixed.status.success());
+    assert!(mixed.stderr.contains("https://"), "{}", mixed.stderr);
+
+    // The enrolled credential brings the agent online over the verified link.
+    let lab = TestLab::with_credential(lab_id, credential.clone(), dir);
+    let online = agent(
+        &server,
+        "localhost",
+        &lab,
+        &[OsStr::new("--tls-ca"), OsStr::new(&ca)],
+    );
+    let took = wait_online(&db, &lab, &online);
+    mark_ran(Backend::Sqlite, "enroll_over_https");
+    println!(
+        "[tls] enrollment over https: refused without the CA ({}) and with a wrong pin; with \
+         --tls-ca enrolled, the token then spent, the agent online in {:.0} ms",
+        untrusted.stderr.lines().last().unwrap_or("").trim(),
+        took.as_secs_f64() * 1e3
     );
 }
