@@ -9,6 +9,11 @@
 //!   only, so new connections pass;
 //! - [`ChaosProxy::set_faults`]: a delay added to every chunk, a throttle in bytes per second.
 //!
+//! With several upstreams ([`ChaosProxy::start_balanced`]) it is also the harness's round-robin
+//! load balancer: each new connection goes to the next upstream in turn, and
+//! [`ChaosProxy::set_upstreams`] takes a dead replica out of the rotation, as a health-checked
+//! balancer would.
+//!
 //! Held data is forwarded when the fault is healed, as TCP would retransmit it after a network
 //! outage. Duplication is not offered: duplicated bytes would corrupt the WebSocket framing, so
 //! duplicate deliveries are tested at the application level (the same request sent twice).
@@ -59,7 +64,10 @@ struct Connection {
 }
 
 struct Shared {
-    upstream: Mutex<SocketAddr>,
+    /// Where new connections go, in turn (never empty).
+    upstreams: Mutex<Vec<SocketAddr>>,
+    /// Connections relayed so far (picks the next upstream).
+    turns: AtomicU64,
     faults: watch::Sender<Faults>,
     open: Mutex<HashMap<u64, Connection>>,
     next_id: AtomicU64,
@@ -86,6 +94,15 @@ pub struct ChaosProxy {
 impl ChaosProxy {
     /// Starts a proxy on `127.0.0.1:0` that relays every connection to `upstream`.
     pub fn start(upstream: SocketAddr) -> io::Result<ChaosProxy> {
+        Self::start_balanced(vec![upstream])
+    }
+
+    /// Starts a proxy that relays each new connection to the next of `upstreams` in turn
+    /// (round robin, as a load balancer in front of server replicas).
+    pub fn start_balanced(upstreams: Vec<SocketAddr>) -> io::Result<ChaosProxy> {
+        if upstreams.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no upstream"));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("chaos-proxy")
@@ -99,7 +116,8 @@ impl ChaosProxy {
             TcpListener::from_std(listener)?
         };
         let shared = Arc::new(Shared {
-            upstream: Mutex::new(upstream),
+            upstreams: Mutex::new(upstreams),
+            turns: AtomicU64::new(0),
             faults: watch::Sender::new(Faults::default()),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -119,11 +137,20 @@ impl ChaosProxy {
     /// Relays the connections opened from now on to `upstream` (a load balancer moving on to
     /// another replica); open ones stay where they are.
     pub fn set_upstream(&self, upstream: SocketAddr) {
+        self.set_upstreams(vec![upstream]);
+    }
+
+    /// Relays the connections opened from now on to `upstreams` in turn; open ones stay where
+    /// they are. An empty list is ignored.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        if upstreams.is_empty() {
+            return;
+        }
         *self
             .shared
-            .upstream
+            .upstreams
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = upstream;
+            .unwrap_or_else(|e| e.into_inner()) = upstreams;
     }
 
     /// The proxy's address.
@@ -225,7 +252,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Connects upstream and registers the relay of one accepted connection.
 async fn open(shared: Arc<Shared>, client: TcpStream) {
-    let to = *shared.upstream.lock().unwrap_or_else(|e| e.into_inner());
+    let to = {
+        let upstreams = shared.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = shared.turns.fetch_add(1, Ordering::Relaxed);
+        upstreams[usize::try_from(turn).unwrap_or(0) % upstreams.len()]
+    };
     let upstream = match TcpStream::connect(to).await {
         Ok(s) => s,
         Err(_) => {

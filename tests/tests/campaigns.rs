@@ -557,6 +557,223 @@ async fn two_replicas_advance_a_campaign_once_and_a_killed_replicas_lab_moves_on
     mark_ran(Backend::Postgres, "engine_leases");
 }
 
+/// A subscriber to several campaigns' events on one replica, read on its own thread (so the
+/// server never sees a slow reader): events seen per campaign, and whether each was seen
+/// completing.
+struct Watcher {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (usize, bool)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(server: &TestServer, s: &Session, campaigns: &[&str]) -> Watcher {
+        use std::sync::atomic::Ordering;
+        let (mut ws, ack) = maosic_e2e::GraphqlWs::connect(server, &s.access_token).unwrap();
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        for id in campaigns {
+            ws.subscribe(
+                id,
+                "subscription($c: ID!) { campaignEvents(campaignId: $c) { kind campaignState } }",
+                json!({ "c": id }),
+            )
+            .unwrap();
+        }
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen_w, stop_w) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_w.load(Ordering::Relaxed) {
+                let m = match ws.next(Duration::from_millis(200)) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(_) => return,
+                };
+                match m["type"].as_str() {
+                    Some("next") => {
+                        let id = m["id"].as_str().unwrap_or("").to_owned();
+                        let done =
+                            m["payload"]["data"]["campaignEvents"]["campaignState"] == "COMPLETED";
+                        let mut seen = seen_w.lock().unwrap();
+                        let e = seen.entry(id).or_insert((0, false));
+                        e.0 += 1;
+                        e.1 |= done;
+                    }
+                    Some("close") => return,
+                    Some("error") => panic!("subscription refused: {m}"),
+                    _ => {}
+                }
+            }
+        });
+        Watcher {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (events, saw it complete) for a campaign.
+    fn of(&self, id: &str) -> (usize, bool) {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or((0, false))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue #17's three-replica scenario: three replicas on one PostgreSQL behind a round-robin
+/// balancer (the harness's proxy), two labs whose agents the balancer spreads over the
+/// replicas, a 60-loop campaign on each, and a subscriber to both campaigns on every replica.
+/// Mid-campaign the replica holding lab A's agent is killed (SIGKILL) and taken out of the
+/// rotation; A's agent reconnects through the balancer to another replica. Both campaigns
+/// finish with every loop run exactly once (none lost, none repeated, the proposals an
+/// uninterrupted optimizer's), and every replica's subscriber saw both campaigns' events (the
+/// survivors up to both completions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_a_round_robin_balancer_finish_two_campaigns_through_a_kill_9() {
+    if !backends().contains(&Backend::Postgres) {
+        eprintln!("skipped: MAOSIC_TEST_POSTGRES_URL is not set");
+        return;
+    }
+    const AGENTS: &str = "maosic_agents_connected";
+    let budget = 60;
+    let db = TestDatabase::create(Backend::Postgres).await.unwrap();
+    let mut replicas: Vec<TestServer> = (0..3)
+        .map(|_| TestServer::spawn(&db, ENV).unwrap())
+        .collect();
+    let balancer =
+        maosic_e2e::chaos::ChaosProxy::start_balanced(replicas.iter().map(|r| r.addr).collect())
+            .unwrap();
+    let s = replicas[0]
+        .sign_up("researcher@replicas.example", "Chirality Group")
+        .unwrap();
+    let labs: Vec<_> = ["paper-lab-a", "paper-lab-b"]
+        .iter()
+        .map(|n| replicas[1].create_enrolled_lab(&s, n).unwrap())
+        .collect();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Lab A's agent first: the replica it lands on is the one killed later.
+    let mut agents = Vec::new();
+    let mut victim = None;
+    for (i, lab) in labs.iter().enumerate() {
+        let config = virtual_lab_config(dirs[i].path(), SPEED, 42 + i as u64).unwrap();
+        let agent = TestAgent::spawn_with_lab(&balancer.url(), &lab.credential, &config).unwrap();
+        wait_online(&replicas[2], &s, &lab.id, &agent);
+        agents.push(agent);
+        if i == 0 {
+            victim = (0..3).find(|&r| metric(&replicas[r], AGENTS) == 1.0);
+        }
+    }
+    let victim = victim.expect("a replica holds lab A's agent");
+    let held: Vec<f64> = replicas.iter().map(|r| metric(r, AGENTS)).collect();
+    assert_eq!(held.iter().sum::<f64>(), 2.0, "{held:?}");
+    assert!(
+        held.iter().all(|h| *h <= 1.0),
+        "the balancer spread the agents over the replicas: {held:?}"
+    );
+    let ids: Vec<String> = labs
+        .iter()
+        .enumerate()
+        .map(|(i, lab)| create_campaign(&replicas[i], &s, &lab.id, budget))
+        .collect();
+    let watchers: Vec<Watcher> = replicas
+        .iter()
+        .map(|r| Watcher::start(r, &s, &[&ids[0], &ids[1]]))
+        .collect();
+    let survivor = (victim + 1) % 3;
+
+    // Mid-campaign on lab A: the balancer stops sending to the victim, which is killed.
+    wait_for(Duration::from_secs(300), "20 results on lab A", || {
+        let c = campaign(&replicas[survivor], &s, &ids[0]);
+        Ok((c["results"].as_i64().unwrap_or(0) >= 20).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agents[0].log()));
+    let before_kill = watchers[victim].of(&ids[0]).0 + watchers[victim].of(&ids[1]).0;
+    balancer.set_upstreams(
+        (0..3)
+            .filter(|&i| i != victim)
+            .map(|i| replicas[i].addr)
+            .collect(),
+    );
+    let killed = Instant::now();
+    replicas[victim].kill();
+    wait_for(Duration::from_secs(30), "lab A's agent back online", || {
+        let online = (0..3)
+            .filter(|&i| i != victim)
+            .map(|i| metric(&replicas[i], AGENTS))
+            .sum::<f64>();
+        Ok((online == 2.0).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agents[0].log()));
+    let reconnected = killed.elapsed();
+
+    let mut summary = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let c = wait_done(
+            &replicas[survivor],
+            &s,
+            id,
+            Duration::from_secs(600),
+            &agents[i],
+        );
+        let exps = experiments(&replicas[survivor], &s, id);
+        check_complete(&exps, budget as usize);
+        let matched = replay_matches(&exps);
+        assert_eq!(matched, budget as usize);
+        summary.push(format!("{} {}", c["state"], exps.len()));
+    }
+    // Every surviving replica's subscriber saw both campaigns through to completion; the
+    // victim's saw both campaigns' events until it died.
+    wait_for(
+        Duration::from_secs(10),
+        "completions seen everywhere",
+        || {
+            Ok((0..3)
+                .filter(|&i| i != victim)
+                .all(|i| ids.iter().all(|id| watchers[i].of(id).1))
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| {
+        let seen: Vec<_> = watchers
+            .iter()
+            .map(|w| (w.of(&ids[0]), w.of(&ids[1])))
+            .collect();
+        panic!("{e}: {seen:?}")
+    });
+    for id in &ids {
+        assert!(
+            watchers[victim].of(id).0 > 0,
+            "the killed replica's subscriber saw {id}"
+        );
+    }
+    let seen: Vec<_> = watchers
+        .iter()
+        .map(|w| (w.of(&ids[0]).0, w.of(&ids[1]).0))
+        .collect();
+    println!(
+        "replicas: 3 on one PostgreSQL behind a round-robin balancer, 2 labs x {budget} loops; \
+         replica {} (holding lab A) SIGKILLed after 20 results, lab A's agent back online via \
+         another replica {:.1} s later; campaigns {summary:?}, lost 0, duplicated 0, every \
+         proposal an uninterrupted optimizer's; events seen per replica (A, B): {seen:?} \
+         ({before_kill} on the killed one before the kill)",
+        victim + 1,
+        reconnected.as_secs_f64()
+    );
+    mark_ran(Backend::Postgres, "three_replicas_campaigns");
+}
+
 /// Processes that keep `n` cores busy until dropped.
 struct CpuHogs(Vec<std::process::Child>);
 

@@ -80,9 +80,14 @@ async fn interleaving() -> Vec<(u64, u32)> {
     let c = Clock::event(f64::INFINITY).unwrap();
     let _moving = c.activity();
     let log = Arc::new(Mutex::new(Vec::new()));
+    // every actor exists before any of them runs (as the lab makes a run's actor before it
+    // spawns the run): otherwise the first could sleep, and time move, before the others exist
+    let actors: Vec<_> = [(1u32, 700u64), (2, 300), (3, 500)]
+        .into_iter()
+        .map(|(who, period_ms)| (who, period_ms, c.actor()))
+        .collect();
     let mut tasks = Vec::new();
-    for (who, period_ms) in [(1u32, 700u64), (2, 300), (3, 500)] {
-        let actor = c.actor();
+    for (who, period_ms, actor) in actors {
         let (c, log) = (c.clone(), log.clone());
         tasks.push(tokio::spawn(async move {
             actor
