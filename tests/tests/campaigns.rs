@@ -562,6 +562,8 @@ async fn two_replicas_advance_a_campaign_once_and_a_killed_replicas_lab_moves_on
 /// completing.
 struct Watcher {
     seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (usize, bool)>>>,
+    /// How the socket ended, if it did (a close frame, an error, a read failure).
+    ended: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -581,13 +583,17 @@ impl Watcher {
         }
         let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen_w, stop_w) = (seen.clone(), stop.clone());
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (seen_w, stop_w, ended_w) = (seen.clone(), stop.clone(), ended.clone());
         let thread = std::thread::spawn(move || {
             while !stop_w.load(Ordering::Relaxed) {
                 let m = match ws.next(Duration::from_millis(200)) {
                     Ok(Some(m)) => m,
                     Ok(None) => continue,
-                    Err(_) => return,
+                    Err(e) => {
+                        *ended_w.lock().unwrap() = Some(format!("read failed: {e}"));
+                        return;
+                    }
                 };
                 match m["type"].as_str() {
                     Some("next") => {
@@ -599,14 +605,19 @@ impl Watcher {
                         e.0 += 1;
                         e.1 |= done;
                     }
-                    Some("close") => return,
-                    Some("error") => panic!("subscription refused: {m}"),
-                    _ => {}
+                    Some("ping") | Some("pong") => {}
+                    _ => {
+                        *ended_w.lock().unwrap() = Some(m.to_string());
+                        if m["type"] == "close" {
+                            return;
+                        }
+                    }
                 }
             }
         });
         Watcher {
             seen,
+            ended,
             stop,
             thread: Some(thread),
         }
@@ -748,7 +759,13 @@ async fn three_replicas_behind_a_round_robin_balancer_finish_two_campaigns_throu
     .unwrap_or_else(|e| {
         let seen: Vec<_> = watchers
             .iter()
-            .map(|w| (w.of(&ids[0]), w.of(&ids[1])))
+            .map(|w| {
+                (
+                    w.of(&ids[0]),
+                    w.of(&ids[1]),
+                    w.ended.lock().unwrap().clone(),
+                )
+            })
             .collect();
         panic!("{e}: {seen:?}")
     });

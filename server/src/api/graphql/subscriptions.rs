@@ -32,10 +32,11 @@ pub struct CampaignEvent {
     pub campaign_id: ID,
     /// `state` (the campaign changed state), `queued` (new proposals), `result` (an experiment
     /// was told to the optimizer), `experiment` (an experiment changed state), `measurement` (an
-    /// experiment streamed a new measurement).
+    /// experiment streamed a new measurement), `resync` (this subscriber fell behind and events
+    /// were skipped: the campaign's state now; re-read anything else you show).
     pub kind: String,
-    /// The campaign's state, on the campaign's own events (`state`, `queued`, `result`);
-    /// null on an experiment's.
+    /// The campaign's state, on the campaign's own events (`state`, `queued`, `result`,
+    /// `resync`); null on an experiment's.
     pub campaign_state: Option<CampaignState>,
     /// The experiment's state, on an experiment's events (`experiment`, `measurement`); null
     /// on the campaign's own.
@@ -64,16 +65,37 @@ fn scope(ctx: &Context<'_>) -> TenantScope {
         .unwrap_or_else(|_| TenantScope::nobody())
 }
 
-/// The bus as a stream of events, skipping ahead when the subscriber lags.
-fn bus(state: &AppState) -> impl Stream<Item = Event> + Send + 'static {
-    let rx = state.events.subscribe();
+/// How long a graphql-ws client may stay silent (its pongs count) before it is closed.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// What a subscription reads from the bus.
+#[derive(Debug, Clone, PartialEq)]
+enum Bus {
+    Event(Event),
+    /// The subscriber fell behind and this many events were skipped.
+    Lagged(u64),
+}
+
+/// The bus as a stream, skipping ahead when the subscriber lags and saying so.
+fn bus_items(
+    rx: tokio::sync::broadcast::Receiver<Event>,
+) -> impl Stream<Item = Bus> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => return Some((ev, rx)),
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return None,
-            }
+        match rx.recv().await {
+            Ok(ev) => Some((Bus::Event(ev), rx)),
+            Err(RecvError::Lagged(n)) => Some((Bus::Lagged(n), rx)),
+            Err(RecvError::Closed) => None,
+        }
+    })
+}
+
+/// The bus as a stream of events only, for subscriptions where a skipped event needs no
+/// repair.
+fn bus(state: &AppState) -> impl Stream<Item = Event> + Send + 'static {
+    bus_items(state.events.subscribe()).filter_map(|item| async move {
+        match item {
+            Bus::Event(ev) => Some(ev),
+            Bus::Lagged(_) => None,
         }
     })
 }
@@ -123,10 +145,40 @@ impl SubscriptionRoot {
             Err(e) => return refused(e),
         };
         let scope = scope(ctx);
-        bus(&st)
-            .filter_map(move |ev| {
-                let (id, org, st, scope) = (id.clone(), org.clone(), st.clone(), scope.clone());
-                async move { campaign_event(&st, scope, &org, &id, ev).await.map(Ok) }
+        // the campaign's lab: measurements of other labs are skipped without a lookup
+        let lab = match tenant::scoped(scope.clone(), st.storage.campaign(&id)).await {
+            Ok(c) => c.lab_id,
+            Err(e) => return refused(fail(ApiError::from(e))),
+        };
+        bus_items(st.events.subscribe())
+            .filter_map(move |item| {
+                let (id, org, st, scope, lab) = (
+                    id.clone(),
+                    org.clone(),
+                    st.clone(),
+                    scope.clone(),
+                    lab.clone(),
+                );
+                async move {
+                    match item {
+                        Bus::Event(ev) => campaign_event(&st, scope, &org, &id, &lab, ev)
+                            .await
+                            .map(Ok),
+                        // Events were skipped, perhaps the last state change: say where the
+                        // campaign is now, so no subscriber is left with a stale state.
+                        Bus::Lagged(skipped) => {
+                            tracing::info!(campaign.id = %id, skipped, "campaign subscriber lagged: resync sent");
+                            let c = tenant::scoped(scope, st.storage.campaign(&id)).await.ok()?;
+                            Some(Ok(CampaignEvent {
+                                campaign_id: ID(c.id.into()),
+                                kind: "resync".into(),
+                                campaign_state: Some(c.state),
+                                experiment_state: None,
+                                experiment_id: None,
+                            }))
+                        }
+                    }
+                }
             })
             .boxed()
     }
@@ -212,6 +264,7 @@ async fn campaign_event(
     scope: TenantScope,
     org: &OrganizationId,
     campaign: &CampaignId,
+    lab: &crate::storage::LabId,
     ev: Event,
 ) -> Option<CampaignEvent> {
     match ev {
@@ -240,10 +293,10 @@ async fn campaign_event(
             experiment_id: Some(ID(experiment_id.into())),
         }),
         Event::RecordStored {
+            lab_id,
             program_id: Some(program_id),
             kind,
-            ..
-        } if kind == "measurement" => {
+        } if kind == "measurement" && lab_id == lab => {
             // Records carry the experiment id as their program id; look it up in the
             // subscriber's own scope.
             let e = tenant::scoped(scope, st.storage.experiment(&program_id.into()))
@@ -337,8 +390,16 @@ pub async fn graphql_ws(
         let input = futures_util::stream::unfold(from_client, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
+        // A client silent for KEEPALIVE is gone (closed with 3008). On graphql-ws the server
+        // pings every KEEPALIVE / 3 and a live client's pong (the protocol requires one) counts
+        // as its message, so a subscriber that only listens is never closed; the older protocol
+        // has no client answer, so it gets no time-out.
+        let keepalive = matches!(protocol, Protocols::GraphQLWS).then_some(KEEPALIVE);
+        let mut pings =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE / 3, KEEPALIVE / 3);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let protocol_ws = async_graphql::http::WebSocket::new((*schema).clone(), input, protocol)
-            .keepalive_timeout(Duration::from_secs(60))
+            .keepalive_timeout(keepalive)
             .on_connection_init(move |payload| async move {
                 let token = payload
                     .get("authorization")
@@ -440,6 +501,9 @@ pub async fn graphql_ws(
                 Some(text) = out_rx.recv() => {
                     operations.observe_outgoing(&text);
                     if session.text(text).await.is_err() { break; }
+                }
+                _ = pings.tick(), if keepalive.is_some() => {
+                    if session.text(r#"{"type":"ping"}"#).await.is_err() { break; }
                 }
                 out = ws.next() => match out {
                     Some(WsMessage::Text(text)) => {
@@ -654,5 +718,37 @@ fn classify(
                 request: Box::new(request),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LabId;
+
+    fn status(n: usize) -> Event {
+        Event::LabStatus {
+            lab_id: LabId::from(format!("lab-{n}").as_str()),
+            online: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_how_many_events_it_missed() {
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        let items = bus_items(rx);
+        futures_util::pin_mut!(items);
+        tx.send(status(0)).unwrap();
+        assert_eq!(items.next().await, Some(Bus::Event(status(0))));
+        // ten more than the subscriber read: the oldest six are gone
+        for n in 1..=10 {
+            tx.send(status(n)).unwrap();
+        }
+        assert_eq!(items.next().await, Some(Bus::Lagged(6)));
+        for n in 7..=10 {
+            assert_eq!(items.next().await, Some(Bus::Event(status(n))));
+        }
+        drop(tx);
+        assert_eq!(items.next().await, None);
     }
 }
