@@ -321,17 +321,15 @@ async fn paper_campaign_finds_the_global_region_on_every_backend() {
 }
 
 async fn restart(backend: Backend) {
-    let db = TestDatabase::create(backend).await.unwrap();
-    let mut server = TestServer::spawn(&db, ENV).unwrap();
+    let PaperLab {
+        agent,
+        _dir,
+        lab,
+        s,
+        mut server,
+        _db: db,
+    } = PaperLab::online(backend).await;
     let addr = server.addr.to_string();
-    let s = server
-        .sign_up("researcher@lab.example", "Chirality Group")
-        .unwrap();
-    let lab = server.create_enrolled_lab(&s, "paper-lab").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = virtual_lab_config(dir.path(), SPEED, 42).unwrap();
-    let agent = TestAgent::spawn_with_lab(&server.url(), &lab.credential, &config).unwrap();
-    wait_online(&server, &s, &lab.id, &agent);
     let budget = 30;
     let id = create_campaign(&server, &s, &lab.id, budget);
     let (killed_at, _) = wait_for(
