@@ -200,6 +200,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .engine
         .then(|| crate::engine::scheduler::spawn(state.clone()));
     let commands = crate::agents::commands::spawn(state.clone());
+    let presence = crate::agents::presence::spawn(state.clone());
     let mailer = crate::auth::mail::spawn(state.clone());
     let scheme = if state.config.tls.enabled() {
         "https"
@@ -223,6 +224,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         engine.abort();
     }
     commands.abort();
+    presence.abort();
     mailer.abort();
     if let Some((notifier, listener)) = cluster {
         notifier.abort();

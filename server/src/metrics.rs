@@ -97,6 +97,8 @@ pub struct Metrics {
     cluster_messages: Family<ClusterLabels, Counter>,
     /// Seconds from an agent's record (its wall clock) to its storage here.
     pub agent_record_lag: Histogram,
+    /// Records stored per transaction by the agent gateway (its group commit).
+    pub agent_record_batch: Histogram,
     /// Duration of one engine pass (observe, advance, dispatch), s.
     pub engine_pass: Histogram,
     /// Duration of one campaign step (load, ask, compile, enqueue), s.
@@ -134,6 +136,7 @@ impl Metrics {
         let agent_records_throttled = Counter::default();
         let cluster_messages = Family::<ClusterLabels, Counter>::default();
         let agent_record_lag = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        let agent_record_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let engine_pass = latency_histogram();
         let campaign_step = latency_histogram();
         let optimizer =
@@ -157,6 +160,11 @@ impl Metrics {
             "agent_record_lag_seconds",
             "Seconds from an agent's record (agent wall clock) to its storage on this replica",
             agent_record_lag.clone(),
+        );
+        registry.register(
+            "agent_record_batch_size",
+            "Records the agent gateway stored in one transaction (records received back to back)",
+            agent_record_batch.clone(),
         );
         registry.register(
             "engine_pass_duration_seconds",
@@ -244,6 +252,7 @@ impl Metrics {
             agent_records_throttled,
             cluster_messages,
             agent_record_lag,
+            agent_record_batch,
             engine_pass,
             campaign_step,
             optimizer,

@@ -191,6 +191,50 @@ async fn only_the_current_connection_generation_changes_presence() {
 }
 
 #[tokio::test]
+async fn batched_presence_writes_change_only_current_generations() {
+    on_every_backend("presence_batch", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        // 700 labs: more than one statement's worth of pairs.
+        let mut labs = Vec::new();
+        for i in 0..700 {
+            let lab = s.create_lab(&org.id, &format!("lab {i}"), 1).await.unwrap();
+            let generation = s
+                .agent_connected(&lab.id, &hello("0.1.0"), "replica-1", 10)
+                .await
+                .unwrap();
+            labs.push((lab.id, generation));
+        }
+        // The first lab's agent reconnected (on another replica): generation 1 is stale.
+        let newer = s
+            .agent_connected(&labs[0].0, &hello("0.1.1"), "replica-2", 20)
+            .await
+            .unwrap();
+        assert_eq!(newer, labs[0].1 + 1);
+        let mut noted = labs.clone();
+        noted.push((labs[0].0.clone(), newer));
+        noted.push(("missing".into(), 1));
+        assert!(s.agents_seen(&[], 30).await.unwrap().is_empty());
+        let current = s.agents_seen(&noted, 30).await.unwrap();
+        assert_eq!(current.len(), 702);
+        assert!(!current[0], "the superseded generation");
+        assert!(current[1..700].iter().all(|c| *c));
+        assert!(current[700], "the newer generation");
+        assert!(!current[701], "an unknown lab");
+        let first = s.lab(&labs[0].0).await.unwrap();
+        assert_eq!(first.last_seen_at, Some(30));
+        assert_eq!(first.agent_version.as_deref(), Some("0.1.1"));
+        assert_eq!(s.lab(&labs[699].0).await.unwrap().last_seen_at, Some(30));
+        // A stale generation alone changes nothing.
+        assert_eq!(
+            s.agents_seen(&[labs[0].clone()], 40).await.unwrap(),
+            vec![false]
+        );
+        assert_eq!(s.lab(&labs[0].0).await.unwrap().last_seen_at, Some(30));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn audit_entries_are_listed_newest_first_per_organization() {
     on_every_backend("audit", |s| async move {
         let a = s.create_organization("A", 1).await.unwrap();
@@ -440,6 +484,57 @@ async fn the_latest_measurement_of_a_kind_is_found_among_newer_records() {
             Some(3)
         );
         assert_eq!(s.latest_measurement(&other.id, "temperature").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_of_records_is_stored_once_per_key_and_counted_once() {
+    on_every_backend("store_records", |s| async move {
+        let org = s.create_organization("A", 1).await.unwrap();
+        let lab = s.create_lab(&org.id, "reactor", 1).await.unwrap();
+        let record = |epoch: &str, seq: i64| storage::NewRecord {
+            lab_id: lab.id.clone(),
+            epoch: epoch.into(),
+            seq,
+            program_id: (seq % 2 == 0).then(|| "p1".into()),
+            kind: "measurement".into(),
+            body: format!(r#"{{"body":{{"type":"measurement","seq":{seq}}}}}"#),
+        };
+        let day_ms = 3 * 86_400_000 + 5;
+        assert!(s.store_records(&[], day_ms).await.unwrap().is_empty());
+        // 600 records: more than one statement's worth, in one transaction.
+        let first: Vec<_> = (1..=600).map(|seq| record("e1", seq)).collect();
+        let stored = s.store_records(&first, day_ms).await.unwrap();
+        assert_eq!(stored, vec![true; 600]);
+        // A replayed tail, a key repeated inside the batch, a new epoch: each key stored once.
+        let second = vec![
+            record("e1", 599),
+            record("e1", 600),
+            record("e1", 601),
+            record("e1", 601),
+            record("e2", 1),
+        ];
+        let stored = s.store_records(&second, day_ms + 1).await.unwrap();
+        assert_eq!(stored, vec![false, false, true, false, true]);
+        assert_eq!(s.max_record_seq(&lab.id, "e1").await.unwrap(), Some(601));
+        assert_eq!(s.max_record_seq(&lab.id, "e2").await.unwrap(), Some(1));
+        let p1 = s.records_of_program(&lab.id, "p1", 10_000).await.unwrap();
+        assert_eq!(p1.len(), 300);
+        assert!(p1.iter().all(|r| r.seq % 2 == 0 && r.epoch == "e1"));
+        // The day's usage counts what was stored, once.
+        let bytes: i64 = first
+            .iter()
+            .chain(&second[2..3])
+            .chain(&second[4..])
+            .map(|r| r.body.len() as i64)
+            .sum();
+        let usage = s.ingest_usage(&lab.id, 3).await.unwrap();
+        assert_eq!((usage.records, usage.bytes), (602, bytes));
+        // The one-record form agrees.
+        assert!(!s.store_record(&record("e2", 1), day_ms).await.unwrap());
+        assert!(s.store_record(&record("e2", 2), day_ms).await.unwrap());
+        assert_eq!(s.ingest_usage(&lab.id, 3).await.unwrap().records, 603);
     })
     .await;
 }

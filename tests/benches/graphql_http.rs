@@ -19,7 +19,7 @@ use std::process::Command;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{anyhow, bail, Context};
-use maosic_e2e::{Backend, TestDatabase, TestServer};
+use maosic_e2e::{median, Backend, TestDatabase, TestServer};
 use serde_json::{json, Value};
 
 struct Options {
@@ -169,16 +169,6 @@ fn script(
     let path = dir.join(format!("{name}.lua"));
     std::fs::write(&path, lua)?;
     Ok(path)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]

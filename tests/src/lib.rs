@@ -293,25 +293,15 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time (user + system, all threads) the server process has used so far, from Linux's
     /// `/proc/<pid>/stat`.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // the first is field 3 (state), so utime and stime (fields 14 and 15) are at 11 and 12.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat: {stat}"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields
-                .get(i)
-                .ok_or_else(|| anyhow::anyhow!("short /proc stat: {stat}"))?
-                .parse::<f64>()?)
-        };
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        Ok((ticks(11)? + ticks(12)?) / hz)
+        process_cpu_seconds(self.child.id())
     }
 
     /// Starts the server on `db` with extra environment, and waits for its "listening" line.
@@ -928,6 +918,151 @@ impl GraphqlWs {
                 Err(e) => return Err(anyhow!("websocket read failed: {e}")),
             }
         }
+    }
+}
+
+/// A bare agent-protocol client over a real WebSocket (no spool, no executor, no backoff): what
+/// tests and benches use to drive the agent gateway frame by frame.
+pub struct RawAgent {
+    socket: tungstenite::WebSocket<std::net::TcpStream>,
+    /// The server's answer to `hello` (`lab_id`, `generation`, `heartbeat_ms`).
+    pub hello: Value,
+}
+
+impl RawAgent {
+    /// Connects to `addr` with the credential file `credential` (from `create_lab` or
+    /// enrollment) and completes `hello`.
+    pub fn connect(addr: SocketAddr, credential: &Path) -> anyhow::Result<RawAgent> {
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(credential)?)?;
+        let token = format!(
+            "{}.{}",
+            file["credential_id"].as_str().unwrap_or_default(),
+            file["secret"].as_str().unwrap_or_default()
+        );
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}/agent/v1/ws"
+        ))?;
+        request.headers_mut().insert(
+            "authorization",
+            tungstenite::http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let (socket, _) = tungstenite::client(request, stream)
+            .map_err(|e| anyhow!("agent handshake failed: {e}"))?;
+        let mut agent = RawAgent {
+            socket,
+            hello: Value::Null,
+        };
+        agent.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "hello",
+            "params": {"agent_version": "raw", "devices": []}}))?;
+        loop {
+            let m = agent
+                .next(Duration::from_secs(10))?
+                .ok_or_else(|| anyhow!("no answer to hello"))?;
+            if m["id"] == json!(1) {
+                agent.hello = m
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| anyhow!("hello refused: {m}"))?;
+                return Ok(agent);
+            }
+        }
+    }
+
+    /// Queues one message (sent at the next [`RawAgent::flush`] or [`RawAgent::send`]).
+    pub fn write(&mut self, message: &Value) -> anyhow::Result<()> {
+        self.socket
+            .write(tungstenite::Message::text(message.to_string()))
+            .map_err(|e| anyhow!("write failed: {e}"))
+    }
+
+    /// Sends what was queued.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.socket
+            .flush()
+            .map_err(|e| anyhow!("flush failed: {e}"))
+    }
+
+    /// Sends one message now.
+    pub fn send(&mut self, message: &Value) -> anyhow::Result<()> {
+        self.write(message)?;
+        self.flush()
+    }
+
+    /// The next JSON message within `timeout` (`None` on timeout); a close frame is returned as
+    /// `{"type": "close", "code": N, "reason": "..."}`.
+    pub fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
+        self.socket
+            .get_mut()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        loop {
+            match self.socket.read() {
+                Ok(tungstenite::Message::Text(t)) => return Ok(Some(serde_json::from_str(&t)?)),
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    return Ok(Some(
+                        json!({ "type": "close", "code": code, "reason": reason }),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(Some(json!({ "type": "close", "code": 1006, "reason": "" })));
+                }
+                Err(e) => return Err(anyhow!("websocket read failed: {e}")),
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(mut self) {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
+    }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, from Linux's
+/// `/proc/<pid>/stat`.
+pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // the first is field 3 (state), so utime and stime (fields 14 and 15) are at 11 and 12.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat: {stat}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc stat: {stat}"))?
+            .parse::<f64>()?)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// The median of `v` (0 for none): what the benches report of their rounds.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

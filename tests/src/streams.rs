@@ -102,7 +102,7 @@ pub struct Row {
     pub kind: String,
     /// The record as stored (JSON).
     pub body: String,
-    /// Storage order (SQLite rowid; PostgreSQL xmin).
+    /// Storage order (SQLite rowid; PostgreSQL xmin, shared by the records of one batch).
     pub order: i64,
 }
 
@@ -141,7 +141,9 @@ pub async fn rows(db: &TestDatabase, lab: &str) -> anyhow::Result<Vec<Row>> {
             order,
         })
         .collect();
-    rows.sort_by_key(|r| r.order);
+    // One transaction stores a batch of records (the same xmin on PostgreSQL): within it, the
+    // agent's order, which is seq order.
+    rows.sort_by(|a, b| (a.order, &a.epoch, a.seq).cmp(&(b.order, &b.epoch, b.seq)));
     Ok(rows)
 }
 

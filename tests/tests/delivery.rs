@@ -235,10 +235,15 @@ async fn server_kills_lose_nothing_acknowledged(backend: Backend) {
     let (mut acked_at_kill, mut logged_at_kill, mut missing, mut waiting_at_kill) =
         (Vec::new(), Vec::new(), 0usize, Vec::new());
     for kill in 0..SERVER_KILLS {
-        // Each kill hits a flowing stream on the current server.
+        // Each kill hits a flowing stream on the current server, after it acknowledged some
+        // of it (records are stored and acknowledged in batches: a commit lands in the
+        // database a moment before its ack reaches the agent's spool).
         let before = count(&db, &lab.id);
+        let acked_before = acked_at_kill.last().copied().unwrap_or(0);
         wait_for(Duration::from_secs(30), "records flowing", || {
-            Ok((count(&db, &lab.id) >= before + 20 + 11 * kill as i64).then_some(()))
+            Ok((count(&db, &lab.id) >= before + 20 + 11 * kill as i64
+                && spool(&spool_path).acked_hi > acked_before)
+                .then_some(()))
         })
         .unwrap_or_else(|e| panic!("{e} (kill {kill})\n{}\n{}", agent.log(), server.log()));
         server.kill();

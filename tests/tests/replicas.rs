@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use maosic_e2e::{
-    backends, mark_ran, Backend, GraphqlWs, Session, TestAgent, TestDatabase, TestServer,
+    backends, mark_ran, Backend, GraphqlWs, RawAgent, Session, TestAgent, TestDatabase, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -282,4 +282,66 @@ async fn agent_calls_through_any_replica_reach_the_agent_another_holds() {
     );
     assert!(worst < 1000.0, "a stopLab took {worst:.0} ms");
     mark_ran(Backend::Postgres, "relayed_agent_calls");
+}
+
+/// The same lab credential connected on two replicas (a cloned agent, or an old connection
+/// still alive behind a proxy): the newer connection's hello makes the older generation stale,
+/// and its replica, writing presence in batches, cuts it at its next traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_superseded_on_another_replica_is_cut_at_its_next_traffic() {
+    if !postgres() {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await.unwrap();
+    let env = [("MAOSIC_AGENT__HEARTBEAT_MS", "1000")];
+    let r1 = TestServer::spawn(&db, &env).unwrap();
+    let r2 = TestServer::spawn(&db, &env).unwrap();
+    let s = r1.sign_up("ops@superseded.example", "Org S").unwrap();
+    let lab = r1.create_enrolled_lab(&s, "Bench").unwrap();
+    let mut old = RawAgent::connect(r1.addr, &lab.credential).unwrap();
+    let mut new = RawAgent::connect(r2.addr, &lab.credential).unwrap();
+    assert_eq!(old.hello["generation"], 1, "{}", old.hello);
+    assert_eq!(new.hello["generation"], 2, "{}", new.hello);
+    let heartbeat = json!({"jsonrpc": "2.0", "method": "heartbeat", "params": {"time_ms": 0}});
+    // The old connection keeps talking; replica 1 learns it is stale and closes it.
+    let started = Instant::now();
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the superseded connection was not cut\n{}",
+            r1.log()
+        );
+        old.send(&heartbeat).unwrap();
+        new.send(&heartbeat).unwrap();
+        if let Some(m) = old.next(Duration::from_millis(200)).unwrap() {
+            if m["type"] == "close" {
+                break m;
+            }
+        }
+        while new.next(Duration::from_millis(1)).unwrap().is_some() {}
+    };
+    let took = started.elapsed();
+    println!(
+        "superseded connection cut after {:.2} s: {closed}",
+        took.as_secs_f64()
+    );
+    assert_eq!(closed["code"], 1008, "policy close: {closed}");
+    // The newer connection stays, and it is the lab's presence.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        new.send(&heartbeat).unwrap();
+        if let Some(m) = new.next(Duration::from_millis(200)).unwrap() {
+            assert_ne!(m["type"], "close", "the current connection was closed: {m}");
+        }
+    }
+    let lab_now = ok(
+        &r2,
+        &s,
+        "query($id: ID!) { lab(id: $id) { online connectionGeneration } }",
+        json!({ "id": lab.id }),
+    );
+    assert_eq!(lab_now["lab"]["online"], true, "{lab_now}");
+    assert_eq!(lab_now["lab"]["connectionGeneration"], 2, "{lab_now}");
+    new.close();
+    mark_ran(Backend::Postgres, "superseded_connection_cut");
 }

@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{
     AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use maosic_schema::protocol::{
     self, error_code, method, AckParams, AgentCredentialFile, HeartbeatParams, HelloParams,
     HelloResult, Message, RecordParams, RpcError, ThrottleParams,
@@ -239,31 +239,143 @@ fn oversized_measurement(record: &Value, max_points: usize) -> Option<String> {
     })
 }
 
-/// Stores one `record` notification under the connection's lab, within the lab's ingestion
-/// limits; see [`Ingested`].
-async fn store_record(
+/// A record admitted within the lab's limits, waiting for its batch's commit.
+struct Admitted {
+    record: NewRecord,
+    bytes: i64,
+    measured_ms: Option<i64>,
+}
+
+/// The `record` notifications a connection received back to back, stored in one transaction
+/// and acknowledged with one `ack` per epoch (acks are cumulative: "everything up to `seq_hi`").
+#[derive(Default)]
+struct Batch {
+    admitted: Vec<Admitted>,
+    bytes: usize,
+    /// What the agent is told after the acks (a throttle), or that storing failed.
+    after: Option<Ingested>,
+}
+
+/// At most this many records, or this many bytes of them, go into one transaction.
+const BATCH_RECORDS: usize = 256;
+const BATCH_BYTES: usize = 4 << 20;
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.admitted.len() >= BATCH_RECORDS || self.bytes >= BATCH_BYTES || self.failed()
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.after, Some(Ingested::Failed))
+    }
+
+    /// Takes one `record` notification: admitted into the batch, or an outcome for after it.
+    async fn take(
+        &mut self,
+        state: &AppState,
+        lab_id: &LabId,
+        params: Value,
+        highest: &mut HashMap<String, i64>,
+        ingest: &mut Ingest,
+    ) {
+        if self.failed() {
+            return;
+        }
+        match admit_record(state, lab_id, params, highest, ingest).await {
+            Ok(a) => {
+                self.bytes += a.record.body.len();
+                self.admitted.push(a);
+            }
+            // a later throttle replaces an earlier one (same pause); `Held` adds nothing
+            Err(Ingested::Held) => {}
+            Err(outcome) => self.after = Some(outcome),
+        }
+    }
+
+    /// Stores the admitted records; returns what to send the agent, in order.
+    async fn commit(self, state: &AppState, lab_id: &LabId, ingest: &mut Ingest) -> Vec<Ingested> {
+        let mut out = Vec::new();
+        if !self.admitted.is_empty() {
+            let records: Vec<NewRecord> = self.admitted.iter().map(|a| a.record.clone()).collect();
+            let now = now_ms();
+            state
+                .metrics
+                .agent_record_batch
+                .observe(records.len() as f64);
+            match state.storage.store_records(&records, now).await {
+                Ok(stored) => {
+                    let mut acks: Vec<AckParams> = Vec::new();
+                    for (a, new) in self.admitted.into_iter().zip(stored) {
+                        let seq_hi = u64::try_from(a.record.seq).unwrap_or(0);
+                        match acks.last_mut() {
+                            Some(ack) if ack.epoch == a.record.epoch => {
+                                ack.seq_hi = ack.seq_hi.max(seq_hi);
+                            }
+                            _ => acks.push(AckParams {
+                                epoch: a.record.epoch.clone(),
+                                seq_hi,
+                            }),
+                        }
+                        if new {
+                            if let Some(at) = a.measured_ms {
+                                // Lag by the agent's clock: a skewed clock shows as lag (or as 0,
+                                // never negative).
+                                let lag_ms = now.saturating_sub(at).max(0);
+                                state
+                                    .metrics
+                                    .agent_record_lag
+                                    .observe(lag_ms as f64 / 1000.0);
+                            }
+                            state.events.publish(crate::events::Event::RecordStored {
+                                lab_id: a.record.lab_id,
+                                program_id: a.record.program_id,
+                                kind: a.record.kind,
+                            });
+                        } else {
+                            // a replay: not stored again, so it used no budget
+                            debug!(lab.id = %lab_id, seq = a.record.seq, "replayed record acknowledged again");
+                            ingest.tokens += 1.0;
+                            if let Some((_, used, _)) = ingest.day.as_mut() {
+                                *used = used.saturating_sub(a.bytes);
+                            }
+                        }
+                    }
+                    out.extend(acks.into_iter().map(Ingested::Ack));
+                }
+                Err(e) => {
+                    warn!(lab.id = %lab_id, records = records.len(), error = %e, "records not stored");
+                    return vec![Ingested::Failed];
+                }
+            }
+        }
+        out.extend(self.after);
+        out
+    }
+}
+
+/// Checks one `record` notification against the lab's ingestion limits and the stream's
+/// order, and makes the row to store under the connection's lab; `Err` says what to do instead.
+/// The limits are charged here (a batch's replays are refunded after its commit); a failed
+/// commit closes the connection, so nothing charged for it outlives it.
+async fn admit_record(
     state: &AppState,
     lab_id: &LabId,
     params: Value,
     highest: &mut HashMap<String, i64>,
     ingest: &mut Ingest,
-) -> Ingested {
+) -> Result<Admitted, Ingested> {
     let params: RecordParams = match serde_json::from_value(params) {
         Ok(p) => p,
         Err(e) => {
             warn!(lab.id = %lab_id, error = %e, "malformed record refused");
-            return Ingested::Failed;
+            return Err(Ingested::Failed);
         }
-    };
-    let ack = AckParams {
-        epoch: params.epoch.clone(),
-        seq_hi: params.seq,
     };
     let seq = i64::try_from(params.seq).unwrap_or(i64::MAX);
     // After a refusal, only the first refused record (or an earlier replay) may be stored next.
     if let Some((epoch, first)) = &ingest.resume {
         if *epoch == params.epoch && seq > *first {
-            return Ingested::Held;
+            return Err(Ingested::Held);
         }
     }
     let mut kind = params.record["body"]["type"]
@@ -301,7 +413,7 @@ async fn store_record(
             }
             Err(e) => {
                 warn!(lab.id = %lab_id, seq, error = %e, "record not stored");
-                return Ingested::Failed;
+                return Err(Ingested::Failed);
             }
         },
     };
@@ -311,14 +423,14 @@ async fn store_record(
             u64::try_from(to_midnight.clamp(1_000, 60_000)).unwrap_or(60_000),
         );
         state.metrics.agent_records_throttled.inc();
-        return ingest.refuse(&params.epoch, seq, pause, "bytes_per_day");
+        return Err(ingest.refuse(&params.epoch, seq, pause, "bytes_per_day"));
     }
     ingest.refill();
     if ingest.tokens < 1.0 {
         // Long enough for a good part of the burst to refill, so the agent resends in batches.
         let pause = Duration::from_secs_f64((ingest.burst / 2.0 / ingest.rate).clamp(0.05, 5.0));
         state.metrics.agent_records_throttled.inc();
-        return ingest.refuse(&params.epoch, seq, pause, "records_per_second");
+        return Err(ingest.refuse(&params.epoch, seq, pause, "records_per_second"));
     }
     let record = NewRecord {
         lab_id: lab_id.to_owned(),
@@ -336,7 +448,7 @@ async fn store_record(
             Ok(h) => h,
             Err(e) => {
                 warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
-                return Ingested::Failed;
+                return Err(Ingested::Failed);
             }
         },
     };
@@ -350,49 +462,34 @@ async fn store_record(
             .agent_record_gaps
             .inc_by(u64::try_from(missing).unwrap_or(0));
     }
-    let measured_ms = params.record["unix_ms"].as_i64();
-    let stored = state.storage.store_record(&record, now).await;
-    if let (Ok(true), Some(at)) = (&stored, measured_ms) {
-        // Lag by the agent's clock: a skewed clock shows as lag (or as 0, never negative).
-        let lag_ms = now_ms().saturating_sub(at).max(0);
-        state
-            .metrics
-            .agent_record_lag
-            .observe(lag_ms as f64 / 1000.0);
+    highest.insert(record.epoch.clone(), before.unwrap_or(0).max(record.seq));
+    if ingest
+        .resume
+        .as_ref()
+        .is_some_and(|(epoch, first)| *epoch == record.epoch && record.seq >= *first)
+    {
+        ingest.resume = None;
+        ingest.quiet_until = None;
     }
-    if stored.is_ok() {
-        let top = before.unwrap_or(0).max(record.seq);
-        highest.insert(record.epoch.clone(), top);
-        if ingest
-            .resume
-            .as_ref()
-            .is_some_and(|(epoch, first)| *epoch == record.epoch && record.seq >= *first)
-        {
-            ingest.resume = None;
-            ingest.quiet_until = None;
-        }
+    ingest.tokens -= 1.0;
+    if let Some((_, used, _)) = ingest.day.as_mut() {
+        *used = used.saturating_add(bytes);
     }
-    match stored {
-        Ok(true) => {
-            ingest.tokens -= 1.0;
-            if let Some((_, used, _)) = ingest.day.as_mut() {
-                *used = used.saturating_add(bytes);
-            }
-            state.events.publish(crate::events::Event::RecordStored {
-                lab_id: record.lab_id,
-                program_id: record.program_id,
-                kind: record.kind,
-            });
-            Ingested::Ack(ack)
-        }
-        Ok(false) => {
-            debug!(lab.id = %lab_id, seq = record.seq, "replayed record acknowledged again");
-            Ingested::Ack(ack)
-        }
-        Err(e) => {
-            warn!(lab.id = %lab_id, seq = record.seq, error = %e, "record not stored");
-            Ingested::Failed
-        }
+    Ok(Admitted {
+        measured_ms: params.record["unix_ms"].as_i64(),
+        record,
+        bytes,
+    })
+}
+
+/// One read from the agent's stream.
+type Frame = Option<Result<AggregatedMessage, ProtocolError>>;
+
+/// The frame read ahead, if any, else the next one from the stream.
+async fn next_frame(stashed: &mut Option<Frame>, stream: &mut AggregatedMessageStream) -> Frame {
+    match stashed.take() {
+        Some(frame) => frame,
+        None => stream.next().await,
     }
 }
 
@@ -484,9 +581,11 @@ async fn run_session(
     // Highest seq stored per epoch (gap detection), learnt from storage once per epoch.
     let mut highest: HashMap<String, i64> = HashMap::new();
     let mut ingest = Ingest::new(&agent_cfg);
+    // A frame read ahead while batching records, handled before the next one is read.
+    let mut stashed: Option<Frame> = None;
     while end.is_none() {
         tokio::select! {
-            frame = stream.next() => {
+            frame = next_frame(&mut stashed, &mut stream) => {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(AggregatedMessage::Text(text))) => {
@@ -496,24 +595,50 @@ async fn run_session(
                             }
                             Ok(Message::Notification(n)) if n.method == method::HEARTBEAT => {}
                             Ok(Message::Notification(n)) if n.method == method::RECORD => {
-                                match store_record(&state, &lab_id, n.params, &mut highest, &mut ingest).await {
-                                    Ingested::Ack(ack) => {
-                                        let note = Message::notification(method::ACK, ack);
-                                        if !send(&mut session, &note).await {
-                                            end = Some(End::Closed);
+                                // Records the agent sent back to back (its spool drains ahead
+                                // of the acks) are stored in one transaction: the frames
+                                // already received join the batch; the first other frame waits
+                                // for the next turn of the loop.
+                                let mut batch = Batch::default();
+                                batch.take(&state, &lab_id, n.params, &mut highest, &mut ingest).await;
+                                while !batch.full() {
+                                    let Some(next) = stream.next().now_or_never() else { break };
+                                    let text = match next {
+                                        Some(Ok(AggregatedMessage::Text(text))) => text,
+                                        other => {
+                                            stashed = Some(other);
+                                            break;
+                                        }
+                                    };
+                                    match Message::parse(&text) {
+                                        Ok(Message::Notification(n)) if n.method == method::RECORD => {
+                                            batch.take(&state, &lab_id, n.params, &mut highest, &mut ingest).await;
+                                        }
+                                        _ => {
+                                            stashed = Some(Some(Ok(AggregatedMessage::Text(text))));
+                                            break;
                                         }
                                     }
-                                    Ingested::Throttle(t) => {
-                                        info!(lab.id = %lab_id, reason = %t.reason,
-                                              pause_ms = t.retry_after_ms, "agent throttled");
-                                        let note = Message::notification(method::THROTTLE, t);
-                                        if !send(&mut session, &note).await {
-                                            end = Some(End::Closed);
+                                }
+                                for outcome in batch.commit(&state, &lab_id, &mut ingest).await {
+                                    let note = match outcome {
+                                        Ingested::Ack(ack) => Message::notification(method::ACK, ack),
+                                        Ingested::Throttle(t) => {
+                                            info!(lab.id = %lab_id, reason = %t.reason,
+                                                  pause_ms = t.retry_after_ms, "agent throttled");
+                                            Message::notification(method::THROTTLE, t)
                                         }
+                                        Ingested::Held => continue,
+                                        // Not stored: close, so the agent resends from its spool.
+                                        Ingested::Failed => {
+                                            end = Some(End::StorageFailed);
+                                            break;
+                                        }
+                                    };
+                                    if !send(&mut session, &note).await {
+                                        end = Some(End::Closed);
+                                        break;
                                     }
-                                    Ingested::Held => {}
-                                    // Not stored: close, so the agent resends from its spool.
-                                    Ingested::Failed => end = Some(End::StorageFailed),
                                 }
                             }
                             Ok(Message::Response(r)) => {
@@ -571,12 +696,16 @@ async fn run_session(
                     }
                 }
                 // Presence writes are bounded to one per heartbeat period per connection.
+                // Written in batches by the presence writer when it runs (a stale generation
+                // is then cut through the registry).
                 if end.is_none() && last_recorded.elapsed() >= heartbeat / 2 {
                     last_recorded = Instant::now();
-                    match state.storage.agent_seen(&lab_id, generation, now_ms()).await {
-                        Ok(true) => {}
-                        Ok(false) => end = Some(End::Stale),
-                        Err(e) => warn!(lab.id = %lab_id, error = %e, "could not record agent traffic"),
+                    if !state.gateway.note_seen(&lab_id, generation) {
+                        match state.storage.agent_seen(&lab_id, generation, now_ms()).await {
+                            Ok(true) => {}
+                            Ok(false) => end = Some(End::Stale),
+                            Err(e) => warn!(lab.id = %lab_id, error = %e, "could not record agent traffic"),
+                        }
                     }
                 }
             }

@@ -1,10 +1,11 @@
 //! The labs' side of the server: the registry of live agent connections and calls to them
 //! ([`registry`]), the agent WebSocket gateway that stores records and keeps presence
-//! ([`gateway`]), the SSH endpoint agents may tunnel through ([`ssh`]), the dispatcher of queued
+//! ([`gateway`], its writes batched by [`presence`]), the SSH endpoint agents may tunnel through ([`ssh`]), the dispatcher of queued
 //! lab commands ([`commands`]), and labs' live readings ([`readings`]).
 
 pub mod commands;
 pub mod gateway;
+pub mod presence;
 pub mod readings;
 pub mod registry;
 pub mod ssh;

@@ -81,6 +81,8 @@ pub struct Gateway {
     /// Request ids, unique across connections: an agent re-sends answers left over from a lost
     /// connection, and they must never match a different call on the new one.
     pub(crate) next_id: Arc<std::sync::atomic::AtomicI64>,
+    /// The batched presence writer, once started (see [`super::presence`]).
+    presence: Arc<OnceLock<mpsc::UnboundedSender<(LabId, i64)>>>,
 }
 
 impl Default for Gateway {
@@ -90,6 +92,7 @@ impl Default for Gateway {
             replica: Arc::from(crate::storage::new_id()),
             relay: Arc::default(),
             next_id: Arc::default(),
+            presence: Arc::default(),
         }
     }
 }
@@ -196,6 +199,34 @@ impl Gateway {
             .lock()
             .ok()
             .and_then(|mut live| live.remove(lab_id));
+        match removed {
+            Some(conn) => conn.cut.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Attaches the batched presence writer (once; later calls are ignored).
+    pub(crate) fn set_presence(&self, writer: mpsc::UnboundedSender<(LabId, i64)>) {
+        let _ = self.presence.set(writer);
+    }
+
+    /// Notes traffic on a connection for the presence writer; `false` when there is no writer
+    /// (the caller writes presence itself).
+    pub(crate) fn note_seen(&self, lab_id: &LabId, generation: i64) -> bool {
+        self.presence
+            .get()
+            .is_some_and(|w| w.send((lab_id.clone(), generation)).is_ok())
+    }
+
+    /// Closes the lab's connection of `generation` on this replica, if it is the live one.
+    pub fn cut_generation(&self, lab_id: &LabId, generation: i64, reason: &'static str) -> bool {
+        let removed = self.live.lock().ok().and_then(|mut live| {
+            if live.get(lab_id).is_some_and(|c| c.generation == generation) {
+                live.remove(lab_id)
+            } else {
+                None
+            }
+        });
         match removed {
             Some(conn) => conn.cut.send(reason).is_ok(),
             None => false,

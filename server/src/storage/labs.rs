@@ -1,6 +1,8 @@
 //! Storage of labs: the lab rows, their agents' credentials and presence (connection
 //! generations), and shares with other organisations (the [`LabStorage`] port).
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
@@ -134,6 +136,10 @@ pub trait LabStorage {
     /// Records traffic on a connection; false when `generation` is no longer current.
     async fn agent_seen(&self, lab_id: &LabId, generation: i64, now_ms: i64)
         -> StorageResult<bool>;
+    /// Records traffic on many connections at once (`(lab, generation)` pairs, one statement
+    /// per few hundred): `current[i]` is false when `agents[i]`'s generation is no longer
+    /// current (a newer connection of the lab, on any replica, took over).
+    async fn agents_seen(&self, agents: &[(LabId, i64)], now_ms: i64) -> StorageResult<Vec<bool>>;
     /// Records the close of a connection; changes presence only when `generation` is current.
     async fn agent_disconnected(
         &self,
@@ -164,6 +170,9 @@ pub trait LabStorage {
         organization_id: &OrganizationId,
     ) -> StorageResult<Vec<LabShare>>;
 }
+
+/// `(lab, generation)` pairs per statement in [`LabStorage::agents_seen`].
+const SEEN_CHUNK: usize = 500;
 
 #[async_trait]
 impl LabStorage for SqlStorage {
@@ -313,6 +322,39 @@ impl LabStorage for SqlStorage {
                     .fetch_optional(tx)
                     .await?;
             Ok(row.and_then(|r| r.0))
+        })
+        .await
+    }
+
+    async fn agents_seen(&self, agents: &[(LabId, i64)], now_ms: i64) -> StorageResult<Vec<bool>> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.tx(async |tx| {
+            let mut current: HashSet<(String, i64)> = HashSet::new();
+            for chunk in agents.chunks(SEEN_CHUNK) {
+                let pairs: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect();
+                let text = format!(
+                    "UPDATE labs SET last_seen_at = $1 \
+                     WHERE (id, connection_generation) IN (VALUES {}) \
+                     RETURNING id, connection_generation",
+                    pairs.join(", ")
+                );
+                let mut q = query(&text).bind(now_ms);
+                for (lab_id, generation) in chunk {
+                    q = q.bind(lab_id.as_str()).bind(*generation);
+                }
+                let rows: Vec<(String, i64)> = q.fetch_all(tx).await?;
+                current.extend(rows);
+            }
+            Ok(agents
+                .iter()
+                .map(|(lab_id, generation)| {
+                    current.contains(&(lab_id.as_str().to_owned(), *generation))
+                })
+                .collect())
         })
         .await
     }

@@ -1,6 +1,8 @@
 //! Storage of the records agents stream (measurements, step results, safety events): one row per
 //! delivery key `(lab, epoch, seq)`, so a replayed record is stored once.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 
 use super::db::{query, SqlStorage};
@@ -66,7 +68,19 @@ pub fn utc_day(now_ms: i64) -> i64 {
 pub trait RecordStorage {
     /// Stores a record and counts it in the lab's usage of the day, in one transaction; `false`
     /// when its key was already stored (a replay, not counted again).
-    async fn store_record(&self, record: &NewRecord, now_ms: i64) -> StorageResult<bool>;
+    async fn store_record(&self, record: &NewRecord, now_ms: i64) -> StorageResult<bool> {
+        Ok(self
+            .store_records(std::slice::from_ref(record), now_ms)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+    /// Stores records (a batch a connection received back to back) and counts them in their
+    /// labs' usage of the day, all in one transaction (one commit, so one flush, for the lot);
+    /// `stored[i]` is `false` when `records[i]`'s key was already stored, before or earlier in
+    /// the batch.
+    async fn store_records(&self, records: &[NewRecord], now_ms: i64) -> StorageResult<Vec<bool>>;
     /// The records of one program run of a lab, in delivery order, at most `limit` (the
     /// engine's and the exports' loads are bounded: see `campaigns.max_records_per_experiment`).
     async fn records_of_program(
@@ -120,38 +134,85 @@ fn measurement_pattern(kind: &str) -> String {
     format!("%\"kind\":\"{escaped}\"%")
 }
 
+/// Rows per INSERT statement in [`RecordStorage::store_records`].
+const STORE_CHUNK: usize = 256;
+
 const RECORD_COLS: &str = "lab_id, epoch, seq, program_id, kind, body, received_at";
 
 #[async_trait]
 impl RecordStorage for SqlStorage {
-    async fn store_record(&self, r: &NewRecord, now_ms: i64) -> StorageResult<bool> {
+    async fn store_records(&self, records: &[NewRecord], now_ms: i64) -> StorageResult<Vec<bool>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
         self.tx(async |tx| {
-            let done = query(
-                "INSERT INTO agent_records \
-                 (lab_id, epoch, seq, program_id, kind, body, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (lab_id, epoch, seq) DO NOTHING",
-            )
-            .bind(&r.lab_id)
-            .bind(&r.epoch)
-            .bind(r.seq)
-            .bind(r.program_id.as_deref())
-            .bind(&r.kind)
-            .bind(&r.body)
-            .bind(now_ms)
-            .execute(tx)
-            .await?;
-            let stored = done == 1;
-            if stored {
+            let mut stored = vec![false; records.len()];
+            // One multi-row INSERT per chunk (7 parameters a row, far below either backend's
+            // limit); RETURNING names the keys that were new.
+            let mut inserted: HashSet<(String, i64)> = HashSet::new();
+            for chunk in records.chunks(STORE_CHUNK) {
+                let mut text = String::from(
+                    "INSERT INTO agent_records \
+                     (lab_id, epoch, seq, program_id, kind, body, received_at) VALUES ",
+                );
+                for i in 0..chunk.len() {
+                    let n = i * 7;
+                    if i > 0 {
+                        text.push_str(", ");
+                    }
+                    text.push_str(&format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6,
+                        n + 7
+                    ));
+                }
+                text.push_str(
+                    " ON CONFLICT (lab_id, epoch, seq) DO NOTHING RETURNING lab_id, epoch, seq",
+                );
+                let mut q = query(&text);
+                for r in chunk {
+                    q = q
+                        .bind(r.lab_id.as_str())
+                        .bind(&r.epoch)
+                        .bind(r.seq)
+                        .bind(r.program_id.as_deref())
+                        .bind(&r.kind)
+                        .bind(&r.body)
+                        .bind(now_ms);
+                }
+                let rows: Vec<(String, String, i64)> = q.fetch_all(tx).await?;
+                inserted.extend(
+                    rows.into_iter()
+                        .map(|(lab, epoch, seq)| (format!("{lab}\n{epoch}"), seq)),
+                );
+            }
+            // Each new key is claimed by its first occurrence in the batch.
+            let mut usage: HashMap<&str, (i64, i64)> = HashMap::new();
+            for (r, s) in records.iter().zip(stored.iter_mut()) {
+                if inserted.remove(&(format!("{}\n{}", r.lab_id.as_str(), r.epoch), r.seq)) {
+                    *s = true;
+                    let u = usage.entry(r.lab_id.as_str()).or_default();
+                    u.0 =
+                        u.0.saturating_add(i64::try_from(r.body.len()).unwrap_or(i64::MAX));
+                    u.1 += 1;
+                }
+            }
+            for (lab_id, (bytes, count)) in usage {
                 query(
                     "INSERT INTO lab_ingest_usage (lab_id, day, bytes, records) \
-                     VALUES ($1, $2, $3, 1) ON CONFLICT (lab_id, day) DO UPDATE \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (lab_id, day) DO UPDATE \
                      SET bytes = lab_ingest_usage.bytes + excluded.bytes, \
-                     records = lab_ingest_usage.records + 1",
+                     records = lab_ingest_usage.records + excluded.records",
                 )
-                .bind(&r.lab_id)
+                .bind(lab_id)
                 .bind(utc_day(now_ms))
-                .bind(i64::try_from(r.body.len()).unwrap_or(i64::MAX))
+                .bind(bytes)
+                .bind(count)
                 .execute(tx)
                 .await?;
             }
