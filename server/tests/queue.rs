@@ -322,6 +322,58 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
     }
 }
 
+#[tokio::test]
+async fn a_labs_occupancy_counts_running_and_unexpired_leases_against_its_deepest_batch() {
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 4).await;
+        tenant::system(async {
+            let a = s.create_organization("A", 1).await.unwrap();
+            let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
+            // No running campaign: room for one, none held.
+            assert_eq!(s.lab_occupancy(&lab.id, 0).await.unwrap(), (1, 0));
+            let c = campaign(s.as_ref(), &a.id, &lab.id).await;
+            s.set_campaign_state(
+                &c.id,
+                &[CampaignState::Draft],
+                CampaignState::Running,
+                None,
+                2,
+            )
+            .await
+            .unwrap();
+            s.enqueue_proposals(&c.id, 0, "s", &(0..3).map(item).collect::<Vec<_>>(), 3)
+                .await
+                .unwrap();
+            // Queued experiments occupy nothing; a lease in force does, an expired one not.
+            assert_eq!(s.lab_occupancy(&lab.id, 10).await.unwrap(), (1, 0));
+            let first = s
+                .claim_experiment(&lab.id, "w", 100, 10)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.lab_occupancy(&lab.id, 50).await.unwrap(), (1, 1));
+            assert_eq!(s.lab_occupancy(&lab.id, 111).await.unwrap(), (1, 0));
+            // Running holds the lab whatever its lease; a finished claim frees its place.
+            assert!(s.mark_running(&first.id, 60).await.unwrap());
+            assert_eq!(s.lab_occupancy(&lab.id, 1_000).await.unwrap(), (1, 1));
+            let second = s
+                .claim_experiment(&lab.id, "w", 100, 70)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.lab_occupancy(&lab.id, 80).await.unwrap(), (1, 2));
+            assert!(s
+                .finish_claim(&second.id, "w", ExperimentState::Completed, 90)
+                .await
+                .unwrap());
+            assert_eq!(s.lab_occupancy(&lab.id, 95).await.unwrap(), (1, 1));
+            mark_ran(backend, "lab_occupancy");
+        })
+        .await;
+    }
+}
+
 /// (claimed at, lease until, owner) of one claim.
 type Lease = (i64, i64, String);
 

@@ -212,6 +212,8 @@ pub struct Steps {
     busy: Arc<Mutex<HashSet<CampaignId>>>,
     /// Consecutive failed steps per campaign.
     failures: Arc<Mutex<HashMap<CampaignId, u32>>>,
+    /// One dispatcher per lab at a time (the pass, or a campaign step that just queued).
+    dispatching: Arc<Mutex<HashMap<LabId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Removes a campaign from [`Steps::busy`] when its step ends, however it ends.
@@ -242,6 +244,16 @@ impl Steps {
             busy: self.busy.clone(),
             campaign_id: campaign_id.clone(),
         })
+    }
+
+    /// The lab's dispatch lock.
+    fn dispatch_lock(&self, lab_id: &LabId) -> Arc<tokio::sync::Mutex<()>> {
+        match self.dispatching.lock() {
+            Ok(mut locks) => locks.entry(lab_id.clone()).or_default().clone(),
+            // A poisoned map cannot hand out the shared lock: dispatch unserialised rather
+            // than not at all (the claim itself is atomic).
+            Err(_) => Arc::default(),
+        }
     }
 
     fn succeeded(&self, campaign_id: &CampaignId) {
@@ -316,17 +328,6 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         .hold(state, owner, &wanted)
         .await?;
     let mut busy: HashSet<LabId> = HashSet::new();
-    // Experiments in the lab now, per lab; a lab takes as many at once as the largest batch of
-    // the campaigns running on it (the agent queues them for their devices in order, so a
-    // pipelined recipe synthesises one while the one before is measured); 1 by default.
-    let mut in_lab: HashMap<LabId, i64> = HashMap::new();
-    let mut depth: HashMap<LabId, i64> = HashMap::new();
-    for c in &campaigns {
-        if c.state == CampaignState::Running {
-            let d = depth.entry(c.lab_id.clone()).or_insert(1);
-            *d = (*d).max(c.batch_size);
-        }
-    }
     for e in live {
         if !mine.contains(&e.lab_id) {
             // Another replica's engine looks after this lab; its agent may still be here.
@@ -339,11 +340,9 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
             busy.insert(e.lab_id.clone());
             continue;
         };
+        // Whether it still occupies its lab is read back at dispatch (`fill_lab`).
         match observe(state, &e).await {
-            Ok(false) => {}
-            Ok(true) => {
-                *in_lab.entry(e.lab_id.clone()).or_default() += 1;
-            }
+            Ok(_) => {}
             Err(err) => {
                 // Its lab stays occupied until the experiment can be looked at again.
                 busy.insert(e.lab_id.clone());
@@ -365,7 +364,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         let Some(guard) = steps.enter(&c.id) else {
             continue; // Its previous step is still running.
         };
-        let (state, steps) = (state.clone(), steps.clone());
+        let (state, steps, owner) = (state.clone(), steps.clone(), owner.to_owned());
         // The campaign stays busy until its step's task and its blocking computation both end
         // (a computation past its budget cannot be cancelled: no second one starts meanwhile).
         let guard = Arc::new(guard);
@@ -380,7 +379,12 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
                 Ok(Some(queued)) => {
                     steps.succeeded(&c.id);
                     if queued {
-                        // New experiments: dispatch them now rather than at the next tick.
+                        // New experiments: dispatch them now rather than at the next pass.
+                        if state.gateway.is_connected(&c.lab_id) {
+                            if let Err(e) = fill_lab(&state, &owner, &steps, &c.lab_id).await {
+                                warn!(lab.id = %c.lab_id, error = %e, "dispatch failed");
+                            }
+                        }
                         state.events.publish(Event::Wake);
                     }
                 }
@@ -400,21 +404,32 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         if busy.contains(&lab_id) || !state.gateway.is_connected(&lab_id) {
             continue;
         }
-        let room = depth
-            .get(&lab_id)
-            .copied()
-            .unwrap_or(1)
-            .clamp(1, MAX_IN_LAB)
-            - in_lab.get(&lab_id).copied().unwrap_or(0);
-        for _ in 0..room {
-            match dispatch(state, owner, &lab_id).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(lab.id = %lab_id, error = %e, "dispatch failed");
-                    break;
-                }
-            }
+        if let Err(e) = fill_lab(state, owner, steps, &lab_id).await {
+            warn!(lab.id = %lab_id, error = %e, "dispatch failed");
+        }
+    }
+    Ok(())
+}
+
+/// Dispatches the lab's next experiments while it has room: as many at once as the largest
+/// batch of its running campaigns (the agent queues them for their devices in order, so a
+/// pipelined recipe synthesises one while the one before is measured), counting those running
+/// or leased. Called by the pass for every lab with work, and by a campaign step right after
+/// it queued (so a new experiment on an idle lab starts without waiting for a pass); one
+/// dispatcher per lab at a time, so the two never overfill it.
+async fn fill_lab(
+    state: &AppState,
+    owner: &str,
+    steps: &Steps,
+    lab_id: &LabId,
+) -> Result<(), StorageError> {
+    let lock = steps.dispatch_lock(lab_id);
+    let _held = lock.lock().await;
+    let (depth, in_lab) = state.storage.lab_occupancy(lab_id, now_ms()).await?;
+    let room = depth.clamp(1, MAX_IN_LAB) - in_lab;
+    for _ in 0..room {
+        if !dispatch(state, owner, lab_id).await? {
+            break;
         }
     }
     Ok(())

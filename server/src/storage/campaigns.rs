@@ -260,6 +260,10 @@ pub trait CampaignStorage {
     async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>>;
+    /// How many experiments the lab may hold at once (the largest batch size of its running
+    /// campaigns, at least 1) and how many it holds now (running, or leased with a lease in
+    /// force), for dispatch.
+    async fn lab_occupancy(&self, lab_id: &LabId, now_ms: i64) -> StorageResult<(i64, i64)>;
     /// Experiments per (lab, state), for the operator's metrics (all tenants).
     async fn experiment_counts(&self) -> StorageResult<Vec<(LabId, String, i64)>>;
     /// Takes or renews the engine's lease on each lab for `owner` until `now + ttl_ms`, where
@@ -595,6 +599,22 @@ impl CampaignStorage for SqlStorage {
             .fetch_all(tx)
             .await?;
             Ok(rows.into_iter().map(|r| r.0).collect())
+        })
+        .await
+    }
+
+    async fn lab_occupancy(&self, lab_id: &LabId, now_ms: i64) -> StorageResult<(i64, i64)> {
+        self.tx(async |tx| {
+            query(
+                "SELECT COALESCE((SELECT MAX(batch_size) FROM campaigns \
+                                  WHERE lab_id = $1 AND state = 'running'), 1), \
+                        (SELECT COUNT(*) FROM experiments WHERE lab_id = $1 \
+                         AND (state = 'running' OR (state = 'leased' AND lease_until >= $2)))",
+            )
+            .bind(lab_id)
+            .bind(now_ms)
+            .fetch_one(tx)
+            .await
         })
         .await
     }
