@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use maosic_e2e::{median, repo_root, wait_for, Backend, Session, TestDatabase, TestServer};
+use maosic_e2e::{
+    agent_token, median, repo_root, wait_for, Backend, BenchArgs, Session, TestDatabase, TestServer,
+};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio_tungstenite::tungstenite::Message;
@@ -42,28 +44,12 @@ struct Options {
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        labs: 100,
-        budget: 10,
-        run_ms: 50,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| anyhow!("{name} needs a value"))
-                .and_then(|v| v.parse::<u64>().map_err(|e| anyhow!("{name}: {e}")))
-        };
-        match a.as_str() {
-            "--labs" => o.labs = usize::try_from(value("--labs")?)?.max(1),
-            "--budget" => o.budget = value("--budget")?.max(2),
-            "--run-ms" => o.run_ms = value("--run-ms")?,
-            // what `cargo bench` passes to every bench program
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(o)
+    let a = BenchArgs::parse(&["--labs", "--budget", "--run-ms"], &[])?;
+    Ok(Options {
+        labs: a.count("--labs", 100)?.max(1),
+        budget: a.get("--budget", 10).max(2),
+        run_ms: a.get("--run-ms", 50),
+    })
 }
 
 fn record(epoch: &str, seq: u64, program_id: &str, body: Value) -> Message {
@@ -89,12 +75,7 @@ async fn fake_agent(
     rtt: tokio::sync::oneshot::Sender<anyhow::Result<Duration>>,
 ) {
     let connected = async {
-        let file: Value = serde_json::from_str(&std::fs::read_to_string(&credential)?)?;
-        let token = format!(
-            "{}.{}",
-            file["credential_id"].as_str().unwrap_or_default(),
-            file["secret"].as_str().unwrap_or_default()
-        );
+        let token = agent_token(&credential)?;
         let mut request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
                 format!("ws://{addr}{}", maosic_schema::protocol::AGENT_WS_PATH),

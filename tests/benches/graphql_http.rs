@@ -19,7 +19,7 @@ use std::process::Command;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{anyhow, bail, Context};
-use maosic_e2e::{median, Backend, TestDatabase, TestServer};
+use maosic_e2e::{median, Backend, BenchArgs, TestDatabase, TestServer};
 use serde_json::{json, Value};
 
 struct Options {
@@ -30,30 +30,17 @@ struct Options {
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        rounds: 3,
-        seconds: 5,
-        connections: 32,
-        backend: Backend::Sqlite,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| anyhow!("{name} needs a value"))
-                .and_then(|v| v.parse::<u64>().map_err(|e| anyhow!("{name}: {e}")))
-        };
-        match a.as_str() {
-            "--rounds" => o.rounds = usize::try_from(value("--rounds")?)?.max(1),
-            "--seconds" => o.seconds = value("--seconds")?.max(1),
-            "--connections" => o.connections = usize::try_from(value("--connections")?)?.max(1),
-            "--postgres" => o.backend = Backend::Postgres,
-            // what `cargo bench` passes to every bench program
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(o)
+    let a = BenchArgs::parse(&["--rounds", "--seconds", "--connections"], &["--postgres"])?;
+    Ok(Options {
+        rounds: a.count("--rounds", 3)?.max(1),
+        seconds: a.get("--seconds", 5).max(1),
+        connections: a.count("--connections", 32)?.max(1),
+        backend: if a.has("--postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        },
+    })
 }
 
 /// The baseline: one POST route that parses a JSON body and answers the JSON the real server

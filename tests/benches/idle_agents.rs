@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use maosic_e2e::{process_cpu_seconds, Backend, TestDatabase, TestServer};
+use maosic_e2e::{process_cpu_seconds, Backend, BenchArgs, TestDatabase, TestServer};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio_tungstenite::tungstenite::Message;
@@ -48,32 +48,22 @@ enum Mode {
 }
 
 fn options() -> anyhow::Result<Mode> {
-    let mut o = Options {
-        agents: 10_000,
-        idle_seconds: 30,
-        heartbeat_ms: 10_000,
-        concurrency: 200,
+    let a = BenchArgs::parse(
+        &[
+            "--agents",
+            "--idle-seconds",
+            "--heartbeat-ms",
+            "--concurrency",
+        ],
+        &["--bare-server"],
+    )?;
+    let o = Options {
+        agents: a.count("--agents", 10_000)?.max(1),
+        idle_seconds: a.get("--idle-seconds", 30).max(1),
+        heartbeat_ms: a.get("--heartbeat-ms", 10_000).max(100),
+        concurrency: a.count("--concurrency", 200)?.max(1),
     };
-    let mut bare = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| anyhow!("{name} needs a value"))
-                .and_then(|v| v.parse::<u64>().map_err(|e| anyhow!("{name}: {e}")))
-        };
-        match a.as_str() {
-            "--agents" => o.agents = usize::try_from(value("--agents")?)?.max(1),
-            "--idle-seconds" => o.idle_seconds = value("--idle-seconds")?.max(1),
-            "--heartbeat-ms" => o.heartbeat_ms = value("--heartbeat-ms")?.max(100),
-            "--concurrency" => o.concurrency = usize::try_from(value("--concurrency")?)?.max(1),
-            "--bare-server" => bare = true,
-            // what `cargo bench` passes to every bench program
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(if bare {
+    Ok(if a.has("--bare-server") {
         Mode::BareServer {
             heartbeat_ms: o.heartbeat_ms,
         }

@@ -24,7 +24,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use maosic_e2e::{create_lab, median, Backend, RawAgent, TestDatabase, TestLab, TestServer};
+use maosic_e2e::{
+    create_lab, median, Backend, BenchArgs, RawAgent, TestDatabase, TestLab, TestServer,
+};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, QueryBuilder};
 
@@ -37,30 +39,13 @@ struct Options {
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        rounds: 3,
-        labs: 8,
-        records: 20_000,
-        window: 512,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| anyhow!("{name} needs a value"))
-                .and_then(|v| v.parse::<u64>().map_err(|e| anyhow!("{name}: {e}")))
-        };
-        match a.as_str() {
-            "--rounds" => o.rounds = usize::try_from(value("--rounds")?)?.max(1),
-            "--labs" => o.labs = usize::try_from(value("--labs")?)?.max(1),
-            "--records" => o.records = value("--records")?.max(1),
-            "--window" => o.window = value("--window")?.max(1),
-            // what `cargo bench` passes to every bench program
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(o)
+    let a = BenchArgs::parse(&["--rounds", "--labs", "--records", "--window"], &[])?;
+    Ok(Options {
+        rounds: a.count("--rounds", 3)?.max(1),
+        labs: a.count("--labs", 8)?.max(1),
+        records: a.get("--records", 20_000).max(1),
+        window: a.get("--window", 512).max(1),
+    })
 }
 
 /// A temperature reading as the agent's executor records it (about 200 bytes of JSON).

@@ -933,12 +933,7 @@ impl RawAgent {
     /// Connects to `addr` with the credential file `credential` (from `create_lab` or
     /// enrollment) and completes `hello`.
     pub fn connect(addr: SocketAddr, credential: &Path) -> anyhow::Result<RawAgent> {
-        let file: Value = serde_json::from_str(&std::fs::read_to_string(credential)?)?;
-        let token = format!(
-            "{}.{}",
-            file["credential_id"].as_str().unwrap_or_default(),
-            file["secret"].as_str().unwrap_or_default()
-        );
+        let token = agent_token(credential)?;
         let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
             "ws://{addr}/agent/v1/ws"
         ))?;
@@ -1050,6 +1045,69 @@ pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     };
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// A bench program's command line: `--name N` options (unsigned integers) and `--flag`
+/// switches, each from the lists it accepts; `--bench`, which `cargo bench` passes to every
+/// bench program, is ignored, anything else refused.
+pub struct BenchArgs {
+    values: std::collections::HashMap<String, u64>,
+    switches: std::collections::HashSet<String>,
+}
+
+impl BenchArgs {
+    /// Parses this process's arguments.
+    pub fn parse(values: &[&str], switches: &[&str]) -> anyhow::Result<BenchArgs> {
+        let mut out = BenchArgs {
+            values: std::collections::HashMap::new(),
+            switches: std::collections::HashSet::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            if values.contains(&a.as_str()) {
+                let v = args
+                    .next()
+                    .ok_or_else(|| anyhow!("{a} needs a value"))?
+                    .parse::<u64>()
+                    .map_err(|e| anyhow!("{a}: {e}"))?;
+                out.values.insert(a, v);
+            } else if switches.contains(&a.as_str()) {
+                out.switches.insert(a);
+            } else if a != "--bench" {
+                bail!("unknown argument {a}");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The value of `--name`, or `default`.
+    pub fn get(&self, name: &str, default: u64) -> u64 {
+        self.values.get(name).copied().unwrap_or(default)
+    }
+
+    /// The value of `--name` as a count, or `default`.
+    pub fn count(&self, name: &str, default: usize) -> anyhow::Result<usize> {
+        self.values.get(name).map_or(Ok(default), |v| {
+            usize::try_from(*v).map_err(|e| anyhow!("{name}: {e}"))
+        })
+    }
+
+    /// Whether the switch `--name` was given.
+    pub fn has(&self, name: &str) -> bool {
+        self.switches.contains(name)
+    }
+}
+
+/// The bearer token (`<credential_id>.<secret>`) of an agent credential file.
+pub fn agent_token(credential: &Path) -> anyhow::Result<String> {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(credential)?)?;
+    let part = |k: &str| {
+        file[k]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{} has no {k}", credential.display()))
+    };
+    Ok(format!("{}.{}", part("credential_id")?, part("secret")?))
 }
 
 /// The median of `v` (0 for none): what the benches report of their rounds.

@@ -242,7 +242,7 @@ fn oversized_measurement(record: &Value, max_points: usize) -> Option<String> {
 /// A record admitted within the lab's limits, waiting for its batch's commit.
 struct Admitted {
     record: NewRecord,
-    bytes: i64,
+    /// The agent's wall clock when it recorded it (for the lag metric).
     measured_ms: Option<i64>,
 }
 
@@ -250,7 +250,10 @@ struct Admitted {
 /// and acknowledged with one `ack` per epoch (acks are cumulative: "everything up to `seq_hi`").
 #[derive(Default)]
 struct Batch {
-    admitted: Vec<Admitted>,
+    /// Admitted records, in the order received (stored as they are).
+    records: Vec<NewRecord>,
+    /// Each record's [`Admitted::measured_ms`].
+    measured_ms: Vec<Option<i64>>,
     bytes: usize,
     /// What the agent is told after the acks (a throttle), or that storing failed.
     after: Option<Ingested>,
@@ -262,7 +265,7 @@ const BATCH_BYTES: usize = 4 << 20;
 
 impl Batch {
     fn full(&self) -> bool {
-        self.admitted.len() >= BATCH_RECORDS || self.bytes >= BATCH_BYTES || self.failed()
+        self.records.len() >= BATCH_RECORDS || self.bytes >= BATCH_BYTES || self.failed()
     }
 
     fn failed(&self) -> bool {
@@ -284,7 +287,8 @@ impl Batch {
         match admit_record(state, lab_id, params, highest, ingest).await {
             Ok(a) => {
                 self.bytes += a.record.body.len();
-                self.admitted.push(a);
+                self.records.push(a.record);
+                self.measured_ms.push(a.measured_ms);
             }
             // a later throttle replaces an earlier one (same pause); `Held` adds nothing
             Err(Ingested::Held) => {}
@@ -295,8 +299,13 @@ impl Batch {
     /// Stores the admitted records; returns what to send the agent, in order.
     async fn commit(self, state: &AppState, lab_id: &LabId, ingest: &mut Ingest) -> Vec<Ingested> {
         let mut out = Vec::new();
-        if !self.admitted.is_empty() {
-            let records: Vec<NewRecord> = self.admitted.iter().map(|a| a.record.clone()).collect();
+        let Batch {
+            records,
+            measured_ms,
+            after,
+            ..
+        } = self;
+        if !records.is_empty() {
             let now = now_ms();
             state
                 .metrics
@@ -305,19 +314,21 @@ impl Batch {
             match state.storage.store_records(&records, now).await {
                 Ok(stored) => {
                     let mut acks: Vec<AckParams> = Vec::new();
-                    for (a, new) in self.admitted.into_iter().zip(stored) {
-                        let seq_hi = u64::try_from(a.record.seq).unwrap_or(0);
+                    for ((record, measured_ms), new) in
+                        records.into_iter().zip(measured_ms).zip(stored)
+                    {
+                        let seq_hi = u64::try_from(record.seq).unwrap_or(0);
                         match acks.last_mut() {
-                            Some(ack) if ack.epoch == a.record.epoch => {
+                            Some(ack) if ack.epoch == record.epoch => {
                                 ack.seq_hi = ack.seq_hi.max(seq_hi);
                             }
                             _ => acks.push(AckParams {
-                                epoch: a.record.epoch.clone(),
+                                epoch: record.epoch.clone(),
                                 seq_hi,
                             }),
                         }
                         if new {
-                            if let Some(at) = a.measured_ms {
+                            if let Some(at) = measured_ms {
                                 // Lag by the agent's clock: a skewed clock shows as lag (or as 0,
                                 // never negative).
                                 let lag_ms = now.saturating_sub(at).max(0);
@@ -327,16 +338,17 @@ impl Batch {
                                     .observe(lag_ms as f64 / 1000.0);
                             }
                             state.events.publish(crate::events::Event::RecordStored {
-                                lab_id: a.record.lab_id,
-                                program_id: a.record.program_id,
-                                kind: a.record.kind,
+                                lab_id: record.lab_id,
+                                program_id: record.program_id,
+                                kind: record.kind,
                             });
                         } else {
                             // a replay: not stored again, so it used no budget
-                            debug!(lab.id = %lab_id, seq = a.record.seq, "replayed record acknowledged again");
+                            debug!(lab.id = %lab_id, seq = record.seq, "replayed record acknowledged again");
                             ingest.tokens += 1.0;
                             if let Some((_, used, _)) = ingest.day.as_mut() {
-                                *used = used.saturating_sub(a.bytes);
+                                let bytes = i64::try_from(record.body.len()).unwrap_or(i64::MAX);
+                                *used = used.saturating_sub(bytes);
                             }
                         }
                     }
@@ -348,7 +360,7 @@ impl Batch {
                 }
             }
         }
-        out.extend(self.after);
+        out.extend(after);
         out
     }
 }
@@ -478,7 +490,6 @@ async fn admit_record(
     Ok(Admitted {
         measured_ms: params.record["unix_ms"].as_i64(),
         record,
-        bytes,
     })
 }
 

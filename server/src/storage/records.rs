@@ -149,7 +149,7 @@ impl RecordStorage for SqlStorage {
             let mut stored = vec![false; records.len()];
             // One multi-row INSERT per chunk (7 parameters a row, far below either backend's
             // limit); RETURNING names the keys that were new.
-            let mut inserted: HashSet<(String, i64)> = HashSet::new();
+            let mut inserted: HashSet<(String, String, i64)> = HashSet::new();
             for chunk in records.chunks(STORE_CHUNK) {
                 let mut text = String::from(
                     "INSERT INTO agent_records \
@@ -186,15 +186,12 @@ impl RecordStorage for SqlStorage {
                         .bind(now_ms);
                 }
                 let rows: Vec<(String, String, i64)> = q.fetch_all(tx).await?;
-                inserted.extend(
-                    rows.into_iter()
-                        .map(|(lab, epoch, seq)| (format!("{lab}\n{epoch}"), seq)),
-                );
+                inserted.extend(rows);
             }
             // Each new key is claimed by its first occurrence in the batch.
             let mut usage: HashMap<&str, (i64, i64)> = HashMap::new();
             for (r, s) in records.iter().zip(stored.iter_mut()) {
-                if inserted.remove(&(format!("{}\n{}", r.lab_id.as_str(), r.epoch), r.seq)) {
+                if inserted.remove(&(r.lab_id.as_str().to_owned(), r.epoch.clone(), r.seq)) {
                     *s = true;
                     let u = usage.entry(r.lab_id.as_str()).or_default();
                     u.0 =
