@@ -15,7 +15,6 @@ use maosic_lab::cli::{DevicesArgs, RunProgramArgs, VirtualLabArgs};
 use maosic_lab::lab::Lab;
 use maosic_schema::capability::LabDescriptor;
 use maosic_schema::protocol::AgentCredentialFile;
-use tracing_subscriber::EnvFilter;
 
 /// MAOSIC edge agent: runs a lab's instruments for the cloud, safely.
 #[derive(Parser)]
@@ -24,6 +23,19 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Export OpenTelemetry traces to this OTLP/HTTP collector (base URL, e.g.
+    /// http://127.0.0.1:4318). A program run or device call continues the trace the cloud
+    /// started (W3C traceparent in the request). Off unless set.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "MAOSIC_AGENT_OTLP_ENDPOINT"
+    )]
+    otlp_endpoint: Option<String>,
+    /// Fraction of traces the agent starts itself that are sampled (0-1).
+    #[arg(long, global = true, default_value_t = 1.0, value_name = "RATIO")]
+    trace_sample_ratio: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -229,14 +241,20 @@ impl SpoolCapsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cli.log_json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let telemetry = maosic_telemetry::init(&maosic_telemetry::Settings {
+        service: "maosic-agent",
+        instance: None,
+        filter: "info".into(),
+        json: cli.log_json,
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+        sample_ratio: cli.trace_sample_ratio,
+    });
+    let _telemetry = match telemetry {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("maosic-agent: error: --otlp-endpoint: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     match run(cli) {
         Ok(code) => code,

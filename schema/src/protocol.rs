@@ -303,6 +303,10 @@ pub struct ProgramRunParams {
     /// [`error_code::DEADLINE_PASSED`] and never starts it (docs/reliability.md rule 5). None: no deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<i64>,
+    /// The cloud's trace context (W3C `traceparent`), so the agent's spans of this run join the
+    /// cloud's trace. Agents that predate it ignore the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Parameters of `program.cancel`.
@@ -320,6 +324,9 @@ pub struct DeviceCallParams {
     /// Named numeric parameters in the units of the capability descriptor.
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, f64>,
+    /// The cloud's trace context (W3C `traceparent`), as for `program.run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Parameters of `safety.reset`: who resets and why (kept in the lab's record stream).

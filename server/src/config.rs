@@ -157,6 +157,18 @@ pub struct LogConfig {
     pub filter: String,
     /// Output format.
     pub format: LogFormat,
+    /// Base URL of an OTLP/HTTP collector (`http://collector:4318`): spans are exported as
+    /// OpenTelemetry traces. Unset: traces are off.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled (0–1); a trace continued from a caller's `traceparent`
+    /// follows the caller's decision.
+    #[serde(default = "default_trace_sample_ratio")]
+    pub trace_sample_ratio: f64,
+}
+
+fn default_trace_sample_ratio() -> f64 {
+    1.0
 }
 
 /// Log output format.

@@ -170,14 +170,19 @@ enum AdminCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // One line, with the cause chain, and never a panic.
             eprintln!("maosic-server: error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Flush the spans not yet exported.
+    if let Ok(mut slot) = TELEMETRY.lock() {
+        drop(slot.take());
     }
+    code
 }
 
 fn load(config: Option<&PathBuf>, bind: Option<String>, db: DatabaseArg) -> anyhow::Result<Config> {
@@ -188,8 +193,19 @@ fn load(config: Option<&PathBuf>, bind: Option<String>, db: DatabaseArg) -> anyh
             database: db.database,
         },
     )?;
-    telemetry::init(&config.log);
+    start_telemetry(&config)?;
     Ok(config)
+}
+
+/// The trace exporter of this process, flushed when `main` returns.
+static TELEMETRY: std::sync::Mutex<Option<telemetry::Guard>> = std::sync::Mutex::new(None);
+
+fn start_telemetry(config: &Config) -> anyhow::Result<()> {
+    let guard = telemetry::init(&config.log).context("log.otlp_endpoint")?;
+    if let Ok(mut slot) = TELEMETRY.lock() {
+        *slot = Some(guard);
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -260,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if std::env::var_os("RUST_LOG").is_none() {
                 config.log.filter = "warn".into();
             }
-            telemetry::init(&config.log);
+            start_telemetry(&config)?;
             let agent_bin = match args.agent_bin {
                 Some(p) => p,
                 None => std::env::current_exe()

@@ -1,20 +1,20 @@
-//! Tracing set-up: env-filter directives from config (RUST_LOG wins) and text or JSON output on
-//! stderr, so stdout stays free for command output.
-
-use tracing_subscriber::EnvFilter;
+//! Tracing set-up: env-filter directives from config (RUST_LOG wins), text or JSON logs on
+//! stderr (stdout stays free for command output) and, when `log.otlp_endpoint` is set,
+//! OpenTelemetry traces over OTLP/HTTP (`maosic-telemetry`).
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global tracing subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+pub use maosic_telemetry::{Guard, TelemetryError};
+
+/// Installs the global tracing subscriber. Safe to call more than once (later calls install
+/// nothing). Keep the guard for the life of the process: dropping it flushes the spans.
+pub fn init(log: &LogConfig) -> Result<Guard, TelemetryError> {
+    maosic_telemetry::init(&maosic_telemetry::Settings {
+        service: "maosic-server",
+        instance: None,
+        filter: log.filter.clone(),
+        json: log.format == LogFormat::Json,
+        otlp_endpoint: log.otlp_endpoint.clone(),
+        sample_ratio: log.trace_sample_ratio,
+    })
 }

@@ -62,6 +62,8 @@ fn item(n: usize) -> NewExperiment {
         program_json: "{}".into(),
         priority: 0,
         created_by: "u".into(),
+        // Even items were queued under a trace, odd ones with traces off.
+        trace_parent: n.is_multiple_of(2).then(|| format!("00-{n:032x}-{n:016x}-01")),
     }
 }
 
@@ -167,6 +169,12 @@ async fn ask_and_tell_write_the_optimizer_state_with_the_experiments_once_body()
             .await
             .unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        // Each keeps the trace context it was queued under (its dispatch continues it).
+        assert_eq!(all[0].trace_parent, None);
+        assert_eq!(
+            all[1].trace_parent.as_deref(),
+            Some("00-00000000000000000000000000000002-0000000000000002-01")
+        );
         assert_eq!(s.optimizer_in_flight(&c.id).await.unwrap(), 2);
 
         // A paused campaign's queued experiments wait.

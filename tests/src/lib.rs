@@ -658,6 +658,8 @@ pub struct AgentOptions {
     pub log_filter: Option<String>,
     /// Further arguments (e.g. `--spool-max-bytes N`).
     pub args: Vec<String>,
+    /// Further environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -669,6 +671,7 @@ impl Default for AgentOptions {
             backoff_ms: (100, 1000),
             log_filter: None,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -785,6 +788,7 @@ impl TestAgent {
         }
         let child = cmd
             .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

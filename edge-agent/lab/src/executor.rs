@@ -9,6 +9,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use maosic_schema::program::Program;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::LinkLossPolicy;
 use crate::error::DeviceError;
@@ -342,7 +343,9 @@ async fn run<S: RecordSink>(
                     };
                     (id, method, lab.clock.now_s() - t, r, actor)
                 };
-                running.push(fut);
+                // One span per step, a child of the run's (a trace shows the steps' overlap).
+                let span = tracing::info_span!("step", step.id = id, method = %step.request.method);
+                running.push(fut.instrument(span));
             }
         }
         if running.is_empty() {

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use crate::spool::{RecordClass, Spool, SpoolError};
 use crate::transport::{BoxIo, Connector, Route};
@@ -359,6 +359,7 @@ impl<'a> Io<'a> {
                 program_id,
                 program,
                 link_loss,
+                traceparent,
             } => {
                 if let Some(lab) = &self.config.lab {
                     let cancel = CancellationToken::new();
@@ -375,12 +376,12 @@ impl<'a> Io<'a> {
                         options,
                         cancel,
                     };
-                    tokio::spawn(run_program(
-                        lab.clone(),
-                        spool.clone(),
-                        self.outbound_tx.clone(),
-                        run,
-                    ));
+                    let span = info_span!("agent.program.run", program.id = %run.program_id, steps = run.program.steps.len());
+                    continue_trace(&span, traceparent.as_deref());
+                    tokio::spawn(
+                        run_program(lab.clone(), spool.clone(), self.outbound_tx.clone(), run)
+                            .instrument(span),
+                    );
                 }
                 None
             }
@@ -399,15 +400,20 @@ impl<'a> Io<'a> {
             Action::DeviceCall { request, params } => {
                 if let Some(lab) = &self.config.lab {
                     let (lab, out) = (lab.clone(), self.outbound_tx.clone());
-                    tokio::spawn(async move {
-                        let message = device_call(&lab, request, &params).await;
-                        let _ = out
-                            .send(Outbound::Reply {
-                                message,
-                                finished: None,
-                            })
-                            .await;
-                    });
+                    let span = info_span!("agent.device.call", method = %params.method);
+                    continue_trace(&span, params.traceparent.as_deref());
+                    tokio::spawn(
+                        async move {
+                            let message = device_call(&lab, request, &params).await;
+                            let _ = out
+                                .send(Outbound::Reply {
+                                    message,
+                                    finished: None,
+                                })
+                                .await;
+                        }
+                        .instrument(span),
+                    );
                 }
                 None
             }
@@ -574,6 +580,16 @@ async fn run_program(lab: Arc<Lab>, spool: Spool, out: mpsc::Sender<Outbound>, r
             finished: Some(program_id),
         })
         .await;
+}
+
+/// Makes `span` continue the cloud's trace when the request carried one; a malformed value is
+/// logged and the span starts its own trace.
+fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(tp) = traceparent {
+        if !maosic_telemetry::set_parent(span, tp) && !maosic_telemetry::is_traceparent(tp) {
+            debug!(traceparent = tp, "ignoring a malformed traceparent");
+        }
+    }
 }
 
 /// Calls one device method on the lab and makes the answer.

@@ -252,6 +252,8 @@ pub enum Action {
         program: Program,
         /// The run's link-loss policy (default: the lab's).
         link_loss: Option<LinkLossPolicy>,
+        /// The cloud's trace context (W3C), continued by the run's span.
+        traceparent: Option<String>,
     },
     /// Cancel a running program.
     CancelProgram {
@@ -311,6 +313,7 @@ enum Pending {
         request: Id,
         program: Box<Program>,
         link_loss: Option<LinkLossPolicy>,
+        traceparent: Option<String>,
     },
 }
 
@@ -937,6 +940,7 @@ impl LinkState {
                 request: id,
                 program: Box::new(program),
                 link_loss,
+                traceparent: params.traceparent,
             },
         );
         self.actions.push(Action::AcceptCommand {
@@ -982,6 +986,7 @@ impl LinkState {
             request,
             program,
             link_loss,
+            traceparent,
         }) = self.pending.remove(&program_id)
         else {
             return;
@@ -994,6 +999,7 @@ impl LinkState {
                     program_id,
                     program: *program,
                     link_loss,
+                    traceparent,
                 });
             }
             Ok(Acceptance::Known(known)) => self.answer_known(now, request, &program_id, known),

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use maosic_schema::protocol::RpcError;
+use maosic_schema::protocol::{method, RpcError};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::storage::LabId;
 
@@ -137,19 +138,30 @@ impl Gateway {
 
     /// Calls `method` on the lab's agent and waits up to `timeout` for its answer: on this
     /// replica when it holds the agent, else through the replica that does.
+    ///
+    /// The call is a span (`gateway.call`); `program.run` and `device.call` carry its trace
+    /// context to the agent (`traceparent` in their parameters, kept when the caller set one),
+    /// so the agent's execution joins the trace.
     pub async fn call(
         &self,
         lab_id: &LabId,
         method: &str,
-        params: Value,
+        mut params: Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        if !self.is_connected(lab_id) {
-            if let Some(relay) = self.relay.get() {
-                return relay.call(lab_id, method, params, timeout).await;
+        let span = tracing::info_span!("gateway.call", lab.id = %lab_id, method, relayed = false);
+        async {
+            carry_trace(method, &mut params);
+            if !self.is_connected(lab_id) {
+                if let Some(relay) = self.relay.get() {
+                    tracing::Span::current().record("relayed", true);
+                    return relay.call(lab_id, method, params, timeout).await;
+                }
             }
+            self.call_local(lab_id, method, params, timeout).await
         }
-        self.call_local(lab_id, method, params, timeout).await
+        .instrument(span)
+        .await
     }
 
     /// Calls `method` on the lab's agent if this replica holds it (`Offline` otherwise).
@@ -257,5 +269,21 @@ impl Gateway {
     /// Whether no agent is connected to this replica.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Puts the current span's trace context into the parameters of the two agent methods whose
+/// parameters take it (agents that predate it ignore the member), unless one is already there
+/// (a call relayed from another replica keeps its caller's).
+fn carry_trace(method: &str, params: &mut Value) {
+    if method != method::PROGRAM_RUN && method != method::DEVICE_CALL {
+        return;
+    }
+    if let Value::Object(map) = params {
+        if !map.contains_key("traceparent") {
+            if let Some(tp) = maosic_telemetry::traceparent() {
+                map.insert("traceparent".into(), Value::String(tp));
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use maosic_optimizer::{Observation, Optimizer};
 use maosic_schema::capability::LabDescriptor;
 use serde_json::{json, Value};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{
     bindings_of, compile_point, evaluate, measured, params_json, parse_objective, point_of,
@@ -368,36 +368,40 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         // The campaign stays busy until its step's task and its blocking computation both end
         // (a computation past its budget cannot be cancelled: no second one starts meanwhile).
         let guard = Arc::new(guard);
-        tokio::spawn(tenant::system(async move {
-            let started = std::time::Instant::now();
-            let stepped = advance(&state, &c, guard).await;
-            state
-                .metrics
-                .campaign_step
-                .observe(started.elapsed().as_secs_f64());
-            match stepped {
-                Ok(Some(queued)) => {
-                    steps.succeeded(&c.id);
-                    if queued {
-                        // New experiments: dispatch them now rather than at the next pass.
-                        if state.gateway.is_connected(&c.lab_id) {
-                            if let Err(e) = fill_lab(&state, &owner, &steps, &c.lab_id).await {
-                                warn!(lab.id = %c.lab_id, error = %e, "dispatch failed");
+        let span = info_span!("engine.step", campaign.id = %c.id, lab.id = %c.lab_id);
+        tokio::spawn(tenant::system(
+            async move {
+                let started = std::time::Instant::now();
+                let stepped = advance(&state, &c, guard).await;
+                state
+                    .metrics
+                    .campaign_step
+                    .observe(started.elapsed().as_secs_f64());
+                match stepped {
+                    Ok(Some(queued)) => {
+                        steps.succeeded(&c.id);
+                        if queued {
+                            // New experiments: dispatch them now rather than at the next pass.
+                            if state.gateway.is_connected(&c.lab_id) {
+                                if let Err(e) = fill_lab(&state, &owner, &steps, &c.lab_id).await {
+                                    warn!(lab.id = %c.lab_id, error = %e, "dispatch failed");
+                                }
                             }
+                            state.events.publish(Event::Wake);
                         }
-                        state.events.publish(Event::Wake);
+                    }
+                    Ok(None) => {}
+                    Err(StepError::Campaign(why)) => {
+                        warn!(campaign.id = %c.id, error = %why, "campaign step failed");
+                        step_failed(&state, &steps, &c.id, &why).await;
+                    }
+                    Err(StepError::Storage(e)) => {
+                        warn!(campaign.id = %c.id, error = %e, "campaign step failed (storage)");
                     }
                 }
-                Ok(None) => {}
-                Err(StepError::Campaign(why)) => {
-                    warn!(campaign.id = %c.id, error = %why, "campaign step failed");
-                    step_failed(&state, &steps, &c.id, &why).await;
-                }
-                Err(StepError::Storage(e)) => {
-                    warn!(campaign.id = %c.id, error = %e, "campaign step failed (storage)");
-                }
             }
-        }));
+            .instrument(span),
+        ));
     }
     let now = now_ms();
     for lab_id in state.storage.labs_with_work(now).await? {
@@ -516,6 +520,21 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
 /// Ends an experiment: analyses its records (unless `interrupted` says why it ended without
 /// them), tells the campaign's optimizer, and stores both in one transaction.
 async fn conclude(
+    state: &AppState,
+    e: &Experiment,
+    interrupted: Option<String>,
+) -> Result<(), StepError> {
+    // The end of the experiment's trace: analysis, fit and tell.
+    let span = info_span!("engine.conclude", experiment.id = %e.id, campaign.id = %e.campaign_id);
+    if let Some(tp) = &e.trace_parent {
+        maosic_telemetry::set_parent(&span, tp);
+    }
+    conclude_in_span(state, e, interrupted)
+        .instrument(span)
+        .await
+}
+
+async fn conclude_in_span(
     state: &AppState,
     e: &Experiment,
     interrupted: Option<String>,
@@ -781,6 +800,8 @@ async fn advance(
     // The campaign stays busy until the blocking ask ends (even past its budget) and until
     // this step has stored what it asked (a conclusion in between would discard the ask).
     let busy_while_asking = Arc::clone(&busy);
+    // The experiments keep this step's trace context: their dispatch and run join its trace.
+    let trace_parent = maosic_telemetry::traceparent();
     let planned = bounded(state, "the optimizer's ask", move || {
         let _busy = busy_while_asking;
         let started = std::time::Instant::now();
@@ -811,6 +832,7 @@ async fn advance(
                 program_json: serde_json::to_string(&program).unwrap_or_default(),
                 priority: campaign.priority,
                 created_by: campaign.created_by.clone(),
+                trace_parent: trace_parent.clone(),
             });
         }
         let state_json = optimizer
@@ -921,44 +943,52 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<bool,
             .observe(waited_ms as f64 / 1000.0);
     }
     publish_experiment(state, &e, ExperimentState::Leased);
+    // Continues the trace of whatever queued it; lasts until the agent answers the run.
+    let span = info_span!("engine.dispatch", experiment.id = %e.id, lab.id = %lab_id, attempt = e.attempts);
+    if let Some(tp) = &e.trace_parent {
+        maosic_telemetry::set_parent(&span, tp);
+    }
     let state = state.clone();
     let owner = owner.to_owned();
-    tokio::spawn(tenant::system(async move {
-        let params = json!({ "program_id": e.id, "program": program });
-        let answer = state
-            .gateway
-            .call(
-                &e.lab_id,
-                "program.run",
-                params,
-                Duration::from_secs(7 * 24 * 3600),
-            )
-            .await;
-        match answer {
-            // The program ran; its records (stored before this answer) decide the rest.
-            Ok(_) => state.events.publish(Event::Wake),
-            Err(CallError::Offline) => {
-                // Certainly not delivered: give the claim back.
-                if let Err(err) = state.storage.release_claim(&e.id, &owner).await {
-                    warn!(experiment.id = %e.id, error = %err, "claim not released");
+    tokio::spawn(tenant::system(
+        async move {
+            let params = json!({ "program_id": e.id, "program": program });
+            let answer = state
+                .gateway
+                .call(
+                    &e.lab_id,
+                    "program.run",
+                    params,
+                    Duration::from_secs(7 * 24 * 3600),
+                )
+                .await;
+            match answer {
+                // The program ran; its records (stored before this answer) decide the rest.
+                Ok(_) => state.events.publish(Event::Wake),
+                Err(CallError::Offline) => {
+                    // Certainly not delivered: give the claim back.
+                    if let Err(err) = state.storage.release_claim(&e.id, &owner).await {
+                        warn!(experiment.id = %e.id, error = %err, "claim not released");
+                    }
                 }
-            }
-            Err(CallError::Rejected(rpc)) if rpc.code == ALREADY_ACCEPTED => {
-                // A re-sent claim: the agent has (or had) it; its records decide.
-                let _ = state.storage.mark_running(&e.id, now_ms()).await;
-            }
-            Err(CallError::Rejected(rpc)) => {
-                // The agent refused the program before anything moved (its own limits).
-                warn!(experiment.id = %e.id, error = %rpc.message, "agent refused the program");
-                if let Err(err) = refuse(&state, &e, &rpc.message).await {
-                    warn!(experiment.id = %e.id, error = %err, "refusal not recorded");
+                Err(CallError::Rejected(rpc)) if rpc.code == ALREADY_ACCEPTED => {
+                    // A re-sent claim: the agent has (or had) it; its records decide.
+                    let _ = state.storage.mark_running(&e.id, now_ms()).await;
                 }
-            }
-            Err(other) => {
-                debug!(experiment.id = %e.id, error = %other, "no answer; the records decide");
+                Err(CallError::Rejected(rpc)) => {
+                    // The agent refused the program before anything moved (its own limits).
+                    warn!(experiment.id = %e.id, error = %rpc.message, "agent refused the program");
+                    if let Err(err) = refuse(&state, &e, &rpc.message).await {
+                        warn!(experiment.id = %e.id, error = %err, "refusal not recorded");
+                    }
+                }
+                Err(other) => {
+                    debug!(experiment.id = %e.id, error = %other, "no answer; the records decide");
+                }
             }
         }
-    }));
+        .instrument(span),
+    ));
     Ok(true)
 }
 

@@ -30,7 +30,7 @@ const CAMPAIGN_COLS: &str = "id, organization_id, lab_id, name, recipe, space_js
 const EXPERIMENT_COLS: &str = "id, campaign_id, organization_id, lab_id, seq, name, source, \
     params_json, proposal_json, program_json, priority, state, lease_owner, lease_until, attempts, \
     created_by, queued_at, dispatched_at, started_at, finished_at, outcome, error, features_json, \
-    peaks_json, objective_value, told";
+    peaks_json, objective_value, told, trace_parent";
 
 /// A stored campaign.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -141,6 +141,9 @@ pub struct Experiment {
     pub objective_value: Option<f64>,
     /// Whether its result was told to the optimizer.
     pub told: bool,
+    /// The W3C trace context of whatever queued it (a GraphQL request, an engine step), which
+    /// its dispatch continues; `None` when traces were off.
+    pub trace_parent: Option<String>,
 }
 
 impl Experiment {
@@ -161,6 +164,8 @@ pub struct NewExperiment {
     pub program_json: String,
     pub priority: i64,
     pub created_by: String,
+    /// The queuing span's W3C trace context (see [`Experiment::trace_parent`]).
+    pub trace_parent: Option<String>,
 }
 
 /// The end of an experiment.
@@ -832,10 +837,10 @@ async fn insert_experiment(
     let sql = format!(
         "INSERT INTO experiments (id, campaign_id, organization_id, lab_id, seq, name, \
          source, params_json, proposal_json, program_json, priority, state, created_by, \
-         queued_at) \
+         queued_at, trace_parent) \
          SELECT $1, c.id, c.organization_id, c.lab_id, \
            (SELECT COALESCE(MAX(x.seq), 0) + 1 FROM experiments x WHERE x.campaign_id = c.id), \
-           $2, $3, $4, $5, $6, $7, 'queued', $8, $9 FROM campaigns c WHERE c.id = $10 \
+           $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $11 FROM campaigns c WHERE c.id = $10 \
          RETURNING {EXPERIMENT_COLS}"
     );
     query(&sql)
@@ -849,6 +854,7 @@ async fn insert_experiment(
         .bind(&e.created_by)
         .bind(now_ms)
         .bind(campaign_id)
+        .bind(e.trace_parent.as_deref())
         .fetch_optional(tx)
         .await?
         .ok_or(StorageError::NotFound)

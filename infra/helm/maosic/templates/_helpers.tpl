@@ -45,6 +45,12 @@ app.kubernetes.io/component: server
   value: {{ .Values.config.logFormat | quote }}
 - name: MAOSIC_MAX_CONNECTIONS
   value: {{ .Values.config.maxConnections | quote }}
+{{- with .Values.config.otlpEndpoint }}
+- name: MAOSIC_LOG__OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: MAOSIC_LOG__TRACE_SAMPLE_RATIO
+  value: {{ $.Values.config.traceSampleRatio | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

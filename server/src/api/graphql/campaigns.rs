@@ -915,6 +915,7 @@ impl CampaignMutation {
             program_json: serde_json::to_string(&program).map_err(|_| fail(ApiError::Internal))?,
             priority: c.priority + 1,
             created_by: p.user_id.to_string(),
+            trace_parent: maosic_telemetry::traceparent(),
         };
         let e = st
             .storage

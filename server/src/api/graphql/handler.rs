@@ -9,6 +9,7 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection,
 use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response, ServerError};
 use futures_util::StreamExt as _;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::budget::{BudgetError, Caller};
 use super::{ApiSchema, RequestInfo};
@@ -298,16 +299,28 @@ pub(crate) async fn execute_one(
     limits: &GraphqlConfig,
     info: &RequestInfo,
     scope: &TenantScope,
+    traceparent: Option<&str>,
     mut request: async_graphql::Request,
 ) -> Response {
     let is_mutation = match precheck(limits, &mut request) {
         Ok(ty) => ty == OperationType::Mutation,
         Err(refused) => return *refused,
     };
+    // The request's span: what it queues (experiments) keeps its trace context, so their
+    // dispatch and the agent's run join this trace. A client's own `traceparent` is continued.
+    let span = tracing::info_span!(
+        "graphql.request",
+        graphql.operation.type = if is_mutation { "mutation" } else { "query" },
+        graphql.operation.name = request.operation_name.as_deref().unwrap_or(""),
+    );
+    if let Some(tp) = traceparent {
+        maosic_telemetry::set_parent(&span, tp);
+    }
     let request = request.data(info.clone());
     let timeout = Duration::from_millis(limits.timeout_ms.max(1));
     let schema = schema.clone();
-    let run = tenant::scoped(scope.clone(), async move { schema.execute(request).await });
+    let run = tenant::scoped(scope.clone(), async move { schema.execute(request).await })
+        .instrument(span);
     let mut response = if is_mutation {
         // A mutation is never cut half-way (its writes are several storage calls): it runs to
         // its end in its own task, and the client is told when it outlasts the time limit.
@@ -426,9 +439,15 @@ pub async fn graphql_handler(
         source,
         cookie_session,
     };
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let traceparent = traceparent.as_deref();
     match batch {
         BatchRequest::Single(request) => {
-            let response = execute_one(&schema, limits, &info, &scope, request).await;
+            let response = execute_one(&schema, limits, &info, &scope, traceparent, request).await;
             let mut http = HttpResponse::Ok();
             copy_headers(&mut http, &response);
             http.json(response)
@@ -437,7 +456,8 @@ pub async fn graphql_handler(
             let mut responses = Vec::with_capacity(requests.len());
             let mut http = HttpResponse::Ok();
             for request in requests {
-                let response = execute_one(&schema, limits, &info, &scope, request).await;
+                let response =
+                    execute_one(&schema, limits, &info, &scope, traceparent, request).await;
                 copy_headers(&mut http, &response);
                 responses.push(response);
             }

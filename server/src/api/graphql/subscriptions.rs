@@ -489,7 +489,7 @@ pub async fn graphql_ws(
                             actix_web::rt::spawn(async move {
                                 let info = RequestInfo { principal: Some(principal), source, cookie_session: false };
                                 let response = super::handler::execute_one(
-                                    &schema, &state.config.graphql, &info, &scope, *request,
+                                    &schema, &state.config.graphql, &info, &scope, None, *request,
                                 ).await;
                                 for frame in result_frames(protocol, &id, &response) {
                                     if out.send(frame).await.is_err() { return; }
