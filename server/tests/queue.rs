@@ -63,7 +63,9 @@ fn item(n: usize) -> NewExperiment {
         priority: 0,
         created_by: "u".into(),
         // Even items were queued under a trace, odd ones with traces off.
-        trace_parent: n.is_multiple_of(2).then(|| format!("00-{n:032x}-{n:016x}-01")),
+        trace_parent: n
+            .is_multiple_of(2)
+            .then(|| format!("00-{n:032x}-{n:016x}-01")),
     }
 }
 
