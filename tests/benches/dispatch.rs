@@ -5,8 +5,10 @@
 //! campaign of `--budget` experiments on the paper's recipe (`examples/chirality.recipe`). The
 //! agents are raw agent-protocol clients (one tokio task each): `hello` with the paper lab's
 //! descriptor; on `program.run` they record `program_started` at once, hold for `--run-ms`
-//! (the lab's work), record `program_finished` (outcome `failed`: no spectra are made, so each
-//! experiment ends failed and the optimizer is told so) and answer. The engine runs as deployed
+//! (the lab's work; `--jitter-ms J` adds 0–J ms per run, spread by program id, so the labs
+//! finish at different times instead of all at once), record `program_finished` (outcome
+//! `failed`: no spectra are made, so each experiment ends failed and the optimizer is told so)
+//! and answer. The engine runs as deployed
 //! (defaults: one pass at least every 500 ms, woken by mutations and program records).
 //!
 //! For each experiment the database has `queued_at` and `dispatched_at` (claimed, `program.run`
@@ -18,7 +20,7 @@
 //!
 //! ```text
 //! cargo build --release -p maosic-server
-//! cargo bench -p maosic-e2e --bench dispatch -- [--labs 100] [--budget 10] [--run-ms 50]
+//! cargo bench -p maosic-e2e --bench dispatch -- [--labs 100] [--budget 10] [--run-ms 50] [--jitter-ms 0]
 //! ```
 //!
 //! Needs `MAOSIC_TEST_POSTGRES_URL`.
@@ -41,15 +43,28 @@ struct Options {
     labs: usize,
     budget: u64,
     run_ms: u64,
+    /// Each run lasts `run_ms` plus up to this much more (spread by the program id), so labs
+    /// finish at different times instead of all together.
+    jitter_ms: u64,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let a = BenchArgs::parse(&["--labs", "--budget", "--run-ms"], &[])?;
+    let a = BenchArgs::parse(&["--labs", "--budget", "--run-ms", "--jitter-ms"], &[])?;
     Ok(Options {
         labs: a.count("--labs", 100)?.max(1),
         budget: a.get("--budget", 10).max(2),
         run_ms: a.get("--run-ms", 50),
+        jitter_ms: a.get("--jitter-ms", 0),
     })
+}
+
+/// A duration in `0..=jitter`, uniform over program ids (their hash), the same in every run.
+fn spread(program_id: &str, jitter: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    program_id.hash(&mut h);
+    let ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(h.finish() % ms.saturating_add(1))
 }
 
 fn record(epoch: &str, seq: u64, program_id: &str, body: Value) -> Message {
@@ -72,6 +87,7 @@ async fn fake_agent(
     credential: std::path::PathBuf,
     hello: Value,
     run: Duration,
+    jitter: Duration,
     rtt: tokio::sync::oneshot::Sender<anyhow::Result<Duration>>,
 ) {
     let connected = async {
@@ -149,6 +165,7 @@ async fn fake_agent(
                 let program_id = v["params"]["program_id"].as_str().unwrap_or_default().to_owned();
                 let steps = v["params"]["program"]["steps"].as_array().map_or(0, Vec::len);
                 let (out, seq, epoch) = (out.clone(), seq.clone(), epoch.clone());
+                let run = run + spread(&program_id, jitter);
                 tokio::spawn(async move {
                     let next = || seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     let _ = out.send(record(&epoch, next(), &program_id,
@@ -232,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
             lab.credential.clone(),
             hello.clone(),
             Duration::from_millis(o.run_ms),
+            Duration::from_millis(o.jitter_ms),
             tx,
         )));
         rtts.push(rx.await.map_err(|_| anyhow!("agent task died"))??);
@@ -322,12 +340,13 @@ async fn main() -> anyhow::Result<()> {
     let mut rtt_ms: Vec<f64> = rtts.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     rtt_ms.sort_by(f64::total_cmp);
     println!(
-        "\n{} labs × {} experiments ({} queued on an idle lab, of {}), agent run {} ms, PostgreSQL, {} cores, {:.1} s\n",
+        "\n{} labs × {} experiments ({} queued on an idle lab, of {}), agent run {}–{} ms, PostgreSQL, {} cores, {:.1} s\n",
         o.labs,
         o.budget,
         idle.len(),
         rows.len(),
         o.run_ms,
+        o.run_ms + o.jitter_ms,
         std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1),
