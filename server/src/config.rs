@@ -188,7 +188,8 @@ pub enum LogFormat {
 pub struct CampaignsConfig {
     /// Run the engine in this process.
     pub engine: bool,
-    /// Longest pause between two engine passes, ms (records and mutations wake it sooner).
+    /// Longest pause between two engine passes, ms (mutations wake it sooner; program records
+    /// are acted on as they are stored, without a pass).
     pub tick_ms: u64,
     /// A claimed experiment with no record from the agent after this long may be claimed again, ms.
     pub lease_ms: u64,

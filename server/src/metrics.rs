@@ -45,6 +45,13 @@ pub struct WorkLabels {
     pub work: &'static str,
 }
 
+/// Labels of the engine's conclusions: what concluded the experiment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByLabels {
+    /// `record` (its `program_finished` record, as it was stored) or `pass` (an engine pass).
+    pub by: &'static str,
+}
+
 /// Labels of a per-lab gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LabLabels {
@@ -109,6 +116,7 @@ pub struct Metrics {
     /// Seconds from queued to dispatched (claimed for the agent).
     pub dispatch_delay: Histogram,
     discarded: Family<WorkLabels, Counter>,
+    concluded: Family<ByLabels, Counter>,
     /// Labs whose campaigns this replica's engine holds the lease of.
     pub engine_labs_held: Gauge,
     queue_depth: Family<LabLabels, Gauge>,
@@ -146,6 +154,13 @@ impl Metrics {
         let analysis = latency_histogram();
         let dispatch_delay = latency_histogram();
         let discarded = Family::<WorkLabels, Counter>::default();
+        let concluded = Family::<ByLabels, Counter>::default();
+        registry.register(
+            "engine_concluded",
+            "Experiments concluded (analysed, told, stored), by what concluded them: their \
+             program_finished record as it was stored, or an engine pass (the catch-all)",
+            concluded.clone(),
+        );
         let engine_labs_held = Gauge::default();
         registry.register(
             "engine_labs_held",
@@ -259,6 +274,7 @@ impl Metrics {
             analysis,
             dispatch_delay,
             discarded,
+            concluded,
             engine_labs_held,
             queue_depth,
             experiments,
@@ -270,6 +286,11 @@ impl Metrics {
     /// Counts one ask or tell computed for nothing (another writer was first).
     pub fn discarded(&self, work: &'static str) {
         self.discarded.get_or_create(&WorkLabels { work }).inc();
+    }
+
+    /// Counts an experiment concluded by `by` (`record` or `pass`).
+    pub fn concluded(&self, by: &'static str) {
+        self.concluded.get_or_create(&ByLabels { by }).inc();
     }
 
     /// Records one optimizer computation (`ask` or `tell`).

@@ -13,8 +13,14 @@
 //! 3. **dispatch**: for every idle lab whose agent is connected here, claim the next experiment
 //!    (priority, then fair share between organisations, then age) and send `program.run`.
 //!
+//! Between passes, a program's records are acted on as they are stored, for that experiment
+//! alone (`on_program_record`): its start marks it running; its end concludes it, advances its
+//! campaign and dispatches its lab, so a loop's next experiment does not wait for a pass that
+//! reads every lab. The pass (every `tick_ms`, or woken by mutations) is the catch-all: what the
+//! record path could not do, interruptions, expired claims, new campaigns.
+//!
 //! Everything the loop needs is in the database after every step, so a restarted server
-//! continues where it was. Records and mutations wake the engine through the event bus.
+//! continues where it was.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -102,8 +108,18 @@ async fn run(state: AppState) {
             tokio::select! {
                 _ = &mut deadline => break,
                 ev = events.recv() => match ev {
-                    Ok(Event::RecordStored { kind, .. })
-                        if kind == "program_finished" || kind == "program_started" => break,
+                    // A program's start or end is acted on at once, for that experiment alone
+                    // (the pass reads every lab: at 100 labs it takes tens of ms).
+                    Ok(Event::RecordStored { lab_id, program_id: Some(program_id), kind })
+                        if kind == "program_finished" || kind == "program_started" =>
+                    {
+                        let (state, owner, steps) = (state.clone(), owner.clone(), steps.clone());
+                        let finished = kind == "program_finished";
+                        tokio::spawn(tenant::system(async move {
+                            let id = ExperimentId::from(program_id);
+                            on_program_record(&state, &owner, &steps, &lab_id, &id, finished).await;
+                        }));
+                    }
                     Ok(Event::Wake) => break,
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
@@ -148,6 +164,14 @@ struct Leases {
 }
 
 impl Leases {
+    /// Whether this replica may act on the lab now (as of the last claim; never claims).
+    fn holds(&self, lab_id: &LabId) -> bool {
+        self.held.contains(lab_id)
+            && self
+                .valid_until
+                .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
     /// The labs among `wanted` this replica holds now, claiming or renewing as due.
     async fn hold(
         &mut self,
@@ -371,34 +395,18 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         let span = info_span!("engine.step", campaign.id = %c.id, lab.id = %c.lab_id);
         tokio::spawn(tenant::system(
             async move {
-                let started = std::time::Instant::now();
-                let stepped = advance(&state, &c, guard).await;
-                state
-                    .metrics
-                    .campaign_step
-                    .observe(started.elapsed().as_secs_f64());
-                match stepped {
-                    Ok(Some(queued)) => {
-                        steps.succeeded(&c.id);
-                        if queued {
-                            // New experiments: dispatch them now rather than at the next pass.
-                            if state.gateway.is_connected(&c.lab_id) {
-                                if let Err(e) = fill_lab(&state, &owner, &steps, &c.lab_id).await {
-                                    warn!(lab.id = %c.lab_id, error = %e, "dispatch failed");
-                                }
-                            }
-                            state.events.publish(Event::Wake);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(StepError::Campaign(why)) => {
-                        warn!(campaign.id = %c.id, error = %why, "campaign step failed");
-                        step_failed(&state, &steps, &c.id, &why).await;
-                    }
-                    Err(StepError::Storage(e)) => {
+                // Read again now that the step is this task's: a program record may have
+                // concluded and advanced the campaign since the pass read it (an ask from
+                // the older row would be computed for nothing).
+                let c = match state.storage.campaign(&c.id).await {
+                    Ok(c) if c.state == CampaignState::Running => c,
+                    Ok(_) => return,
+                    Err(e) => {
                         warn!(campaign.id = %c.id, error = %e, "campaign step failed (storage)");
+                        return;
                     }
-                }
+                };
+                step_campaign(&state, &owner, &steps, &c, guard).await;
             }
             .instrument(span),
         ));
@@ -437,6 +445,148 @@ async fn fill_lab(
         }
     }
     Ok(())
+}
+
+/// Advances a running campaign (its step is this caller's: `guard`) and dispatches what it
+/// queued at once rather than at the next pass.
+async fn step_campaign(
+    state: &AppState,
+    owner: &str,
+    steps: &Steps,
+    c: &Campaign,
+    guard: Arc<BusyGuard>,
+) {
+    let started = std::time::Instant::now();
+    let stepped = advance(state, c, guard).await;
+    state
+        .metrics
+        .campaign_step
+        .observe(started.elapsed().as_secs_f64());
+    match stepped {
+        Ok(Some(queued)) => {
+            steps.succeeded(&c.id);
+            if queued {
+                if state.gateway.is_connected(&c.lab_id) {
+                    if let Err(e) = fill_lab(state, owner, steps, &c.lab_id).await {
+                        warn!(lab.id = %c.lab_id, error = %e, "dispatch failed");
+                    }
+                } else {
+                    // The lab's agent is held by another replica: its engine dispatches.
+                    state.events.publish(Event::Wake);
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(StepError::Campaign(why)) => {
+            warn!(campaign.id = %c.id, error = %why, "campaign step failed");
+            step_failed(state, steps, &c.id, &why).await;
+        }
+        Err(StepError::Storage(e)) => {
+            warn!(campaign.id = %c.id, error = %e, "campaign step failed (storage)");
+        }
+    }
+}
+
+/// How long a program record's step waits for a campaign step in progress before leaving the
+/// experiment to the next pass.
+const RECORD_STEP_WAIT: Duration = Duration::from_secs(1);
+
+/// Acts on one experiment's program record as it is stored, without waiting for a pass: its
+/// `program_started` marks it running; its `program_finished` concludes it, advances its
+/// campaign and dispatches its lab, so the next experiment is queued and sent within
+/// milliseconds of the last one's end however many labs the pass has to read. Only on labs
+/// this replica's engine holds, and only through the campaign's step guard (the pass and this
+/// never conclude or ask twice); anything it cannot do now (a lab not held yet, a step that
+/// stays busy, a storage error) the next pass does.
+async fn on_program_record(
+    state: &AppState,
+    owner: &str,
+    steps: &Steps,
+    lab_id: &LabId,
+    id: &ExperimentId,
+    finished: bool,
+) {
+    if !steps.leases.lock().await.holds(lab_id) {
+        return;
+    }
+    let read = |id: &ExperimentId| {
+        let id = id.clone();
+        async move {
+            match state.storage.experiment(&id).await {
+                // Records name their program; only an experiment of this lab is this one's.
+                Ok(e) if e.lab_id == *lab_id => Ok(Some(e)),
+                Ok(_) | Err(StorageError::NotFound) => Ok(None),
+                Err(err) => Err(err),
+            }
+        }
+    };
+    let e = match read(id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return, // Not an experiment (an instruction's program), or another lab's.
+        Err(err) => {
+            debug!(experiment.id = %id, error = %err, "program record left to the next pass");
+            return;
+        }
+    };
+    if !finished {
+        if e.state == ExperimentState::Leased {
+            match state.storage.mark_running(&e.id, now_ms()).await {
+                Ok(true) => publish_experiment(state, &e, ExperimentState::Running),
+                Ok(false) => {}
+                Err(err) => debug!(experiment.id = %e.id, error = %err, "not marked running"),
+            }
+        }
+        return;
+    }
+    // The campaign's step: a step in progress (an ask, or the pass looking at another of its
+    // experiments) ends within its budget; past the wait, the next pass concludes this one.
+    let waited = std::time::Instant::now();
+    let guard = loop {
+        if let Some(guard) = steps.enter(&e.campaign_id) {
+            break guard;
+        }
+        if waited.elapsed() >= RECORD_STEP_WAIT {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Read again under the guard: the pass may have concluded it meanwhile.
+    let e = match read(id).await {
+        Ok(Some(e)) if matches!(e.state, ExperimentState::Leased | ExperimentState::Running) => e,
+        Ok(_) => return,
+        Err(err) => {
+            debug!(experiment.id = %id, error = %err, "program record left to the next pass");
+            return;
+        }
+    };
+    match conclude(state, &e, None).await {
+        Ok(true) => state.metrics.concluded("record"),
+        Ok(false) => {}
+        Err(err) => {
+            warn!(experiment.id = %e.id, campaign.id = %e.campaign_id, error = %err,
+                  "experiment step failed");
+            if let StepError::Campaign(why) = err {
+                step_failed(state, steps, &e.campaign_id, &why).await;
+            }
+            return;
+        }
+    }
+    match state.storage.campaign(&e.campaign_id).await {
+        Ok(c) if c.state == CampaignState::Running => {
+            let span = info_span!("engine.step", campaign.id = %c.id, lab.id = %c.lab_id);
+            step_campaign(state, owner, steps, &c, Arc::new(guard))
+                .instrument(span)
+                .await;
+        }
+        Ok(_) => drop(guard),
+        Err(err) => warn!(campaign.id = %e.campaign_id, error = %err, "campaign not advanced"),
+    }
+    // The experiment left its lab: the lab's next one (of any campaign) goes now.
+    if state.gateway.is_connected(lab_id) {
+        if let Err(err) = fill_lab(state, owner, steps, lab_id).await {
+            warn!(lab.id = %lab_id, error = %err, "dispatch failed");
+        }
+    }
 }
 
 /// Counts a failed step of the campaign and pauses it, with the reason, once it failed
@@ -486,7 +636,15 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
         .program_record_of_kind(&e.lab_id, &e.id, "program_finished")
         .await?;
     if finished.is_some() {
-        conclude(state, e, None).await?;
+        // Its record may have concluded it since the pass read it (`on_program_record`).
+        let now_e = state.storage.experiment(&e.id).await?;
+        if matches!(
+            now_e.state,
+            ExperimentState::Leased | ExperimentState::Running
+        ) && conclude(state, &now_e, None).await?
+        {
+            state.metrics.concluded("pass");
+        }
         return Ok(false);
     }
     if e.state == ExperimentState::Leased {
@@ -510,7 +668,9 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
             let why = "the agent reconnected without this program (restarted or lost it); \
                        what it measured is kept, nothing was re-run";
             warn!(experiment.id = %e.id, lab.id = %e.lab_id, "experiment interrupted");
-            conclude(state, e, Some(why.to_owned())).await?;
+            if conclude(state, e, Some(why.to_owned())).await? {
+                state.metrics.concluded("pass");
+            }
             return Ok(false);
         }
     }
@@ -518,12 +678,13 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
 }
 
 /// Ends an experiment: analyses its records (unless `interrupted` says why it ended without
-/// them), tells the campaign's optimizer, and stores both in one transaction.
+/// them), tells the campaign's optimizer, and stores both in one transaction. `false` when
+/// another writer concluded it or moved its campaign first (nothing stored).
 async fn conclude(
     state: &AppState,
     e: &Experiment,
     interrupted: Option<String>,
-) -> Result<(), StepError> {
+) -> Result<bool, StepError> {
     // The end of the experiment's trace: analysis, fit and tell.
     let span = info_span!("engine.conclude", experiment.id = %e.id, campaign.id = %e.campaign_id);
     if let Some(tp) = &e.trace_parent {
@@ -538,7 +699,7 @@ async fn conclude_in_span(
     state: &AppState,
     e: &Experiment,
     interrupted: Option<String>,
-) -> Result<(), StepError> {
+) -> Result<bool, StepError> {
     // Bounded: an agent cannot make the engine load an unbounded experiment into memory.
     let cap = state.config.campaigns.max_records_per_experiment.max(1);
     let records = state
@@ -644,18 +805,18 @@ async fn conclude_in_span(
                 state: campaign.state,
                 kind: "result".into(),
             });
-            Ok(())
+            Ok(true)
         }
         Ok(false) => {
             // Concluded already (by another writer): this analysis and tell were for nothing.
             state.metrics.discarded("tell");
-            Ok(())
+            Ok(false)
         }
         // The campaign moved under us (another writer): the next pass retries.
         Err(StorageError::Conflict(why)) => {
             debug!(experiment.id = %e.id, why, "tell conflicted; retrying next pass");
             state.metrics.discarded("tell");
-            Ok(())
+            Ok(false)
         }
         Err(other) => Err(other.into()),
     }
@@ -963,8 +1124,9 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<bool,
                 )
                 .await;
             match answer {
-                // The program ran; its records (stored before this answer) decide the rest.
-                Ok(_) => state.events.publish(Event::Wake),
+                // The program ran; its records (stored before this answer, each acted on as
+                // it was stored) decide the rest.
+                Ok(_) => {}
                 Err(CallError::Offline) => {
                     // Certainly not delivered: give the claim back.
                     if let Err(err) = state.storage.release_claim(&e.id, &owner).await {
