@@ -171,6 +171,9 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
             .configure(crate::api::export::configure)
             .configure(|cfg| crate::api::portal::configure(cfg, crate::api::portal::resolve_dir()))
     });
+    // Small messages go out at once: without it, a `program.run` written while the agent's
+    // delayed ACK of the previous frame (a record `ack`) is pending waits up to 40 ms (Nagle).
+    let server = server.tcp_nodelay(true);
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,

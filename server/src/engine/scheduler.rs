@@ -352,7 +352,14 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         .hold(state, owner, &wanted)
         .await?;
     let mut busy: HashSet<LabId> = HashSet::new();
+    // Optimizer experiments still in flight per campaign after this pass looked at them: a
+    // campaign with its whole batch in flight has nothing to ask (its best and its budget
+    // change only when one concludes), so the pass does not step it.
+    let mut in_flight: HashMap<CampaignId, i64> = HashMap::new();
     for e in live {
+        if e.source == "optimizer" {
+            *in_flight.entry(e.campaign_id.clone()).or_default() += 1;
+        }
         if !mine.contains(&e.lab_id) {
             // Another replica's engine looks after this lab; its agent may still be here.
             busy.insert(e.lab_id.clone());
@@ -366,7 +373,13 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
         };
         // Whether it still occupies its lab is read back at dispatch (`fill_lab`).
         match observe(state, &e).await {
-            Ok(_) => {}
+            Ok(true) => {}
+            Ok(false) => {
+                // Concluded, or a claim that may be sent again: its campaign may have room.
+                if let Some(n) = in_flight.get_mut(&e.campaign_id) {
+                    *n -= i64::from(e.source == "optimizer");
+                }
+            }
             Err(err) => {
                 // Its lab stays occupied until the experiment can be looked at again.
                 busy.insert(e.lab_id.clone());
@@ -384,6 +397,9 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
     for c in campaigns {
         if c.state != CampaignState::Running || !mine.contains(&c.lab_id) {
             continue;
+        }
+        if in_flight.get(&c.id).is_some_and(|&n| n >= c.batch_size) {
+            continue; // No room: the end of one of them steps it (its record, or a pass).
         }
         let Some(guard) = steps.enter(&c.id) else {
             continue; // Its previous step is still running.
@@ -458,6 +474,7 @@ async fn step_campaign(
 ) {
     let started = std::time::Instant::now();
     let stepped = advance(state, c, guard).await;
+
     state
         .metrics
         .campaign_step
