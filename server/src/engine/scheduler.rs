@@ -474,7 +474,6 @@ async fn step_campaign(
 ) {
     let started = std::time::Instant::now();
     let stepped = advance(state, c, guard).await;
-
     state
         .metrics
         .campaign_step
