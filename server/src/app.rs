@@ -116,8 +116,10 @@ pub fn build_server(state: AppState) -> anyhow::Result<(Server, std::net::Socket
     let addr = listener.local_addr()?;
     let tls = crate::tls::server_config(&state.config.tls)?;
     let schema = build_schema(Some(state.clone()));
+    // One shared handle: the request middleware clones a pointer, not every metric family.
+    let http_metrics = std::sync::Arc::new(state.metrics.clone());
     let server = HttpServer::new(move || {
-        let metrics = state.metrics.clone();
+        let metrics = http_metrics.clone();
         App::new()
             .app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(schema.clone()))

@@ -250,6 +250,33 @@ async fn read_body(
     Ok(body)
 }
 
+/// Documents that parsed, by their text: clients send the same few queries again and again
+/// (the portal's, a script's loop), and parsing is the costliest step before execution that
+/// depends on nothing but the text. Bounded by total text size, so a flood of distinct queries
+/// only churns it; a document that does not parse is never kept.
+static DOCUMENTS: std::sync::LazyLock<moka::sync::Cache<String, ExecutableDocument>> =
+    std::sync::LazyLock::new(|| {
+        moka::sync::Cache::builder()
+            .weigher(|text: &String, _| u32::try_from(text.len()).unwrap_or(u32::MAX))
+            .max_capacity(DOCUMENT_CACHE_BYTES)
+            .build()
+    });
+
+/// Total query text the document cache holds (the parsed form is a few times larger).
+const DOCUMENT_CACHE_BYTES: u64 = 4 << 20;
+
+/// The request's parsed document, from the cache when its text was seen before; `None` when it
+/// does not parse.
+fn parsed(request: &mut async_graphql::Request) -> Option<&ExecutableDocument> {
+    if let Some(doc) = DOCUMENTS.get(&request.query) {
+        request.set_parsed_query(doc);
+    } else {
+        let doc = request.parsed_query().ok()?.clone();
+        DOCUMENTS.insert(request.query.clone(), doc);
+    }
+    request.parsed_query().ok()
+}
+
 /// The checks every operation passes before it executes, over HTTP and over the WebSocket
 /// alike: it parses, its aliases are within the limit, and it asks for introspection only where
 /// that is on. Returns the type of the operation that will run.
@@ -259,7 +286,7 @@ pub(crate) fn precheck(
     request: &mut async_graphql::Request,
 ) -> Result<OperationType, Box<Response>> {
     let operation_name = request.operation_name.clone();
-    let doc = request.parsed_query().map_err(|_| {
+    let doc = parsed(request).ok_or_else(|| {
         Box::new(refused_response(
             "GRAPHQL_PARSE_FAILED",
             "the query does not parse",
@@ -469,6 +496,24 @@ pub async fn graphql_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_document_is_the_one_its_text_parses_to_and_bad_text_is_never_cached() {
+        let text = "query Cached($n: Int) { a: serverInfo { name } b: serverInfo { version } }";
+        let mut first = async_graphql::Request::new(text);
+        let doc = parsed(&mut first).unwrap().clone();
+        assert!(DOCUMENTS.contains_key(text));
+        // The second request of the same text gets the same document without parsing it.
+        let mut second = async_graphql::Request::new(text);
+        assert_eq!(
+            format!("{:?}", parsed(&mut second).unwrap()),
+            format!("{doc:?}")
+        );
+        assert_eq!(count_aliases(parsed(&mut second).unwrap()), 2);
+        let bad = "query { serverInfo { name } ";
+        assert!(parsed(&mut async_graphql::Request::new(bad)).is_none());
+        assert!(!DOCUMENTS.contains_key(bad));
+    }
 
     #[test]
     fn aliases_are_counted_in_operations_and_fragments() {
