@@ -28,6 +28,15 @@ async fn connect(db: &TestDatabase, max_connections: u32) -> Arc<dyn Storage> {
 }
 
 async fn campaign(s: &dyn Storage, org: &str, lab: &str) -> storage::Campaign {
+    campaign_with_batch(s, org, lab, 1).await
+}
+
+async fn campaign_with_batch(
+    s: &dyn Storage,
+    org: &str,
+    lab: &str,
+    batch_size: i64,
+) -> storage::Campaign {
     s.create_campaign(
         &NewCampaign {
             organization_id: org.into(),
@@ -40,7 +49,7 @@ async fn campaign(s: &dyn Storage, org: &str, lab: &str) -> storage::Campaign {
             settings_json: "{}".into(),
             seed: 1,
             budget: 1_000_000,
-            batch_size: 1,
+            batch_size,
             target: None,
             priority: 0,
             optimizer_state: "state-0".into(),
@@ -333,15 +342,97 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
 }
 
 #[tokio::test]
-async fn a_labs_occupancy_counts_running_and_unexpired_leases_against_its_deepest_batch() {
+async fn a_dispatch_claim_needs_room_counting_running_and_unexpired_leases_against_the_deepest_batch(
+) {
     for backend in backends() {
         let db = TestDatabase::create(backend).await.unwrap();
         let s = connect(&db, 4).await;
         tenant::system(async {
             let a = s.create_organization("A", 1).await.unwrap();
             let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
-            // No running campaign: room for one, none held.
-            assert_eq!(s.lab_occupancy(&lab.id, 0).await.unwrap(), (1, 0));
+            let run = |c: storage::Campaign| {
+                let s = s.clone();
+                async move {
+                    s.set_campaign_state(
+                        &c.id,
+                        &[CampaignState::Draft],
+                        CampaignState::Running,
+                        None,
+                        2,
+                    )
+                    .await
+                    .unwrap();
+                    c
+                }
+            };
+            let claim = |now: i64, max: i64| {
+                let (s, lab) = (s.clone(), lab.id.clone());
+                async move {
+                    s.claim_within_room(&lab, "w", 100, now, max)
+                        .await
+                        .unwrap()
+                        .map(|e| e.id)
+                }
+            };
+            // Nothing queued: nothing to claim.
+            assert_eq!(claim(0, 4).await, None);
+            let one = run(campaign(s.as_ref(), &a.id, &lab.id).await).await;
+            let queued = (0..3).map(item).collect::<Vec<_>>();
+            s.enqueue_proposals(&one.id, 0, "s", &queued, 3)
+                .await
+                .unwrap();
+            // Batch 1: one at a time. A lease in force holds the lab; an expired one does not
+            // (and is itself claimed again, first in line).
+            let first = claim(10, 4).await.unwrap();
+            assert_eq!(first, queued[0].id);
+            assert_eq!(claim(50, 4).await, None);
+            assert_eq!(claim(111, 4).await, Some(first.clone()));
+            // Running holds the lab whatever its lease.
+            assert!(s.mark_running(&first, 120).await.unwrap());
+            assert_eq!(claim(10_000, 4).await, None);
+            // A claim made without the room check (the queue's) counts too; ending it frees
+            // its place, the running one still holds the lab.
+            let second = s
+                .claim_experiment(&lab.id, "w", 100, 130)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(claim(140, 4).await, None);
+            assert!(s
+                .finish_claim(&second.id, "w", ExperimentState::Completed, 150)
+                .await
+                .unwrap());
+            assert_eq!(claim(160, 4).await, None);
+            // A running campaign with batches of 3 deepens the lab to 3, capped by the caller.
+            let three = run(campaign_with_batch(s.as_ref(), &a.id, &lab.id, 3).await).await;
+            s.enqueue_proposals(
+                &three.id,
+                0,
+                "s",
+                &(3..6).map(item).collect::<Vec<_>>(),
+                170,
+            )
+            .await
+            .unwrap();
+            assert!(claim(180, 2).await.is_some());
+            assert_eq!(claim(181, 2).await, None, "capped at 2");
+            assert!(claim(182, 4).await.is_some());
+            assert_eq!(claim(183, 4).await, None, "the deepest batch is 3");
+            mark_ran(backend, "claim_within_room");
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn live_experiments_carry_whether_their_program_reported_and_finished() {
+    for backend in backends() {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let s = connect(&db, 4).await;
+        tenant::system(async {
+            let a = s.create_organization("A", 1).await.unwrap();
+            let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
+            let other = s.create_lab(&a.id, "other", 1).await.unwrap();
             let c = campaign(s.as_ref(), &a.id, &lab.id).await;
             s.set_campaign_state(
                 &c.id,
@@ -352,33 +443,59 @@ async fn a_labs_occupancy_counts_running_and_unexpired_leases_against_its_deepes
             )
             .await
             .unwrap();
-            s.enqueue_proposals(&c.id, 0, "s", &(0..3).map(item).collect::<Vec<_>>(), 3)
+            s.enqueue_proposals(&c.id, 0, "s", &(0..4).map(item).collect::<Vec<_>>(), 3)
                 .await
                 .unwrap();
-            // Queued experiments occupy nothing; a lease in force does, an expired one not.
-            assert_eq!(s.lab_occupancy(&lab.id, 10).await.unwrap(), (1, 0));
-            let first = s
-                .claim_experiment(&lab.id, "w", 100, 10)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(s.lab_occupancy(&lab.id, 50).await.unwrap(), (1, 1));
-            assert_eq!(s.lab_occupancy(&lab.id, 111).await.unwrap(), (1, 0));
-            // Running holds the lab whatever its lease; a finished claim frees its place.
-            assert!(s.mark_running(&first.id, 60).await.unwrap());
-            assert_eq!(s.lab_occupancy(&lab.id, 1_000).await.unwrap(), (1, 1));
-            let second = s
-                .claim_experiment(&lab.id, "w", 100, 70)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(s.lab_occupancy(&lab.id, 80).await.unwrap(), (1, 2));
-            assert!(s
-                .finish_claim(&second.id, "w", ExperimentState::Completed, 90)
-                .await
-                .unwrap());
-            assert_eq!(s.lab_occupancy(&lab.id, 95).await.unwrap(), (1, 1));
-            mark_ran(backend, "lab_occupancy");
+            // Queued experiments are not live.
+            assert!(s.live_experiments().await.unwrap().is_empty());
+            let mut claimed = Vec::new();
+            for t in 0..3 {
+                let e = s
+                    .claim_experiment(&lab.id, "w", 60_000, 10 + t)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                claimed.push(e.id);
+            }
+            let record =
+                |lab_id: &LabId, program: &ExperimentId, seq: i64, kind: &str| storage::NewRecord {
+                    lab_id: lab_id.clone(),
+                    epoch: "e1".into(),
+                    seq,
+                    program_id: Some(program.to_string()),
+                    kind: kind.into(),
+                    body: "{}".into(),
+                };
+            // First: started. Second: started and finished. Third: nothing from its lab, but a
+            // record of the same program id from another lab (which must not count).
+            s.store_records(
+                &[
+                    record(&lab.id, &claimed[0], 1, "program_started"),
+                    record(&lab.id, &claimed[1], 2, "program_started"),
+                    record(&lab.id, &claimed[1], 3, "program_finished"),
+                    record(&other.id, &claimed[2], 1, "program_finished"),
+                ],
+                20,
+            )
+            .await
+            .unwrap();
+            let live = s.live_experiments().await.unwrap();
+            let seen: Vec<(ExperimentId, bool, bool)> = live
+                .iter()
+                .map(|l| (l.experiment.id.clone(), l.has_records, l.finished))
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    (claimed[0].clone(), true, false),
+                    (claimed[1].clone(), true, true),
+                    (claimed[2].clone(), false, false),
+                ]
+            );
+            assert!(live
+                .iter()
+                .all(|l| l.experiment.state == ExperimentState::Leased));
+            mark_ran(backend, "live_experiments");
         })
         .await;
     }

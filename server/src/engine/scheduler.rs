@@ -39,7 +39,8 @@ use crate::events::Event;
 use crate::state::AppState;
 use crate::storage::{
     now_ms, tenant, Campaign, CampaignId, CampaignState, CampaignTold, Experiment, ExperimentId,
-    ExperimentResult, ExperimentState, LabId, NewExperiment, OrganizationId, StorageError,
+    ExperimentResult, ExperimentState, LabId, LiveExperiment, NewExperiment, OrganizationId,
+    StorageError,
 };
 
 use maosic_schema::protocol::error_code::ALREADY_ACCEPTED;
@@ -342,7 +343,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
     let campaigns = state.storage.active_campaigns().await?;
     let wanted: HashSet<LabId> = live
         .iter()
-        .map(|e| e.lab_id.clone())
+        .map(|l| l.experiment.lab_id.clone())
         .chain(campaigns.iter().map(|c| c.lab_id.clone()))
         .collect();
     let mine = steps
@@ -356,7 +357,8 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
     // campaign with its whole batch in flight has nothing to ask (its best and its budget
     // change only when one concludes), so the pass does not step it.
     let mut in_flight: HashMap<CampaignId, i64> = HashMap::new();
-    for e in live {
+    for live in live {
+        let e = &live.experiment;
         if e.source == "optimizer" {
             *in_flight.entry(e.campaign_id.clone()).or_default() += 1;
         }
@@ -372,7 +374,7 @@ pub async fn pass(state: &AppState, owner: &str, steps: &Steps) -> Result<(), St
             continue;
         };
         // Whether it still occupies its lab is read back at dispatch (`fill_lab`).
-        match observe(state, &e).await {
+        match observe(state, &live).await {
             Ok(true) => {}
             Ok(false) => {
                 // Concluded, or a claim that may be sent again: its campaign may have room.
@@ -453,9 +455,8 @@ async fn fill_lab(
 ) -> Result<(), StorageError> {
     let lock = steps.dispatch_lock(lab_id);
     let _held = lock.lock().await;
-    let (depth, in_lab) = state.storage.lab_occupancy(lab_id, now_ms()).await?;
-    let room = depth.clamp(1, MAX_IN_LAB) - in_lab;
-    for _ in 0..room {
+    // Each claim checks the lab's room itself; the first is sent before the next is tried.
+    for _ in 0..MAX_IN_LAB {
         if !dispatch(state, owner, lab_id).await? {
             break;
         }
@@ -644,14 +645,12 @@ async fn step_failed(state: &AppState, steps: &Steps, campaign_id: &CampaignId, 
     }
 }
 
-/// Looks at one experiment in flight; `true` while it occupies its lab.
-async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
+/// Looks at one experiment in flight, with what its records said when the pass read it (no
+/// query of its own unless something moved); `true` while it occupies its lab.
+async fn observe(state: &AppState, live: &LiveExperiment) -> Result<bool, StepError> {
     let now = now_ms();
-    let finished = state
-        .storage
-        .program_record_of_kind(&e.lab_id, &e.id, "program_finished")
-        .await?;
-    if finished.is_some() {
+    let e = &live.experiment;
+    if live.finished {
         // Its record may have concluded it since the pass read it (`on_program_record`).
         let now_e = state.storage.experiment(&e.id).await?;
         if matches!(
@@ -664,7 +663,7 @@ async fn observe(state: &AppState, e: &Experiment) -> Result<bool, StepError> {
         return Ok(false);
     }
     if e.state == ExperimentState::Leased {
-        if state.storage.program_has_records(&e.lab_id, &e.id).await? {
+        if live.has_records {
             if state.storage.mark_running(&e.id, now).await? {
                 publish_experiment(state, e, ExperimentState::Running);
             }
@@ -1099,7 +1098,7 @@ async fn dispatch(state: &AppState, owner: &str, lab_id: &LabId) -> Result<bool,
     let lease = i64::try_from(state.config.campaigns.lease_ms).unwrap_or(i64::MAX);
     let Some(e) = state
         .storage
-        .claim_experiment(lab_id, owner, lease, now)
+        .claim_within_room(lab_id, owner, lease, now, MAX_IN_LAB)
         .await?
     else {
         return Ok(false);

@@ -32,6 +32,17 @@ const EXPERIMENT_COLS: &str = "id, campaign_id, organization_id, lab_id, seq, na
     created_by, queued_at, dispatched_at, started_at, finished_at, outcome, error, features_json, \
     peaks_json, objective_value, told, trace_parent";
 
+/// An experiment in flight and how far its program's records have come.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LiveExperiment {
+    #[sqlx(flatten)]
+    pub experiment: Experiment,
+    /// Some record of its program arrived (the agent has it).
+    pub has_records: bool,
+    /// Its `program_finished` record arrived.
+    pub finished: bool,
+}
+
 /// A stored campaign.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Campaign {
@@ -261,14 +272,11 @@ pub trait CampaignStorage {
         limit: i64,
         filter: &ExperimentFilter,
     ) -> StorageResult<Vec<Experiment>>;
-    /// Experiments in flight (`leased` or `running`), for the engine.
-    async fn live_experiments(&self) -> StorageResult<Vec<Experiment>>;
+    /// Experiments in flight (`leased` or `running`), each with what its program's records say
+    /// so far, for the engine's pass: one query, however many labs.
+    async fn live_experiments(&self) -> StorageResult<Vec<LiveExperiment>>;
     /// Labs with an experiment waiting (queued, or leased with an expired lease).
     async fn labs_with_work(&self, now_ms: i64) -> StorageResult<Vec<LabId>>;
-    /// How many experiments the lab may hold at once (the largest batch size of its running
-    /// campaigns, at least 1) and how many it holds now (running, or leased with a lease in
-    /// force), for dispatch.
-    async fn lab_occupancy(&self, lab_id: &LabId, now_ms: i64) -> StorageResult<(i64, i64)>;
     /// Experiments per (lab, state), for the operator's metrics (all tenants).
     async fn experiment_counts(&self) -> StorageResult<Vec<(LabId, String, i64)>>;
     /// Takes or renews the engine's lease on each lab for `owner` until `now + ttl_ms`, where
@@ -294,6 +302,18 @@ pub trait CampaignStorage {
         lease_ms: i64,
         now_ms: i64,
     ) -> StorageResult<Option<Experiment>>;
+    /// [`CampaignStorage::claim_experiment`] for dispatch, only while the lab has room: it
+    /// holds (running, or leased with a lease in force) fewer than it may hold at once, the
+    /// largest batch size of its running campaigns (at least 1, at most `max_in_lab`). One
+    /// statement, so a dispatch is one round of the database whatever the lab holds.
+    async fn claim_within_room(
+        &self,
+        lab_id: &LabId,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+        max_in_lab: i64,
+    ) -> StorageResult<Option<Experiment>>;
     /// `leased → running` (the agent accepted it).
     async fn mark_running(&self, id: &ExperimentId, now_ms: i64) -> StorageResult<bool>;
     /// Gives a claim back (`leased → queued`) when it certainly did not reach the agent.
@@ -317,6 +337,67 @@ pub trait CampaignStorage {
     async fn optimizer_in_flight(&self, campaign_id: &CampaignId) -> StorageResult<i64>;
     /// Number of experiments of a campaign (any state).
     async fn count_experiments(&self, campaign_id: &CampaignId) -> StorageResult<i64>;
+}
+
+impl SqlStorage {
+    /// The lab's next experiment claimed for `owner` (see
+    /// [`CampaignStorage::claim_experiment`]); with `max_in_lab`, only while the lab has room
+    /// ([`CampaignStorage::claim_within_room`]).
+    async fn claim(
+        &self,
+        lab_id: &LabId,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+        max_in_lab: Option<i64>,
+    ) -> StorageResult<Option<Experiment>> {
+        let lock = match SqlStorage::backend(self) {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // Room: what the lab holds now against the deepest batch of its running campaigns.
+        let room = if max_in_lab.is_some() {
+            "AND (SELECT COUNT(*) FROM experiments o WHERE o.lab_id = $4 \
+                  AND (o.state = 'running' OR (o.state = 'leased' AND o.lease_until >= $3))) \
+                < (SELECT CASE WHEN MAX(c.batch_size) IS NULL OR MAX(c.batch_size) < 1 THEN 1 \
+                               WHEN MAX(c.batch_size) > $5 THEN $5 \
+                               ELSE MAX(c.batch_size) END \
+                   FROM campaigns c WHERE c.lab_id = $4 AND c.state = 'running')"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE experiments SET state = 'leased', lease_owner = $1, \
+             lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
+             WHERE id = (SELECT e.id FROM experiments e \
+                WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
+                  AND (e.state = 'queued' OR e.lease_until < $3) \
+                  AND e.campaign_id IN (SELECT c.id FROM campaigns c \
+                                        WHERE c.state = 'running') \
+                ORDER BY e.priority DESC, \
+                  COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
+                     WHERE d.lab_id = e.lab_id \
+                     AND d.organization_id = e.organization_id), 0) ASC, \
+                  e.queued_at, e.seq \
+                LIMIT 1 {lock}) \
+             AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) {room} \
+             RETURNING {EXPERIMENT_COLS}"
+        );
+        self.tx(async |tx| {
+            let claim = query(&sql)
+                .bind(owner)
+                .bind(now_ms.saturating_add(lease_ms))
+                .bind(now_ms)
+                .bind(lab_id);
+            match max_in_lab {
+                Some(max) => claim.bind(max.max(1)),
+                None => claim,
+            }
+            .fetch_optional(tx)
+            .await
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -585,10 +666,16 @@ impl CampaignStorage for SqlStorage {
         .await
     }
 
-    async fn live_experiments(&self) -> StorageResult<Vec<Experiment>> {
+    async fn live_experiments(&self) -> StorageResult<Vec<LiveExperiment>> {
+        // Both look-ups use the index on agent_records (lab_id, program_id, kind).
         let sql = format!(
-            "SELECT {EXPERIMENT_COLS} FROM experiments \
-             WHERE state IN ('leased', 'running') ORDER BY queued_at, seq"
+            "SELECT {EXPERIMENT_COLS}, \
+             EXISTS (SELECT 1 FROM agent_records r \
+                     WHERE r.lab_id = e.lab_id AND r.program_id = e.id) AS has_records, \
+             EXISTS (SELECT 1 FROM agent_records r WHERE r.lab_id = e.lab_id \
+                     AND r.program_id = e.id AND r.kind = 'program_finished') AS finished \
+             FROM experiments e \
+             WHERE e.state IN ('leased', 'running') ORDER BY e.queued_at, e.seq"
         );
         self.tx(async |tx| query(&sql).fetch_all(tx).await).await
     }
@@ -604,22 +691,6 @@ impl CampaignStorage for SqlStorage {
             .fetch_all(tx)
             .await?;
             Ok(rows.into_iter().map(|r| r.0).collect())
-        })
-        .await
-    }
-
-    async fn lab_occupancy(&self, lab_id: &LabId, now_ms: i64) -> StorageResult<(i64, i64)> {
-        self.tx(async |tx| {
-            query(
-                "SELECT COALESCE((SELECT MAX(batch_size) FROM campaigns \
-                                  WHERE lab_id = $1 AND state = 'running'), 1), \
-                        (SELECT COUNT(*) FROM experiments WHERE lab_id = $1 \
-                         AND (state = 'running' OR (state = 'leased' AND lease_until >= $2)))",
-            )
-            .bind(lab_id)
-            .bind(now_ms)
-            .fetch_one(tx)
-            .await
         })
         .await
     }
@@ -689,37 +760,19 @@ impl CampaignStorage for SqlStorage {
         lease_ms: i64,
         now_ms: i64,
     ) -> StorageResult<Option<Experiment>> {
-        let lock = match SqlStorage::backend(self) {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE experiments SET state = 'leased', lease_owner = $1, \
-             lease_until = $2, dispatched_at = $3, attempts = attempts + 1 \
-             WHERE id = (SELECT e.id FROM experiments e \
-                WHERE e.lab_id = $4 AND e.state IN ('queued', 'leased') \
-                  AND (e.state = 'queued' OR e.lease_until < $3) \
-                  AND e.campaign_id IN (SELECT c.id FROM campaigns c \
-                                        WHERE c.state = 'running') \
-                ORDER BY e.priority DESC, \
-                  COALESCE((SELECT MAX(d.dispatched_at) FROM experiments d \
-                     WHERE d.lab_id = e.lab_id \
-                     AND d.organization_id = e.organization_id), 0) ASC, \
-                  e.queued_at, e.seq \
-                LIMIT 1 {lock}) \
-             AND (state = 'queued' OR (state = 'leased' AND lease_until < $3)) \
-             RETURNING {EXPERIMENT_COLS}"
-        );
-        self.tx(async |tx| {
-            query(&sql)
-                .bind(owner)
-                .bind(now_ms.saturating_add(lease_ms))
-                .bind(now_ms)
-                .bind(lab_id)
-                .fetch_optional(tx)
-                .await
-        })
-        .await
+        self.claim(lab_id, owner, lease_ms, now_ms, None).await
+    }
+
+    async fn claim_within_room(
+        &self,
+        lab_id: &LabId,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+        max_in_lab: i64,
+    ) -> StorageResult<Option<Experiment>> {
+        self.claim(lab_id, owner, lease_ms, now_ms, Some(max_in_lab))
+            .await
     }
 
     async fn mark_running(&self, id: &ExperimentId, now_ms: i64) -> StorageResult<bool> {

@@ -149,12 +149,21 @@ impl SqlStorage {
                 pool.begin().await.map_err(StorageError::from_sqlx)?,
             )),
             Pool::Postgres(pool) => {
+                // The scope goes out with `BEGIN` in one simple-query message (one round trip
+                // instead of two) when its values are plain identifiers, as ours are; anything
+                // else is bound as parameters by a second statement.
+                let scope = tenant::current();
+                if let Some(begin) = begin_statement(&scope) {
+                    let tx = pool
+                        .begin_with(begin)
+                        .await
+                        .map_err(StorageError::from_sqlx)?;
+                    return Ok(Tx::Postgres(tx));
+                }
                 let tx = pool.begin().await.map_err(StorageError::from_sqlx)?;
                 let mut tx = Tx::Postgres(tx);
-                let scope = match tenant::current() {
-                    TenantScope::System => {
-                        Sql::new("SELECT set_config('maosic.bypass', 'on', true)")
-                    }
+                let scope = match scope {
+                    TenantScope::System => Sql::new(SYSTEM_SCOPE),
                     TenantScope::Principal {
                         user_id,
                         org_ids,
@@ -190,6 +199,51 @@ impl SqlStorage {
         let out = work(&mut tx).await?;
         tx.commit().await?;
         Ok(out)
+    }
+}
+
+/// The platform's scope: row-level security lets it through.
+const SYSTEM_SCOPE: &str = "SELECT set_config('maosic.bypass', 'on', true)";
+
+/// Whether `value` can be written inside a SQL string literal as it is: identifiers and
+/// comma-separated lists of them (no quote, no backslash, nothing a setting could read
+/// differently), so no escaping rule of the server's settings matters.
+fn plain(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b',' | b'.' | b':'))
+}
+
+/// `BEGIN` and the tenant scope's settings as one simple query (a single round trip), or
+/// `None` when a value is not [`plain`] and must be bound as a parameter instead.
+fn begin_statement(scope: &TenantScope) -> Option<String> {
+    match scope {
+        TenantScope::System => Some(format!("BEGIN; {SYSTEM_SCOPE}")),
+        TenantScope::Principal {
+            user_id,
+            org_ids,
+            admin_org_ids,
+            shared_lab_ids,
+        } => {
+            let (orgs, admins, labs) = (
+                org_ids.join(","),
+                admin_org_ids.join(","),
+                shared_lab_ids.join(","),
+            );
+            [user_id.as_str(), &orgs, &admins, &labs]
+                .iter()
+                .all(|v| plain(v))
+                .then(|| {
+                    format!(
+                        "BEGIN; SELECT set_config('role', 'maosic_app', true), \
+                         set_config('maosic.bypass', 'off', true), \
+                         set_config('maosic.user_id', '{user_id}', true), \
+                         set_config('maosic.org_ids', '{orgs}', true), \
+                         set_config('maosic.admin_org_ids', '{admins}', true), \
+                         set_config('maosic.lab_ids', '{labs}', true)"
+                    )
+                })
+        }
     }
 }
 
@@ -393,6 +447,30 @@ pub(crate) fn query(text: &str) -> Sql<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_goes_out_with_begin_only_when_its_values_need_no_escaping() {
+        let principal = |user: &str, org: &str| TenantScope::Principal {
+            user_id: user.into(),
+            org_ids: vec![org.into(), "org_2".into()],
+            admin_org_ids: vec![],
+            shared_lab_ids: vec!["lab-1".into()],
+        };
+        let sql = begin_statement(&principal("usr_01H", "org_1")).unwrap();
+        assert!(sql.starts_with("BEGIN; SELECT set_config('role', 'maosic_app', true)"));
+        assert!(sql.contains("set_config('maosic.org_ids', 'org_1,org_2', true)"));
+        assert!(sql.contains("set_config('maosic.admin_org_ids', '', true)"));
+        assert!(sql.contains("set_config('maosic.lab_ids', 'lab-1', true)"));
+        // Anything that would need quoting falls back to bound parameters.
+        for bad in ["o'; SELECT 1; --", "a\\b", "a b", "é"] {
+            assert_eq!(begin_statement(&principal("u", bad)), None, "{bad}");
+            assert_eq!(begin_statement(&principal(bad, "o")), None, "{bad}");
+        }
+        assert_eq!(
+            begin_statement(&TenantScope::System).as_deref(),
+            Some("BEGIN; SELECT set_config('maosic.bypass', 'on', true)")
+        );
+    }
 
     #[test]
     fn nulls_keep_their_type() {

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 pub use accounts::{AccountStorage, NewMail, OutboxMail, SignupRequest, User};
 pub use campaigns::{
     Campaign, CampaignStorage, CampaignTold, Experiment, ExperimentFilter, ExperimentResult,
-    NewCampaign, NewExperiment,
+    LiveExperiment, NewCampaign, NewExperiment,
 };
 pub use commands::CommandStorage;
 pub use db::SqlStorage;

@@ -106,8 +106,6 @@ pub trait RecordStorage {
         program_id: &str,
         kind: &str,
     ) -> StorageResult<Option<StoredRecord>>;
-    /// Whether any record of a program run arrived.
-    async fn program_has_records(&self, lab_id: &LabId, program_id: &str) -> StorageResult<bool>;
     /// The highest seq stored for the lab under `epoch`, if any.
     async fn max_record_seq(&self, lab_id: &LabId, epoch: &str) -> StorageResult<Option<i64>>;
     /// The lab's newest stored `measurement` record whose measurement is of `measurement_kind`
@@ -288,20 +286,6 @@ impl RecordStorage for SqlStorage {
                 .bind(kind)
                 .fetch_optional(tx)
                 .await
-        })
-        .await
-    }
-
-    async fn program_has_records(&self, lab_id: &LabId, program_id: &str) -> StorageResult<bool> {
-        self.tx(async |tx| {
-            let row: Option<(i64,)> = query(
-                "SELECT seq FROM agent_records WHERE lab_id = $1 AND program_id = $2 LIMIT 1",
-            )
-            .bind(lab_id)
-            .bind(program_id)
-            .fetch_optional(tx)
-            .await?;
-            Ok(row.is_some())
         })
         .await
     }
