@@ -482,6 +482,21 @@ impl Config {
                 ),
             });
         }
+        // The pass renews this replica's hold on its labs: a tick as long as the hold would
+        // let it lapse between two passes (another replica takes the labs, or none holds them).
+        if raw.campaigns.engine
+            && raw.campaigns.tick_ms.saturating_mul(2) > raw.campaigns.engine_lease_ms
+        {
+            return Err(ConfigError::Invalid {
+                key: "campaigns.tick_ms",
+                reason: format!(
+                    "{} ms is more than half of campaigns.engine_lease_ms ({} ms): each engine \
+                     pass renews the replica's hold on its labs, so passes must come at least \
+                     twice per hold; lower tick_ms or raise engine_lease_ms",
+                    raw.campaigns.tick_ms, raw.campaigns.engine_lease_ms
+                ),
+            });
+        }
         if raw.ssh.enabled {
             raw.ssh
                 .validate()
@@ -637,6 +652,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bind"));
+    }
+
+    #[test]
+    fn an_engine_tick_too_long_to_renew_the_lab_holds_is_refused() {
+        let mut slow = raw();
+        slow.campaigns.engine_lease_ms = 5_000;
+        slow.campaigns.tick_ms = 2_500;
+        assert!(Config::validate(slow.clone()).is_ok());
+        slow.campaigns.tick_ms = 2_501;
+        let err = Config::validate(slow.clone()).unwrap_err().to_string();
+        assert!(err.contains("campaigns.tick_ms"), "{err}");
+        assert!(err.contains("engine_lease_ms (5000 ms)"), "{err}");
+        // Without an engine in this process there is nothing to renew.
+        slow.campaigns.engine = false;
+        assert!(Config::validate(slow).is_ok());
     }
 
     #[test]
