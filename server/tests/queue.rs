@@ -61,6 +61,19 @@ async fn campaign_with_batch(
     .unwrap()
 }
 
+/// Moves a draft campaign to running.
+async fn start(s: &dyn Storage, c: &storage::Campaign) {
+    s.set_campaign_state(
+        &c.id,
+        &[CampaignState::Draft],
+        CampaignState::Running,
+        None,
+        2,
+    )
+    .await
+    .unwrap();
+}
+
 fn item(n: usize) -> NewExperiment {
     NewExperiment {
         id: ExperimentId::generate(),
@@ -307,15 +320,7 @@ async fn a_lab_serves_the_organisation_served_longest_ago_first_body() {
         let ca = campaign(s.as_ref(), &a.id, &lab.id).await;
         let cb = campaign(s.as_ref(), &b.id, &lab.id).await;
         for c in [&ca, &cb] {
-            s.set_campaign_state(
-                &c.id,
-                &[CampaignState::Draft],
-                CampaignState::Running,
-                None,
-                2,
-            )
-            .await
-            .unwrap();
+            start(s.as_ref(), c).await;
         }
         // A queues 4 first, then B queues 2: they alternate instead of A going first.
         s.enqueue_proposals(&ca.id, 0, "s", &(0..4).map(item).collect::<Vec<_>>(), 3)
@@ -350,21 +355,6 @@ async fn a_dispatch_claim_needs_room_counting_running_and_unexpired_leases_again
         tenant::system(async {
             let a = s.create_organization("A", 1).await.unwrap();
             let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
-            let run = |c: storage::Campaign| {
-                let s = s.clone();
-                async move {
-                    s.set_campaign_state(
-                        &c.id,
-                        &[CampaignState::Draft],
-                        CampaignState::Running,
-                        None,
-                        2,
-                    )
-                    .await
-                    .unwrap();
-                    c
-                }
-            };
             let claim = |now: i64, max: i64| {
                 let (s, lab) = (s.clone(), lab.id.clone());
                 async move {
@@ -376,7 +366,8 @@ async fn a_dispatch_claim_needs_room_counting_running_and_unexpired_leases_again
             };
             // Nothing queued: nothing to claim.
             assert_eq!(claim(0, 4).await, None);
-            let one = run(campaign(s.as_ref(), &a.id, &lab.id).await).await;
+            let one = campaign(s.as_ref(), &a.id, &lab.id).await;
+            start(s.as_ref(), &one).await;
             let queued = (0..3).map(item).collect::<Vec<_>>();
             s.enqueue_proposals(&one.id, 0, "s", &queued, 3)
                 .await
@@ -404,7 +395,8 @@ async fn a_dispatch_claim_needs_room_counting_running_and_unexpired_leases_again
                 .unwrap());
             assert_eq!(claim(160, 4).await, None);
             // A running campaign with batches of 3 deepens the lab to 3, capped by the caller.
-            let three = run(campaign_with_batch(s.as_ref(), &a.id, &lab.id, 3).await).await;
+            let three = campaign_with_batch(s.as_ref(), &a.id, &lab.id, 3).await;
+            start(s.as_ref(), &three).await;
             s.enqueue_proposals(
                 &three.id,
                 0,
@@ -434,15 +426,7 @@ async fn live_experiments_carry_whether_their_program_reported_and_finished() {
             let lab = s.create_lab(&a.id, "lab", 1).await.unwrap();
             let other = s.create_lab(&a.id, "other", 1).await.unwrap();
             let c = campaign(s.as_ref(), &a.id, &lab.id).await;
-            s.set_campaign_state(
-                &c.id,
-                &[CampaignState::Draft],
-                CampaignState::Running,
-                None,
-                2,
-            )
-            .await
-            .unwrap();
+            start(s.as_ref(), &c).await;
             s.enqueue_proposals(&c.id, 0, "s", &(0..4).map(item).collect::<Vec<_>>(), 3)
                 .await
                 .unwrap();
@@ -615,15 +599,7 @@ async fn eight_workers_claim_and_complete_with_random_kills_without_double_claim
         let org = s.create_organization("A", 1).await.unwrap();
         let lab = s.create_lab(&org.id, "lab", 1).await.unwrap();
         let c = campaign(s.as_ref(), &org.id, &lab.id).await;
-        s.set_campaign_state(
-            &c.id,
-            &[CampaignState::Draft],
-            CampaignState::Running,
-            None,
-            2,
-        )
-        .await
-        .unwrap();
+        start(s.as_ref(), &c).await;
         let total = per_worker * workers;
         let tally = Arc::new(Tally {
             completions: Mutex::new(HashMap::new()),
