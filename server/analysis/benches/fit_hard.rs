@@ -238,7 +238,12 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(500);
     let skip_python = std::env::var("MAOSIC_BENCH_NO_PYTHON").is_ok();
+    // `MAOSIC_BENCH_FAMILY=issue-3-gaussians|hard-1-6-peaks` runs one family only (profiling).
+    let only = std::env::var("MAOSIC_BENCH_FAMILY").ok();
     for family in [Family::IssueThree, Family::Hard] {
+        if only.as_deref().is_some_and(|o| o != family.name()) {
+            continue;
+        }
         let spectra: Vec<Synthetic> = (0..n)
             .map(|seed| synth::generate(family, seed).expect("valid synthetic spectrum"))
             .collect();

@@ -355,6 +355,48 @@ struct Problem<'a> {
     /// Compressed Jacobian computed by the last `residuals()` call at the current parameters;
     /// the solver asks for the Jacobian right after, at the same point.
     cache: RefCell<Option<DMatrix<f64>>>,
+    /// Jacobian columns and residuals of the last evaluation, reused across evaluations.
+    work: RefCell<Columns>,
+}
+
+/// Workspace of [`Problem::evaluate`]: the external Jacobian stored column-major (`m` rows per
+/// parameter; only `range[k]` of column `k` is meaningful, it is zero elsewhere by definition) and
+/// the residual vector.
+struct Columns {
+    data: Vec<f64>,
+    range: Vec<(usize, usize)>,
+    r: Vec<f64>,
+    baseline_filled: bool,
+}
+
+impl Columns {
+    fn new(m: usize, k: usize) -> Self {
+        Self {
+            data: vec![0.0; m * k],
+            range: vec![(0, 0); k],
+            r: vec![0.0; m],
+            baseline_filled: false,
+        }
+    }
+}
+
+/// Dot product with four independent partial sums (the compiler vectorises it; a single running
+/// sum would serialise on the addition's latency).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 impl Problem<'_> {
@@ -434,46 +476,113 @@ impl Problem<'_> {
         r.iter().all(|v| v.is_finite()).then_some(r)
     }
 
-    /// Normal equations JᵀJ, Jᵀr and ‖r‖², accumulated row by row without storing J.
-    /// `internal` applies the bound-transform slopes (Jacobian w.r.t. internal parameters).
-    fn normal_equations(&self, internal: bool) -> Option<(DMatrix<f64>, DVector<f64>, f64)> {
-        let all = self.external.len();
-        let n = if internal { self.free.len() } else { all };
-        // Flat row-major accumulator of the upper triangle: plain slices vectorise well.
-        let mut acc = vec![0.0; n * n];
-        let mut jtr: DVector<f64> = DVector::zeros(n);
-        let mut rr = 0.0;
-        let mut full = vec![0.0; all];
-        let mut g = vec![0.0; n];
-        let mut nz: Vec<usize> = Vec::with_capacity(n);
-        let profiles = self.profiles(&self.external);
-        for i in 0..self.x.len() {
-            let r = self.model(&profiles, &self.external, i, &mut full) - self.y[i];
-            if internal {
-                for (gj, &k) in g.iter_mut().zip(&self.free) {
-                    *gj = full[k] * self.slopes[k];
+    /// Fills `work` with the Jacobian w.r.t. the external parameters, column by column over each
+    /// column's support (a Gaussian is exactly 0 beyond 9σ, so its three columns are stored only
+    /// where it is not), and the residual vector r = model − data.
+    fn evaluate(&self, work: &mut Columns) -> bool {
+        let m = self.x.len();
+        let np = self.shape.n_params();
+        let p = &self.external;
+        let off = self.n_peaks * np;
+        // Baseline: the columns are powers of t, fixed for the problem (filled once).
+        if !work.baseline_filled {
+            for k in 0..self.n_base {
+                let col = &mut work.data[(off + k) * m..(off + k + 1) * m];
+                for (c, &t) in col.iter_mut().zip(self.t) {
+                    *c = t.powi(k as i32);
+                }
+                work.range[off + k] = (0, m);
+            }
+            work.baseline_filled = true;
+        }
+        let r = &mut work.r;
+        r.iter_mut().for_each(|v| *v = 0.0);
+        for k in 0..self.n_base {
+            let coef = p[off + k];
+            let col = &work.data[(off + k) * m..(off + k + 1) * m];
+            for (v, c) in r.iter_mut().zip(col) {
+                *v += coef * c;
+            }
+        }
+        let mut grad = [0.0; 4];
+        for j in 0..self.n_peaks {
+            let pp = &p[j * np..(j + 1) * np];
+            let (data, range) = (&mut work.data, &mut work.range);
+            let block = &mut data[j * np * m..(j + 1) * np * m];
+            if self.shape == LineShape::Gaussian {
+                let (h, ctr, w) = (pp[0], pp[1], pp[2]);
+                // Computed as `lineshape::Profile` does, so the cut falls on the same points.
+                let inv_s = 1.0 / (w / GAUSS_FWHM_PER_SIGMA);
+                let inv_w = 1.0 / w;
+                // The same cut as `lineshape::Profile::eval`: |u| ≤ 9 (u is monotone in x).
+                let lo = self.x.partition_point(|&x| (x - ctr) * inv_s < -9.0);
+                let hi = self.x.partition_point(|&x| (x - ctr) * inv_s <= 9.0);
+                let (c0, rest) = block.split_at_mut(m);
+                let (c1, c2) = rest.split_at_mut(m);
+                for i in lo..hi {
+                    let u = (self.x[i] - ctr) * inv_s;
+                    let g = (-0.5 * u * u).exp();
+                    let hg = h * g;
+                    c0[i] = g;
+                    c1[i] = hg * u * inv_s;
+                    c2[i] = hg * u * u * inv_w;
+                    r[i] += hg;
+                }
+                for a in 0..3 {
+                    range[j * np + a] = (lo, hi);
                 }
             } else {
-                g.copy_from_slice(&full);
-            }
-            rr += r * r;
-            // Only the non-zero entries: a peak's columns vanish far from it (the Gaussian is
-            // cut at 9σ), so a row touches the baseline and the peaks near the point.
-            nz.clear();
-            nz.extend((0..n).filter(|&a| g[a] != 0.0));
-            for (ia, &a) in nz.iter().enumerate() {
-                let ga = g[a];
-                jtr[a] += ga * r;
-                let row = &mut acc[a * n..(a + 1) * n];
-                for &b in &nz[ia..] {
-                    row[b] += ga * g[b];
+                let prof = lineshape::Profile::new(self.shape, pp);
+                for i in 0..m {
+                    r[i] += prof.eval(self.x[i], &mut grad[..np]);
+                    for (a, g) in grad[..np].iter().enumerate() {
+                        block[a * m + i] = *g;
+                    }
+                }
+                for a in 0..np {
+                    range[j * np + a] = (0, m);
                 }
             }
         }
-        let jtj = DMatrix::from_fn(n, n, |a, b| {
-            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            acc[lo * n + hi]
-        });
+        for (v, y) in r.iter_mut().zip(self.y) {
+            *v -= y;
+        }
+        r.iter().all(|v| v.is_finite())
+    }
+
+    /// Normal equations JᵀJ, Jᵀr and ‖r‖² from the Jacobian's columns: each entry is one dot
+    /// product over the overlap of two columns' supports (peaks far apart share none).
+    /// `internal` applies the bound-transform slopes (Jacobian w.r.t. the free internal
+    /// parameters).
+    fn normal_equations(&self, internal: bool) -> Option<(DMatrix<f64>, DVector<f64>, f64)> {
+        let mut work = self.work.borrow_mut();
+        if !self.evaluate(&mut work) {
+            return None;
+        }
+        let m = self.x.len();
+        let all: Vec<usize> = (0..self.external.len()).collect();
+        let cols: &[usize] = if internal { &self.free } else { &all };
+        let slope = |k: usize| if internal { self.slopes[k] } else { 1.0 };
+        let n = cols.len();
+        let col = |k: usize, lo: usize, hi: usize| &work.data[k * m + lo..k * m + hi];
+        let mut jtj: DMatrix<f64> = DMatrix::zeros(n, n);
+        let mut jtr: DVector<f64> = DVector::zeros(n);
+        for (a, &ka) in cols.iter().enumerate() {
+            let (alo, ahi) = work.range[ka];
+            let sa = slope(ka);
+            jtr[a] = sa * dot(col(ka, alo, ahi), &work.r[alo..ahi]);
+            for (b, &kb) in cols.iter().enumerate().skip(a) {
+                let (blo, bhi) = work.range[kb];
+                let (lo, hi) = (alo.max(blo), ahi.min(bhi));
+                if lo >= hi {
+                    continue;
+                }
+                let v = sa * slope(kb) * dot(col(ka, lo, hi), col(kb, lo, hi));
+                jtj[(a, b)] = v;
+                jtj[(b, a)] = v;
+            }
+        }
+        let rr = dot(&work.r, &work.r);
         let finite = rr.is_finite() && jtj.iter().chain(jtr.iter()).all(|v| v.is_finite());
         finite.then_some((jtj, jtr, rr))
     }
@@ -1596,6 +1705,7 @@ fn fit_prepared(
         external: vec![0.0; k],
         slopes: vec![0.0; k],
         cache: RefCell::new(None),
+        work: RefCell::new(Columns::new(m, k)),
     };
     problem.set_internal(&DVector::from_vec(internal));
     let solver = LevenbergMarquardt::new().with_patience(settings.patience);
