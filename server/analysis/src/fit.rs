@@ -519,7 +519,11 @@ impl Problem<'_> {
                 let inv_w = 1.0 / w;
                 // The same cut as `lineshape::Profile::eval`: |u| ≤ 9 (u is monotone in x).
                 let lo = self.x.partition_point(|&x| (x - ctr) * inv_s < -9.0);
-                let hi = self.x.partition_point(|&x| (x - ctr) * inv_s <= 9.0);
+                // `max`: a slice range never inverts, even for a width the bounds should exclude.
+                let hi = self
+                    .x
+                    .partition_point(|&x| (x - ctr) * inv_s <= 9.0)
+                    .max(lo);
                 let (c0, rest) = block.split_at_mut(m);
                 let (c1, c2) = rest.split_at_mut(m);
                 // On a uniform axis exp(−u²/2) follows g(i+1) = g(i)·ρ(i), ρ(i+1) = ρ(i)·q with
