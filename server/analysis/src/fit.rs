@@ -1272,7 +1272,7 @@ const EXCHANGE_PATIENCE: usize = 8;
 /// Whether a converged fit deserves the exchange search: its χ² is far above what the noise
 /// explains, or two of its peaks share a center, or one is [`junk`]. Most fits pass, and pay
 /// nothing for the search.
-fn suspicious(prep: &Prepared, fit: &PeakFit, sigma: f64) -> bool {
+fn suspicious(prep: &Prepared, settings: &FitSettings, fit: &PeakFit, sigma: f64) -> bool {
     let n = fit.statistics.n_points as f64;
     let dof = (n - fit.statistics.n_params as f64).max(1.0);
     let noise2 = sigma * sigma;
@@ -1291,8 +1291,20 @@ fn suspicious(prep: &Prepared, fit: &PeakFit, sigma: f64) -> bool {
         .peaks
         .windows(2)
         .any(|w| (w[1].center_nm - w[0].center_nm).abs() < 0.25 * w[0].fwhm_nm.min(w[1].fwhm_nm));
-    twins || local_misfit(&residuals(prep, fit)) > LOCAL_MISFIT_Z
+    if twins {
+        return true;
+    }
+    let r = residuals(prep, fit);
+    if local_misfit(&r) > LOCAL_MISFIT_Z {
+        return true;
+    }
+    unexplained_peak(prep, settings, fit, &r, sigma) > UNEXPLAINED_PEAK_CHI2
 }
+
+/// Matched-filter alarm threshold ([`unexplained_peak`]), in noise variances: a 5σ detection.
+/// White noise gives the maximum of a few hundred correlated χ²₁ values, and healthy fits of the
+/// tuning set scored median 2.2, p99 12.7 (seeds 500..1500 of the hard family).
+const UNEXPLAINED_PEAK_CHI2: f64 = 25.0;
 
 /// Local goodness-of-fit alarm: the largest excess of Σ r² over a window, in standard deviations
 /// (see [`local_misfit`]), above which a fit is searched further.
@@ -1356,7 +1368,7 @@ fn exchange(
     let margin = 2.0 * sigma * sigma;
     for round in 0..EXCHANGE_ROUNDS {
         // The caller found the fit suspicious; later rounds check again.
-        if fit.peaks.len() < 2 || (round > 0 && !suspicious(prep, &fit, sigma)) {
+        if fit.peaks.len() < 2 || (round > 0 && !suspicious(prep, settings, &fit, sigma)) {
             break;
         }
         // Every stuck peak is a candidate, not only the first (a wide peak pressed against the
@@ -1427,22 +1439,9 @@ fn exchange(
     fit
 }
 
-/// Relocation moves of the exchange search: remove peak `r` (each of `removals`) and add one
-/// where a matched filter on the remaining residual scores best. The residual is that of one
-/// linearised step without `r`; each candidate Gaussian (widths 1, 2 and 4 times the narrowest
-/// fitted peak, centers a quarter width apart) is scored by the χ² it would remove alone,
-/// (gᵀR)² / ‖g⊥‖², with g⊥ its part orthogonal to the baseline. This finds the broad, low peak a
-/// curved baseline has absorbed while the spare peak sits elsewhere, which no split move and no
-/// smoothed-residual bump reveals. The two best candidates per removal are returned.
-fn relocations(
-    prep: &Prepared,
-    settings: &FitSettings,
-    fit: &PeakFit,
-    removals: &[usize],
-) -> Vec<Vec<PeakGuess>> {
-    let m = prep.x.len();
-    let n_base = settings.baseline.n_params();
-    // Orthonormal basis of the baseline columns (modified Gram–Schmidt over the points).
+/// Orthonormal basis of the baseline's columns over the points (modified Gram–Schmidt); `None`
+/// when they are degenerate.
+fn baseline_basis(prep: &Prepared, n_base: usize) -> Option<Vec<Vec<f64>>> {
     let mut q: Vec<Vec<f64>> = Vec::with_capacity(n_base);
     for k in 0..n_base {
         let mut v: Vec<f64> = prep.t.iter().map(|t| t.powi(k as i32)).collect();
@@ -1452,11 +1451,76 @@ fn relocations(
         }
         let norm = dot(&v, &v).sqrt();
         if !(norm.is_finite() && norm > 0.0) {
-            return Vec::new();
+            return None;
         }
         v.iter_mut().for_each(|a| *a /= norm);
         q.push(v);
     }
+    Some(q)
+}
+
+/// One candidate of a matched-filter scan: the χ² a Gaussian of this center and FWHM would remove
+/// from the residual alone (same units as the residual, squared), and its height.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: f64,
+    center_nm: f64,
+    fwhm_nm: f64,
+    height: f64,
+}
+
+/// Matched filter over the residual `res`: Gaussians of each of `widths`, centers `spacing` ×
+/// width apart across the window, each scored by (gᵀR)² / ‖g⊥‖² with g⊥ its part orthogonal to
+/// the baseline basis `q` (R is a least-squares residual, so it is orthogonal to the baseline
+/// already). `skip(center, width)` leaves candidates out. Negative heights only when allowed.
+fn matched_filter(
+    prep: &Prepared,
+    q: &[Vec<f64>],
+    res: &[f64],
+    widths: &[f64],
+    spacing: f64,
+    allow_negative: bool,
+    skip: impl Fn(f64, f64) -> bool,
+) -> Vec<Candidate> {
+    let (lo, hi) = prep.window;
+    let mut g = vec![0.0; prep.x.len()];
+    let mut out = Vec::new();
+    for &w in widths {
+        let sigma_w = w / GAUSS_FWHM_PER_SIGMA;
+        let mut center = lo;
+        while center <= hi {
+            let a = prep.x.partition_point(|&x| x < center - 4.0 * sigma_w);
+            let b = prep.x.partition_point(|&x| x <= center + 4.0 * sigma_w);
+            if !skip(center, w) && b > a {
+                for (gi, x) in g[a..b].iter_mut().zip(&prep.x[a..b]) {
+                    let u = (x - center) / sigma_w;
+                    *gi = (-0.5 * u * u).exp();
+                }
+                let gs = &g[a..b];
+                let gr = dot(gs, &res[a..b]);
+                let mut perp = dot(gs, gs);
+                for u in q {
+                    let d = dot(gs, &u[a..b]);
+                    perp -= d * d;
+                }
+                if (allow_negative || gr > 0.0) && perp > 1e-12 {
+                    out.push(Candidate {
+                        score: gr * gr / perp,
+                        center_nm: center,
+                        fwhm_nm: w,
+                        height: gr / perp,
+                    });
+                }
+            }
+            center += spacing * w;
+        }
+    }
+    out
+}
+
+/// Widths a matched filter tries: 1, 2 and 4 times the narrowest fitted peak, at most half the
+/// window.
+fn filter_widths(prep: &Prepared, fit: &PeakFit) -> Vec<f64> {
     let narrowest = fit
         .peaks
         .iter()
@@ -1464,16 +1528,32 @@ fn relocations(
         .fold(f64::INFINITY, f64::min)
         .max(3.0 * prep.step);
     let (lo, hi) = prep.window;
-    let widths: Vec<f64> = [1.0, 2.0, 4.0]
+    [1.0, 2.0, 4.0]
         .iter()
         .map(|f| f * narrowest)
         .filter(|w| *w <= 0.5 * (hi - lo))
-        .collect();
+        .collect()
+}
+
+/// Relocation moves of the exchange search: remove peak `r` (each of `removals`) and add one
+/// where a [`matched_filter`] on the remaining residual scores best. The residual is that of one
+/// linearised step without `r`. This finds the broad, low peak a curved baseline has absorbed
+/// while the spare peak sits elsewhere, which no split move and no smoothed-residual bump
+/// reveals. The two best candidates per removal are returned.
+fn relocations(
+    prep: &Prepared,
+    settings: &FitSettings,
+    fit: &PeakFit,
+    removals: &[usize],
+) -> Vec<Vec<PeakGuess>> {
+    let Some(q) = baseline_basis(prep, settings.baseline.n_params()) else {
+        return Vec::new();
+    };
+    let widths = filter_widths(prep, fit);
     let current = guesses_of(fit);
     let mut out = Vec::new();
-    let mut g = vec![0.0; m];
     for &r in removals {
-        let Some(removed) = current.get(r) else {
+        let Some(removed) = current.get(r).copied() else {
             continue;
         };
         let rest: Vec<PeakGuess> = current
@@ -1485,49 +1565,53 @@ fn relocations(
         let Some((res, stepped)) = linear_residuals(prep, settings, &rest) else {
             continue;
         };
-        // (score, center, width, height in scaled units)
-        let mut scored: Vec<(f64, f64, f64, f64)> = Vec::new();
-        for &w in &widths {
-            let sigma_w = w / GAUSS_FWHM_PER_SIGMA;
-            let mut center = lo;
-            while center <= hi {
-                // Putting the removed peak back is not a move.
-                let same = (center - removed.center_nm).abs() < 0.25 * removed.fwhm_nm
-                    && (0.5..=2.0).contains(&(w / removed.fwhm_nm));
-                let a = prep.x.partition_point(|&x| x < center - 4.0 * sigma_w);
-                let b = prep.x.partition_point(|&x| x <= center + 4.0 * sigma_w);
-                if !same && b > a {
-                    for (gi, x) in g[a..b].iter_mut().zip(&prep.x[a..b]) {
-                        let u = (x - center) / sigma_w;
-                        *gi = (-0.5 * u * u).exp();
-                    }
-                    let gs = &g[a..b];
-                    let gr = dot(gs, &res[a..b]);
-                    let mut perp = dot(gs, gs);
-                    for u in &q {
-                        let d = dot(gs, &u[a..b]);
-                        perp -= d * d;
-                    }
-                    let sign_ok = settings.allow_negative || gr > 0.0;
-                    if sign_ok && perp > 1e-12 {
-                        scored.push((gr * gr / perp, center, w, gr / perp));
-                    }
-                }
-                center += 0.25 * w;
-            }
-        }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for &(_, center, w, h) in scored.iter().take(2) {
+        // Putting the removed peak back is not a move.
+        let same = |center: f64, w: f64| {
+            (center - removed.center_nm).abs() < 0.25 * removed.fwhm_nm
+                && (0.5..=2.0).contains(&(w / removed.fwhm_nm))
+        };
+        let mut scored =
+            matched_filter(prep, &q, &res, &widths, 0.25, settings.allow_negative, same);
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+        for c in scored.iter().take(2) {
             let mut moved = stepped.clone();
             moved.push(PeakGuess {
-                center_nm: center,
-                height: h * prep.scale,
-                fwhm_nm: w,
+                center_nm: c.center_nm,
+                height: c.height * prep.scale,
+                fwhm_nm: c.fwhm_nm,
             });
             out.push(moved);
         }
     }
     out
+}
+
+/// Matched-filter alarm: the largest χ² (in noise variances) one more Gaussian would remove from
+/// the fit's residual on its own (centers half a width apart). Coherent, so far more sensitive
+/// to a broad left-out peak than the windowed energy of [`local_misfit`].
+fn unexplained_peak(
+    prep: &Prepared,
+    settings: &FitSettings,
+    fit: &PeakFit,
+    r: &[f64],
+    sigma: f64,
+) -> f64 {
+    let Some(q) = baseline_basis(prep, settings.baseline.n_params()) else {
+        return 0.0;
+    };
+    let widths = filter_widths(prep, fit);
+    matched_filter(
+        prep,
+        &q,
+        r,
+        &widths,
+        0.5,
+        settings.allow_negative,
+        |_, _| false,
+    )
+    .iter()
+    .map(|c| c.score / (sigma * sigma))
+    .fold(0.0, f64::max)
 }
 
 /// The search after the repair, for a [`suspicious`] fit only: [`exchange`], then [`rebuild`]
@@ -1539,7 +1623,7 @@ fn search(
     sigma: f64,
     trail: &mut Trail,
 ) -> PeakFit {
-    if fit.peaks.len() < 2 || !suspicious(prep, &fit, sigma) {
+    if fit.peaks.len() < 2 || !suspicious(prep, settings, &fit, sigma) {
         return fit;
     }
     let fit = exchange(prep, settings, fit, sigma, trail);
@@ -1560,7 +1644,7 @@ fn rebuild(
     trail: &mut Trail,
 ) -> PeakFit {
     let n = fit.peaks.len();
-    if n < 2 || !suspicious(prep, &fit, sigma) {
+    if n < 2 || !suspicious(prep, settings, &fit, sigma) {
         return fit;
     }
     let first = linear_residuals(prep, settings, &[])
@@ -1591,7 +1675,7 @@ fn rebuild(
         return fit;
     };
     let built = repair(prep, settings, built, n, sigma, Judge::Fixed, trail);
-    let built = if suspicious(prep, &built, sigma) {
+    let built = if suspicious(prep, settings, &built, sigma) {
         exchange(prep, settings, built, sigma, trail)
     } else {
         built
@@ -2410,5 +2494,41 @@ mod tests {
             assert!(z > 2.0 * LOCAL_MISFIT_Z, "seed {seed}: {z}");
         }
         assert_eq!(local_misfit(&[0.0; 64]), 0.0);
+    }
+
+    #[test]
+    fn unexplained_peak_is_quiet_on_noise_and_loud_on_a_broad_left_out_peak() {
+        use crate::synth::{self, Family};
+        for seed in 0..40 {
+            let s = synth::generate(Family::IssueThree, seed).unwrap();
+            let truth: Vec<PeakGuess> = s
+                .peaks
+                .iter()
+                .map(|p| PeakGuess {
+                    center_nm: p.center_nm,
+                    height: p.height,
+                    fwhm_nm: p.fwhm_nm,
+                })
+                .collect();
+            let settings = FitSettings {
+                peaks: PeakCount::Fixed(truth.len()),
+                ..FitSettings::default()
+            };
+            let (_, prep) = prepare(&s.spectrum, &settings).unwrap();
+            let fit = fit_peaks_with_guesses(&s.spectrum, &settings, &truth).unwrap();
+            let r = residuals(&prep, &fit);
+            let quiet = unexplained_peak(&prep, &settings, &fit, &r, s.noise_sigma);
+            assert!(quiet < UNEXPLAINED_PEAK_CHI2, "seed {seed}: {quiet}");
+            // One noise σ high and 60 nm wide: invisible point by point, not to the filter.
+            let sd = 60.0 / GAUSS_FWHM_PER_SIGMA;
+            let at = 600.0;
+            let loud: Vec<f64> = r
+                .iter()
+                .zip(&prep.x)
+                .map(|(v, x)| v + s.noise_sigma * (-0.5 * ((x - at) / sd).powi(2)).exp())
+                .collect();
+            let z = unexplained_peak(&prep, &settings, &fit, &loud, s.noise_sigma);
+            assert!(z > UNEXPLAINED_PEAK_CHI2, "seed {seed}: {z}");
+        }
     }
 }
