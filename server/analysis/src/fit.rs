@@ -960,16 +960,20 @@ fn peak_params(fit: &PeakFit) -> Vec<Vec<f64>> {
 
 /// Residual y − model (original units) at the prepared points.
 fn residuals(prep: &Prepared, fit: &PeakFit) -> Vec<f64> {
-    let params = peak_params(fit);
+    let profiles: Vec<lineshape::Profile> = peak_params(fit)
+        .iter()
+        .map(|v| lineshape::Profile::new(fit.shape, v))
+        .collect();
+    let mut grad = [0.0; 4];
+    let np = fit.shape.n_params();
     prep.x
         .iter()
         .zip(&prep.y)
         .map(|(&x, &y)| {
-            let model = fit.baseline_at(x)
-                + params
-                    .iter()
-                    .map(|v| lineshape::eval(fit.shape, v, x))
-                    .sum::<f64>();
+            let mut model = fit.baseline_at(x);
+            for p in &profiles {
+                model += p.eval(x, &mut grad[..np]);
+            }
             y * prep.scale + prep.offset - model
         })
         .collect()
@@ -1483,36 +1487,69 @@ fn matched_filter(
     skip: impl Fn(f64, f64) -> bool,
 ) -> Vec<Candidate> {
     let (lo, hi) = prep.window;
-    let mut g = vec![0.0; prep.x.len()];
+    let m = prep.x.len();
+    let mut g = vec![0.0; m];
     let mut out = Vec::new();
     for &w in widths {
         let sigma_w = w / GAUSS_FWHM_PER_SIGMA;
+        // On a uniform axis every candidate is the same template shifted to a grid point: one
+        // `exp` per template point instead of one per point of every candidate.
+        let half = if prep.uniform && prep.step > 0.0 {
+            (4.0 * sigma_w / prep.step).floor() as usize
+        } else {
+            0
+        };
+        let template: Vec<f64> = (0..=2 * half)
+            .map(|k| {
+                let u = (k as f64 - half as f64) * prep.step / sigma_w;
+                (-0.5 * u * u).exp()
+            })
+            .collect();
         let mut center = lo;
         while center <= hi {
-            let a = prep.x.partition_point(|&x| x < center - 4.0 * sigma_w);
-            let b = prep.x.partition_point(|&x| x <= center + 4.0 * sigma_w);
-            if !skip(center, w) && b > a {
+            // `grid`: the candidate's grid index when the template is used.
+            let (grid, at, a, b) = if half > 0 {
+                let i = (((center - lo) / prep.step).round() as usize).min(m - 1);
+                (
+                    Some(i),
+                    prep.x[i],
+                    i.saturating_sub(half),
+                    (i + half + 1).min(m),
+                )
+            } else {
+                let a = prep.x.partition_point(|&x| x < center - 4.0 * sigma_w);
+                let b = prep.x.partition_point(|&x| x <= center + 4.0 * sigma_w);
+                (None, center, a, b.max(a))
+            };
+            center += spacing * w;
+            if skip(at, w) || b <= a {
+                continue;
+            }
+            let gs: &[f64] = if let Some(i) = grid {
+                // Point p is template index p + half − i (a ≥ i − half, b ≤ i + half + 1).
+                let first = a + half - i;
+                &template[first..first + (b - a)]
+            } else {
                 for (gi, x) in g[a..b].iter_mut().zip(&prep.x[a..b]) {
-                    let u = (x - center) / sigma_w;
+                    let u = (x - at) / sigma_w;
                     *gi = (-0.5 * u * u).exp();
                 }
-                let gs = &g[a..b];
-                let gr = dot(gs, &res[a..b]);
-                let mut perp = dot(gs, gs);
-                for u in q {
-                    let d = dot(gs, &u[a..b]);
-                    perp -= d * d;
-                }
-                if (allow_negative || gr > 0.0) && perp > 1e-12 {
-                    out.push(Candidate {
-                        score: gr * gr / perp,
-                        center_nm: center,
-                        fwhm_nm: w,
-                        height: gr / perp,
-                    });
-                }
+                &g[a..b]
+            };
+            let gr = dot(gs, &res[a..b]);
+            let mut perp = dot(gs, gs);
+            for u in q {
+                let d = dot(gs, &u[a..b]);
+                perp -= d * d;
             }
-            center += spacing * w;
+            if (allow_negative || gr > 0.0) && perp > 1e-12 {
+                out.push(Candidate {
+                    score: gr * gr / perp,
+                    center_nm: at,
+                    fwhm_nm: w,
+                    height: gr / perp,
+                });
+            }
         }
     }
     out
