@@ -2492,42 +2492,57 @@ mod tests {
         assert!(st.covariance_ok);
     }
 
+    /// An issue-family spectrum fitted from its true peaks (a correct model), with its settings,
+    /// prepared data and the fit's residual y − model.
+    fn fitted_from_truth(
+        seed: u64,
+    ) -> (
+        crate::synth::Synthetic,
+        FitSettings,
+        Prepared,
+        PeakFit,
+        Vec<f64>,
+    ) {
+        use crate::synth::{self, Family};
+        let s = synth::generate(Family::IssueThree, seed).unwrap();
+        let truth: Vec<PeakGuess> = s
+            .peaks
+            .iter()
+            .map(|p| PeakGuess {
+                center_nm: p.center_nm,
+                height: p.height,
+                fwhm_nm: p.fwhm_nm,
+            })
+            .collect();
+        let settings = FitSettings {
+            peaks: PeakCount::Fixed(truth.len()),
+            ..FitSettings::default()
+        };
+        let (_, prep) = prepare(&s.spectrum, &settings).unwrap();
+        let fit = fit_peaks_with_guesses(&s.spectrum, &settings, &truth).unwrap();
+        let r = residuals(&prep, &fit);
+        (s, settings, prep, fit, r)
+    }
+
+    /// `r` plus a Gaussian of `height` and `fwhm` nm centred at `at` nm.
+    fn with_bump(r: &[f64], x: &[f64], at: f64, height: f64, fwhm: f64) -> Vec<f64> {
+        let sd = fwhm / GAUSS_FWHM_PER_SIGMA;
+        r.iter()
+            .zip(x)
+            .map(|(v, x)| v + height * (-0.5 * ((x - at) / sd).powi(2)).exp())
+            .collect()
+    }
+
     #[test]
     fn local_misfit_is_quiet_on_noise_and_loud_on_a_left_out_peak() {
-        use crate::synth::{self, Family};
         for seed in 0..40 {
-            let s = synth::generate(Family::IssueThree, seed).unwrap();
-            let truth: Vec<PeakGuess> = s
-                .peaks
-                .iter()
-                .map(|p| PeakGuess {
-                    center_nm: p.center_nm,
-                    height: p.height,
-                    fwhm_nm: p.fwhm_nm,
-                })
-                .collect();
-            let settings = FitSettings {
-                peaks: PeakCount::Fixed(truth.len()),
-                ..FitSettings::default()
-            };
-            let fit = fit_peaks_with_guesses(&s.spectrum, &settings, &truth).unwrap();
-            let x = s.spectrum.wavelength_nm();
-            let r: Vec<f64> = x
-                .iter()
-                .zip(s.spectrum.values())
-                .map(|(x, y)| y - fit.model_at(*x))
-                .collect();
+            let (s, _, prep, _, r) = fitted_from_truth(seed);
             let quiet = local_misfit(&r);
             assert!(quiet < LOCAL_MISFIT_Z, "seed {seed}: {quiet}");
             // A peak 3 noise σ high and 20 nm wide, left out of the model.
+            let x = &prep.x;
             let mid = 0.5 * (x[0] + x[x.len() - 1]);
-            let sd = 20.0 / GAUSS_FWHM_PER_SIGMA;
-            let loud: Vec<f64> = r
-                .iter()
-                .zip(x)
-                .map(|(v, x)| v + 3.0 * s.noise_sigma * (-0.5 * ((x - mid) / sd).powi(2)).exp())
-                .collect();
-            let z = local_misfit(&loud);
+            let z = local_misfit(&with_bump(&r, x, mid, 3.0 * s.noise_sigma, 20.0));
             assert!(z > 2.0 * LOCAL_MISFIT_Z, "seed {seed}: {z}");
         }
         assert_eq!(local_misfit(&[0.0; 64]), 0.0);
@@ -2535,35 +2550,12 @@ mod tests {
 
     #[test]
     fn unexplained_peak_is_quiet_on_noise_and_loud_on_a_broad_left_out_peak() {
-        use crate::synth::{self, Family};
         for seed in 0..40 {
-            let s = synth::generate(Family::IssueThree, seed).unwrap();
-            let truth: Vec<PeakGuess> = s
-                .peaks
-                .iter()
-                .map(|p| PeakGuess {
-                    center_nm: p.center_nm,
-                    height: p.height,
-                    fwhm_nm: p.fwhm_nm,
-                })
-                .collect();
-            let settings = FitSettings {
-                peaks: PeakCount::Fixed(truth.len()),
-                ..FitSettings::default()
-            };
-            let (_, prep) = prepare(&s.spectrum, &settings).unwrap();
-            let fit = fit_peaks_with_guesses(&s.spectrum, &settings, &truth).unwrap();
-            let r = residuals(&prep, &fit);
+            let (s, settings, prep, fit, r) = fitted_from_truth(seed);
             let quiet = unexplained_peak(&prep, &settings, &fit, &r, s.noise_sigma);
             assert!(quiet < UNEXPLAINED_PEAK_CHI2, "seed {seed}: {quiet}");
             // One noise σ high and 60 nm wide: invisible point by point, not to the filter.
-            let sd = 60.0 / GAUSS_FWHM_PER_SIGMA;
-            let at = 600.0;
-            let loud: Vec<f64> = r
-                .iter()
-                .zip(&prep.x)
-                .map(|(v, x)| v + s.noise_sigma * (-0.5 * ((x - at) / sd).powi(2)).exp())
-                .collect();
+            let loud = with_bump(&r, &prep.x, 600.0, s.noise_sigma, 60.0);
             let z = unexplained_peak(&prep, &settings, &fit, &loud, s.noise_sigma);
             assert!(z > UNEXPLAINED_PEAK_CHI2, "seed {seed}: {z}");
         }
