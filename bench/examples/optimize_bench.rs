@@ -10,7 +10,6 @@ mod cli_optimize_bench;
 use clap::Parser;
 use cli_optimize_bench::OptimizeBenchArgs;
 use maosic_bench::{ask_latency, ask_latency_random_history_clock};
-use maosic_landscape::Landscape;
 use maosic_optimizer::Algorithm;
 
 #[derive(Parser, Debug)]
@@ -49,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     if !cli.latency {
         return cli_optimize_bench::run(cli.bench);
     }
-    let landscape = Landscape::builtin(&cli.bench.landscape)?;
+    let landscape = cli_optimize_bench::load_landscape(&cli.bench.landscape)?;
     let mut algorithm = cli_optimize_bench::algorithm_from_args(&cli.bench)?;
     if let Algorithm::Bo(s) = &mut algorithm {
         if cli.refit_always {

@@ -114,17 +114,45 @@ impl Hyper {
 }
 
 fn matern52(a: &[f64], b: &[f64], inv_ls: &[f64], sf2: f64) -> f64 {
-    let r2: f64 = a
-        .iter()
-        .zip(b)
+    matern52_r2(scaled_r2(a.iter().zip(b).map(|(p, q)| p - q), inv_ls), sf2)
+}
+
+/// Σ ((aⱼ − bⱼ) / ℓⱼ)² from the coordinate differences.
+fn scaled_r2(diffs: impl Iterator<Item = f64>, inv_ls: &[f64]) -> f64 {
+    diffs
         .zip(inv_ls)
-        .map(|((p, q), il)| {
-            let z = (p - q) * il;
+        .map(|(d, il)| {
+            let z = d * il;
             z * z
         })
-        .sum();
+        .sum()
+}
+
+fn matern52_r2(r2: f64, sf2: f64) -> f64 {
     let r = (5.0 * r2).sqrt();
     sf2 * (1.0 + r + 5.0 * r2 / 3.0) * (-r).exp()
+}
+
+/// The training covariance K + (σₙ² + extraᵢ + 1e-8·σ_f²)·I. The kernel is symmetric, so
+/// `k_at(i, j)` is evaluated below the diagonal only (half the `exp` calls) and mirrored.
+fn covariance(
+    n: usize,
+    sf2: f64,
+    sn2: f64,
+    extra: &[f64],
+    k_at: impl Fn(usize, usize) -> f64,
+) -> DMatrix<f64> {
+    let mut k = DMatrix::zeros(n, n);
+    for j in 0..n {
+        // matern52 at distance 0 is exactly sf2
+        k[(j, j)] = sf2 + (sn2 + extra[j] + 1e-8 * sf2);
+        for i in j + 1..n {
+            let v = k_at(i, j);
+            k[(i, j)] = v;
+            k[(j, i)] = v;
+        }
+    }
+    k
 }
 
 /// A fitted GP on standardised outputs.
@@ -138,16 +166,11 @@ struct Gp {
 
 impl Gp {
     fn build(x: &[Vec<f64>], y: &[f64], extra: &[f64], h: &Hyper) -> Option<Self> {
-        let n = x.len();
         let inv_ls: Vec<f64> = h.log_ls.iter().map(|l| (-l).exp()).collect();
         let sf2 = h.log_sf2.exp();
         let sn2 = h.log_sn2.exp();
-        let k = DMatrix::from_fn(n, n, |i, j| {
-            let mut v = matern52(&x[i], &x[j], &inv_ls, sf2);
-            if i == j {
-                v += sn2 + extra[i] + 1e-8 * sf2;
-            }
-            v
+        let k = covariance(x.len(), sf2, sn2, extra, |i, j| {
+            matern52(&x[i], &x[j], &inv_ls, sf2)
         });
         let chol = k.cholesky()?;
         let alpha = chol.solve(&DVector::from_column_slice(y));
@@ -159,28 +182,6 @@ impl Gp {
             sf2,
         })
     }
-
-    /// Negative log marginal likelihood (plus the length-scale prior).
-    fn nlml(x: &[Vec<f64>], y: &[f64], extra: &[f64], h: &Hyper, prior_sd: f64) -> f64 {
-        let Some(gp) = Self::build(x, y, extra, h) else {
-            return f64::INFINITY;
-        };
-        let yv = DVector::from_column_slice(y);
-        let fit = 0.5 * yv.dot(&gp.alpha);
-        let logdet: f64 = gp.chol.l_dirty().diagonal().iter().map(|v| v.ln()).sum();
-        let prior: f64 = h
-            .log_ls
-            .iter()
-            .map(|l| 0.5 * ((l - LS_PRIOR.0) / prior_sd).powi(2))
-            .sum();
-        let v = fit + logdet + prior;
-        if v.is_finite() {
-            v
-        } else {
-            f64::INFINITY
-        }
-    }
-
     /// Posterior mean and latent variance at each column point.
     fn predict(&self, pts: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
         let n = self.x.len();
@@ -209,6 +210,72 @@ impl Gp {
                     .sum()
             })
             .collect()
+    }
+}
+
+/// The negative log marginal likelihood of one training set as a function of the
+/// hyperparameters. A refit evaluates it hundreds of times on the same points, so the pairwise
+/// coordinate differences are taken once (below the diagonal, `d` per pair).
+struct Likelihood<'a> {
+    n: usize,
+    y: DVector<f64>,
+    extra: &'a [f64],
+    diffs: Vec<f64>,
+    prior_sd: f64,
+}
+
+impl<'a> Likelihood<'a> {
+    fn new(x: &[Vec<f64>], y: &[f64], extra: &'a [f64], prior_sd: f64) -> Self {
+        let n = x.len();
+        let mut diffs =
+            Vec::with_capacity(n * n.saturating_sub(1) / 2 * x.first().map_or(0, Vec::len));
+        for j in 0..n {
+            for i in j + 1..n {
+                diffs.extend(x[i].iter().zip(&x[j]).map(|(p, q)| p - q));
+            }
+        }
+        Self {
+            n,
+            y: DVector::from_column_slice(y),
+            extra,
+            diffs,
+            prior_sd,
+        }
+    }
+
+    /// Negative log marginal likelihood plus the length-scale prior; ∞ where K is not
+    /// positive definite.
+    fn nlml(&self, h: &Hyper) -> f64 {
+        let inv_ls: Vec<f64> = h.log_ls.iter().map(|l| (-l).exp()).collect();
+        let d = inv_ls.len();
+        let sf2 = h.log_sf2.exp();
+        let sn2 = h.log_sn2.exp();
+        // pair (i, j), i > j, sits at offset d·(j·n − j(j+1)/2 + i − j − 1)
+        let n = self.n;
+        let k = covariance(n, sf2, sn2, self.extra, |i, j| {
+            let at = d * (j * n - j * (j + 1) / 2 + i - j - 1);
+            matern52_r2(
+                scaled_r2(self.diffs[at..at + d].iter().copied(), &inv_ls),
+                sf2,
+            )
+        });
+        let Some(chol) = k.cholesky() else {
+            return f64::INFINITY;
+        };
+        let alpha = chol.solve(&self.y);
+        let fit = 0.5 * self.y.dot(&alpha);
+        let logdet: f64 = chol.l_dirty().diagonal().iter().map(|v| v.ln()).sum();
+        let prior: f64 = h
+            .log_ls
+            .iter()
+            .map(|l| 0.5 * ((l - LS_PRIOR.0) / self.prior_sd).powi(2))
+            .sum();
+        let v = fit + logdet + prior;
+        if v.is_finite() {
+            v
+        } else {
+            f64::INFINITY
+        }
     }
 }
 
@@ -550,14 +617,15 @@ impl Bo {
         let d = self.space.dim();
         // Above FIT_MAX points the likelihood is maximised on a subset: the FIT_MAX/2 best
         // points plus an even stride through the rest (a refit at 250 points, warm, with
-        // `warm_restarts` = 1: ≈ 23 ms of CPU, bench/RESULTS.md).
+        // `warm_restarts` = 1: ≈ 22 ms (2-D) to 32 ms (4-D), bench/RESULTS.md).
         let (xs, ys, es) = fit_subset(x, y, extra);
         let prior_sd = if self.settings.ls_prior_sd > 0.0 {
             self.settings.ls_prior_sd
         } else {
             LS_PRIOR.1
         };
-        let cost = |v: &[f64]| Gp::nlml(&xs, &ys, &es, &Hyper::from_vec(v), prior_sd);
+        let lik = Likelihood::new(&xs, &ys, &es, prior_sd);
+        let cost = |v: &[f64]| lik.nlml(&Hyper::from_vec(v));
         let mut starts: Vec<Vec<f64>> = Vec::new();
         if let Some(h) = &self.hyper {
             starts.push(h.to_vec());
@@ -629,7 +697,8 @@ impl Bo {
         } else {
             LS_PRIOR.1
         };
-        let cost = |v: &[f64]| Gp::nlml(&lx, &ly, &le, &Hyper::from_vec(v), prior_sd);
+        let lik = Likelihood::new(&lx, &ly, &le, prior_sd);
+        let cost = |v: &[f64]| lik.nlml(&Hyper::from_vec(v));
         let mut best_h: Option<(Vec<f64>, f64)> = None;
         for start in [h.to_vec(), Hyper::default_for(d).to_vec()] {
             let (v, cst) = nelder_mead(&cost, &start, 0.7, 30 * (d + 2));
@@ -837,5 +906,53 @@ impl Bo {
             }
         }
         (ei, x, mu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refit's likelihood (pairwise differences cached, half the kernel evaluated) must be
+    /// the marginal likelihood of the GP that `ask` then builds from the same points.
+    #[test]
+    fn cached_likelihood_equals_the_likelihood_of_the_built_gp() {
+        for (n, d) in [(1, 2), (2, 3), (17, 2), (40, 4)] {
+            let x: Vec<Vec<f64>> = (0..n)
+                .map(|i| {
+                    (0..d)
+                        .map(|j| (0.5 + 0.5 * ((i * 7 + j * 13) as f64 * 0.731).sin()).fract())
+                        .collect()
+                })
+                .collect();
+            let y: Vec<f64> = (0..n).map(|i| (i as f64 * 1.3).cos()).collect();
+            let extra: Vec<f64> = (0..n)
+                .map(|i| if i % 3 == 0 { 0.01 } else { 0.0 })
+                .collect();
+            let h = Hyper {
+                log_ls: (0..d).map(|j| -1.0 - 0.3 * j as f64).collect(),
+                log_sf2: 0.2,
+                log_sn2: -4.0,
+            };
+            let gp = Gp::build(&x, &y, &extra, &h).expect("positive definite");
+            let prior: f64 = h
+                .log_ls
+                .iter()
+                .map(|l| 0.5 * (l - LS_PRIOR.0).powi(2))
+                .sum();
+            let direct = 0.5 * DVector::from_column_slice(&y).dot(&gp.alpha)
+                + gp.chol
+                    .l_dirty()
+                    .diagonal()
+                    .iter()
+                    .map(|v| v.ln())
+                    .sum::<f64>()
+                + prior;
+            let cached = Likelihood::new(&x, &y, &extra, 1.0).nlml(&h);
+            assert!(
+                (cached - direct).abs() <= 1e-12 * (1.0 + direct.abs()),
+                "n {n}, d {d}: cached {cached} vs direct {direct}"
+            );
+        }
     }
 }

@@ -118,7 +118,8 @@ fn run_family(
     Ok(())
 }
 
-fn load_landscape(arg: &str) -> anyhow::Result<Landscape> {
+/// A built-in landscape by name, else a landscape TOML file.
+pub fn load_landscape(arg: &str) -> anyhow::Result<Landscape> {
     if let Ok(l) = Landscape::builtin(arg) {
         return Ok(l);
     }
