@@ -1674,7 +1674,7 @@ const MIRROR_OVERLAP: f64 = 0.75;
 
 /// Mirror move for overlapping pairs, tried on every fit (suspicious or not): an unresolved pair
 /// has a second minimum with the weaker peak on the wrong side of the stronger one (true 541 and
-/// 559 nm fitted as 536 and 546 with the heights swapped). Its χ² excess (35–170 noise
+/// 559 nm fitted as 536 and 546 with the heights swapped). Its χ² excess (22–170 noise
 /// variances in the cases seen) is too small and too spread for any alarm, yet the true peak is
 /// missed. For each pair of neighbours closer than [`MIRROR_OVERLAP`] × (sum of FWHMs), each
 /// peak reflected about the other is scored by one linearised step over the pair's

@@ -98,7 +98,7 @@ fn fixed_count_fits_escape_known_local_minima() {
 }
 
 /// Held-out spectra (2³² + 393, 407, 495; 2³³ + 21) whose fixed-count fit stopped in the mirror
-/// image of an unresolved pair: the weaker peak on the wrong side of the stronger one, 35–170
+/// image of an unresolved pair: the weaker peak on the wrong side of the stronger one, 22–170
 /// noise variances of χ² above the truth's and below every alarm. These sets are no longer
 /// untouched: the mirror move was designed from the first three, and its trial start changed
 /// after looking at the fourth.
