@@ -1660,27 +1660,35 @@ fn search(
     sigma: f64,
     trail: &mut Trail,
 ) -> PeakFit {
-    let fit = mirror(prep, settings, fit, sigma, trail);
-    if fit.peaks.len() < 2 || !suspicious(prep, settings, &fit, sigma) {
+    if fit.peaks.len() < 2 {
         return fit;
     }
-    let fit = exchange(prep, settings, fit, sigma, trail);
-    rebuild(prep, settings, fit, sigma, trail)
+    // The mirror move last: a suspicious fit is searched first, since a reflection can trade
+    // an alarmed local minimum for a quieter one (hard tuning spectrum 199).
+    let fit = if suspicious(prep, settings, &fit, sigma) {
+        let fit = exchange(prep, settings, fit, sigma, trail);
+        rebuild(prep, settings, fit, sigma, trail)
+    } else {
+        fit
+    };
+    mirror(prep, settings, fit, sigma, trail)
 }
 
 /// Overlap below which two neighbouring peaks are a pair for [`mirror`], in units of the sum of
 /// their FWHMs.
 const MIRROR_OVERLAP: f64 = 0.75;
 
-/// Mirror move for overlapping pairs, tried on every fit (suspicious or not): an unresolved pair
-/// has a second minimum with the weaker peak on the wrong side of the stronger one (true 541 and
-/// 559 nm fitted as 536 and 546 with the heights swapped). Its χ² excess (22–170 noise
-/// variances in the cases seen) is too small and too spread for any alarm, yet the true peak is
-/// missed. For each pair of neighbours closer than [`MIRROR_OVERLAP`] × (sum of FWHMs), each
-/// peak reflected about the other is scored by one linearised step over the pair's
-/// neighbourhood ([`linear_step`]); the best two reflections that score better than the fit
-/// itself by more than the noise get a nonlinear fit, kept when it lowers χ² by more than the
-/// noise could (2σ²). Costs the spectra (one close pair) ~0.2 ms.
+/// Mirror moves for overlapping pairs, tried on every fit after the searches (suspicious or
+/// not): an unresolved pair has second minima with the weaker peak on the wrong side of the
+/// stronger one (true 541 and 559 nm fitted as 536 and 546 with the heights swapped), or with
+/// the broad and the narrow member swapped (true 380 nm wide + 420 nm narrower fitted as 370 nm
+/// narrow + 395 nm very wide). Their χ² excess (22–170 noise variances in the cases seen) is too
+/// small and too spread for any alarm, yet a true peak is missed. For each pair of neighbours
+/// closer than [`MIRROR_OVERLAP`] × (sum of FWHMs), three reflections — each peak about the
+/// other, and both about the pair's area centroid — are scored by one linearised step over the
+/// pair's neighbourhood ([`linear_step`]); the best two that score better than the fit itself by
+/// more than the noise get a nonlinear fit from the plain reflection, kept when it lowers χ² by
+/// more than the noise could (2σ²). Costs the spectra (one close pair) ~0.2 ms.
 fn mirror(
     prep: &Prepared,
     settings: &FitSettings,
@@ -1723,13 +1731,26 @@ fn mirror(
         let Some((base, _)) = score(&current) else {
             continue;
         };
-        for (m, about) in [(j, j + 1), (j + 1, j)] {
-            let c = 2.0 * current[about].center_nm - current[m].center_nm;
-            if !(prep.window.0..=prep.window.1).contains(&c) {
+        // Each peak reflected about the other, and the pair reflected about its area centroid.
+        let area = |g: &PeakGuess| (g.height * g.fwhm_nm).abs();
+        let centroid = (area(a) * a.center_nm + area(b) * b.center_nm) / (area(a) + area(b));
+        let reflections = [
+            vec![(j, 2.0 * b.center_nm - a.center_nm)],
+            vec![(j + 1, 2.0 * a.center_nm - b.center_nm)],
+            vec![
+                (j, 2.0 * centroid - a.center_nm),
+                (j + 1, 2.0 * centroid - b.center_nm),
+            ],
+        ];
+        for moved in reflections {
+            let inside = |c: f64| (prep.window.0..=prep.window.1).contains(&c);
+            if !moved.iter().all(|&(_, c)| inside(c)) {
                 continue;
             }
             let mut g = current.clone();
-            g[m].center_nm = c;
+            for &(m, c) in &moved {
+                g[m].center_nm = c;
+            }
             // Ranked by the linearised step, but the trial starts from the plain reflection:
             // the step's heights are fitted to the wrong side and can pin a peak at a bound.
             if let Some((s, _)) = score(&g) {
