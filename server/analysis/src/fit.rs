@@ -1663,7 +1663,7 @@ fn search(
     if fit.peaks.len() < 2 {
         return fit;
     }
-    // The mirror move last: a suspicious fit is searched first, since a reflection can trade
+    // The mirror moves last: a suspicious fit is searched first, since a reflection can trade
     // an alarmed local minimum for a quieter one (hard tuning spectrum 199).
     let fit = if suspicious(prep, settings, &fit, sigma) {
         let fit = exchange(prep, settings, fit, sigma, trail);
