@@ -1406,20 +1406,14 @@ fn exchange(
                     .collect();
                 g.push(half(-1.0));
                 g.push(half(1.0));
-                if let Some((res, stepped)) = linear_residuals(prep, settings, &g) {
-                    let score: f64 = res.iter().map(|v| v * v).sum();
-                    if score.is_finite() {
-                        moves.push((score, stepped));
-                    }
+                if let Some(scored) = linear_score(prep, settings, &g, None, 0..prep.x.len()) {
+                    moves.push(scored);
                 }
             }
         }
         for g in relocations(prep, settings, &fit, &removals) {
-            if let Some((res, stepped)) = linear_residuals(prep, settings, &g) {
-                let score: f64 = res.iter().map(|v| v * v).sum();
-                if score.is_finite() {
-                    moves.push((score, stepped));
-                }
+            if let Some(scored) = linear_score(prep, settings, &g, None, 0..prep.x.len()) {
+                moves.push(scored);
             }
         }
         moves.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -1722,12 +1716,7 @@ fn mirror(
             .iter()
             .map(|g| g.center_nm + 1.5 * g.fwhm_nm >= lo && g.center_nm - 1.5 * g.fwhm_nm <= hi)
             .collect();
-        let score = |g: &[PeakGuess]| {
-            linear_step(prep, settings, g, Some(&free), points.clone()).and_then(|(r, stepped)| {
-                let s: f64 = r.iter().map(|v| v * v).sum();
-                s.is_finite().then_some((s, stepped))
-            })
-        };
+        let score = |g: &[PeakGuess]| linear_score(prep, settings, g, Some(&free), points.clone());
         let Some((base, _)) = score(&current) else {
             continue;
         };
@@ -1939,6 +1928,20 @@ fn linear_step(
         };
     }
     Some((r, stepped))
+}
+
+/// Σ r² of one [`linear_step`] (a finite score only) and the stepped guesses: how the exchange
+/// and mirror searches rank a move before spending a nonlinear fit on it.
+fn linear_score(
+    prep: &Prepared,
+    settings: &FitSettings,
+    guesses: &[PeakGuess],
+    free: Option<&[bool]>,
+    points: std::ops::Range<usize>,
+) -> Option<(f64, Vec<PeakGuess>)> {
+    let (r, stepped) = linear_step(prep, settings, guesses, free, points)?;
+    let score: f64 = r.iter().map(|v| v * v).sum();
+    score.is_finite().then_some((score, stepped))
 }
 
 /// Fits exactly `n` peaks: the `n` strongest distinct detected guesses, topped up at the
