@@ -1,7 +1,7 @@
 //! Preprocessing: Savitzky–Golay smoothing/derivatives, polynomial and asymmetric-least-squares
 //! baselines, cropping, resampling and absorbance from transmission with dark/reference spectra.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use thiserror::Error;
 
 use crate::spectrum::{Spectrum, SpectrumError};
@@ -185,10 +185,15 @@ fn normalised_axis(x: &[f64]) -> Vec<f64> {
 }
 
 /// Least-squares polynomial fitting on a fixed axis: the pseudo-inverse is computed once, so
-/// repeated fits (modpoly iterations) cost one matrix-vector product each.
+/// repeated fits (modpoly iterations) cost one matrix-vector product each. Both are kept by
+/// rows (`pinv` coefficient by coefficient, `vander` point by point) so each product is a run of
+/// contiguous sums, taken in order (the same arithmetic as a column-by-column product).
 struct PolyFitter {
-    vander: DMatrix<f64>,
-    pinv: DMatrix<f64>,
+    degree: usize,
+    /// `vander` row-major: the powers t⁰..t^degree of each point.
+    vander: Vec<f64>,
+    /// The pseudo-inverse row-major: one row of `len` weights per coefficient.
+    pinv: Vec<f64>,
 }
 
 impl PolyFitter {
@@ -198,12 +203,24 @@ impl PolyFitter {
             .clone()
             .pseudo_inverse(1e-12)
             .map_err(|_| PreprocessError::Singular("polynomial baseline"))?;
-        Ok(Self { vander, pinv })
+        Ok(Self {
+            degree,
+            vander: vander.transpose().as_slice().to_vec(),
+            pinv: pinv.transpose().as_slice().to_vec(),
+        })
     }
 
     fn fit_eval(&self, y: &[f64]) -> Vec<f64> {
-        let coef = &self.pinv * DVector::from_column_slice(y);
-        (&self.vander * coef).iter().copied().collect()
+        let k = self.degree + 1;
+        let coef: Vec<f64> = self
+            .pinv
+            .chunks_exact(y.len().max(1))
+            .map(|w| w.iter().zip(y).map(|(p, v)| p * v).sum())
+            .collect();
+        self.vander
+            .chunks_exact(k)
+            .map(|powers| powers.iter().zip(&coef).map(|(p, c)| p * c).sum())
+            .collect()
     }
 }
 
