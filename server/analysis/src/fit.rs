@@ -2702,8 +2702,6 @@ mod tests {
         }
     }
 
-    /// An unresolved pair fitted with its weaker peak on the wrong side of the stronger one is a
-    /// local minimum (held-out hard spectrum 2³² + 495 had this shape); `mirror` reflects it.
     #[test]
     fn dot_matches_the_plain_sum_for_every_remainder() {
         for n in 0..23 {
@@ -2803,6 +2801,8 @@ mod tests {
         }
     }
 
+    /// An unresolved pair fitted with its weaker peak on the wrong side of the stronger one is a
+    /// local minimum (held-out hard spectrum 2³² + 495 had this shape); `mirror` reflects it.
     #[test]
     fn mirror_moves_the_weaker_peak_of_a_pair_to_its_other_side() {
         let x = axis(2048);
