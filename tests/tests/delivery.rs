@@ -605,11 +605,12 @@ async fn reconnect_storm(backend: Backend) {
     // The drawn delays must never be below the base. The spacing is measured between two log
     // lines' timestamps, each taken when the line is written: with 200 agents and the server on
     // two cores, writing one line can lag its failure by a few ms and shorten the next spacing
-    // by as much (a CI run saw 240 ms after a 250 ms delay), so spacings get a 10 % allowance.
+    // by as much (a CI run saw 240 ms after a 250 ms delay; on a VM 1.8× slower, 218 ms), so
+    // spacings get a 25 % allowance — a retry without backoff would still show as ~0 ms.
     let faster = delays.iter().filter(|d| **d < BASE_MS).count()
         + spacings
             .iter()
-            .filter(|s| **s < (BASE_MS - BASE_MS / 10) as i64)
+            .filter(|s| **s < (BASE_MS - BASE_MS / 4) as i64)
             .count();
     println!(
         "[{}] {AGENTS} presence-only agents (backoff {BASE_MS} ms → {CAP_MS} ms): {AGENTS} labs made in {:.1} s, all online after {:.1} s; \
