@@ -242,7 +242,6 @@ class BotorchLogNEI:
                       ExactMarginalLogLikelihood)
         torch.manual_seed(seed)
         self.L = L
-        self.seed = seed
         self.lo = np.asarray(L.lower, float)
         self.span = np.asarray(L.upper, float) - self.lo
         d = len(self.lo)

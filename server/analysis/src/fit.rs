@@ -1608,14 +1608,11 @@ fn relocations(
         // The best two, and the best one clear of the removed peak's own region: a baseline
         // that absorbed a broad peak elsewhere leaves its misfit where the spare peak sat, so
         // the two best often put the spare peak back beside where it was.
-        let mut picked: Vec<&Candidate> = scored.iter().take(2).collect();
         let clear = scored
             .iter()
-            .find(|c| (c.center_nm - removed.center_nm).abs() > removed.fwhm_nm);
-        if let Some(c) = clear.filter(|c| !picked.iter().any(|p| std::ptr::eq(*p, *c))) {
-            picked.push(c);
-        }
-        for c in picked {
+            .position(|c| (c.center_nm - removed.center_nm).abs() > removed.fwhm_nm)
+            .filter(|&i| i >= 2);
+        for c in scored.iter().take(2).chain(clear.map(|i| &scored[i])) {
             let mut moved = stepped.clone();
             moved.push(PeakGuess {
                 center_nm: c.center_nm,
